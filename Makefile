@@ -1,0 +1,36 @@
+# Two commands for a fresh clone: `make train` and `make test`.
+# CPU set-up pins the CPU wheel of torch; GPU users: install your own torch into .venv first
+# (or set TORCH_SPEC="torch" / an empty TORCH_SPEC to keep the one you have).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+RECIPE ?= recipes/ml-100k/sasrec.toml
+RECSYS_DATA ?= ../shared/datasets
+export RECSYS_DATA
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup train test results clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
+		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; fi
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/recsys train $(RECIPE)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+results: $(STAMP)
+	$(VENV)/bin/recsys results benchmarks/results.jsonl --out benchmarks/RESULTS.md
+
+clean:
+	rm -rf $(VENV) runs .cache

@@ -1,0 +1,103 @@
+"""Batches from jagged sequences.
+
+Sequences stay jagged (values + offsets) in memory; a batch gathers, per user, the window of the
+last ``max_len`` events before a given end into a left-padded [B, max_len] tensor (0 = padding).
+One window per user and batch: no prefix of any sequence is ever materialised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .splits import EvalSet, Split
+
+
+def padded_windows(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """values[max(start, end - width):end] per row, left-padded with 0 to ``width``. [B, width]."""
+    idx = ends[:, None] - width + np.arange(width)[None, :]  # [B, width]
+    valid = idx >= starts[:, None]
+    out = values[np.clip(idx, 0, max(len(values) - 1, 0))]
+    out[~valid] = 0
+    return out
+
+
+@dataclass
+class TrainBatch:
+    item_ids: torch.Tensor  # [B, L] inputs, left-padded
+    timestamps: torch.Tensor  # [B, L]
+    target_ids: torch.Tensor  # [B, L] next item at each position, 0 where no target
+    target_timestamps: torch.Tensor  # [B, L] time of the next item (HSTU's query time)
+    users: torch.Tensor  # [B]
+
+
+@dataclass
+class EvalBatch:
+    item_ids: torch.Tensor  # [B, L] history, left-padded; the last column is the latest event
+    timestamps: torch.Tensor  # [B, L]
+    target_ids: torch.Tensor  # [B]
+    target_timestamps: torch.Tensor  # [B] (the request time)
+    users: torch.Tensor  # [B]
+    rows: slice  # which rows of the EvalSet this batch holds
+
+
+def train_users(split: Split) -> np.ndarray:
+    """Users with at least one (input, target) pair in training."""
+    return np.flatnonzero(split.train_lengths >= 2)
+
+
+def iter_train_batches(
+    split: Split, max_len: int, batch_size: int, generator: torch.Generator, drop_last: bool = False
+) -> Iterator[TrainBatch]:
+    """Shuffled training batches: per user the last ``max_len + 1`` training events, shifted by one."""
+    data = split.data
+    users = train_users(split)
+    order = users[torch.randperm(len(users), generator=generator).numpy()]
+    starts_all = data.seq_offsets[:-1]
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    for b in range(0, stop, batch_size):
+        u = order[b : b + batch_size]
+        starts = starts_all[u]
+        ends = starts + split.train_lengths[u]
+        items = padded_windows(data.item_ids, starts, ends, max_len + 1)
+        times = padded_windows(data.timestamps, starts, ends, max_len + 1)
+        inputs, targets = items[:, :-1], items[:, 1:].copy()
+        targets[inputs == 0] = 0
+        yield TrainBatch(
+            item_ids=torch.from_numpy(inputs),
+            timestamps=torch.from_numpy(times[:, :-1]),
+            target_ids=torch.from_numpy(targets),
+            target_timestamps=torch.from_numpy(times[:, 1:]),
+            users=torch.from_numpy(u),
+        )
+
+
+def iter_eval_batches(split: Split, eval_set: EvalSet, max_len: int, batch_size: int) -> Iterator[EvalBatch]:
+    data = split.data
+    for b in range(0, len(eval_set), batch_size):
+        rows = slice(b, min(b + batch_size, len(eval_set)))
+        u = eval_set.users[rows]
+        starts = data.seq_offsets[u]
+        ends = starts + eval_set.history_lengths[rows]
+        yield EvalBatch(
+            item_ids=torch.from_numpy(padded_windows(data.item_ids, starts, ends, max_len)),
+            timestamps=torch.from_numpy(padded_windows(data.timestamps, starts, ends, max_len)),
+            target_ids=torch.from_numpy(eval_set.targets[rows]),
+            target_timestamps=torch.from_numpy(data.timestamps[ends]),
+            users=torch.from_numpy(u),
+            rows=rows,
+        )
+
+
+def seen_items_csr(split: Split, eval_set: EvalSet, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item in each history of ``rows`` (whole history, not only the window), as (row, item) pairs."""
+    data = split.data
+    u = eval_set.users[rows]
+    starts = data.seq_offsets[u]
+    lengths = eval_set.history_lengths[rows]
+    row_of = np.repeat(np.arange(len(u)), lengths)
+    pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    items = data.item_ids[np.repeat(starts, lengths) + pos]
+    return torch.from_numpy(row_of), torch.from_numpy(items)

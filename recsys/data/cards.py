@@ -1,0 +1,232 @@
+"""Dataset cards: where a dataset's files are, how to read them and what they must contain.
+
+A card is ``datasets/<name>.toml`` at the top of the repository (or in ``RECSYS_CARDS``). It names the
+reader, the folder under the data directory, one or more file *variants* (e.g. the complete official
+ML-1M ``ratings.dat`` and the partial file we hold), each with its sha256 and expected counts, and
+optionally an official download (archive URL + members). Files are looked up in, in order:
+``--data-dir`` / ``RECSYS_DATA`` ``/<folder>/``, then the cache (``RECSYS_CACHE``, default
+``~/.cache/recsys``) ``/datasets/<folder>/``; if none is there and the card has a download, the archive
+is fetched into the cache, checked and extracted (members only, never outside the target folder).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import tomllib
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from .readers import READERS, DataError, Interactions, read_item_text
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cards_dir() -> Path:
+    return Path(os.environ.get("RECSYS_CARDS", REPO_ROOT / "datasets"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RECSYS_CACHE", Path.home() / ".cache" / "recsys"))
+
+
+@dataclass
+class Variant:
+    file: str
+    sha256: str | None = None
+    git_blob: str | None = None  # `git hash-object` id, where only that is published
+    users: int | None = None
+    items: int | None = None
+    interactions: int | None = None
+    note: str = ""
+
+
+@dataclass
+class Card:
+    name: str
+    folder: str
+    reader: str
+    variants: list[Variant]
+    description: str = ""
+    citation: str = ""
+    reader_options: dict = field(default_factory=dict)
+    item_text: dict | None = None
+    download: dict | None = None
+    path: Path | None = None
+
+
+def list_cards() -> list[str]:
+    return sorted(p.stem for p in cards_dir().glob("*.toml"))
+
+
+def load_card(name: str) -> Card:
+    path = cards_dir() / f"{name}.toml"
+    if not path.exists():
+        raise DataError(f"unknown dataset {name!r}; known: {list_cards()} (cards live in {cards_dir()})")
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    if raw.get("reader") not in READERS:
+        raise DataError(f"{path}: field 'reader' must be one of {sorted(READERS)}, got {raw.get('reader')!r}")
+    variants = [Variant(**v) for v in raw.pop("variants")]
+    return Card(variants=variants, path=path, **raw)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_of(path: Path) -> str:
+    h = hashlib.sha1()
+    h.update(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, variant: Variant) -> str:
+    """sha256 of ``path``; raises when it differs from the card's sha256 or git blob id."""
+    digest = sha256_of(path)
+    if variant.sha256 and digest != variant.sha256:
+        raise DataError(f"{path}: sha256 {digest} differs from the card's {variant.sha256} (a different file?)")
+    if variant.git_blob and git_blob_of(path) != variant.git_blob:
+        raise DataError(f"{path}: git blob id {git_blob_of(path)} differs from the card's {variant.git_blob}")
+    return digest
+
+
+def _search_dirs(card: Card, data_dir: str | Path | None) -> list[Path]:
+    dirs = []
+    root = data_dir or os.environ.get("RECSYS_DATA")
+    if root:
+        dirs.append(Path(root) / card.folder)
+    dirs.append(cache_dir() / "datasets" / card.folder)
+    return dirs
+
+
+def resolve_file(card: Card, data_dir: str | Path | None = None, download: bool = True) -> tuple[Path, Variant]:
+    """The first variant found (cards list the complete official file first)."""
+    dirs = _search_dirs(card, data_dir)
+    for variant in card.variants:
+        for d in dirs:
+            if (d / variant.file).exists():
+                return d / variant.file, variant
+    if download and card.download:
+        target = dirs[-1]
+        fetch_official(card, target)
+        for variant in card.variants:
+            if (target / variant.file).exists():
+                return target / variant.file, variant
+    looked = ", ".join(str(d) for d in dirs)
+    files = ", ".join(v.file for v in card.variants)
+    raise DataError(
+        f"dataset {card.name!r}: none of [{files}] found in {looked}; set RECSYS_DATA or --data-dir"
+        + ("" if card.download else " (this dataset has no official download)")
+    )
+
+
+def safe_extract(archive: Path, members: dict[str, str], target: Path) -> None:
+    """Extract ``members`` (archive name -> file name) into ``target``; refuses paths leaving it."""
+    target = target.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+        for member, out_name in members.items():
+            if member not in names:
+                raise DataError(f"{archive}: member {member!r} not in the archive")
+            out = (target / out_name).resolve()
+            if target not in out.parents:
+                raise DataError(f"{archive}: member {member!r} would be written outside {target}")
+            tmp = out.with_name(out.name + ".tmp")
+            with zf.open(member) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, out)
+
+
+def fetch_official(card: Card, target: Path) -> None:
+    """Download the card's file or archive into ``target`` (extracting its members), checking each file
+    against the card before it is moved into place."""
+    spec = card.download
+    url = spec["url"]
+    target.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {card.name} from {url} ...")
+    with tempfile.TemporaryDirectory(dir=target) as tmp:
+        archive = Path(tmp) / ("archive.zip" if "members" in spec else spec["file"])
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, open(archive, "wb") as out:
+                shutil.copyfileobj(resp, out)
+        except OSError as err:
+            raise DataError(f"dataset {card.name!r}: download from {url} failed ({err}); put the files under "
+                            f"RECSYS_DATA/{card.folder}/ instead") from None
+        if spec.get("sha256") and sha256_of(archive) != spec["sha256"]:
+            raise DataError(f"{url}: checksum mismatch (expected {spec['sha256']}, got {sha256_of(archive)})")
+        if "members" in spec:
+            stage = Path(tmp) / "stage"
+            stage.mkdir()
+            safe_extract(archive, spec["members"], stage)
+            names = list(spec["members"].values())
+        else:
+            stage, names = Path(tmp), [spec["file"]]
+        variants = {v.file: v for v in card.variants}
+        for name in names:
+            if name in variants:
+                verify_file(stage / name, variants[name])
+        for name in names:
+            os.replace(stage / name, target / name)
+
+
+def check_counts(card: Card, variant: Variant, interactions: Interactions) -> dict[str, int]:
+    """Users / items / interactions of the raw file against the card; raises naming every difference."""
+    df = interactions.frame
+    got = {"users": df["user_id"].n_unique(), "items": df["item_id"].n_unique(), "interactions": df.height}
+    wrong = [
+        f"{k}: expected {getattr(variant, k):,}, found {v:,}"
+        for k, v in got.items()
+        if getattr(variant, k) is not None and getattr(variant, k) != v
+    ]
+    if wrong:
+        raise DataError(f"dataset {card.name!r} ({variant.file}) does not match its card: " + "; ".join(wrong))
+    return got
+
+
+@dataclass
+class LoadedDataset:
+    card: Card
+    variant: Variant
+    file: Path
+    sha256: str
+    interactions: Interactions
+    counts: dict[str, int]
+
+
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, verify: bool = True, download: bool = True
+) -> LoadedDataset:
+    """Read a named dataset through its card, check checksum and counts."""
+    card = load_card(name)
+    path, variant = resolve_file(card, data_dir, download=download)
+    digest = verify_file(path, variant) if verify else sha256_of(path)
+    reader = READERS[card.reader]
+    interactions = reader(path, **card.reader_options)
+    counts = check_counts(card, variant, interactions) if verify else {}
+    if variant.note:
+        print(f"[{card.name}] {variant.file}: {variant.note}")
+    return LoadedDataset(card, variant, path, digest, interactions, counts)
+
+
+def load_item_text(name: str, data_dir: str | Path | None = None) -> pl.DataFrame | None:
+    """The card's item text (titles, genres) or None when the dataset has none."""
+    card = load_card(name)
+    if not card.item_text:
+        return None
+    for d in _search_dirs(card, data_dir):
+        if (d / card.item_text["file"]).exists():
+            return read_item_text(d / card.item_text["file"], card.item_text["format"])
+    return None
