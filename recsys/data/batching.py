@@ -26,7 +26,7 @@ def padded_windows(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, wid
 
 @dataclass
 class TrainBatch:
-    item_ids: torch.Tensor  # [B, L] inputs, left-padded
+    item_ids: torch.Tensor  # [B, L] inputs, left-padded; L <= max_len (the batch's longest window)
     timestamps: torch.Tensor  # [B, L]
     target_ids: torch.Tensor  # [B, L] next item at each position, 0 where no target
     target_timestamps: torch.Tensor  # [B, L] time of the next item (HSTU's query time)
@@ -61,8 +61,10 @@ def iter_train_batches(
         u = order[b : b + batch_size]
         starts = starts_all[u]
         ends = starts + split.train_lengths[u]
-        items = padded_windows(data.item_ids, starts, ends, max_len + 1)
-        times = padded_windows(data.timestamps, starts, ends, max_len + 1)
+        # as wide as the longest window in the batch: leading all-padding columns are never built
+        width = int(min(max_len + 1, split.train_lengths[u].max()))
+        items = padded_windows(data.item_ids, starts, ends, width)
+        times = padded_windows(data.timestamps, starts, ends, width)
         inputs, targets = items[:, :-1], items[:, 1:].copy()
         targets[inputs == 0] = 0
         yield TrainBatch(
@@ -81,9 +83,10 @@ def iter_eval_batches(split: Split, eval_set: EvalSet, max_len: int, batch_size:
         u = eval_set.users[rows]
         starts = data.seq_offsets[u]
         ends = starts + eval_set.history_lengths[rows]
+        width = int(max(1, min(max_len, eval_set.history_lengths[rows].max())))
         yield EvalBatch(
-            item_ids=torch.from_numpy(padded_windows(data.item_ids, starts, ends, max_len)),
-            timestamps=torch.from_numpy(padded_windows(data.timestamps, starts, ends, max_len)),
+            item_ids=torch.from_numpy(padded_windows(data.item_ids, starts, ends, width)),
+            timestamps=torch.from_numpy(padded_windows(data.timestamps, starts, ends, width)),
             target_ids=torch.from_numpy(eval_set.targets[rows]),
             target_timestamps=torch.from_numpy(data.timestamps[ends]),
             users=torch.from_numpy(u),

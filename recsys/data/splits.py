@@ -32,6 +32,9 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.users)
 
+    def reordered(self, order: np.ndarray) -> "EvalSet":
+        return EvalSet(self.users[order], self.history_lengths[order], self.targets[order])
+
 
 @dataclass
 class Split:

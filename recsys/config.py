@@ -1,0 +1,238 @@
+"""Run configuration: plain dataclasses, read from a TOML recipe plus ``--set key=value`` overrides.
+
+A recipe has the sections ``[data]``, ``[model]`` (``name`` picks the encoder, the other keys are that
+encoder's config fields), ``[loss]``, ``[train]`` and ``[eval]``. Every key and value is checked against
+the dataclass field it sets: an unknown key or a bad value is a :class:`ConfigError` that names the key
+and what is allowed. Nothing is evaluated as code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .evaluation import EvalConfig
+from .losses import LossConfig
+from .models.base import model_config_class
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the configuration schema."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ml-100k"  # a card in datasets/, or "custom" with path + reader (+ columns)
+    data_dir: str | None = None  # default: $RECSYS_DATA
+    path: str | None = None  # custom file
+    reader: str | None = None  # custom file's reader (see recsys.data.readers.READERS)
+    columns: dict[str, str] | None = None  # custom CSV/Parquet: canonical name -> file column
+    min_rating: float | None = None
+    dedupe: Literal["none", "first", "last"] = "none"
+    k_core: int = 0
+    split: Literal["leave_one_out", "hstu", "temporal"] = "leave_one_out"
+    valid_cut: float | None = None  # temporal: a timestamp, or a quantile in (0, 1)
+    test_cut: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    seed: int = 42
+    patience: int = 10  # epochs without validation improvement before stopping; 0 = never stop early
+    eval_every: int = 1
+    num_threads: int = 0  # 0 = torch's default
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model_name: str = "sasrec"
+    model: Any = None  # the encoder's config dataclass
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        out = {
+            "data": dataclasses.asdict(self.data),
+            "model": {"name": self.model_name, **dataclasses.asdict(self.model)},
+            "loss": dataclasses.asdict(self.loss),
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+        }
+        return json.loads(json.dumps(out))  # tuples -> lists: a plain, JSON-able dict
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.max_seq_len
+
+
+SECTIONS = {"data": DataConfig, "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _check_value(tp, value, key: str):
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {value!r} fits none of {args}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_value(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_check_value(a, v, key) for a, v in zip(args, value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table of {args}, got {value!r}")
+        return {_check_value(args[0], k, key): _check_value(args[1], v, key) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def build_section(cls, values: dict, section: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table, got {values!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown key '{section}.{key}'; allowed keys in [{section}]: {names}")
+    return cls(**{k: _check_value(hints[k], v, f"{section}.{k}") for k, v in values.items()})
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.num_blocks=4"`` -> (["model", "num_blocks"], 4). Values are TOML; bare words are strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) != 2:
+            raise ConfigError(f"--set {text!r}: keys look like section.key, e.g. model.num_blocks=4")
+        section, key = path
+        if section not in (*SECTIONS, "model"):
+            raise ConfigError(f"--set {text!r}: unknown section {section!r}; allowed: {[*SECTIONS, 'model']}")
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def config_from_dict(raw: dict) -> RunConfig:
+    for section in raw:
+        if section not in (*SECTIONS, "model"):
+            raise ConfigError(f"unknown section [{section}]; allowed: {[*SECTIONS, 'model']}")
+    model_raw = dict(raw.get("model", {}))
+    name = model_raw.pop("name", "sasrec")
+    try:
+        model_cls = model_config_class(name)
+    except KeyError as err:
+        raise ConfigError(f"model.name: {err.args[0]}") from None
+    cfg = RunConfig(
+        data=build_section(DataConfig, raw.get("data", {}), "data"),
+        model_name=name,
+        model=build_section(model_cls, model_raw, "model"),
+        loss=build_section(LossConfig, raw.get("loss", {}), "loss"),
+        train=build_section(TrainConfig, raw.get("train", {}), "train"),
+        eval=build_section(EvalConfig, raw.get("eval", {}), "eval"),
+    )
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    checks = [
+        ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
+        ("train.lr", cfg.train.lr > 0, "> 0"),
+        ("train.patience", cfg.train.patience >= 0, ">= 0"),
+        ("train.eval_every", cfg.train.eval_every >= 1, ">= 1"),
+        ("loss.num_negatives", cfg.loss.num_negatives >= 1, ">= 1"),
+        ("loss.temperature", cfg.loss.temperature > 0, "> 0"),
+        ("eval.ks", all(k >= 1 for k in cfg.eval.ks) and len(cfg.eval.ks) > 0, "positive integers"),
+        ("eval.block_size", cfg.eval.block_size >= 1, ">= 1"),
+        ("model.max_seq_len", getattr(cfg.model, "max_seq_len", 1) >= 1, ">= 1"),
+        ("data.k_core", cfg.data.k_core >= 0, ">= 0"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {what}")
+    if cfg.data.dataset == "custom" and (not cfg.data.path or not cfg.data.reader):
+        raise ConfigError("data.dataset = 'custom' needs data.path and data.reader")
+    allowed_metrics = [f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "recall", "ndcg", "mrr")] + ["mrr"]
+    if cfg.eval.early_stopping_metric not in allowed_metrics:
+        raise ConfigError(
+            f"eval.early_stopping_metric: {cfg.eval.early_stopping_metric!r} is not computed; allowed: {allowed_metrics}"
+        )
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe {path} not found")
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    try:
+        return config_from_dict(apply_overrides(raw, list(overrides)))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

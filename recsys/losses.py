@@ -1,0 +1,142 @@
+"""Next-item losses over hidden states and an item table, independent of the encoder.
+
+Every loss takes ``hidden`` [B, L, D], ``target_ids`` [B, L] (0 = no target at that position) and the
+item vectors [V, D] (row 0 = padding, never a candidate) and returns the mean over target positions.
+
+- ``ce``: full softmax cross-entropy over all items ("SASRec+", Klenitskiy & Vasilev 2023).
+- ``sampled_softmax``: the positive against N uniform negatives; negatives shared per batch, per
+  sequence or drawn per position; a negative equal to the positive is masked out; temperature and
+  optional L2 normalisation (HSTU uses 128 negatives, temperature 0.05, normalised vectors).
+- ``bce``: binary cross-entropy with one uniform negative per position (the original SASRec).
+- ``gbce``: generalised BCE of gSASRec (Petrov & Macdonald 2023): N negatives and the positive's
+  probability raised to beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = N / (V - 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
+
+
+@dataclass
+class LossConfig:
+    name: Literal["ce", "sampled_softmax", "bce", "gbce"] = "ce"
+    num_negatives: int = 128  # sampled_softmax / gbce (bce always uses one)
+    negatives_shared: Literal["batch", "sequence", "position"] = "sequence"
+    temperature: float = 1.0
+    l2_normalize: bool = False
+    gbce_t: float = 0.75
+    ce_chunk_size: int = 64  # ce: positions per logits block (bounds memory, keeps blocks in cache)
+
+
+class ChunkedSoftmaxCE(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ items.T`` against ``targets``, ``chunk`` positions at a time.
+
+    Never holds more than one [chunk, V] block of logits: the forward keeps only each position's
+    log-sum-exp; the backward recomputes each block's logits and turns them into
+    ``softmax - onehot`` in place. Same value and gradients as ``F.cross_entropy(hidden @ items.T, targets)``
+    to float rounding (tested), and faster on CPU because each block stays in cache.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        P = hidden.shape[0]
+        lse = torch.empty(P, device=hidden.device, dtype=torch.float32)
+        target_logits = torch.empty(P, device=hidden.device, dtype=torch.float32)
+        for start in range(0, P, chunk):
+            logits = hidden[start : start + chunk] @ items.T  # [c, V]
+            lse[start : start + chunk] = torch.logsumexp(logits.float(), dim=1)
+            target_logits[start : start + chunk] = logits.gather(1, targets[start : start + chunk, None]).squeeze(1)
+        ctx.save_for_backward(hidden, items, targets, lse)
+        ctx.chunk = chunk
+        return (lse - target_logits).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        hidden, items, targets, lse = ctx.saved_tensors
+        P, chunk = hidden.shape[0], ctx.chunk
+        grad_hidden = torch.empty_like(hidden)
+        grad_items = torch.zeros_like(items)
+        scale = grad_out / P
+        for start in range(0, P, chunk):
+            h = hidden[start : start + chunk]
+            g = h @ items.T  # [c, V] logits, recomputed
+            g.sub_(lse[start : start + chunk, None]).exp_()  # softmax
+            g[torch.arange(g.shape[0], device=g.device), targets[start : start + chunk]] -= 1.0
+            g.mul_(scale)
+            grad_hidden[start : start + chunk] = g @ items
+            grad_items.addmm_(g.T, h)
+        return grad_hidden, grad_items, None, None
+
+
+def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Cross-entropy over all real items: hidden [P, D], items [V, D] (row 0 = padding, excluded), targets [P]."""
+    return ChunkedSoftmaxCE.apply(hidden, items[1:], targets - 1, chunk)
+
+
+def _normalise(cfg: LossConfig, hidden: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.l2_normalize:
+        return F.normalize(hidden, dim=-1), F.normalize(items, dim=-1)
+    return hidden, items
+
+
+def sample_negatives(
+    cfg: LossConfig, num_items: int, batch: int, length: int, n: int, generator: torch.Generator | None, device
+) -> torch.Tensor:
+    """Uniform item ids in [1, V): [1, 1, n] (batch), [B, 1, n] (sequence) or [B, L, n] (position)."""
+    shape = {"batch": (1, 1, n), "sequence": (batch, 1, n), "position": (batch, length, n)}[cfg.negatives_shared]
+    return torch.randint(1, num_items, shape, generator=generator, device=device)
+
+
+def negative_logits(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """hidden [B, L, D] . items[negatives] -> [B, L, N]."""
+    if negatives.shape[0] == 1:  # shared by the batch: one GEMM
+        return hidden @ items[negatives[0, 0]].T
+    if negatives.shape[1] == 1:  # shared along each sequence: one GEMM per sequence
+        return torch.bmm(hidden, items[negatives[:, 0]].transpose(1, 2))
+    return torch.einsum("bld,blnd->bln", hidden, items[negatives])  # drawn per position
+
+
+def next_item_loss(
+    cfg: LossConfig,
+    hidden: torch.Tensor,  # [B, L, D]
+    target_ids: torch.Tensor,  # [B, L]
+    items: torch.Tensor,  # [V, D]
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    mask = target_ids > 0  # [B, L]
+    if not mask.any():
+        return hidden.sum() * 0.0
+    num_items = items.shape[0]
+    if cfg.name == "ce":
+        h, w = _normalise(cfg, hidden[mask], items)  # [P, D], [V, D]
+        if cfg.temperature != 1.0:
+            h = h / cfg.temperature
+        return full_softmax_ce(h, w, target_ids[mask], cfg.ce_chunk_size)
+
+    B, L, _ = hidden.shape
+    h, w = _normalise(cfg, hidden, items)
+    pos_logits = (h * w[target_ids]).sum(-1)  # [B, L]
+    n = 1 if cfg.name == "bce" else cfg.num_negatives
+    negatives = sample_negatives(cfg, num_items, B, L, n, generator, hidden.device)
+    neg_logits = negative_logits(h, w, negatives)  # [B, L, N]
+    collide = negatives == target_ids[:, :, None]  # [B, L, N]
+
+    if cfg.name == "sampled_softmax":
+        neg_logits = neg_logits.masked_fill(collide, float("-inf"))
+        logits = torch.cat([pos_logits[..., None], neg_logits], dim=-1) / cfg.temperature  # [B, L, 1 + N]
+        loss = -F.log_softmax(logits, dim=-1)[..., 0]
+        return loss[mask].mean()
+    if cfg.name in ("bce", "gbce"):
+        beta = 1.0
+        if cfg.name == "gbce":
+            alpha = n / (num_items - 1)
+            beta = alpha * (cfg.gbce_t * (1 - 1 / alpha) + 1 / alpha)
+        pos_term = -beta * F.logsigmoid(pos_logits)  # [B, L]
+        neg_term = (-F.logsigmoid(-neg_logits)).masked_fill(collide, 0.0).sum(-1)  # [B, L]
+        return (pos_term + neg_term)[mask].mean()
+    raise ValueError(f"unknown loss {cfg.name!r}; allowed: {list(LOSSES)}")

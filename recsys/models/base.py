@@ -1,0 +1,75 @@
+"""The encoder interface every sequential model implements, and the registry recipes pick from.
+
+An encoder maps left-padded item ids (and their timestamps) to one hidden state per position::
+
+    hidden = encoder(item_ids, timestamps, next_timestamps)  # [B, L] -> [B, L, D]
+
+and exposes the item vectors its scores are computed against (``item_vectors()`` -> [V, D], row 0 =
+padding). Scores are ``hidden @ item_vectors().T``; losses and the evaluator live outside the models,
+so any loss works with any encoder. A user's representation is the hidden state at the last position.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class SequentialEncoder(nn.Module):
+    """Base class: subclasses set ``item_embedding`` and implement ``forward``."""
+
+    item_embedding: nn.Embedding
+    #: True when position t only sees positions <= t (next-item training on every position)
+    causal: bool = True
+
+    # forward(item_ids [B, L] (0 = left padding), timestamps [B, L] | None,
+    #         next_timestamps [B, L] | None (time of the item to predict)) -> hidden [B, L, D]
+
+    def item_vectors(self) -> torch.Tensor:
+        """[V, D] vectors that hidden states are scored against (row 0 is padding)."""
+        return self.item_embedding.weight
+
+    def user_vectors(
+        self, item_ids: torch.Tensor, timestamps: torch.Tensor | None = None, next_timestamps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, D]: the hidden state at the last (most recent) position of each history."""
+        next_ts = None
+        if next_timestamps is not None and timestamps is not None:
+            next_ts = torch.cat([timestamps[:, 1:], next_timestamps[:, None]], dim=1)
+        return self(item_ids, timestamps, next_ts)[:, -1]
+
+
+# name -> (encoder class, its config dataclass)
+MODELS: dict[str, tuple[type[SequentialEncoder], type]] = {}
+
+
+def register(name: str, config_cls: type) -> Callable[[type[SequentialEncoder]], type[SequentialEncoder]]:
+    def wrap(cls: type[SequentialEncoder]) -> type[SequentialEncoder]:
+        MODELS[name] = (cls, config_cls)
+        return cls
+
+    return wrap
+
+
+def model_config_class(name: str) -> type:
+    _import_builtin_models()
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}")
+    return MODELS[name][1]
+
+
+def build_model(name: str, config: Any, num_items: int) -> SequentialEncoder:
+    """Instantiate a registered encoder from its config dataclass (or a dict of its fields)."""
+    config_cls = model_config_class(name)
+    cls = MODELS[name][0]
+    if isinstance(config, dict):
+        config = config_cls(**config)
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"model config must be a {config_cls.__name__} or a dict")
+    return cls(config, num_items)
+
+
+def _import_builtin_models() -> None:
+    from . import sasrec  # noqa: F401  (registers itself)

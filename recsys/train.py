@@ -1,0 +1,336 @@
+"""Training loop: AdamW, seeded and resumable, early stopping on validation, atomic checkpoints.
+
+A run directory holds:
+- ``config.json``     the resolved configuration
+- ``metrics.jsonl``   one line per epoch (train loss, validation metrics, timings)
+- ``last.pt``         everything needed to resume (model, optimizer, RNG state, early-stopping state)
+- ``best.pt``         the best model by the validation metric (state_dict + config)
+- ``final_metrics.json`` and ``learning_curves.png`` at the end.
+
+Every file is written to a temporary name and renamed, so a killed run never leaves a half-written
+checkpoint under a real name; checkpoints are read with ``torch.load(weights_only=True)``.
+Resuming replays from the last completed epoch with the same data order, dropout and negative
+samples, so a resumed run ends with exactly the metrics of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import DataConfig, RunConfig, config_from_dict
+from .data.batching import iter_train_batches, train_users
+from .data.cards import load_dataset
+from .data.prepare import SequenceData, prepare_sequences
+from .data.readers import READERS, DataError, Interactions, read_table
+from .data.splits import Split, make_split
+from .evaluation import evaluate
+from .losses import next_item_loss
+from .models.base import SequentialEncoder, build_model
+
+MIN_EVENTS = {"leave_one_out": 3, "hstu": 2, "temporal": 1}
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated or foreign file
+        raise DataError(f"{path}: not a readable recsys checkpoint ({type(err).__name__}: {err})") from None
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class PreparedData:
+    split: Split
+    info: dict  # dataset name, file, sha256, counts
+
+
+def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactions | None = None) -> PreparedData:
+    """Read (or take) the interactions, filter and split them as the config says."""
+    info: dict = {"dataset": cfg.dataset}
+    if interactions is None:
+        if cfg.dataset == "custom":
+            if cfg.reader not in READERS:
+                raise DataError(f"data.reader must be one of {sorted(READERS)}, got {cfg.reader!r}")
+            if cfg.reader == "table":
+                interactions = read_table(cfg.path, cfg.columns or {"user_id": "user_id", "item_id": "item_id"})
+            else:
+                interactions = READERS[cfg.reader](cfg.path)
+            info["file"] = str(cfg.path)
+        else:
+            loaded = load_dataset(cfg.dataset, cfg.data_dir)
+            interactions = loaded.interactions
+            info.update(file=loaded.file.name, sha256=loaded.sha256, variant_note=loaded.variant.note)
+    seq = prepare_sequences(
+        interactions,
+        min_rating=cfg.min_rating,
+        dedupe=cfg.dedupe,
+        k_core_threshold=cfg.k_core,
+        min_seq_len=MIN_EVENTS[cfg.split],
+        verbose=verbose,
+    )
+    split = make_split(seq, cfg.split, cfg.valid_cut, cfg.test_cut, verbose=verbose)
+    info.update(users=seq.num_users, items=seq.num_items - 1, interactions=seq.num_interactions)
+    return PreparedData(split=split, info=info)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The data order of an epoch depends only on (seed, epoch): resumable and reproducible."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, data: PreparedData | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.data = data or prepare_data(cfg.data, verbose=progress)
+        self.split = self.data.split
+        self.device = resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+        )
+        self.history: list[dict] = []
+        self.epoch = 0
+        self.best_metric = -math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    # -- state
+    def _state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "rng": torch.get_rng_state(),
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "config": self.cfg.to_dict(),
+        }
+
+    def _restore(self, state: dict) -> None:
+        if state["config"] != self.cfg.to_dict():
+            raise ValueError(f"{self.run_dir}: the checkpoint was written with another configuration; "
+                             "resume with the same recipe and overrides")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        torch.set_rng_state(state["rng"])
+        self.best_metric = state["best_metric"]
+        self.best_epoch = state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
+        self.history = state["history"]
+
+    # -- one epoch
+    def train_epoch(self) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        gen = epoch_generator(cfg.train.seed, self.epoch)
+        n_users = len(train_users(self.split))
+        steps = (n_users + cfg.train.batch_size - 1) // cfg.train.batch_size
+        total_loss = torch.zeros((), device=self.device)
+        targets = 0
+        start = time.perf_counter()
+        bar = tqdm(
+            iter_train_batches(self.split, cfg.max_seq_len, cfg.train.batch_size, gen),
+            total=steps, desc=f"epoch {self.epoch + 1}", disable=not self.progress, leave=False,
+        )
+        for step, batch in enumerate(bar):
+            item_ids = batch.item_ids.to(self.device)
+            target_ids = batch.target_ids.to(self.device)
+            hidden = self.model(item_ids, batch.timestamps.to(self.device), batch.target_timestamps.to(self.device))
+            loss = next_item_loss(cfg.loss, hidden, target_ids, self.model.item_vectors())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+            self.optimizer.step()
+            total_loss += loss.detach()
+            targets += int(batch.target_ids.count_nonzero())
+            if self.progress and step % 20 == 0:
+                bar.set_postfix(loss=f"{total_loss.item() / (step + 1):.4f}")
+        seconds = time.perf_counter() - start
+        return {"train_loss": total_loss.item() / max(steps, 1), "train_seconds": seconds,
+                "train_targets": targets, "targets_per_second": targets / seconds}
+
+    def evaluate(self, which: str = "valid", progress: bool = False, return_ranks: bool = False) -> dict:
+        eval_set = self.split.valid if which == "valid" else self.split.test
+        return evaluate(
+            self.model, self.split, eval_set, self.cfg.max_seq_len, self.cfg.eval,
+            normalize=self.cfg.loss.l2_normalize, device=self.device, progress=progress, return_ranks=return_ranks,
+        )
+
+    # -- the loop
+    def fit(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        last = self.run_dir / "last.pt"
+        if (last.exists() or (self.run_dir / "final_metrics.json").exists()) and not resume:
+            raise FileExistsError(f"{self.run_dir} already holds a run; use --resume or another --run-dir")
+        if resume and last.exists():
+            self._restore(load_checkpoint(last))
+            if self.progress:
+                print(f"resumed {self.run_dir} after epoch {self.epoch}")
+        atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
+        metric = cfg.eval.early_stopping_metric
+        has_valid = self.split.valid is not None and len(self.split.valid) > 0
+        stopped_early = False
+        while self.epoch < cfg.train.epochs:
+            if has_valid and cfg.train.patience and self.bad_epochs >= cfg.train.patience:
+                stopped_early = True
+                break
+            record = {"epoch": self.epoch + 1, **self.train_epoch()}
+            self.epoch += 1
+            if has_valid and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs):
+                valid = self.evaluate("valid")
+                record["valid"] = {k: v for k, v in valid.items() if k != "num_users"}
+                if valid[metric] > self.best_metric:
+                    self.best_metric, self.best_epoch, self.bad_epochs = valid[metric], self.epoch, 0
+                    self._save_best()
+                else:
+                    self.bad_epochs += cfg.train.eval_every
+            elif not has_valid:  # HSTU mode: no model selection, the last epoch is the model
+                self.best_epoch = self.epoch
+                self._save_best()
+            self.history.append(record)
+            self._write_log()
+            atomic_torch_save(self._state(), last)
+            if self.progress:
+                self._print_epoch(record, metric)
+        if has_valid and cfg.train.patience and self.bad_epochs >= cfg.train.patience:
+            stopped_early = True
+        return self.finish(stopped_early)
+
+    def _save_best(self) -> None:
+        atomic_torch_save(
+            {"model": self.model.state_dict(), "config": self.cfg.to_dict(), "epoch": self.epoch},
+            self.run_dir / "best.pt",
+        )
+
+    def _write_log(self) -> None:
+        lines = "".join(json.dumps(r) + "\n" for r in self.history)
+        atomic_write_bytes(self.run_dir / "metrics.jsonl", lines.encode())
+
+    def _print_epoch(self, record: dict, metric: str) -> None:
+        msg = f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  {record['train_seconds']:.1f}s"
+        if "valid" in record:
+            msg += f"  valid {metric} {record['valid'][metric]:.4f}  (best {self.best_metric:.4f} @ {self.best_epoch})"
+        tqdm.write(msg)
+
+    def finish(self, stopped_early: bool = False) -> dict:
+        """Load the best model, evaluate validation and test, write final_metrics.json and the plot."""
+        best = load_checkpoint(self.run_dir / "best.pt")
+        self.model.load_state_dict(best["model"])
+        out = {
+            "best_epoch": best["epoch"],
+            "epochs_run": self.epoch,
+            "stopped_early": stopped_early,
+            "dataset": self.data.info,
+            "split": self.cfg.data.split,
+            "exclude_seen": self.cfg.eval.exclude_seen,
+            "tie_policy": self.cfg.eval.tie_policy,
+            "train_seconds": sum(r["train_seconds"] for r in self.history),
+        }
+        if self.split.valid is not None and len(self.split.valid):
+            out["valid"] = self.evaluate("valid")
+        out["test"] = self.evaluate("test", progress=self.progress)
+        atomic_write_json(self.run_dir / "final_metrics.json", out)
+        plot_learning_curves(self.history, self.run_dir / "learning_curves.png", self.cfg.eval.early_stopping_metric)
+        return out
+
+
+def plot_learning_curves(history: list[dict], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    epochs = [r["epoch"] for r in history]
+    ax1.plot(epochs, [r["train_loss"] for r in history], color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    valid = [(r["epoch"], r["valid"][metric]) for r in history if "valid" in r]
+    if valid:
+        ax2 = ax1.twinx()
+        ax2.plot(*zip(*valid), color="tab:orange", marker=".", label=f"valid {metric}")
+        ax2.set_ylabel(f"valid {metric}", color="tab:orange")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def load_run(run_dir: str | Path, data: PreparedData | None = None, progress: bool = False) -> Trainer:
+    """A trainer with the run's best model loaded (for evaluate / score / export)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir}: no config.json, not a run directory")
+    cfg = config_from_dict(json.loads(cfg_path.read_text()))
+    trainer = Trainer(cfg, run_dir, data=data, progress=progress)
+    trainer.model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    return trainer
