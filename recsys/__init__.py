@@ -1,2 +1,16 @@
-"""recsys: sequential recommendation."""
+"""recsys: sequential recommendation — real data in, full-ranking metrics out.
+
+The notebook API (``from_frame``, ``fit``, ``load``) lives in :mod:`recsys.api`; it is imported
+lazily so ``import recsys`` stays light.
+"""
 __version__ = "0.1.0"
+
+__all__ = ["from_frame", "fit", "load", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("from_frame", "fit", "load", "Recommender"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'recsys' has no attribute {name!r}")

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shlex
 import sys
 from pathlib import Path
 
-from .config import ConfigError, apply_overrides, config_from_dict, load_recipe
+from .config import ConfigError, load_recipe
 from .data.readers import DataError
 
 METRIC_ORDER = ("hr", "ndcg", "mrr")
@@ -74,21 +73,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .train import Trainer, load_checkpoint
+    from .train import load_run
 
-    run_dir = Path(args.run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir}: no config.json, not a run directory")
-    cfg = config_from_dict(apply_overrides(json.loads(cfg_path.read_text()), args.set))
-    if args.data_dir:
-        cfg.data.data_dir = args.data_dir
-    trainer = Trainer(cfg, run_dir, progress=False)
-    trainer.model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    trainer = load_run(args.run_dir, overrides=args.set, data_dir=args.data_dir)
     if args.split == "valid" and trainer.split.valid is None:
-        raise ConfigError(f"split {cfg.data.split!r} has no validation set")
+        raise ConfigError(f"split {trainer.cfg.data.split!r} has no validation set")
     metrics = trainer.evaluate(args.split, progress=True)
-    print_metrics_table(f"{args.split} ({run_dir})", metrics, cfg.eval.ks)
+    print_metrics_table(f"{args.split} ({args.run_dir})", metrics, trainer.cfg.eval.ks)
     return 0
 
 

@@ -214,8 +214,6 @@ def _check_ranges(cfg: RunConfig) -> None:
     for key, ok, what in checks:
         if not ok:
             raise ConfigError(f"{key} must be {what}")
-    if cfg.data.dataset == "custom" and (not cfg.data.path or not cfg.data.reader):
-        raise ConfigError("data.dataset = 'custom' needs data.path and data.reader")
     allowed_metrics = [f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "recall", "ndcg", "mrr")] + ["mrr"]
     if cfg.eval.early_stopping_metric not in allowed_metrics:
         raise ConfigError(

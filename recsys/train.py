@@ -92,6 +92,8 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
     info: dict = {"dataset": cfg.dataset}
     if interactions is None:
         if cfg.dataset == "custom":
+            if not cfg.path:
+                raise DataError("data.dataset = 'custom' needs data.path and data.reader (or a DataFrame)")
             if cfg.reader not in READERS:
                 raise DataError(f"data.reader must be one of {sorted(READERS)}, got {cfg.reader!r}")
             if cfg.reader == "table":
@@ -324,13 +326,25 @@ def plot_learning_curves(history: list[dict], path: Path, metric: str) -> None:
     os.replace(tmp, path)
 
 
-def load_run(run_dir: str | Path, data: PreparedData | None = None, progress: bool = False) -> Trainer:
-    """A trainer with the run's best model loaded (for evaluate / score / export)."""
+def load_run(
+    run_dir: str | Path, overrides: list[str] = (), data: Interactions | None = None, data_dir: str | None = None
+) -> Trainer:
+    """A trainer holding a finished run's best model (for evaluate / score / export).
+
+    ``overrides`` change evaluation settings (e.g. ``eval.exclude_seen=false``); runs trained on an
+    in-memory DataFrame need the same ``data`` again."""
+    from .config import apply_overrides
+
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.json, not a run directory")
-    cfg = config_from_dict(json.loads(cfg_path.read_text()))
-    trainer = Trainer(cfg, run_dir, data=data, progress=progress)
+    cfg = config_from_dict(apply_overrides(json.loads(cfg_path.read_text()), list(overrides)))
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    if data is None and cfg.data.dataset == "custom" and not cfg.data.path:
+        raise DataError(f"{run_dir} was trained on an in-memory DataFrame: pass the same data again")
+    prepared = prepare_data(cfg.data, verbose=False, interactions=data)
+    trainer = Trainer(cfg, run_dir, data=prepared, progress=False)
     trainer.model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     return trainer

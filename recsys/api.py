@@ -1,0 +1,103 @@
+"""Python API mirroring the CLI, for notebooks.
+
+    import recsys
+    data = recsys.from_frame(df, user="user_id", item="item_id", time="ts")   # pandas or polars
+    model = recsys.fit(data, "recipes/ml-100k/sasrec.toml", overrides=["train.epochs=5"], run_dir="runs/nb")
+    model.evaluate("test")["ndcg@10"]
+    model.recommend(["i1", "i7", "i3"], k=10)       # raw item ids and scores
+    model = recsys.load("runs/nb")                     # a finished run, back from disk
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import RunConfig, config_from_dict, load_recipe
+from .data.readers import DataError, Interactions, frame_to_interactions
+from .train import Trainer, load_run, prepare_data
+
+
+def from_frame(df, user: str = "user_id", item: str = "item_id", time: str | None = None,
+               rating: str | None = None) -> Interactions:
+    """Canonical interactions from a pandas / polars DataFrame, naming its columns."""
+    columns = {"user_id": user, "item_id": item}
+    if time:
+        columns["timestamp"] = time
+    if rating:
+        columns["rating"] = rating
+    return frame_to_interactions(df, columns, source="DataFrame")
+
+
+class Recommender:
+    """A trained model with its data: evaluate, score and recommend by raw ids."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.model = trainer.model
+        self.data = trainer.split.data
+
+    @property
+    def config(self) -> RunConfig:
+        return self.trainer.cfg
+
+    def evaluate(self, split: str = "test") -> dict:
+        return self.trainer.evaluate(split)
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[Sequence]) -> torch.Tensor:
+        """Scores [len(histories), V] of every item (column i = internal id i; column 0 is padding = -inf)
+        for histories of raw item ids (oldest first)."""
+        max_len = self.config.max_seq_len
+        rows = [self.data.item_index(h)[-max_len:] for h in histories]
+        if any(len(r) == 0 for r in rows):
+            raise DataError("every history needs at least one item")
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):  # one row per history, not per interaction
+            ids[i, width - len(r):] = torch.from_numpy(r)
+        self.model.eval()
+        users = self.model.user_vectors(ids.to(self.trainer.device))
+        items = self.model.item_vectors()
+        if self.config.loss.l2_normalize:
+            users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
+        scores = (users @ items.T).cpu()
+        scores[:, 0] = float("-inf")
+        return scores
+
+    def recommend(self, history: Sequence, k: int = 10, exclude_seen: bool = True) -> list[tuple[object, float]]:
+        """Top-k (raw item id, score) for one history of raw item ids."""
+        scores = self.score([history])[0]
+        if exclude_seen:
+            scores[torch.from_numpy(self.data.item_index(history))] = float("-inf")
+        top = torch.topk(scores, k)
+        return [(self.data.item_raw_ids[i], float(s)) for i, s in zip(top.indices.tolist(), top.values.tolist())]
+
+
+def fit(data: Interactions | str, recipe: str | Path | None = None, overrides: Sequence[str] = (),
+          run_dir: str | Path = "runs/api", resume: bool = False, progress: bool = True) -> Recommender:
+    """Train on interactions (or a dataset card's name) with a recipe's settings (defaults without one)."""
+    cfg = load_recipe(recipe, list(overrides)) if recipe else config_from_dict(_overrides_only(overrides))
+    interactions = None
+    if isinstance(data, Interactions):
+        interactions = data
+        cfg.data.dataset = "custom"
+    else:
+        cfg.data.dataset = str(data)
+    prepared = prepare_data(cfg.data, verbose=progress, interactions=interactions)
+    trainer = Trainer(cfg, run_dir, data=prepared, progress=progress)
+    trainer.fit(resume=resume)
+    return Recommender(trainer)
+
+
+def load(run_dir: str | Path, data: Interactions | None = None) -> Recommender:
+    """A finished run's best model. Runs trained on a DataFrame need the same ``data`` passed again."""
+    return Recommender(load_run(run_dir, data=data))
+
+
+def _overrides_only(overrides: Sequence[str]) -> dict:
+    from .config import apply_overrides
+
+    return apply_overrides({}, list(overrides))

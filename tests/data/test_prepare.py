@@ -1,0 +1,73 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.data.prepare import k_core, prepare_sequences
+from recsys.data.readers import DataError, frame_to_interactions
+
+
+def _inter(rows, with_time=True):
+    cols = {"user_id": "u", "item_id": "i"}
+    data = {"u": [r[0] for r in rows], "i": [r[1] for r in rows]}
+    if with_time:
+        cols["timestamp"] = "t"
+        data["t"] = [r[2] for r in rows]
+    if len(rows[0]) > 3:
+        cols["rating"] = "r"
+        data["r"] = [float(r[3]) for r in rows]
+    return frame_to_interactions(pl.DataFrame(data), cols)
+
+
+def test_stable_chronological_sort_ties_keep_file_order():
+    # user 7: items 30 (t=5), 10 (t=1), 20 (t=5), 40 (t=1) -> by time, ties in file order: 10, 40, 30, 20
+    seq = prepare_sequences(_inter([(7, 30, 5), (7, 10, 1), (7, 20, 5), (7, 40, 1)]), verbose=False)
+    raw = seq.item_raw_ids[seq.sequence(0)]
+    assert list(raw) == [10, 40, 30, 20]
+    assert list(seq.timestamps) == [1, 1, 5, 5]
+
+
+def test_remap_padding_zero_and_offsets():
+    seq = prepare_sequences(_inter([(2, "b", 1), (1, "a", 1), (2, "a", 2)]), verbose=False)
+    assert seq.num_items == 3 and seq.item_raw_ids[0] is None
+    assert list(seq.seq_offsets) == [0, 1, 3]
+    assert (seq.item_ids >= 1).all()
+    assert list(seq.user_raw_ids) == [1, 2]
+    assert list(seq.item_index(["b", "a"])) == [2, 1]
+    with pytest.raises(DataError, match="unknown item id"):
+        seq.item_index(["zzz"])
+
+
+def test_no_timestamps_uses_positions():
+    seq = prepare_sequences(_inter([(1, 5, 0), (1, 6, 0), (2, 5, 0)], with_time=False), verbose=False)
+    assert list(seq.timestamps) == [0, 1, 0] and not seq.has_timestamps
+
+
+def test_rating_filter_and_dedupe_are_counted(capsys):
+    rows = [(1, 1, 1, 5), (1, 2, 2, 1), (1, 1, 3, 4), (2, 3, 1, 5)]
+    seq = prepare_sequences(_inter(rows), min_rating=4, dedupe="first", verbose=True)
+    out = capsys.readouterr().out
+    assert "rating >= 4: dropped 1 of 4" in out
+    assert "dedupe=first: dropped 1 repeated" in out
+    assert seq.num_interactions == 2
+
+
+def test_k_core_is_iterative():
+    # item 9 has 2 users; after dropping user 3 (1 event) item 8 falls below 2, then user 2 too
+    df = pl.DataFrame({"user_id": [1, 1, 2, 2, 3, 1, 2], "item_id": [9, 7, 9, 8, 8, 7, 7]})
+    kept = k_core(df, 2)
+    assert set(kept["user_id"]) == {1, 2}
+    counts_u = kept.group_by("user_id").len()["len"].min()
+    counts_i = kept.group_by("item_id").len()["len"].min()
+    assert counts_u >= 2 and counts_i >= 2
+
+
+def test_short_users_dropped_with_a_count(capsys):
+    seq = prepare_sequences(_inter([(1, 1, 1), (1, 2, 2), (1, 3, 3), (2, 1, 1)]), min_seq_len=3, verbose=True)
+    assert "dropped 1 users with fewer than 3 events" in capsys.readouterr().out
+    assert seq.num_users == 1
+
+
+def test_missing_timestamp_names_line():
+    df = pl.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5, None]})
+    with pytest.raises(DataError, match="line 2: field 'timestamp' is empty"):
+        prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)

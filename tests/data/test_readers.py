@@ -1,0 +1,159 @@
+import gzip
+
+import pandas as pd
+import polars as pl
+import pytest
+
+from recsys.data.readers import (
+    DataError, frame_to_interactions, read_item_text, read_movielens_100k, read_movielens_csv, read_movielens_dat,
+    read_recbole_inter, read_table, read_unisrec_sequences, read_user_item_lines, read_user_sequence_lines,
+)
+from tests.conftest import DATA_DIR, needs_data
+
+
+def test_movielens_100k(tmp_path):
+    p = tmp_path / "u.data"
+    p.write_text("1\t10\t5\t100\n2\t20\t3\t90\n1\t30\t4\t50\n")
+    df = read_movielens_100k(p).frame
+    assert df.columns[:5] == ["user_id", "item_id", "timestamp", "rating", "line"]
+    assert df["item_id"].to_list() == [10, 20, 30]
+    assert df["timestamp"].to_list() == [100, 90, 50]
+    assert df["line"].to_list() == [1, 2, 3]
+
+
+def test_movielens_dat_gz_latin1(tmp_path):
+    p = tmp_path / "ratings.dat.gz"
+    p.write_bytes(gzip.compress("1::1193::5::978300760\n1::661::3::978302109\n".encode("latin-1")))
+    df = read_movielens_dat(p).frame
+    assert df.height == 2 and df["rating"].to_list() == [5.0, 3.0]
+
+
+def test_movielens_csv(tmp_path):
+    p = tmp_path / "ratings.csv"
+    p.write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n")
+    df = read_movielens_csv(p).frame
+    assert df["rating"].to_list() == [4.0, 4.5]
+    p.write_text("user,movie,rating,timestamp\n1,1,4.0,1\n")
+    with pytest.raises(DataError, match="line 1: expected the header"):
+        read_movielens_csv(p)
+
+
+def test_user_item_and_sequence_lines(tmp_path):
+    p = tmp_path / "beauty.txt"
+    p.write_text("1 1\n1 2\n2 3\n")
+    inter = read_user_item_lines(p)
+    assert not inter.has_timestamps and inter.frame.height == 3
+    q = tmp_path / "Beauty.txt"
+    q.write_text("1 5 6 7\n2 8 9\n")
+    df = read_user_sequence_lines(q).frame
+    assert df["user_id"].to_list() == [1, 1, 1, 2, 2]
+    assert df["item_id"].to_list() == [5, 6, 7, 8, 9]
+
+
+def test_recbole_atomic_inter(tmp_path):
+    p = tmp_path / "x.inter"
+    p.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\ti1\t5\t10\nu1\ti2\t4\t5\n")
+    df = read_recbole_inter(p).frame
+    assert df["user_id"].to_list() == ["u1", "u1"] and df["timestamp"].to_list() == [10, 5]
+    p.write_text("user_id:token\tfoo:token\nu1\ti1\n")
+    with pytest.raises(DataError, match="missing column 'item_id:token'"):
+        read_recbole_inter(p)
+
+
+def test_unisrec_sequences(tmp_path):
+    p = tmp_path / "X.test.inter"
+    p.write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n0\t0 1 2\t3\n1\t4 5\t6\n")
+    df = read_unisrec_sequences(p).frame
+    assert df.filter(pl.col("user_id") == 0)["item_id"].to_list() == [0, 1, 2, 3]
+    assert df.height == 7
+
+
+# --------------------------------------------------------------------- bad input names file and line
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    p = tmp_path / "u.data"
+    p.write_text("1\t10\t5\t100\n2\t20\t3\n3\t30\t4\t50\n")
+    with pytest.raises(DataError, match=r"u\.data, line 2: expected 4 fields"):
+        read_movielens_100k(p)
+
+
+def test_wrong_separator(tmp_path):
+    p = tmp_path / "u.data"
+    p.write_text("1,10,5,100\n")
+    with pytest.raises(DataError, match=r"line 1: expected 4 fields separated by a tab, found 1.*wrong separator"):
+        read_movielens_100k(p)
+
+
+def test_non_integer_id(tmp_path):
+    p = tmp_path / "u.data"
+    p.write_text("1\t10\t5\t100\n1\tabc\t5\t101\n")
+    with pytest.raises(DataError, match=r"line 2: field 'item_id' must be an integer, got 'abc'"):
+        read_movielens_100k(p)
+
+
+def test_empty_file_and_blank_lines(tmp_path):
+    p = tmp_path / "u.data"
+    p.write_text("")
+    with pytest.raises(DataError, match="file is empty"):
+        read_movielens_100k(p)
+    p.write_text("1\t10\t5\t100\n\n2\t10\t5\t100\n")
+    with pytest.raises(DataError, match="line 2: blank line"):
+        read_movielens_100k(p)
+    p.write_text("1\t10\t5\t100\n\n\n")  # trailing blank lines are fine
+    assert read_movielens_100k(p).frame.height == 1
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_movielens_100k(tmp_path / "nope")
+
+
+def test_not_utf8_names_line(tmp_path):
+    p = tmp_path / "beauty.txt"
+    p.write_bytes(b"1 1\n1 \xff\n")
+    with pytest.raises(DataError, match="line 2: bytes that are not utf-8"):
+        read_user_item_lines(p)
+
+
+def test_table_with_column_mapping_csv_and_parquet(tmp_path):
+    df = pd.DataFrame({"visitor": ["a", "a", "b"], "thing": [3, 4, 3], "when": ["2020-01-02", "2020-01-01", "2020-01-03"]})
+    csv = tmp_path / "log.csv"
+    df.to_csv(csv, index=False)
+    inter = read_table(csv, {"user_id": "visitor", "item_id": "thing", "timestamp": "when"})
+    assert inter.frame["timestamp"].to_list()[1] < inter.frame["timestamp"].to_list()[0]
+    assert inter.frame["line"].to_list() == [2, 3, 4]  # file lines (header is line 1)
+    pq = tmp_path / "log.parquet"
+    df.to_parquet(pq)
+    assert read_table(pq, {"user_id": "visitor", "item_id": "thing"}).frame.height == 3
+    with pytest.raises(DataError, match=r"missing column\(s\) \['user'\]"):
+        read_table(csv, {"user_id": "user", "item_id": "thing"})
+
+
+def test_table_bad_timestamp_names_line(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_text("u,i,t\n1,2,2020-01-01\n1,3,yesterday\n")
+    with pytest.raises(DataError, match=r"line 3: field 'timestamp' is neither"):
+        read_table(csv, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+
+
+def test_frame_to_interactions_pandas_and_unknown_column():
+    df = pd.DataFrame({"u": [1, 2], "i": [5, 6]})
+    assert frame_to_interactions(df, {"user_id": "u", "item_id": "i"}).frame.height == 2
+    with pytest.raises(DataError, match="unknown canonical column 'who'"):
+        frame_to_interactions(df, {"user_id": "u", "item_id": "i", "who": "u"})
+
+
+@needs_data("ml-100k")
+def test_item_text_ml100k():
+    items = read_item_text(DATA_DIR / "ml-100k" / "u.item", "movielens_100k_items")
+    assert items.height == 1682
+    first = items.row(0, named=True)
+    assert first["title"] == "Toy Story (1995)" and first["genres"] == "Animation|Children's|Comedy"
+
+
+@needs_data("ml-1m")
+def test_item_text_ml1m_latin1():
+    items = read_item_text(DATA_DIR / "ml-1m" / "movies.dat", "movielens_dat_items")
+    assert items.height == 3883
+    assert items["title"].str.contains("é").any()  # accented titles decoded as Latin-1

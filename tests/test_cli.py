@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from recsys.cli import main
+from tests.conftest import REPO, needs_data
+
+
+@needs_data("amazon-beauty-bert4rec")
+def test_data_info_beauty(capsys):
+    assert main(["data", "info", "beauty"]) == 0
+    out = capsys.readouterr().out
+    assert "users         40,226" in out
+    assert "items         54,542" in out
+    assert "interactions  353,962" in out
+    assert "p50=" in out
+
+
+@needs_data("ml-100k")
+def test_data_info_ml100k(capsys):
+    assert main(["data", "info", "ml-100k"]) == 0
+    out = capsys.readouterr().out
+    assert "users         943\n" in out and "items         1,682\n" in out and "interactions  100,000\n" in out
+
+
+def test_data_list(capsys):
+    assert main(["data", "list"]) == 0
+    assert "beauty" in capsys.readouterr().out
+
+
+def test_bad_override_exits_2_with_key_name(capsys):
+    code = main(["train", str(REPO / "recipes/ml-100k/sasrec.toml"), "--set", "model.num_blockz=3"])
+    assert code == 2
+    assert "unknown key 'model.num_blockz'" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RECSYS_DATA", str(tmp_path))
+    code = main(["data", "info", "scientific"])
+    assert code == 2 and "none of [Scientific.test.inter] found" in capsys.readouterr().err
+
+
+@needs_data("ml-100k")
+def test_train_evaluate_and_log_results(tmp_path, capsys):
+    run = tmp_path / "run"
+    jsonl = tmp_path / "results.jsonl"
+    args = ["train", str(REPO / "recipes/ml-100k/sasrec.toml"), "--run-dir", str(run), "--quiet",
+            "--set", "train.epochs=1", "--set", "model.max_seq_len=20", "--set", "model.num_blocks=1",
+            "--log-results", str(jsonl)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "test (best epoch 1 of 1)" in out and "ndcg@10=" in out
+    record = json.loads(jsonl.read_text().splitlines()[0])
+    assert record["kind"] == "train" and record["dataset"]["sha256"].startswith("06416e59")
+    assert record["protocol"]["exclude_seen"] is True
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert record["metrics"]["test"]["ndcg@10"] == final["test"]["ndcg@10"]
+    # evaluate re-computes the same test metrics from the best checkpoint
+    assert main(["evaluate", str(run)]) == 0
+    assert f"ndcg@10={final['test']['ndcg@10']:.4f}" in capsys.readouterr().out
+    # results markdown is rendered from the JSONL alone
+    md = tmp_path / "RESULTS.md"
+    assert main(["results", str(jsonl), "--out", str(md)]) == 0
+    assert f"{final['test']['ndcg@10']:.4f}" in md.read_text()

@@ -1,0 +1,58 @@
+import pytest
+
+from recsys.config import ConfigError, apply_overrides, config_from_dict, load_recipe, parse_override
+from tests.conftest import REPO
+
+
+def test_recipes_in_repo_all_load():
+    recipes = sorted((REPO / "recipes").rglob("*.toml"))
+    assert recipes
+    for path in recipes:
+        cfg = load_recipe(path)
+        assert cfg.model.max_seq_len >= 1
+
+
+def test_overrides_are_typed_toml():
+    assert parse_override("model.num_blocks=4") == (["model", "num_blocks"], 4)
+    assert parse_override("eval.ks=[5, 10]") == (["eval", "ks"], [5, 10])
+    assert parse_override("data.split=hstu") == (["data", "split"], "hstu")
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["model.num_blocks=4", "train.lr=0.01", "eval.ks=[5, 10]"])
+    assert cfg.model.num_blocks == 4 and cfg.train.lr == 0.01 and cfg.eval.ks == (5, 10)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.num_blockz=3", r"unknown key 'model.num_blockz'; allowed keys in \[model\]: \['max_seq_len'"),
+        ("loss.name=softmax", r"loss.name: 'softmax' is not allowed; allowed values: \['ce', 'sampled_softmax'"),
+        ("train.lr=fast", r"train.lr: expected a number, got 'fast'"),
+        ("train.epochs=1.5", r"train.epochs: expected an integer"),
+        ("train.epochs=0", r"train.epochs must be >= 1"),
+        ("eval.exclude_seen=1", r"eval.exclude_seen: expected true or false"),
+        ("data.split=random", r"data.split: 'random' is not allowed; allowed values: \['leave_one_out', 'hstu', 'temporal'\]"),
+        ("eval.early_stopping_metric=ndcg@50", r"early_stopping_metric: 'ndcg@50' is not computed"),
+        ("optim.lr=1", r"unknown section 'optim'"),
+        ("lr=1", r"keys look like section.key"),
+        ("model.name=gpt", r"model.name: \"unknown model 'gpt'|model.name: unknown model 'gpt'"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(REPO / "recipes/ml-100k/sasrec.toml", [override])
+
+
+def test_unknown_section_in_recipe(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text("[trian]\nepochs = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[trian\]"):
+        load_recipe(p)
+    p.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_recipe(p)
+
+
+def test_to_dict_round_trip():
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml")
+    again = config_from_dict(cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict()
+    assert apply_overrides({}, ["train.seed=3"]) == {"train": {"seed": 3}}

@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys.losses import LossConfig, full_softmax_ce, next_item_loss
+
+
+def _setup(B=3, L=5, D=8, V=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, L, D, generator=g, requires_grad=True)
+    items = torch.randn(V, D, generator=g, requires_grad=True)
+    targets = torch.randint(1, V, (B, L), generator=g)
+    targets[0, :2] = 0  # padding positions carry no target
+    return hidden, items, targets
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_chunked_ce_equals_plain_cross_entropy(chunk):
+    hidden, items, targets = _setup()
+    mask = targets > 0
+    logits = hidden[mask] @ items[1:].T
+    ref = F.cross_entropy(logits, targets[mask] - 1)
+    ref_grads = torch.autograd.grad(ref, (hidden, items))
+    got = full_softmax_ce(hidden[mask], items, targets[mask], chunk=chunk)
+    grads = torch.autograd.grad(got, (hidden, items))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert grads[1][0].abs().sum() == 0  # the padding row is never a candidate
+
+
+def test_ce_loss_via_config_with_temperature():
+    hidden, items, targets = _setup()
+    cfg = LossConfig(name="ce", temperature=0.5)
+    mask = targets > 0
+    ref = F.cross_entropy((hidden[mask] @ items[1:].T) / 0.5, targets[mask] - 1)
+    assert next_item_loss(cfg, hidden, targets, items).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_sampled_softmax_masks_collisions():
+    # with every negative equal to the positive, all negatives are masked: loss = -log(1) = 0
+    hidden, items, targets = _setup(V=2)
+    cfg = LossConfig(name="sampled_softmax", num_negatives=16)
+    loss = next_item_loss(cfg, hidden, torch.where(targets > 0, 1, 0), items)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("shared", ["batch", "sequence", "position"])
+def test_sampled_softmax_matches_hand_formula(shared):
+    hidden, items, targets = _setup()
+    cfg = LossConfig(name="sampled_softmax", num_negatives=6, negatives_shared=shared, temperature=0.1,
+                     l2_normalize=True)
+    torch.manual_seed(3)
+    loss = next_item_loss(cfg, hidden, targets, items)
+    torch.manual_seed(3)
+    B, L, _ = hidden.shape
+    shape = {"batch": (1, 1, 6), "sequence": (B, 1, 6), "position": (B, L, 6)}[shared]
+    negs = torch.randint(1, items.shape[0], shape).expand(B, L, 6)
+    h, w = F.normalize(hidden, dim=-1), F.normalize(items, dim=-1)
+    total, count = 0.0, 0
+    for b in range(B):
+        for t in range(L):
+            if targets[b, t] == 0:
+                continue
+            pos = (h[b, t] @ w[targets[b, t]]) / 0.1
+            neg = torch.stack([(h[b, t] @ w[n]) / 0.1 for n in negs[b, t] if n != targets[b, t]])
+            total += -(pos - torch.logsumexp(torch.cat([pos[None], neg]), 0))
+            count += 1
+    assert loss.item() == pytest.approx((total / count).item(), rel=1e-5)
+
+
+def test_bce_and_gbce_formulas():
+    hidden, items, targets = _setup()
+    torch.manual_seed(5)
+    bce = next_item_loss(LossConfig(name="bce"), hidden, targets, items)
+    torch.manual_seed(5)
+    neg = torch.randint(1, items.shape[0], (hidden.shape[0], 1, 1)).expand(-1, hidden.shape[1], 1)[..., 0]
+    pos_l = (hidden * items[targets]).sum(-1)
+    neg_l = (hidden * items[neg]).sum(-1)
+    ref = -(F.logsigmoid(pos_l) + F.logsigmoid(-neg_l) * (neg != targets))
+    assert bce.item() == pytest.approx(ref[targets > 0].mean().item(), rel=1e-5)
+    # gBCE with t = 0 has beta = 1: plain BCE with N negatives
+    torch.manual_seed(5)
+    g0 = next_item_loss(LossConfig(name="gbce", num_negatives=1, gbce_t=0.0), hidden, targets, items)
+    assert g0.item() == pytest.approx(bce.item(), rel=1e-6)
+    # t = 1 gives beta = alpha * (1 - 1/alpha + 1/alpha) = alpha: the positive term is scaled by alpha
+    torch.manual_seed(5)
+    g1 = next_item_loss(LossConfig(name="gbce", num_negatives=1, gbce_t=1.0), hidden, targets, items)
+    alpha = 1 / (items.shape[0] - 1)
+    ref1 = -(alpha * F.logsigmoid(pos_l) + F.logsigmoid(-neg_l) * (neg != targets))
+    assert g1.item() == pytest.approx(ref1[targets > 0].mean().item(), rel=1e-5)
+
+
+def test_no_targets_gives_zero_loss_with_grad():
+    hidden, items, _ = _setup()
+    loss = next_item_loss(LossConfig(), hidden, torch.zeros(3, 5, dtype=torch.long), items)
+    assert loss.item() == 0.0 and loss.requires_grad

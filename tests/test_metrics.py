@@ -1,0 +1,102 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from recsys.metrics import (
+    auc, count_true_per_column, gauc, logloss, ranking_metrics, ranks_from_item_scores, ranks_from_scores,
+)
+
+
+def test_ranking_metrics_hand_computed():
+    # ranks 1, 3, 12: HR@10 = 2/3; NDCG@10 = (1 + 1/log2(4)) / 3 = 0.5; MRR = (1 + 1/3 + 1/12) / 3
+    m = ranking_metrics([1, 3, 12], ks=(1, 10))
+    assert m["hr@10"] == pytest.approx(2 / 3)
+    assert m["recall@10"] == pytest.approx(2 / 3)
+    assert m["hr@1"] == pytest.approx(1 / 3)
+    assert m["ndcg@10"] == pytest.approx((1 + 0.5) / 3)
+    assert m["ndcg@1"] == pytest.approx(1 / 3)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 12) / 3)
+    assert m["mrr@10"] == pytest.approx((1 + 1 / 3) / 3)
+
+
+def test_ndcg_single_rank_values():
+    for r in (1, 2, 5, 10):
+        assert ranking_metrics([r], ks=(10,))["ndcg@10"] == pytest.approx(1 / math.log2(r + 1))
+    assert ranking_metrics([11], ks=(10,))["ndcg@10"] == 0.0
+
+
+def test_ranking_metrics_rejects_bad_ranks():
+    with pytest.raises(ValueError):
+        ranking_metrics([0, 1])
+    with pytest.raises(ValueError):
+        ranking_metrics([])
+
+
+def test_ranks_strict_and_ties():
+    scores = torch.tensor([[0.0, 5.0, 3.0, 5.0, 1.0]])
+    target = torch.tensor([3])  # tied with item 1
+    assert ranks_from_scores(scores, target).item() == 1  # optimistic: nobody strictly higher
+    assert ranks_from_scores(scores, target, tie_policy="pessimistic").item() == 2
+    # a constant model: first under optimistic ranks, last under pessimistic ones
+    flat = torch.zeros(1, 6)
+    assert ranks_from_scores(flat, torch.tensor([2])).item() == 1
+    assert ranks_from_scores(flat, torch.tensor([2]), tie_policy="pessimistic").item() == 6
+
+
+def test_ranks_exclusion_keeps_target_score():
+    scores = torch.tensor([[9.0, 8.0, 7.0, 6.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    # the target (item 2) was seen before; items 0, 1 are masked and cannot outrank it
+    assert ranks_from_scores(scores, torch.tensor([2]), exclude_mask=mask).item() == 1
+    assert ranks_from_scores(scores, torch.tensor([3]), exclude_mask=mask).item() == 1
+    assert ranks_from_scores(scores, torch.tensor([3])).item() == 4
+
+
+@pytest.mark.parametrize("V,B", [(255 * 3, 16), (255 * 4, 24), (100, 7), (510, 5)])
+def test_count_true_per_column_matches_sum(V, B):
+    g = torch.Generator().manual_seed(V + B)
+    mask = torch.rand(V, B, generator=g) > 0.3
+    mask[:, 0] = True  # a full column: 255 per word lane must not overflow
+    assert torch.equal(count_true_per_column(mask), mask.sum(0))
+
+
+def test_item_major_ranks_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(33, 510, generator=g).round(decimals=1)  # many ties
+    targets = torch.randint(0, 510, (33,), generator=g)
+    brute = 1 + (scores > scores.gather(1, targets[:, None])).sum(1)
+    got = ranks_from_item_scores(scores.T.contiguous(), targets)
+    assert torch.equal(got, brute)
+
+
+def test_auc_against_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    s = rng.normal(size=500).round(1)  # ties
+    assert auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert auc([0, 1], [0.2, 0.9]) == 1.0
+    assert auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+
+
+def test_auc_needs_both_classes():
+    with pytest.raises(ValueError):
+        auc([1, 1], [0.1, 0.2])
+
+
+def test_gauc_hand_computed():
+    users = [1, 1, 1, 2, 2, 2, 2, 3, 3]
+    labels = [1, 0, 0, 1, 1, 0, 0, 1, 1]  # user 3 has one class: skipped
+    scores = [0.9, 0.1, 0.95, 0.8, 0.2, 0.3, 0.1, 0.5, 0.6]
+    # user 1: pos .9 vs negs .1, .95 -> 1/2 ; user 2: pos .8,.2 vs negs .3,.1 -> 3/4
+    expected = (0.5 * 3 + 0.75 * 4) / 7
+    assert gauc(users, labels, scores) == pytest.approx(expected)
+
+
+def test_logloss_against_sklearn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    p = rng.uniform(0.01, 0.99, 200)
+    assert logloss(y, p) == pytest.approx(log_loss(y, p), rel=1e-9)

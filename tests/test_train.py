@@ -1,0 +1,99 @@
+"""Trainer: resumable after SIGKILL with identical final metrics, atomic checkpoints, run-dir files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsys.data.readers import DataError
+from recsys.train import atomic_torch_save, load_checkpoint
+from tests.conftest import REPO, needs_data
+
+SMALL = [
+    "model.max_seq_len=30", "model.hidden_dim=16", "model.num_blocks=1", "train.batch_size=32",
+    "train.epochs=4", "train.patience=0", "train.num_threads=1", "eval.ks=[10]",
+    "eval.early_stopping_metric=ndcg@10",
+]
+
+
+def _train_cmd(run_dir: Path, extra=()) -> list[str]:
+    cmd = [sys.executable, "-m", "recsys.cli", "train", str(REPO / "recipes/ml-100k/sasrec.toml"),
+           "--run-dir", str(run_dir), "--quiet"]
+    for s in SMALL:
+        cmd += ["--set", s]
+    return cmd + list(extra)
+
+
+def _run(cmd):
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=os.environ.copy(), timeout=300)
+
+
+@needs_data("ml-100k")
+def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
+    ref = _run(_train_cmd(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    expected = json.loads((tmp_path / "ref" / "final_metrics.json").read_text())
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(run), cwd=REPO, env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)  # well inside epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(log.read_text().splitlines()) == 2, "the run was not killed mid-epoch 3"
+    assert not (run / "final_metrics.json").exists()
+    # a half-written temporary file next to the checkpoint is never read
+    (run / "last.pt.tmp").write_bytes(b"garbage from a crash")
+
+    resumed = _run(_train_cmd(run, ["--resume"]))
+    assert resumed.returncode == 0, resumed.stderr
+    got = json.loads((run / "final_metrics.json").read_text())
+    for split in ("valid", "test"):
+        for metric in ("hr@10", "ndcg@10", "mrr"):
+            assert got[split][metric] == expected[split][metric], (split, metric)
+    assert got["best_epoch"] == expected["best_epoch"]
+    losses = [json.loads(l)["train_loss"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    ref_losses = [json.loads(l)["train_loss"] for l in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert losses == ref_losses
+    for name in ("config.json", "best.pt", "last.pt", "learning_curves.png"):
+        assert (run / name).exists()
+
+
+@needs_data("ml-100k")
+def test_refuses_to_overwrite_a_run(tmp_path):
+    first = _run(_train_cmd(tmp_path / "r", []) + ["--set", "train.epochs=1"])
+    assert first.returncode == 0, first.stderr
+    again = _run(_train_cmd(tmp_path / "r", []) + ["--set", "train.epochs=1"])
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    atomic_torch_save({"model": {"w": torch.ones(1000)}}, path)
+    assert load_checkpoint(path)["model"]["w"].sum() == 1000
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DataError, match="not a readable recsys checkpoint"):
+        load_checkpoint(path)
+    assert not (tmp_path / "last.pt.tmp").exists()
+
+
+def test_checkpoints_refuse_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(DataError):
+        load_checkpoint(path)
