@@ -1,0 +1,87 @@
+"""Time one training epoch and one full-ranking evaluation of a recipe on its dataset.
+
+    python benchmarks/speed.py recipes/beauty/sasrec_ce.toml [--set ...] [--log-results]
+
+Prints a table: seconds, training targets per second, evaluated users per second, peak memory.
+The evaluation ranks every test user against the whole catalogue (the evaluator of every run);
+for reference it also times the bare scoring GEMM of the same shapes, the floor any evaluator pays.
+With --log-results one "timing" record goes to benchmarks/results.jsonl (RESULTS.md is built from it).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+import torch
+
+from recsys.config import load_recipe
+from recsys.results import append_record, make_record
+from recsys.train import Trainer, peak_memory_mb, prepare_data
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    args = p.parse_args(argv)
+
+    cfg = load_recipe(args.recipe, args.set)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    t0 = time.perf_counter()
+    data = prepare_data(cfg.data, verbose=False)
+    load_seconds = time.perf_counter() - t0
+    trainer = Trainer(cfg, "runs/_speed", data=data, progress=True)
+
+    epoch = trainer.train_epoch()
+    trainer.evaluate("test")  # warm-up: allocations, thread pool
+    ev = trainer.evaluate("test")
+
+    # the bare GEMM of the same shapes, for reference
+    items = trainer.model.item_vectors().detach()
+    users = torch.randn(len(trainer.split.test), items.shape[1])
+    start = time.perf_counter()
+    for b in range(0, users.shape[0], cfg.eval.block_size):
+        items @ users[b : b + cfg.eval.block_size].T
+    gemm_seconds = time.perf_counter() - start
+
+    info = data.info
+    rows = [
+        ("dataset", f"{info['dataset']} ({info.get('file', '?')}): {info['users']:,} users, {info['items']:,} items"),
+        ("model / loss", f"{cfg.model_name} / {cfg.loss.name}, max_seq_len {cfg.max_seq_len}, batch {cfg.train.batch_size}"),
+        ("torch threads", str(torch.get_num_threads())),
+        ("load + prepare", f"{load_seconds:.2f} s"),
+        ("train epoch", f"{epoch['train_seconds']:.1f} s  ({epoch['train_targets']:,} targets, "
+                        f"{epoch['targets_per_second']:,.0f} targets/s)"),
+        ("full evaluation", f"{ev['seconds']:.2f} s  ({ev['num_users']:,} users x {info['items']:,} items, "
+                            f"{ev['num_users'] / ev['seconds']:,.0f} users/s)"),
+        ("bare scoring GEMM", f"{gemm_seconds:.2f} s"),
+        ("peak memory", f"{peak_memory_mb():,.0f} MB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+    if args.log_results:
+        append_record(
+            make_record(
+                "timing",
+                command="python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+                recipe=args.recipe, dataset=info, model=cfg.model_name, loss=cfg.loss.name,
+                max_seq_len=cfg.max_seq_len, batch_size=cfg.train.batch_size,
+                train_epoch_seconds=epoch["train_seconds"], train_targets=epoch["train_targets"],
+                targets_per_second=epoch["targets_per_second"], eval_seconds=ev["seconds"],
+                eval_users=ev["num_users"], eval_users_per_second=ev["num_users"] / ev["seconds"],
+                gemm_seconds=gemm_seconds, load_seconds=load_seconds, peak_memory_mb=peak_memory_mb(),
+            ),
+            args.log_results,
+        )
+        print(f"record appended to {args.log_results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
