@@ -17,7 +17,7 @@ import time
 import torch
 
 from recsys.config import load_recipe
-from recsys.results import append_record, make_record
+from recsys.results import append_record, git_commit, make_record
 from recsys.train import Trainer, peak_memory_mb, prepare_data
 
 
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = p.parse_args(argv)
 
+    commit = git_commit()
     cfg = load_recipe(args.recipe, args.set)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
         append_record(
             make_record(
                 "timing",
+                commit=commit,
                 command="python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
                 recipe=args.recipe, dataset=info, model=cfg.model_name, loss=cfg.loss.name,
                 max_seq_len=cfg.max_seq_len, batch_size=cfg.train.batch_size,

@@ -31,9 +31,10 @@ def print_metrics_table(title: str, metrics: dict, ks) -> None:
 
 
 def cmd_train(args) -> int:
-    from .results import append_record, make_record
+    from .results import append_record, git_commit, make_record
     from .train import Trainer, peak_memory_mb, prepare_data
 
+    commit = git_commit() if args.log_results else None  # the code this run starts with
     cfg = load_recipe(args.recipe, args.set)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
@@ -55,6 +56,7 @@ def cmd_train(args) -> int:
         record = make_record(
             "train",
             command="recsys train " + " ".join(shlex.quote(a) for a in args.argv),
+            commit=commit,
             recipe=str(args.recipe),
             overrides=list(args.set),
             dataset=info,

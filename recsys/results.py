@@ -55,11 +55,12 @@ def machine() -> dict:
     return info
 
 
-def make_record(kind: str, command: str, **fields) -> dict:
+def make_record(kind: str, command: str, commit: str | None = None, **fields) -> dict:
+    """``commit``: the code the run started with (default: HEAD now)."""
     return {
         "kind": kind,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git_commit(),
+        "commit": commit or git_commit(),
         "machine": machine(),
         "command": command,
         **fields,
