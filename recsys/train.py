@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import DataConfig, RunConfig, config_from_dict
-from .data.batching import iter_train_batches, train_users
+from .data.batching import cloze_inputs, iter_train_batches, train_users
 from .data.cards import load_dataset
 from .data.prepare import SequenceData, prepare_sequences
 from .data.readers import READERS, DataError, Interactions, read_table
@@ -121,6 +121,14 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
 # ----------------------------------------------------------------------------- training
 
 
+RUNTIME_KEYS = ("num_threads", "device")  # how a run executes, not what it computes
+
+
+def _without_runtime(config: dict) -> dict:
+    """The config without runtime settings: a run may resume with more threads or on another device."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in RUNTIME_KEYS}}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -171,7 +179,7 @@ class Trainer:
         }
 
     def _restore(self, state: dict) -> None:
-        if state["config"] != self.cfg.to_dict():
+        if _without_runtime(state["config"]) != _without_runtime(self.cfg.to_dict()):
             raise ValueError(f"{self.run_dir}: the checkpoint was written with another configuration; "
                              "resume with the same recipe and overrides")
         self.model.load_state_dict(state["model"])
@@ -197,10 +205,20 @@ class Trainer:
             iter_train_batches(self.split, cfg.max_seq_len, cfg.train.batch_size, gen),
             total=steps, desc=f"epoch {self.epoch + 1}", disable=not self.progress, leave=False,
         )
+        cloze = getattr(self.model, "objective", "next_item") == "cloze"
         for step, batch in enumerate(bar):
-            item_ids = batch.item_ids.to(self.device)
-            target_ids = batch.target_ids.to(self.device)
-            hidden = self.model(item_ids, batch.timestamps.to(self.device), batch.target_timestamps.to(self.device))
+            if cloze:  # masked-item training (BERT4Rec): inputs with [mask] tokens, targets at the masks
+                item_ids, target_ids = cloze_inputs(
+                    batch.window_ids, cfg.max_seq_len, self.model.mask_token, cfg.model.mask_prob, gen
+                )
+                timestamps = next_timestamps = None
+            else:  # next-item training: every position predicts the following item
+                item_ids, target_ids = batch.item_ids, batch.target_ids
+                timestamps = batch.timestamps.to(self.device)
+                next_timestamps = batch.target_timestamps.to(self.device)
+            targets += int(target_ids.count_nonzero())  # counted on the CPU copy: no device sync
+            target_ids = target_ids.to(self.device)
+            hidden = self.model(item_ids.to(self.device), timestamps, next_timestamps)
             loss = next_item_loss(cfg.loss, hidden, target_ids, self.model.item_vectors())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,7 +226,6 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
             self.optimizer.step()
             total_loss += loss.detach()
-            targets += int(batch.target_ids.count_nonzero())
             if self.progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss.item() / (step + 1):.4f}")
         seconds = time.perf_counter() - start

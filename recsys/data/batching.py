@@ -31,6 +31,7 @@ class TrainBatch:
     target_ids: torch.Tensor  # [B, L] next item at each position, 0 where no target
     target_timestamps: torch.Tensor  # [B, L] time of the next item (HSTU's query time)
     users: torch.Tensor  # [B]
+    window_ids: torch.Tensor  # [B, L + 1] the unshifted window (for cloze training)
 
 
 @dataclass
@@ -73,7 +74,26 @@ def iter_train_batches(
             target_ids=torch.from_numpy(targets),
             target_timestamps=torch.from_numpy(times[:, 1:]),
             users=torch.from_numpy(u),
+            window_ids=torch.from_numpy(items),
         )
+
+
+def cloze_inputs(
+    window_ids: torch.Tensor, max_len: int, mask_token: int, mask_prob: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked-item (cloze) inputs and targets from the last ``max_len`` items of each window.
+
+    Each real item becomes ``mask_token`` with probability ``mask_prob``; a row with no mask gets its
+    most recent item masked. Targets hold the original item at masked positions and 0 elsewhere.
+    """
+    items = window_ids[:, -max_len:]  # [B, L]
+    real = items != 0
+    masked = (torch.rand(items.shape, generator=generator) < mask_prob) & real
+    none = ~masked.any(1)
+    masked[none, -1] = real[none, -1]  # left padding: the last column is the most recent item
+    inputs = torch.where(masked, torch.full_like(items, mask_token), items)
+    targets = torch.where(masked, items, torch.zeros_like(items))
+    return inputs, targets
 
 
 def iter_eval_batches(split: Split, eval_set: EvalSet, max_len: int, batch_size: int) -> Iterator[EvalBatch]:

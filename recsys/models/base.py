@@ -23,6 +23,8 @@ class SequentialEncoder(nn.Module):
     item_embedding: nn.Embedding
     #: True when position t only sees positions <= t (next-item training on every position)
     causal: bool = True
+    #: "next_item" (predict the following item at every position) or "cloze" (predict masked items)
+    objective: str = "next_item"
 
     # forward(item_ids [B, L] (0 = left padding), timestamps [B, L] | None,
     #         next_timestamps [B, L] | None (time of the item to predict)) -> hidden [B, L, D]
@@ -72,4 +74,4 @@ def build_model(name: str, config: Any, num_items: int) -> SequentialEncoder:
 
 
 def _import_builtin_models() -> None:
-    from . import sasrec  # noqa: F401  (registers itself)
+    from . import bert4rec, hstu, sasrec  # noqa: F401  (each registers itself)

@@ -1,0 +1,107 @@
+"""HSTU pointwise attention on jagged sequences: the PyTorch reference and the dispatcher.
+
+For each sequence (tokens ``seq_offsets[b]:seq_offsets[b+1]`` of the jagged tensors) and head::
+
+    A[i, j] = SiLU(q_i . k_j + rab[i, j]) / N      for j <= i (causal), else 0
+    out_i   = sum_j A[i, j] v_j
+
+with N the configured maximum sequence length (a constant, so jagged and padded paths agree) and
+``rab[i, j] = position_bias[i - j] + time_bias[bucket(query_time_i - time_j)]``, where
+``bucket(d) = clamp(floor(ln(max(|d|, 1)) / 0.301), 0, num_buckets - 1)``. There is no softmax.
+
+The reference processes sequences in groups, padding each group only to its own longest sequence and
+bounding the [group, heads, n, n] score block by ``max_block_elements``; it is what the Triton kernel
+(a later addition) is tested against. This module imports nothing else from the package.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+TIME_BUCKET_DIVISOR = 0.301
+
+
+def time_buckets(delta: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """Log-spaced bucket of a time gap (HSTU): clamp(floor(ln(max(|d|, 1)) / 0.301), 0, num_buckets - 1)."""
+    d = delta.abs().clamp(min=1).double()
+    return torch.floor(torch.log(d) / TIME_BUCKET_DIVISOR).clamp(0, num_buckets - 1).long()
+
+
+def _groups(lengths: torch.Tensor, heads: int, max_block_elements: int) -> list[tuple[int, int]]:
+    """Consecutive sequence ranges whose padded score block [g, H, n, n] stays under the budget."""
+    groups, start, longest = [], 0, 0
+    lengths_list = lengths.tolist()  # one entry per sequence
+    for b, n in enumerate(lengths_list):
+        longest_if = max(longest, n)
+        if b > start and (b - start + 1) * heads * longest_if * longest_if > max_block_elements:
+            groups.append((start, b))
+            start, longest_if = b, n
+        longest = longest_if
+    groups.append((start, len(lengths_list)))
+    return groups
+
+
+def hstu_attention_reference(
+    q: torch.Tensor,  # [T, H, Dqk]
+    k: torch.Tensor,  # [T, H, Dqk]
+    v: torch.Tensor,  # [T, H, Dv]
+    seq_offsets: torch.Tensor,  # [B + 1]
+    max_seq_len: int,
+    position_bias: torch.Tensor | None = None,  # [max_seq_len] weight per offset i - j
+    time_bias: torch.Tensor | None = None,  # [num_buckets]
+    key_times: torch.Tensor | None = None,  # [T] timestamp of each token
+    query_times: torch.Tensor | None = None,  # [T] the time each query predicts for (next item's)
+    causal: bool = True,
+    max_block_elements: int = 1 << 26,
+) -> torch.Tensor:  # [T, H, Dv]
+    T, H, _ = q.shape
+    out = q.new_zeros(T, H, v.shape[-1])
+    lengths = seq_offsets[1:] - seq_offsets[:-1]
+    if T == 0:
+        return out
+    for first, last in _groups(lengths.cpu(), H, max_block_elements):
+        lens = lengths[first:last]
+        n = int(lens.max()) if len(lens) else 0
+        if n == 0:
+            continue
+        starts = seq_offsets[first:last]
+        pos = torch.arange(n, device=q.device)
+        valid = pos[None, :] < lens[:, None]  # [g, n]
+        index = (starts[:, None] + pos[None, :]).clamp(max=T - 1)  # [g, n]
+        qg, kg, vg = (x[index].transpose(1, 2) for x in (q, k, v))  # [g, H, n, D]
+        scores = qg @ kg.transpose(-1, -2)  # [g, H, n, n]
+        if position_bias is not None:
+            offset = (pos[:, None] - pos[None, :]).clamp(0, position_bias.shape[0] - 1)
+            scores = scores + position_bias[offset]
+        if time_bias is not None:
+            gap = query_times[index][:, :, None] - key_times[index][:, None, :]  # [g, n, n]
+            scores = scores + time_bias[time_buckets(gap, time_bias.shape[0])][:, None]
+        attn = F.silu(scores) / max_seq_len
+        allowed = valid[:, None, :, None] & valid[:, None, None, :]
+        if causal:
+            allowed = allowed & (pos[:, None] >= pos[None, :])
+        attn = attn.masked_fill(~allowed, 0.0)
+        og = (attn @ vg).transpose(1, 2)  # [g, n, H, Dv]
+        out[index[valid]] = og[valid]
+    return out
+
+
+BACKENDS = ("reference",)
+
+
+def hstu_attention(*args, backend: str = "auto", **kwargs) -> torch.Tensor:
+    """Dispatcher: the fused kernel where one is available for the inputs' device, else the reference.
+
+    ``backend``: "auto" or one of BACKENDS (an override for tests and benchmarks). Only the PyTorch
+    reference exists so far; the Triton kernel will register here.
+    """
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown HSTU attention backend {backend!r}; available: {list(BACKENDS)}")
+    return hstu_attention_reference(*args, **kwargs)
+
+
+def attention_flops(lengths: torch.Tensor, heads: int, qk_dim: int, v_dim: int, causal: bool = True) -> float:
+    """Multiply-adds x 2 of QK^T and AV over the jagged batch (half of each n x n block when causal)."""
+    pairs = (lengths.double() * (lengths.double() + 1) / 2) if causal else lengths.double() ** 2
+    return float(2 * heads * (qk_dim + v_dim) * pairs.sum())
+

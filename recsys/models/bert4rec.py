@@ -1,0 +1,86 @@
+"""BERT4Rec: bidirectional transformer trained by masked-item prediction.
+
+Fei Sun et al., "BERT4Rec: Sequential Recommendation with Bidirectional Encoder Representations from
+Transformer", CIKM 2019.
+
+Method. A training window of the user's last ``max_seq_len`` items has each item replaced by a
+``[mask]`` token with probability ``mask_prob`` (at least one per sequence); a bidirectional
+transformer (every position attends to every non-padding position) encodes the window, and the loss
+predicts the original item at each masked position. At inference a ``[mask]`` is appended after the
+history and its hidden state scores the next item.
+
+What differs from the paper:
+- The loss is the recipe's (full cross-entropy by default, as in the paper and in Klenitskiy &
+  Vasilev 2023); scores use the item embeddings (tied output, no extra output bias or projection).
+- Pre-LayerNorm blocks shared with our SASRec (GELU feed-forward), positions counted from the end.
+- The masking lives in the data pipeline (:func:`recsys.data.batching.cloze_inputs`), seeded per epoch
+  like the rest of the training data, so runs are reproducible and resumable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import SequentialEncoder, register
+from .sasrec import Block, SASRecConfig, causal_padding_mask
+
+
+@dataclass
+class BERT4RecConfig:
+    max_seq_len: int = 200
+    hidden_dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    ffn_dim: int | None = None  # default: 4 * hidden_dim (as in BERT)
+    dropout: float = 0.2
+    mask_prob: float = 0.2
+    init_std: float = 0.02
+
+
+@register("bert4rec", BERT4RecConfig)
+class BERT4Rec(SequentialEncoder):
+    causal = False
+    objective = "cloze"
+
+    def __init__(self, cfg: BERT4RecConfig, num_items: int):
+        super().__init__()
+        self.cfg = cfg
+        self.num_items = num_items
+        self.mask_token = num_items  # one row past the catalogue
+        self.item_embedding = nn.Embedding(num_items + 1, cfg.hidden_dim, padding_idx=0)
+        self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        block_cfg = SASRecConfig(
+            max_seq_len=cfg.max_seq_len, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
+            ffn_dim=cfg.ffn_dim or 4 * cfg.hidden_dim, dropout=cfg.dropout,
+        )
+        self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.num_blocks))
+        self.final_ln = nn.LayerNorm(cfg.hidden_dim)
+        for emb in (self.item_embedding, self.position_embedding):
+            nn.init.normal_(emb.weight, std=cfg.init_std)
+            emb.weight.data[0].zero_()
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_embedding.weight[: self.num_items]  # the [mask] row is never a candidate
+
+    def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
+        B, L = item_ids.shape
+        if L > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {L} exceeds max_seq_len {self.cfg.max_seq_len}")
+        not_pad = (item_ids != 0).unsqueeze(-1)
+        positions = torch.arange(L, 0, -1, device=item_ids.device).expand(B, L) * not_pad.squeeze(-1)
+        x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
+        x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad
+        attn_mask = causal_padding_mask(item_ids, causal=False)
+        for block in self.blocks:
+            x = block(x, attn_mask) * not_pad
+        return self.final_ln(x)
+
+    def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
+        """Append [mask] after the history (dropping the oldest item if the window is full)."""
+        keep = item_ids[:, -(self.cfg.max_seq_len - 1):] if self.cfg.max_seq_len > 1 else item_ids[:, :0]
+        mask = torch.full((item_ids.shape[0], 1), self.mask_token, dtype=item_ids.dtype, device=item_ids.device)
+        return self(torch.cat([keep, mask], dim=1))[:, -1]

@@ -1,0 +1,127 @@
+"""HSTU: hierarchical sequential transduction units.
+
+Jiaqi Zhai et al., "Actions Speak Louder than Words: Trillion-Parameter Sequential Transducers for
+Generative Recommendations", ICML 2024.
+
+Method. Items are embedded (scaled by sqrt(D)) plus a learned position embedding, then run through
+``num_blocks`` HSTU layers on the *jagged* token list (padding is dropped right after the embedding and
+only restored at the output). Each layer, as the authors' research code does it::
+
+    Xn         = LayerNorm(X)                                   (no affine parameters)
+    U, V, Q, K = split(SiLU(Xn @ W_uvqk))                       (one weight, no bias)
+    A          = SiLU(Q K^T + rab) / N,  causal                 (pointwise: no softmax, no 1/sqrt(d))
+    Y          = X + W_o(Dropout(U * LayerNorm(A V)))
+
+N is the configured maximum sequence length. ``rab`` is a learned relative bias: one weight per
+position offset i - j plus one per log-bucketed time gap between the query's *next* timestamp (the
+time of the item it predicts; at serving time the request time) and the key's timestamp. The attention
+goes through :func:`recsys.kernels.hstu_attention.hstu_attention` (the PyTorch reference on CPU).
+
+What differs from the paper / reference code:
+- Positions of the absolute position embedding count back from the most recent item (as in our
+  SASRec), which left-padded batches make natural; the relative bias is unaffected.
+- The query time is a flag: ``query_time = "next"`` (default, the reference's choice) or ``"current"``
+  (the query item's own timestamp, for logs whose next timestamp should not be known).
+- Datasets without timestamps (file order only) give position-valued "times"; set
+  ``use_time_bias = false`` for them (the recipes do).
+- Output L2 normalisation and the temperature belong to the loss (``loss.l2_normalize``), so the
+  evaluator scores by cosine exactly as the loss trains.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels.hstu_attention import hstu_attention
+from .base import SequentialEncoder, register
+
+NUM_TIME_BUCKETS = 129
+
+
+@dataclass
+class HSTUConfig:
+    max_seq_len: int = 200
+    hidden_dim: int = 50
+    num_blocks: int = 2
+    num_heads: int = 1
+    qk_dim: int | None = None  # per head; default hidden_dim // num_heads
+    v_dim: int | None = None  # per head; default hidden_dim // num_heads
+    dropout: float = 0.2
+    use_position_bias: bool = True
+    use_time_bias: bool = True
+    query_time: Literal["next", "current"] = "next"
+    attention_backend: Literal["auto", "reference"] = "auto"
+    init_std: float = 0.02
+
+
+class HSTULayer(nn.Module):
+    def __init__(self, cfg: HSTUConfig):
+        super().__init__()
+        self.cfg = cfg
+        H = cfg.num_heads
+        self.qk_dim = cfg.qk_dim or cfg.hidden_dim // H
+        self.v_dim = cfg.v_dim or cfg.hidden_dim // H
+        self.uvqk = nn.Linear(cfg.hidden_dim, H * (2 * self.v_dim + 2 * self.qk_dim), bias=False)
+        self.out = nn.Linear(H * self.v_dim, cfg.hidden_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.position_bias = nn.Parameter(torch.zeros(cfg.max_seq_len)) if cfg.use_position_bias else None
+        self.time_bias = nn.Parameter(torch.zeros(NUM_TIME_BUCKETS)) if cfg.use_time_bias else None
+        nn.init.xavier_uniform_(self.uvqk.weight)
+
+    def forward(self, x, seq_offsets, key_times, query_times):  # x: [T, D] jagged
+        T, H = x.shape[0], self.cfg.num_heads
+        xn = F.layer_norm(x, (x.shape[-1],))
+        u, v, q, k = torch.split(
+            F.silu(self.uvqk(xn)), [H * self.v_dim, H * self.v_dim, H * self.qk_dim, H * self.qk_dim], dim=-1
+        )
+        attn = hstu_attention(
+            q.view(T, H, self.qk_dim), k.view(T, H, self.qk_dim), v.view(T, H, self.v_dim), seq_offsets,
+            self.cfg.max_seq_len, position_bias=self.position_bias, time_bias=self.time_bias,
+            key_times=key_times, query_times=query_times, backend=self.cfg.attention_backend,
+        ).reshape(T, H * self.v_dim)  # [T, H * Dv]
+        y = u * F.layer_norm(attn, (attn.shape[-1],))
+        return x + self.out(self.dropout(y))
+
+
+@register("hstu", HSTUConfig)
+class HSTU(SequentialEncoder):
+    causal = True
+
+    def __init__(self, cfg: HSTUConfig, num_items: int):
+        super().__init__()
+        self.cfg = cfg
+        self.item_embedding = nn.Embedding(num_items, cfg.hidden_dim, padding_idx=0)
+        self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.num_blocks))
+        for emb in (self.item_embedding, self.position_embedding):
+            nn.init.normal_(emb.weight, std=cfg.init_std)
+            emb.weight.data[0].zero_()
+
+    def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
+        B, L = item_ids.shape
+        if L > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {L} exceeds max_seq_len {self.cfg.max_seq_len}")
+        real = item_ids != 0  # [B, L]; left padding, so each row's real tokens are contiguous
+        positions = torch.arange(L, 0, -1, device=item_ids.device).expand(B, L) * real
+        x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions)
+        x = self.emb_dropout(x)[real]  # [T, D] jagged values
+        lengths = real.sum(1)
+        seq_offsets = F.pad(torch.cumsum(lengths, 0), (1, 0))  # [B + 1]
+        key_times = query_times = None
+        if self.cfg.use_time_bias:
+            if timestamps is None:
+                raise ValueError("HSTU with use_time_bias needs timestamps")
+            key_times = timestamps[real]
+            query_source = next_timestamps if (self.cfg.query_time == "next" and next_timestamps is not None) else timestamps
+            query_times = query_source[real]
+        for layer in self.layers:
+            x = layer(x, seq_offsets, key_times, query_times)
+        out = x.new_zeros(B, L, x.shape[-1])
+        out[real] = x
+        return out

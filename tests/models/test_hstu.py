@@ -1,0 +1,69 @@
+import torch
+
+from recsys.losses import LossConfig, next_item_loss
+from recsys.models.hstu import HSTU, HSTUConfig
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    cfg = HSTUConfig(max_seq_len=10, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0, **kw)
+    model = HSTU(cfg, num_items=30).eval()
+    with torch.no_grad():  # non-zero biases so the tests see them
+        for layer in model.layers:
+            layer.position_bias.normal_()
+            layer.time_bias.normal_()
+    return model
+
+
+def _times(ids):
+    return torch.cumsum(torch.full(ids.shape, 3600), 1) * (ids != 0)
+
+
+def test_causal():
+    m = _model()
+    ids = torch.tensor([[0, 3, 4, 5, 6, 7, 8]])
+    ts = _times(ids)
+    out = m(ids, ts, ts + 60)
+    changed = ids.clone()
+    changed[0, 5] = 20
+    out2 = m(changed, ts, ts + 60)
+    torch.testing.assert_close(out[:, :5], out2[:, :5])
+    assert not torch.allclose(out[:, 5], out2[:, 5])
+
+
+def test_jagged_equals_padded_and_per_row():
+    m = _model()
+    a = torch.tensor([[3, 4, 5]])
+    b = torch.tensor([[9, 8, 7, 6, 5]])
+    batch = torch.tensor([[0, 0, 3, 4, 5], [9, 8, 7, 6, 5]])
+    ts = _times(batch)
+    out = m(batch, ts, ts + 5)
+    torch.testing.assert_close(out[0, 2:], m(a, ts[:1, 2:], ts[:1, 2:] + 5)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1], m(b, ts[1:], ts[1:] + 5)[0], rtol=1e-5, atol=1e-6)
+    assert (out[0, :2] == 0).all()  # padding positions stay empty
+
+
+def test_time_bias_is_used_and_query_time_flag():
+    m = _model()
+    ids = torch.tensor([[3, 4, 5, 6]])
+    ts = _times(ids)
+    base = m(ids, ts, ts + 1)
+    assert not torch.allclose(base, m(ids, ts * 1000, ts * 1000 + 1))
+    current = _model(query_time="current")
+    torch.testing.assert_close(current(ids, ts, ts + 10**6), current(ids, ts, None))
+
+
+def test_overfits_eight_sequences():
+    torch.manual_seed(0)
+    model = HSTU(HSTUConfig(max_seq_len=6, hidden_dim=32, num_blocks=1, dropout=0.0), num_items=25)
+    g = torch.Generator().manual_seed(1)
+    seqs = torch.randint(1, 25, (8, 7), generator=g)
+    ts = torch.cumsum(torch.randint(1, 10**5, (8, 7), generator=g), 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    cfg = LossConfig(name="ce")
+    for _ in range(300):
+        loss = next_item_loss(cfg, model(seqs[:, :-1], ts[:, :-1], ts[:, 1:]), seqs[:, 1:], model.item_vectors())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
