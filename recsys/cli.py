@@ -86,14 +86,24 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    from .data.cards import load_card, load_dataset
+    from .data.cards import load_card, load_dataset, sha256_of
     from .data.prepare import length_percentiles, prepare_sequences
+    from .data.readers import READERS
 
-    loaded = load_dataset(args.dataset, args.data_dir)
-    seq = prepare_sequences(loaded.interactions, verbose=True)
-    card = load_card(args.dataset)
-    print(f"dataset       {card.name}: {card.description}")
-    print(f"file          {loaded.file.name} (sha256 {loaded.sha256[:16]}…)" + (f" — {loaded.variant.note}" if loaded.variant.note else ""))
+    if Path(args.dataset).is_file():  # a file of one's own: name its reader
+        if args.reader not in READERS:
+            raise ConfigError(f"{args.dataset} is a file: give --reader, one of {sorted(READERS)}")
+        interactions = READERS[args.reader](args.dataset)
+        path = Path(args.dataset)
+        title, digest, note = f"{path.name} (reader {args.reader})", sha256_of(path), ""
+    else:
+        loaded = load_dataset(args.dataset, args.data_dir)
+        card = load_card(args.dataset)
+        interactions, path, digest, note = loaded.interactions, loaded.file, loaded.sha256, loaded.variant.note
+        title = f"{card.name}: {card.description}"
+    seq = prepare_sequences(interactions, verbose=True)
+    print(f"dataset       {title}")
+    print(f"file          {path.name} (sha256 {digest[:16]}…)" + (f" — {note}" if note else ""))
     print(f"users         {seq.num_users:,}")
     print(f"items         {seq.num_items - 1:,}")
     print(f"interactions  {seq.num_interactions:,}")
@@ -146,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="inspect datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     di = dsub.add_parser("info", help="users, items, interactions, length percentiles")
-    di.add_argument("dataset")
+    di.add_argument("dataset", help="a dataset card's name, or a file (with --reader)")
     di.add_argument("--data-dir")
+    di.add_argument("--reader", help="reader for a file of one's own (e.g. user_item_lines)")
     di.set_defaults(func=cmd_data_info)
     dl = dsub.add_parser("list", help="the dataset cards")
     dl.set_defaults(func=cmd_data_list)

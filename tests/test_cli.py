@@ -62,3 +62,13 @@ def test_train_evaluate_and_log_results(tmp_path, capsys):
     md = tmp_path / "RESULTS.md"
     assert main(["results", str(jsonl), "--out", str(md)]) == 0
     assert f"{final['test']['ndcg@10']:.4f}" in md.read_text()
+
+
+def test_data_info_on_a_file_of_ones_own(tmp_path, capsys):
+    p = tmp_path / "log.txt"
+    p.write_text("1 5\n1 6\n2 5\n2 7\n2 8\n")
+    assert main(["data", "info", str(p), "--reader", "user_item_lines"]) == 0
+    out = capsys.readouterr().out
+    assert "users         2\n" in out and "items         4\n" in out and "p50=2.5" in out
+    assert main(["data", "info", str(p)]) == 2
+    assert "give --reader" in capsys.readouterr().err
