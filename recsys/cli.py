@@ -1,9 +1,12 @@
-"""Command line: ``recsys train | evaluate | data | results``.
+"""Command line: ``recsys train | evaluate | data | export | index | retrieve | results``.
 
     recsys train recipes/ml-100k/sasrec.toml [--set model.num_blocks=4 ...] [--run-dir DIR] [--resume]
     recsys evaluate RUN_DIR [--split test|valid] [--set eval.exclude_seen=false]
     recsys data info DATASET        users, items, interactions, sequence-length percentiles
     recsys data list                the dataset cards
+    recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, TorchScript encoder, manifest
+    recsys index build DIR --type hnsw      a FAISS index over an export
+    recsys retrieve INDEX_DIR --history "i1,i2" -k 10 | --users FILE
     recsys results benchmarks/results.jsonl --out benchmarks/RESULTS.md
 """
 from __future__ import annotations
@@ -123,6 +126,102 @@ def cmd_data_list(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .data.cards import load_item_text
+    from .export import export_run
+    from .train import load_run
+
+    trainer = load_run(args.run_dir, data_dir=args.data_dir)
+    text = None
+    if trainer.cfg.data.dataset != "custom":
+        text = load_item_text(trainer.cfg.data.dataset, trainer.cfg.data.data_dir)
+    users = None if args.users == "none" else args.users
+    out = export_run(trainer, args.out, users=users, histories=args.histories, encoder=not args.no_encoder,
+                     item_text=text)
+    print(f"exported {args.run_dir} to {out}")
+    return 0
+
+
+def _parse_params(pairs: list[str]) -> dict:
+    import tomllib
+
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--param expects key=value, got {pair!r}")
+        try:
+            params[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"--param {pair!r}: the value must be a number") from None
+    return params
+
+
+def cmd_index_build(args) -> int:
+    import numpy as np
+
+    from .export import read_manifest
+    from .retrieval import index_params, save_index, timed_build
+
+    read_manifest(args.export_dir)
+    try:
+        params = index_params(args.type, _parse_params(args.param))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    vectors = np.load(Path(args.export_dir) / "item_embeddings.npy")
+    index, seconds = timed_build(vectors, args.type, params)
+    out = args.out or str(Path(args.export_dir) / f"index-{args.type}")
+    save_index(index, args.type, params, args.export_dir, out, seconds)
+    print(f"built {args.type} index over {index.ntotal:,} items in {seconds:.2f} s: {out}")
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    import numpy as np
+    import polars as pl
+    import torch
+
+    from .retrieval import load_index, search
+
+    index, meta, manifest, export_dir = load_index(args.index_dir, args.export_dir)
+    items = pl.read_parquet(Path(export_dir) / "item_ids.parquet")
+    if args.history is not None:
+        if not manifest.get("encoder"):
+            raise DataError(f"{export_dir} has no exported encoder: retrieve with --users instead")
+        raw = [x.strip() for x in args.history.split(",") if x.strip()]
+        lookup = dict(zip(items["item_id"].to_list(), items["row"].to_list()))
+        unknown = [x for x in raw if x not in lookup]
+        if unknown or not raw:
+            raise DataError(f"--history: unknown item id(s) {unknown[:10]}" if unknown else "--history is empty")
+        rows = [lookup[x] for x in raw][-manifest["max_seq_len"]:]
+        window = torch.zeros(1, manifest["max_seq_len"], dtype=torch.long)
+        window[0, -len(rows):] = torch.tensor(rows) + 1
+        encoder = torch.jit.load(str(Path(export_dir) / "encoder.pt"))
+        with torch.no_grad():
+            queries = encoder(window).numpy()
+        keys, seen = ["history"], [rows]
+    else:
+        users = pl.read_parquet(Path(export_dir) / "user_ids.parquet")
+        wanted = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
+        found = users.filter(pl.col("user_id").is_in(wanted))
+        missing = sorted(set(wanted) - set(found["user_id"].to_list()))
+        if missing:
+            raise DataError(f"{args.users}: user id(s) not in the export: {missing[:10]}")
+        found = pl.DataFrame({"user_id": wanted}).join(found, on="user_id", how="left", maintain_order="left")
+        queries = np.load(Path(export_dir) / "user_embeddings.npy")[found["row"].to_numpy()]
+        keys, seen = found["user_id"].to_list(), found["seen_rows"].to_list()
+    scores, rows = search(index, queries, args.k, exclude=None if args.include_seen else seen)
+    titles = items["title"].to_list() if "title" in items.columns else None
+    for key, score_row, item_row in zip(keys, scores, rows):
+        print(f"{key}:")
+        for rank, (score, row) in enumerate(zip(score_row, item_row), start=1):
+            if row < 0:
+                break
+            title = f"  {titles[row]}" if titles and titles[row] else ""
+            print(f"  {rank:3d}. {items['item_id'][int(row)]}  {score:.4f}{title}")
+    return 0
+
+
 def cmd_results(args) -> int:
     from .results import write_markdown
 
@@ -163,6 +262,35 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("list", help="the dataset cards")
     dl.set_defaults(func=cmd_data_list)
 
+    x = sub.add_parser("export", help="export item / user embeddings and the encoder of a run")
+    x.add_argument("run_dir")
+    x.add_argument("--out", required=True)
+    x.add_argument("--users", choices=["test", "valid", "none"], default="test",
+                   help="export the user vectors of this split's users (their history up to the target)")
+    x.add_argument("--histories", help="or of these histories: lines 'user<TAB>item,item,...' (raw ids)")
+    x.add_argument("--no-encoder", action="store_true")
+    x.add_argument("--data-dir")
+    x.set_defaults(func=cmd_export)
+
+    ix = sub.add_parser("index", help="FAISS indexes over an export")
+    ixsub = ix.add_subparsers(dest="index_command", required=True)
+    ib = ixsub.add_parser("build")
+    ib.add_argument("export_dir")
+    ib.add_argument("--type", default="flat", choices=["flat", "hnsw", "ivf_flat", "ivf_pq"])
+    ib.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="e.g. M=32, nprobe=16")
+    ib.add_argument("--out")
+    ib.set_defaults(func=cmd_index_build)
+
+    rt = sub.add_parser("retrieve", help="top-k items from an index")
+    rt.add_argument("index_dir")
+    group = rt.add_mutually_exclusive_group(required=True)
+    group.add_argument("--history", help="raw item ids, oldest first, comma-separated")
+    group.add_argument("--users", help="a file of user ids (one per line) present in the export")
+    rt.add_argument("-k", type=int, default=10)
+    rt.add_argument("--include-seen", action="store_true", help="do not filter the items of the history")
+    rt.add_argument("--export-dir", help="default: the export the index was built from")
+    rt.set_defaults(func=cmd_retrieve)
+
     r = sub.add_parser("results", help="render RESULTS.md from a results JSONL")
     r.add_argument("jsonl")
     r.add_argument("--out", required=True)
@@ -176,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,218 @@
+"""Export a trained run for serving elsewhere: item (and user) embeddings, raw ids, the encoder.
+
+    recsys export RUN_DIR --out DIR [--users test|valid|none] [--histories FILE] [--no-encoder]
+
+The export folder holds
+- ``item_embeddings.npy`` [num_items, D] float32 — row r is the item ``item_ids.parquet`` row r names
+- ``item_ids.parquet``    (row, item_id, title) with the raw item ids (and titles where the catalogue has text)
+- ``user_embeddings.npy`` + ``user_ids.parquet`` (row, user_id, seen_rows) — for the users of a split or
+                          the histories of a file; ``seen_rows`` lets retrieval skip what they saw
+- ``encoder.pt``          the encoder as TorchScript: a [B, max_seq_len] left-padded id window -> [B, D]
+- ``manifest.json``       model, dataset, dimension, similarity (dot or cosine), whether vectors are
+                          normalised, recsys version, and the sha256 and row count of every file.
+
+Cosine models (trained with ``loss.l2_normalize``) are exported with unit-norm vectors, so an inner-product
+index ranks exactly as the evaluator does. Everything is written into a temporary folder beside ``DIR``
+and renamed at the end: a crash never leaves a half export that looks whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .data.batching import padded_windows, seen_items_csr
+from .data.readers import DataError, read_text
+from .train import Trainer
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _UserEncoder(torch.nn.Module):
+    """What is exported: a fixed-width id window -> the (normalised) user vector."""
+
+    def __init__(self, model, normalize: bool):
+        super().__init__()
+        self.model = model
+        self.normalize = normalize
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        users = self.model.user_vectors(item_ids)
+        return F.normalize(users, dim=-1) if self.normalize else users
+
+
+@torch.no_grad()
+def user_vectors_for(trainer: Trainer, item_windows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """User vectors [N, D] for left-padded id windows [N, max_seq_len]."""
+    model = trainer.model.eval()
+    out = []
+    for b in range(0, len(item_windows), batch_size):
+        ids = torch.from_numpy(item_windows[b : b + batch_size]).to(trainer.device)
+        users = model.user_vectors(ids)
+        if trainer.cfg.loss.l2_normalize:
+            users = F.normalize(users, dim=-1)
+        out.append(users.cpu())
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.item_vectors().shape[1]), np.float32)
+
+
+def read_histories(path: str | Path, trainer: Trainer) -> tuple[list[str], np.ndarray]:
+    """A histories file: one line per user, ``user_key<TAB>item,item,...`` (raw ids, oldest first)."""
+    path = Path(path)
+    keys, windows = [], []
+    max_len = trainer.cfg.max_seq_len
+    data = trainer.split.data
+    for number, line in enumerate(read_text(path).splitlines(), start=1):  # one line per user
+        if not line.strip():
+            continue
+        key, sep, items = line.partition("\t")
+        if not sep or not items.strip():
+            raise DataError(f"{path}, line {number}: expected 'user<TAB>item,item,...'")
+        raw = [x.strip() for x in items.split(",") if x.strip()]
+        try:
+            ids = data.item_index(raw)
+        except DataError as err:
+            raise DataError(f"{path}, line {number}: {err}") from None
+        keys.append(key)
+        windows.append(ids[-max_len:])
+    out = np.zeros((len(windows), max_len), dtype=np.int64)
+    for row, ids in enumerate(windows):  # one row per user
+        out[row, max_len - len(ids):] = ids
+    return keys, out
+
+
+def export_run(
+    trainer: Trainer,
+    out_dir: str | Path,
+    users: str | None = "test",
+    histories: str | Path | None = None,
+    encoder: bool = True,
+    item_text: pl.DataFrame | None = None,
+) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; export into a new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    cfg = trainer.cfg
+    data = trainer.split.data
+    normalize = cfg.loss.l2_normalize
+    model = trainer.model.eval()
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        with torch.no_grad():
+            items = model.item_vectors()[1 : data.num_items].detach().cpu()
+            if normalize:
+                items = F.normalize(items, dim=-1)
+        np.save(stage / "item_embeddings.npy", items.numpy().astype(np.float32))
+        raw = data.item_raw_ids[1:]
+        id_frame = pl.DataFrame({"row": np.arange(len(raw)), "item_id": pl.Series([str(x) for x in raw])})
+        if item_text is not None:
+            text = item_text.select(pl.col("item_id").cast(pl.Utf8), "title")
+            id_frame = id_frame.join(text, on="item_id", how="left", maintain_order="left")
+        id_frame.write_parquet(stage / "item_ids.parquet")
+
+        user_keys: list[str] = []
+        if histories is not None:
+            user_keys, windows = read_histories(histories, trainer)
+            seen = [w[w > 0] - 1 for w in windows]  # item rows of each (window of) history
+        elif users in ("test", "valid"):
+            eval_set = trainer.split.test if users == "test" else trainer.split.valid
+            if eval_set is None:
+                raise DataError(f"split {cfg.data.split!r} has no {users} set")
+            starts = data.seq_offsets[eval_set.users]
+            ends = starts + eval_set.history_lengths
+            windows = padded_windows(data.item_ids, starts, ends, cfg.max_seq_len)
+            user_keys = [str(x) for x in data.user_raw_ids[eval_set.users]]
+            _, seen_items = seen_items_csr(trainer.split, eval_set, slice(0, len(eval_set)))
+            seen = np.split(seen_items.numpy() - 1, np.cumsum(eval_set.history_lengths)[:-1])
+        if user_keys:
+            np.save(stage / "user_embeddings.npy", user_vectors_for(trainer, windows))
+            pl.DataFrame(
+                {"row": np.arange(len(user_keys)), "user_id": user_keys,
+                 "seen_rows": pl.Series([s.tolist() for s in seen], dtype=pl.List(pl.Int64))}
+            ).write_parquet(stage / "user_ids.parquet")
+
+        encoder_format = None
+        if encoder and getattr(model.cfg, "use_time_bias", False):
+            print("encoder not exported: it needs timestamps (time bias), which the exported signature lacks")
+        elif encoder:
+            example = torch.zeros(2, cfg.max_seq_len, dtype=torch.long)
+            example[:, -3:] = torch.tensor([1, 2, 3])
+            wrapped = _UserEncoder(model.cpu(), normalize).eval()
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # shapes are fixed by design
+                traced = torch.jit.trace(wrapped, example, check_trace=False)
+            traced.save(str(stage / "encoder.pt"))
+            model.to(trainer.device)
+            encoder_format = "torchscript"
+
+        files = {}
+        for path in sorted(stage.iterdir()):
+            rows = None
+            if path.suffix == ".npy":
+                rows = int(np.load(path, mmap_mode="r").shape[0])
+            elif path.suffix == ".parquet":
+                rows = pl.read_parquet(path).height
+            files[path.name] = {"sha256": _sha256(path), "rows": rows}
+        manifest = {
+            "format": "recsys-export-1",
+            "recsys_version": __version__,
+            "model": cfg.model_name,
+            "dataset": trainer.data.info,
+            "dimension": int(items.shape[1]),
+            "num_items": int(items.shape[0]),
+            "similarity": "cosine" if normalize else "dot",
+            "normalized": normalize,
+            "max_seq_len": cfg.max_seq_len,
+            "encoder": encoder_format,
+            "encoder_input": "int64 [batch, max_seq_len] left-padded internal item ids (row + 1 of item_ids.parquet; 0 = padding)",
+            "users": "histories file" if histories is not None else users,
+            "files": files,
+            "config": cfg.to_dict(),
+        }
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(stage, out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_manifest(export_dir: str | Path, verify: bool = True) -> dict:
+    """The manifest, after checking that every file it lists is there with its checksum and row count."""
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST
+    if not path.exists():
+        raise DataError(f"{export_dir}: no {MANIFEST}; not a recsys export (or an unfinished one)")
+    manifest = json.loads(path.read_text())
+    if verify:
+        for name, spec in manifest["files"].items():
+            f = export_dir / name
+            if not f.exists():
+                raise DataError(f"{export_dir}: {name} is listed in the manifest but missing")
+            if _sha256(f) != spec["sha256"]:
+                raise DataError(f"{export_dir}: {name} does not match its manifest checksum (changed after export?)")
+        emb = np.load(export_dir / "item_embeddings.npy", mmap_mode="r")
+        if emb.shape != (manifest["num_items"], manifest["dimension"]):
+            raise DataError(
+                f"{export_dir}: item_embeddings.npy is {emb.shape}, the manifest says "
+                f"({manifest['num_items']}, {manifest['dimension']})"
+            )
+    return manifest

@@ -1,0 +1,214 @@
+"""Retrieval stage on FAISS: build, save, load and search indexes over exported item embeddings.
+
+Index types, chosen by name with parameters:
+- ``flat``     exact inner product (``IndexFlatIP``)
+- ``hnsw``     graph search; ``M`` (links per node, 32), ``ef_construction`` (200), ``ef_search`` (128)
+- ``ivf_flat`` inverted lists; ``nlist`` (default 4 * sqrt(N)), ``nprobe`` (16)
+- ``ivf_pq``   inverted lists + product quantisation; ``nlist``, ``m`` (sub-quantisers, 16),
+               ``nbits`` (8), ``nprobe`` (16)
+
+Cosine models are exported with unit-norm vectors, so inner product is the right metric for both.
+Seen items are filtered at search time by over-fetching and dropping them. GPU FAISS is used when the
+installed FAISS has it and ``use_gpu`` is set, never required. ``faiss`` is imported here only, so
+``import recsys`` works without it.
+
+An index folder holds ``index.faiss`` and ``index.json`` (type, parameters, and the export manifest's
+identity: model, dimension, item count and the item embeddings' checksum), so an index is never
+searched with another model's ids or vectors.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data.batching import padded_windows, seen_items_csr
+from .data.readers import DataError
+from .export import read_manifest, user_vectors_for
+from .metrics import ranking_metric_sums
+
+INDEX_TYPES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+DEFAULTS = {
+    "flat": {},
+    "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 128},
+    "ivf_flat": {"nlist": None, "nprobe": 16},
+    "ivf_pq": {"nlist": None, "m": 16, "nbits": 8, "nprobe": 16},
+}
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("the retrieval stage needs FAISS: pip install faiss-cpu (or faiss-gpu)") from None
+    return faiss
+
+
+def index_params(kind: str, params: dict | None = None) -> dict:
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {kind!r}; choose one of {list(INDEX_TYPES)}")
+    merged = dict(DEFAULTS[kind])
+    for key, value in (params or {}).items():
+        if key not in merged:
+            raise ValueError(f"index type {kind!r} has no parameter {key!r}; allowed: {sorted(merged)}")
+        merged[key] = value
+    return merged
+
+
+def build_index(vectors: np.ndarray, kind: str = "flat", params: dict | None = None, seed: int = 0):
+    """A FAISS inner-product index over ``vectors`` [N, D] (row r = item row r)."""
+    faiss = _faiss()
+    p = index_params(kind, params)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = x.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, int(p["M"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(p["ef_construction"])
+        index.hnsw.efSearch = int(p["ef_search"])
+    else:
+        nlist = int(p["nlist"] or max(1, min(n // 39, int(4 * math.sqrt(n)))))
+        quantizer = faiss.IndexFlatIP(d)
+        if kind == "ivf_flat":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            if d % int(p["m"]):
+                raise ValueError(f"ivf_pq: dimension {d} must be divisible by m={p['m']}")
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["m"]), int(p["nbits"]), faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(x)
+        index.nprobe = int(p["nprobe"])
+    index.add(x)
+    return index
+
+
+def set_search_params(index, kind: str, params: dict) -> None:
+    if kind == "hnsw":
+        index.hnsw.efSearch = int(params["ef_search"])
+    elif kind in ("ivf_flat", "ivf_pq"):
+        index.nprobe = int(params["nprobe"])
+
+
+def search(index, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None,
+           batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores [Q, k], rows [Q, k]) per query; rows in ``exclude[q]`` are never returned.
+
+    Over-fetches k + (the largest exclusion list) per batch, drops excluded rows, keeps the first k.
+    Missing results (an index with fewer candidates) are row -1 with score -inf.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+    out_rows = np.full((len(q), k), -1, dtype=np.int64)
+    for b in range(0, len(q), batch_size):
+        block = q[b : b + batch_size]
+        extra = max((len(exclude[i]) for i in range(b, b + len(block))), default=0) if exclude is not None else 0
+        fetch = min(k + extra, index.ntotal)
+        scores, rows = index.search(block, fetch)
+        if exclude is not None and extra:
+            for i in range(len(block)):  # one query at a time: only its own short exclusion list
+                banned = np.isin(rows[i], np.asarray(exclude[b + i], dtype=np.int64))
+                keep = rows[i][~banned & (rows[i] >= 0)][:k]
+                out_rows[b + i, : len(keep)] = keep
+                out_scores[b + i, : len(keep)] = scores[i][~banned & (rows[i] >= 0)][:k]
+        else:
+            width = min(k, fetch)
+            out_rows[b : b + len(block), :width] = rows[:, :width]
+            out_scores[b : b + len(block), :width] = scores[:, :width]
+    return out_scores, out_rows
+
+
+def save_index(index, kind: str, params: dict, export_dir: str | Path, out_dir: str | Path, build_seconds: float) -> Path:
+    """Write ``index.faiss`` + ``index.json`` into ``out_dir`` atomically (temp folder, then rename)."""
+    faiss = _faiss()
+    manifest = read_manifest(export_dir)
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; build into a new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        faiss.write_index(index, str(stage / "index.faiss"))
+        meta = {
+            "type": kind,
+            "params": params,
+            "build_seconds": build_seconds,
+            "export_dir": os.path.relpath(Path(export_dir).resolve(), out_dir.resolve().parent),
+            "model": manifest["model"],
+            "dimension": manifest["dimension"],
+            "num_items": manifest["num_items"],
+            "item_embeddings_sha256": manifest["files"]["item_embeddings.npy"]["sha256"],
+        }
+        (stage / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(stage, out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_index(index_dir: str | Path, export_dir: str | Path | None = None):
+    """(index, index.json, export manifest, export dir); refuses an index built for other embeddings."""
+    faiss = _faiss()
+    index_dir = Path(index_dir)
+    meta_path = index_dir / "index.json"
+    if not meta_path.exists():
+        raise DataError(f"{index_dir}: no index.json; not a recsys index folder")
+    meta = json.loads(meta_path.read_text())
+    export_dir = Path(export_dir) if export_dir else (index_dir.parent / meta["export_dir"])
+    manifest = read_manifest(export_dir)
+    if manifest["files"]["item_embeddings.npy"]["sha256"] != meta["item_embeddings_sha256"]:
+        raise DataError(f"{index_dir} was built for other item embeddings than {export_dir} holds "
+                        f"(model {meta['model']}, {meta['num_items']} items)")
+    index = faiss.read_index(str(index_dir / "index.faiss"))
+    if index.ntotal != manifest["num_items"] or index.d != manifest["dimension"]:
+        raise DataError(f"{index_dir}: the index holds {index.ntotal} x {index.d}, the export "
+                        f"{manifest['num_items']} x {manifest['dimension']}")
+    set_search_params(index, meta["type"], meta["params"])
+    return index, meta, manifest, export_dir
+
+
+def evaluate_through_index(trainer, index, which: str = "test", ks: Sequence[int] = (1, 5, 10, 20),
+                           exclude_seen: bool = True) -> dict:
+    """HR@k / NDCG@k / MRR@k of a run's model when items come from ``index`` instead of the exact GEMM.
+
+    Rank = position of the target in the index's top-K (K = max ks), or "beyond K" when it is missing:
+    every @k metric with k <= K is exact for the index's ranking. Compare with the exact evaluator to see
+    what approximate search costs.
+    """
+    split = trainer.split
+    eval_set = split.test if which == "test" else split.valid
+    data = split.data
+    starts = data.seq_offsets[eval_set.users]
+    windows = padded_windows(data.item_ids, starts, starts + eval_set.history_lengths, trainer.cfg.max_seq_len)
+    queries = user_vectors_for(trainer, windows)
+    exclude = None
+    if exclude_seen:
+        _, seen = seen_items_csr(split, eval_set, slice(0, len(eval_set)))
+        exclude = np.split(seen.numpy() - 1, np.cumsum(eval_set.history_lengths)[:-1])
+        # the target's own row stays a candidate even when it was seen (as in the exact evaluator)
+        exclude = [e[e != t - 1] for e, t in zip(exclude, eval_set.targets)]
+    K = max(ks)
+    start = time.perf_counter()
+    _, rows = search(index, queries, K, exclude=exclude)
+    seconds = time.perf_counter() - start
+    hit = rows == (eval_set.targets[:, None] - 1)  # [E, K]
+    ranks = np.where(hit.any(1), hit.argmax(1) + 1, K + 1)
+    sums = ranking_metric_sums(torch.from_numpy(ranks), ks)
+    out = {name: value / len(eval_set) for name, value in sums.items() if "@" in name}
+    out.update(num_users=len(eval_set), search_seconds=seconds, queries_per_second=len(eval_set) / seconds)
+    return out
+
+
+def timed_build(vectors: np.ndarray, kind: str, params: dict | None = None):
+    start = time.perf_counter()
+    index = build_index(vectors, kind, params)
+    return index, time.perf_counter() - start

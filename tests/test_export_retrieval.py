@@ -1,0 +1,134 @@
+"""Round trip: train a tiny model -> export -> build index -> retrieve == the evaluator's exact top-k."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import recsys
+from recsys.cli import main
+from recsys.data.readers import DataError
+from recsys.export import export_run, read_manifest
+
+faiss = pytest.importorskip("faiss")
+
+from recsys.retrieval import build_index, evaluate_through_index, load_index, save_index, search  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(80):
+        start = rng.integers(0, 40)
+        step = rng.integers(1, 3)
+        rows += [(f"u{u}", f"i{(start + step * k) % 40}", k) for k in range(10)]
+    data = recsys.from_frame(pd.DataFrame(rows, columns=["user", "item", "t"]), user="user", item="item", time="t")
+    run = tmp_path_factory.mktemp("run") / "run"
+    model = recsys.fit(data, overrides=["model.max_seq_len=8", "model.hidden_dim=16", "model.num_blocks=1",
+                                        "train.epochs=3", "train.patience=0"], run_dir=run, progress=False)
+    return model, data, run
+
+
+def test_export_files_and_manifest(trained, tmp_path):
+    model, _, _ = trained
+    out = export_run(model.trainer, tmp_path / "export")
+    manifest = read_manifest(out)
+    emb = np.load(out / "item_embeddings.npy")
+    assert emb.shape == (manifest["num_items"], manifest["dimension"]) == (40, 16)
+    assert manifest["similarity"] == "dot" and manifest["encoder"] == "torchscript"
+    assert manifest["files"]["user_embeddings.npy"]["rows"] == 80
+    # raw ids, not internal indices
+    import polars as pl
+
+    ids = pl.read_parquet(out / "item_ids.parquet")
+    assert set(ids["item_id"]) == {f"i{k}" for k in range(40)}
+    np.testing.assert_allclose(emb, model.model.item_vectors()[1:].detach().numpy())
+    # no temporary folder is left beside the export
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_exported_encoder_gives_the_same_user_vector(trained, tmp_path):
+    model, _, _ = trained
+    out = export_run(model.trainer, tmp_path / "export", users="none")
+    encoder = torch.jit.load(str(out / "encoder.pt"))
+    history = ["i3", "i4", "i5"]
+    ids = torch.zeros(1, 8, dtype=torch.long)
+    ids[0, -3:] = torch.from_numpy(model.data.item_index(history))
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(ids), model.model.user_vectors(ids), rtol=1e-5, atol=1e-6)
+
+
+def test_tampered_export_is_refused(trained, tmp_path):
+    model, _, _ = trained
+    out = export_run(model.trainer, tmp_path / "export", users="none", encoder=False)
+    np.save(out / "item_embeddings.npy", np.zeros((40, 16), np.float32))
+    with pytest.raises(DataError, match="does not match its manifest checksum"):
+        read_manifest(out)
+    with pytest.raises(FileExistsError):
+        export_run(model.trainer, out)
+
+
+def test_flat_index_equals_exact_evaluator(trained, tmp_path):
+    model, _, _ = trained
+    exact = model.trainer.evaluate("test")
+    out = export_run(model.trainer, tmp_path / "export", users="none", encoder=False)
+    index = build_index(np.load(out / "item_embeddings.npy"), "flat")
+    through = evaluate_through_index(model.trainer, index, "test", ks=(1, 5, 10))
+    for name in ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr@10"):
+        assert through[name] == pytest.approx(exact[name], abs=1e-9), name
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf_flat", "ivf_pq"])
+def test_approximate_indexes_find_most_exact_neighbours(kind):
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(5000, 32)).astype(np.float32)
+    queries = rng.normal(size=(200, 32)).astype(np.float32)
+    _, exact = search(build_index(items, "flat"), queries, 10)
+    params = {"ivf_pq": {"m": 8, "nprobe": 64}, "ivf_flat": {"nprobe": 64}}.get(kind, {})
+    _, approx = search(build_index(items, kind, params), queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall > (0.3 if kind == "ivf_pq" else 0.9)
+
+
+def test_search_excludes_seen_rows():
+    items = np.eye(6, dtype=np.float32)
+    query = np.array([[6, 5, 4, 3, 2, 1]], dtype=np.float32)
+    _, rows = search(build_index(items, "flat"), query, 3, exclude=[[0, 2]])
+    assert rows.tolist() == [[1, 3, 4]]
+
+
+def test_cli_round_trip_retrieve_equals_exact_topk(trained, tmp_path, capsys):
+    model, _, run = trained
+    export_dir = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(export_dir), "--users", "test"]) == 2  # in-memory data
+    capsys.readouterr()
+    export_run(model.trainer, export_dir)
+    assert main(["index", "build", str(export_dir), "--type", "flat"]) == 0
+    capsys.readouterr()
+    index_dir = export_dir / "index-flat"
+    history = ["i10", "i11", "i12"]
+    assert main(["retrieve", str(index_dir), "--history", ",".join(history), "-k", "5"]) == 0
+    printed = [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]]
+    expected = [item for item, _ in model.recommend(history, k=5)]
+    assert printed == expected
+    # users from the export, with their seen items filtered
+    users_file = tmp_path / "users.txt"
+    users_file.write_text("u3\nu7\n")
+    assert main(["retrieve", str(index_dir), "--users", str(users_file), "-k", "3"]) == 0
+    assert "u3:" in capsys.readouterr().out
+    # an index used with another model's export is refused
+    other = tmp_path / "other"
+    export_run(model.trainer, other, users="none", encoder=False)
+    np.save(other / "item_embeddings.npy", np.ones((40, 16), np.float32))
+    manifest = json.loads((other / "manifest.json").read_text())
+    import hashlib
+
+    manifest["files"]["item_embeddings.npy"]["sha256"] = hashlib.sha256((other / "item_embeddings.npy").read_bytes()).hexdigest()
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="built for other item embeddings"):
+        load_index(index_dir, other)
+    assert main(["retrieve", str(index_dir), "--history", "nope", "-k", "3"]) == 2
+    assert "unknown item id" in capsys.readouterr().err
+    assert main(["index", "build", str(export_dir), "--type", "hnsw", "--param", "efs=3"]) == 2
