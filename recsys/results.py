@@ -152,6 +152,18 @@ def render_markdown(records: list[dict], references: dict | None = None) -> str:
         out += ["", "Commands:", ""]
         out += [f"- `{r['command']}`" for r in timing]
         out.append("")
+    retrieval = [r for r in records if r["kind"] == "retrieval"]
+    if retrieval:
+        out += ["## Retrieval: FAISS indexes against exact search", ""]
+        for r in retrieval:
+            out += [f"{r['catalogue']} — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}", "",
+                    "| index | parameters | build | queries/s | speed-up vs exact | recall@10 | NDCG@10 |",
+                    "|---|---|---|---|---|---|---|"]
+            for row in r["rows"]:
+                out.append(f"| {row['index']} | {row['params']} | {row['build_seconds']:.2f} s "
+                           f"| {row['queries_per_second']:,.0f} | {row['speedup_vs_exact']:.1f}x "
+                           f"| {row['recall@10']:.3f} | {_fmt(row.get('ndcg@10'))} |")
+            out += ["", f"`{r['command']}`", ""]
     return "\n".join(out)
 
 
