@@ -10,8 +10,9 @@ with N the configured maximum sequence length (a constant, so jagged and padded 
 ``bucket(d) = clamp(floor(ln(max(|d|, 1)) / 0.301), 0, num_buckets - 1)``. There is no softmax.
 
 The reference processes sequences in groups, padding each group only to its own longest sequence and
-bounding the [group, heads, n, n] score block by ``max_block_elements``; it is what the Triton kernel
-(a later addition) is tested against. This module imports nothing else from the package.
+bounding the [group, heads, n, n] score block by ``max_block_elements``; it is what the fused Triton
+kernel (:mod:`recsys.kernels.hstu_attention_triton`) is tested against. This module imports nothing
+else from the package, and Triton only when the kernel is used.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ TIME_BUCKET_DIVISOR = 0.301
 
 def time_buckets(delta: torch.Tensor, num_buckets: int) -> torch.Tensor:
     """Log-spaced bucket of a time gap (HSTU): clamp(floor(ln(max(|d|, 1)) / 0.301), 0, num_buckets - 1)."""
-    d = delta.abs().clamp(min=1).double()
+    d = delta.abs().clamp(min=1).float()  # fp32, as the fused kernel computes it
     return torch.floor(torch.log(d) / TIME_BUCKET_DIVISOR).clamp(0, num_buckets - 1).long()
 
 
@@ -86,17 +87,34 @@ def hstu_attention_reference(
     return out
 
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "triton")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def hstu_attention(*args, backend: str = "auto", **kwargs) -> torch.Tensor:
-    """Dispatcher: the fused kernel where one is available for the inputs' device, else the reference.
+    """Dispatcher: the fused Triton kernel for CUDA tensors when Triton is installed, else the reference.
 
-    ``backend``: "auto" or one of BACKENDS (an override for tests and benchmarks). Only the PyTorch
-    reference exists so far; the Triton kernel will register here.
+    ``backend``: "auto", "reference" or "triton" (an override for tests and benchmarks; "triton" on CPU
+    tensors needs ``TRITON_INTERPRET=1``).
     """
     if backend not in ("auto", *BACKENDS):
         raise ValueError(f"unknown HSTU attention backend {backend!r}; available: {list(BACKENDS)}")
+    q = args[0] if args else kwargs["q"]
+    causal = kwargs.get("causal", True)
+    if backend == "auto":
+        backend = "triton" if (q.is_cuda and causal and triton_available()) else "reference"
+    if backend == "triton":
+        from .hstu_attention_triton import hstu_attention_triton
+
+        return hstu_attention_triton(*args, **kwargs)
+    kwargs.pop("max_len", None)
     return hstu_attention_reference(*args, **kwargs)
 
 

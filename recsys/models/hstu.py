@@ -55,7 +55,7 @@ class HSTUConfig:
     use_position_bias: bool = True
     use_time_bias: bool = True
     query_time: Literal["next", "current"] = "next"
-    attention_backend: Literal["auto", "reference"] = "auto"
+    attention_backend: Literal["auto", "reference", "triton"] = "auto"
     init_std: float = 0.02
 
 
