@@ -31,51 +31,61 @@ class LossConfig:
     l2_normalize: bool = False
     gbce_t: float = 0.75
     ce_chunk_size: int = 64  # ce: positions per logits block (bounds memory, keeps blocks in cache)
+    ce_matmul_dtype: Literal["float32", "bfloat16"] = "float32"  # ce: dtype of the logit GEMMs
 
 
 class ChunkedSoftmaxCE(torch.autograd.Function):
     """Mean cross-entropy of ``hidden @ items.T`` against ``targets``, ``chunk`` positions at a time.
 
-    Never holds more than one [chunk, V] block of logits: the forward keeps only each position's
-    log-sum-exp; the backward recomputes each block's logits and turns them into
-    ``softmax - onehot`` in place. Same value and gradients as ``F.cross_entropy(hidden @ items.T, targets)``
-    to float rounding (tested), and faster on CPU because each block stays in cache.
+    Never holds more than one [V, chunk] block of logits: the forward keeps only each position's
+    log-sum-exp; the backward recomputes each block's logits and turns them into ``softmax - onehot``
+    in place. Blocks are item-major ([V, chunk]: the faster GEMM layout on CPU) and small enough to stay
+    in cache. Same value and gradients as ``F.cross_entropy(hidden @ items.T, targets)`` to float
+    rounding (tested). ``compute_dtype=torch.bfloat16`` runs the three GEMMs in bf16 (about 2x faster on
+    CPUs with bf16 units) while the softmax and every sum stay fp32, as mixed-precision training does.
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, hidden, items, targets, chunk: int, compute_dtype=None):
         P = hidden.shape[0]
+        h = hidden.to(compute_dtype) if compute_dtype else hidden
+        w = items.to(compute_dtype) if compute_dtype else items
         lse = torch.empty(P, device=hidden.device, dtype=torch.float32)
         target_logits = torch.empty(P, device=hidden.device, dtype=torch.float32)
         for start in range(0, P, chunk):
-            logits = hidden[start : start + chunk] @ items.T  # [c, V]
-            lse[start : start + chunk] = torch.logsumexp(logits.float(), dim=1)
-            target_logits[start : start + chunk] = logits.gather(1, targets[start : start + chunk, None]).squeeze(1)
+            logits = (w @ h[start : start + chunk].T).float()  # [V, c]
+            cols = torch.arange(logits.shape[1], device=logits.device)
+            lse[start : start + chunk] = torch.logsumexp(logits, dim=0)
+            target_logits[start : start + chunk] = logits[targets[start : start + chunk], cols]
         ctx.save_for_backward(hidden, items, targets, lse)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
         return (lse - target_logits).mean()
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx, grad_out):
         hidden, items, targets, lse = ctx.saved_tensors
-        P, chunk = hidden.shape[0], ctx.chunk
+        P, chunk, dtype = hidden.shape[0], ctx.chunk, ctx.compute_dtype
+        h = hidden.to(dtype) if dtype else hidden
+        w = items.to(dtype) if dtype else items
         grad_hidden = torch.empty_like(hidden)
-        grad_items = torch.zeros_like(items)
+        grad_items = torch.zeros(items.shape, device=items.device, dtype=torch.float32)
         scale = grad_out / P
         for start in range(0, P, chunk):
-            h = hidden[start : start + chunk]
-            g = h @ items.T  # [c, V] logits, recomputed
-            g.sub_(lse[start : start + chunk, None]).exp_()  # softmax
-            g[torch.arange(g.shape[0], device=g.device), targets[start : start + chunk]] -= 1.0
+            hc = h[start : start + chunk]
+            g = (w @ hc.T).float()  # [V, c] logits, recomputed
+            g.sub_(lse[None, start : start + chunk]).exp_()  # softmax
+            g[targets[start : start + chunk], torch.arange(g.shape[1], device=g.device)] -= 1.0
             g.mul_(scale)
-            grad_hidden[start : start + chunk] = g @ items
-            grad_items.addmm_(g.T, h)
-        return grad_hidden, grad_items, None, None
+            gc = g.to(dtype) if dtype else g
+            grad_hidden[start : start + chunk] = (gc.T @ w).to(hidden.dtype)
+            grad_items += (gc @ hc).float()
+        return grad_hidden, grad_items.to(items.dtype), None, None, None
 
 
-def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int = 64,
+                    compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Cross-entropy over all real items: hidden [P, D], items [V, D] (row 0 = padding, excluded), targets [P]."""
-    return ChunkedSoftmaxCE.apply(hidden, items[1:], targets - 1, chunk)
+    return ChunkedSoftmaxCE.apply(hidden, items[1:], targets - 1, chunk, compute_dtype)
 
 
 def _normalise(cfg: LossConfig, hidden: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +126,8 @@ def next_item_loss(
         h, w = _normalise(cfg, hidden[mask], items)  # [P, D], [V, D]
         if cfg.temperature != 1.0:
             h = h / cfg.temperature
-        return full_softmax_ce(h, w, target_ids[mask], cfg.ce_chunk_size)
+        dtype = torch.bfloat16 if cfg.ce_matmul_dtype == "bfloat16" else None
+        return full_softmax_ce(h, w, target_ids[mask], cfg.ce_chunk_size, dtype)
 
     B, L, _ = hidden.shape
     h, w = _normalise(cfg, hidden, items)
