@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -34,9 +35,13 @@ def print_metrics_table(title: str, metrics: dict, ks) -> None:
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .results import append_record, git_commit, make_record
     from .train import Trainer, peak_memory_mb, prepare_data
 
+    if distributed.init_from_env() and not distributed.is_main():
+        args.quiet, args.log_results = True, None  # rank 0 speaks and writes for all
+        sys.stdout = open(os.devnull, "w")
     commit = git_commit() if args.log_results else None  # the code this run starts with
     cfg = load_recipe(args.recipe, args.set)
     if args.data_dir:
@@ -78,8 +83,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from . import distributed
     from .train import load_run
 
+    if distributed.init_from_env() and not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")
     trainer = load_run(args.run_dir, overrides=args.set, data_dir=args.data_dir)
     if args.split == "valid" and trainer.split.valid is None:
         raise ConfigError(f"split {trainer.cfg.data.split!r} has no validation set")
@@ -302,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from . import distributed
+
     try:
         return args.func(args)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError, ImportError) as err:
@@ -310,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from .data.batching import iter_eval_batches, seen_items_csr
 from .data.splits import EvalSet, Split
-from .metrics import ranking_metric_sums, ranks_from_item_scores
+from . import distributed
+from .metrics import metric_names, ranking_metric_sums, ranks_from_item_scores
 
 
 @dataclass
@@ -60,8 +61,14 @@ def evaluate(
     buffers: dict[int, torch.Tensor] = {}
     sums: dict[str, float] = {}
     all_ranks = []
-    # users in order of history length: each block is only as wide as its longest history
+    # users in order of history length: each block is only as wide as its longest history;
+    # under torchrun each rank takes every world-th user of that order and the sums are all-reduced
+    n = len(eval_set)
     order = np.argsort(np.minimum(eval_set.history_lengths, max_len), kind="stable")
+    if distributed.world_size() > 1:
+        if return_ranks:
+            raise ValueError("return_ranks is not available under torchrun")
+        order = order[distributed.rank() :: distributed.world_size()]
     eval_set = eval_set.reordered(order)
     batches = iter_eval_batches(split, eval_set, max_len, block)
     total = (len(eval_set) + block - 1) // block
@@ -89,8 +96,10 @@ def evaluate(
             sums[name] = sums.get(name, 0.0) + value
         if return_ranks:
             all_ranks.append(ranks.cpu())
-    n = len(eval_set)
-    out = {name: value / n for name, value in sums.items()}
+    names = metric_names(cfg.ks)
+    totals = distributed.all_reduce_sum(torch.tensor([sums.get(k, 0.0) for k in names], dtype=torch.float64,
+                                                     device=device))
+    out = {name: float(total) / n for name, total in zip(names, totals)}
     out["num_users"] = n
     out["seconds"] = time.perf_counter() - start
     if return_ranks:  # back in the caller's order

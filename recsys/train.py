@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import DataConfig, RunConfig, config_from_dict
 from .data.batching import cloze_inputs, iter_train_batches, train_users
 from .data.cards import load_dataset
@@ -131,7 +132,9 @@ def _without_runtime(config: dict) -> dict:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device = 'cuda' but no CUDA device is available")
     return torch.device(name)
@@ -155,6 +158,12 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items).to(self.device)
+        # under torchrun, forward passes go through DDP (gradient all-reduce); self.model stays the module
+        self.forward = self.model
+        if distributed.world_size() > 1:
+            self.forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
         )
@@ -196,13 +205,15 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         gen = epoch_generator(cfg.train.seed, self.epoch)
-        n_users = len(train_users(self.split))
+        world = distributed.world_size()
+        n_users = len(train_users(self.split)) // world
         steps = (n_users + cfg.train.batch_size - 1) // cfg.train.batch_size
         total_loss = torch.zeros((), device=self.device)
         targets = 0
         start = time.perf_counter()
         bar = tqdm(
-            iter_train_batches(self.split, cfg.max_seq_len, cfg.train.batch_size, gen),
+            iter_train_batches(self.split, cfg.max_seq_len, cfg.train.batch_size, gen,
+                               rank=distributed.rank(), world_size=world),
             total=steps, desc=f"epoch {self.epoch + 1}", disable=not self.progress, leave=False,
         )
         cloze = getattr(self.model, "objective", "next_item") == "cloze"
@@ -218,7 +229,7 @@ class Trainer:
                 next_timestamps = batch.target_timestamps.to(self.device)
             targets += int(target_ids.count_nonzero())  # counted on the CPU copy: no device sync
             target_ids = target_ids.to(self.device)
-            hidden = self.model(item_ids.to(self.device), timestamps, next_timestamps)
+            hidden = self.forward(item_ids.to(self.device), timestamps, next_timestamps)
             loss = next_item_loss(cfg.loss, hidden, target_ids, self.model.item_vectors())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -229,7 +240,11 @@ class Trainer:
             if self.progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss.item() / (step + 1):.4f}")
         seconds = time.perf_counter() - start
-        return {"train_loss": total_loss.item() / max(steps, 1), "train_seconds": seconds,
+        # loss and target count over all ranks (one reduction per epoch, not per step)
+        totals = distributed.all_reduce_sum(torch.stack([total_loss.double(), torch.tensor(
+            float(targets), dtype=torch.float64, device=self.device)]))
+        targets = int(totals[1])
+        return {"train_loss": float(totals[0]) / max(steps * world, 1), "train_seconds": seconds,
                 "train_targets": targets, "targets_per_second": targets / seconds}
 
     def evaluate(self, which: str = "valid", progress: bool = False, return_ranks: bool = False) -> dict:
@@ -250,7 +265,9 @@ class Trainer:
             self._restore(load_checkpoint(last))
             if self.progress:
                 print(f"resumed {self.run_dir} after epoch {self.epoch}")
-        atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
+        main = distributed.is_main()
+        if main:
+            atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
         metric = cfg.eval.early_stopping_metric
         has_valid = self.split.valid is not None and len(self.split.valid) > 0
         stopped_early = False
@@ -272,15 +289,19 @@ class Trainer:
                 self.best_epoch = self.epoch
                 self._save_best()
             self.history.append(record)
-            self._write_log()
-            atomic_torch_save(self._state(), last)
-            if self.progress:
-                self._print_epoch(record, metric)
+            if main:
+                self._write_log()
+                atomic_torch_save(self._state(), last)
+                if self.progress:
+                    self._print_epoch(record, metric)
+            distributed.barrier()  # every rank sees this epoch's files before going on
         if has_valid and cfg.train.patience and self.bad_epochs >= cfg.train.patience:
             stopped_early = True
         return self.finish(stopped_early)
 
     def _save_best(self) -> None:
+        if not distributed.is_main():
+            return
         atomic_torch_save(
             {"model": self.model.state_dict(), "config": self.cfg.to_dict(), "epoch": self.epoch},
             self.run_dir / "best.pt",
@@ -298,6 +319,7 @@ class Trainer:
 
     def finish(self, stopped_early: bool = False) -> dict:
         """Load the best model, evaluate validation and test, write final_metrics.json and the plot."""
+        distributed.barrier()
         best = load_checkpoint(self.run_dir / "best.pt")
         self.model.load_state_dict(best["model"])
         out = {
@@ -313,8 +335,11 @@ class Trainer:
         if self.split.valid is not None and len(self.split.valid):
             out["valid"] = self.evaluate("valid")
         out["test"] = self.evaluate("test", progress=self.progress)
-        atomic_write_json(self.run_dir / "final_metrics.json", out)
-        plot_learning_curves(self.history, self.run_dir / "learning_curves.png", self.cfg.eval.early_stopping_metric)
+        out["world_size"] = distributed.world_size()
+        if distributed.is_main():
+            atomic_write_json(self.run_dir / "final_metrics.json", out)
+            plot_learning_curves(self.history, self.run_dir / "learning_curves.png", self.cfg.eval.early_stopping_metric)
+        distributed.barrier()
         return out
 
 

@@ -50,12 +50,20 @@ def train_users(split: Split) -> np.ndarray:
 
 
 def iter_train_batches(
-    split: Split, max_len: int, batch_size: int, generator: torch.Generator, drop_last: bool = False
+    split: Split, max_len: int, batch_size: int, generator: torch.Generator, drop_last: bool = False,
+    rank: int = 0, world_size: int = 1,
 ) -> Iterator[TrainBatch]:
-    """Shuffled training batches: per user the last ``max_len + 1`` training events, shifted by one."""
+    """Shuffled training batches: per user the last ``max_len + 1`` training events, shifted by one.
+
+    With ``world_size > 1`` (torchrun) every rank draws the same permutation and takes its own equal
+    share of it (the remainder of users is left out of that epoch), so all ranks run the same number
+    of steps."""
     data = split.data
     users = train_users(split)
     order = users[torch.randperm(len(users), generator=generator).numpy()]
+    if world_size > 1:
+        per_rank = len(order) // world_size
+        order = order[rank * per_rank : (rank + 1) * per_rank]
     starts_all = data.seq_offsets[:-1]
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for b in range(0, stop, batch_size):
