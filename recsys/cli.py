@@ -43,6 +43,10 @@ def cmd_train(args) -> int:
         args.quiet, args.log_results = True, None  # rank 0 speaks and writes for all
         sys.stdout = open(os.devnull, "w")
     commit = git_commit() if args.log_results else None  # the code this run starts with
+    if args.precision:
+        args.set.append(f"train.precision={args.precision}")
+    if args.compile:
+        args.set.append("train.compile=true")
     cfg = load_recipe(args.recipe, args.set)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
@@ -250,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="folder holding the dataset folders (default: $RECSYS_DATA)")
     t.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None,
                    metavar="JSONL", help="append a result record (default file: benchmarks/results.jsonl)")
+    t.add_argument("--precision", choices=["fp32", "bf16"], help="same as --set train.precision=...")
+    t.add_argument("--compile", action="store_true", help="same as --set train.compile=true")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

@@ -53,6 +53,8 @@ class TrainConfig:
     eval_every: int = 1
     num_threads: int = 0  # 0 = torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the encoder (GPU: flash / mem-efficient SDPA)
+    compile: bool = False  # torch.compile the encoder for training
 
 
 @dataclass

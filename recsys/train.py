@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .config import DataConfig, RunConfig, config_from_dict
+from .config import ConfigError, DataConfig, RunConfig, config_from_dict
 from .data.batching import cloze_inputs, iter_train_batches, train_users
 from .data.cards import load_dataset
 from .data.prepare import SequenceData, prepare_sequences
@@ -122,7 +122,7 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
 # ----------------------------------------------------------------------------- training
 
 
-RUNTIME_KEYS = ("num_threads", "device")  # how a run executes, not what it computes
+RUNTIME_KEYS = ("num_threads", "device", "compile")  # how a run executes, not what it computes
 
 
 def _without_runtime(config: dict) -> dict:
@@ -158,11 +158,12 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items).to(self.device)
-        # under torchrun, forward passes go through DDP (gradient all-reduce); self.model stays the module
-        self.forward = self.model
+        # training forward passes go through torch.compile and / or DDP (gradient all-reduce under
+        # torchrun) when asked; self.model stays the plain module (state_dict, evaluation, item vectors)
+        self.train_forward = torch.compile(self.model) if cfg.train.compile else self.model
         if distributed.world_size() > 1:
-            self.forward = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            self.train_forward = torch.nn.parallel.DistributedDataParallel(
+                self.train_forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
@@ -189,8 +190,8 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         if _without_runtime(state["config"]) != _without_runtime(self.cfg.to_dict()):
-            raise ValueError(f"{self.run_dir}: the checkpoint was written with another configuration; "
-                             "resume with the same recipe and overrides")
+            raise ConfigError(f"{self.run_dir}: the checkpoint was written with another configuration; "
+                              "resume with the same recipe and overrides")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
@@ -229,8 +230,9 @@ class Trainer:
                 next_timestamps = batch.target_timestamps.to(self.device)
             targets += int(target_ids.count_nonzero())  # counted on the CPU copy: no device sync
             target_ids = target_ids.to(self.device)
-            hidden = self.forward(item_ids.to(self.device), timestamps, next_timestamps)
-            loss = next_item_loss(cfg.loss, hidden, target_ids, self.model.item_vectors())
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+                hidden = self.train_forward(item_ids.to(self.device), timestamps, next_timestamps)
+            loss = next_item_loss(cfg.loss, hidden.float(), target_ids, self.model.item_vectors())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.max_grad_norm > 0:

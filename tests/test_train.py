@@ -115,3 +115,17 @@ def test_every_encoder_trains_through_the_trainer(tmp_path, model, extra):
     history = [json.loads(l) for l in (tmp_path / model / "metrics.jsonl").read_text().splitlines()]
     assert history[1]["train_loss"] < history[0]["train_loss"]
     assert out["test"]["hr@10"] > 10 / 1682  # better than a random ranking
+
+
+@needs_data("ml-100k")
+def test_bf16_autocast_trains(tmp_path):
+    from recsys.config import load_recipe
+    from recsys.train import Trainer
+
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml",
+                      ["model.max_seq_len=20", "model.hidden_dim=16", "train.epochs=2", "train.precision=bf16",
+                       "train.patience=0"])
+    out = Trainer(cfg, tmp_path / "bf16", progress=False).fit()
+    history = [json.loads(l) for l in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    assert out["test"]["hr@10"] > 10 / 1682
