@@ -14,6 +14,7 @@ samples, so a resumed run ends with exactly the metrics of an uninterrupted one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .config import ConfigError, DataConfig, RunConfig, config_from_dict
 from .data.batching import cloze_inputs, iter_train_batches, train_users
-from .data.cards import load_dataset
+from .data.cards import cache_dir, check_counts, locate_dataset
 from .data.prepare import SequenceData, prepare_sequences
 from .data.readers import READERS, DataError, Interactions, read_table
 from .data.splits import Split, make_split
@@ -91,6 +92,7 @@ class PreparedData:
 def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactions | None = None) -> PreparedData:
     """Read (or take) the interactions, filter and split them as the config says."""
     info: dict = {"dataset": cfg.dataset}
+    seq = None
     if interactions is None:
         if cfg.dataset == "custom":
             if not cfg.path:
@@ -103,20 +105,49 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
                 interactions = READERS[cfg.reader](cfg.path)
             info["file"] = str(cfg.path)
         else:
-            loaded = load_dataset(cfg.dataset, cfg.data_dir)
-            interactions = loaded.interactions
-            info.update(file=loaded.file.name, sha256=loaded.sha256, variant_note=loaded.variant.note)
-    seq = prepare_sequences(
-        interactions,
-        min_rating=cfg.min_rating,
-        dedupe=cfg.dedupe,
-        k_core_threshold=cfg.k_core,
-        min_seq_len=MIN_EVENTS[cfg.split],
-        verbose=verbose,
-    )
+            seq, found = _card_sequences(cfg, verbose)
+            info.update(found)
+    if seq is None:
+        seq = prepare_sequences(
+            interactions,
+            min_rating=cfg.min_rating,
+            dedupe=cfg.dedupe,
+            k_core_threshold=cfg.k_core,
+            min_seq_len=MIN_EVENTS[cfg.split],
+            verbose=verbose,
+        )
     split = make_split(seq, cfg.split, cfg.valid_cut, cfg.test_cut, verbose=verbose)
     info.update(users=seq.num_users, items=seq.num_items - 1, interactions=seq.num_interactions)
     return PreparedData(split=split, info=info)
+
+
+PREPARE_VERSION = 1  # bump when prepare_sequences changes what it produces: old caches are then ignored
+
+
+def _card_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dict]:
+    """A card's prepared sequences, from the cache (memory-mapped) when this file was prepared before
+    with the same settings; otherwise read, counted, prepared and cached (RECSYS_CACHE/prepared/)."""
+    card, path, variant, digest = locate_dataset(cfg.dataset, cfg.data_dir)
+    settings = [PREPARE_VERSION, digest, card.reader, card.reader_options, cfg.min_rating, cfg.dedupe,
+                cfg.k_core, MIN_EVENTS[cfg.split]]
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir() / "prepared" / f"{card.name}-{key}"
+    found = {"file": path.name, "sha256": digest, "variant_note": variant.note}
+    if (folder / "meta.json").exists():
+        seq = SequenceData.load(folder, mmap=True)
+        for line in seq.log:
+            if verbose:
+                print(line)
+        return seq, found
+    interactions = READERS[card.reader](path, **card.reader_options)
+    check_counts(card, variant, interactions)
+    seq = prepare_sequences(interactions, min_rating=cfg.min_rating, dedupe=cfg.dedupe,
+                            k_core_threshold=cfg.k_core, min_seq_len=MIN_EVENTS[cfg.split], verbose=verbose)
+    try:
+        seq.save(folder)
+    except OSError as err:  # a read-only or full cache only costs the next run a re-parse
+        print(f"note: could not cache the prepared data in {folder} ({err})")
+    return seq, found
 
 
 # ----------------------------------------------------------------------------- training

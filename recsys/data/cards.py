@@ -206,18 +206,24 @@ class LoadedDataset:
     counts: dict[str, int]
 
 
+def locate_dataset(name: str, data_dir: str | Path | None = None, verify: bool = True,
+                   download: bool = True) -> tuple[Card, Path, Variant, str]:
+    """(card, file, variant, sha256) of a named dataset, its checksum verified; nothing parsed yet."""
+    card = load_card(name)
+    path, variant = resolve_file(card, data_dir, download=download)
+    digest = verify_file(path, variant) if verify else sha256_of(path)
+    if variant.note:
+        print(f"[{card.name}] {variant.file}: {variant.note}")
+    return card, path, variant, digest
+
+
 def load_dataset(
     name: str, data_dir: str | Path | None = None, verify: bool = True, download: bool = True
 ) -> LoadedDataset:
     """Read a named dataset through its card, check checksum and counts."""
-    card = load_card(name)
-    path, variant = resolve_file(card, data_dir, download=download)
-    digest = verify_file(path, variant) if verify else sha256_of(path)
-    reader = READERS[card.reader]
-    interactions = reader(path, **card.reader_options)
+    card, path, variant, digest = locate_dataset(name, data_dir, verify, download)
+    interactions = READERS[card.reader](path, **card.reader_options)
     counts = check_counts(card, variant, interactions) if verify else {}
-    if variant.note:
-        print(f"[{card.name}] {variant.file}: {variant.note}")
     return LoadedDataset(card, variant, path, digest, interactions, counts)
 
 

@@ -8,7 +8,12 @@ Each step that drops rows prints how many.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -53,6 +58,41 @@ class SequenceData:
 
     def sequence(self, user: int) -> np.ndarray:
         return self.item_ids[self.seq_offsets[user] : self.seq_offsets[user + 1]]
+
+    def save(self, folder: str | Path) -> None:
+        """Write the arrays as .npy (memory-mappable) plus the raw ids as Parquet, atomically."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            for name in ("item_ids", "timestamps", "seq_offsets"):
+                np.save(stage / f"{name}.npy", getattr(self, name))
+            pl.DataFrame({"user_id": self.user_raw_ids}).write_parquet(stage / "users.parquet")
+            pl.DataFrame({"item_id": self.item_raw_ids[1:].tolist()}).write_parquet(stage / "items.parquet")
+            (stage / "meta.json").write_text(json.dumps({"has_timestamps": self.has_timestamps, "log": self.log}))
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(stage, folder)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, folder: str | Path, mmap: bool = True) -> "SequenceData":
+        """Read what :meth:`save` wrote; with ``mmap`` the arrays stay on disk and pages load on demand."""
+        folder = Path(folder)
+        mode = "r" if mmap else None
+        meta = json.loads((folder / "meta.json").read_text())
+        items = pl.read_parquet(folder / "items.parquet")["item_id"].to_numpy().astype(object)
+        return cls(
+            item_ids=np.load(folder / "item_ids.npy", mmap_mode=mode),
+            timestamps=np.load(folder / "timestamps.npy", mmap_mode=mode),
+            seq_offsets=np.load(folder / "seq_offsets.npy", mmap_mode=mode),
+            user_raw_ids=pl.read_parquet(folder / "users.parquet")["user_id"].to_numpy(),
+            item_raw_ids=np.concatenate([np.array([None], dtype=object), items]),
+            has_timestamps=meta["has_timestamps"],
+            log=meta["log"],
+        )
 
     def item_index(self, raw_ids) -> np.ndarray:
         """Internal ids for raw item ids; unknown ids raise a DataError that lists them."""

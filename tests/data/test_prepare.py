@@ -71,3 +71,14 @@ def test_missing_timestamp_names_line():
     df = pl.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5, None]})
     with pytest.raises(DataError, match="line 2: field 'timestamp' is empty"):
         prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+
+
+def test_save_and_memory_mapped_load(tmp_path):
+    seq = prepare_sequences(_inter([(2, "b", 1), (1, "a", 1), (2, "a", 2), (2, "c", 0)]), verbose=False)
+    seq.save(tmp_path / "prepared")
+    again = type(seq).load(tmp_path / "prepared", mmap=True)
+    assert isinstance(again.item_ids, np.memmap)
+    for name in ("item_ids", "timestamps", "seq_offsets"):
+        assert np.array_equal(getattr(again, name), getattr(seq, name))
+    assert list(again.item_raw_ids) == list(seq.item_raw_ids) and list(again.user_raw_ids) == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]  # no temporary folder left
