@@ -164,6 +164,31 @@ def render_markdown(records: list[dict], references: dict | None = None) -> str:
                            f"| {row['queries_per_second']:,.0f} | {row['speedup_vs_exact']:.1f}x "
                            f"| {row['recall@10']:.3f} | {_fmt(row.get('ndcg@10'))} |")
             out += ["", f"`{r['command']}`", ""]
+    ingest = [r for r in records if r["kind"] == "ingest"]
+    if ingest:
+        out += ["## Ingest: a synthetic log to jagged, memory-mappable sequences", "",
+                "| date | events | users | items | Parquet | read | prepare | save | total | peak memory | machine | commit |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ingest:
+            out.append(f"| {r['date']} | {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['file_mb']:.0f} MB "
+                       f"| {r['read_seconds']:.1f} s | {r['prepare_seconds']:.1f} s | {r['save_seconds']:.1f} s "
+                       f"| {r['total_seconds']:.1f} s | {r['peak_rss_mb']:,.0f} MB | {_machine_short(r['machine'])} "
+                       f"| {r['commit']} |")
+        out += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in ingest] + [""]
+    kernels = [r for r in records if r["kind"] == "kernels"]
+    for r in kernels:
+        out += [f"## HSTU attention kernels — {r['machine'].get('gpu', '?')}, {r['date']}, commit {r['commit']}", "",
+                f"{r['dtype']}, heads {r['heads']}, head dim {r['dim']}, ~{r['tokens']:,} tokens per batch; "
+                "TFLOP/s count causal pairs only, backward = 2.5x forward.", "",
+                "| N | batch | implementation | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak MB |",
+                "|---|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            if "error" in row:
+                out.append(f"| {row['N']} | {row['batch']} | {row['impl']} | {row['error']} | | | | |")
+            else:
+                out.append(f"| {row['N']} | {row['batch']} | {row['impl']} | {row['fwd_ms']:.2f} | {row['fwd_tflops']:.1f} "
+                           f"| {row['fwdbwd_ms']:.2f} | {row['fwdbwd_tflops']:.1f} | {row['fwdbwd_peak_mb']:.0f} |")
+        out += ["", f"`{r['command']}`", ""]
     return "\n".join(out)
 
 
