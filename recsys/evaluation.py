@@ -26,7 +26,8 @@ from .metrics import metric_names, ranking_metric_sums, ranks_from_item_scores
 class EvalConfig:
     ks: tuple[int, ...] = (1, 5, 10, 20)
     exclude_seen: bool = True
-    block_size: int = 512  # users per GEMM block
+    block_size: int = 512  # users per GEMM block (fewer when the catalogue is large, see max_block_mb)
+    max_block_mb: int = 512  # bound on one block of scores [items, users]: memory does not grow with the catalogue
     tie_policy: Literal["optimistic", "pessimistic"] = "optimistic"
     early_stopping_metric: str = "ndcg@10"
 
@@ -57,7 +58,8 @@ def evaluate(
     # item-major scores [V_pad, b]: the layout whose GEMM and counting are fastest on CPU;
     # V_pad a multiple of 255 and b of 8 let metrics.count_true_per_column count by machine words
     padded_items = F.pad(items, (0, 0, 0, (-num_items) % 255))  # [V_pad, D]
-    block = cfg.block_size + (-cfg.block_size) % 8
+    fits = (cfg.max_block_mb * 2**20) // (4 * padded_items.shape[0])  # users whose scores fit the budget
+    block = max(8, min(cfg.block_size, fits) // 8 * 8)
     buffers: dict[int, torch.Tensor] = {}
     sums: dict[str, float] = {}
     all_ranks = []

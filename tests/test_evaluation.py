@@ -65,3 +65,12 @@ def test_exclude_seen_only_raises_metrics():
     on = evaluate(model, split, split.test, 8, EvalConfig(exclude_seen=True), return_ranks=True)["ranks"]
     off = evaluate(model, split, split.test, 8, EvalConfig(exclude_seen=False), return_ranks=True)["ranks"]
     assert (on <= off).all() and (on < off).any()
+
+
+def test_memory_budget_shrinks_blocks_not_results():
+    split = _split(seed=2)
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=1), split.data.num_items)
+    big = evaluate(model, split, split.test, 8, EvalConfig(block_size=512), return_ranks=True)["ranks"]
+    tiny = evaluate(model, split, split.test, 8, EvalConfig(block_size=512, max_block_mb=0), return_ranks=True)["ranks"]
+    assert torch.equal(big, tiny)
