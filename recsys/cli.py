@@ -79,6 +79,9 @@ def cmd_train(args) -> int:
             config=cfg.to_dict(),
             metrics=out,
             timings={"train_seconds": out["train_seconds"], "epochs": out["epochs_run"]},
+            history=[{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_seconds": r["train_seconds"],
+                      **({cfg.eval.early_stopping_metric: r["valid"][cfg.eval.early_stopping_metric]} if "valid" in r else {})}
+                     for r in trainer.history],
             peak_memory_mb=peak_memory_mb(),
         )
         append_record(record, args.log_results)

@@ -98,7 +98,38 @@ def _machine_short(m: dict) -> str:
     return f"{m.get('cpu', '?')}, {m.get('torch_threads', '?')} threads" + (f", {m['gpu']}" if m.get("gpu") else "")
 
 
-def render_markdown(records: list[dict], references: dict | None = None) -> str:
+def plot_learning_curves(records: list[dict], folder: Path) -> list[tuple[str, str]]:
+    """One PNG per dataset: validation NDCG@10 by epoch of every training record that has a history.
+    Returns (dataset, file name) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_dataset: dict[str, list[dict]] = {}
+    for r in records:
+        if r["kind"] == "train" and any("ndcg@10" in h for h in r.get("history", [])):
+            by_dataset.setdefault(r["dataset"]["dataset"], []).append(r)
+    made = []
+    for dataset, runs in sorted(by_dataset.items()):
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for r in runs:
+            points = [(h["epoch"], h["ndcg@10"]) for h in r["history"] if "ndcg@10" in h]
+            ax.plot(*zip(*points), marker=".", label=f"{r['model']} / {r['loss']} ({Path(r.get('recipe', '?')).name})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation NDCG@10")
+        ax.set_title(f"{dataset}: learning curves")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"learning_curves_{dataset}.png"
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        made.append((dataset, name))
+    return made
+
+
+def render_markdown(records: list[dict], references: dict | None = None, plots: list[tuple[str, str]] = ()) -> str:
     references = references or {}
     out = [
         "# Results",
@@ -133,6 +164,8 @@ def render_markdown(records: list[dict], references: dict | None = None) -> str:
         out += ["", "Commands:", ""]
         out += [f"- `{r['command']}`" for r in train]
         out.append("")
+        for dataset, name in plots:
+            out += [f"![{dataset} learning curves]({name})", ""]
     timing = [r for r in records if r["kind"] == "timing"]
     if timing:
         out += [
@@ -198,4 +231,6 @@ def write_markdown(jsonl: str | Path, out: str | Path, references: str | Path | 
     if ref_path.exists():
         with open(ref_path, "rb") as f:
             refs = tomllib.load(f)
-    atomic_write_bytes(Path(out), render_markdown(read_records(jsonl), refs).encode())
+    records = read_records(jsonl)
+    plots = plot_learning_curves(records, Path(out).parent)
+    atomic_write_bytes(Path(out), render_markdown(records, refs, plots).encode())
