@@ -34,8 +34,39 @@ def print_metrics_table(title: str, metrics: dict, ks) -> None:
     print(f"  {'mrr':<{width}} = {metrics['mrr']:.4f}")
 
 
+def cmd_train_click(args) -> int:
+    from .click import load_click_recipe, run_click
+    from .results import append_record, git_commit, make_record
+
+    commit = git_commit() if args.log_results else None
+    overrides = list(args.set) + ([f"train.seeds={args.seeds}"] if args.seeds else [])
+    cfg = load_click_recipe(args.recipe, overrides)
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
+        f"{cfg.data.dataset}-{cfg.model_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    out = run_click(cfg, run_dir, progress=not args.quiet)
+    s = out["summary"]
+    print(f"\n{cfg.model_name} on {cfg.data.dataset}, {cfg.train.seeds} seed(s), test at the best validation epoch:")
+    for metric in ("auc", "gauc", "logloss"):
+        print(f"  {metric:8s} {s[f'test_{metric}_mean']:.4f} ± {s[f'test_{metric}_std']:.4f}")
+    print(f"run directory: {run_dir}")
+    if args.log_results:
+        append_record(make_record("click", commit=commit,
+                                  command="recsys train " + " ".join(shlex.quote(a) for a in args.argv),
+                                  recipe=str(args.recipe), dataset=cfg.data.dataset, model=cfg.model_name,
+                                  config=out["config"], samples=out["samples"], summary=s,
+                                  per_seed=[{k: r[k] for k in ("seed", "epoch", "valid", "test")} for r in out["per_seed"]]),
+                      args.log_results)
+    return 0
+
+
 def cmd_train(args) -> int:
     from . import distributed
+    from .click import is_click_recipe
+
+    if Path(args.recipe).exists() and is_click_recipe(args.recipe):
+        return cmd_train_click(args)
     from .results import append_record, git_commit, make_record
     from .train import Trainer, peak_memory_mb, prepare_data
 
@@ -259,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="JSONL", help="append a result record (default file: benchmarks/results.jsonl)")
     t.add_argument("--precision", choices=["fp32", "bf16"], help="same as --set train.precision=...")
     t.add_argument("--compile", action="store_true", help="same as --set train.compile=true")
+    t.add_argument("--seeds", type=int, help="click recipes: train this many seeds, report mean and spread")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

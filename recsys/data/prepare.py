@@ -96,7 +96,7 @@ class SequenceData:
 
     def item_index(self, raw_ids) -> np.ndarray:
         """Internal ids for raw item ids; unknown ids raise a DataError that lists them."""
-        lookup = pl.DataFrame({"raw": self.item_raw_ids[1:], "idx": np.arange(1, self.num_items)})
+        lookup = pl.DataFrame({"raw": pl.Series(self.item_raw_ids[1:].tolist()), "idx": np.arange(1, self.num_items)})
         query = pl.DataFrame({"raw": pl.Series(list(raw_ids)).cast(lookup["raw"].dtype, strict=False)})
         found = query.join(lookup, on="raw", how="left", maintain_order="left")
         if found["idx"].null_count():

@@ -1,0 +1,190 @@
+"""Click prediction (CTR): DIN, TWIN, TWIN + projection and DARE on long user histories.
+
+A recipe with ``task = "click"`` is trained here instead of by the next-item trainer::
+
+    task = "click"
+    [data]   dataset, events (Taobao behaviours kept), min_events, max_history, stride, negatives, sample_seed
+    [model]  name = "din" | "twin" | "dare", embedding_dim, attention_dim, top_k, projection (twin), ...
+    [train]  epochs, batch_size, lr, weight_decay, seeds (how many seeds: mean and spread are reported)
+
+Each seed trains with BCE, keeps the epoch with the best validation AUC and reports test AUC, GAUC
+(per user, impression-weighted) and log loss. Samples come from :mod:`recsys.data.ctr`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from .config import ConfigError, apply_overrides, build_section
+from .data.cards import load_dataset, load_item_text
+from .data.ctr import CTRData, CTRSamples, build_ctr_data, ctr_batch, item_categories
+from .data.prepare import prepare_sequences
+from .metrics import auc, gauc, logloss
+from .models.ctr_base import CTR_MODELS, build_ctr_model, click_loss
+from .train import atomic_write_json
+
+
+@dataclass
+class ClickDataConfig:
+    dataset: str = "taobao"
+    data_dir: str | None = None
+    min_rating: float | None = None
+    min_events: int = 210
+    max_history: int = 200
+    stride: int = 5
+    min_history: int = 10
+    negatives: int = 2
+    sample_seed: int = 0
+
+
+@dataclass
+class ClickTrainConfig:
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    seeds: int = 1
+    first_seed: int = 0
+    num_threads: int = 0
+
+
+@dataclass
+class ClickRunConfig:
+    data: ClickDataConfig = field(default_factory=ClickDataConfig)
+    model_name: str = "dare"
+    model: object = None
+    train: ClickTrainConfig = field(default_factory=ClickTrainConfig)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps({
+            "task": "click", "data": dataclasses.asdict(self.data),
+            "model": {"name": self.model_name, **dataclasses.asdict(self.model)},
+            "train": dataclasses.asdict(self.train),
+        }))
+
+
+def is_click_recipe(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        return tomllib.load(f).get("task") == "click"
+
+
+def load_click_recipe(path: str | Path, overrides=()) -> ClickRunConfig:
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    raw.pop("task", None)
+    raw = apply_overrides(raw, list(overrides)) if overrides else raw
+    for section in raw:
+        if section not in ("data", "model", "train"):
+            raise ConfigError(f"{path}: unknown section [{section}] for a click recipe; allowed: data, model, train")
+    model_raw = dict(raw.get("model", {}))
+    name = model_raw.pop("name", "dare")
+    from .models import dare, din, twin  # noqa: F401  (fill the CTR registry)
+
+    if name not in CTR_MODELS:
+        raise ConfigError(f"{path}: model.name: unknown CTR model {name!r}; allowed: {sorted(CTR_MODELS)}")
+    try:
+        return ClickRunConfig(
+            data=build_section(ClickDataConfig, raw.get("data", {}), "data"),
+            model_name=name,
+            model=build_section(CTR_MODELS[name][1], model_raw, "model"),
+            train=build_section(ClickTrainConfig, raw.get("train", {}), "train"),
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def load_click_data(cfg: ClickDataConfig, verbose: bool = True) -> CTRData:
+    loaded = load_dataset(cfg.dataset, cfg.data_dir)
+    seq = prepare_sequences(loaded.interactions, min_rating=cfg.min_rating, verbose=verbose)
+    frame = loaded.interactions.frame
+    if "category_id" in frame.columns:  # Taobao: the category logged with each event
+        per_item = frame.group_by("item_id").agg(pl.col("category_id").first())
+        cats = item_categories(seq, per_item["item_id"].to_list(), per_item["category_id"].to_numpy())
+    else:  # MovieLens: the first listed genre
+        text = load_item_text(cfg.dataset, cfg.data_dir)
+        if text is not None and text["genres"].null_count() < text.height:
+            text = text.filter(pl.col("item_id").is_in(list(seq.item_raw_ids[1:])))
+            cats = item_categories(seq, text["item_id"].to_list(), text["genres"].str.split("|").list.first().to_numpy())
+        else:
+            cats = None
+    return build_ctr_data(seq, cats, cfg.min_events, cfg.max_history, cfg.stride, cfg.min_history,
+                          cfg.negatives, cfg.sample_seed, verbose=verbose)
+
+
+@torch.no_grad()
+def predict(model, ctr: CTRData, samples: CTRSamples, batch_size: int = 1024) -> np.ndarray:
+    model.eval()
+    out = []
+    for b in range(0, len(samples), batch_size):
+        batch = ctr_batch(ctr, samples, np.arange(b, min(b + batch_size, len(samples))))
+        logits, _ = model(batch["history"], batch["history_categories"], batch["target"], batch["target_category"])
+        out.append(torch.sigmoid(logits))
+    return torch.cat(out).numpy()
+
+
+def click_metrics(samples: CTRSamples, probabilities: np.ndarray) -> dict:
+    return {"auc": auc(samples.labels, probabilities), "gauc": gauc(samples.users, samples.labels, probabilities),
+            "logloss": logloss(samples.labels, probabilities)}
+
+
+def train_one_seed(cfg: ClickRunConfig, ctr: CTRData, seed: int, progress: bool = True) -> dict:
+    torch.manual_seed(seed)
+    num_categories = int(ctr.categories.max())
+    model = build_ctr_model(cfg.model_name, cfg.model, ctr.data.num_items, num_categories)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    gen = np.random.default_rng(seed)
+    best = {"valid": {"auc": -1.0}}
+    history = []
+    for epoch in range(1, cfg.train.epochs + 1):
+        model.train()
+        order = gen.permutation(len(ctr.train))
+        start, total = time.perf_counter(), 0.0
+        steps = range(0, len(order), cfg.train.batch_size)
+        for b in tqdm(steps, desc=f"seed {seed} epoch {epoch}", disable=not progress, leave=False):
+            batch = ctr_batch(ctr, ctr.train, order[b : b + cfg.train.batch_size])
+            logits, _ = model(batch["history"], batch["history_categories"], batch["target"], batch["target_category"])
+            loss = click_loss(logits, batch["label"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        valid = click_metrics(ctr.valid, predict(model, ctr, ctr.valid))
+        history.append({"epoch": epoch, "train_loss": float(total) / len(steps), "seconds": time.perf_counter() - start,
+                        "valid": valid})
+        if valid["auc"] > best["valid"]["auc"]:  # model selection on validation only
+            best = {"epoch": epoch, "valid": valid, "test": click_metrics(ctr.test, predict(model, ctr, ctr.test))}
+    return {"seed": seed, **best, "history": history}
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    out = {}
+    for split in ("valid", "test"):
+        for metric in ("auc", "gauc", "logloss"):
+            values = [r[split][metric] for r in per_seed]
+            out[f"{split}_{metric}_mean"] = statistics.fmean(values)
+            out[f"{split}_{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def run_click(cfg: ClickRunConfig, run_dir: str | Path, progress: bool = True) -> dict:
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    ctr = load_click_data(cfg.data, verbose=progress)
+    per_seed = [train_one_seed(cfg, ctr, cfg.train.first_seed + s, progress)
+                for s in range(cfg.train.seeds)]
+    out = {"config": cfg.to_dict(), "samples": {"train": len(ctr.train), "valid": len(ctr.valid), "test": len(ctr.test)},
+           "data_log": ctr.log, "per_seed": per_seed, "summary": summarize(per_seed)}
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "final_metrics.json", out)
+    return out
