@@ -197,6 +197,18 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                            f"| {row['queries_per_second']:,.0f} | {row['speedup_vs_exact']:.1f}x "
                            f"| {row['recall@10']:.3f} | {_fmt(row.get('ndcg@10'))} |")
             out += ["", f"`{r['command']}`", ""]
+    click = [r for r in records if r["kind"] == "click"]
+    if click:
+        out += ["## Click prediction (test split at the best validation epoch; mean ± std over seeds)", "",
+                "| date | dataset | recipe | model | seeds | AUC | GAUC | log loss | samples (train / test) | machine | commit |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in click:
+            s_ = r["summary"]
+            cell = lambda m: f"{s_[f'test_{m}_mean']:.4f} ± {s_[f'test_{m}_std']:.4f}"  # noqa: E731
+            out.append(f"| {r['date']} | {r['dataset']} | `{r['recipe']}` | {r['model']} | {len(r['per_seed'])} "
+                       f"| {cell('auc')} | {cell('gauc')} | {cell('logloss')} "
+                       f"| {r['samples']['train']:,} / {r['samples']['test']:,} | {_machine_short(r['machine'])} | {r['commit']} |")
+        out += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in click] + [""]
     ingest = [r for r in records if r["kind"] == "ingest"]
     if ingest:
         out += ["## Ingest: a synthetic log to jagged, memory-mappable sequences", "",

@@ -72,3 +72,17 @@ def test_data_info_on_a_file_of_ones_own(tmp_path, capsys):
     assert "users         2\n" in out and "items         4\n" in out and "p50=2.5" in out
     assert main(["data", "info", str(p)]) == 2
     assert "give --reader" in capsys.readouterr().err
+
+
+@needs_data("taobao-userbehavior-sample")
+def test_click_recipe_trains_seeds_and_reports_spread(tmp_path, capsys):
+    jsonl = tmp_path / "r.jsonl"
+    args = ["train", str(REPO / "recipes/taobao/dare.toml"), "--seeds", "2", "--run-dir", str(tmp_path / "run"),
+            "--quiet", "--set", "train.epochs=1", "--set", "data.max_history=30", "--log-results", str(jsonl)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "dare on taobao, 2 seed(s)" in out and "auc" in out and "±" in out
+    record = json.loads(jsonl.read_text())
+    assert record["kind"] == "click" and len(record["per_seed"]) == 2
+    assert 0.0 <= record["summary"]["test_auc_mean"] <= 1.0
+    assert main(["train", str(REPO / "recipes/taobao/dare.toml"), "--set", "model.top_kk=3"]) == 2

@@ -5,11 +5,15 @@ from tests.conftest import REPO
 
 
 def test_recipes_in_repo_all_load():
+    from recsys.click import is_click_recipe, load_click_recipe
+
     recipes = sorted((REPO / "recipes").rglob("*.toml"))
     assert recipes
     for path in recipes:
-        cfg = load_recipe(path)
-        assert cfg.model.max_seq_len >= 1
+        if is_click_recipe(path):
+            assert load_click_recipe(path).data.max_history >= 1
+        else:
+            assert load_recipe(path).model.max_seq_len >= 1
 
 
 def test_overrides_are_typed_toml():
