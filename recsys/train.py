@@ -188,7 +188,14 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
-        self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items).to(self.device)
+        self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)
+        if getattr(self.model, "needs_item_text", False):  # text-based items: the catalogue's text vectors
+            from .data.cards import load_item_text
+            from .text import item_text_vectors
+
+            text = load_item_text(cfg.data.dataset, cfg.data.data_dir) if cfg.data.dataset != "custom" else None
+            self.model.set_item_text(item_text_vectors(self.split.data, text, verbose=progress))
+        self.model.to(self.device)
         # training forward passes go through torch.compile and / or DDP (gradient all-reduce under
         # torchrun) when asked; self.model stays the plain module (state_dict, evaluation, item vectors)
         self.train_forward = torch.compile(self.model) if cfg.train.compile else self.model

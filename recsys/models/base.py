@@ -74,4 +74,4 @@ def build_model(name: str, config: Any, num_items: int) -> SequentialEncoder:
 
 
 def _import_builtin_models() -> None:
-    from . import bert4rec, hstu, sasrec  # noqa: F401  (each registers itself)
+    from . import bert4rec, hstu, recformer, sasrec  # noqa: F401  (each registers itself)

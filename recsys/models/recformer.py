@@ -1,0 +1,81 @@
+"""Recformer-style text recommender, two-level variant: items are their text, users their sequence.
+
+Jiacheng Li et al., "Text Is All You Need: Learning Language Representations for Sequential
+Recommendation", KDD 2023.
+
+Method (two-level). Every item's flattened key-value sentence (``title: ... genres: ...``) is encoded
+once by a pretrained MiniLM (:mod:`recsys.text`); a trainable adapter (MLP) maps these text vectors to
+item vectors, so an item no ID model has seen still gets a vector from its text. A small transformer
+over the history's item vectors, with Recformer's item-position embeddings, gives the user vector;
+scores are cosine / temperature (set ``loss.l2_normalize`` and ``loss.temperature``).
+
+What differs from the paper: Recformer runs one bidirectional Longformer over the concatenated *tokens*
+of all items in the history (token, token-type and item-position embeddings). That costs ~130 MFLOP per
+token per step: an hour per epoch on 2 CPU cores. Here the language model is frozen and runs once per
+catalogue, and the sequence model works on item vectors (causal, so every position trains), which is
+what fits a CPU; the token-level model is for GPUs (not built yet).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import SequentialEncoder, register
+from .sasrec import Block, SASRecConfig, causal_padding_mask
+
+
+@dataclass
+class RecformerConfig:
+    max_seq_len: int = 50
+    hidden_dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    adapter_dim: int = 256
+    text_dim: int = 384
+    init_std: float = 0.02
+
+
+@register("recformer", RecformerConfig)
+class Recformer(SequentialEncoder):
+    causal = True
+    needs_item_text = True
+
+    def __init__(self, cfg: RecformerConfig, num_items: int):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("text_vectors", torch.zeros(num_items, cfg.text_dim), persistent=False)
+        self.adapter = nn.Sequential(nn.Linear(cfg.text_dim, cfg.adapter_dim), nn.GELU(),
+                                     nn.Linear(cfg.adapter_dim, cfg.hidden_dim))
+        self.item_position = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
+        nn.init.normal_(self.item_position.weight, std=cfg.init_std)
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        block_cfg = SASRecConfig(max_seq_len=cfg.max_seq_len, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
+                                 dropout=cfg.dropout)
+        self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.num_blocks))
+        self.final_ln = nn.LayerNorm(cfg.hidden_dim)
+
+    def set_item_text(self, vectors: torch.Tensor) -> None:
+        """Text vectors [V, text_dim] by internal item id (row 0 = padding)."""
+        if vectors.shape != self.text_vectors.shape:
+            raise ValueError(f"text vectors {tuple(vectors.shape)} do not match {tuple(self.text_vectors.shape)}")
+        self.text_vectors.copy_(vectors)
+
+    def item_vectors(self) -> torch.Tensor:  # [V, D]
+        return self.adapter(self.text_vectors)
+
+    def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
+        B, L = item_ids.shape
+        if L > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {L} exceeds max_seq_len {self.cfg.max_seq_len}")
+        not_pad = (item_ids != 0).unsqueeze(-1)
+        positions = torch.arange(L, 0, -1, device=item_ids.device).expand(B, L) * not_pad.squeeze(-1)
+        x = self.adapter(self.text_vectors[item_ids]) * math.sqrt(self.cfg.hidden_dim)
+        x = self.emb_dropout(x + self.item_position(positions)) * not_pad
+        mask = causal_padding_mask(item_ids, causal=True)
+        for block in self.blocks:
+            x = block(x, mask) * not_pad
+        return self.final_ln(x)

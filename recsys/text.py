@@ -1,0 +1,79 @@
+"""Item text for text-based recommenders: flattened key-value sentences and their MiniLM vectors.
+
+An item becomes a sentence of its attributes, Recformer-style: ``title: Toy Story (1995) genres:
+Animation Children's Comedy``, each attribute cut to ``max_words_per_attribute`` words. Vectors are
+the packaged MiniLM's mean-pooled sentence embeddings, computed once per (catalogue text, settings) and
+cached as .npy in RECSYS_CACHE/text/; items without text get a zero vector (and a printed count).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from .data.cards import cache_dir
+from .data.prepare import SequenceData
+
+ATTRIBUTES = ("title", "genres")
+
+
+def item_sentences(data: SequenceData, text: pl.DataFrame, max_words_per_attribute: int = 24) -> list[str | None]:
+    """One sentence per internal item id (index 0 = padding = None; None where the catalogue has no text)."""
+    rows = {str(r["item_id"]): r for r in text.iter_rows(named=True)}  # one row per catalogue item
+    out: list[str | None] = [None]
+    for raw in data.item_raw_ids[1:]:
+        row = rows.get(str(raw))
+        if row is None:
+            out.append(None)
+            continue
+        parts = []
+        for key in ATTRIBUTES:
+            value = row.get(key)
+            if value:
+                words = str(value).replace("|", " ").split()[:max_words_per_attribute]
+                parts.append(f"{key}: {' '.join(words)}")
+        out.append(" ".join(parts) if parts else None)
+    return out
+
+
+@torch.no_grad()
+def encode_sentences(sentences: list[str | None], batch_size: int = 256, max_tokens: int = 64,
+                     progress: bool = True) -> np.ndarray:
+    """[N, 384] MiniLM sentence vectors (zeros for None), cached by content."""
+    key = hashlib.sha256(json.dumps([sentences, max_tokens, "all-MiniLM-L6-v2"]).encode()).hexdigest()[:20]
+    path = cache_dir() / "text" / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    from .models.minilm import load_minilm
+
+    model, tokenizer = load_minilm()
+    tokenizer.enable_padding(pad_id=0)
+    tokenizer.enable_truncation(max_tokens)
+    out = np.zeros((len(sentences), model.cfg.hidden_size), dtype=np.float32)
+    todo = [i for i, s in enumerate(sentences) if s]
+    for b in tqdm(range(0, len(todo), batch_size), desc="encode item text", disable=not progress, leave=False):
+        rows = todo[b : b + batch_size]
+        enc = tokenizer.encode_batch([sentences[i] for i in rows])
+        ids = torch.tensor([e.ids for e in enc])
+        mask = torch.tensor([e.attention_mask for e in enc])
+        out[rows] = model.sentence_embedding(ids, mask).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)
+    return out
+
+
+def item_text_vectors(data: SequenceData, text: pl.DataFrame | None, verbose: bool = True) -> torch.Tensor:
+    """[V, 384] text vectors by internal item id."""
+    if text is None:
+        raise ValueError("this model needs item text, and the dataset's card has none")
+    sentences = item_sentences(data, text)
+    missing = sum(s is None for s in sentences[1:])
+    if missing and verbose:
+        print(f"{missing:,} of {data.num_items - 1:,} items have no text: they get a zero text vector")
+    return torch.from_numpy(encode_sentences(sentences, progress=verbose))
