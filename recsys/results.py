@@ -209,6 +209,14 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                        f"| {cell('auc')} | {cell('gauc')} | {cell('logloss')} "
                        f"| {r['samples']['train']:,} / {r['samples']['test']:,} | {_machine_short(r['machine'])} | {r['commit']} |")
         out += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in click] + [""]
+    for r in (r for r in records if r["kind"] == "dare_sweep"):
+        out += [f"### DARE attention-dimension sweep — `{r['recipe']}`, {r['seeds']} seeds, {r['date']}, commit {r['commit']}", "",
+                f"Stage-1 search: 256 histories of {r['history']:,} behaviours, median ms on {_machine_short(r['machine'])}.", "",
+                "| attention dim | test AUC | test GAUC | stage-1 search |", "|---|---|---|---|"]
+        for row in r["rows"]:
+            out.append(f"| {row['attention_dim']} | {row['test_auc_mean']:.4f} ± {row['test_auc_std']:.4f} "
+                       f"| {row['test_gauc_mean']:.4f} ± {row['test_gauc_std']:.4f} | {row['stage1_ms']:.2f} ms |")
+        out += ["", f"`{r['command']}`", ""]
     ingest = [r for r in records if r["kind"] == "ingest"]
     if ingest:
         out += ["## Ingest: a synthetic log to jagged, memory-mappable sequences", "",
