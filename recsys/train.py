@@ -153,11 +153,13 @@ def _card_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dict]
 # ----------------------------------------------------------------------------- training
 
 
-RUNTIME_KEYS = ("num_threads", "device", "compile")  # how a run executes, not what it computes
+# how a run executes or when it stops, not what each epoch computes: these may change on --resume
+# (more threads, another device, a longer or shorter schedule)
+RUNTIME_KEYS = ("num_threads", "device", "compile", "epochs", "patience")
 
 
 def _without_runtime(config: dict) -> dict:
-    """The config without runtime settings: a run may resume with more threads or on another device."""
+    """The config without runtime settings, which a resumed run may change."""
     return {**config, "train": {k: v for k, v in config["train"].items() if k not in RUNTIME_KEYS}}
 
 

@@ -129,3 +129,15 @@ def test_bf16_autocast_trains(tmp_path):
     history = [json.loads(l) for l in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert history[1]["train_loss"] < history[0]["train_loss"]
     assert out["test"]["hr@10"] > 10 / 1682
+
+
+@needs_data("ml-100k")
+def test_resume_may_change_the_schedule_but_not_the_model(tmp_path):
+    first = _run(_train_cmd(tmp_path / "r") + ["--set", "train.epochs=1"])
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "r" / "final_metrics.json").unlink()
+    longer = _run(_train_cmd(tmp_path / "r", ["--resume"]) + ["--set", "train.epochs=2"])
+    assert longer.returncode == 0, longer.stderr
+    assert json.loads((tmp_path / "r" / "final_metrics.json").read_text())["epochs_run"] == 2
+    other = _run(_train_cmd(tmp_path / "r", ["--resume"]) + ["--set", "model.hidden_dim=8"])
+    assert other.returncode == 2 and "another configuration" in other.stderr
