@@ -114,6 +114,7 @@ def cmd_train(args) -> int:
                       **({cfg.eval.early_stopping_metric: r["valid"][cfg.eval.early_stopping_metric]} if "valid" in r else {})}
                      for r in trainer.history],
             peak_memory_mb=peak_memory_mb(),
+            **({"note": args.note} if args.note else {}),
         )
         append_record(record, args.log_results)
         print(f"result appended to {args.log_results}")
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["fp32", "bf16"], help="same as --set train.precision=...")
     t.add_argument("--compile", action="store_true", help="same as --set train.compile=true")
     t.add_argument("--seeds", type=int, help="click recipes: train this many seeds, report mean and spread")
+    t.add_argument("--note", help="a remark stored with the result record (shown in RESULTS.md)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

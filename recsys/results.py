@@ -162,7 +162,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 f"| {_machine_short(r['machine'])} | {r['commit']} |"
             )
         out += ["", "Commands:", ""]
-        out += [f"- `{r['command']}`" for r in train]
+        out += [f"- `{r['command']}`" + (f" — {r['note']}" if r.get("note") else "") for r in train]
         out.append("")
         for dataset, name in plots:
             out += [f"![{dataset} learning curves]({name})", ""]
