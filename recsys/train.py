@@ -229,7 +229,9 @@ class Trainer:
         }
 
     def _restore(self, state: dict) -> None:
-        if _without_runtime(state["config"]) != _without_runtime(self.cfg.to_dict()):
+        # a checkpoint from before a setting existed reads as having that setting's default
+        stored = config_from_dict(state["config"]).to_dict()
+        if _without_runtime(stored) != _without_runtime(self.cfg.to_dict()):
             raise ConfigError(f"{self.run_dir}: the checkpoint was written with another configuration; "
                               "resume with the same recipe and overrides")
         self.model.load_state_dict(state["model"])
