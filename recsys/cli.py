@@ -53,7 +53,7 @@ def cmd_train_click(args) -> int:
     print(f"run directory: {run_dir}")
     if args.log_results:
         append_record(make_record("click", commit=commit,
-                                  command="recsys train " + " ".join(shlex.quote(a) for a in args.argv),
+                                  command="recsys " + " ".join(shlex.quote(a) for a in args.argv),
                                   recipe=str(args.recipe), dataset=cfg.data.dataset, model=cfg.model_name,
                                   config=out["config"], samples=out["samples"], summary=s,
                                   per_seed=[{k: r[k] for k in ("seed", "epoch", "valid", "test")} for r in out["per_seed"]]),
@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
     if args.log_results:
         record = make_record(
             "train",
-            command="recsys train " + " ".join(shlex.quote(a) for a in args.argv),
+            command="recsys " + " ".join(shlex.quote(a) for a in args.argv),
             commit=commit,
             recipe=str(args.recipe),
             overrides=list(args.set),
