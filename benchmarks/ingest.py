@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from recsys.data.cards import cache_dir
 

@@ -17,7 +17,6 @@ and renamed at the end: a crash never leaves a half export that looks whole.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,18 +31,11 @@ import torch.nn.functional as F
 
 from . import __version__
 from .data.batching import padded_windows, seen_items_csr
+from .data.cards import sha256_of
 from .data.readers import DataError, read_text
 from .train import Trainer
 
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _UserEncoder(torch.nn.Module):
@@ -170,7 +162,7 @@ def export_run(
                 rows = int(np.load(path, mmap_mode="r").shape[0])
             elif path.suffix == ".parquet":
                 rows = pl.read_parquet(path).height
-            files[path.name] = {"sha256": _sha256(path), "rows": rows}
+            files[path.name] = {"sha256": sha256_of(path), "rows": rows}
         manifest = {
             "format": "recsys-export-1",
             "recsys_version": __version__,
@@ -207,7 +199,7 @@ def read_manifest(export_dir: str | Path, verify: bool = True) -> dict:
             f = export_dir / name
             if not f.exists():
                 raise DataError(f"{export_dir}: {name} is listed in the manifest but missing")
-            if _sha256(f) != spec["sha256"]:
+            if sha256_of(f) != spec["sha256"]:
                 raise DataError(f"{export_dir}: {name} does not match its manifest checksum (changed after export?)")
         emb = np.load(export_dir / "item_embeddings.npy", mmap_mode="r")
         if emb.shape != (manifest["num_items"], manifest["dimension"]):

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 
 from recsys.cli import main
 from tests.conftest import REPO, needs_data

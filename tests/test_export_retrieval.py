@@ -13,7 +13,7 @@ from recsys.export import export_run, read_manifest
 
 faiss = pytest.importorskip("faiss")
 
-from recsys.retrieval import build_index, evaluate_through_index, load_index, save_index, search  # noqa: E402
+from recsys.retrieval import build_index, evaluate_through_index, load_index, search  # noqa: E402
 
 
 @pytest.fixture(scope="module")

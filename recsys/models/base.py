@@ -43,6 +43,17 @@ class SequentialEncoder(nn.Module):
         return self(item_ids, timestamps, next_ts)[:, -1]
 
 
+def padding_and_positions(item_ids: torch.Tensor, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(not_pad [B, L, 1] bool, positions [B, L]) for left-padded ids: positions count back from the most
+    recent item (L, ..., 1), padding gets 0. Refuses windows longer than the position table."""
+    B, L = item_ids.shape
+    if L > max_seq_len:
+        raise ValueError(f"sequence length {L} exceeds max_seq_len {max_seq_len}")
+    not_pad = (item_ids != 0).unsqueeze(-1)
+    positions = torch.arange(L, 0, -1, device=item_ids.device).expand(B, L) * not_pad.squeeze(-1)
+    return not_pad, positions
+
+
 # name -> (encoder class, its config dataclass)
 MODELS: dict[str, tuple[type[SequentialEncoder], type]] = {}
 

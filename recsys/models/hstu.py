@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.hstu_attention import hstu_attention
-from .base import SequentialEncoder, register
+from .base import SequentialEncoder, padding_and_positions, register
 
 NUM_TIME_BUCKETS = 129
 
@@ -105,10 +105,8 @@ class HSTU(SequentialEncoder):
 
     def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
         B, L = item_ids.shape
-        if L > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {L} exceeds max_seq_len {self.cfg.max_seq_len}")
-        real = item_ids != 0  # [B, L]; left padding, so each row's real tokens are contiguous
-        positions = torch.arange(L, 0, -1, device=item_ids.device).expand(B, L) * real
+        not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)
+        real = not_pad.squeeze(-1)  # [B, L]; left padding, so each row's real tokens are contiguous
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions)
         x = self.emb_dropout(x)[real]  # [T, D] jagged values
         lengths = real.sum(1)

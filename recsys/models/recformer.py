@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import SequentialEncoder, register
+from .base import SequentialEncoder, padding_and_positions, register
 from .sasrec import Block, SASRecConfig, causal_padding_mask
 
 
@@ -68,11 +68,7 @@ class Recformer(SequentialEncoder):
         return self.adapter(self.text_vectors)
 
     def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
-        B, L = item_ids.shape
-        if L > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {L} exceeds max_seq_len {self.cfg.max_seq_len}")
-        not_pad = (item_ids != 0).unsqueeze(-1)
-        positions = torch.arange(L, 0, -1, device=item_ids.device).expand(B, L) * not_pad.squeeze(-1)
+        not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         x = self.adapter(self.text_vectors[item_ids]) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.item_position(positions)) * not_pad
         mask = causal_padding_mask(item_ids, causal=True)

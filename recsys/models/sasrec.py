@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SequentialEncoder, register
+from .base import SequentialEncoder, padding_and_positions, register
 
 
 @dataclass
@@ -106,12 +106,7 @@ class SASRec(SequentialEncoder):
             emb.weight.data[0].zero_()
 
     def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
-        B, L = item_ids.shape
-        if L > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {L} exceeds max_seq_len {self.cfg.max_seq_len}")
-        not_pad = (item_ids != 0).unsqueeze(-1)  # [B, L, 1]
-        # positions count back from the most recent item: L, L-1, ..., 1 (0 = padding)
-        positions = torch.arange(L, 0, -1, device=item_ids.device).expand(B, L) * not_pad.squeeze(-1)
+        not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad  # [B, L, D]
         attn_mask = causal_padding_mask(item_ids, causal=True)
