@@ -217,6 +217,14 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             out.append(f"| {row['attention_dim']} | {row['test_auc_mean']:.4f} ± {row['test_auc_std']:.4f} "
                        f"| {row['test_gauc_mean']:.4f} ± {row['test_gauc_std']:.4f} | {row['stage1_ms']:.2f} ms |")
         out += ["", f"`{r['command']}`", ""]
+    for r in (r for r in records if r["kind"] == "full_ce"):
+        out += [f"## Full-softmax CE, one forward + backward — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}", "",
+                "| items | positions x dim | implementation | seconds | peak RSS | plain logits + grad would need |",
+                "|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            out.append(f"| {row['items']:,} | {row['positions']:,} x {row['dim']} | {row['impl']} | {row['seconds']:.2f} "
+                       f"| {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |")
+        out += ["", f"`{r['command']}`", ""]
     ingest = [r for r in records if r["kind"] == "ingest"]
     if ingest:
         out += ["## Ingest: a synthetic log to jagged, memory-mappable sequences", "",

@@ -1,0 +1,80 @@
+"""Full-softmax cross-entropy over a large catalogue: chunked (ours) vs the plain logits matrix.
+
+    python benchmarks/full_ce.py [--items 1000000] [--positions 25600] [--dim 64] [--plain-items 20000]
+
+One forward + backward of the mean CE of ``positions`` hidden states (128 sequences x 200 positions by
+default) against ``items`` item vectors. The plain version materialises [positions, items] logits (and
+their gradient): at 10^6 items that is ~100 GB, so it is timed at ``--plain-items`` (where it fits) next to
+the chunked version at the same size, and the chunked version alone at the full size. Prints seconds and
+peak RSS, each implementation in its own process; their losses agree (gradients: tests/test_losses.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from recsys.losses import full_softmax_ce
+from recsys.results import append_record, git_commit, make_record
+
+
+def child(impl: str, V: int, positions: int, dim: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    hidden = (torch.randn(positions, dim, generator=g) * 0.1).requires_grad_(True)
+    items = (torch.randn(V + 1, dim, generator=g) * 0.1).requires_grad_(True)
+    targets = torch.randint(1, V + 1, (positions,), generator=g)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    if impl == "plain":
+        loss = F.cross_entropy(hidden @ items[1:].T, targets - 1)
+    else:
+        loss = full_softmax_ce(hidden, items, targets, 64, torch.bfloat16 if impl == "chunked-bf16" else None)
+    loss.backward()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"items": V, "positions": positions, "dim": dim, "impl": impl, "seconds": seconds, "loss": loss.item(),
+            "peak_rss_mb": peak, "rss_growth_mb": peak - base, "plain_logits_gb": positions * V * 4 * 2 / 2**30}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--positions", type=int, default=25_600)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--plain-items", type=int, default=20_000)
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.positions, args.dim)))
+        return 0
+    rows = []
+    plan = [(args.plain_items, "plain"), (args.plain_items, "chunked"), (args.plain_items, "chunked-bf16"),
+            (args.items, "chunked"), (args.items, "chunked-bf16")]
+    for V, impl in plan:  # each in a fresh process, so its peak memory is its own
+        done = subprocess.run([sys.executable, __file__, "--child", impl, str(V), "--positions", str(args.positions),
+                               "--dim", str(args.dim)], capture_output=True, text=True)
+        if done.returncode:
+            print(done.stderr[-2000:])
+            return done.returncode
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        extra = f"  (the plain logits + gradient would need {row['plain_logits_gb']:,.1f} GB)" if V == args.items else ""
+        print(f"items {V:>9,}  {impl:13s} {row['seconds']:8.2f} s  peak RSS {row['peak_rss_mb']:8.0f} MB "
+              f"(+{row['rss_growth_mb']:.0f})  loss {row['loss']:.5f}{extra}", flush=True)
+    if args.log_results:
+        append_record(make_record("full_ce", commit=git_commit(), rows=rows,
+                                  command="python benchmarks/full_ce.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))),
+                      args.log_results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
