@@ -15,7 +15,7 @@ from recsys.train import atomic_torch_save, load_checkpoint
 from tests.conftest import REPO, needs_data
 
 SMALL = [
-    "model.max_seq_len=30", "model.hidden_dim=16", "model.num_blocks=1", "train.batch_size=32",
+    "model.max_seq_len=30", "model.hidden_dim=16", "model.num_blocks=1", "train.batch_size=8",
     "train.epochs=4", "train.patience=0", "train.num_threads=1", "eval.ks=[10]",
     "eval.early_stopping_metric=ndcg@10",
 ]
@@ -48,7 +48,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
         if log.exists() and len(log.read_text().splitlines()) >= 2:
             break
         time.sleep(0.02)
-    time.sleep(0.3)  # well inside epoch 3
+    time.sleep(0.1)  # inside epoch 3 (about 120 steps of 8 users each, then an evaluation)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(log.read_text().splitlines()) == 2, "the run was not killed mid-epoch 3"
