@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 RECIPE ?= recipes/ml-100k/sasrec.toml
 RECSYS_DATA ?= ../shared/datasets
 export RECSYS_DATA
@@ -18,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if [ -n "$(TORCH_SPEC)" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
-		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; fi
+		$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
