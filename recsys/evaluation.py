@@ -1,9 +1,12 @@
 """Full-ranking evaluation shared by every model.
 
-Users are processed in blocks: one GEMM [b, D] x [D, V] gives every item's score, the target's score is
-read, the padding item and (with ``exclude_seen``) every item of the user's whole history are set to
--inf, and the rank is one plus the number of items scored strictly higher (see
-:func:`recsys.metrics.ranks_from_scores`). No sort, and memory is one [b, V] block at a time.
+Users are processed in blocks (sorted by history length, so each block's windows are only as wide as
+its longest history): one GEMM [V, D] x [D, b] gives every item's score, the target's score is read, the
+padding item and (with ``exclude_seen``) every item of the user's whole history are set to -inf, and the
+rank is one plus the number of items scored strictly higher (see
+:func:`recsys.metrics.ranks_from_item_scores`). No sort; memory is one reused [V, b] block, with b
+shrunk for large catalogues so the block stays under ``max_block_mb``. Under torchrun each rank takes a
+share of the users and the metric sums are all-reduced.
 """
 from __future__ import annotations
 
