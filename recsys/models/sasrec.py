@@ -15,6 +15,8 @@ What differs from the paper:
 - Positions count from the end of the history (the most recent item always has the same position
   embedding), as left padding makes natural; padding has its own zero position.
 - Embeddings start at N(0, 0.02) instead of N(0, 1): a plain SASRec learned ~5x slower with the latter.
+- ``attention_table_dim`` turns on DARE-style decoupling (Feng et al. 2025): queries and keys of every block
+  come from a separate (smaller) item table, values and scores from the item table.
 - The loss is chosen by the recipe (BCE with one negative as in the paper, full CE = "SASRec+",
   sampled softmax, gBCE); the model only produces hidden states.
 """
@@ -39,21 +41,33 @@ class SASRecConfig:
     ffn_dim: int | None = None  # default: hidden_dim (as in the paper)
     dropout: float = 0.2
     init_std: float = 0.02
+    # DARE-style decoupling (Feng et al. 2025): a separate item table of this dimension feeds every block's
+    # queries and keys, the item table feeds values and scores; None = one table, as in the paper
+    attention_table_dim: int | None = None
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, dropout: float):
+    def __init__(self, dim: int, num_heads: int, dropout: float, attention_input_dim: int | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden_dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        if attention_input_dim is None:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        else:  # decoupled: queries / keys from the attention stream, values from the hidden state
+            self.qk = nn.Linear(attention_input_dim, 2 * dim)
+            self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, attention_input: torch.Tensor | None = None):
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        H = self.num_heads
+        if attention_input is None:
+            q, k, v = self.qkv(x).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        else:
+            q, k = self.qk(attention_input).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
+            v = self.v(x).view(B, L, H, D // H).transpose(1, 2)
         # q, k, v: [B, H, L, D/H]; attn_mask: [B, 1, L, L] bool, True = may attend
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
@@ -64,14 +78,14 @@ class Block(nn.Module):
         super().__init__()
         dim = cfg.hidden_dim
         self.ln_attn = nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, cfg.num_heads, cfg.dropout)
+        self.attn = CausalSelfAttention(dim, cfg.num_heads, cfg.dropout, cfg.attention_table_dim)
         self.ln_ffn = nn.LayerNorm(dim)
         ffn = cfg.ffn_dim or dim
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(ffn, dim))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_attn(x), attn_mask))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, attention_input: torch.Tensor | None = None):
+        x = x + self.drop(self.attn(self.ln_attn(x), attn_mask, attention_input))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
@@ -101,7 +115,12 @@ class SASRec(SequentialEncoder):
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_blocks))
         self.final_ln = nn.LayerNorm(cfg.hidden_dim)
-        for emb in (self.item_embedding, self.position_embedding):
+        tables = [self.item_embedding, self.position_embedding]
+        if cfg.attention_table_dim:
+            self.attention_embedding = nn.Embedding(num_items, cfg.attention_table_dim, padding_idx=0)
+            self.attention_position = nn.Embedding(cfg.max_seq_len + 1, cfg.attention_table_dim, padding_idx=0)
+            tables += [self.attention_embedding, self.attention_position]
+        for emb in tables:
             nn.init.normal_(emb.weight, std=cfg.init_std)
             emb.weight.data[0].zero_()
 
@@ -109,7 +128,11 @@ class SASRec(SequentialEncoder):
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad  # [B, L, D]
+        attention_input = None
+        if self.cfg.attention_table_dim:  # [B, L, attention_table_dim], the same for every block
+            attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)
+            attention_input = self.emb_dropout(attention_input + self.attention_position(positions)) * not_pad
         attn_mask = causal_padding_mask(item_ids, causal=True)
         for block in self.blocks:
-            x = block(x, attn_mask) * not_pad
+            x = block(x, attn_mask, attention_input) * not_pad
         return self.final_ln(x)

@@ -68,3 +68,22 @@ def test_overfits_eight_sequences(loss):
     # (BCE with one negative never sees most items as negatives: full-ranking accuracy is lower)
     accuracy = (scores.argmax(-1) == targets).float().mean().item()
     assert accuracy > {"ce": 0.9, "sampled_softmax": 0.9, "bce": 0.6}[loss]
+
+
+def test_decoupled_attention_table_only_steers_attention():
+    torch.manual_seed(0)
+    cfg = SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0, attention_table_dim=4)
+    m = SASRec(cfg, num_items=30)
+    ids = torch.tensor([[0, 3, 4, 5, 6], [1, 2, 3, 4, 5]])
+    out = m(ids)
+    # causal still
+    changed = ids.clone()
+    changed[1, 4] = 20
+    torch.testing.assert_close(m(changed)[:, :4], out[:, :4])
+    # the attention table gets gradient (through attention weights) and is not a scoring table
+    loss = (out[:, -1] @ m.item_vectors().T).logsumexp(-1).sum()
+    grads = torch.autograd.grad(loss, [m.attention_embedding.weight, m.item_embedding.weight])
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
+    assert m.item_vectors() is m.item_embedding.weight
+    # with one table (the default) the model has no attention table at all
+    assert not hasattr(SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16), 30), "attention_embedding")
