@@ -35,6 +35,13 @@ def _configs():
 
 
 @triton.jit
+def _tile(ptr, seq_start, rows, seq_len, stride_t, h, stride_h, cols, dim):
+    """[len(rows), len(cols)] tile of head h of a jagged [T, H, dim] tensor; zeros outside the sequence."""
+    return tl.load(ptr + (seq_start + rows)[:, None] * stride_t + h * stride_h + cols[None, :],
+                   mask=(rows[:, None] < seq_len) & (cols[None, :] < dim), other=0.0)
+
+
+@triton.jit
 def _scores(q, k, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
             qt_ptr, kt_ptr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr):
     """[BLOCK_M, BLOCK_N] fp32 scores q.k + relative bias, and the causal / length mask."""
@@ -73,16 +80,13 @@ def _fwd_kernel(Q, K, V, OUT, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
-    q = tl.load(Q + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                mask=(offs_m[:, None] < seq_len) & (offs_d[None, :] < D), other=0.0)
+    q = _tile(Q, seq_start, offs_m, seq_len, stride_qt, h, stride_qh, offs_d, D)
     acc = tl.zeros([BLOCK_M, DV_PAD], dtype=tl.float32)
     end_n = tl.minimum(seq_len, start_m + BLOCK_M)
     for start_n in range(0, end_n, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(K + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-                    mask=(offs_n[:, None] < seq_len) & (offs_d[None, :] < D), other=0.0)
-        v = tl.load(V + (seq_start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
-                    mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < DV), other=0.0)
+        k = _tile(K, seq_start, offs_n, seq_len, stride_kt, h, stride_kh, offs_d, D)
+        v = _tile(V, seq_start, offs_n, seq_len, stride_vt, h, stride_vh, offs_dv, DV)
         s, mask = _scores(q, k, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
                           qt_ptr, kt_ptr, HAS_POS, HAS_TIME)
         a = s * tl.sigmoid(s) * inv_n
@@ -141,19 +145,15 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, offsets_ptr, pos_ptr, ti
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
-    k = tl.load(K + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-                mask=(offs_n[:, None] < seq_len) & (offs_d[None, :] < D), other=0.0)
-    v = tl.load(V + (seq_start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
-                mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < DV), other=0.0)
+    k = _tile(K, seq_start, offs_n, seq_len, stride_kt, h, stride_kh, offs_d, D)
+    v = _tile(V, seq_start, offs_n, seq_len, stride_vt, h, stride_vh, offs_dv, DV)
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
     first_m = (start_n // BLOCK_M) * BLOCK_M  # query blocks on or below the diagonal
     for start_m in range(first_m, seq_len, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q = tl.load(Q + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                    mask=(offs_m[:, None] < seq_len) & (offs_d[None, :] < D), other=0.0)
-        do = tl.load(DO + (seq_start + offs_m)[:, None] * stride_dot + h * stride_doh + offs_dv[None, :],
-                     mask=(offs_m[:, None] < seq_len) & (offs_dv[None, :] < DV), other=0.0)
+        q = _tile(Q, seq_start, offs_m, seq_len, stride_qt, h, stride_qh, offs_d, D)
+        do = _tile(DO, seq_start, offs_m, seq_len, stride_dot, h, stride_doh, offs_dv, DV)
         a, ds = _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr,
                          num_buckets, qt_ptr, kt_ptr, inv_n, HAS_POS, HAS_TIME)
         dv += tl.dot(tl.trans(a).to(do.dtype), do, out_dtype=tl.float32)
@@ -185,18 +185,14 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_p
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
-    q = tl.load(Q + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                mask=(offs_m[:, None] < seq_len) & (offs_d[None, :] < D), other=0.0)
-    do = tl.load(DO + (seq_start + offs_m)[:, None] * stride_dot + h * stride_doh + offs_dv[None, :],
-                 mask=(offs_m[:, None] < seq_len) & (offs_dv[None, :] < DV), other=0.0)
+    q = _tile(Q, seq_start, offs_m, seq_len, stride_qt, h, stride_qh, offs_d, D)
+    do = _tile(DO, seq_start, offs_m, seq_len, stride_dot, h, stride_doh, offs_dv, DV)
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     end_n = tl.minimum(seq_len, start_m + BLOCK_M)
     for start_n in range(0, end_n, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(K + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-                    mask=(offs_n[:, None] < seq_len) & (offs_d[None, :] < D), other=0.0)
-        v = tl.load(V + (seq_start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
-                    mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < DV), other=0.0)
+        k = _tile(K, seq_start, offs_n, seq_len, stride_kt, h, stride_kh, offs_d, D)
+        v = _tile(V, seq_start, offs_n, seq_len, stride_vt, h, stride_vh, offs_dv, DV)
         _, ds = _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr,
                          num_buckets, qt_ptr, kt_ptr, inv_n, HAS_POS, HAS_TIME)
         dq += tl.dot(ds.to(k.dtype), k, out_dtype=tl.float32)
