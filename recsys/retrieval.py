@@ -72,7 +72,12 @@ def build_index(vectors: np.ndarray, kind: str = "flat", params: dict | None = N
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, int(p["M"]), faiss.METRIC_INNER_PRODUCT)
+        # HNSW's graph is built for a metric; inner product is not one (and unnormalised dot-product
+        # embeddings make it worse). Append sqrt(max|x|^2 - |x|^2) to each item and 0 to each query:
+        # then |q - x|^2 = |q|^2 + max|x|^2 - 2 q.x, so L2 order is inner-product order (Bachrach et al. 2014).
+        norms = (x * x).sum(1)
+        x = np.hstack([x, np.sqrt(np.maximum(norms.max() - norms, 0))[:, None]]).astype(np.float32)
+        index = faiss.IndexHNSWFlat(d + 1, int(p["M"]), faiss.METRIC_L2)
         index.hnsw.efConstruction = int(p["ef_construction"])
         index.hnsw.efSearch = int(p["ef_search"])
     else:
@@ -106,6 +111,14 @@ def search(index, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] 
     Missing results (an index with fewer candidates) are row -1 with score -inf.
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
+    faiss = _faiss()
+    # an index over items augmented for L2 search (hnsw): queries get a 0, distances turn back into
+    # inner products via |q|^2 + R^2 - d = 2 q.x, R^2 being every augmented item's squared norm
+    augmented = index.metric_type == faiss.METRIC_L2 and index.d == q.shape[1] + 1
+    if augmented:
+        radius2 = float(np.square(index.reconstruct(0)).sum()) if index.ntotal else 0.0
+        query_norms = (q * q).sum(1)
+        q = np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1), np.float32)]))
     out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
     out_rows = np.full((len(q), k), -1, dtype=np.int64)
     for b in range(0, len(q), batch_size):
@@ -113,6 +126,8 @@ def search(index, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] 
         extra = max((len(exclude[i]) for i in range(b, b + len(block))), default=0) if exclude is not None else 0
         fetch = min(k + extra, index.ntotal)
         scores, rows = index.search(block, fetch)
+        if augmented:
+            scores = (query_norms[b : b + len(block), None] + radius2 - scores) / 2
         if exclude is not None and extra:
             for i in range(len(block)):  # one query at a time: only its own short exclusion list
                 banned = np.isin(rows[i], np.asarray(exclude[b + i], dtype=np.int64))
@@ -169,7 +184,8 @@ def load_index(index_dir: str | Path, export_dir: str | Path | None = None):
         raise DataError(f"{index_dir} was built for other item embeddings than {export_dir} holds "
                         f"(model {meta['model']}, {meta['num_items']} items)")
     index = faiss.read_index(str(index_dir / "index.faiss"))
-    if index.ntotal != manifest["num_items"] or index.d != manifest["dimension"]:
+    dims = (manifest["dimension"], manifest["dimension"] + 1) if meta["type"] == "hnsw" else (manifest["dimension"],)
+    if index.ntotal != manifest["num_items"] or index.d not in dims:
         raise DataError(f"{index_dir}: the index holds {index.ntotal} x {index.d}, the export "
                         f"{manifest['num_items']} x {manifest['dimension']}")
     set_search_params(index, meta["type"], meta["params"])
