@@ -29,6 +29,7 @@ CONFIGS = [
     ("hnsw", {"M": 32, "ef_construction": 100, "ef_search": 64}),
     ("hnsw", {"M": 32, "ef_construction": 100, "ef_search": 128}),
     ("ivf_flat", {"nprobe": 16}),
+    ("ivf_flat", {"nprobe": 24}),
     ("ivf_flat", {"nprobe": 32}),
     ("ivf_flat", {"nprobe": 64}),
     ("ivf_pq", {"m": 16, "nprobe": 32}),
