@@ -35,6 +35,15 @@ def _configs():
 
 
 @triton.jit
+def _program(offsets_ptr, H):
+    """(block index along the sequence, head, first token, length) of this program's sequence x head."""
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    seq_start = tl.load(offsets_ptr + b)
+    return tl.program_id(0), pid_bh % H, seq_start, tl.load(offsets_ptr + b + 1) - seq_start
+
+
+@triton.jit
 def _tile(ptr, seq_start, rows, seq_len, stride_t, h, stride_h, cols, dim):
     """[len(rows), len(cols)] tile of head h of a jagged [T, H, dim] tensor; zeros outside the sequence."""
     return tl.load(ptr + (seq_start + rows)[:, None] * stride_t + h * stride_h + cols[None, :],
@@ -68,13 +77,8 @@ def _fwd_kernel(Q, K, V, OUT, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
                 num_pos, num_buckets, inv_n, H, N_BLOCKS_HINT,
                 D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
                 HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    seq_start = tl.load(offsets_ptr + b)
-    seq_len = tl.load(offsets_ptr + b + 1) - seq_start
-    start_m = pid_m * BLOCK_M
+    block, h, seq_start, seq_len = _program(offsets_ptr, H)
+    start_m = block * BLOCK_M
     if start_m >= seq_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -133,13 +137,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, offsets_ptr, pos_ptr, ti
                      num_pos, num_buckets, inv_n, H, N_BLOCKS_HINT,
                      D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
                      HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    seq_start = tl.load(offsets_ptr + b)
-    seq_len = tl.load(offsets_ptr + b + 1) - seq_start
-    start_n = pid_n * BLOCK_N
+    block, h, seq_start, seq_len = _program(offsets_ptr, H)
+    start_n = block * BLOCK_N
     if start_n >= seq_len:
         return
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -173,13 +172,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_p
                    num_pos, num_buckets, inv_n, H, N_BLOCKS_HINT,
                    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
                    HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    seq_start = tl.load(offsets_ptr + b)
-    seq_len = tl.load(offsets_ptr + b + 1) - seq_start
-    start_m = pid_m * BLOCK_M
+    block, h, seq_start, seq_len = _program(offsets_ptr, H)
+    start_m = block * BLOCK_M
     if start_m >= seq_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
