@@ -80,7 +80,7 @@ def _lines(path: Path, text: str, header: bool) -> pl.DataFrame:
     return lines
 
 
-def _split_fields(path: Path, lines: pl.DataFrame, separator: str) -> pl.Expr:
+def _split_fields(separator: str) -> pl.Expr:
     if separator == "whitespace":
         return pl.col("text").str.extract_all(r"\S+")
     return pl.col("text").str.split(separator)
@@ -122,7 +122,7 @@ def read_delimited(
     """
     path = Path(path)
     lines = _lines(path, read_text(path, encoding), header)
-    parts = lines.with_columns(_split_fields(path, lines, separator).alias("parts"))
+    parts = lines.with_columns(_split_fields(separator).alias("parts"))
     counts = parts["parts"].list.len()
     n = len(fields)
     bad_mask = (counts < n) if allow_extra_fields else (counts != n)
