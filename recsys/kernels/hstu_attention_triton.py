@@ -7,8 +7,12 @@ Forward: one program per (query block, sequence x head) walks the key blocks up 
 computes the scores, bias, SiLU, 1/N and causal mask in registers and accumulates ``A V`` in fp32:
 no N x N tensor ever reaches memory and, without a softmax, there is no running max or row sum.
 Backward recomputes the scores: one kernel per key block accumulates dK and dV over the query blocks
-below the diagonal; one per query block accumulates dQ; the bias tables' gradients are summed with
-atomic adds (they have <= N + 129 entries). Inputs may be fp32, fp16 or bf16; accumulation is fp32.
+below the diagonal; one per query block accumulates dQ. The bias tables' gradients are reduced inside
+each tile before they reach memory: the position table's by summing the tile's diagonals (the tile is
+skewed with ``tl.gather`` so that each diagonal becomes a column; one atomic add per diagonal), the
+time table's by summing the tile once per time bucket present in it (a tile spans few buckets; one
+atomic add per bucket). Inputs may be fp32, fp16 or bf16; accumulation is fp32, and fp32 dot products
+run in full fp32 precision (no TF32), as torch's own fp32 matmuls do by default.
 
 Runs on CUDA GPUs, and on CPU tensors under ``TRITON_INTERPRET=1`` (how CI checks parity).
 Importing this module needs ``triton``; the dispatcher only imports it when it is installed.
@@ -27,20 +31,27 @@ LOG_BUCKET_DIVISOR = 0.301
 
 def _configs():
     if INTERPRET:  # one small configuration: the interpreter runs every program in numpy
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1)]
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "SKEW": 32}, num_warps=1)]
+    if os.environ.get("RECSYS_TRITON_AUTOTUNE") == "0":  # one configuration, no tuning (quick tests)
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "SKEW": 128}, num_warps=4, num_stages=2)]
+    # SKEW: the width of a skewed tile (one column per diagonal), a power of two >= BLOCK_M + BLOCK_N - 1
     return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "SKEW": 2 * max(m, n)}, num_warps=w, num_stages=s)
         for m, n, w, s in [(64, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
     ]
 
 
 @triton.jit
-def _program(offsets_ptr, H):
-    """(block index along the sequence, head, first token, length) of this program's sequence x head."""
+def _program(offsets_ptr, H, LAST_FIRST: tl.constexpr):
+    """(block index along the sequence, head, first token, length) of this program's sequence x head.
+    LAST_FIRST: programs start with the last block, whose causal loop is the longest (load balance)."""
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     seq_start = tl.load(offsets_ptr + b)
-    return tl.program_id(0), pid_bh % H, seq_start, tl.load(offsets_ptr + b + 1) - seq_start
+    block = tl.program_id(0)
+    if LAST_FIRST:
+        block = tl.num_programs(0) - 1 - block
+    return block, pid_bh % H, seq_start, tl.load(offsets_ptr + b + 1) - seq_start
 
 
 @triton.jit
@@ -51,33 +62,40 @@ def _tile(ptr, seq_start, rows, seq_len, stride_t, h, stride_h, cols, dim):
 
 
 @triton.jit
+def _time_bucket(offs_m, offs_n, seq_start, seq_len, qt_ptr, kt_ptr, num_buckets):
+    """[M, N] log time-gap bucket of each (query, key) pair: floor(ln(max(|gap|, 1)) / 0.301)."""
+    tq = tl.load(qt_ptr + seq_start + offs_m, mask=offs_m < seq_len, other=0)
+    tk = tl.load(kt_ptr + seq_start + offs_n, mask=offs_n < seq_len, other=0)
+    gap = tq[:, None] - tk[None, :]
+    gap = tl.maximum(tl.where(gap < 0, -gap, gap), 1).to(tl.float32)
+    bucket = tl.floor(tl.log(gap) / LOG_BUCKET_DIVISOR).to(tl.int32)
+    return tl.minimum(tl.maximum(bucket, 0), num_buckets - 1)
+
+
+@triton.jit
 def _scores(q, k, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
-            qt_ptr, kt_ptr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr):
+            qt_ptr, kt_ptr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr):
     """[BLOCK_M, BLOCK_N] fp32 scores q.k + relative bias, and the causal / length mask."""
-    s = tl.dot(q, tl.trans(k), out_dtype=tl.float32)
+    s = tl.dot(q, tl.trans(k), out_dtype=tl.float32, input_precision=PREC)
     if HAS_POS:
         rel = tl.minimum(tl.maximum(offs_m[:, None] - offs_n[None, :], 0), num_pos - 1)
         s += tl.load(pos_ptr + rel).to(tl.float32)
     if HAS_TIME:
-        tq = tl.load(qt_ptr + seq_start + offs_m, mask=offs_m < seq_len, other=0)
-        tk = tl.load(kt_ptr + seq_start + offs_n, mask=offs_n < seq_len, other=0)
-        gap = tq[:, None] - tk[None, :]
-        gap = tl.maximum(tl.where(gap < 0, -gap, gap), 1).to(tl.float32)
-        bucket = tl.floor(tl.log(gap) / LOG_BUCKET_DIVISOR).to(tl.int32)
-        bucket = tl.minimum(tl.maximum(bucket, 0), num_buckets - 1)
+        bucket = _time_bucket(offs_m, offs_n, seq_start, seq_len, qt_ptr, kt_ptr, num_buckets)
         s += tl.load(time_ptr + bucket).to(tl.float32)
     mask = (offs_n[None, :] <= offs_m[:, None]) & (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
     return s, mask
 
 
-@triton.autotune(configs=_configs(), key=["D", "DV", "N_BLOCKS_HINT"])
+@triton.autotune(configs=_configs(), key=["D", "DV", "N_BLOCKS_HINT", "HAS_POS", "HAS_TIME"])
 @triton.jit
 def _fwd_kernel(Q, K, V, OUT, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 num_pos, num_buckets, inv_n, H, N_BLOCKS_HINT,
                 D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-                HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    block, h, seq_start, seq_len = _program(offsets_ptr, H)
+                HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKEW: tl.constexpr):
+    block, h, seq_start, seq_len = _program(offsets_ptr, H, True)
     start_m = block * BLOCK_M
     if start_m >= seq_len:
         return
@@ -92,52 +110,66 @@ def _fwd_kernel(Q, K, V, OUT, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
         k = _tile(K, seq_start, offs_n, seq_len, stride_kt, h, stride_kh, offs_d, D)
         v = _tile(V, seq_start, offs_n, seq_len, stride_vt, h, stride_vh, offs_dv, DV)
         s, mask = _scores(q, k, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
-                          qt_ptr, kt_ptr, HAS_POS, HAS_TIME)
+                          qt_ptr, kt_ptr, HAS_POS, HAS_TIME, PREC)
         a = s * tl.sigmoid(s) * inv_n
         a = tl.where(mask, a, 0.0)
-        acc += tl.dot(a.to(v.dtype), v, out_dtype=tl.float32)
+        acc += tl.dot(a.to(v.dtype), v, out_dtype=tl.float32, input_precision=PREC)
     tl.store(OUT + (seq_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
              acc.to(OUT.dtype.element_ty), mask=(offs_m[:, None] < seq_len) & (offs_dv[None, :] < DV))
 
 
 @triton.jit
 def _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
-             qt_ptr, kt_ptr, inv_n, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr):
+             qt_ptr, kt_ptr, inv_n, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr):
     """Recomputed attention a [M, N] and the gradient of the pre-activation scores ds [M, N]."""
     s, mask = _scores(q, k, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
-                      qt_ptr, kt_ptr, HAS_POS, HAS_TIME)
+                      qt_ptr, kt_ptr, HAS_POS, HAS_TIME, PREC)
     sig = tl.sigmoid(s)
     a = tl.where(mask, s * sig * inv_n, 0.0)
-    da = tl.dot(do, tl.trans(v), out_dtype=tl.float32)  # [M, N]
+    da = tl.dot(do, tl.trans(v), out_dtype=tl.float32, input_precision=PREC)  # [M, N]
     ds = tl.where(mask, da * sig * (1.0 + s * (1.0 - sig)) * inv_n, 0.0)
-    return a, ds
+    return a, ds, mask
 
 
 @triton.jit
-def _bias_grads(ds, offs_m, offs_n, seq_start, seq_len, dpos_ptr, num_pos, dtime_ptr, num_buckets,
-                qt_ptr, kt_ptr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr):
-    mask = (offs_n[None, :] <= offs_m[:, None]) & (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
-    if HAS_POS:
-        rel = tl.minimum(tl.maximum(offs_m[:, None] - offs_n[None, :], 0), num_pos - 1)
-        tl.atomic_add(dpos_ptr + rel, ds, mask=mask)
-    if HAS_TIME:
-        tq = tl.load(qt_ptr + seq_start + offs_m, mask=offs_m < seq_len, other=0)
-        tk = tl.load(kt_ptr + seq_start + offs_n, mask=offs_n < seq_len, other=0)
-        gap = tq[:, None] - tk[None, :]
-        gap = tl.maximum(tl.where(gap < 0, -gap, gap), 1).to(tl.float32)
-        bucket = tl.floor(tl.log(gap) / LOG_BUCKET_DIVISOR).to(tl.int32)
-        bucket = tl.minimum(tl.maximum(bucket, 0), num_buckets - 1)
-        tl.atomic_add(dtime_ptr + bucket, ds, mask=mask)
+def _position_bias_grad(ds, start_m, start_n, dpos_ptr, num_pos,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKEW: tl.constexpr):
+    """Add the tile's diagonal sums of ds to the position table's gradient: one atomic add per diagonal.
+    Column t of the skewed tile holds diagonal i - j = t - (BLOCK_N - 1), i.e. relative position
+    start_m - start_n + t - (BLOCK_N - 1)."""
+    rows = tl.arange(0, BLOCK_M)
+    diag = tl.arange(0, SKEW)
+    cols = rows[:, None] - diag[None, :] + (BLOCK_N - 1)  # [M, SKEW]: key column on that diagonal
+    inside = (cols >= 0) & (cols < BLOCK_N)
+    skewed = tl.gather(ds, tl.minimum(tl.maximum(cols, 0), BLOCK_N - 1), 1)
+    sums = tl.sum(tl.where(inside, skewed, 0.0), axis=0)  # [SKEW]
+    rel = start_m - start_n + diag - (BLOCK_N - 1)
+    keep = (diag < BLOCK_M + BLOCK_N - 1) & (rel >= 0)
+    tl.atomic_add(dpos_ptr + tl.minimum(tl.maximum(rel, 0), num_pos - 1), sums, mask=keep)
 
 
-@triton.autotune(configs=_configs(), key=["D", "DV", "N_BLOCKS_HINT"], reset_to_zero=["DPOS", "DTIME"])
+@triton.jit
+def _time_bias_grad(ds, mask, offs_m, offs_n, seq_start, seq_len, dtime_ptr, num_buckets, qt_ptr, kt_ptr):
+    """Add the tile's per-bucket sums of ds to the time table's gradient: one atomic add per bucket
+    present in the tile (nearby tokens span few log buckets)."""
+    bucket = _time_bucket(offs_m, offs_n, seq_start, seq_len, qt_ptr, kt_ptr, num_buckets)
+    first = tl.min(tl.where(mask, bucket, num_buckets))
+    last = tl.max(tl.where(mask, bucket, -1))
+    for b in range(first, last + 1):
+        tl.atomic_add(dtime_ptr + b, tl.sum(tl.where(mask & (bucket == b), ds, 0.0)))
+
+
+@triton.autotune(configs=_configs(), key=["D", "DV", "N_BLOCKS_HINT", "HAS_POS", "HAS_TIME"],
+                 reset_to_zero=["DPOS", "DTIME"])
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                      num_pos, num_buckets, inv_n, H, N_BLOCKS_HINT,
                      D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-                     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    block, h, seq_start, seq_len = _program(offsets_ptr, H)
+                     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKEW: tl.constexpr):
+    # natural order: the first key blocks have the most query blocks below them and start first
+    block, h, seq_start, seq_len = _program(offsets_ptr, H, False)
     start_n = block * BLOCK_N
     if start_n >= seq_len:
         return
@@ -153,26 +185,29 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, offsets_ptr, pos_ptr, ti
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _tile(Q, seq_start, offs_m, seq_len, stride_qt, h, stride_qh, offs_d, D)
         do = _tile(DO, seq_start, offs_m, seq_len, stride_dot, h, stride_doh, offs_dv, DV)
-        a, ds = _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr,
-                         num_buckets, qt_ptr, kt_ptr, inv_n, HAS_POS, HAS_TIME)
-        dv += tl.dot(tl.trans(a).to(do.dtype), do, out_dtype=tl.float32)
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q, out_dtype=tl.float32)
-        _bias_grads(ds, offs_m, offs_n, seq_start, seq_len, DPOS, num_pos, DTIME, num_buckets,
-                    qt_ptr, kt_ptr, HAS_POS, HAS_TIME)
+        a, ds, mask = _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr,
+                               num_buckets, qt_ptr, kt_ptr, inv_n, HAS_POS, HAS_TIME, PREC)
+        dv += tl.dot(tl.trans(a).to(do.dtype), do, out_dtype=tl.float32, input_precision=PREC)
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, out_dtype=tl.float32, input_precision=PREC)
+        if HAS_POS:
+            _position_bias_grad(ds, start_m, start_n, DPOS, num_pos, BLOCK_M, BLOCK_N, SKEW)
+        if HAS_TIME:
+            _time_bias_grad(ds, mask, offs_m, offs_n, seq_start, seq_len, DTIME, num_buckets, qt_ptr, kt_ptr)
     tl.store(DK + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=(offs_n[:, None] < seq_len) & (offs_d[None, :] < D))
     tl.store(DV_ + (seq_start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
              dv.to(DV_.dtype.element_ty), mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < DV))
 
 
-@triton.autotune(configs=_configs(), key=["D", "DV", "N_BLOCKS_HINT"])
+@triton.autotune(configs=_configs(), key=["D", "DV", "N_BLOCKS_HINT", "HAS_POS", "HAS_TIME"])
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                    num_pos, num_buckets, inv_n, H, N_BLOCKS_HINT,
                    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-                   HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    block, h, seq_start, seq_len = _program(offsets_ptr, H)
+                   HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKEW: tl.constexpr):
+    block, h, seq_start, seq_len = _program(offsets_ptr, H, True)
     start_m = block * BLOCK_M
     if start_m >= seq_len:
         return
@@ -187,9 +222,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_p
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _tile(K, seq_start, offs_n, seq_len, stride_kt, h, stride_kh, offs_d, D)
         v = _tile(V, seq_start, offs_n, seq_len, stride_vt, h, stride_vh, offs_dv, DV)
-        _, ds = _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr,
-                         num_buckets, qt_ptr, kt_ptr, inv_n, HAS_POS, HAS_TIME)
-        dq += tl.dot(ds.to(k.dtype), k, out_dtype=tl.float32)
+        _, ds, _ = _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr,
+                            num_buckets, qt_ptr, kt_ptr, inv_n, HAS_POS, HAS_TIME, PREC)
+        dq += tl.dot(ds.to(k.dtype), k, out_dtype=tl.float32, input_precision=PREC)
     tl.store(DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=(offs_m[:, None] < seq_len) & (offs_d[None, :] < D))
 
@@ -197,6 +232,11 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_p
 def _pad(dim: int) -> int:
     """Block width of a head dimension: a power of two, at least 16 (tl.dot's minimum)."""
     return max(16, triton.next_power_of_2(dim))
+
+
+def _precision(x: torch.Tensor) -> str:
+    """Dot-product precision: full fp32 for fp32 inputs (no silent TF32), tensor-core native otherwise."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 class HSTUAttentionTriton(torch.autograd.Function):
@@ -221,7 +261,8 @@ class HSTUAttentionTriton(torch.autograd.Function):
             _fwd_kernel[grid](q, k, v, out, offsets, pos, tb, qt, kt,
                               q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                               out.stride(0), out.stride(1), pos.numel(), tb.numel(), 1.0 / max_seq_len, H, hint,
-                              D=D, DV=DV, D_PAD=_pad(D), DV_PAD=_pad(DV), HAS_POS=has_pos, HAS_TIME=has_time)
+                              D=D, DV=DV, D_PAD=_pad(D), DV_PAD=_pad(DV), HAS_POS=has_pos, HAS_TIME=has_time,
+                              PREC=_precision(q))
         ctx.save_for_backward(q, k, v, offsets, pos, tb, qt, kt)
         ctx.meta = (max_seq_len, max_len, has_pos, has_time)
         return out
@@ -245,10 +286,10 @@ class HSTUAttentionTriton(torch.autograd.Function):
             grid_n = lambda meta: (triton.cdiv(max_len, meta["BLOCK_N"]), B * H)  # noqa: E731
             _bwd_dkdv_kernel[grid_n](q, k, v, dout, dk, dv, dpos, dtime, *common,
                                      D=D, DV=DV, D_PAD=_pad(D), DV_PAD=_pad(DV), HAS_POS=has_pos,
-                                     HAS_TIME=has_time)
+                                     HAS_TIME=has_time, PREC=_precision(q))
             grid_m = lambda meta: (triton.cdiv(max_len, meta["BLOCK_M"]), B * H)  # noqa: E731
             _bwd_dq_kernel[grid_m](q, k, v, dout, dq, *common, D=D, DV=DV, D_PAD=_pad(D), DV_PAD=_pad(DV),
-                                   HAS_POS=has_pos, HAS_TIME=has_time)
+                                   HAS_POS=has_pos, HAS_TIME=has_time, PREC=_precision(q))
         return (dq, dk, dv, None, None, dpos.to(pos.dtype) if has_pos else None,
                 dtime.to(tb.dtype) if has_time else None, None, None, None)
 
