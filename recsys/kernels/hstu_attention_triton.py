@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-LOG_BUCKET_DIVISOR = 0.301
+LOG_BUCKET_DIVISOR = tl.constexpr(0.301)  # a global a kernel reads must be a constexpr
 
 
 def _configs():
