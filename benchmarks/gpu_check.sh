@@ -24,7 +24,7 @@ echo "== parity tests ($SECONDS s)"
 RECSYS_TRITON_AUTOTUNE=0 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tail -15 | tee "$OUT/parity.txt"
 # 2. timings: Triton (with / without bias) vs reference vs torch.compile(reference) vs SDPA softmax
 echo "== kernel timings ($SECONDS s)"
-timeout 300 python3 benchmarks/kernels.py --budget-s 200 --log-results "$OUT/results.jsonl" 2>&1 | tee "$OUT/kernels.txt"
+timeout 300 python3 benchmarks/kernels.py --budget-s 200 --snapshot="$OUT/kernels.jsonl" 2>&1 | tee "$OUT/kernels.txt"
 # 3. SASRec / BERT4Rec attention on SDPA's fused kernels under bf16 autocast
 echo "== sdpa backends ($SECONDS s)"
 timeout 60 python3 benchmarks/gpu_sdpa_check.py 2>&1 | tail -4 | tee "$OUT/sdpa.txt"

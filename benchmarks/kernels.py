@@ -16,14 +16,17 @@ Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from recsys.kernels.hstu_attention import attention_flops, hstu_attention_reference
+from recsys.train import atomic_write_bytes
 from recsys.results import append_record, git_commit, make_record
 
 
@@ -65,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--budget-s", type=float, default=360.0,
                    help="skip torch.compile of the reference once this many seconds have passed")
+    p.add_argument("--snapshot", default=None,
+                   help="rewrite this file with the record so far after each N (a short GPU rental may end mid-run)")
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -76,6 +81,12 @@ def main(argv=None) -> int:
     compiled_ref = torch.compile(hstu_attention_reference, dynamic=True)
     rows = []
     started = time.perf_counter()
+    command = "python benchmarks/kernels.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--snapshot"))
+
+    def record() -> dict:
+        return make_record("kernels", commit=git_commit(), command=command, dtype=args.dtype, heads=args.heads,
+                           dim=args.dim, tokens=args.tokens, rows=rows)
     print(f"GPU: {torch.cuda.get_device_name(0)}; heads {args.heads}, dim {args.dim}, {args.dtype}, "
           f"~{args.tokens:,} tokens per batch")
     print(f"{'N':>6} {'impl':>14} {'fwd ms':>9} {'fwd TF/s':>9} {'f+b ms':>9} {'f+b TF/s':>9} {'peak MB':>9}")
@@ -127,6 +138,8 @@ def main(argv=None) -> int:
         print(f"{N:>6} triton vs fp32 reference, max relative error: "
               + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()), flush=True)
         impls = None  # the batch is freed when the next one replaces it
+        if args.snapshot:
+            atomic_write_bytes(Path(args.snapshot), (json.dumps(record()) + "\n").encode())
         torch.cuda.empty_cache()
     print(f"\nsummary ({time.perf_counter() - started:.0f} s)")
     print(f"{'N':>6} {'impl':>14} {'fwd ms':>9} {'fwd TF/s':>9} {'f+b ms':>9} {'f+b TF/s':>9} {'peak MB':>9}")
@@ -137,10 +150,7 @@ def main(argv=None) -> int:
         else:
             print(f"{row['N']:>6} {row['impl']:>14}   {row.get('error', '')}")
     if args.log_results:
-        append_record(make_record("kernels", commit=git_commit(),
-                                  command="python benchmarks/kernels.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-                                  dtype=args.dtype, heads=args.heads, dim=args.dim, tokens=args.tokens, rows=rows),
-                      args.log_results)
+        append_record(record(), args.log_results)
     return 0
 
 

@@ -29,16 +29,25 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG_BUCKET_DIVISOR = tl.constexpr(0.301)  # a global a kernel reads must be a constexpr
 
 
-def _configs():
+def _configs(extra=()):
     if INTERPRET:  # one small configuration: the interpreter runs every program in numpy
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "SKEW": 32}, num_warps=1)]
     if os.environ.get("RECSYS_TRITON_AUTOTUNE") == "0":  # one configuration, no tuning (quick tests)
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "SKEW": 128}, num_warps=4, num_stages=2)]
     # SKEW: the width of a skewed tile (one column per diagonal), a power of two >= BLOCK_M + BLOCK_N - 1
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "SKEW": 2 * max(m, n)}, num_warps=w, num_stages=s)
-        for m, n, w, s in [(64, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
-    ]
+    shapes = [(64, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2), *extra]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "SKEW": 2 * max(m, n)}, num_warps=w, num_stages=s)
+            for m, n, w, s in shapes]
+
+
+def _dkdv_prune(configs, named_args, **kwargs):
+    """With bias gradients, the dK/dV kernel keeps query blocks of <= 64 rows: its skewed tile is
+    BLOCK_M x SKEW fp32 values, and Triton 3.6's LLVM aborts compiling (128, 64, 4 warps, 3 stages)
+    with them (seen on an H200; reproduced on CPU by compiling for sm_90)."""
+    if kwargs.get("HAS_POS") or kwargs.get("HAS_TIME"):
+        small = [c for c in configs if c.kwargs["BLOCK_M"] <= 64]
+        return small or configs
+    return configs
 
 
 @triton.jit
@@ -159,8 +168,9 @@ def _time_bias_grad(ds, mask, offs_m, offs_n, seq_start, seq_len, dtime_ptr, num
         tl.atomic_add(dtime_ptr + b, tl.sum(tl.where(mask & (bucket == b), ds, 0.0)))
 
 
-@triton.autotune(configs=_configs(), key=["D", "DV", "N_BLOCKS_HINT", "HAS_POS", "HAS_TIME"],
-                 reset_to_zero=["DPOS", "DTIME"])
+@triton.autotune(configs=_configs(extra=[(64, 128, 8, 2), (64, 64, 8, 2)]),
+                 key=["D", "DV", "N_BLOCKS_HINT", "HAS_POS", "HAS_TIME"], reset_to_zero=["DPOS", "DTIME"],
+                 prune_configs_by={"early_config_prune": _dkdv_prune})
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
