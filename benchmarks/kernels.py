@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -26,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from recsys.kernels.hstu_attention import attention_flops, hstu_attention_reference
-from recsys.train import atomic_write_bytes
 from recsys.results import append_record, git_commit, make_record
 
 
@@ -139,7 +139,9 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()), flush=True)
         impls = None  # the batch is freed when the next one replaces it
         if args.snapshot:
-            atomic_write_bytes(Path(args.snapshot), (json.dumps(record()) + "\n").encode())
+            tmp = Path(args.snapshot + ".tmp")  # write then rename: a killed run leaves the last whole record
+            tmp.write_text(json.dumps(record()) + "\n")
+            os.replace(tmp, args.snapshot)
         torch.cuda.empty_cache()
     print(f"\nsummary ({time.perf_counter() - started:.0f} s)")
     print(f"{'N':>6} {'impl':>14} {'fwd ms':>9} {'fwd TF/s':>9} {'f+b ms':>9} {'f+b TF/s':>9} {'peak MB':>9}")
