@@ -82,7 +82,7 @@ def hstu_attention_reference(
         if causal:
             allowed = allowed & (pos[:, None] >= pos[None, :])
         attn = attn.masked_fill(~allowed, 0.0)
-        og = (attn @ vg).transpose(1, 2)  # [g, n, H, Dv]
+        og = (attn.to(vg.dtype) @ vg).transpose(1, 2)  # [g, n, H, Dv]; fp32 bias tables promote attn
         out[index[valid]] = og[valid].to(out.dtype)  # bias tables may be fp32 under bf16 inputs
     return out
 
