@@ -243,13 +243,28 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 "TFLOP/s count causal pairs only, backward = 2.5x forward.", "",
                 "| N | batch | implementation | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak MB |",
                 "|---|---|---|---|---|---|---|---|"]
-        for row in r["rows"]:
+        for row in sorted(r["rows"], key=lambda row: row["N"]):
+            err = row.get("max_rel_error_vs_reference")
+            parity = f" (max rel. error vs fp32 reference {err:.1e})" if err is not None else ""
             if "error" in row:
                 out.append(f"| {row['N']} | {row['batch']} | {row['impl']} | {row['error']} | | | | |")
             else:
-                out.append(f"| {row['N']} | {row['batch']} | {row['impl']} | {row['fwd_ms']:.2f} | {row['fwd_tflops']:.1f} "
-                           f"| {row['fwdbwd_ms']:.2f} | {row['fwdbwd_tflops']:.1f} | {row['fwdbwd_peak_mb']:.0f} |")
-        out += ["", f"`{r['command']}`", ""]
+                out.append(f"| {row['N']} | {row['batch']} | {row['impl']}{parity} | {row['fwd_ms']:.2f} "
+                           f"| {row['fwd_tflops']:.1f} | {row['fwdbwd_ms']:.2f} | {row['fwdbwd_tflops']:.1f} "
+                           f"| {row['fwdbwd_peak_mb']:.0f} |")
+        out += ["", f"`{r['command']}`", ""] + ([r["note"], ""] if r.get("note") else [])
+    for r in (r for r in records if r["kind"] == "gpu_check"):
+        out += [f"## GPU check — {r['machine'].get('gpu', '?')}, {r['date']}, commit {r['commit']}", "",
+                f"- Kernel parity tests on the GPU (`{r['parity_command']}`): {r['parity_result']}",
+                *[f"- SDPA backends: {line}" for line in r["sdpa"]],
+                f"- {r['training_title']}:", "",
+                "| backend | train loss per epoch | seconds per epoch | test HR@10 | test NDCG@10 |",
+                "|---|---|---|---|---|"]
+        for backend, run in r["training"].items():
+            out.append(f"| {backend} | {', '.join(f'{x:.5f}' for x in run['train_loss'])} "
+                       f"| {', '.join(f'{x:.1f}' for x in run['train_seconds'])} | {run['hr@10']:.4f} "
+                       f"| {run['ndcg@10']:.4f} |")
+        out += ["", f"`{r['command']}`", ""] + ([r["note"], ""] if r.get("note") else [])
     return "\n".join(out)
 
 

@@ -78,3 +78,16 @@ def test_dispatcher_override_and_unknown_backend():
                                hstu_attention_reference(q, k, v, offsets, 4))
     with pytest.raises(ValueError, match="unknown HSTU attention backend"):
         hstu_attention(q, k, v, offsets, 4, backend="cuda-magic")
+
+
+def test_bf16_inputs_with_fp32_bias_tables():
+    """Under bf16 autocast the projections are bf16 while the bias tables stay fp32 parameters: the
+    reference must accept the mix and return the input dtype (a GPU benchmark once failed on this)."""
+    q, k, v, offsets, times = _inputs([6, 3, 9], seed=5)
+    g = torch.Generator().manual_seed(2)
+    bias = dict(position_bias=torch.randn(10, generator=g), time_bias=torch.randn(129, generator=g),
+                key_times=times, query_times=times + 3)
+    out = hstu_attention_reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), offsets, 10, **bias)
+    assert out.dtype == torch.bfloat16
+    want = hstu_attention_reference(q, k, v, offsets, 10, **bias)
+    torch.testing.assert_close(out.float(), want, rtol=5e-2, atol=2e-2)
