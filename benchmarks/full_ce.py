@@ -1,12 +1,15 @@
 """Full-softmax cross-entropy over a large catalogue: chunked (ours) vs the plain logits matrix.
 
     python benchmarks/full_ce.py [--items 1000000] [--positions 25600] [--dim 64] [--plain-items 20000]
+                                 [--impls plain chunked chunked-bf16 item-chunked] [--item-chunk 65536]
 
 One forward + backward of the mean CE of ``positions`` hidden states (128 sequences x 200 positions by
 default) against ``items`` item vectors. The plain version materialises [positions, items] logits (and
 their gradient): at 10^6 items that is ~100 GB, so it is timed at ``--plain-items`` (where it fits) next to
 the chunked version at the same size, and the chunked version alone at the full size. Prints seconds and
 peak RSS, each implementation in its own process; their losses agree (gradients: tests/test_losses.py).
+"chunked" blocks 64 positions x the whole catalogue; "item-chunked" blocks 64 positions x
+``--item-chunk`` items with an online log-sum-exp, so its block does not grow with the catalogue.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from recsys.losses import full_softmax_ce
 from recsys.results import append_record, git_commit, make_record
 
 
-def child(impl: str, V: int, positions: int, dim: int) -> dict:
+def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
     g = torch.Generator().manual_seed(0)
     hidden = (torch.randn(positions, dim, generator=g) * 0.1).requires_grad_(True)
     items = (torch.randn(V + 1, dim, generator=g) * 0.1).requires_grad_(True)
@@ -35,7 +38,8 @@ def child(impl: str, V: int, positions: int, dim: int) -> dict:
     if impl == "plain":
         loss = F.cross_entropy(hidden @ items[1:].T, targets - 1)
     else:
-        loss = full_softmax_ce(hidden, items, targets, 64, torch.bfloat16 if impl == "chunked-bf16" else None)
+        loss = full_softmax_ce(hidden, items, targets, 64, torch.bfloat16 if impl == "chunked-bf16" else None,
+                               item_chunk if impl == "item-chunked" else 0)
     loss.backward()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -49,18 +53,23 @@ def main(argv=None) -> int:
     p.add_argument("--positions", type=int, default=25_600)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--plain-items", type=int, default=20_000)
+    p.add_argument("--impls", nargs="+", default=["plain", "chunked", "chunked-bf16", "item-chunked"])
+    p.add_argument("--item-chunk", type=int, default=65_536)
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.positions, args.dim)))
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.positions, args.dim, args.item_chunk)))
         return 0
     rows = []
     plan = [(args.plain_items, "plain"), (args.plain_items, "chunked"), (args.plain_items, "chunked-bf16"),
-            (args.items, "chunked"), (args.items, "chunked-bf16")]
+            (args.plain_items, "item-chunked"), (args.items, "chunked"), (args.items, "chunked-bf16"),
+            (args.items, "item-chunked")]
+    plan = [(V, impl) for V, impl in plan if impl in args.impls and V > 0]
     for V, impl in plan:  # each in a fresh process, so its peak memory is its own
         done = subprocess.run([sys.executable, __file__, "--child", impl, str(V), "--positions", str(args.positions),
-                               "--dim", str(args.dim)], capture_output=True, text=True)
+                               "--dim", str(args.dim), "--item-chunk", str(args.item_chunk)],
+                              capture_output=True, text=True)
         if done.returncode:
             print(done.stderr[-2000:])
             return done.returncode
@@ -70,7 +79,7 @@ def main(argv=None) -> int:
         print(f"items {V:>9,}  {impl:13s} {row['seconds']:8.2f} s  peak RSS {row['peak_rss_mb']:8.0f} MB "
               f"(+{row['rss_growth_mb']:.0f})  loss {row['loss']:.5f}{extra}", flush=True)
     if args.log_results:
-        append_record(make_record("full_ce", commit=git_commit(), rows=rows,
+        append_record(make_record("full_ce", commit=git_commit(), rows=rows, item_chunk=args.item_chunk,
                                   command="python benchmarks/full_ce.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))),
                       args.log_results)
     return 0

@@ -32,60 +32,76 @@ class LossConfig:
     gbce_t: float = 0.75
     ce_chunk_size: int = 64  # ce: positions per logits block (bounds memory, keeps blocks in cache)
     ce_matmul_dtype: Literal["float32", "bfloat16"] = "float32"  # ce: dtype of the logit GEMMs
+    ce_item_chunk_size: int = 0  # ce: items per logits block (online log-sum-exp); 0 = whole catalogue
 
 
 class ChunkedSoftmaxCE(torch.autograd.Function):
-    """Mean cross-entropy of ``hidden @ items.T`` against ``targets``, ``chunk`` positions at a time.
+    """Mean cross-entropy of ``hidden @ items.T`` against ``targets``, in blocks of logits.
 
-    Never holds more than one [V, chunk] block of logits: the forward keeps only each position's
-    log-sum-exp; the backward recomputes each block's logits and turns them into ``softmax - onehot``
-    in place. Blocks are item-major ([V, chunk]: the faster GEMM layout on CPU) and small enough to stay
-    in cache. Same value and gradients as ``F.cross_entropy(hidden @ items.T, targets)`` to float
-    rounding (tested). ``compute_dtype=torch.bfloat16`` runs the three GEMMs in bf16 (about 2x faster on
-    CPUs with bf16 units) while the softmax and every sum stay fp32, as mixed-precision training does.
+    A block is ``chunk`` positions x ``item_chunk`` items (item-major, [items, positions]: the faster
+    GEMM layout on CPU); the whole [positions x items] matrix never exists. With ``item_chunk`` 0 a
+    block spans the whole catalogue; otherwise the catalogue is walked in slices and each position's
+    log-sum-exp is combined across slices online (``logaddexp`` of the running value and the slice's),
+    so memory does not grow with the catalogue. The forward keeps only each position's log-sum-exp
+    and target logit; the backward recomputes each block's logits and turns them into
+    ``softmax - onehot`` in place. Same value and gradients as ``F.cross_entropy(hidden @ items.T,
+    targets)`` to float rounding (tested). ``compute_dtype=torch.bfloat16`` runs the three GEMMs in
+    bf16 (about 2x faster on CPUs with bf16 units) while the softmax and every sum stay fp32, as
+    mixed-precision training does.
     """
 
     @staticmethod
-    def forward(ctx, hidden, items, targets, chunk: int, compute_dtype=None):
-        P = hidden.shape[0]
+    def forward(ctx, hidden, items, targets, chunk: int, compute_dtype=None, item_chunk: int = 0):
+        P, V = hidden.shape[0], items.shape[0]
+        item_chunk = item_chunk if 0 < item_chunk < V else V
         h = hidden.to(compute_dtype) if compute_dtype else hidden
         w = items.to(compute_dtype) if compute_dtype else items
-        lse = torch.empty(P, device=hidden.device, dtype=torch.float32)
+        lse = torch.full((P,), float("-inf"), device=hidden.device, dtype=torch.float32)
         target_logits = torch.empty(P, device=hidden.device, dtype=torch.float32)
         for start in range(0, P, chunk):
-            logits = (w @ h[start : start + chunk].T).float()  # [V, c]
-            cols = torch.arange(logits.shape[1], device=logits.device)
-            lse[start : start + chunk] = torch.logsumexp(logits, dim=0)
-            target_logits[start : start + chunk] = logits[targets[start : start + chunk], cols]
+            hc, tc = h[start : start + chunk], targets[start : start + chunk]
+            cols = torch.arange(hc.shape[0], device=hidden.device)
+            for first in range(0, V, item_chunk):
+                logits = (w[first : first + item_chunk] @ hc.T).float()  # [v, c]
+                block_lse = torch.logsumexp(logits, dim=0)
+                lse[start : start + chunk] = torch.logaddexp(lse[start : start + chunk], block_lse)
+                inside = (tc >= first) & (tc < first + logits.shape[0])  # targets in this slice
+                target_logits[start : start + chunk][inside] = logits[tc[inside] - first, cols[inside]]
         ctx.save_for_backward(hidden, items, targets, lse)
-        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
+        ctx.chunk, ctx.compute_dtype, ctx.item_chunk = chunk, compute_dtype, item_chunk
         return (lse - target_logits).mean()
 
     @staticmethod
     def backward(ctx, grad_out):
         hidden, items, targets, lse = ctx.saved_tensors
-        P, chunk, dtype = hidden.shape[0], ctx.chunk, ctx.compute_dtype
+        P, V = hidden.shape[0], items.shape[0]
+        chunk, dtype, item_chunk = ctx.chunk, ctx.compute_dtype, ctx.item_chunk
         h = hidden.to(dtype) if dtype else hidden
         w = items.to(dtype) if dtype else items
-        grad_hidden = torch.empty_like(hidden)
+        grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32)
         grad_items = torch.zeros(items.shape, device=items.device, dtype=torch.float32)
         scale = grad_out / P
         for start in range(0, P, chunk):
-            hc = h[start : start + chunk]
-            g = (w @ hc.T).float()  # [V, c] logits, recomputed
-            g.sub_(lse[None, start : start + chunk]).exp_()  # softmax
-            g[targets[start : start + chunk], torch.arange(g.shape[1], device=g.device)] -= 1.0
-            g.mul_(scale)
-            gc = g.to(dtype) if dtype else g
-            grad_hidden[start : start + chunk] = (gc.T @ w).to(hidden.dtype)
-            grad_items += (gc @ hc).float()
-        return grad_hidden, grad_items.to(items.dtype), None, None, None
+            hc, tc = h[start : start + chunk], targets[start : start + chunk]
+            cols = torch.arange(hc.shape[0], device=hidden.device)
+            for first in range(0, V, item_chunk):
+                wv = w[first : first + item_chunk]
+                g = (wv @ hc.T).float()  # [v, c] logits, recomputed
+                g.sub_(lse[None, start : start + chunk]).exp_()  # softmax
+                inside = (tc >= first) & (tc < first + g.shape[0])
+                g[tc[inside] - first, cols[inside]] -= 1.0
+                g.mul_(scale)
+                gc = g.to(dtype) if dtype else g
+                grad_hidden[start : start + chunk] += (gc.T @ wv).float()
+                grad_items[first : first + item_chunk] += (gc @ hc).float()
+        return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype), None, None, None, None
 
 
 def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int = 64,
-                    compute_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Cross-entropy over all real items: hidden [P, D], items [V, D] (row 0 = padding, excluded), targets [P]."""
-    return ChunkedSoftmaxCE.apply(hidden, items[1:], targets - 1, chunk, compute_dtype)
+                    compute_dtype: torch.dtype | None = None, item_chunk: int = 0) -> torch.Tensor:
+    """Cross-entropy over all real items: hidden [P, D], items [V, D] (row 0 = padding, excluded), targets [P].
+    ``item_chunk`` > 0 walks the catalogue in slices of that many items (online log-sum-exp)."""
+    return ChunkedSoftmaxCE.apply(hidden, items[1:], targets - 1, chunk, compute_dtype, item_chunk)
 
 
 def _normalise(cfg: LossConfig, hidden: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +143,7 @@ def next_item_loss(
         if cfg.temperature != 1.0:
             h = h / cfg.temperature
         dtype = torch.bfloat16 if cfg.ce_matmul_dtype == "bfloat16" else None
-        return full_softmax_ce(h, w, target_ids[mask], cfg.ce_chunk_size, dtype)
+        return full_softmax_ce(h, w, target_ids[mask], cfg.ce_chunk_size, dtype, cfg.ce_item_chunk_size)
 
     B, L, _ = hidden.shape
     h, w = _normalise(cfg, hidden, items)

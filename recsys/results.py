@@ -225,6 +225,19 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             out.append(f"| {row['items']:,} | {row['positions']:,} x {row['dim']} | {row['impl']} | {row['seconds']:.2f} "
                        f"| {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |")
         out += ["", f"`{r['command']}`", ""]
+    scale = [r for r in records if r["kind"] == "eval_scale"]
+    if scale:
+        out += ["## Full-ranking evaluation at catalogue scale", "",
+                "Every user against every item (seen items excluded, strict ranks) through the shared evaluator, "
+                "in blocks of users whose [items x users] scores stay under `eval.max_block_mb`.", "",
+                "| date | users | items | d | threads | seconds | users/s | user block | peak RSS | one dense score matrix | commit |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in scale:
+            out.append(f"| {r['date']} | {r['users']:,} | {r['items']:,} | {r['dim']} | {r['threads']} | {r['seconds']:.1f} "
+                       f"| {r['users_per_second']:,.0f} | {r['block_users']} | {r['peak_rss_mb']:,.0f} MB "
+                       f"| {r['dense_scores_gb']:,.0f} GB | {r['commit']} |")
+        out += ["", "Commands:", ""] + [f"- `{r['command']}`" + (f" — {r['note']}" if r.get("note") else "")
+                                        for r in scale] + [""]
     ingest = [r for r in records if r["kind"] == "ingest"]
     if ingest:
         out += ["## Ingest: a synthetic log to jagged, memory-mappable sequences", "",

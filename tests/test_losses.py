@@ -15,14 +15,16 @@ def _setup(B=3, L=5, D=8, V=30, seed=0):
     return hidden, items, targets
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 64])
-def test_chunked_ce_equals_plain_cross_entropy(chunk):
+@pytest.mark.parametrize("chunk, item_chunk", [(1, 0), (4, 0), (64, 0), (4, 7), (3, 1), (64, 29), (5, 1000)])
+def test_chunked_ce_equals_plain_cross_entropy(chunk, item_chunk):
+    """Blocks of positions, and of items too (online log-sum-exp across item slices; 29 = one slice,
+    7 leaves a ragged last slice, 1 = one item per slice)."""
     hidden, items, targets = _setup()
     mask = targets > 0
     logits = hidden[mask] @ items[1:].T
     ref = F.cross_entropy(logits, targets[mask] - 1)
     ref_grads = torch.autograd.grad(ref, (hidden, items))
-    got = full_softmax_ce(hidden[mask], items, targets[mask], chunk=chunk)
+    got = full_softmax_ce(hidden[mask], items, targets[mask], chunk=chunk, item_chunk=item_chunk)
     grads = torch.autograd.grad(got, (hidden, items))
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
     for a, b in zip(grads, ref_grads):
