@@ -94,6 +94,9 @@ def cmd_train(args) -> int:
     if "valid" in out:
         print_metrics_table("validation (best epoch)", out["valid"], cfg.eval.ks)
     print_metrics_table(f"test (best epoch {out['best_epoch']} of {out['epochs_run']})", out["test"], cfg.eval.ks)
+    for part, title in (("test_cold", "held-out (cold) items"), ("test_warm", "items seen in training")):
+        if out.get(part, {}).get("num_users"):
+            print_metrics_table(f"test targets that are {title}: {out[part]['num_users']:,} users", out[part], cfg.eval.ks)
     print(f"\nrun directory: {run_dir}")
     if args.log_results:
         record = make_record(

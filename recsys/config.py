@@ -38,6 +38,8 @@ class DataConfig:
     split: Literal["leave_one_out", "hstu", "temporal"] = "leave_one_out"
     valid_cut: float | None = None  # temporal: a timestamp, or a quantile in (0, 1)
     test_cut: float | None = None
+    cold_item_fraction: float = 0.0  # > 0: hold this share of items out of training (cold-start test targets)
+    cold_item_seed: int = 0
 
 
 @dataclass

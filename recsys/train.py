@@ -33,7 +33,7 @@ from .data.batching import cloze_inputs, iter_train_batches, train_users
 from .data.cards import cache_dir, check_counts, locate_dataset
 from .data.prepare import SequenceData, prepare_sequences
 from .data.readers import READERS, DataError, Interactions, read_table
-from .data.splits import Split, make_split
+from .data.splits import EvalSet, Split, hold_out_items, make_split
 from .evaluation import evaluate
 from .losses import next_item_loss
 from .models.base import SequentialEncoder, build_model
@@ -87,6 +87,12 @@ def peak_memory_mb() -> float:
 class PreparedData:
     split: Split
     info: dict  # dataset name, file, sha256, counts
+    cold_items: np.ndarray | None = None  # items held out of training (data.cold_item_fraction)
+
+    def test_subset(self, cold: bool) -> EvalSet:
+        """Test users whose target is (``cold``) or is not a held-out item."""
+        test = self.split.test
+        return test.reordered(np.flatnonzero(np.isin(test.targets, self.cold_items) == cold))
 
 
 def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactions | None = None) -> PreparedData:
@@ -116,9 +122,18 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
             min_seq_len=MIN_EVENTS[cfg.split],
             verbose=verbose,
         )
+    cold_items = None
+    if cfg.cold_item_fraction > 0:
+        if cfg.split != "leave_one_out":
+            raise ConfigError("data.cold_item_fraction needs data.split = 'leave_one_out'")
+        seq, cold_items, log = hold_out_items(seq, cfg.cold_item_fraction, cfg.cold_item_seed)
+        for line in log:
+            if verbose:
+                print(line)
+        info["cold_items"] = int(len(cold_items))
     split = make_split(seq, cfg.split, cfg.valid_cut, cfg.test_cut, verbose=verbose)
     info.update(users=seq.num_users, items=seq.num_items - 1, interactions=seq.num_interactions)
-    return PreparedData(split=split, info=info)
+    return PreparedData(split=split, info=info, cold_items=cold_items)
 
 
 PREPARE_VERSION = 1  # bump when prepare_sequences changes what it produces: old caches are then ignored
@@ -292,7 +307,13 @@ class Trainer:
                 "train_targets": targets, "targets_per_second": targets / seconds}
 
     def evaluate(self, which: str = "valid", progress: bool = False, return_ranks: bool = False) -> dict:
-        eval_set = self.split.valid if which == "valid" else self.split.test
+        """which: valid, test, or (with held-out items) test_cold / test_warm."""
+        if which in ("test_cold", "test_warm"):
+            eval_set = self.data.test_subset(cold=which == "test_cold")
+        else:
+            eval_set = self.split.valid if which == "valid" else self.split.test
+        if len(eval_set) == 0:
+            return {"num_users": 0}
         return evaluate(
             self.model, self.split, eval_set, self.cfg.max_seq_len, self.cfg.eval,
             normalize=self.cfg.loss.l2_normalize, device=self.device, progress=progress, return_ranks=return_ranks,
@@ -379,6 +400,9 @@ class Trainer:
         if self.split.valid is not None and len(self.split.valid):
             out["valid"] = self.evaluate("valid")
         out["test"] = self.evaluate("test", progress=self.progress)
+        if self.data.cold_items is not None:  # cold-start protocol: targets the training never saw, and the rest
+            out["test_cold"] = self.evaluate("test_cold")
+            out["test_warm"] = self.evaluate("test_warm")
         out["world_size"] = distributed.world_size()
         if distributed.is_main():
             atomic_write_json(self.run_dir / "final_metrics.json", out)

@@ -109,3 +109,44 @@ def make_split(
         for line in log:
             print(line)
     return Split(name=name, data=data, train_lengths=train_lengths, valid=valid, test=test, log=log)
+
+
+def hold_out_items(data: SequenceData, fraction: float, seed: int = 0, keep_last: bool = True,
+                   min_events: int = 3) -> tuple[SequenceData, np.ndarray, list[str]]:
+    """Cold-start protocol: a random ``fraction`` of the catalogue never appears in training.
+
+    Every event of a held-out item is removed, except (``keep_last``) each user's last event, which is
+    the leave-one-out test target: so test targets include items that no training sequence, history
+    or validation target contains, and only a model that reads item content can rank them. Users left
+    with fewer than ``min_events`` events are dropped (counted in the log). Item ids are unchanged (the
+    held-out items keep their rows in every item table). Returns (data, held-out ids, log lines).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.cold_item_fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    num_real = data.num_items - 1
+    cold = np.sort(rng.choice(np.arange(1, data.num_items), size=max(1, round(fraction * num_real)), replace=False))
+    item_ids = np.asarray(data.item_ids)
+    offsets = np.asarray(data.seq_offsets)
+    lengths = np.diff(offsets)
+    is_cold = np.zeros(data.num_items, dtype=bool)
+    is_cold[cold] = True
+    keep = ~is_cold[item_ids]  # [total]
+    if keep_last:
+        keep[offsets[1:][lengths > 0] - 1] = True
+    user_of_event = np.repeat(np.arange(data.num_users), lengths)
+    new_lengths = np.bincount(user_of_event[keep], minlength=data.num_users)
+    users_kept = new_lengths >= min_events
+    keep &= users_kept[user_of_event]
+    new_lengths = new_lengths * users_kept
+    users = np.flatnonzero(users_kept)
+    new_offsets = np.concatenate([[0], np.cumsum(new_lengths[users])]).astype(np.int64)
+    out = SequenceData(item_ids=item_ids[keep], timestamps=np.asarray(data.timestamps)[keep],
+                       seq_offsets=new_offsets, user_raw_ids=np.asarray(data.user_raw_ids)[users],
+                       item_raw_ids=data.item_raw_ids, has_timestamps=data.has_timestamps, log=list(data.log))
+    last_targets = out.item_ids[new_offsets[1:] - 1]
+    log = [f"cold start: {len(cold):,} of {num_real:,} items held out (seed {seed}); "
+           f"{int(keep.size - keep.sum()):,} of {keep.size:,} events removed, {int((~users_kept).sum()):,} users "
+           f"left with < {min_events} events dropped; {int(is_cold[last_targets].sum()):,} of {out.num_users:,} "
+           "test targets are held-out items"]
+    return out, cold, log

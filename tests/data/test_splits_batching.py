@@ -88,3 +88,30 @@ def test_eval_batches_history_and_seen():
     rows, items = seen_items_csr(s, s.test, b.rows)
     assert rows.tolist() == [0, 0, 0, 1, 1]  # the whole history, not only the window
     assert raw[items.numpy()].tolist() == [10, 11, 12, 20, 21]
+
+
+def test_hold_out_items_only_as_last_events():
+    """Cold start: held-out items survive only as each user's last event (the test target); training
+    sequences, validation targets and histories never contain them; ids are unchanged."""
+    from recsys.data.splits import hold_out_items
+
+    rng = np.random.default_rng(0)
+    seqs = {u: rng.integers(1, 41, size=rng.integers(3, 15)).tolist() for u in range(60)}
+    data = _data(seqs)
+    cold_data, cold, log = hold_out_items(data, 0.25, seed=3)
+    assert len(cold) == 10 and cold.min() >= 1 and cold_data.num_items == data.num_items
+    lengths = np.diff(cold_data.seq_offsets)
+    assert (lengths >= 3).all()
+    is_last = np.zeros(cold_data.num_interactions, dtype=bool)
+    is_last[cold_data.seq_offsets[1:] - 1] = True
+    assert not np.isin(cold_data.item_ids[~is_last], cold).any()
+    split = make_split(cold_data, "leave_one_out", verbose=False)
+    assert not np.isin(split.valid.targets, cold).any()
+    assert np.isin(split.test.targets, cold).sum() > 0  # some test targets are cold
+    # a user's kept events are its original events in order, minus the held-out ones
+    raw = {int(r): u for u, r in enumerate(data.user_raw_ids)}
+    for u in range(cold_data.num_users):
+        original = list(data.sequence(raw[int(cold_data.user_raw_ids[u])]))
+        want = [i for i in original[:-1] if i not in set(cold.tolist())] + original[-1:]
+        assert list(cold_data.sequence(u)) == want
+    assert "items held out" in log[0]
