@@ -1,7 +1,8 @@
 """Item text for text-based recommenders: flattened key-value sentences and their MiniLM vectors.
 
 An item becomes a sentence of its attributes, Recformer-style: ``title: Toy Story (1995) genres:
-Animation Children's Comedy``, each attribute cut to ``max_words_per_attribute`` words. Vectors are
+Animation Children's Comedy`` (MovieLens) or ``title: ... brand: ... category: ...`` (Amazon, UniSRec
+text), each attribute cut to ``max_words_per_attribute`` words. Vectors are
 the packaged MiniLM's mean-pooled sentence embeddings, computed once per (catalogue text, settings) and
 cached as .npy in RECSYS_CACHE/text/; items without text get a zero vector (and a printed count).
 """
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from .data.cards import cache_dir
 from .data.prepare import SequenceData
 
-ATTRIBUTES = ("title", "genres")
+ATTRIBUTES = ("title", "genres", "brand", "category")  # in this order, where the catalogue has them
 
 
 def item_sentences(data: SequenceData, text: pl.DataFrame, max_words_per_attribute: int = 24) -> list[str | None]:

@@ -403,6 +403,17 @@ def read_item_text(path: str | Path, fmt: str) -> pl.DataFrame:
             raise DataError(f"{path}: could not be parsed as CSV ({str(err).splitlines()[0]})") from None
         return df.select(pl.col("movieId").alias("item_id"), "title", "genres")
     if fmt == "unisrec_text":
-        df = read_delimited(path, [("item_id", pl.Utf8), ("title", pl.Utf8)], "\t", header=True)
-        return df.select("item_id", "title", pl.lit(None, dtype=pl.Utf8).alias("genres"))
+        # UniSRec's Amazon text is "title. category path. brand. ": split from the right, so a title may
+        # hold ". " itself; a line with fewer than three parts is all title
+        df = read_delimited(path, [("item_id", pl.Utf8), ("text", pl.Utf8)], "\t", header=True)
+        parts = pl.col("text").str.strip_chars().str.strip_chars_end(".").str.split(". ")
+        n = parts.list.len()
+        return df.select(
+            "item_id",
+            pl.when(n >= 3).then(parts.list.slice(0, n - 2).list.join(". ")).otherwise(pl.col("text").str.strip_chars())
+            .alias("title"),
+            pl.lit(None, dtype=pl.Utf8).alias("genres"),
+            pl.when(n >= 3).then(parts.list.get(-1, null_on_oob=True)).alias("brand"),
+            pl.when(n >= 3).then(parts.list.get(-2, null_on_oob=True)).alias("category"),
+        )
     raise DataError(f"unknown item text format {fmt!r}")

@@ -157,3 +157,22 @@ def test_item_text_ml1m_latin1():
     items = read_item_text(DATA_DIR / "ml-1m" / "movies.dat", "movielens_dat_items")
     assert items.height == 3883
     assert items["title"].str.contains("é").any()  # accented titles decoded as Latin-1
+
+
+def test_unisrec_text_splits_title_category_brand(tmp_path):
+    """UniSRec's Amazon text is "title. category. brand. ", split from the right (titles may hold ". ")."""
+    f = tmp_path / "Shop.text"
+    f.write_text("item_id:token\ttext:token_seq\n"
+                 "A1\tGrit Roll. 80 grit. Industrial Sanding Rolls. PORTER-CABLE. \n"
+                 "A2\tJust a title\n", encoding="utf-8")
+    rows = read_item_text(f, "unisrec_text").to_dicts()
+    assert rows[0] == {"item_id": "A1", "title": "Grit Roll. 80 grit", "genres": None, "brand": "PORTER-CABLE",
+                       "category": "Industrial Sanding Rolls"}
+    assert rows[1]["title"] == "Just a title" and rows[1]["brand"] is None and rows[1]["category"] is None
+
+
+@needs_data("amazon-scientific-unisrec")
+def test_scientific_item_text_has_every_attribute():
+    items = read_item_text(DATA_DIR / "amazon-scientific-unisrec" / "Scientific.text", "unisrec_text")
+    assert items.height == 4385
+    assert items["brand"].null_count() == 0 and items["category"].null_count() == 0
