@@ -22,23 +22,27 @@ from .data.prepare import SequenceData
 ATTRIBUTES = ("title", "genres", "brand", "category")  # in this order, where the catalogue has them
 
 
-def item_sentences(data: SequenceData, text: pl.DataFrame, max_words_per_attribute: int = 24) -> list[str | None]:
-    """One sentence per internal item id (index 0 = padding = None; None where the catalogue has no text)."""
+def item_attributes(data: SequenceData, text: pl.DataFrame,
+                    max_words_per_attribute: int = 24) -> list[list[tuple[str, str]] | None]:
+    """Per internal item id, its (key, value) attributes with each value cut to
+    ``max_words_per_attribute`` words (index 0 = padding = None; None where the catalogue has no text)."""
     rows = {str(r["item_id"]): r for r in text.iter_rows(named=True)}  # one row per catalogue item
-    out: list[str | None] = [None]
+    out: list[list[tuple[str, str]] | None] = [None]
     for raw in data.item_raw_ids[1:]:
         row = rows.get(str(raw))
-        if row is None:
-            out.append(None)
-            continue
         parts = []
-        for key in ATTRIBUTES:
+        for key in ATTRIBUTES if row is not None else ():
             value = row.get(key)
             if value:
-                words = str(value).replace("|", " ").split()[:max_words_per_attribute]
-                parts.append(f"{key}: {' '.join(words)}")
-        out.append(" ".join(parts) if parts else None)
+                parts.append((key, " ".join(str(value).replace("|", " ").split()[:max_words_per_attribute])))
+        out.append(parts or None)
     return out
+
+
+def item_sentences(data: SequenceData, text: pl.DataFrame, max_words_per_attribute: int = 24) -> list[str | None]:
+    """One flattened ``key: value key: value`` sentence per internal item id (None: no text)."""
+    return [" ".join(f"{k}: {v}" for k, v in attrs) if attrs else None
+            for attrs in item_attributes(data, text, max_words_per_attribute)]
 
 
 @torch.no_grad()
