@@ -225,6 +225,31 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             out.append(f"| {row['items']:,} | {row['positions']:,} x {row['dim']} | {row['impl']} | {row['seconds']:.2f} "
                        f"| {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |")
         out += ["", f"`{r['command']}`", ""]
+    for r in (r for r in records if r["kind"] == "cold_start"):
+        out += [f"## Cold start: {r['dataset']}, {r['cold_items']:,} items held out of training ({r['fraction']:.0%}, "
+                f"seed {r['seed']}) — {r['date']}, commit {r['commit']}", "",
+                f"{r['cold_targets']:,} of {r['test_targets']:,} test targets are held-out items. Leave-one-out, all items "
+                "ranked, seen items excluded; the ID model's held-out items keep their untrained embeddings.", "",
+                "| model | held-out targets NDCG@10 | HR@10 | seen-item targets NDCG@10 | HR@10 | epochs (best) | s / epoch |",
+                "|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            ep = f"{row['epochs_run']} ({row['best_epoch']})" if "epochs_run" in row else ""
+            spe = f"{row['seconds_per_epoch']:.1f}" if "seconds_per_epoch" in row else ""
+            out.append(f"| {row['model']} | {row['cold']['ndcg@10']:.4f} | {row['cold']['hr@10']:.4f} "
+                       f"| {row['warm']['ndcg@10']:.4f} | {row['warm']['hr@10']:.4f} | {ep} | {spe} |")
+        out += ["", f"`{r['command']}`" + (f" — {r['note']}" if r.get("note") else ""), ""]
+    for r in (r for r in records if r["kind"] == "recformer_tokens"):
+        out += [f"## Token-level Recformer on CPU: {r['dataset']} — {r['date']}, {_machine_short(r['machine'])}, "
+                f"commit {r['commit']}", "",
+                f"Histories of up to {r['max_items']} items x {r['tokens_per_item']} tokens (MiniLM, 6 layers); "
+                f"batches of {r['batch_size']} histories (mean {r['mean_history_tokens']:.0f} tokens).", "",
+                "| what | measured | per epoch |", "|---|---|---|",
+                f"| training step | {r['step_seconds']:.2f} s | {r['steps_per_epoch']:,} steps = "
+                f"{r['steps_per_epoch'] * r['step_seconds'] / 60:.1f} min |",
+                f"| re-encode the catalogue | {r['encode_catalogue_seconds']:.1f} s | once per stage-1 epoch |",
+                f"| encode one user (evaluation) | {r['user_encode_ms']:.0f} ms | |",
+                f"| stage-1 epoch | | {r['epoch_seconds'] / 60:.1f} min |", "",
+                f"`{r['command']}`" + (f" — {r['note']}" if r.get("note") else ""), ""]
     scale = [r for r in records if r["kind"] == "eval_scale"]
     if scale:
         out += ["## Full-ranking evaluation at catalogue scale", "",

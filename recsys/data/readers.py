@@ -406,6 +406,14 @@ def read_item_text(path: str | Path, fmt: str) -> pl.DataFrame:
         # UniSRec's Amazon text is "title. category path. brand. ": split from the right, so a title may
         # hold ". " itself; a line with fewer than three parts is all title
         df = read_delimited(path, [("item_id", pl.Utf8), ("text", pl.Utf8)], "\t", header=True)
+        index_file = path.with_suffix(".item2index")  # UniSRec's sequences name items by index, the text by ASIN
+        if index_file.exists():
+            index = read_delimited(index_file, [("item_id", pl.Utf8), ("index", pl.Utf8)], "\t")
+            df = df.join(index, on="item_id", how="left")
+            if df["index"].null_count():
+                missing = df.filter(pl.col("index").is_null())["item_id"].head(5).to_list()
+                raise DataError(f"{path}: {df['index'].null_count()} items are not in {index_file.name}, e.g. {missing}")
+            df = df.with_columns(pl.col("index").alias("item_id"))
         parts = pl.col("text").str.strip_chars().str.strip_chars_end(".").str.split(". ")
         n = parts.list.len()
         return df.select(

@@ -176,3 +176,5 @@ def test_scientific_item_text_has_every_attribute():
     items = read_item_text(DATA_DIR / "amazon-scientific-unisrec" / "Scientific.text", "unisrec_text")
     assert items.height == 4385
     assert items["brand"].null_count() == 0 and items["category"].null_count() == 0
+    # named by UniSRec's item index (Scientific.item2index), as the sequences name them
+    assert sorted(items["item_id"].cast(int).to_list()) == list(range(4385))
