@@ -1,0 +1,153 @@
+"""Ours against RecBole 1.2.1 on the same machine in the same run: SASRec, full CE, same data and split.
+
+    python benchmarks/peer_recbole.py [--dataset beauty] [--epochs 1] [--recbole-batches 0]
+                                      [--max-len 50] [--threads 2] [--log-results]
+
+Installs RecBole in its own virtual environment (.venv-recbole: torch as TORCH_SPEC, default
+torch==2.13.0, and RecBole 1.2.1, which needs numpy < 2: it assigns ``np.float = np.float_`` at start-up),
+writes the dataset as RecBole's atomic file in our prepared order (each event's timestamp is its
+index in the user's sequence, so both sides see the same order), and runs, each in a fresh process
+(so peak memory is its own) and one after the other (so neither slows the other):
+
+- RecBole's SASRec (CE loss over all items, ``LS: valid_and_test``, full-sort evaluation, which masks
+  the user's history as ours does with exclude_seen) for ``--epochs`` epochs, or ``--recbole-batches``
+  batches when an epoch would take too long (ML-1M at length 200);
+- ours: the same model size, max length, batch size, learning rate and loss (recipe of the dataset's
+  SASRec+ with overrides) for ``--epochs`` epochs.
+
+Prints training targets per second (RecBole trains one target per prefix sample, ours every position
+of a window: targets, not epochs, are compared), full-evaluation users per second, peak RSS and test
+NDCG@10, as ratios ours / RecBole. NDCG@10 is compared only when both trained on about the same number
+of targets (whole epochs on both sides).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv-recbole"
+RECBOLE_PINS = ["recbole==1.2.1", "numpy==1.26.4", "pandas==2.2.3", "scipy<1.14"]
+RECIPES = {"beauty": "recipes/beauty/sasrec_ce.toml", "ml-1m": "recipes/ml-1m/sasrec.toml"}
+
+
+def ensure_recbole() -> Path:
+    python = VENV / "bin" / "python"
+    if python.exists() and subprocess.run([python, "-c", "import recbole"], capture_output=True).returncode == 0:
+        return python
+    print(f"installing RecBole into {VENV.name} (torch as TORCH_SPEC, then {' '.join(RECBOLE_PINS)})", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    torch_spec = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+    subprocess.run([python, "-m", "pip", "install", "-q", torch_spec], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", *RECBOLE_PINS], check=True)
+    return python
+
+
+def write_atomic(seq, folder: Path, name: str) -> None:
+    """user_id, item_id, timestamp (= index in the user's sequence) as RecBole's .inter file."""
+    import numpy as np
+    import polars as pl
+
+    lengths = np.diff(seq.seq_offsets)
+    user = np.repeat(np.arange(seq.num_users), lengths)
+    index = np.arange(seq.num_interactions) - np.repeat(seq.seq_offsets[:-1], lengths)
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    frame = pl.DataFrame({"user_id:token": user, "item_id:token": np.asarray(seq.item_ids),
+                          "timestamp:float": index.astype(np.float64)})
+    frame.write_csv(folder / name / f"{name}.inter", separator="\t")
+
+
+def ours(recipe: str, overrides: list[str], threads: int) -> dict:
+    code = f"""
+import json, resource, torch
+torch.set_num_threads({threads})
+from recsys.config import load_recipe
+from recsys.train import Trainer, prepare_data
+import tempfile
+cfg = load_recipe({recipe!r}, {overrides!r})
+data = prepare_data(cfg.data, verbose=False)
+with tempfile.TemporaryDirectory() as run_dir:
+    trainer = Trainer(cfg, run_dir, data=data, progress=False)
+    out = trainer.fit()
+print(json.dumps({{"test": out["test"], "epochs_run": out["epochs_run"], "train_seconds": out["train_seconds"],
+                  "train_targets": sum(h["train_targets"] for h in trainer.history),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="beauty", choices=sorted(RECIPES))
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--recbole-batches", type=int, default=0, help="stop RecBole after this many batches (0: whole epochs)")
+    p.add_argument("--max-len", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from recsys.config import load_recipe
+    from recsys.train import prepare_data
+
+    recipe = RECIPES[args.dataset]
+    max_len = args.max_len or (50 if args.dataset == "beauty" else 200)
+    hidden = 64
+    overrides = [f"model.max_seq_len={max_len}", f"model.hidden_dim={hidden}", "model.num_blocks=2", "model.num_heads=1",
+                 "model.dropout=0.5", "loss.name=ce", "loss.l2_normalize=false", "loss.temperature=1.0",
+                 "data.split=leave_one_out", "train.batch_size=128", "train.lr=0.001", f"train.epochs={args.epochs}",
+                 "train.patience=0", f"train.num_threads={args.threads}"]
+    cfg = load_recipe(recipe, overrides)
+    python = ensure_recbole()
+    with tempfile.TemporaryDirectory() as tmp:
+        seq = prepare_data(cfg.data, verbose=False).split.data
+        write_atomic(seq, Path(tmp), args.dataset)
+        child_args = {"data_path": tmp, "dataset": args.dataset, "hidden_dim": hidden, "ffn_dim": hidden,
+                      "num_blocks": 2, "num_heads": 1, "dropout": 0.5, "max_len": max_len, "batch_size": 128,
+                      "lr": 0.001, "epochs": args.epochs, "seed": 42, "max_batches": args.recbole_batches}
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+        print(f"RecBole 1.2.1 SASRec on {args.dataset} ({seq.num_users:,} users, {seq.num_items - 1:,} items), "
+              f"max length {max_len}, {args.threads} threads ...", flush=True)
+        done = subprocess.run([python, str(ROOT / "benchmarks" / "peer_recbole_child.py"), json.dumps(child_args)],
+                              capture_output=True, text=True, env=env, cwd=tmp)
+        if done.returncode:
+            print(done.stderr[-3000:])
+            return done.returncode
+        theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"ours on {args.dataset} ...", flush=True)
+    mine = ours(recipe, overrides, args.threads)
+    our_targets = mine["train_targets"]  # every position of each user's training window, counted by the trainer
+    rows = {
+        "training targets": (our_targets, theirs["train_targets"]),
+        "training targets / s": (our_targets / mine["train_seconds"], theirs["targets_per_second"]),
+        "evaluation users / s": (mine["test"]["num_users"] / mine["test"]["seconds"],
+                                 theirs["eval_users"] / theirs["eval_seconds"] if theirs["eval_users"] else float("nan")),
+        "peak RSS (MB)": (mine["peak_rss_mb"], theirs["peak_rss_mb"]),
+        "test NDCG@10": (mine["test"]["ndcg@10"], theirs["ndcg@10"]),
+        "test HR@10": (mine["test"]["hr@10"], theirs["hr@10"]),
+    }
+    print(f"\n| {args.dataset}, SASRec full CE, len {max_len} | ours | RecBole 1.2.1 | ours / RecBole |")
+    print("|---|---|---|---|")
+    for name, (a, b) in rows.items():
+        print(f"| {name} | {a:,.4g} | {b:,.4g} | {a / b:.2f}x |")
+    if args.log_results:
+        from recsys.results import append_record, make_record
+
+        append_record(make_record(
+            "peer_recbole", command="python benchmarks/peer_recbole.py " + " ".join(
+                map(shlex.quote, argv if argv is not None else sys.argv[1:])), dataset=args.dataset, max_len=max_len,
+            epochs=args.epochs, recbole_batches=args.recbole_batches, threads=args.threads,
+            rows={k: {"ours": a, "recbole": b} for k, (a, b) in rows.items()}, ours=mine, recbole=theirs), args.log_results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""RecBole side of benchmarks/peer_recbole.py; runs inside RecBole's own virtual environment.
+
+    python benchmarks/peer_recbole_child.py JSON_ARGS
+
+Builds RecBole's dataset from the atomic file the parent wrote, trains its SASRec (full CE) for the
+given epochs (or batches), evaluates the test split with full ranking, and prints one JSON line:
+training targets (RecBole trains one target per prefix sample), seconds, test NDCG@10 / Hit@10,
+evaluation seconds and users, and the process's peak RSS.
+"""
+import json
+import resource
+import sys
+import time
+
+
+def main() -> int:
+    args = json.loads(sys.argv[1])
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    cfg = Config(model="SASRec", dataset=args["dataset"], config_dict={
+        "data_path": args["data_path"], "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "loss_type": "CE", "train_neg_sample_args": None,
+        "hidden_size": args["hidden_dim"], "inner_size": args["ffn_dim"], "n_layers": args["num_blocks"],
+        "n_heads": args["num_heads"], "hidden_dropout_prob": args["dropout"], "attn_dropout_prob": args["dropout"],
+        "MAX_ITEM_LIST_LENGTH": args["max_len"], "train_batch_size": args["batch_size"], "eval_batch_size": 256,
+        "learning_rate": args["lr"], "epochs": args["epochs"], "seed": args["seed"],
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+        "metrics": ["NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10", "use_gpu": False,
+        "show_progress": False, "checkpoint_dir": args["data_path"] + "/ckpt", "worker": 0,
+        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
+    })
+    init_seed(cfg["seed"], True)
+    t = time.perf_counter()
+    dataset = create_dataset(cfg)
+    train, _valid, test = data_preparation(cfg, dataset)
+    build_s = time.perf_counter() - t
+    model = SASRec(cfg, train.dataset)
+    trainer = Trainer(cfg, model)
+    max_batches = args.get("max_batches") or 0
+    targets = 0
+    train_s = 0.0
+    for epoch in range(args["epochs"]):
+        model.train()
+        start = time.perf_counter()
+        for step, interaction in enumerate(train):  # RecBole's own loss, backward and Adam step
+            if max_batches and step >= max_batches:
+                break
+            trainer.optimizer.zero_grad()
+            loss = model.calculate_loss(interaction)
+            loss.backward()
+            trainer.optimizer.step()
+            targets += len(interaction)
+        train_s += time.perf_counter() - start
+    start = time.perf_counter()
+    result = trainer.evaluate(test, load_best_model=False, show_progress=False)
+    eval_s = time.perf_counter() - start
+    print(json.dumps({
+        "train_targets": targets, "train_seconds": train_s, "targets_per_second": targets / train_s,
+        "train_samples_per_epoch": len(train.dataset), "build_seconds": build_s,
+        "eval_users": len(test.dataset) if hasattr(test, "dataset") else None, "eval_seconds": eval_s,
+        "ndcg@10": float(result["ndcg@10"]), "hr@10": float(result["hit@10"]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
