@@ -223,6 +223,15 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
         )
+        # with held-out (cold-start) items, training scores only the other items: a held-out item is
+        # unknown at training time, so it may not even serve as a negative (its embedding stays untrained)
+        self.candidates = self.candidate_index = None
+        if self.data.cold_items is not None:
+            keep = np.ones(self.split.data.num_items, dtype=bool)
+            keep[self.data.cold_items] = False
+            self.candidates = torch.from_numpy(np.flatnonzero(keep)).to(self.device)  # [V'] (0 = padding first)
+            self.candidate_index = torch.full((len(keep),), -1, dtype=torch.long, device=self.device)
+            self.candidate_index[self.candidates] = torch.arange(len(self.candidates), device=self.device)
         self.history: list[dict] = []
         self.epoch = 0
         self.best_metric = -math.inf
@@ -289,7 +298,10 @@ class Trainer:
             target_ids = target_ids.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
                 hidden = self.train_forward(item_ids.to(self.device), timestamps, next_timestamps)
-            loss = next_item_loss(cfg.loss, hidden.float(), target_ids, self.model.item_vectors())
+            items = self.model.item_vectors()
+            if self.candidates is not None:  # cold start: held-out items are not even negatives in training
+                items, target_ids = items[self.candidates], self.candidate_index[target_ids]
+            loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.max_grad_norm > 0:

@@ -141,3 +141,25 @@ def test_resume_may_change_the_schedule_but_not_the_model(tmp_path):
     assert json.loads((tmp_path / "r" / "final_metrics.json").read_text())["epochs_run"] == 2
     other = _run(_train_cmd(tmp_path / "r", ["--resume"]) + ["--set", "model.hidden_dim=8"])
     assert other.returncode == 2 and "another configuration" in other.stderr
+
+
+@needs_data("ml-100k")
+def test_cold_start_items_never_trained_and_reported_apart(tmp_path):
+    """With data.cold_item_fraction the held-out items are neither inputs nor softmax candidates in
+    training (an ID model's rows for them keep their initial values) and the test metrics are also
+    reported for held-out-item targets and the rest."""
+    from recsys.config import load_recipe
+    from recsys.train import Trainer, prepare_data
+
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml",
+                      [*SMALL, "train.epochs=1", "data.cold_item_fraction=0.1", "data.cold_item_seed=1"])
+    data = prepare_data(cfg.data, verbose=False)
+    trainer = Trainer(cfg, tmp_path / "run", data=data, progress=False)
+    cold = torch.from_numpy(data.cold_items)
+    before = trainer.model.item_embedding.weight.detach().clone()
+    out = trainer.fit()
+    after = trainer.model.item_embedding.weight.detach()
+    torch.testing.assert_close(after[cold], before[cold])  # no gradient ever reached them
+    assert not torch.allclose(after[1:], before[1:])  # the others trained
+    assert out["test_cold"]["num_users"] + out["test_warm"]["num_users"] == out["test"]["num_users"]
+    assert out["test_cold"]["num_users"] > 0
