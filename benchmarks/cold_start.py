@@ -5,7 +5,8 @@
 Holds a random ``fraction`` of the catalogue out of training (recsys.data.splits.hold_out_items: their
 events are removed except as users' last, leave-one-out test, events), then trains on the same split
 the Recformer-style text model (recipes/<dataset>/recformer.toml) and the ID model SASRec+
-(recipes/<dataset>/sasrec.toml), and scores two baselines: popularity (training counts; a held-out
+(recipes/<dataset>/sasrec.toml) — in training neither sees a held-out item, not even as a softmax
+negative — and scores two baselines: popularity (training counts; a held-out
 item has none) and random scores. Reports test NDCG@10 / HR@10 on the users whose target is a
 held-out item and on the rest (all items ranked, seen items excluded), with training time per epoch.
 """
