@@ -250,6 +250,19 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 f"| encode one user (evaluation) | {r['user_encode_ms']:.0f} ms | |",
                 f"| stage-1 epoch | | {r['epoch_seconds'] / 60:.1f} min |", "",
                 f"`{r['command']}`" + (f" — {r['note']}" if r.get("note") else ""), ""]
+    for r in (r for r in records if r["kind"] == "peer_recbole"):
+        partial = r.get("recbole_batches")
+        out += [f"## Peer: RecBole 1.2.1 SASRec vs ours — {r['dataset']}, max length {r['max_len']}, {r['date']}, "
+                f"{_machine_short(r['machine'])}, commit {r['commit']}", "",
+                "Same data order, leave-one-out split, full-CE loss, model size, max length, batch size and learning rate; "
+                "each side in its own process, one after the other, " + f"{r['threads']} threads. "
+                + (f"RecBole trained {partial} batches (an epoch would take too long), ours {r['epochs']} epoch(s): "
+                   "throughput only, quality not comparable." if partial else f"Both trained {r['epochs']} epoch(s)."), "",
+                "| | ours | RecBole | ours / RecBole |", "|---|---|---|---|"]
+        for name, v in r["rows"].items():
+            ratio = "—" if (partial and name.startswith("test")) else f"{v['ours'] / v['recbole']:.2f}x"
+            out.append(f"| {name} | {v['ours']:,.4g} | {v['recbole']:,.4g} | {ratio} |")
+        out += ["", f"`{r['command']}`", ""]
     scale = [r for r in records if r["kind"] == "eval_scale"]
     if scale:
         out += ["## Full-ranking evaluation at catalogue scale", "",
