@@ -238,6 +238,15 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             out.append(f"| {row['model']} | {row['cold']['ndcg@10']:.4f} | {row['cold']['hr@10']:.4f} "
                        f"| {row['warm']['ndcg@10']:.4f} | {row['warm']['hr@10']:.4f} | {ep} | {spe} |")
         out += ["", f"`{r['command']}`" + (f" — {r['note']}" if r.get("note") else ""), ""]
+    for r in (r for r in records if r["kind"] == "zero_shot"):
+        out += [f"## Zero-shot: {r['model']} trained on {r['source']}, evaluated on {r['target']} — {r['date']}, "
+                f"commit {r['commit']}", "",
+                f"No training on {r['target']}: its {r['items']:,} items are scored from their own text "
+                f"({r['test_users']:,} test users, leave-one-out, all items ranked, seen items excluded). "
+                f"On its own test split the model had NDCG@10 {r['source_run']['ndcg@10']:.4f}.", "",
+                "| scorer | NDCG@10 | HR@10 |", "|---|---|---|"]
+        out += [f"| {k} | {v['ndcg@10']:.4f} | {v['hr@10']:.4f} |" for k, v in r["rows"].items()]
+        out += ["", f"`{r['command']}`", ""]
     for r in (r for r in records if r["kind"] == "recformer_tokens"):
         out += [f"## Token-level Recformer on CPU: {r['dataset']} — {r['date']}, {_machine_short(r['machine'])}, "
                 f"commit {r['commit']}", "",
