@@ -17,32 +17,12 @@ import shlex
 import sys
 import tempfile
 
-import numpy as np
 import torch
-from torch import nn
 
+from recsys.baselines import popularity_scorer, random_scorer
 from recsys.config import load_recipe
 from recsys.evaluation import evaluate
 from recsys.train import Trainer, prepare_data
-
-
-class ScoreTable(nn.Module):
-    """A fixed scorer for the evaluator: item vectors from a table, one constant user vector (popularity)
-    or random user vectors (random scores)."""
-
-    def __init__(self, item_vectors: torch.Tensor, random_users: bool = False, seed: int = 0):
-        super().__init__()
-        self.items = item_vectors
-        self.random_users = random_users
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.items
-
-    def user_vectors(self, item_ids, *unused) -> torch.Tensor:
-        if self.random_users:
-            return torch.randn(item_ids.shape[0], self.items.shape[1], generator=self.generator)
-        return torch.ones(item_ids.shape[0], self.items.shape[1])
 
 
 def main(argv=None) -> int:
@@ -69,13 +49,7 @@ def main(argv=None) -> int:
         print(f"{name}: cold NDCG@10 {out['test_cold']['ndcg@10']:.4f}, warm {out['test_warm']['ndcg@10']:.4f} "
               f"({out['epochs_run']} epochs, {rows[-1]['seconds_per_epoch']:.1f} s each)", flush=True)
     split = data.split
-    lengths = np.diff(split.data.seq_offsets)
-    position = np.arange(split.data.num_interactions) - np.repeat(split.data.seq_offsets[:-1], lengths)
-    in_train = position < np.repeat(split.train_lengths, lengths)  # the events training sees
-    train_counts = np.bincount(split.data.item_ids[in_train], minlength=split.data.num_items)
-    baselines = {"popularity": ScoreTable(torch.tensor(np.log1p(train_counts), dtype=torch.float32)[:, None]),
-                 "random": ScoreTable(torch.randn(split.data.num_items, 16, generator=torch.Generator().manual_seed(1)),
-                                      random_users=True)}
+    baselines = {"popularity": popularity_scorer(split), "random": random_scorer(split.data.num_items)}
     cfg = load_recipe(f"recipes/{args.dataset}/sasrec.toml", overrides)
     for name, scorer in baselines.items():
         parts = {part: evaluate(scorer, split, data.test_subset(cold=part == "cold"), cfg.max_seq_len, cfg.eval)

@@ -2,22 +2,14 @@
 # One short GPU session: parity of the Triton kernel on the GPU, kernel timings, SDPA backends of
 # SASRec / BERT4Rec under bf16, and HSTU-large training through the kernel vs the reference path.
 #
-# Runs with the GPU machine's own python3 (its CUDA torch and Triton); recsys comes from the checkout
-# via PYTHONPATH. Python packages the machine lacks (polars) may be carried as wheels in .whl/, and
-# the ML-1M folder in .gpu_data/ml-1m (no network there). Usage, from the repository root:
+# Environment: benchmarks/gpu_env.sh (carry .whl with polars and .gpu_data with the ml-1m folder).
+# Usage, from the repository root:
 #   bash benchmarks/gpu_check.sh OUT_DIR
 set -uo pipefail
 OUT="${1:-${OUT:-gpu_out}}"
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export RECSYS_DATA="${RECSYS_DATA:-$PWD/.gpu_data}" RECSYS_CACHE="${RECSYS_CACHE:-/tmp/recsys-cache}"
-if ! python3 -c "import polars" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
 SECONDS=0
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, triton, polars; print('torch', torch.__version__, '| triton', triton.__version__, '| polars', polars.__version__, '|', torch.cuda.get_device_name(0))"
-  date -u; git rev-parse --short HEAD; } 2>&1 | tee "$OUT/gpu.txt"
+. benchmarks/gpu_env.sh
 # 1. parity of forward and all gradients on the GPU: the same tests CI runs in the interpreter
 #    (one kernel configuration: autotuning every small test shape would cost minutes of compilation)
 echo "== parity tests ($SECONDS s)"

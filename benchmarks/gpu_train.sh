@@ -7,11 +7,7 @@
 set -uo pipefail
 OUT="${1:-${OUT:-gpu_out}}"; shift || true
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export RECSYS_DATA="${RECSYS_DATA:-$PWD/.gpu_data}" RECSYS_CACHE="${RECSYS_CACHE:-/tmp/recsys-cache}"
-if ! python3 -c "import polars" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
+. benchmarks/gpu_env.sh
 RECIPES=("$@")
 [ ${#RECIPES[@]} -eq 0 ] && RECIPES=(ml-1m/sasrec ml-1m/hstu ml-1m/hstu_large beauty/hstu beauty/bert4rec)
 SECONDS=0

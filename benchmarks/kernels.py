@@ -137,7 +137,6 @@ def main(argv=None) -> int:
             rows.append(row)
         print(f"{N:>6} triton vs fp32 reference, max relative error: "
               + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()), flush=True)
-        impls = None  # the batch is freed when the next one replaces it
         if args.snapshot:
             tmp = Path(args.snapshot + ".tmp")  # write then rename: a killed run leaves the last whole record
             tmp.write_text(json.dumps(record()) + "\n")

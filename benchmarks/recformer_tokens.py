@@ -34,9 +34,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from recsys.config import DataConfig
-    from recsys.data.batching import padded_windows
     from recsys.data.cards import load_item_text
-    from recsys.models.recformer_tokens import RecformerTokensConfig, build
+    from recsys.models.recformer_tokens import RecformerTokensConfig, build, prefix_batch, random_prefixes
     from recsys.train import prepare_data
 
     data = prepare_data(DataConfig(dataset=args.dataset), verbose=False)
@@ -64,10 +63,7 @@ def main(argv=None) -> int:
     step_s, history_tokens = [], []
     for step in range(args.steps + 1):
         rows = rng.choice(users, args.batch_size, replace=False)
-        cut = 1 + (rng.random(len(rows)) * (split.train_lengths[rows] - 1)).astype(np.int64)
-        starts = seq.seq_offsets[rows]
-        windows = torch.from_numpy(padded_windows(seq.item_ids, starts, starts + cut, cfg.max_items))
-        targets = torch.from_numpy(np.asarray(seq.item_ids)[starts + cut])
+        windows, targets = prefix_batch(seq, seq.seq_offsets[rows], random_prefixes(split, rows, rng), cfg.max_items)
         t = time.perf_counter()
         loss = model.loss(windows, targets)
         opt.zero_grad()

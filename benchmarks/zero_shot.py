@@ -17,9 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from recsys.baselines import popularity_scorer, random_scorer
 from recsys.config import DataConfig, config_from_dict
 from recsys.data.cards import load_item_text
 from recsys.evaluation import evaluate
@@ -34,9 +32,6 @@ def main(argv=None) -> int:
     p.add_argument("--target", default="ml-1m")
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cold_start import ScoreTable
-
     state = load_checkpoint(Path(args.run_dir) / "best.pt")
     cfg = config_from_dict(state["config"])
     if not cfg.model_name.startswith("recformer"):
@@ -50,13 +45,8 @@ def main(argv=None) -> int:
     results = {"zero-shot " + source: evaluate(model, split, split.test, cfg.max_seq_len, cfg.eval,
                                                normalize=cfg.loss.l2_normalize)}
     seq = split.data
-    lengths = np.diff(seq.seq_offsets)
-    position = np.arange(seq.num_interactions) - np.repeat(seq.seq_offsets[:-1], lengths)
-    counts = np.bincount(seq.item_ids[position < np.repeat(split.train_lengths, lengths)], minlength=seq.num_items)
-    results["popularity"] = evaluate(ScoreTable(torch.tensor(np.log1p(counts), dtype=torch.float32)[:, None]),
-                                     split, split.test, cfg.max_seq_len, cfg.eval)
-    results["random"] = evaluate(ScoreTable(torch.randn(seq.num_items, 16, generator=torch.Generator().manual_seed(1)),
-                                            random_users=True), split, split.test, cfg.max_seq_len, cfg.eval)
+    results["popularity"] = evaluate(popularity_scorer(split), split, split.test, cfg.max_seq_len, cfg.eval)
+    results["random"] = evaluate(random_scorer(seq.num_items), split, split.test, cfg.max_seq_len, cfg.eval)
     print(f"\ntrained on {source}, evaluated on {args.target} ({len(split.test):,} test users, "
           f"{seq.num_items - 1:,} items) without training there")
     print("| scorer | NDCG@10 | HR@10 |")

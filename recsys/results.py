@@ -129,6 +129,11 @@ def plot_learning_curves(records: list[dict], folder: Path) -> list[tuple[str, s
     return made
 
 
+def _command(record: dict) -> str:
+    """The record's command as code, followed by its note when it has one."""
+    return f"`{record['command']}`" + (f" — {record['note']}" if record.get("note") else "")
+
+
 def render_markdown(records: list[dict], references: dict | None = None, plots: list[tuple[str, str]] = ()) -> str:
     references = references or {}
     out = [
@@ -162,7 +167,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 f"| {_machine_short(r['machine'])} | {r['commit']} |"
             )
         out += ["", "Commands:", ""]
-        out += [f"- `{r['command']}`" + (f" — {r['note']}" if r.get("note") else "") for r in train]
+        out += ["- " + _command(r) for r in train]
         out.append("")
         for dataset, name in plots:
             out += [f"![{dataset} learning curves]({name})", ""]
@@ -183,7 +188,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 f"| {r['peak_memory_mb']:.0f} MB | {_machine_short(r['machine'])} | {r['commit']} |"
             )
         out += ["", "Commands:", ""]
-        out += [f"- `{r['command']}`" for r in timing]
+        out += ["- " + _command(r) for r in timing]
         out.append("")
     retrieval = [r for r in records if r["kind"] == "retrieval"]
     if retrieval:
@@ -196,7 +201,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 out.append(f"| {row['index']} | {row['params']} | {row['build_seconds']:.2f} s "
                            f"| {row['queries_per_second']:,.0f} | {row['speedup_vs_exact']:.1f}x "
                            f"| {row['recall@10']:.3f} | {_fmt(row.get('ndcg@10'))} |")
-            out += ["", f"`{r['command']}`", ""]
+            out += ["", _command(r), ""]
     click = [r for r in records if r["kind"] == "click"]
     if click:
         out += ["## Click prediction (test split at the best validation epoch; mean ± std over seeds)", "",
@@ -208,7 +213,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             out.append(f"| {r['date']} | {r['dataset']} | `{r['recipe']}` | {r['model']} | {len(r['per_seed'])} "
                        f"| {cell('auc')} | {cell('gauc')} | {cell('logloss')} "
                        f"| {r['samples']['train']:,} / {r['samples']['test']:,} | {_machine_short(r['machine'])} | {r['commit']} |")
-        out += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in click] + [""]
+        out += ["", "Commands:", ""] + ["- " + _command(r) for r in click] + [""]
     for r in (r for r in records if r["kind"] == "dare_sweep"):
         out += [f"### DARE attention-dimension sweep — `{r['recipe']}`, {r['seeds']} seeds, {r['date']}, commit {r['commit']}", "",
                 f"Stage-1 search: 256 histories of {r['history']:,} behaviours, median ms on {_machine_short(r['machine'])}.", "",
@@ -216,7 +221,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         for row in r["rows"]:
             out.append(f"| {row['attention_dim']} | {row['test_auc_mean']:.4f} ± {row['test_auc_std']:.4f} "
                        f"| {row['test_gauc_mean']:.4f} ± {row['test_gauc_std']:.4f} | {row['stage1_ms']:.2f} ms |")
-        out += ["", f"`{r['command']}`", ""]
+        out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "full_ce"):
         out += [f"## Full-softmax CE, one forward + backward — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}", "",
                 "| items | positions x dim | implementation | seconds | peak RSS | plain logits + grad would need |",
@@ -224,7 +229,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         for row in r["rows"]:
             out.append(f"| {row['items']:,} | {row['positions']:,} x {row['dim']} | {row['impl']} | {row['seconds']:.2f} "
                        f"| {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |")
-        out += ["", f"`{r['command']}`", ""]
+        out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "cold_start"):
         out += [f"## Cold start: {r['dataset']}, {r['cold_items']:,} items held out of training ({r['fraction']:.0%}, "
                 f"seed {r['seed']}) — {r['date']}, commit {r['commit']}", "",
@@ -237,7 +242,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             spe = f"{row['seconds_per_epoch']:.1f}" if "seconds_per_epoch" in row else ""
             out.append(f"| {row['model']} | {row['cold']['ndcg@10']:.4f} | {row['cold']['hr@10']:.4f} "
                        f"| {row['warm']['ndcg@10']:.4f} | {row['warm']['hr@10']:.4f} | {ep} | {spe} |")
-        out += ["", f"`{r['command']}`" + (f" — {r['note']}" if r.get("note") else ""), ""]
+        out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "zero_shot"):
         out += [f"## Zero-shot: {r['model']} trained on {r['source']}, evaluated on {r['target']} — {r['date']}, "
                 f"commit {r['commit']}", "",
@@ -246,7 +251,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 f"On its own test split the model had NDCG@10 {r['source_run']['ndcg@10']:.4f}.", "",
                 "| scorer | NDCG@10 | HR@10 |", "|---|---|---|"]
         out += [f"| {k} | {v['ndcg@10']:.4f} | {v['hr@10']:.4f} |" for k, v in r["rows"].items()]
-        out += ["", f"`{r['command']}`", ""]
+        out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "recformer_tokens"):
         out += [f"## Token-level Recformer on CPU: {r['dataset']} — {r['date']}, {_machine_short(r['machine'])}, "
                 f"commit {r['commit']}", "",
@@ -258,7 +263,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 f"| re-encode the catalogue | {r['encode_catalogue_seconds']:.1f} s | once per stage-1 epoch |",
                 f"| encode one user (evaluation) | {r['user_encode_ms']:.0f} ms | |",
                 f"| stage-1 epoch | | {r['epoch_seconds'] / 60:.1f} min |", "",
-                f"`{r['command']}`" + (f" — {r['note']}" if r.get("note") else ""), ""]
+                _command(r), ""]
     for r in (r for r in records if r["kind"] == "peer_recbole"):
         partial = r.get("recbole_batches")
         out += [f"## Peer: RecBole 1.2.1 SASRec vs ours — {r['dataset']}, max length {r['max_len']}, {r['date']}, "
@@ -271,7 +276,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         for name, v in r["rows"].items():
             ratio = "—" if (partial and name.startswith("test")) else f"{v['ours'] / v['recbole']:.2f}x"
             out.append(f"| {name} | {v['ours']:,.4g} | {v['recbole']:,.4g} | {ratio} |")
-        out += ["", f"`{r['command']}`", ""]
+        out += ["", _command(r), ""]
     scale = [r for r in records if r["kind"] == "eval_scale"]
     if scale:
         out += ["## Full-ranking evaluation at catalogue scale", "",
@@ -283,8 +288,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             out.append(f"| {r['date']} | {r['users']:,} | {r['items']:,} | {r['dim']} | {r['threads']} | {r['seconds']:.1f} "
                        f"| {r['users_per_second']:,.0f} | {r['block_users']} | {r['peak_rss_mb']:,.0f} MB "
                        f"| {r['dense_scores_gb']:,.0f} GB | {r['commit']} |")
-        out += ["", "Commands:", ""] + [f"- `{r['command']}`" + (f" — {r['note']}" if r.get("note") else "")
-                                        for r in scale] + [""]
+        out += ["", "Commands:", ""] + ["- " + _command(r) for r in scale] + [""]
     ingest = [r for r in records if r["kind"] == "ingest"]
     if ingest:
         out += ["## Ingest: a synthetic log to jagged, memory-mappable sequences", "",
@@ -295,7 +299,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                        f"| {r['read_seconds']:.1f} s | {r['prepare_seconds']:.1f} s | {r['save_seconds']:.1f} s "
                        f"| {r['total_seconds']:.1f} s | {r['peak_rss_mb']:,.0f} MB | {_machine_short(r['machine'])} "
                        f"| {r['commit']} |")
-        out += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in ingest] + [""]
+        out += ["", "Commands:", ""] + ["- " + _command(r) for r in ingest] + [""]
     kernels = [r for r in records if r["kind"] == "kernels"]
     for r in kernels:
         out += [f"## HSTU attention kernels — {r['machine'].get('gpu', '?')}, {r['date']}, commit {r['commit']}", "",
@@ -312,7 +316,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 out.append(f"| {row['N']} | {row['batch']} | {row['impl']}{parity} | {row['fwd_ms']:.2f} "
                            f"| {row['fwd_tflops']:.1f} | {row['fwdbwd_ms']:.2f} | {row['fwdbwd_tflops']:.1f} "
                            f"| {row['fwdbwd_peak_mb']:.0f} |")
-        out += ["", f"`{r['command']}`", ""] + ([r["note"], ""] if r.get("note") else [])
+        out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "gpu_check"):
         out += [f"## GPU check — {r['machine'].get('gpu', '?')}, {r['date']}, commit {r['commit']}", "",
                 f"- Kernel parity tests on the GPU (`{r['parity_command']}`): {r['parity_result']}",
@@ -324,7 +328,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             out.append(f"| {backend} | {', '.join(f'{x:.5f}' for x in run['train_loss'])} "
                        f"| {', '.join(f'{x:.1f}' for x in run['train_seconds'])} | {run['hr@10']:.4f} "
                        f"| {run['ndcg@10']:.4f} |")
-        out += ["", f"`{r['command']}`", ""] + ([r["note"], ""] if r.get("note") else [])
+        out += ["", _command(r), ""]
     return "\n".join(out)
 
 

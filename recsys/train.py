@@ -127,9 +127,8 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
         if cfg.split != "leave_one_out":
             raise ConfigError("data.cold_item_fraction needs data.split = 'leave_one_out'")
         seq, cold_items, log = hold_out_items(seq, cfg.cold_item_fraction, cfg.cold_item_seed)
-        for line in log:
-            if verbose:
-                print(line)
+        if verbose:
+            print("\n".join(log))
         info["cold_items"] = int(len(cold_items))
     split = make_split(seq, cfg.split, cfg.valid_cut, cfg.test_cut, verbose=verbose)
     info.update(users=seq.num_users, items=seq.num_items - 1, interactions=seq.num_interactions)

@@ -138,7 +138,6 @@ def hold_out_items(data: SequenceData, fraction: float, seed: int = 0, keep_last
     new_lengths = np.bincount(user_of_event[keep], minlength=data.num_users)
     users_kept = new_lengths >= min_events
     keep &= users_kept[user_of_event]
-    new_lengths = new_lengths * users_kept
     users = np.flatnonzero(users_kept)
     new_offsets = np.concatenate([[0], np.cumsum(new_lengths[users])]).astype(np.int64)
     out = SequenceData(item_ids=item_ids[keep], timestamps=np.asarray(data.timestamps)[keep],

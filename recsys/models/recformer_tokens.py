@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.batching import padded_windows
+
 KIND_SPECIAL, KIND_KEY, KIND_VALUE = 0, 1, 2
 
 
@@ -161,6 +163,17 @@ def build(data, text, cfg: RecformerTokensConfig = RecformerTokensConfig()) -> R
     return RecformerTokens(cfg, ids, kinds, lm.train(), tokenizer.token_to_id("[CLS]"))
 
 
+def random_prefixes(split, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random target index per user inside its training events (>= 1, so the history is never empty)."""
+    return 1 + (rng.random(len(users)) * (split.train_lengths[users] - 1)).astype(np.int64)
+
+
+def prefix_batch(data, starts: np.ndarray, cuts: np.ndarray, max_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(history windows [B, max_items] left-padded, targets [B]): the events before each cut and the one at it."""
+    windows = padded_windows(data.item_ids, starts, starts + cuts, max_items)
+    return torch.from_numpy(windows), torch.from_numpy(np.asarray(data.item_ids)[starts + cuts])
+
+
 def fit(model: RecformerTokens, split, epochs_stage1: int, epochs_stage2: int = 0, batch_size: int = 16,
         lr: float = 5e-5, seed: int = 0, max_steps_per_epoch: int | None = None, eval_fn=None,
         progress: bool = True) -> list[dict]:
@@ -172,38 +185,38 @@ def fit(model: RecformerTokens, split, epochs_stage1: int, epochs_stage2: int = 
     users = np.flatnonzero(split.train_lengths >= 2)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     history, best, best_state = [], -math.inf, None
+    table_is_current = False  # the item table encodes the items with the encoder's current weights
     for epoch in range(epochs_stage1 + epochs_stage2):
         stage = 1 if epoch < epochs_stage1 else 2
-        if stage == 1:
-            model.refresh_item_table()
-        elif epoch == epochs_stage1 and best_state is not None:  # stage 2 starts from the best stage-1 model
+        if epoch == epochs_stage1 and best_state is not None:  # stage 2 starts from the best stage-1 model
             model.load_state_dict(best_state)
-            model.refresh_item_table()
+            table_is_current = False
+        if (stage == 1 or epoch == epochs_stage1) and not table_is_current:
+            model.refresh_item_table()  # stage 1: every epoch; stage 2: once, then frozen
         rng = np.random.default_rng(seed * 1_000_003 + epoch)
         order = rng.permutation(users)
-        cut = 1 + (rng.random(len(order)) * (split.train_lengths[order] - 1)).astype(np.int64)  # target index
+        cuts = random_prefixes(split, order, rng)
         starts = data.seq_offsets[order]
         steps = math.ceil(len(order) / batch_size)
         if max_steps_per_epoch:
             steps = min(steps, max_steps_per_epoch)
         model.train()
-        total, t0 = 0.0, time.perf_counter()
-        from ..data.batching import padded_windows
-
+        total, t0 = torch.zeros((), device=model.item_table.device), time.perf_counter()  # no sync per step
         for step in tqdm(range(steps), desc=f"stage {stage} epoch {epoch + 1}", disable=not progress, leave=False):
             rows = slice(step * batch_size, (step + 1) * batch_size)
-            windows = padded_windows(data.item_ids, starts[rows], starts[rows] + cut[rows], model.cfg.max_items)
-            targets = torch.from_numpy(np.asarray(data.item_ids)[starts[rows] + cut[rows]])
-            loss = model.loss(torch.from_numpy(windows), targets)
+            windows, targets = prefix_batch(data, starts[rows], cuts[rows], model.cfg.max_items)
+            loss = model.loss(windows, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach())
-        record = {"epoch": epoch + 1, "stage": stage, "train_loss": total / max(steps, 1), "steps": steps,
+            total += loss.detach()
+        table_is_current = False
+        record = {"epoch": epoch + 1, "stage": stage, "train_loss": float(total) / max(steps, 1), "steps": steps,
                   "train_seconds": time.perf_counter() - t0, "sequences": min(len(order), steps * batch_size)}
         if eval_fn is not None:
-            if stage == 1:
-                model.refresh_item_table()  # score with the items as this epoch's encoder sees them
+            if stage == 1:  # score with the items as this epoch's encoder sees them (reused by the next epoch)
+                model.refresh_item_table()
+                table_is_current = True
             record["eval"] = eval_fn(model)
             if stage == 1 and record["eval"] > best:
                 best = record["eval"]
