@@ -56,7 +56,11 @@ class HSTUConfig:
     use_time_bias: bool = True
     query_time: Literal["next", "current"] = "next"
     attention_backend: Literal["auto", "reference", "triton"] = "auto"
-    init_std: float = 0.02
+    init_std: float = 0.02  # item embeddings
+    # "reference": as the authors' research code initialises (W_uvqk ~ N(0, 0.02), relative biases
+    # ~ N(0, 0.02), position embeddings ~ N(0, 1/D), W_o Xavier); "xavier": Xavier W_uvqk, zero biases,
+    # position embeddings ~ N(0, init_std) (this project's first version, kept to reproduce it)
+    init_scheme: Literal["reference", "xavier"] = "reference"
 
 
 class HSTULayer(nn.Module):
@@ -71,7 +75,14 @@ class HSTULayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.position_bias = nn.Parameter(torch.zeros(cfg.max_seq_len)) if cfg.use_position_bias else None
         self.time_bias = nn.Parameter(torch.zeros(NUM_TIME_BUCKETS)) if cfg.use_time_bias else None
-        nn.init.xavier_uniform_(self.uvqk.weight)
+        if cfg.init_scheme == "reference":
+            nn.init.normal_(self.uvqk.weight, std=0.02)
+            nn.init.xavier_uniform_(self.out.weight)
+            for bias in (self.position_bias, self.time_bias):
+                if bias is not None:
+                    nn.init.normal_(bias, std=0.02)
+        else:
+            nn.init.xavier_uniform_(self.uvqk.weight)
 
     def forward(self, x, seq_offsets, key_times, query_times):  # x: [T, D] jagged
         T, H = x.shape[0], self.cfg.num_heads
@@ -99,8 +110,9 @@ class HSTU(SequentialEncoder):
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.num_blocks))
-        for emb in (self.item_embedding, self.position_embedding):
-            nn.init.normal_(emb.weight, std=cfg.init_std)
+        position_std = cfg.hidden_dim**-0.5 if cfg.init_scheme == "reference" else cfg.init_std
+        for emb, std in ((self.item_embedding, cfg.init_std), (self.position_embedding, position_std)):
+            nn.init.normal_(emb.weight, std=std)
             emb.weight.data[0].zero_()
 
     def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
