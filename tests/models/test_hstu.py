@@ -67,3 +67,18 @@ def test_overfits_eight_sequences():
         loss.backward()
         opt.step()
     assert loss.item() < 0.1
+
+
+def test_initialisation_schemes():
+    torch.manual_seed(0)
+    ref = HSTU(HSTUConfig(max_seq_len=200, hidden_dim=64, num_blocks=1), num_items=5000)
+    layer = ref.layers[0]
+    assert abs(layer.uvqk.weight.std().item() - 0.02) < 0.002  # W_uvqk ~ N(0, .02)
+    assert abs(ref.position_embedding.weight[1:].std().item() - 64**-0.5) < 0.01  # N(0, 1/D)
+    assert abs(ref.item_embedding.weight[1:].std().item() - 0.02) < 0.002
+    assert layer.position_bias.std().item() > 0.01 and layer.time_bias.std().item() > 0.01
+    assert (ref.position_embedding.weight[0] == 0).all() and (ref.item_embedding.weight[0] == 0).all()
+    old = HSTU(HSTUConfig(max_seq_len=200, hidden_dim=64, num_blocks=1, init_scheme="xavier"), num_items=5000)
+    bound = (6 / (64 + old.layers[0].uvqk.weight.shape[0])) ** 0.5  # Xavier-uniform: std = bound / sqrt(3)
+    assert abs(old.layers[0].uvqk.weight.std().item() - bound / 3**0.5) < 0.005
+    assert (old.layers[0].position_bias == 0).all()
