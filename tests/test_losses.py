@@ -112,3 +112,17 @@ def test_no_targets_gives_zero_loss_with_grad():
     hidden, items, _ = _setup()
     loss = next_item_loss(LossConfig(), hidden, torch.zeros(3, 5, dtype=torch.long), items)
     assert loss.item() == 0.0 and loss.requires_grad
+
+
+@pytest.mark.parametrize("item_chunk", [0, 7])  # one pass (gradients in the forward) and recomputed slices
+def test_chunked_ce_scaled_loss_and_no_grad(item_chunk):
+    hidden, items, targets = _setup(seed=3)
+    mask = targets > 0
+    ref = 2.5 * F.cross_entropy(hidden[mask] @ items[1:].T, targets[mask] - 1)
+    ref_grads = torch.autograd.grad(ref, (hidden, items))
+    got = 2.5 * full_softmax_ce(hidden[mask], items, targets[mask], chunk=4, item_chunk=item_chunk)
+    for a, b in zip(torch.autograd.grad(got, (hidden, items)), ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # no gradients wanted: the value alone, same number
+        value = full_softmax_ce(hidden[mask], items, targets[mask], chunk=4, item_chunk=item_chunk)
+    assert 2.5 * value.item() == pytest.approx(ref.item(), rel=1e-6)
