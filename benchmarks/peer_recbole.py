@@ -1,7 +1,8 @@
-"""Ours against RecBole 1.2.1 on the same machine in the same run: SASRec, full CE, same data and split.
+"""Ours against RecBole 1.2.1 on the same machine in the same run: SASRec or BERT4Rec, full CE, same data and split.
 
-    python benchmarks/peer_recbole.py [--dataset beauty] [--epochs 1] [--recbole-batches 0]
-                                      [--max-len 50] [--threads 2] [--log-results]
+    python benchmarks/peer_recbole.py [--model sasrec|bert4rec] [--dataset beauty] [--epochs 1]
+                                      [--recbole-batches 0] [--max-len 50] [--threads 2]
+                                      [--ce-dtype float32|bfloat16] [--log-results]
 
 Installs RecBole in its own virtual environment (.venv-recbole: torch as TORCH_SPEC, default
 torch==2.13.0, and RecBole 1.2.1, which needs numpy < 2: it assigns ``np.float = np.float_`` at start-up),
@@ -9,16 +10,18 @@ writes the dataset as RecBole's atomic file in our prepared order (each event's 
 index in the user's sequence, so both sides see the same order), and runs, each in a fresh process
 (so peak memory is its own) and one after the other (so neither slows the other):
 
-- RecBole's SASRec (CE loss over all items, ``LS: valid_and_test``, full-sort evaluation, which masks
-  the user's history as ours does with exclude_seen) for ``--epochs`` epochs, or ``--recbole-batches``
-  batches when an epoch would take too long (ML-1M at length 200);
-- ours: the same model size, max length, batch size, learning rate and loss (recipe of the dataset's
-  SASRec+ with overrides) for ``--epochs`` epochs.
+- RecBole's SASRec or BERT4Rec (CE loss over all items, ``LS: valid_and_test``, full-sort evaluation,
+  which masks the user's history as ours does with exclude_seen) for ``--epochs`` epochs, or
+  ``--recbole-batches`` batches when an epoch would take too long (ML-1M at length 200);
+- ours: the same model size, max length, batch size, learning rate, loss and (BERT4Rec) mask
+  probability, from the dataset's recipe with overrides, for ``--epochs`` epochs. ``--ce-dtype
+  bfloat16`` runs our logit GEMMs in bf16 (softmax and sums stay fp32); RecBole has no such option.
 
-Prints training targets per second (RecBole trains one target per prefix sample, ours every position
-of a window: targets, not epochs, are compared), full-evaluation users per second, peak RSS and test
-NDCG@10, as ratios ours / RecBole. NDCG@10 is compared only when both trained on about the same number
-of targets (whole epochs on both sides).
+Prints training targets per second (RecBole's SASRec trains one target per prefix sample, ours every
+position of a window; BERT4Rec on both sides trains the masked positions: targets, not epochs, are
+compared), full-evaluation users per second, peak RSS and test NDCG@10, as ratios ours / RecBole.
+NDCG@10 is compared only when both trained on about the same number of targets (whole epochs on both
+sides).
 """
 from __future__ import annotations
 
@@ -34,7 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-recbole"
 RECBOLE_PINS = ["recbole==1.2.1", "numpy==1.26.4", "pandas==2.2.3", "scipy<1.14"]
-RECIPES = {"beauty": "recipes/beauty/sasrec_ce.toml", "ml-1m": "recipes/ml-1m/sasrec.toml"}
+RECIPES = {("beauty", "sasrec"): "recipes/beauty/sasrec_ce.toml", ("ml-1m", "sasrec"): "recipes/ml-1m/sasrec.toml",
+           ("beauty", "bert4rec"): "recipes/beauty/bert4rec.toml"}
+# the model shape both sides use: heads, feed-forward width (x hidden), dropout
+SHAPES = {"sasrec": (1, 1, 0.5), "bert4rec": (2, 4, 0.2)}
 
 
 def ensure_recbole() -> Path:
@@ -87,7 +93,10 @@ print(json.dumps({{"test": out["test"], "epochs_run": out["epochs_run"], "train_
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="beauty", choices=sorted(RECIPES))
+    p.add_argument("--model", default="sasrec", choices=sorted(SHAPES))
+    p.add_argument("--dataset", default="beauty", choices=sorted({d for d, _ in RECIPES}))
+    p.add_argument("--mask-prob", type=float, default=0.2, help="BERT4Rec: masking probability on both sides")
+    p.add_argument("--ce-dtype", default="float32", choices=["float32", "bfloat16"], help="ours: logit GEMM dtype")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--recbole-batches", type=int, default=0, help="stop RecBole after this many batches (0: whole epochs)")
     p.add_argument("--max-len", type=int, default=None)
@@ -98,23 +107,30 @@ def main(argv=None) -> int:
     from recsys.config import load_recipe
     from recsys.train import prepare_data
 
-    recipe = RECIPES[args.dataset]
+    if (args.dataset, args.model) not in RECIPES:
+        p.error(f"no {args.model} recipe for {args.dataset}: one of {sorted(RECIPES)}")
+    recipe = RECIPES[args.dataset, args.model]
     max_len = args.max_len or (50 if args.dataset == "beauty" else 200)
     hidden = 64
-    overrides = [f"model.max_seq_len={max_len}", f"model.hidden_dim={hidden}", "model.num_blocks=2", "model.num_heads=1",
-                 "model.dropout=0.5", "loss.name=ce", "loss.l2_normalize=false", "loss.temperature=1.0",
-                 "data.split=leave_one_out", "train.batch_size=128", "train.lr=0.001", f"train.epochs={args.epochs}",
-                 "train.patience=0", f"train.num_threads={args.threads}"]
+    heads, ffn_mult, dropout = SHAPES[args.model]
+    overrides = [f"model.max_seq_len={max_len}", f"model.hidden_dim={hidden}", "model.num_blocks=2",
+                 f"model.num_heads={heads}", f"model.dropout={dropout}", "loss.name=ce", "loss.l2_normalize=false",
+                 "loss.temperature=1.0", f"loss.ce_matmul_dtype={args.ce_dtype}", "data.split=leave_one_out",
+                 "train.batch_size=128", "train.lr=0.001", f"train.epochs={args.epochs}", "train.patience=0",
+                 f"train.num_threads={args.threads}"]
+    if args.model == "bert4rec":
+        overrides += [f"model.mask_prob={args.mask_prob}", f"model.ffn_dim={ffn_mult * hidden}"]
     cfg = load_recipe(recipe, overrides)
     python = ensure_recbole()
     with tempfile.TemporaryDirectory() as tmp:
         seq = prepare_data(cfg.data, verbose=False).split.data
         write_atomic(seq, Path(tmp), args.dataset)
-        child_args = {"data_path": tmp, "dataset": args.dataset, "hidden_dim": hidden, "ffn_dim": hidden,
-                      "num_blocks": 2, "num_heads": 1, "dropout": 0.5, "max_len": max_len, "batch_size": 128,
-                      "lr": 0.001, "epochs": args.epochs, "seed": 42, "max_batches": args.recbole_batches}
+        child_args = {"model": args.model, "data_path": tmp, "dataset": args.dataset, "hidden_dim": hidden,
+                      "ffn_dim": ffn_mult * hidden, "num_blocks": 2, "num_heads": heads, "dropout": dropout,
+                      "mask_prob": args.mask_prob, "max_len": max_len, "batch_size": 128, "lr": 0.001,
+                      "epochs": args.epochs, "seed": 42, "max_batches": args.recbole_batches}
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-        print(f"RecBole 1.2.1 SASRec on {args.dataset} ({seq.num_users:,} users, {seq.num_items - 1:,} items), "
+        print(f"RecBole 1.2.1 {args.model} on {args.dataset} ({seq.num_users:,} users, {seq.num_items - 1:,} items), "
               f"max length {max_len}, {args.threads} threads ...", flush=True)
         done = subprocess.run([python, str(ROOT / "benchmarks" / "peer_recbole_child.py"), json.dumps(child_args)],
                               capture_output=True, text=True, env=env, cwd=tmp)
@@ -134,7 +150,8 @@ def main(argv=None) -> int:
         "test NDCG@10": (mine["test"]["ndcg@10"], theirs["ndcg@10"]),
         "test HR@10": (mine["test"]["hr@10"], theirs["hr@10"]),
     }
-    print(f"\n| {args.dataset}, SASRec full CE, len {max_len} | ours | RecBole 1.2.1 | ours / RecBole |")
+    print(f"\n| {args.dataset}, {args.model} full CE ({args.ce_dtype} GEMMs ours), len {max_len} | ours | "
+          "RecBole 1.2.1 | ours / RecBole |")
     print("|---|---|---|---|")
     for name, (a, b) in rows.items():
         if name.startswith("test") and args.recbole_batches:  # unequal training: the quality is not comparable
@@ -147,7 +164,8 @@ def main(argv=None) -> int:
 
         append_record(make_record(
             "peer_recbole", command="python benchmarks/peer_recbole.py " + " ".join(
-                map(shlex.quote, argv if argv is not None else sys.argv[1:])), dataset=args.dataset, max_len=max_len,
+                map(shlex.quote, argv if argv is not None else sys.argv[1:])), dataset=args.dataset, model=args.model,
+            ce_dtype=args.ce_dtype, mask_prob=args.mask_prob if args.model == "bert4rec" else None, max_len=max_len,
             epochs=args.epochs, recbole_batches=args.recbole_batches, threads=args.threads,
             rows={k: {"ours": a, "recbole": b} for k, (a, b) in rows.items()}, ours=mine, recbole=theirs), args.log_results)
     return 0

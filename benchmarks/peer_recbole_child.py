@@ -2,9 +2,9 @@
 
     python benchmarks/peer_recbole_child.py JSON_ARGS
 
-Builds RecBole's dataset from the atomic file the parent wrote, trains its SASRec (full CE) for the
-given epochs (or batches), evaluates the test split with full ranking, and prints one JSON line:
-training targets (RecBole trains one target per prefix sample), seconds, test NDCG@10 / Hit@10,
+Builds RecBole's dataset from the atomic file the parent wrote, trains its SASRec or BERT4Rec (full CE)
+for the given epochs (or batches), evaluates the test split with full ranking, and prints one JSON line:
+training targets (SASRec: one per prefix sample; BERT4Rec: the masked positions), seconds, test NDCG@10 / Hit@10,
 evaluation seconds and users, and the process's peak RSS.
 """
 import json
@@ -17,11 +17,13 @@ def main() -> int:
     args = json.loads(sys.argv[1])
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
-    from recbole.model.sequential_recommender import SASRec
+    from recbole.model.sequential_recommender import BERT4Rec, SASRec
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    cfg = Config(model="SASRec", dataset=args["dataset"], config_dict={
+    bert = args.get("model") == "bert4rec"
+    extra = {"mask_ratio": args["mask_prob"]} if bert else {}
+    cfg = Config(model="BERT4Rec" if bert else "SASRec", dataset=args["dataset"], config_dict={**extra,
         "data_path": args["data_path"], "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "loss_type": "CE", "train_neg_sample_args": None,
         "hidden_size": args["hidden_dim"], "inner_size": args["ffn_dim"], "n_layers": args["num_blocks"],
@@ -38,7 +40,7 @@ def main() -> int:
     dataset = create_dataset(cfg)
     train, _valid, test = data_preparation(cfg, dataset)
     build_s = time.perf_counter() - t
-    model = SASRec(cfg, train.dataset)
+    model = (BERT4Rec if bert else SASRec)(cfg, train.dataset)
     trainer = Trainer(cfg, model)
     max_batches = args.get("max_batches") or 0
     targets = 0
@@ -53,7 +55,8 @@ def main() -> int:
             loss = model.calculate_loss(interaction)
             loss.backward()
             trainer.optimizer.step()
-            targets += len(interaction)
+            # SASRec: one target per prefix sample; BERT4Rec: one per masked position
+            targets += int((interaction[model.POS_ITEMS] > 0).sum()) if bert else len(interaction)
         train_s += time.perf_counter() - start
     start = time.perf_counter()
     result = trainer.evaluate(test, load_best_model=False, show_progress=False)

@@ -266,10 +266,13 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 _command(r), ""]
     for r in (r for r in records if r["kind"] == "peer_recbole"):
         partial = r.get("recbole_batches")
-        out += [f"## Peer: RecBole 1.2.1 SASRec vs ours — {r['dataset']}, max length {r['max_len']}, {r['date']}, "
+        model = {"sasrec": "SASRec", "bert4rec": "BERT4Rec"}[r.get("model", "sasrec")]
+        details = (f"; ours with {r['ce_dtype']} logit GEMMs" if r.get("ce_dtype", "float32") != "float32" else "") + (
+            f"; mask probability {r['mask_prob']} on both sides" if r.get("mask_prob") is not None else "")
+        out += [f"## Peer: RecBole 1.2.1 {model} vs ours — {r['dataset']}, max length {r['max_len']}, {r['date']}, "
                 f"{_machine_short(r['machine'])}, commit {r['commit']}", "",
                 "Same data order, leave-one-out split, full-CE loss, model size, max length, batch size and learning rate; "
-                "each side in its own process, one after the other, " + f"{r['threads']} threads. "
+                "each side in its own process, one after the other, " + f"{r['threads']} threads{details}. "
                 + (f"RecBole trained {partial} batches (an epoch would take too long), ours {r['epochs']} epoch(s): "
                    "throughput only, quality not comparable." if partial else f"Both trained {r['epochs']} epoch(s)."), "",
                 "| | ours | RecBole | ours / RecBole |", "|---|---|---|---|"]
