@@ -149,13 +149,23 @@ def sample_negatives(
     return torch.randint(1, num_items, shape, generator=generator, device=device)
 
 
+# negatives drawn per position: below this many catalogue items per negative, scoring the whole
+# catalogue with one GEMM and picking the sampled columns beats gathering [B, L, N, D] item vectors
+# (a memory-bound gather, a batched dot of width D, and a scatter-add of N x D per position in the
+# backward): on ML-1M (3,615 items, 128 negatives) the loss's share of an HSTU step drops from ~3/4.
+DENSE_NEGATIVES_MAX_ITEMS_PER_NEGATIVE = 64
+
+
 def negative_logits(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     """hidden [B, L, D] . items[negatives] -> [B, L, N]."""
     if negatives.shape[0] == 1:  # shared by the batch: one GEMM
         return hidden @ items[negatives[0, 0]].T
     if negatives.shape[1] == 1:  # shared along each sequence: one GEMM per sequence
         return torch.bmm(hidden, items[negatives[:, 0]].transpose(1, 2))
-    return torch.einsum("bld,blnd->bln", hidden, items[negatives])  # drawn per position
+    # drawn per position
+    if items.shape[0] <= DENSE_NEGATIVES_MAX_ITEMS_PER_NEGATIVE * negatives.shape[-1]:
+        return (hidden @ items.T).gather(-1, negatives)  # [B, L, V] -> [B, L, N]
+    return torch.einsum("bld,blnd->bln", hidden, items[negatives])
 
 
 def next_item_loss(

@@ -126,3 +126,20 @@ def test_chunked_ce_scaled_loss_and_no_grad(item_chunk):
     with torch.no_grad():  # no gradients wanted: the value alone, same number
         value = full_softmax_ce(hidden[mask], items, targets[mask], chunk=4, item_chunk=item_chunk)
     assert 2.5 * value.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_per_position_negatives_dense_and_gathered_paths_agree(monkeypatch):
+    """Negatives drawn per position are scored either from one whole-catalogue GEMM (small catalogues)
+    or by gathering their vectors (large ones): same loss and gradients."""
+    import recsys.losses as losses
+
+    hidden, items, targets = _setup(V=40, seed=5)
+    cfg = LossConfig(name="sampled_softmax", num_negatives=8, negatives_shared="position", temperature=0.05,
+                     l2_normalize=True)
+    results = []
+    for limit in (10**6, 0):  # dense, then gathered
+        monkeypatch.setattr(losses, "DENSE_NEGATIVES_MAX_ITEMS_PER_NEGATIVE", limit)
+        loss = next_item_loss(cfg, hidden, targets, items, generator=torch.Generator().manual_seed(9))
+        results.append((loss, *torch.autograd.grad(loss, (hidden, items))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -77,12 +77,12 @@ def hstu_attention_reference(
         if time_bias is not None:
             gap = query_times[index][:, :, None] - key_times[index][:, None, :]  # [g, n, n]
             scores = scores + time_bias[time_buckets(gap, time_bias.shape[0])][:, None]
-        attn = F.silu(scores) / max_seq_len
+        attn = F.silu(scores)  # the 1 / max_seq_len is applied to the (smaller) output below
         allowed = valid[:, None, :, None] & valid[:, None, None, :]
         if causal:
             allowed = allowed & (pos[:, None] >= pos[None, :])
         attn = attn.masked_fill(~allowed, 0.0)
-        og = (attn.to(vg.dtype) @ vg).transpose(1, 2)  # [g, n, H, Dv]; fp32 bias tables promote attn
+        og = (attn.to(vg.dtype) @ vg).transpose(1, 2) / max_seq_len  # [g, n, H, Dv]; fp32 bias tables promote attn
         out[index[valid]] = og[valid].to(out.dtype)  # bias tables may be fp32 under bf16 inputs
     return out
 
