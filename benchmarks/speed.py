@@ -56,7 +56,8 @@ def main(argv=None) -> int:
         ("model / loss", f"{cfg.model_name} / {cfg.loss.name}, max_seq_len {cfg.max_seq_len}, batch {cfg.train.batch_size}"),
         ("torch threads", str(torch.get_num_threads())),
         ("load + prepare", f"{load_seconds:.2f} s"),
-        ("train epoch", f"{epoch['train_seconds']:.1f} s  ({epoch['train_targets']:,} targets, "
+        ("train epoch", f"{epoch['train_seconds']:.1f} s  ({epoch['train_sequences']:,} sequences, "
+                        f"{epoch['sequences_per_second']:,.0f} sequences/s; {epoch['train_targets']:,} targets, "
                         f"{epoch['targets_per_second']:,.0f} targets/s)"),
         ("full evaluation", f"{ev['seconds']:.2f} s  ({ev['num_users']:,} users x {info['items']:,} items, "
                             f"{ev['num_users'] / ev['seconds']:,.0f} users/s)"),
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
                 recipe=args.recipe, dataset=info, model=cfg.model_name, loss=cfg.loss.name,
                 max_seq_len=cfg.max_seq_len, batch_size=cfg.train.batch_size,
                 train_epoch_seconds=epoch["train_seconds"], train_targets=epoch["train_targets"],
-                targets_per_second=epoch["targets_per_second"], eval_seconds=ev["seconds"],
+                targets_per_second=epoch["targets_per_second"], train_sequences=epoch["train_sequences"],
+                sequences_per_second=epoch["sequences_per_second"], eval_seconds=ev["seconds"],
                 eval_users=ev["num_users"], eval_users_per_second=ev["num_users"] / ev["seconds"],
                 gemm_seconds=gemm_seconds, load_seconds=load_seconds, peak_memory_mb=peak_memory_mb(),
             ),

@@ -176,14 +176,16 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         out += [
             "## Speed: one training epoch and one full-ranking evaluation",
             "",
-            "| date | dataset (file) | model / loss | max len | train epoch | targets/s | evaluation (users x items) | users/s | peak mem | machine | commit |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| date | dataset (file) | recipe: model / loss | max len | train epoch | sequences/s | targets/s "
+            "| evaluation (users x items) | users/s | peak mem | machine | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in timing:
             ds = r["dataset"]
             out.append(
-                f"| {r['date']} | {ds['dataset']} ({ds.get('file', '?')}) | {r['model']} / {r['loss']} | {r['max_seq_len']} "
-                f"| {r['train_epoch_seconds']:.1f} s | {r['targets_per_second']:,.0f} "
+                f"| {r['date']} | {ds['dataset']} ({ds.get('file', '?')}) | {Path(r.get('recipe', '')).stem or '?'}: {r['model']} / "
+                f"{r['loss']} | {r['max_seq_len']} | {r['train_epoch_seconds']:.1f} s "
+                f"| {'–' if r.get('sequences_per_second') is None else format(r['sequences_per_second'], ',.0f')} | {r['targets_per_second']:,.0f} "
                 f"| {r['eval_seconds']:.2f} s ({r['eval_users']:,} x {ds['items']:,}) | {r['eval_users_per_second']:,.0f} "
                 f"| {r['peak_memory_mb']:.0f} MB | {_machine_short(r['machine'])} | {r['commit']} |"
             )

@@ -315,7 +315,8 @@ class Trainer:
             float(targets), dtype=torch.float64, device=self.device)]))
         targets = int(totals[1])
         return {"train_loss": float(totals[0]) / max(steps * world, 1), "train_seconds": seconds,
-                "train_targets": targets, "targets_per_second": targets / seconds}
+                "train_targets": targets, "targets_per_second": targets / seconds,
+                "train_sequences": n_users * world, "sequences_per_second": n_users * world / seconds}
 
     def evaluate(self, which: str = "valid", progress: bool = False, return_ranks: bool = False) -> dict:
         """which: valid, test, or (with held-out items) test_cold / test_warm."""
