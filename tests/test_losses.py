@@ -143,3 +143,19 @@ def test_per_position_negatives_dense_and_gathered_paths_agree(monkeypatch):
         results.append((loss, *torch.autograd.grad(loss, (hidden, items))))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_sampled_columns_equals_gather_of_full_scores(chunk):
+    from recsys.losses import SampledColumns
+
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(10, 6, generator=g, requires_grad=True)
+    items = torch.randn(15, 6, generator=g, requires_grad=True)
+    columns = torch.randint(0, 15, (10, 20), generator=g)  # 20 > 15: repeated columns must add up
+    weights = torch.randn(10, 20, generator=g)
+    ref = ((hidden @ items.T).gather(1, columns) * weights).sum()
+    got = (SampledColumns.apply(hidden, items, columns, chunk) * weights).sum()
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(torch.autograd.grad(got, (hidden, items)), torch.autograd.grad(ref, (hidden, items))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
