@@ -191,18 +191,16 @@ class SampledColumns(torch.autograd.Function):
         return grad_hidden, grad_items, None, None
 
 
-def negative_logits(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """hidden [B, L, D] . items[negatives] -> [B, L, N]."""
-    if negatives.shape[0] == 1:  # shared by the batch: one GEMM
+def negative_logits(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, shared: str) -> torch.Tensor:
+    """Scores of sampled negatives. shared "batch": hidden [B, L, D], negatives [1, 1, N] -> [B, L, N];
+    "sequence": negatives [B, 1, N] -> [B, L, N]; "position": hidden [P, D], negatives [P, N] -> [P, N]."""
+    if shared == "batch":  # one GEMM
         return hidden @ items[negatives[0, 0]].T
-    if negatives.shape[1] == 1:  # shared along each sequence: one GEMM per sequence
+    if shared == "sequence":  # one GEMM per sequence
         return torch.bmm(hidden, items[negatives[:, 0]].transpose(1, 2))
-    # drawn per position
     if items.shape[0] <= DENSE_NEGATIVES_MAX_ITEMS_PER_NEGATIVE * negatives.shape[-1]:
-        B, L, D = hidden.shape
-        flat = SampledColumns.apply(hidden.reshape(B * L, D), items, negatives.reshape(B * L, -1), 2048)
-        return flat.view(B, L, -1)
-    return torch.einsum("bld,blnd->bln", hidden, items[negatives])
+        return SampledColumns.apply(hidden, items, negatives, 2048)
+    return torch.einsum("pd,pnd->pn", hidden, items[negatives])
 
 
 def next_item_loss(
@@ -225,23 +223,28 @@ def next_item_loss(
 
     B, L, _ = hidden.shape
     h, w = _normalise(cfg, hidden, items)
-    pos_logits = (h * w[target_ids]).sum(-1)  # [B, L]
     n = 1 if cfg.name == "bce" else cfg.num_negatives
     negatives = sample_negatives(cfg, num_items, B, L, n, generator, hidden.device)
-    neg_logits = negative_logits(h, w, negatives)  # [B, L, N]
-    collide = negatives == target_ids[:, :, None]  # [B, L, N]
+    targets = target_ids[mask]  # [P]: only positions with a target are scored
+    if cfg.negatives_shared == "position":
+        h, negatives = h[mask], negatives[mask]  # [P, D], [P, N]
+        neg_logits = negative_logits(h, w, negatives, "position")  # [P, N]
+    else:
+        neg_logits = negative_logits(h, w, negatives, cfg.negatives_shared)[mask]  # [B, L, N] -> [P, N]
+        h, negatives = h[mask], negatives.expand(B, L, n)[mask]
+    pos_logits = (h * w[targets]).sum(-1)  # [P]
+    collide = negatives == targets[:, None]  # [P, N]
 
     if cfg.name == "sampled_softmax":
         neg_logits = neg_logits.masked_fill(collide, float("-inf"))
-        logits = torch.cat([pos_logits[..., None], neg_logits], dim=-1) / cfg.temperature  # [B, L, 1 + N]
-        loss = -F.log_softmax(logits, dim=-1)[..., 0]
-        return loss[mask].mean()
+        logits = torch.cat([pos_logits[:, None], neg_logits], dim=-1) / cfg.temperature  # [P, 1 + N]
+        return -F.log_softmax(logits, dim=-1)[:, 0].mean()
     if cfg.name in ("bce", "gbce"):
         beta = 1.0
         if cfg.name == "gbce":
             alpha = n / (num_items - 1)
             beta = alpha * (cfg.gbce_t * (1 - 1 / alpha) + 1 / alpha)
-        pos_term = -beta * F.logsigmoid(pos_logits)  # [B, L]
-        neg_term = (-F.logsigmoid(-neg_logits)).masked_fill(collide, 0.0).sum(-1)  # [B, L]
-        return (pos_term + neg_term)[mask].mean()
+        pos_term = -beta * F.logsigmoid(pos_logits)  # [P]
+        neg_term = (-F.logsigmoid(-neg_logits)).masked_fill(collide, 0.0).sum(-1)  # [P]
+        return (pos_term + neg_term).mean()
     raise ValueError(f"unknown loss {cfg.name!r}; allowed: {list(LOSSES)}")

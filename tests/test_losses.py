@@ -62,9 +62,10 @@ def test_sampled_softmax_masks_collisions():
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("batch", [3, 1])  # one sequence: per-position negatives still drawn per position
 @pytest.mark.parametrize("shared", ["batch", "sequence", "position"])
-def test_sampled_softmax_matches_hand_formula(shared):
-    hidden, items, targets = _setup()
+def test_sampled_softmax_matches_hand_formula(shared, batch):
+    hidden, items, targets = _setup(B=batch)
     cfg = LossConfig(name="sampled_softmax", num_negatives=6, negatives_shared=shared, temperature=0.1,
                      l2_normalize=True)
     torch.manual_seed(3)
