@@ -9,8 +9,10 @@ with N the configured maximum sequence length (a constant, so jagged and padded 
 ``rab[i, j] = position_bias[i - j] + time_bias[bucket(query_time_i - time_j)]``, where
 ``bucket(d) = clamp(floor(ln(max(|d|, 1)) / 0.301), 0, num_buckets - 1)``. There is no softmax.
 
-The reference processes sequences in groups, padding each group only to its own longest sequence and
-bounding the [group, heads, n, n] score block by ``max_block_elements``; it is what the fused Triton
+The reference processes sequences in groups of similar length (shortest first, at most
+``GROUP_SEQUENCES`` per group), padding each group only to its own longest sequence and bounding the
+[group, heads, n, n] score block by ``max_block_elements``: a batch of mixed lengths costs about the sum
+of its squared lengths, not batch x longest squared. It is what the fused Triton
 kernel (:mod:`recsys.kernels.hstu_attention_triton`) is tested against. This module imports nothing
 else from the package, and Triton only when the kernel is used.
 """
@@ -28,13 +30,18 @@ def time_buckets(delta: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return torch.floor(torch.log(d) / TIME_BUCKET_DIVISOR).clamp(0, num_buckets - 1).long()
 
 
+GROUP_SEQUENCES = 16
+
+
 def _groups(lengths: torch.Tensor, heads: int, max_block_elements: int) -> list[tuple[int, int]]:
-    """Consecutive sequence ranges whose padded score block [g, H, n, n] stays under the budget."""
+    """Consecutive ranges of ``lengths`` (sorted ascending by the caller) of at most ``GROUP_SEQUENCES``
+    sequences whose padded score block [g, H, n, n] stays under the budget."""
     groups, start, longest = [], 0, 0
     lengths_list = lengths.tolist()  # one entry per sequence
     for b, n in enumerate(lengths_list):
         longest_if = max(longest, n)
-        if b > start and (b - start + 1) * heads * longest_if * longest_if > max_block_elements:
+        too_big = (b - start + 1) * heads * longest_if * longest_if > max_block_elements
+        if b > start and (too_big or b - start == GROUP_SEQUENCES):
             groups.append((start, b))
             start, longest_if = b, n
         longest = longest_if
@@ -60,12 +67,14 @@ def hstu_attention_reference(
     lengths = seq_offsets[1:] - seq_offsets[:-1]
     if T == 0:
         return out
-    for first, last in _groups(lengths.cpu(), H, max_block_elements):
-        lens = lengths[first:last]
+    order = torch.argsort(lengths, stable=True)  # shortest first: groups of similar length
+    for first, last in _groups(lengths[order].cpu(), H, max_block_elements):
+        members = order[first:last]
+        lens = lengths[members]
         n = int(lens.max()) if len(lens) else 0
         if n == 0:
             continue
-        starts = seq_offsets[first:last]
+        starts = seq_offsets[members]
         pos = torch.arange(n, device=q.device)
         valid = pos[None, :] < lens[:, None]  # [g, n]
         index = (starts[:, None] + pos[None, :]).clamp(max=T - 1)  # [g, n]
