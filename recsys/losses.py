@@ -154,6 +154,7 @@ def sample_negatives(
 # (a memory-bound gather, a batched dot of width D, and a scatter-add of N x D per position in the
 # backward): on ML-1M (3,615 items, 128 negatives) the loss's share of an HSTU step drops from ~3/4.
 DENSE_NEGATIVES_MAX_ITEMS_PER_NEGATIVE = 64
+DENSE_NEGATIVES_ROWS_PER_BLOCK = 2048  # rows of the reused [rows, V] score buffer
 
 
 class SampledColumns(torch.autograd.Function):
@@ -199,7 +200,7 @@ def negative_logits(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.
     if shared == "sequence":  # one GEMM per sequence
         return torch.bmm(hidden, items[negatives[:, 0]].transpose(1, 2))
     if items.shape[0] <= DENSE_NEGATIVES_MAX_ITEMS_PER_NEGATIVE * negatives.shape[-1]:
-        return SampledColumns.apply(hidden, items, negatives, 2048)
+        return SampledColumns.apply(hidden, items, negatives, DENSE_NEGATIVES_ROWS_PER_BLOCK)
     return torch.einsum("pd,pnd->pn", hidden, items[negatives])
 
 
@@ -225,14 +226,14 @@ def next_item_loss(
     h, w = _normalise(cfg, hidden, items)
     n = 1 if cfg.name == "bce" else cfg.num_negatives
     negatives = sample_negatives(cfg, num_items, B, L, n, generator, hidden.device)
-    targets = target_ids[mask]  # [P]: only positions with a target are scored
+    targets, scored = target_ids[mask], h[mask]  # [P], [P, D]: only positions with a target are scored
     if cfg.negatives_shared == "position":
-        h, negatives = h[mask], negatives[mask]  # [P, D], [P, N]
-        neg_logits = negative_logits(h, w, negatives, "position")  # [P, N]
-    else:
+        negatives = negatives[mask]  # [P, N]
+        neg_logits = negative_logits(scored, w, negatives, "position")  # [P, N]
+    else:  # shared negatives: one GEMM over the padded batch, then the scored positions
         neg_logits = negative_logits(h, w, negatives, cfg.negatives_shared)[mask]  # [B, L, N] -> [P, N]
-        h, negatives = h[mask], negatives.expand(B, L, n)[mask]
-    pos_logits = (h * w[targets]).sum(-1)  # [P]
+        negatives = negatives.expand(B, L, n)[mask]
+    pos_logits = (scored * w[targets]).sum(-1)  # [P]
     collide = negatives == targets[:, None]  # [P, N]
 
     if cfg.name == "sampled_softmax":
