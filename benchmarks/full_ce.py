@@ -1,7 +1,7 @@
 """Full-softmax cross-entropy over a large catalogue: chunked (ours) vs the plain logits matrix.
 
     python benchmarks/full_ce.py [--items 1000000] [--positions 25600] [--dim 64] [--plain-items 20000]
-                                 [--impls plain chunked chunked-bf16 item-chunked] [--item-chunk 65536]
+                                 [--impls plain chunked chunked-bf16 item-chunked gemms gemms-bf16] [--item-chunk 65536]
 
 One forward + backward of the mean CE of ``positions`` hidden states (128 sequences x 200 positions by
 default) against ``items`` item vectors. The plain version materialises [positions, items] logits (and
@@ -10,6 +10,10 @@ the chunked version at the same size, and the chunked version alone at the full 
 peak RSS, each implementation in its own process; their losses agree (gradients: tests/test_losses.py).
 "chunked" blocks 64 positions x the whole catalogue; "item-chunked" blocks 64 positions x
 ``--item-chunk`` items with an online log-sum-exp, so its block does not grow with the catalogue.
+"gemms" / "gemms-bf16" time only the three GEMMs a forward + backward of full CE needs (logits, then the
+gradients of hidden states and items, same blocks, no softmax): the machine's arithmetic ceiling for this
+loss, which no implementation of exact full CE can beat. GFLOP/s counts those GEMMs' 6 x positions x
+items x dim floating-point operations for every implementation.
 """
 from __future__ import annotations
 
@@ -35,16 +39,29 @@ def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
     targets = torch.randint(1, V + 1, (positions,), generator=g)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    if impl == "plain":
+    if impl.startswith("gemms"):
+        with torch.no_grad():
+            dtype = torch.bfloat16 if impl == "gemms-bf16" else torch.float32
+            w, h = items[1:].to(dtype), hidden.to(dtype)
+            grad_hidden, grad_items = torch.empty_like(h), torch.zeros_like(w)
+            for first in range(0, positions, 64):
+                hc = h[first : first + 64]
+                g = w @ hc.T  # [V, c] logits
+                grad_hidden[first : first + 64] = g.T @ w
+                grad_items += g @ hc
+            loss = torch.zeros(())  # no loss value: only the time of the GEMMs counts
+    elif impl == "plain":
         loss = F.cross_entropy(hidden @ items[1:].T, targets - 1)
     else:
         loss = full_softmax_ce(hidden, items, targets, 64, torch.bfloat16 if impl == "chunked-bf16" else None,
                                item_chunk if impl == "item-chunked" else 0)
-    loss.backward()
+    if loss.requires_grad:
+        loss.backward()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"items": V, "positions": positions, "dim": dim, "impl": impl, "seconds": seconds, "loss": loss.item(),
-            "peak_rss_mb": peak, "rss_growth_mb": peak - base, "plain_logits_gb": positions * V * 4 * 2 / 2**30}
+            "peak_rss_mb": peak, "rss_growth_mb": peak - base,
+            "gflops": 6 * positions * V * dim / seconds / 1e9, "plain_logits_gb": positions * V * 4 * 2 / 2**30}
 
 
 def main(argv=None) -> int:
@@ -53,7 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--positions", type=int, default=25_600)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--plain-items", type=int, default=20_000)
-    p.add_argument("--impls", nargs="+", default=["plain", "chunked", "chunked-bf16", "item-chunked"])
+    p.add_argument("--impls", nargs="+", default=["plain", "chunked", "chunked-bf16", "item-chunked"],
+                   help="plain chunked chunked-bf16 item-chunked gemms gemms-bf16")
     p.add_argument("--item-chunk", type=int, default=65_536)
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
@@ -62,9 +80,8 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.positions, args.dim, args.item_chunk)))
         return 0
     rows = []
-    plan = [(args.plain_items, "plain"), (args.plain_items, "chunked"), (args.plain_items, "chunked-bf16"),
-            (args.plain_items, "item-chunked"), (args.items, "chunked"), (args.items, "chunked-bf16"),
-            (args.items, "item-chunked")]
+    impls = ["chunked", "chunked-bf16", "item-chunked", "gemms", "gemms-bf16"]
+    plan = [(args.plain_items, "plain")] + [(args.plain_items, i) for i in impls] + [(args.items, i) for i in impls]
     plan = [(V, impl) for V, impl in plan if impl in args.impls and V > 0]
     for V, impl in plan:  # each in a fresh process, so its peak memory is its own
         done = subprocess.run([sys.executable, __file__, "--child", impl, str(V), "--positions", str(args.positions),
@@ -76,7 +93,7 @@ def main(argv=None) -> int:
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         extra = f"  (the plain logits + gradient would need {row['plain_logits_gb']:,.1f} GB)" if V == args.items else ""
-        print(f"items {V:>9,}  {impl:13s} {row['seconds']:8.2f} s  peak RSS {row['peak_rss_mb']:8.0f} MB "
+        print(f"items {V:>9,}  {impl:13s} {row['seconds']:8.2f} s  {row['gflops']:6.1f} GFLOP/s  peak RSS {row['peak_rss_mb']:8.0f} MB "
               f"(+{row['rss_growth_mb']:.0f})  loss {row['loss']:.5f}{extra}", flush=True)
     if args.log_results:
         append_record(make_record("full_ce", commit=git_commit(), rows=rows, item_chunk=args.item_chunk,

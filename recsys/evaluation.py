@@ -63,7 +63,7 @@ def evaluate(
     padded_items = F.pad(items, (0, 0, 0, (-num_items) % 255))  # [V_pad, D]
     fits = (cfg.max_block_mb * 2**20) // (4 * padded_items.shape[0])  # users whose scores fit the budget
     block = max(8, min(cfg.block_size, fits) // 8 * 8)
-    buffers: dict[int, torch.Tensor] = {}
+    buffer = torch.empty(padded_items.shape[0] * block, device=device)  # [V_pad * block] scores
     sums: dict[str, float] = {}
     all_ranks = []
     # users in order of history length: each block is only as wide as its longest history;
@@ -85,9 +85,9 @@ def evaluate(
             users = F.normalize(users, dim=-1)
         b = users.shape[0]
         b_pad = b + (-b) % 8
-        if b_pad not in buffers:  # reused: a fresh [V, b] allocation per block costs page faults
-            buffers[b_pad] = torch.empty(padded_items.shape[0], b_pad, device=device)
-        scores_t = buffers[b_pad]
+        # one reused buffer (a fresh [V, b] allocation per block costs page faults); a smaller last
+        # block is a contiguous view of its front, so there is never a second [V, b] block in memory
+        scores_t = buffer[: padded_items.shape[0] * b_pad].view(padded_items.shape[0], b_pad)
         torch.mm(padded_items, F.pad(users, (0, 0, 0, b_pad - b)).T, out=scores_t)
         scores_t[0] = float("-inf")  # padding id is never a candidate
         scores_t[num_items:] = float("-inf")  # nor are the rows added for alignment

@@ -66,10 +66,19 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         if item_chunk == V and any(ctx.needs_input_grad[:2]):  # one pass: loss and both gradients
             grad_hidden = torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32)
             grad_items = torch.zeros(items.shape, device=items.device, dtype=torch.float32)
+            # one [V, chunk] block buffer for the whole batch (a smaller last block is a contiguous view
+            # of its front): a fresh block per chunk costs page faults and leaves the heap fragmented
+            block = torch.empty(V * min(chunk, P), device=hidden.device, dtype=torch.float32)
+            low = torch.empty(V * min(chunk, P), device=hidden.device, dtype=compute_dtype) if compute_dtype else None
             for start in range(0, P, chunk):
                 hc, tc = h[start : start + chunk], targets[start : start + chunk]
-                cols = torch.arange(hc.shape[0], device=hidden.device)
-                g = (w @ hc.T).float()  # [V, c] logits
+                c = hc.shape[0]
+                cols = torch.arange(c, device=hidden.device)
+                g = block[: V * c].view(V, c)  # [V, c] logits
+                if low is None:
+                    torch.mm(w, hc.T, out=g)
+                else:
+                    g.copy_(torch.mm(w, hc.T, out=low[: V * c].view(V, c)))
                 target_logits[start : start + chunk] = g[tc, cols]
                 # softmax / P - onehot / P in four passes over the block (the [V, c] elementwise
                 # work costs about as much as the GEMMs, so every pass counts)
@@ -79,9 +88,13 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 lse[start : start + chunk] = col_max + col_sum.log()
                 g.mul_((1.0 / (col_sum * P))[None])
                 g[tc, cols] -= 1.0 / P
-                gc = g.to(compute_dtype) if compute_dtype else g
-                grad_hidden[start : start + chunk] = (gc.T @ w).float()
-                grad_items += (gc @ hc).float()
+                if low is None:
+                    torch.mm(g.T, w, out=grad_hidden[start : start + c])
+                    grad_items.addmm_(g, hc)
+                else:
+                    gc = low[: V * c].view(V, c).copy_(g)
+                    grad_hidden[start : start + c] = gc.T @ w
+                    grad_items += gc @ hc
             ctx.save_for_backward(grad_hidden, grad_items)
             ctx.fused, ctx.dtypes = True, (hidden.dtype, items.dtype)
             return (lse - target_logits).mean()

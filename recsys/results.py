@@ -226,11 +226,12 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "full_ce"):
         out += [f"## Full-softmax CE, one forward + backward — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}", "",
-                "| items | positions x dim | implementation | seconds | peak RSS | plain logits + grad would need |",
-                "|---|---|---|---|---|---|"]
+                "| items | positions x dim | implementation | seconds | GFLOP/s (3 GEMMs) | peak RSS | plain logits + grad would need |",
+                "|---|---|---|---|---|---|---|"]
         for row in r["rows"]:
+            gflops = 6 * row["positions"] * row["items"] * row["dim"] / row["seconds"] / 1e9
             out.append(f"| {row['items']:,} | {row['positions']:,} x {row['dim']} | {row['impl']} | {row['seconds']:.2f} "
-                       f"| {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |")
+                       f"| {gflops:,.1f} | {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |")
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "cold_start"):
         out += [f"## Cold start: {r['dataset']}, {r['cold_items']:,} items held out of training ({r['fraction']:.0%}, "

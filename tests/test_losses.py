@@ -32,12 +32,13 @@ def test_chunked_ce_equals_plain_cross_entropy(chunk, item_chunk):
     assert grads[1][0].abs().sum() == 0  # the padding row is never a candidate
 
 
-def test_bf16_logits_stay_close_to_fp32():
+@pytest.mark.parametrize("chunk", [64, 5])  # one block; several, the last one smaller
+def test_bf16_logits_stay_close_to_fp32(chunk):
     hidden, items, targets = _setup(B=4, L=8, D=16, V=500)
     mask = targets > 0
     ref = full_softmax_ce(hidden[mask], items, targets[mask])
     ref_grads = torch.autograd.grad(ref, (hidden, items))
-    got = full_softmax_ce(hidden[mask], items, targets[mask], compute_dtype=torch.bfloat16)
+    got = full_softmax_ce(hidden[mask], items, targets[mask], chunk=chunk, compute_dtype=torch.bfloat16)
     grads = torch.autograd.grad(got, (hidden, items))
     # bf16 keeps 8 significant bits: logits (and so the loss) agree to ~1%, gradients to a few %
     assert got.item() == pytest.approx(ref.item(), rel=1e-2)
