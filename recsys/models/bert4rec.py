@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
+from .dropout import Dropout
 from .sasrec import Block, SASRecConfig, causal_padding_mask
 
 
@@ -52,7 +53,7 @@ class BERT4Rec(SequentialEncoder):
         self.mask_token = num_items  # one row past the catalogue
         self.item_embedding = nn.Embedding(num_items + 1, cfg.hidden_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.emb_dropout = Dropout(cfg.dropout)
         block_cfg = SASRecConfig(
             max_seq_len=cfg.max_seq_len, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
             ffn_dim=cfg.ffn_dim or 4 * cfg.hidden_dim, dropout=cfg.dropout,

@@ -44,6 +44,7 @@ from torch import nn
 
 from ..kernels.hstu_attention import hstu_attention
 from .base import SequentialEncoder, padding_and_positions, register
+from .dropout import Dropout
 
 NUM_TIME_BUCKETS = 129
 
@@ -77,7 +78,7 @@ class HSTULayer(nn.Module):
         self.v_dim = cfg.v_dim or cfg.hidden_dim // H
         self.uvqk = nn.Linear(cfg.hidden_dim, H * (2 * self.v_dim + 2 * self.qk_dim), bias=False)
         self.out = nn.Linear(H * self.v_dim, cfg.hidden_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.position_bias = nn.Parameter(torch.zeros(cfg.max_seq_len)) if cfg.use_position_bias else None
         self.time_bias = nn.Parameter(torch.zeros(NUM_TIME_BUCKETS)) if cfg.use_time_bias else None
         if cfg.init_scheme == "reference":
@@ -113,7 +114,7 @@ class HSTU(SequentialEncoder):
         self.cfg = cfg
         self.item_embedding = nn.Embedding(num_items, cfg.hidden_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.emb_dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.num_blocks))
         position_std = cfg.hidden_dim**-0.5 if cfg.init_scheme == "reference" else cfg.init_std
         for emb, std in ((self.item_embedding, cfg.init_std), (self.position_embedding, position_std)):

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
+from .dropout import Dropout
 from .sasrec import Block, SASRecConfig, causal_padding_mask
 
 
@@ -52,7 +53,7 @@ class Recformer(SequentialEncoder):
                                      nn.Linear(cfg.adapter_dim, cfg.hidden_dim))
         self.item_position = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         nn.init.normal_(self.item_position.weight, std=cfg.init_std)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.emb_dropout = Dropout(cfg.dropout)
         block_cfg = SASRecConfig(max_seq_len=cfg.max_seq_len, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
                                  dropout=cfg.dropout)
         self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.num_blocks))

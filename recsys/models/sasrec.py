@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
+from .dropout import Dropout
 
 
 @dataclass
@@ -81,8 +82,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(dim, cfg.num_heads, cfg.dropout, cfg.attention_table_dim)
         self.ln_ffn = nn.LayerNorm(dim)
         ffn = cfg.ffn_dim or dim
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(ffn, dim))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), Dropout(cfg.dropout), nn.Linear(ffn, dim))
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, attention_input: torch.Tensor | None = None):
         x = x + self.drop(self.attn(self.ln_attn(x), attn_mask, attention_input))
@@ -112,7 +113,7 @@ class SASRec(SequentialEncoder):
         self.cfg = cfg
         self.item_embedding = nn.Embedding(num_items, cfg.hidden_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.emb_dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_blocks))
         self.final_ln = nn.LayerNorm(cfg.hidden_dim)
         tables = [self.item_embedding, self.position_embedding]
