@@ -87,3 +87,26 @@ def test_decoupled_attention_table_only_steers_attention():
     assert m.item_vectors() is m.item_embedding.weight
     # with one table (the default) the model has no attention table at all
     assert not hasattr(SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16), 30), "attention_embedding")
+
+
+def test_training_attention_dropout_is_unbiased_and_causal():
+    from recsys.models.sasrec import CausalSelfAttention, causal_padding_mask
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, 2, dropout=0.5)
+    item_ids = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    mask = causal_padding_mask(item_ids)
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        expected = attn.eval()(x, mask)  # SDPA, no dropout
+        attn.train()
+        mean = sum(attn(x, mask) for _ in range(4000)) / 4000  # dropout on the attention weights
+        torch.testing.assert_close(mean, expected, atol=0.03, rtol=0.0)
+        assert not torch.allclose(attn(x, mask), expected, atol=1e-3)  # dropout is on in training
+        x2 = x.clone()
+        x2[:, -1] += 1.0  # change the last position only
+        torch.manual_seed(5)
+        a = attn(x, mask)
+        torch.manual_seed(5)
+        b = attn(x2, mask)
+        torch.testing.assert_close(a[:, :-1], b[:, :-1])
