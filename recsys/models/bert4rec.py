@@ -67,17 +67,20 @@ class BERT4Rec(SequentialEncoder):
     def item_vectors(self) -> torch.Tensor:
         return self.item_embedding.weight[: self.num_items]  # the [mask] row is never a candidate
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
+    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
+        """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
+        last block)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad
         attn_mask = causal_padding_mask(item_ids, causal=False)
-        for block in self.blocks:
-            x = block(x, attn_mask) * not_pad
+        for i, block in enumerate(self.blocks):
+            last = last_only and i == len(self.blocks) - 1
+            x = block(x, attn_mask, last_only=last) * (not_pad[:, -1:] if last else not_pad)
         return self.final_ln(x)
 
     def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
         """Append [mask] after the history (dropping the oldest item if the window is full)."""
         keep = item_ids[:, -(self.cfg.max_seq_len - 1):] if self.cfg.max_seq_len > 1 else item_ids[:, :0]
         mask = torch.full((item_ids.shape[0], 1), self.mask_token, dtype=item_ids.dtype, device=item_ids.device)
-        return self(torch.cat([keep, mask], dim=1))[:, -1]
+        return self(torch.cat([keep, mask], dim=1), last_only=True)[:, -1]

@@ -61,7 +61,10 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, attention_input: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, attention_input: torch.Tensor | None = None,
+                last_only: bool = False):
+        """[B, L, D] -> [B, L, D], or [B, 1, D] for the last query only (``last_only``: keys and values
+        still come from every position)."""
         B, L, D = x.shape
         H = self.num_heads
         if attention_input is None:
@@ -69,7 +72,9 @@ class CausalSelfAttention(nn.Module):
         else:
             q, k = self.qk(attention_input).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
             v = self.v(x).view(B, L, H, D // H).transpose(1, 2)
-        # q, k, v: [B, H, L, D/H]; attn_mask: [B, 1, L, L] bool, True = may attend
+        if last_only:
+            q, attn_mask, L = q[:, :, -1:], attn_mask[:, :, -1:], 1
+        # q: [B, H, L, D/H], k, v: [B, H, L_keys, D/H]; attn_mask: [B, 1, L, L_keys] bool, True = may attend
         if self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's CPU path with dropout is this same math with a bernoulli_ mask (3x slower to draw)
             weights = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).masked_fill_(~attn_mask, float("-inf"))
@@ -90,8 +95,12 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), Dropout(cfg.dropout), nn.Linear(ffn, dim))
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, attention_input: torch.Tensor | None = None):
-        x = x + self.drop(self.attn(self.ln_attn(x), attn_mask, attention_input))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, attention_input: torch.Tensor | None = None,
+                last_only: bool = False):
+        """[B, L, D] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output alone (the
+        last block of an evaluation, which reads no other position: a 1 / L share of its attention and FFN)."""
+        residual = x[:, -1:] if last_only else x
+        x = residual + self.drop(self.attn(self.ln_attn(x), attn_mask, attention_input, last_only))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
@@ -130,7 +139,9 @@ class SASRec(SequentialEncoder):
             nn.init.normal_(emb.weight, std=cfg.init_std)
             emb.weight.data[0].zero_()
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
+    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
+        """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
+        last block)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad  # [B, L, D]
@@ -139,6 +150,10 @@ class SASRec(SequentialEncoder):
             attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)
             attention_input = self.emb_dropout(attention_input + self.attention_position(positions)) * not_pad
         attn_mask = causal_padding_mask(item_ids, causal=True)
-        for block in self.blocks:
-            x = block(x, attn_mask, attention_input) * not_pad
+        for i, block in enumerate(self.blocks):
+            last = last_only and i == len(self.blocks) - 1
+            x = block(x, attn_mask, attention_input, last) * (not_pad[:, -1:] if last else not_pad)
         return self.final_ln(x)
+
+    def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
+        return self(item_ids, last_only=True)[:, -1]

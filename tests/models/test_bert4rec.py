@@ -65,3 +65,10 @@ def test_overfits_eight_sequences_by_cloze():
     last = model(torch.cat([seqs[:, :-1], torch.full((8, 1), model.mask_token)], 1))[:, -1] @ model.item_vectors().T
     last[:, 0] = float("-inf")
     assert (last.argmax(-1) == seqs[:, -1]).float().mean() >= 0.9
+
+
+def test_user_vectors_of_a_padded_batch_equal_the_full_forward():
+    m = _model()
+    ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 7]])
+    with_mask = torch.cat([ids, torch.full((3, 1), 30)], dim=1)
+    torch.testing.assert_close(m.user_vectors(ids), m(with_mask)[:, -1])

@@ -110,3 +110,13 @@ def test_training_attention_dropout_is_unbiased_and_causal():
         torch.manual_seed(5)
         b = attn(x2, mask)
         torch.testing.assert_close(a[:, :-1], b[:, :-1])
+
+
+@pytest.mark.parametrize("kw", [{}, {"attention_table_dim": 8}, {"num_blocks": 3}])
+def test_user_vectors_compute_the_last_block_for_the_last_position_only(kw):
+    torch.manual_seed(0)
+    cfg = SASRecConfig(**{"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.0, **kw})
+    m = SASRec(cfg, num_items=40).eval()
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9]])
+    torch.testing.assert_close(m.user_vectors(ids), m(ids)[:, -1])
+    assert m(ids, last_only=True).shape == (3, 1, 16)
