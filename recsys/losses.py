@@ -172,9 +172,38 @@ def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
     return ChunkedSoftmaxCE.apply(hidden, items[1:], targets - 1, chunk, compute_dtype, item_chunk)
 
 
+class L2Normalize(torch.autograd.Function):
+    """``F.normalize(x, dim=-1)`` with a hand-written backward: ``(g - y (g . y)) / |x|``.
+
+    Autograd's version of ``x / |x|.clamp_min(eps)`` walks the [rows, D] tensor about ten times in the
+    backward; this one three times. It runs on the whole item table every step of a cosine-scored model
+    (HSTU): ~40 -> ~13 ms per step for Beauty's 54,542 x 64 on one thread. Rows whose norm is under
+    ``eps`` get ``g / eps``, as ``F.normalize`` gives them (tested)."""
+
+    @staticmethod
+    def forward(ctx, x, eps: float = 1e-12):
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # [..., 1]
+        clamped = norm <= eps
+        norm = norm.clamp_min(eps)
+        y = x / norm
+        ctx.save_for_backward(y, norm, clamped)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        y, norm, clamped = ctx.saved_tensors
+        dot = (grad_y * y).sum(dim=-1, keepdim=True).masked_fill_(clamped, 0.0)  # clamped rows: norm is a constant
+        return (grad_y - y * dot).div_(norm), None
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` scaled to unit L2 norm (``F.normalize(x, dim=-1)``, faster backward)."""
+    return L2Normalize.apply(x) if x.requires_grad else F.normalize(x, dim=-1)
+
+
 def _normalise(cfg: LossConfig, hidden: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.l2_normalize:
-        return F.normalize(hidden, dim=-1), F.normalize(items, dim=-1)
+        return l2_normalize(hidden), l2_normalize(items)
     return hidden, items
 
 

@@ -176,3 +176,21 @@ def test_sampled_columns_equals_gather_of_full_scores(chunk):
     torch.testing.assert_close(got, ref)
     for a, b in zip(torch.autograd.grad(got, (hidden, items)), torch.autograd.grad(ref, (hidden, items))):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_l2_normalize_equals_f_normalize_with_gradients():
+    from recsys.losses import l2_normalize
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 8, generator=g)
+    x[0] = 0.0  # a padding row: norm clamped
+    x[1] = 1e-14  # under eps
+    x[2] *= 1e3
+    grad = torch.randn(50, 8, generator=g)
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    ya, yb = l2_normalize(a), F.normalize(b, dim=-1)
+    torch.testing.assert_close(ya, yb)
+    ya.backward(grad)
+    yb.backward(grad)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
