@@ -137,9 +137,9 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.fused:
+        if ctx.fused:  # scaled in place: a second backward through this graph fails on the version check
             grad_hidden, grad_items = ctx.saved_tensors
-            return ((grad_hidden * grad_out).to(ctx.dtypes[0]), (grad_items * grad_out).to(ctx.dtypes[1]),
+            return (grad_hidden.mul_(grad_out).to(ctx.dtypes[0]), grad_items.mul_(grad_out).to(ctx.dtypes[1]),
                     None, None, None, None)
         hidden, items, targets, lse = ctx.saved_tensors
         P, V = hidden.shape[0], items.shape[0]

@@ -194,3 +194,13 @@ def test_l2_normalize_equals_f_normalize_with_gradients():
     ya.backward(grad)
     yb.backward(grad)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_ce_refuses_a_second_backward_through_the_same_graph():
+    # the fused pass scales its stored gradients in place: a retained graph must not silently reuse them
+    hidden, items, targets = _setup()
+    mask = targets > 0
+    loss = full_softmax_ce(hidden[mask], items, targets[mask])
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
