@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every RecBole 1.2.1 comparison of issue 8, one after the other (run it alone: each side's throughput
+# is timed), results appended to benchmarks/results.jsonl:
+#   bash benchmarks/peer_all.sh [THREADS]
+# SASRec on Beauty (one whole epoch on both sides, so NDCG@10 compares at about the same targets),
+# fp32 and bf16 logit GEMMs on our side; BERT4Rec on Beauty (RecBole stopped after 200 batches: its
+# epoch takes ~30 min here), fp32 and bf16; SASRec on the partial ML-1M file (RecBole stopped after 40
+# batches). About 35 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads="${1:-2}"
+py="${PYTHON:-.venv/bin/python}"
+for spec in \
+    "--dataset beauty --epochs 1" \
+    "--dataset beauty --epochs 1 --ce-dtype bfloat16" \
+    "--model bert4rec --dataset beauty --epochs 1 --recbole-batches 200" \
+    "--model bert4rec --dataset beauty --epochs 1 --recbole-batches 200 --ce-dtype bfloat16" \
+    "--dataset ml-1m --recbole-batches 40"; do
+    # shellcheck disable=SC2086
+    "$py" benchmarks/peer_recbole.py $spec --threads "$threads" --log-results
+done
