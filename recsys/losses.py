@@ -44,15 +44,17 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     block spans the whole catalogue; otherwise the catalogue is walked in slices and each position's
     log-sum-exp is combined across slices online (``logaddexp`` of the running value and the slice's),
     so memory does not grow with the catalogue. With a whole-catalogue block and gradients wanted, the
-    forward turns each block into ``softmax - onehot`` as soon as its log-sum-exp is known and
-    accumulates both gradients right there (two GEMMs), so nothing is recomputed: 3 GEMMs per block
-    instead of 4, and the backward only scales the stored gradients. With catalogue slices the
-    log-sum-exp is known only after the last slice: the forward keeps each position's log-sum-exp and
-    target logit, and the backward recomputes each block's logits and turns them into
+    forward exponentiates each block in place, and as soon as its column sums are known accumulates
+    both gradients right there: ``(softmax - onehot) / P`` is never formed, its per-position scale goes
+    onto the small [c, D] GEMM operands and the onehot part is an index_add. Nothing is recomputed
+    (3 GEMMs per block instead of 4) and the backward only scales the stored gradients. With catalogue
+    slices the log-sum-exp is known only after the last slice: the forward keeps each position's
+    log-sum-exp and target logit, and the backward recomputes each block's logits and turns them into
     ``softmax - onehot`` in place. Same value and gradients as ``F.cross_entropy(hidden @ items.T,
     targets)`` to float rounding (tested). ``compute_dtype=torch.bfloat16`` runs the three GEMMs in
-    bf16 (about 2x faster on CPUs with bf16 units) while the softmax and every sum stay fp32, as
-    mixed-precision training does.
+    bf16 (about 2x faster on CPUs with bf16 units) while every sum stays fp32, as mixed-precision
+    training does; when the logits are bounded (no max-shift needed) the exponentials are computed in
+    fp32 and stored in bf16, the precision the gradient GEMMs read them in.
     """
 
     @staticmethod
