@@ -44,10 +44,10 @@ def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
             dtype = torch.bfloat16 if impl == "gemms-bf16" else torch.float32
             w, h = items[1:].to(dtype), hidden.to(dtype)
             grad_hidden, grad_items = torch.empty_like(h), torch.zeros_like(w)
-            block = torch.empty(V, 64, dtype=dtype)
+            block = torch.empty(V * 64, dtype=dtype)  # reused; a smaller last block is a view of its front
             for first in range(0, positions, 64):
                 hc = h[first : first + 64]
-                g = block[:, : hc.shape[0]] if hc.shape[0] == 64 else torch.empty(V, hc.shape[0], dtype=dtype)
+                g = block[: V * hc.shape[0]].view(V, hc.shape[0])
                 torch.mm(w, hc.T, out=g)  # [V, c] logits
                 torch.mm(g.T, w, out=grad_hidden[first : first + 64])
                 grad_items.addmm_(g, hc)

@@ -90,27 +90,20 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 # E = exp(logits - shift) in place; (softmax - onehot) / P = E * scale - onehot / P with a
                 # per-position scale, which goes onto the small [c, D] operands of the gradient GEMMs
                 # instead of a pass over the block (the [V, c] elementwise work costs as much as the GEMMs)
-                if block is None:
-                    e = torch.mm(w, hc.T, out=low[: V * c].view(V, c))  # [V, c] logits, bf16
-                    target_logits[rows] = e[tc, cols]
-                    col_sum = e.exp_().sum(dim=0, dtype=torch.float32)
-                    lse[rows] = col_sum.log()
-                else:
-                    e = block[: V * c].view(V, c)  # [V, c] logits, fp32
-                    if low is None:
-                        torch.mm(w, hc.T, out=e)
-                    else:
-                        e.copy_(torch.mm(w, hc.T, out=low[: V * c].view(V, c)))
-                    target_logits[rows] = e[tc, cols]
-                    if bounded:
-                        col_sum = e.exp_().sum(dim=0)
-                        lse[rows] = col_sum.log()
-                    else:
-                        col_max = e.amax(dim=0)
-                        col_sum = e.sub_(col_max).exp_().sum(dim=0)
-                        lse[rows] = col_max + col_sum.log()
-                    if low is not None:
-                        e = low[: V * c].view(V, c).copy_(e)
+                low_c = low[: V * c].view(V, c) if low is not None else None
+                e = low_c if block is None else block[: V * c].view(V, c)  # [V, c] logits (bf16 or fp32)
+                if low_c is None or e is low_c:
+                    torch.mm(w, hc.T, out=e)
+                else:  # bf16 GEMM, fp32 softmax
+                    e.copy_(torch.mm(w, hc.T, out=low_c))
+                target_logits[rows] = e[tc, cols]
+                col_max = None if bounded else e.amax(dim=0)
+                if col_max is not None:
+                    e.sub_(col_max)
+                col_sum = e.exp_().sum(dim=0, dtype=torch.float32)
+                lse[rows] = col_sum.log() if col_max is None else col_max + col_sum.log()
+                if low_c is not None and e is not low_c:
+                    e = low_c.copy_(e)  # the gradient GEMMs read bf16
                 scale = (1.0 / (col_sum * P))[:, None]  # [c, 1]
                 if e.dtype == torch.float32:
                     torch.mm(e.T, w, out=grad_hidden[rows]).mul_(scale)
@@ -177,9 +170,10 @@ def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
 class L2Normalize(torch.autograd.Function):
     """``F.normalize(x, dim=-1)`` with a hand-written backward: ``(g - y (g . y)) / |x|``.
 
-    Autograd's version of ``x / |x|.clamp_min(eps)`` walks the [rows, D] tensor about ten times in the
-    backward; this one three times. It runs on the whole item table every step of a cosine-scored model
-    (HSTU): ~40 -> ~13 ms per step for Beauty's 54,542 x 64 on one thread. Rows whose norm is under
+    Autograd's backward of ``x / |x|.clamp_min(eps)`` goes through the division's and the norm's
+    gradients separately; this one is a handful of elementwise ops. It runs on the whole item table
+    every step of a cosine-scored model (HSTU): forward + backward ~40 -> ~13 ms for Beauty's
+    54,542 x 64 on one thread. Rows whose norm is under
     ``eps`` get ``g / eps``, as ``F.normalize`` gives them (tested)."""
 
     @staticmethod

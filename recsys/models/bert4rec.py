@@ -26,7 +26,7 @@ from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .sasrec import Block, SASRecConfig, causal_padding_mask
+from .sasrec import Block, SASRecConfig, causal_padding_mask, run_blocks
 
 
 @dataclass
@@ -74,10 +74,7 @@ class BERT4Rec(SequentialEncoder):
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad
         attn_mask = causal_padding_mask(item_ids, causal=False)
-        for i, block in enumerate(self.blocks):
-            last = last_only and i == len(self.blocks) - 1
-            x = block(x, attn_mask, last_only=last) * (not_pad[:, -1:] if last else not_pad)
-        return self.final_ln(x)
+        return self.final_ln(run_blocks(self.blocks, x, attn_mask, not_pad, last_only=last_only))
 
     def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
         """Append [mask] after the history (dropping the oldest item if the window is full)."""

@@ -104,6 +104,16 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor, not_pad: torch.Tensor,
+               attention_input: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+    """The blocks in order, padding re-zeroed after each: [B, L, D] -> [B, L, D], or [B, 1, D] with
+    ``last_only`` (the last block computes the last position only)."""
+    for i, block in enumerate(blocks):
+        last = last_only and i == len(blocks) - 1
+        x = block(x, attn_mask, attention_input, last) * (not_pad[:, -1:] if last else not_pad)
+    return x
+
+
 def causal_padding_mask(item_ids: torch.Tensor, causal: bool = True) -> torch.Tensor:
     """[B, 1, L, L] bool: query i may attend key j if j is not padding (and j <= i when causal).
 
@@ -150,10 +160,7 @@ class SASRec(SequentialEncoder):
             attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)
             attention_input = self.emb_dropout(attention_input + self.attention_position(positions)) * not_pad
         attn_mask = causal_padding_mask(item_ids, causal=True)
-        for i, block in enumerate(self.blocks):
-            last = last_only and i == len(self.blocks) - 1
-            x = block(x, attn_mask, attention_input, last) * (not_pad[:, -1:] if last else not_pad)
-        return self.final_ln(x)
+        return self.final_ln(run_blocks(self.blocks, x, attn_mask, not_pad, attention_input, last_only))
 
     def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
         return self(item_ids, last_only=True)[:, -1]
