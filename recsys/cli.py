@@ -31,7 +31,10 @@ def print_metrics_table(title: str, metrics: dict, ks) -> None:
     for m in METRIC_ORDER:
         row = "  ".join(f"{m}@{k}={metrics[f'{m}@{k}']:.4f}" for k in ks)
         print(f"  {row}")
-    print(f"  {'mrr':<{width}} = {metrics['mrr']:.4f}")
+    if "mrr" in metrics:  # not under eval.ranks="cutoff"
+        print(f"  {'mrr':<{width}} = {metrics['mrr']:.4f}")
+    if "fully_ranked_users" in metrics:
+        print(f"  ranks cut at {max(ks)}: {metrics['fully_ranked_users']:,} users ranked against every item")
 
 
 def cmd_train_click(args) -> int:

@@ -212,13 +212,17 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("loss.temperature", cfg.loss.temperature > 0, "> 0"),
         ("eval.ks", all(k >= 1 for k in cfg.eval.ks) and len(cfg.eval.ks) > 0, "positive integers"),
         ("eval.block_size", cfg.eval.block_size >= 1, ">= 1"),
+        ("eval.ranks", cfg.eval.ranks in ("all", "cutoff"), "'all' or 'cutoff'"),
+        ("eval.popular_items", cfg.eval.popular_items >= 1, ">= 1"),
         ("model.max_seq_len", getattr(cfg.model, "max_seq_len", 1) >= 1, ">= 1"),
         ("data.k_core", cfg.data.k_core >= 0, ">= 0"),
     ]
     for key, ok, what in checks:
         if not ok:
             raise ConfigError(f"{key} must be {what}")
-    allowed_metrics = [f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "recall", "ndcg", "mrr")] + ["mrr"]
+    allowed_metrics = [f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "recall", "ndcg", "mrr")]
+    if cfg.eval.ranks == "all":
+        allowed_metrics.append("mrr")  # the uncut MRR needs every exact rank (recsys.evaluation)
     if cfg.eval.early_stopping_metric not in allowed_metrics:
         raise ConfigError(
             f"eval.early_stopping_metric: {cfg.eval.early_stopping_metric!r} is not computed; allowed: {allowed_metrics}"

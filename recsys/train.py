@@ -14,11 +14,13 @@ samples, so a resumed run ends with exactly the metrics of an uninterrupted one.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,26 @@ def load_checkpoint(path: Path) -> dict:
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks of up to 32 MB for reuse instead of handing them back to the OS.
+
+    Every CPU training step allocates and frees several [items, D] tensors (gradients, optimizer
+    temporaries, logit blocks). By default glibc maps such blocks fresh and unmaps them on free, so each
+    reuse costs a page fault per 4 KiB: ~12,000 faults and ~12% of a step on Beauty (measured with
+    ru_minflt). Kept in the heap they are reused without faults; the peak stays what the largest step
+    needs. Returns whether the settings were applied: not on other C libraries, nor when the user set
+    MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (theirs win).
+    """
+    if sys.platform != "linux" or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**30))
+    except (OSError, AttributeError):  # musl and others: no glibc mallopt
+        return False
 
 
 # ----------------------------------------------------------------------------- data
@@ -203,6 +225,8 @@ class Trainer:
         self.data = data or prepare_data(cfg.data, verbose=progress)
         self.split = self.data.split
         self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cpu":
+            retain_freed_memory()
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)

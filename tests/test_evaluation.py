@@ -9,6 +9,7 @@ from recsys.data.splits import make_split
 from recsys.evaluation import EvalConfig, evaluate
 from recsys.metrics import ranking_metrics
 from recsys.models.sasrec import SASRec, SASRecConfig
+from tests.conftest import REPO, needs_data
 
 
 def _split(n_users=50, n_items=300, seed=0):
@@ -74,3 +75,101 @@ def test_memory_budget_shrinks_blocks_not_results():
     big = evaluate(model, split, split.test, 8, EvalConfig(block_size=512), return_ranks=True)["ranks"]
     tiny = evaluate(model, split, split.test, 8, EvalConfig(block_size=512, max_block_mb=0), return_ranks=True)["ranks"]
     assert torch.equal(big, tiny)
+
+
+CUT_METRICS = [f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("hr", "recall", "ndcg", "mrr")]
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+@pytest.mark.parametrize("tie_policy", ["optimistic", "pessimistic"])
+@pytest.mark.parametrize("popular_items", [1, 20, 1000])
+def test_cutoff_ranks_give_the_same_cut_metrics(exclude_seen, tie_policy, popular_items):
+    split = _split(n_users=120, seed=3)
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=1), split.data.num_items)
+    with torch.no_grad():  # duplicated item vectors: ties between items, decided by tie_policy on both paths
+        model.item_embedding.weight[2:40:2] = model.item_embedding.weight[1:39:2]
+    kw = dict(ks=(1, 5, 10, 20), exclude_seen=exclude_seen, tie_policy=tie_policy, block_size=16)
+    full = evaluate(model, split, split.test, 8, EvalConfig(**kw), return_ranks=True)
+    cut = evaluate(model, split, split.test, 8, EvalConfig(**kw, ranks="cutoff", popular_items=popular_items))
+    for name in CUT_METRICS:
+        assert cut[name] == full[name], name
+    assert "mrr" in full and "mrr" not in cut  # the uncut MRR needs every exact rank
+    # the users ranked against every item are at least those ranked <= 20, and (with enough popular
+    # items) only a few more: the popular items decided the others
+    assert cut["fully_ranked_users"] >= int((full["ranks"] <= 20).sum())
+    if popular_items == 1000:
+        assert cut["fully_ranked_users"] == int((full["ranks"] <= 20).sum())
+    if popular_items == 1:
+        assert cut["fully_ranked_users"] == len(split.test)
+
+
+def test_cutoff_ranks_when_popular_items_score_lowest():
+    """A model that ranks the popular items last decides nothing from them: everyone is ranked fully."""
+    split = _split(n_users=60, seed=4)
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=1), split.data.num_items)
+    counts = np.bincount(split.data.item_ids, minlength=split.data.num_items)
+    popular = torch.from_numpy(np.argsort(-counts[1:])[:20] + 1)
+    with torch.no_grad():
+        model.item_embedding.weight[popular] = 0.0  # the bias-free SASRec scores these 0 for everyone
+    kw = dict(ks=(10,), block_size=32)
+    full = evaluate(model, split, split.test, 8, EvalConfig(**kw), return_ranks=True)
+    cut = evaluate(model, split, split.test, 8, EvalConfig(**kw, ranks="cutoff", popular_items=20))
+    assert cut["ndcg@10"] == full["ndcg@10"] and cut["hr@10"] == full["hr@10"]
+
+
+def test_cutoff_ranks_refuse_return_ranks_and_uncut_mrr_early_stopping():
+    from recsys.config import ConfigError, load_recipe
+
+    split = _split(n_users=10)
+    model = SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=1), split.data.num_items)
+    with pytest.raises(ValueError, match="return_ranks"):
+        evaluate(model, split, split.test, 8, EvalConfig(ranks="cutoff"), return_ranks=True)
+    with pytest.raises(ConfigError, match="'mrr' is not computed"):
+        load_recipe("recipes/ml-100k/sasrec.toml", ["eval.ranks=cutoff", "eval.early_stopping_metric=mrr"])
+    with pytest.raises(ConfigError, match="eval.ranks"):
+        load_recipe("recipes/ml-100k/sasrec.toml", ["eval.ranks=top"])
+
+
+@needs_data("ml-100k")
+def test_cutoff_ranks_on_a_trained_ml100k_model(tmp_path):
+    from recsys.config import load_recipe
+    from recsys.train import Trainer, prepare_data
+
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", [
+        "model.hidden_dim=32", "model.num_blocks=1", "train.epochs=3", "train.patience=0", "train.num_threads=1"])
+    trainer = Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
+    trainer.fit()
+    full = trainer.evaluate("test")
+    trainer.cfg.eval.ranks = "cutoff"
+    cut = trainer.evaluate("test")
+    for name in (f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "ndcg", "mrr")):
+        assert cut[name] == full[name], name
+    assert full["ndcg@10"] > 0.02  # a model that learned something
+    assert cut["fully_ranked_users"] < 0.5 * full["num_users"]
+
+
+def test_cutoff_ranks_at_the_boundary():
+    """Scores i / 64 for item i: exact counts at rank k_max, a tie with the target, an excluded item."""
+    from recsys.evaluation import cutoff_ranks
+
+    V = 64
+    items = torch.zeros(V, 2)
+    items[:, 0] = torch.arange(V) / V
+    items[29] = items[30]  # ties with target 30
+    users = torch.zeros(8, 2)
+    users[:, 0] = 1.0
+    targets = torch.full((8,), 30)
+    popular = torch.arange(V - 1, 0, -1)  # the highest scores first
+    # items 31..63 are 33 above target 30; user 1 has 5 of them excluded, user 2 has item 29 excluded
+    exclude = (torch.tensor([1, 1, 1, 1, 1, 2]), torch.tensor([40, 41, 42, 43, 44, 29]))
+    exact = {"optimistic": [34, 29, 34], "pessimistic": [35, 30, 34]}  # users 0, 1, 2, by hand
+    for policy, expected in exact.items():
+        for k_max in (28, 29, 30, 33, 34, 35):
+            ranks, _ = cutoff_ranks(items, popular, users, targets, V, k_max, exclude, policy, 1.0)
+            for user, rank in enumerate(expected):
+                if rank <= k_max:
+                    assert int(ranks[user]) == rank, (policy, k_max, user)
+                else:
+                    assert int(ranks[user]) > k_max, (policy, k_max, user)

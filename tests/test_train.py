@@ -163,3 +163,14 @@ def test_cold_start_items_never_trained_and_reported_apart(tmp_path):
     assert not torch.allclose(after[1:], before[1:])  # the others trained
     assert out["test_cold"]["num_users"] + out["test_warm"]["num_users"] == out["test"]["num_users"]
     assert out["test_cold"]["num_users"] > 0
+
+
+def test_retain_freed_memory_applies_on_glibc_and_yields_to_the_users_settings(monkeypatch):
+    import platform
+
+    from recsys.train import retain_freed_memory
+
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        assert retain_freed_memory()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    assert not retain_freed_memory()

@@ -47,6 +47,36 @@ class SASRecConfig:
     attention_table_dim: int | None = None
 
 
+class Packing:
+    """The real (non-padding) positions of a left-padded [B, L] batch, in row-major order.
+
+    Blocks work on the packed [T, F] rows: every linear layer, LayerNorm, GELU and dropout then costs
+    T rows instead of B x L (on Beauty's training batches about 1 in 9 positions is real). Only the
+    attention scatters its queries, keys and values back into [B, L] for the batched matmuls."""
+
+    def __init__(self, not_pad: torch.Tensor):
+        B, L = not_pad.shape[:2]
+        self.batch, self.length = B, L
+        flat = not_pad.reshape(B * L)
+        self.index = flat.nonzero().squeeze(1)  # [T] into the flattened [B * L]
+        counts = not_pad.reshape(B, L).sum(1)  # [B]
+        # each row's last position (always real for a non-empty left-padded row) in the packed rows
+        self.last = (counts.cumsum(0) - 1).clamp_min(0)  # [B]
+        self.nonempty = (counts > 0)[:, None]  # [B, 1]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, F] -> [T, F]
+        return x.reshape(self.batch * self.length, -1).index_select(0, self.index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:  # [T, F] -> [B, L, F], zeros at padding
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+        return out.index_copy_(0, self.index, x).view(self.batch, self.length, -1)
+
+    def last_rows(self, x: torch.Tensor) -> torch.Tensor:  # [T, F] -> [B, F], zeros for an empty row
+        if x.shape[0] == 0:
+            return x.new_zeros(self.batch, x.shape[-1])
+        return x.index_select(0, self.last) * self.nonempty
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float, attention_input_dim: int | None = None):
         super().__init__()
@@ -61,27 +91,28 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, attention_input: torch.Tensor | None = None,
-                last_only: bool = False):
-        """[B, L, D] -> [B, L, D], or [B, 1, D] for the last query only (``last_only``: keys and values
-        still come from every position)."""
-        B, L, D = x.shape
+    def forward(self, x: torch.Tensor, packing: Packing, attn_mask: torch.Tensor,
+                attention_input: torch.Tensor | None = None, last_only: bool = False):
+        """Packed [T, D] -> [T, D], or [B, D] for each row's last query only (``last_only``: keys and
+        values still come from every position)."""
+        B, L, D = packing.batch, packing.length, x.shape[-1]
         H = self.num_heads
         if attention_input is None:
-            q, k, v = self.qkv(x).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
+            q, k, v = packing.unpack(self.qkv(x)).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
         else:
-            q, k = self.qk(attention_input).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
-            v = self.v(x).view(B, L, H, D // H).transpose(1, 2)
+            q, k = packing.unpack(self.qk(attention_input)).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
+            v = packing.unpack(self.v(x)).view(B, L, H, D // H).transpose(1, 2)
         if last_only:
-            q, attn_mask, L = q[:, :, -1:], attn_mask[:, :, -1:], 1
-        # q: [B, H, L, D/H], k, v: [B, H, L_keys, D/H]; attn_mask: [B, 1, L, L_keys] bool, True = may attend
+            q, attn_mask = q[:, :, -1:], attn_mask[:, :, -1:]
+        # q: [B, H, L_q, D/H], k, v: [B, H, L, D/H]; attn_mask: [B, 1, L_q, L] bool, True = may attend
         if self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's CPU path with dropout is this same math with a bernoulli_ mask (3x slower to draw)
             weights = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).masked_fill_(~attn_mask, float("-inf"))
-            y = dropout(weights.softmax(dim=-1), self.dropout) @ v  # [B, H, L, D/H]
+            y = dropout(weights.softmax(dim=-1), self.dropout) @ v  # [B, H, L_q, D/H]
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, L, D))
+        y = y.transpose(1, 2).reshape(B, -1, D)  # [B, L_q, D]
+        return self.out(y[:, -1] if last_only else packing.pack(y))
 
 
 class Block(nn.Module):
@@ -95,23 +126,26 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), Dropout(cfg.dropout), nn.Linear(ffn, dim))
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, attention_input: torch.Tensor | None = None,
-                last_only: bool = False):
-        """[B, L, D] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output alone (the
-        last block of an evaluation, which reads no other position: a 1 / L share of its attention and FFN)."""
-        residual = x[:, -1:] if last_only else x
-        x = residual + self.drop(self.attn(self.ln_attn(x), attn_mask, attention_input, last_only))
+    def forward(self, x: torch.Tensor, packing: Packing, attn_mask: torch.Tensor,
+                attention_input: torch.Tensor | None = None, last_only: bool = False):
+        """Packed [T, D] -> [T, D]; ``last_only``: [B, D], each row's last position alone (the last
+        block of an evaluation, which reads no other position: a 1 / L share of its attention and FFN)."""
+        residual = packing.last_rows(x) if last_only else x
+        x = residual + self.drop(self.attn(self.ln_attn(x), packing, attn_mask, attention_input, last_only))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor, not_pad: torch.Tensor,
                attention_input: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
-    """The blocks in order, padding re-zeroed after each: [B, L, D] -> [B, L, D], or [B, 1, D] with
-    ``last_only`` (the last block computes the last position only)."""
+    """The blocks in order on the real positions only (:class:`Packing`): [B, L, D] -> [B, L, D] with
+    zeros at padding, or [B, 1, D] with ``last_only`` (the last block computes the last position only)."""
+    packing = Packing(not_pad)
+    x = packing.pack(x)  # [T, D]
+    if attention_input is not None:
+        attention_input = packing.pack(attention_input)  # [T, A]
     for i, block in enumerate(blocks):
-        last = last_only and i == len(blocks) - 1
-        x = block(x, attn_mask, attention_input, last) * (not_pad[:, -1:] if last else not_pad)
-    return x
+        x = block(x, packing, attn_mask, attention_input, last_only and i == len(blocks) - 1)
+    return x[:, None] if last_only else packing.unpack(x)
 
 
 def causal_padding_mask(item_ids: torch.Tensor, causal: bool = True) -> torch.Tensor:

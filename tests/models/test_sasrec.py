@@ -90,26 +90,30 @@ def test_decoupled_attention_table_only_steers_attention():
 
 
 def test_training_attention_dropout_is_unbiased_and_causal():
-    from recsys.models.sasrec import CausalSelfAttention, causal_padding_mask
+    from recsys.models.sasrec import CausalSelfAttention, Packing, causal_padding_mask
 
     torch.manual_seed(0)
     attn = CausalSelfAttention(16, 2, dropout=0.5)
     item_ids = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
     mask = causal_padding_mask(item_ids)
-    x = torch.randn(2, 6, 16)
+    packing = Packing((item_ids != 0)[..., None])
+    x = torch.randn(10, 16)  # the 10 real positions, packed
     with torch.no_grad():
-        expected = attn.eval()(x, mask)  # SDPA, no dropout
+        expected = attn.eval()(x, packing, mask)  # SDPA, no dropout
         attn.train()
-        mean = sum(attn(x, mask) for _ in range(4000)) / 4000  # dropout on the attention weights
+        mean = sum(attn(x, packing, mask) for _ in range(4000)) / 4000  # dropout on the attention weights
         torch.testing.assert_close(mean, expected, atol=0.03, rtol=0.0)
-        assert not torch.allclose(attn(x, mask), expected, atol=1e-3)  # dropout is on in training
+        assert not torch.allclose(attn(x, packing, mask), expected, atol=1e-3)  # dropout is on in training
         x2 = x.clone()
-        x2[:, -1] += 1.0  # change the last position only
+        x2[packing.last] += 1.0  # change each row's last position only
         torch.manual_seed(5)
-        a = attn(x, mask)
+        a = attn(x, packing, mask)
         torch.manual_seed(5)
-        b = attn(x2, mask)
-        torch.testing.assert_close(a[:, :-1], b[:, :-1])
+        b = attn(x2, packing, mask)
+        earlier = torch.ones(10, dtype=torch.bool)
+        earlier[packing.last] = False
+        torch.testing.assert_close(a[earlier], b[earlier])
+        assert not torch.allclose(a[~earlier], b[~earlier])
 
 
 @pytest.mark.parametrize("kw", [{}, {"attention_table_dim": 8}, {"num_blocks": 3}])
@@ -120,3 +124,20 @@ def test_user_vectors_compute_the_last_block_for_the_last_position_only(kw):
     ids = torch.tensor([[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9]])
     torch.testing.assert_close(m.user_vectors(ids), m(ids)[:, -1])
     assert m(ids, last_only=True).shape == (3, 1, 16)
+
+
+def test_packing_round_trip_and_last_rows():
+    from recsys.models.sasrec import Packing
+
+    item_ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0], [0, 0, 0, 7]])
+    not_pad = (item_ids != 0)[..., None]
+    packing = Packing(not_pad)
+    x = torch.randn(4, 4, 3) * not_pad
+    packed = packing.pack(x)
+    assert packed.shape == (7, 3)
+    torch.testing.assert_close(packing.unpack(packed), x)
+    expected_last = x[:, -1].clone()
+    torch.testing.assert_close(packing.last_rows(packed), expected_last)  # the empty row gives zeros
+    assert packing.last_rows(packed)[2].abs().sum() == 0
+    empty = Packing(torch.zeros(2, 3, 1, dtype=torch.bool))
+    assert empty.last_rows(empty.pack(torch.randn(2, 3, 5))).shape == (2, 5)
