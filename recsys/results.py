@@ -276,8 +276,12 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             f"; mask probability {r['mask_prob']} on both sides" if r.get("mask_prob") is not None else "")
         out += [f"## Peer: RecBole 1.2.1 {model} vs ours — {r['dataset']}, max length {r['max_len']}, {r['date']}, "
                 f"{_machine_short(r['machine'])}, commit {r['commit']}", "",
-                "Same data order, leave-one-out split, full-CE loss, model size, max length, batch size and learning rate; "
-                "each side in its own process, one after the other, " + f"{r['threads']} threads{details}. "
+                "Same data order, leave-one-out split, full-CE loss, model size, max length and batch size; "
+                + (f"learning rate {r['lr']} ours, {r['recbole_lr']} RecBole" if "lr" in r else "learning rate 0.001")
+                + "; each side in its own process, one after the other, " + f"{r['threads']} threads{details}. "
+                + ("Our evaluation ranks exactly up to rank 20 (`eval.ranks=cutoff`, the same @k metrics); the "
+                   "'every exact rank' row evaluates the same test set again with `eval.ranks=all`. "
+                   if "evaluation users / s, every exact rank" in r["rows"] else "")
                 + (f"RecBole trained {partial} batches (an epoch would take too long), ours {r['epochs']} epoch(s): "
                    "throughput only, quality not comparable." if partial else f"Both trained {r['epochs']} epoch(s)."), "",
                 "| | ours | RecBole | ours / RecBole |", "|---|---|---|---|"]
