@@ -26,8 +26,10 @@ index in the user's sequence, so both sides see the same order), and runs, each 
 Prints training targets per second (RecBole's SASRec trains one target per prefix sample, ours every
 position of a window; BERT4Rec on both sides trains the masked positions: targets, not epochs, are
 compared), full-evaluation users per second, peak RSS and test NDCG@10, as ratios ours / RecBole.
-NDCG@10 is compared only when both trained on about the same number of targets (whole epochs on both
-sides).
+NDCG@10 is compared only when both trained on about the same number of targets: whole epochs on both
+sides (SASRec: one target per position on our side, per prefix sample on RecBole's, so the same count),
+or ``--equal-targets``, which runs ours first and stops RecBole once it has trained as many targets
+(BERT4Rec: RecBole's prefix samples hold ~5x the masked positions of our epoch).
 """
 from __future__ import annotations
 
@@ -110,6 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.001, help="our learning rate (RecBole's default is 0.001)")
     p.add_argument("--recbole-lr", type=float, default=0.001, help="RecBole's learning rate")
     p.add_argument("--recbole-batches", type=int, default=0, help="stop RecBole after this many batches (0: whole epochs)")
+    p.add_argument("--equal-targets", action="store_true",
+                   help="run ours first, then stop RecBole once it has trained as many targets (NDCG compared)")
     p.add_argument("--max-len", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
@@ -133,13 +137,18 @@ def main(argv=None) -> int:
         overrides += [f"model.mask_prob={args.mask_prob}", f"model.ffn_dim={ffn_mult * hidden}"]
     cfg = load_recipe(recipe, overrides)
     python = ensure_recbole()
+    mine = None
+    if args.equal_targets:  # ours first: RecBole then trains exactly as many targets (to the batch)
+        print(f"ours on {args.dataset} ...", flush=True)
+        mine = ours(recipe, overrides, args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         seq = prepare_data(cfg.data, verbose=False).split.data
         write_atomic(seq, Path(tmp), args.dataset)
         child_args = {"model": args.model, "data_path": tmp, "dataset": args.dataset, "hidden_dim": hidden,
                       "ffn_dim": ffn_mult * hidden, "num_blocks": 2, "num_heads": heads, "dropout": dropout,
                       "mask_prob": args.mask_prob, "max_len": max_len, "batch_size": 128, "lr": args.recbole_lr,
-                      "epochs": args.epochs, "seed": 42, "max_batches": args.recbole_batches}
+                      "epochs": args.epochs, "seed": 42, "max_batches": args.recbole_batches,
+                      "max_targets": mine["train_targets"] if mine else 0}
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         print(f"RecBole 1.2.1 {args.model} on {args.dataset} ({seq.num_users:,} users, {seq.num_items - 1:,} items), "
               f"max length {max_len}, {args.threads} threads ...", flush=True)
@@ -149,8 +158,9 @@ def main(argv=None) -> int:
             print(done.stderr[-3000:])
             return done.returncode
         theirs = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"ours on {args.dataset} ...", flush=True)
-    mine = ours(recipe, overrides, args.threads)
+    if mine is None:
+        print(f"ours on {args.dataset} ...", flush=True)
+        mine = ours(recipe, overrides, args.threads)
     our_targets = mine["train_targets"]  # every position of each user's training window, counted by the trainer
     rows = {
         "training targets": (our_targets, theirs["train_targets"]),
@@ -168,7 +178,7 @@ def main(argv=None) -> int:
           f"{args.recbole_lr} RecBole | ours | RecBole 1.2.1 | ours / RecBole |")
     print("|---|---|---|---|")
     for name, (a, b) in rows.items():
-        if name.startswith("test") and args.recbole_batches:  # unequal training: the quality is not comparable
+        if name.startswith("test") and args.recbole_batches and not args.equal_targets:  # unequal training
             print(f"| {name} | {a:,.4g} | {b:,.4g} | not comparable (RecBole stopped after "
                   f"{args.recbole_batches} batches) |")
             continue
@@ -180,7 +190,7 @@ def main(argv=None) -> int:
             "peer_recbole", command="python benchmarks/peer_recbole.py " + " ".join(
                 map(shlex.quote, argv if argv is not None else sys.argv[1:])), dataset=args.dataset, model=args.model,
             ce_dtype=args.ce_dtype, lr=args.lr, recbole_lr=args.recbole_lr, mask_prob=args.mask_prob if args.model == "bert4rec" else None, max_len=max_len,
-            epochs=args.epochs, recbole_batches=args.recbole_batches, threads=args.threads,
+            epochs=args.epochs, recbole_batches=args.recbole_batches, equal_targets=args.equal_targets, threads=args.threads,
             rows={k: {"ours": a, "recbole": b} for k, (a, b) in rows.items()}, ours=mine, recbole=theirs), args.log_results)
     return 0
 

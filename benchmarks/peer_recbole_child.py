@@ -3,7 +3,7 @@
     python benchmarks/peer_recbole_child.py JSON_ARGS
 
 Builds RecBole's dataset from the atomic file the parent wrote, trains its SASRec or BERT4Rec (full CE)
-for the given epochs (or batches), evaluates the test split with full ranking, and prints one JSON line:
+for the given epochs (or batches, or until a number of training targets), evaluates the test split with full ranking, and prints one JSON line:
 training targets (SASRec: one per prefix sample; BERT4Rec: the masked positions), seconds, test NDCG@10 / Hit@10,
 evaluation seconds and users, and the process's peak RSS.
 """
@@ -43,13 +43,14 @@ def main() -> int:
     model = (BERT4Rec if bert else SASRec)(cfg, train.dataset)
     trainer = Trainer(cfg, model)
     max_batches = args.get("max_batches") or 0
+    max_targets = args.get("max_targets") or 0  # stop once this many targets were trained (equal-target runs)
     targets = 0
     train_s = 0.0
     for epoch in range(args["epochs"]):
         model.train()
         start = time.perf_counter()
         for step, interaction in enumerate(train):  # RecBole's own loss, backward and Adam step
-            if max_batches and step >= max_batches:
+            if (max_batches and step >= max_batches) or (max_targets and targets >= max_targets):
                 break
             trainer.optimizer.zero_grad()
             loss = model.calculate_loss(interaction)

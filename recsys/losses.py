@@ -36,6 +36,29 @@ class LossConfig:
     ce_item_chunk_size: int = 0  # ce: items per logits block (online log-sum-exp); 0 = whole catalogue
 
 
+class Workspace:
+    """Buffers that the full CE reuses from one training step to the next (logit blocks, bf16 copies of
+    the item table): allocated once instead of every step. Fresh 7-28 MB blocks every step fragment the
+    heap -- on Beauty a SASRec epoch's peak memory grew by ~50% that way -- or, if handed back to the
+    OS, cost a page fault per 4 KiB each step. Nothing in it outlives a forward pass."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A 1-D buffer of ``numel`` values (contents undefined), reusing the one of that name if it fits."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel]
+
+
+def _buffer(workspace: Workspace | None, name: str, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
+    if workspace is None:
+        return torch.empty(numel, dtype=dtype, device=device)
+    return workspace.get(name, numel, dtype, device)
+
+
 class ChunkedSoftmaxCE(torch.autograd.Function):
     """Mean cross-entropy of ``hidden @ items.T`` against ``targets``, in blocks of logits.
 
@@ -58,17 +81,37 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, items, targets, chunk: int, compute_dtype=None, item_chunk: int = 0):
+    def forward(ctx, hidden, table, table_targets, chunk: int, compute_dtype=None, item_chunk: int = 0,
+                workspace: Workspace | None = None):
+        # row 0 of the table is padding, never a candidate: the softmax runs over items = table[1:]. The
+        # gradient is written into a full-table tensor (row 0 stays zero), so autograd needs no
+        # zero-filled [V + 1, D] copy for a slice's backward
+        items, targets = table[1:], table_targets - 1
         P, V = hidden.shape[0], items.shape[0]
         item_chunk = item_chunk if 0 < item_chunk < V else V
         h = hidden.to(compute_dtype) if compute_dtype else hidden
-        w = items.to(compute_dtype) if compute_dtype else items
+        w = items
+        if compute_dtype:  # the bf16 copy of the item table, in a reused buffer
+            w = _buffer(workspace, "items_low", items.numel(), compute_dtype, items.device).view(items.shape)
+            w.copy_(items)
         lse = torch.full((P,), float("-inf"), device=hidden.device, dtype=torch.float32)
         target_logits = torch.empty(P, device=hidden.device, dtype=torch.float32)
         ctx.chunk, ctx.compute_dtype, ctx.item_chunk = chunk, compute_dtype, item_chunk
         if item_chunk == V and any(ctx.needs_input_grad[:2]):  # one pass: loss and both gradients
-            grad_hidden = torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32)
-            grad_items = torch.zeros(items.shape, device=items.device, dtype=torch.float32)
+            # positions padded to a multiple of 16 with zero rows (their columns are dropped): the last
+            # block's width takes one of 8 values, not any of 128 -- oneDNN compiles and caches a GEMM
+            # kernel per shape, and a new width every step grew the process by ~1 MB per step
+            P_pad = P + (-P) % 16
+            h = F.pad(h, (0, 0, 0, P_pad - P))
+            targets = F.pad(targets, (0, P_pad - P))
+            lse = torch.empty(P_pad, device=hidden.device, dtype=torch.float32)
+            target_logits = torch.empty(P_pad, device=hidden.device, dtype=torch.float32)
+            grad_hidden = torch.empty((P_pad, hidden.shape[1]), device=hidden.device, dtype=torch.float32)
+            grad_table = torch.zeros(table.shape, device=items.device, dtype=torch.float32)
+            grad_items = grad_table[1:]  # [V, D] view
+            # the [V, c] @ [c, D] gradient products land in a reused buffer before they are added up
+            product = _buffer(workspace, "grad_items_low", items.numel(), compute_dtype, items.device).view(
+                items.shape) if compute_dtype else None
             # |logit| <= |h| max|w|: when that bound is small, exp needs no max-shift (softmax does not
             # change with the shift), which saves two passes over every block; e^bound x V stays below
             # fp32's largest value and e^-bound above its smallest normal. CPU only: the check syncs.
@@ -80,18 +123,20 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # of its front): a fresh block per chunk costs page faults and leaves the heap fragmented.
             # bf16 and bounded: the block stays bf16 end to end (exp computed in fp32, stored in bf16,
             # which is what the gradient GEMMs read anyway; column sums accumulate in fp32)
-            low = torch.empty(V * min(chunk, P), device=hidden.device, dtype=compute_dtype) if compute_dtype else None
-            block = None if (low is not None and bounded) else torch.empty(
-                V * min(chunk, P), device=hidden.device, dtype=torch.float32)
+            low = _buffer(workspace, "block_low", V * chunk, compute_dtype, hidden.device) if compute_dtype else None
+            block = None if (low is not None and bounded) else _buffer(
+                workspace, "block", V * chunk, torch.float32, hidden.device)
             # bf16 blocks: the target logits from the bf16-rounded operands in fp32 (what the GEMM adds up,
             # before its output is rounded), and the item table transposed once: [D, V] @ [V, c] is the
             # fastest layout for the hidden-state gradient on CPU (~1.5x over [V, c].T @ [V, D])
             if low is not None:
                 target_logits = (h.float() * w[targets].float()).sum(1)
-                w_t = w.T.contiguous()  # [D, V]
+                w_t = _buffer(workspace, "items_low_t", w.numel(), w.dtype, w.device).view(w.shape[1], V)
+                w_t.copy_(w.T)  # [D, V]
             for start in range(0, P, chunk):
                 hc, tc = h[start : start + chunk], targets[start : start + chunk]
                 c = hc.shape[0]
+                n = min(c, P - start)  # real positions in this block (c - n padding rows at the end)
                 rows, cols = slice(start, start + c), torch.arange(c, device=hidden.device)
                 # E = exp(logits - shift) in place; (softmax - onehot) / P = E * scale - onehot / P with a
                 # per-position scale, which goes onto the small [c, D] operands of the gradient GEMMs
@@ -115,19 +160,20 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 lse[rows] = col_sum.log() if col_max is None else col_max + col_sum.log()
                 if low_c is not None and e is not low_c:
                     e = low_c.copy_(e)  # the gradient GEMMs read bf16
-                scale = (1.0 / (col_sum * P))[:, None]  # [c, 1]
+                scale = (1.0 / (col_sum * P))[:, None]  # [c, 1]; padded rows of hc are zero: no gradient
                 if e.dtype == torch.float32:
                     torch.mm(e.T, w, out=grad_hidden[rows]).mul_(scale)
                     grad_items.addmm_(e, hc * scale)
                 else:
                     grad_hidden[rows] = (w_t @ e).T.float().mul_(scale)
-                    grad_items += e @ (hc.float() * scale).to(e.dtype)
+                    grad_items += torch.mm(e, (hc.float() * scale).to(e.dtype), out=product)
                 # the onehot part: -items[target] / P for each position, -hidden / P for each target item
-                grad_hidden[rows] -= items[tc].float() / P
-                grad_items.index_add_(0, tc, hidden[rows].float(), alpha=-1.0 / P)
-            ctx.save_for_backward(grad_hidden, grad_items)
-            ctx.fused, ctx.dtypes = True, (hidden.dtype, items.dtype)
-            return (lse - target_logits).mean()
+                real = slice(start, start + n)
+                grad_hidden[real] -= items[tc[:n]].float() / P
+                grad_items.index_add_(0, tc[:n], hidden[real].float(), alpha=-1.0 / P)
+            ctx.save_for_backward(grad_hidden[:P], grad_table)
+            ctx.fused, ctx.dtypes = True, (hidden.dtype, table.dtype)
+            return (lse[:P] - target_logits[:P]).mean()
         ctx.fused = False
         for start in range(0, P, chunk):
             hc, tc = h[start : start + chunk], targets[start : start + chunk]
@@ -138,7 +184,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 lse[start : start + chunk] = torch.logaddexp(lse[start : start + chunk], block_lse)
                 inside = (tc >= first) & (tc < first + logits.shape[0])  # targets in this slice
                 target_logits[start : start + chunk][inside] = logits[tc[inside] - first, cols[inside]]
-        ctx.save_for_backward(hidden, items, targets, lse)
+        ctx.save_for_backward(hidden, table, table_targets, lse)
         return (lse - target_logits).mean()
 
     @staticmethod
@@ -146,14 +192,16 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         if ctx.fused:  # scaled in place: a second backward through this graph fails on the version check
             grad_hidden, grad_items = ctx.saved_tensors
             return (grad_hidden.mul_(grad_out).to(ctx.dtypes[0]), grad_items.mul_(grad_out).to(ctx.dtypes[1]),
-                    None, None, None, None)
-        hidden, items, targets, lse = ctx.saved_tensors
+                    None, None, None, None, None)
+        hidden, table, table_targets, lse = ctx.saved_tensors
+        items, targets = table[1:], table_targets - 1
         P, V = hidden.shape[0], items.shape[0]
         chunk, dtype, item_chunk = ctx.chunk, ctx.compute_dtype, ctx.item_chunk
         h = hidden.to(dtype) if dtype else hidden
         w = items.to(dtype) if dtype else items
         grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32)
-        grad_items = torch.zeros(items.shape, device=items.device, dtype=torch.float32)
+        grad_table = torch.zeros(table.shape, device=items.device, dtype=torch.float32)
+        grad_items = grad_table[1:]
         scale = grad_out / P
         for start in range(0, P, chunk):
             hc, tc = h[start : start + chunk], targets[start : start + chunk]
@@ -168,14 +216,16 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 gc = g.to(dtype) if dtype else g
                 grad_hidden[start : start + chunk] += (gc.T @ wv).float()
                 grad_items[first : first + item_chunk] += (gc @ hc).float()
-        return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype), None, None, None, None
+        return grad_hidden.to(hidden.dtype), grad_table.to(table.dtype), None, None, None, None, None
 
 
-def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int = 64,
-                    compute_dtype: torch.dtype | None = None, item_chunk: int = 0) -> torch.Tensor:
+def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int = 128,
+                    compute_dtype: torch.dtype | None = None, item_chunk: int = 0,
+                    workspace: Workspace | None = None) -> torch.Tensor:
     """Cross-entropy over all real items: hidden [P, D], items [V, D] (row 0 = padding, excluded), targets [P].
-    ``item_chunk`` > 0 walks the catalogue in slices of that many items (online log-sum-exp)."""
-    return ChunkedSoftmaxCE.apply(hidden, items[1:], targets - 1, chunk, compute_dtype, item_chunk)
+    ``item_chunk`` > 0 walks the catalogue in slices of that many items (online log-sum-exp); ``workspace``
+    keeps the large buffers from one call to the next (a training loop passes the same one every step)."""
+    return ChunkedSoftmaxCE.apply(hidden, items, targets, chunk, compute_dtype, item_chunk, workspace)
 
 
 class L2Normalize(torch.autograd.Function):
@@ -283,6 +333,7 @@ def next_item_loss(
     target_ids: torch.Tensor,  # [B, L]
     items: torch.Tensor,  # [V, D]
     generator: torch.Generator | None = None,
+    workspace: Workspace | None = None,  # full CE: buffers reused across steps (see Workspace)
 ) -> torch.Tensor:
     mask = target_ids > 0  # [B, L]
     if not mask.any():
@@ -293,7 +344,7 @@ def next_item_loss(
         if cfg.temperature != 1.0:
             h = h / cfg.temperature
         dtype = torch.bfloat16 if cfg.ce_matmul_dtype == "bfloat16" else None
-        return full_softmax_ce(h, w, target_ids[mask], cfg.ce_chunk_size, dtype, cfg.ce_item_chunk_size)
+        return full_softmax_ce(h, w, target_ids[mask], cfg.ce_chunk_size, dtype, cfg.ce_item_chunk_size, workspace)
 
     B, L, _ = hidden.shape
     h, w = _normalise(cfg, hidden, items)

@@ -37,7 +37,7 @@ from .data.prepare import SequenceData, prepare_sequences
 from .data.readers import READERS, DataError, Interactions, read_table
 from .data.splits import EvalSet, Split, hold_out_items, make_split
 from .evaluation import evaluate
-from .losses import next_item_loss
+from .losses import Workspace, next_item_loss
 from .models.base import SequentialEncoder, build_model
 from .optim import AdamW
 
@@ -258,6 +258,7 @@ class Trainer:
             self.candidates = torch.from_numpy(np.flatnonzero(keep)).to(self.device)  # [V'] (0 = padding first)
             self.candidate_index = torch.full((len(keep),), -1, dtype=torch.long, device=self.device)
             self.candidate_index[self.candidates] = torch.arange(len(self.candidates), device=self.device)
+        self.loss_workspace = Workspace()  # the full CE's large buffers, reused every step
         self.history: list[dict] = []
         self.epoch = 0
         self.best_metric = -math.inf
@@ -327,7 +328,7 @@ class Trainer:
             items = self.model.item_vectors()
             if self.candidates is not None:  # cold start: held-out items are not even negatives in training
                 items, target_ids = items[self.candidates], self.candidate_index[target_ids]
-            loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items)
+            loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items, workspace=self.loss_workspace)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.max_grad_norm > 0:

@@ -221,3 +221,21 @@ def test_fused_ce_refuses_a_second_backward_through_the_same_graph():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_ce_workspace_reused_across_calls_changes_nothing(dtype):
+    from recsys.losses import Workspace
+
+    workspace = Workspace()
+    for seed, (B, L) in enumerate([(4, 8), (3, 5), (5, 9)]):  # a different number of positions each call
+        hidden, items, targets = _setup(B=B, L=L, D=16, V=300, seed=seed)
+        mask = targets > 0
+        ref = full_softmax_ce(hidden[mask], items, targets[mask], chunk=7, compute_dtype=dtype)
+        ref_grads = torch.autograd.grad(ref, (hidden, items))
+        got = full_softmax_ce(hidden[mask], items, targets[mask], chunk=7, compute_dtype=dtype, workspace=workspace)
+        grads = torch.autograd.grad(got, (hidden, items))
+        assert got.item() == ref.item()
+        for a, b in zip(grads, ref_grads):
+            assert torch.equal(a, b)
+    assert set(workspace._buffers) == ({"block"} if dtype is None else {"items_low", "block_low", "items_low_t", "grad_items_low"})

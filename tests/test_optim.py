@@ -25,8 +25,11 @@ def _train(model, opt, steps: int, unused_from: int = 10**9) -> None:
         opt.step()
 
 
+@pytest.mark.parametrize("fused", [True, False])  # torch's fused kernel, or the foreach fallback
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
-def test_matches_torch_adamw(weight_decay):
+def test_matches_torch_adamw(weight_decay, fused, monkeypatch):
+    if not fused:
+        monkeypatch.delattr(torch, "_fused_adamw_")
     ours, ref = _model(), _model()
     kwargs = dict(lr=3e-2, betas=(0.9, 0.98), eps=1e-8, weight_decay=weight_decay)
     _train(ours, AdamW(ours.parameters(), **kwargs), 12, unused_from=7)

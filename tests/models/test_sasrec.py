@@ -141,3 +141,23 @@ def test_packing_round_trip_and_last_rows():
     assert packing.last_rows(packed)[2].abs().sum() == 0
     empty = Packing(torch.zeros(2, 3, 1, dtype=torch.bool))
     assert empty.last_rows(empty.pack(torch.randn(2, 3, 5))).shape == (2, 5)
+
+
+def test_packing_rounds_rows_up_to_few_sizes():
+    from recsys.models.sasrec import Packing, bucket_size
+
+    sizes = [bucket_size(n) for n in range(1, 5000)]
+    assert all(n <= b <= max(16, n * 1.125) for n, b in zip(range(1, 5000), sizes))
+    assert len({b for b in sizes if 1024 <= b < 2048}) == 8  # 8 shapes per power of two
+    item_ids = torch.zeros(3, 8, dtype=torch.long)
+    item_ids[0, 1:] = 1
+    item_ids[1, :] = 2
+    item_ids[2, 6:] = 3  # 7 + 8 + 2 = 17 real positions -> 18 packed rows
+    not_pad = (item_ids != 0)[..., None]
+    packing = Packing(not_pad)
+    x = torch.randn(3, 8, 4) * not_pad
+    packed = packing.pack(x)
+    assert packed.shape == (18, 4)
+    torch.testing.assert_close(packed[17], packed[16])  # the extra row copies a real one
+    torch.testing.assert_close(packing.unpack(packed), x)
+    torch.testing.assert_close(packing.last_rows(packed), x[:, -1])
