@@ -71,8 +71,9 @@ class Packing:
         flat = not_pad.reshape(B * L)
         self.index = flat.nonzero().squeeze(1)  # [T] into the flattened [B * L]
         self.num_real = T = self.index.numel()
+        self.full = T == B * L  # no padding (e.g. evaluation blocks of long histories): packing is a view
         self.rows = self.index  # [T_bucket]: the real rows, then copies of the last one
-        if bucket_size(T) > T:
+        if bucket_size(T) > T and not self.full:
             self.rows = torch.cat([self.index, self.index[-1:].expand(bucket_size(T) - T)])
         counts = not_pad.reshape(B, L).sum(1)  # [B]
         # each row's last position (always real for a non-empty left-padded row) in the packed rows
@@ -80,9 +81,13 @@ class Packing:
         self.nonempty = (counts > 0)[:, None]  # [B, 1]
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, F] -> [T_bucket, F]
+        if self.full:
+            return x.reshape(self.batch * self.length, -1)
         return x.reshape(self.batch * self.length, -1).index_select(0, self.rows)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:  # [T_bucket, F] -> [B, L, F], zeros at padding
+        if self.full:
+            return x.view(self.batch, self.length, -1)
         out = x.new_zeros(self.batch * self.length, x.shape[-1])
         return out.index_copy_(0, self.index, x[: self.num_real]).view(self.batch, self.length, -1)
 

@@ -161,3 +161,15 @@ def test_packing_rounds_rows_up_to_few_sizes():
     torch.testing.assert_close(packed[17], packed[16])  # the extra row copies a real one
     torch.testing.assert_close(packing.unpack(packed), x)
     torch.testing.assert_close(packing.last_rows(packed), x[:, -1])
+
+
+def test_packing_without_padding_is_a_view():
+    from recsys.models.sasrec import Packing
+
+    item_ids = torch.arange(1, 13).view(3, 4)
+    packing = Packing((item_ids != 0)[..., None])
+    x = torch.randn(3, 4, 5)
+    packed = packing.pack(x)
+    assert packing.full and packed.data_ptr() == x.data_ptr() and packed.shape == (12, 5)
+    assert packing.unpack(packed).data_ptr() == x.data_ptr()
+    torch.testing.assert_close(packing.last_rows(packed), x[:, -1])
