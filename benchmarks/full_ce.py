@@ -8,7 +8,7 @@ default) against ``items`` item vectors. The plain version materialises [positio
 their gradient): at 10^6 items that is ~100 GB, so it is timed at ``--plain-items`` (where it fits) next to
 the chunked version at the same size, and the chunked version alone at the full size. Prints seconds and
 peak RSS, each implementation in its own process; their losses agree (gradients: tests/test_losses.py).
-"chunked" blocks 64 positions x the whole catalogue; "item-chunked" blocks 64 positions x
+"chunked" blocks 128 positions x the whole catalogue; "item-chunked" blocks 128 positions x
 ``--item-chunk`` items with an online log-sum-exp, so its block does not grow with the catalogue.
 "gemms" / "gemms-bf16" time only the three GEMMs a forward + backward of full CE needs (logits, then the
 gradients of hidden states and items, same blocks, no softmax): the machine's arithmetic ceiling for this
@@ -28,7 +28,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from recsys.losses import full_softmax_ce
+from recsys.losses import LossConfig, full_softmax_ce
+
+CHUNK = LossConfig().ce_chunk_size  # positions per block, as in training
 from recsys.results import append_record, git_commit, make_record
 
 
@@ -43,19 +45,20 @@ def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
         with torch.no_grad():
             dtype = torch.bfloat16 if impl == "gemms-bf16" else torch.float32
             w, h = items[1:].to(dtype), hidden.to(dtype)
+            w_t = w.T.contiguous()  # [D, V]: the faster layout for the hidden-state gradient (as the CE uses)
             grad_hidden, grad_items = torch.empty_like(h), torch.zeros_like(w)
-            block = torch.empty(V * 64, dtype=dtype)  # reused; a smaller last block is a view of its front
-            for first in range(0, positions, 64):
-                hc = h[first : first + 64]
+            block = torch.empty(V * CHUNK, dtype=dtype)  # reused; a smaller last block is a view of its front
+            for first in range(0, positions, CHUNK):
+                hc = h[first : first + CHUNK]
                 g = block[: V * hc.shape[0]].view(V, hc.shape[0])
                 torch.mm(w, hc.T, out=g)  # [V, c] logits
-                torch.mm(g.T, w, out=grad_hidden[first : first + 64])
+                grad_hidden[first : first + CHUNK] = (w_t @ g).T
                 grad_items.addmm_(g, hc)
             loss = torch.zeros(())  # no loss value: only the time of the GEMMs counts
     elif impl == "plain":
         loss = F.cross_entropy(hidden @ items[1:].T, targets - 1)
     else:
-        loss = full_softmax_ce(hidden, items, targets, 64, torch.bfloat16 if impl == "chunked-bf16" else None,
+        loss = full_softmax_ce(hidden, items, targets, CHUNK, torch.bfloat16 if impl == "chunked-bf16" else None,
                                item_chunk if impl == "item-chunked" else 0)
     if loss.requires_grad:
         loss.backward()

@@ -26,7 +26,7 @@ from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .sasrec import Block, SASRecConfig, causal_padding_mask, run_blocks
+from .sasrec import Block, SASRecConfig, run_blocks
 
 
 @dataclass
@@ -73,8 +73,7 @@ class BERT4Rec(SequentialEncoder):
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad
-        attn_mask = causal_padding_mask(item_ids, causal=False)
-        return self.final_ln(run_blocks(self.blocks, x, attn_mask, not_pad, last_only=last_only))
+        return self.final_ln(run_blocks(self.blocks, x, not_pad, False, last_only=last_only))
 
     def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
         """Append [mask] after the history (dropping the oldest item if the window is full)."""

@@ -25,7 +25,7 @@ from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .sasrec import Block, SASRecConfig, causal_padding_mask, run_blocks
+from .sasrec import Block, SASRecConfig, run_blocks
 
 
 @dataclass
@@ -72,5 +72,4 @@ class Recformer(SequentialEncoder):
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         x = self.adapter(self.text_vectors[item_ids]) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.item_position(positions)) * not_pad
-        mask = causal_padding_mask(item_ids, causal=True)
-        return self.final_ln(run_blocks(self.blocks, x, mask, not_pad))
+        return self.final_ln(run_blocks(self.blocks, x, not_pad, True))

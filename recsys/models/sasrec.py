@@ -111,10 +111,11 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, packing: Packing, attn_mask: torch.Tensor,
-                attention_input: torch.Tensor | None = None, last_only: bool = False):
-        """Packed [T, D] -> [T, D] (T: :class:`Packing`'s rows), or [B, D] for each row's last query only (``last_only``: keys and
-        values still come from every position)."""
+    def forward(self, x: torch.Tensor, packing: Packing, attn_mask: torch.Tensor | None,
+                attention_input: torch.Tensor | None = None, last_only: bool = False, causal: bool = True):
+        """Packed [T, D] -> [T, D] (T: :class:`Packing`'s rows), or [B, D] for each row's last query only
+        (``last_only``: keys and values still come from every position). ``attn_mask`` None: no padding,
+        so causal attention needs no mask (SDPA's ``is_causal``, which also skips the masked half)."""
         B, L, D = packing.batch, packing.length, x.shape[-1]
         H = self.num_heads
         if attention_input is None:
@@ -122,15 +123,22 @@ class CausalSelfAttention(nn.Module):
         else:
             q, k = packing.unpack(self.qk(attention_input)).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
             v = packing.unpack(self.v(x)).view(B, L, H, D // H).transpose(1, 2)
+        is_causal = causal and attn_mask is None and not last_only  # the last query may see every key
         if last_only:
-            q, attn_mask = q[:, :, -1:], attn_mask[:, :, -1:]
+            q = q[:, :, -1:]
+            attn_mask = None if attn_mask is None else attn_mask[:, :, -1:]
         # q: [B, H, L_q, D/H], k, v: [B, H, L, D/H]; attn_mask: [B, 1, L_q, L] bool, True = may attend
         if self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's CPU path with dropout is this same math with a bernoulli_ mask (3x slower to draw)
-            weights = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).masked_fill_(~attn_mask, float("-inf"))
+            weights = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+            if is_causal:
+                attn_mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+            if attn_mask is not None:
+                weights.masked_fill_(~attn_mask, float("-inf"))
             y = dropout(weights.softmax(dim=-1), self.dropout) @ v  # [B, H, L_q, D/H]
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, -1, D)  # [B, L_q, D]
         return self.out(y[:, -1] if last_only else packing.pack(y))
 
@@ -146,30 +154,33 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), Dropout(cfg.dropout), nn.Linear(ffn, dim))
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, packing: Packing, attn_mask: torch.Tensor,
-                attention_input: torch.Tensor | None = None, last_only: bool = False):
+    def forward(self, x: torch.Tensor, packing: Packing, attn_mask: torch.Tensor | None,
+                attention_input: torch.Tensor | None = None, last_only: bool = False, causal: bool = True):
         """Packed [T, D] -> [T, D]; ``last_only``: [B, D], each row's last position alone (the last
         block of an evaluation, which reads no other position: a 1 / L share of its attention and FFN)."""
         residual = packing.last_rows(x) if last_only else x
-        x = residual + self.drop(self.attn(self.ln_attn(x), packing, attn_mask, attention_input, last_only))
+        x = residual + self.drop(self.attn(self.ln_attn(x), packing, attn_mask, attention_input, last_only, causal))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor, not_pad: torch.Tensor,
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, not_pad: torch.Tensor, causal: bool,
                attention_input: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
     """The blocks in order on the real positions only (:class:`Packing`): [B, L, D] -> [B, L, D] with
-    zeros at padding, or [B, 1, D] with ``last_only`` (the last block computes the last position only)."""
+    zeros at padding, or [B, 1, D] with ``last_only`` (the last block computes the last position only).
+    The attention mask (:func:`causal_padding_mask`) is built only for a batch with padding."""
     packing = Packing(not_pad)
+    attn_mask = None if packing.full else causal_padding_mask(not_pad[..., 0], causal)  # [B, 1, L, L]
     x = packing.pack(x)  # [T, D]
     if attention_input is not None:
         attention_input = packing.pack(attention_input)  # [T, A]
     for i, block in enumerate(blocks):
-        x = block(x, packing, attn_mask, attention_input, last_only and i == len(blocks) - 1)
+        x = block(x, packing, attn_mask, attention_input, last_only and i == len(blocks) - 1, causal)
     return x[:, None] if last_only else packing.unpack(x)
 
 
 def causal_padding_mask(item_ids: torch.Tensor, causal: bool = True) -> torch.Tensor:
-    """[B, 1, L, L] bool: query i may attend key j if j is not padding (and j <= i when causal).
+    """[B, 1, L, L] bool: query i may attend key j if j is not padding (and j <= i when causal);
+    ``item_ids`` [B, L] (or its not-padding mask).
 
     A padded query attends to itself only, so no row is empty (SDPA would return NaN there).
     """
@@ -213,8 +224,7 @@ class SASRec(SequentialEncoder):
         if self.cfg.attention_table_dim:  # [B, L, attention_table_dim], the same for every block
             attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)
             attention_input = self.emb_dropout(attention_input + self.attention_position(positions)) * not_pad
-        attn_mask = causal_padding_mask(item_ids, causal=True)
-        return self.final_ln(run_blocks(self.blocks, x, attn_mask, not_pad, attention_input, last_only))
+        return self.final_ln(run_blocks(self.blocks, x, not_pad, True, attention_input, last_only))
 
     def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
         return self(item_ids, last_only=True)[:, -1]

@@ -173,3 +173,24 @@ def test_packing_without_padding_is_a_view():
     assert packing.full and packed.data_ptr() == x.data_ptr() and packed.shape == (12, 5)
     assert packing.unpack(packed).data_ptr() == x.data_ptr()
     torch.testing.assert_close(packing.last_rows(packed), x[:, -1])
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+@pytest.mark.parametrize("train", [False, True])
+def test_batch_without_padding_takes_the_maskless_path_with_the_same_outputs(name, train):
+    """No padding: no mask is built (causal SDPA / plain attention); the same rows next to a padded row
+    go through the masked path and must give the same outputs (and, in training, the same gradients)."""
+    torch.manual_seed(0)
+    m = build_model(name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2,
+                           "dropout": 0.0}, num_items=40).train(train)
+    full = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]])
+    mixed = torch.cat([full, torch.tensor([[0, 0, 0, 0, 13, 14]])])
+    out_full = m(full)
+    out_mixed = m(mixed)[:2]
+    torch.testing.assert_close(out_full, out_mixed, rtol=1e-5, atol=1e-6)
+    if train:
+        g_full = torch.autograd.grad(out_full.square().sum(), m.item_embedding.weight)[0]
+        g_mixed = torch.autograd.grad(out_mixed.square().sum(), m.item_embedding.weight)[0]
+        torch.testing.assert_close(g_full, g_mixed, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval().user_vectors(full), m.user_vectors(mixed)[:2], rtol=1e-5, atol=1e-6)
