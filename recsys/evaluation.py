@@ -11,7 +11,7 @@ share of the users and the metric sums are all-reduced.
 ``ranks="cutoff"`` gives the same cut-off metrics (HR/NDCG/MRR@k for every k in ``ks``) several
 times faster: a user is first scored against the catalogue's most frequent items only, and one with
 max(ks) of them above its target has rank > max(ks), where every cut-off metric is 0. Only the other
-users (those whose rank may be <= max(ks), ~5-10% once a model has learned something) are ranked
+users (those whose rank may be <= max(ks): 1.6-8.7% of Beauty's test users in our runs) are ranked
 against the whole catalogue, as in the default ``ranks="all"``. The uncut MRR needs every user's exact
 rank and is therefore not reported in this mode (see :func:`cutoff_ranks`).
 """

@@ -75,9 +75,13 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     log-sum-exp and target logit, and the backward recomputes each block's logits and turns them into
     ``softmax - onehot`` in place. Same value and gradients as ``F.cross_entropy(hidden @ items.T,
     targets)`` to float rounding (tested). ``compute_dtype=torch.bfloat16`` runs the three GEMMs in
-    bf16 (about 2x faster on CPUs with bf16 units) while every sum stays fp32, as mixed-precision
-    training does; when the logits are bounded (no max-shift needed) the exponentials are computed in
-    fp32 and stored in bf16, the precision the gradient GEMMs read them in.
+    bf16 (about 2x faster on CPUs with bf16 units) with fp32 accumulation; the gradients are summed
+    in fp32. When the logits are bounded (no max-shift needed) the exponentials are computed in fp32
+    and stored in bf16, the precision the gradient GEMMs read them in, and each position's sum of
+    exponentials comes out of a bf16 reduction (relative error measured <= 0.32% on a 54,542-item
+    block, the order of the bf16 exponentials' own rounding; a reduction with an fp32 result converts
+    the whole block first and takes ~5x longer). Tested
+    against fp32 CE of the bf16-rounded operands: loss within 0.2%, gradients within 2% of their max.
     """
 
     @staticmethod
@@ -94,8 +98,6 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         if compute_dtype:  # the bf16 copy of the item table, in a reused buffer
             w = _buffer(workspace, "items_low", items.numel(), compute_dtype, items.device).view(items.shape)
             w.copy_(items)
-        lse = torch.full((P,), float("-inf"), device=hidden.device, dtype=torch.float32)
-        target_logits = torch.empty(P, device=hidden.device, dtype=torch.float32)
         ctx.chunk, ctx.compute_dtype, ctx.item_chunk = chunk, compute_dtype, item_chunk
         if item_chunk == V and any(ctx.needs_input_grad[:2]):  # one pass: loss and both gradients
             # positions padded to a multiple of 16 with zero rows (their columns are dropped): the last
@@ -122,7 +124,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # one [V, chunk] block buffer for the whole batch (a smaller last block is a contiguous view
             # of its front): a fresh block per chunk costs page faults and leaves the heap fragmented.
             # bf16 and bounded: the block stays bf16 end to end (exp computed in fp32, stored in bf16,
-            # which is what the gradient GEMMs read anyway; column sums accumulate in fp32)
+            # which is what the gradient GEMMs read anyway; column sums as below)
             low = _buffer(workspace, "block_low", V * chunk, compute_dtype, hidden.device) if compute_dtype else None
             block = None if (low is not None and bounded) else _buffer(
                 workspace, "block", V * chunk, torch.float32, hidden.device)
@@ -152,9 +154,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 col_max = None if bounded else e.amax(dim=0)
                 if col_max is not None:
                     e.sub_(col_max)
-                # bf16 block: the column sums accumulate in fp32 inside the reduction and come out rounded
-                # to bf16 (relative error ~2^-9, that of each bf16 exponential); a reduction with an fp32
-                # result converts the whole block first and takes ~5x longer
+                # bf16 block: column sums from a bf16 reduction (class docstring)
                 e.exp_()
                 col_sum = e.sum(dim=0).float() if e.dtype == torch.bfloat16 else e.sum(dim=0)
                 lse[rows] = col_sum.log() if col_max is None else col_max + col_sum.log()
@@ -175,6 +175,8 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             ctx.fused, ctx.dtypes = True, (hidden.dtype, table.dtype)
             return (lse[:P] - target_logits[:P]).mean()
         ctx.fused = False
+        lse = torch.full((P,), float("-inf"), device=hidden.device, dtype=torch.float32)
+        target_logits = torch.empty(P, device=hidden.device, dtype=torch.float32)
         for start in range(0, P, chunk):
             hc, tc = h[start : start + chunk], targets[start : start + chunk]
             cols = torch.arange(hc.shape[0], device=hidden.device)
