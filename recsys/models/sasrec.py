@@ -60,36 +60,66 @@ class Packing:
 
     Blocks work on the packed [T, F] rows: every linear layer, LayerNorm, GELU and dropout then costs
     T rows instead of B x L (on Beauty's training batches about 1 in 9 positions is real). Only the
-    attention scatters its queries, keys and values back into [B, L] for the batched matmuls. T is
-    rounded up to :func:`bucket_size` with copies of a real row that nothing reads: oneDNN compiles
-    and caches a kernel per shape (GELU runs there), and a new T every step grew the process by ~1 MB
-    per step."""
+    attention scatters its queries, keys and values into a [B, L] grid, and there each row's items sit
+    at the front (right padding): a real query's earlier keys are then all real, so causal attention
+    needs no mask at all (SDPA's ``is_causal``, which also skips the masked half of the work), and
+    bidirectional attention only a [B, 1, 1, L] key mask. T is rounded up to :func:`bucket_size` with
+    copies of a real row that nothing reads: oneDNN compiles and caches a kernel per shape (GELU runs
+    there), and a new T every step grew the process by ~1 MB per step."""
 
     def __init__(self, not_pad: torch.Tensor):
         B, L = not_pad.shape[:2]
         self.batch, self.length = B, L
         flat = not_pad.reshape(B * L)
-        self.index = flat.nonzero().squeeze(1)  # [T] into the flattened [B * L]
+        self.index = flat.nonzero().squeeze(1)  # [T] into the flattened left-padded [B * L]
         self.num_real = T = self.index.numel()
         self.full = T == B * L  # no padding (e.g. evaluation blocks of long histories): packing is a view
-        self.rows = self.index  # [T_bucket]: the real rows, then copies of the last one
+        self.counts = counts = not_pad.reshape(B, L).sum(1)  # [B] items per row
+        # the same positions in the attention grid, where row b's items take columns 0 .. counts[b] - 1
+        self.grid_index = self.index - (L - counts)[self.index // L]  # [T]
+        self.rows, self.grid_rows = self.index, self.grid_index  # [T_bucket]: the real rows, then copies
         if bucket_size(T) > T and not self.full:
-            self.rows = torch.cat([self.index, self.index[-1:].expand(bucket_size(T) - T)])
-        counts = not_pad.reshape(B, L).sum(1)  # [B]
-        # each row's last position (always real for a non-empty left-padded row) in the packed rows
+            extra = bucket_size(T) - T
+            self.rows = torch.cat([self.index, self.index[-1:].expand(extra)])
+            self.grid_rows = torch.cat([self.grid_index, self.grid_index[-1:].expand(extra)])
+        # each row's last position (always real for a non-empty row) in the packed rows
         self.last = (counts.cumsum(0) - 1).clamp_min(0)  # [B]
         self.nonempty = (counts > 0)[:, None]  # [B, 1]
 
-    def pack(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, F] -> [T_bucket, F]
+    def pack(self, x: torch.Tensor) -> torch.Tensor:  # left-padded [B, L, F] -> [T_bucket, F]
         if self.full:
             return x.reshape(self.batch * self.length, -1)
         return x.reshape(self.batch * self.length, -1).index_select(0, self.rows)
 
-    def unpack(self, x: torch.Tensor) -> torch.Tensor:  # [T_bucket, F] -> [B, L, F], zeros at padding
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:  # [T_bucket, F] -> left-padded [B, L, F], zeros at padding
         if self.full:
             return x.view(self.batch, self.length, -1)
         out = x.new_zeros(self.batch * self.length, x.shape[-1])
         return out.index_copy_(0, self.index, x[: self.num_real]).view(self.batch, self.length, -1)
+
+    def to_grid(self, x: torch.Tensor) -> torch.Tensor:  # [T_bucket, F] -> [B, L, F], items first, zeros after
+        if self.full:
+            return x.view(self.batch, self.length, -1)
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+        return out.index_copy_(0, self.grid_index, x[: self.num_real]).view(self.batch, self.length, -1)
+
+    def from_grid(self, y: torch.Tensor) -> torch.Tensor:  # [B, L, F] (grid) -> [T_bucket, F]
+        if self.full:
+            return y.reshape(self.batch * self.length, -1)
+        return y.reshape(self.batch * self.length, -1).index_select(0, self.grid_rows)
+
+    def key_mask(self) -> torch.Tensor | None:
+        """[B, 1, 1, L] bool, True = a real key (None without padding); an empty row keeps key 0, so
+        no softmax row is empty (SDPA would return NaN there)."""
+        if self.full:
+            return None
+        columns = torch.arange(self.length, device=self.counts.device)
+        return ((columns < self.counts[:, None]) | (columns == 0))[:, None, None, :]
+
+    def last_queries(self, q: torch.Tensor) -> torch.Tensor:  # grid [B, H, L, d] -> [B, H, 1, d]
+        if self.full:
+            return q[:, :, -1:]
+        return q[torch.arange(self.batch, device=q.device), :, (self.counts - 1).clamp_min(0)].unsqueeze(2)
 
     def last_rows(self, x: torch.Tensor) -> torch.Tensor:  # [T_bucket, F] -> [B, F], zeros for an empty row
         if self.num_real == 0:
@@ -111,36 +141,39 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, packing: Packing, attn_mask: torch.Tensor | None,
-                attention_input: torch.Tensor | None = None, last_only: bool = False, causal: bool = True):
+    def forward(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None = None,
+                last_only: bool = False, causal: bool = True):
         """Packed [T, D] -> [T, D] (T: :class:`Packing`'s rows), or [B, D] for each row's last query only
-        (``last_only``: keys and values still come from every position). ``attn_mask`` None: no padding,
-        so causal attention needs no mask (SDPA's ``is_causal``, which also skips the masked half)."""
+        (``last_only``: keys and values still come from every position). ``causal``: a query sees its
+        own and earlier positions (SASRec), otherwise every position of its row (BERT4Rec)."""
         B, L, D = packing.batch, packing.length, x.shape[-1]
         H = self.num_heads
+        # the attention grid: row b's items in columns 0 .. n_b - 1, zeros after (Packing)
         if attention_input is None:
-            q, k, v = packing.unpack(self.qkv(x)).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
+            q, k, v = packing.to_grid(self.qkv(x)).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
         else:
-            q, k = packing.unpack(self.qk(attention_input)).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
-            v = packing.unpack(self.v(x)).view(B, L, H, D // H).transpose(1, 2)
-        is_causal = causal and attn_mask is None and not last_only  # the last query may see every key
-        if last_only:
-            q = q[:, :, -1:]
-            attn_mask = None if attn_mask is None else attn_mask[:, :, -1:]
-        # q: [B, H, L_q, D/H], k, v: [B, H, L, D/H]; attn_mask: [B, 1, L_q, L] bool, True = may attend
+            q, k = packing.to_grid(self.qk(attention_input)).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
+            v = packing.to_grid(self.v(x)).view(B, L, H, D // H).transpose(1, 2)
+        # q: [B, H, L_q, D/H], k, v: [B, H, L, D/H]; mask: [B, 1, 1, L] real keys, or none
+        if last_only:  # the last item's query sees every real key of its row
+            q, mask, is_causal = packing.last_queries(q), packing.key_mask(), False
+        elif causal:  # earlier keys of a real query are all real: no mask
+            mask, is_causal = None, True
+        else:
+            mask, is_causal = packing.key_mask(), False
         if self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's CPU path with dropout is this same math with a bernoulli_ mask (3x slower to draw)
-            weights = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+            weights = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # [B, H, L_q, L]
             if is_causal:
-                attn_mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-            if attn_mask is not None:
-                weights.masked_fill_(~attn_mask, float("-inf"))
+                weights.masked_fill_(~torch.ones(L, L, dtype=torch.bool, device=x.device).tril(), float("-inf"))
+            if mask is not None:
+                weights.masked_fill_(~mask, float("-inf"))
             y = dropout(weights.softmax(dim=-1), self.dropout) @ v  # [B, H, L_q, D/H]
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                                dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, -1, D)  # [B, L_q, D]
-        return self.out(y[:, -1] if last_only else packing.pack(y))
+        return self.out(y[:, 0] if last_only else packing.from_grid(y))
 
 
 class Block(nn.Module):
@@ -154,43 +187,27 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), Dropout(cfg.dropout), nn.Linear(ffn, dim))
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, packing: Packing, attn_mask: torch.Tensor | None,
-                attention_input: torch.Tensor | None = None, last_only: bool = False, causal: bool = True):
+    def forward(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None = None,
+                last_only: bool = False, causal: bool = True):
         """Packed [T, D] -> [T, D]; ``last_only``: [B, D], each row's last position alone (the last
         block of an evaluation, which reads no other position: a 1 / L share of its attention and FFN)."""
         residual = packing.last_rows(x) if last_only else x
-        x = residual + self.drop(self.attn(self.ln_attn(x), packing, attn_mask, attention_input, last_only, causal))
+        x = residual + self.drop(self.attn(self.ln_attn(x), packing, attention_input, last_only, causal))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, not_pad: torch.Tensor, causal: bool,
                attention_input: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
-    """The blocks in order on the real positions only (:class:`Packing`): [B, L, D] -> [B, L, D] with
-    zeros at padding, or [B, 1, D] with ``last_only`` (the last block computes the last position only).
-    The attention mask (:func:`causal_padding_mask`) is built only for a batch with padding."""
+    """The blocks in order on the real positions only (:class:`Packing`): left-padded [B, L, D] ->
+    [B, L, D] with zeros at padding, or [B, 1, D] with ``last_only`` (the last block computes the last
+    position only)."""
     packing = Packing(not_pad)
-    attn_mask = None if packing.full else causal_padding_mask(not_pad[..., 0], causal)  # [B, 1, L, L]
     x = packing.pack(x)  # [T, D]
     if attention_input is not None:
         attention_input = packing.pack(attention_input)  # [T, A]
     for i, block in enumerate(blocks):
-        x = block(x, packing, attn_mask, attention_input, last_only and i == len(blocks) - 1, causal)
+        x = block(x, packing, attention_input, last_only and i == len(blocks) - 1, causal)
     return x[:, None] if last_only else packing.unpack(x)
-
-
-def causal_padding_mask(item_ids: torch.Tensor, causal: bool = True) -> torch.Tensor:
-    """[B, 1, L, L] bool: query i may attend key j if j is not padding (and j <= i when causal);
-    ``item_ids`` [B, L] (or its not-padding mask).
-
-    A padded query attends to itself only, so no row is empty (SDPA would return NaN there).
-    """
-    B, L = item_ids.shape
-    key_ok = (item_ids != 0)[:, None, None, :]  # [B, 1, 1, L]
-    eye = torch.eye(L, dtype=torch.bool, device=item_ids.device)
-    allowed = key_ok | eye
-    if causal:
-        allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=item_ids.device).tril()
-    return allowed
 
 
 @register("sasrec", SASRecConfig)

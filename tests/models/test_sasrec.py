@@ -90,26 +90,25 @@ def test_decoupled_attention_table_only_steers_attention():
 
 
 def test_training_attention_dropout_is_unbiased_and_causal():
-    from recsys.models.sasrec import CausalSelfAttention, Packing, causal_padding_mask
+    from recsys.models.sasrec import CausalSelfAttention, Packing
 
     torch.manual_seed(0)
     attn = CausalSelfAttention(16, 2, dropout=0.5)
     item_ids = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
-    mask = causal_padding_mask(item_ids)
     packing = Packing((item_ids != 0)[..., None])
     x = torch.randn(10, 16)  # the 10 real positions, packed
     with torch.no_grad():
-        expected = attn.eval()(x, packing, mask)  # SDPA, no dropout
+        expected = attn.eval()(x, packing)  # SDPA, no dropout
         attn.train()
-        mean = sum(attn(x, packing, mask) for _ in range(4000)) / 4000  # dropout on the attention weights
+        mean = sum(attn(x, packing) for _ in range(4000)) / 4000  # dropout on the attention weights
         torch.testing.assert_close(mean, expected, atol=0.03, rtol=0.0)
-        assert not torch.allclose(attn(x, packing, mask), expected, atol=1e-3)  # dropout is on in training
+        assert not torch.allclose(attn(x, packing), expected, atol=1e-3)  # dropout is on in training
         x2 = x.clone()
         x2[packing.last] += 1.0  # change each row's last position only
         torch.manual_seed(5)
-        a = attn(x, packing, mask)
+        a = attn(x, packing)
         torch.manual_seed(5)
-        b = attn(x2, packing, mask)
+        b = attn(x2, packing)
         earlier = torch.ones(10, dtype=torch.bool)
         earlier[packing.last] = False
         torch.testing.assert_close(a[earlier], b[earlier])
@@ -194,3 +193,34 @@ def test_batch_without_padding_takes_the_maskless_path_with_the_same_outputs(nam
         torch.testing.assert_close(g_full, g_mixed, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(m.eval().user_vectors(full), m.user_vectors(mixed)[:2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_a_padded_row_equals_the_same_history_alone(name):
+    """Left padding is moved to the right inside the attention (no mask for causal attention): a short
+    history next to long ones gives what it gives alone, in training (no dropout) and evaluation."""
+    torch.manual_seed(0)
+    m = build_model(name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2,
+                           "dropout": 0.0}, num_items=40).train()
+    batch = torch.tensor([[1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 13, 14], [0, 7, 8, 9, 10, 11]])
+    alone = torch.tensor([[13, 14]])
+    torch.testing.assert_close(m(batch)[1, -2:], m(alone)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m(batch)[2, 1:], m(batch[2:, 1:])[0], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        m.eval()
+        torch.testing.assert_close(m.user_vectors(batch)[1], m.user_vectors(alone)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_packing_attention_grid_puts_items_first():
+    from recsys.models.sasrec import Packing
+
+    item_ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0], [0, 0, 0, 7]])
+    packing = Packing((item_ids != 0)[..., None])
+    packed = packing.pack(item_ids[..., None].float())  # [7, 1]
+    grid = packing.to_grid(packed)[..., 0]
+    assert grid.tolist() == [[3, 4, 0, 0], [1, 2, 3, 4], [0, 0, 0, 0], [7, 0, 0, 0]]
+    torch.testing.assert_close(packing.from_grid(packing.to_grid(packed)), packed)
+    assert packing.key_mask()[:, 0, 0].tolist() == [[True, True, False, False], [True] * 4,
+                                                    [True, False, False, False], [True, False, False, False]]
+    q = grid[:, None, :, None]  # [B, H=1, L, 1]
+    assert packing.last_queries(q)[:, 0, 0, 0].tolist() == [4, 4, 0, 7]
