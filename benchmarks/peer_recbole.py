@@ -137,10 +137,12 @@ def main(argv=None) -> int:
         overrides += [f"model.mask_prob={args.mask_prob}", f"model.ffn_dim={ffn_mult * hidden}"]
     cfg = load_recipe(recipe, overrides)
     python = ensure_recbole()
-    mine = None
-    if args.equal_targets:  # ours first: RecBole then trains exactly as many targets (to the batch)
+    def run_ours() -> dict:
         print(f"ours on {args.dataset} ...", flush=True)
-        mine = ours(recipe, overrides, args.threads)
+        return ours(recipe, overrides, args.threads)
+
+    # --equal-targets: ours first, so RecBole can stop at as many targets (to the batch)
+    mine = run_ours() if args.equal_targets else None
     with tempfile.TemporaryDirectory() as tmp:
         seq = prepare_data(cfg.data, verbose=False).split.data
         write_atomic(seq, Path(tmp), args.dataset)
@@ -159,17 +161,15 @@ def main(argv=None) -> int:
             return done.returncode
         theirs = json.loads(done.stdout.strip().splitlines()[-1])
     if mine is None:
-        print(f"ours on {args.dataset} ...", flush=True)
-        mine = ours(recipe, overrides, args.threads)
+        mine = run_ours()
     our_targets = mine["train_targets"]  # every position of each user's training window, counted by the trainer
+    their_users_per_second = theirs["eval_users"] / theirs["eval_seconds"] if theirs["eval_users"] else float("nan")
     rows = {
         "training targets": (our_targets, theirs["train_targets"]),
         "training targets / s": (our_targets / mine["train_seconds"], theirs["targets_per_second"]),
-        "evaluation users / s": (mine["test"]["num_users"] / mine["test"]["seconds"],
-                                 theirs["eval_users"] / theirs["eval_seconds"] if theirs["eval_users"] else float("nan")),
+        "evaluation users / s": (mine["test"]["num_users"] / mine["test"]["seconds"], their_users_per_second),
         "evaluation users / s, every exact rank": (
-            mine["test_every_rank"]["num_users"] / mine["test_every_rank"]["seconds"],
-            theirs["eval_users"] / theirs["eval_seconds"] if theirs["eval_users"] else float("nan")),
+            mine["test_every_rank"]["num_users"] / mine["test_every_rank"]["seconds"], their_users_per_second),
         "peak RSS (MB)": (mine["peak_rss_mb"], theirs["peak_rss_mb"]),
         "test NDCG@10": (mine["test"]["ndcg@10"], theirs["ndcg@10"]),
         "test HR@10": (mine["test"]["hr@10"], theirs["hr@10"]),
@@ -189,8 +189,9 @@ def main(argv=None) -> int:
         append_record(make_record(
             "peer_recbole", command="python benchmarks/peer_recbole.py " + " ".join(
                 map(shlex.quote, argv if argv is not None else sys.argv[1:])), dataset=args.dataset, model=args.model,
-            ce_dtype=args.ce_dtype, lr=args.lr, recbole_lr=args.recbole_lr, mask_prob=args.mask_prob if args.model == "bert4rec" else None, max_len=max_len,
-            epochs=args.epochs, recbole_batches=args.recbole_batches, equal_targets=args.equal_targets, threads=args.threads,
+            ce_dtype=args.ce_dtype, lr=args.lr, recbole_lr=args.recbole_lr,
+            mask_prob=args.mask_prob if args.model == "bert4rec" else None, max_len=max_len, epochs=args.epochs,
+            recbole_batches=args.recbole_batches, equal_targets=args.equal_targets, threads=args.threads,
             rows={k: {"ours": a, "recbole": b} for k, (a, b) in rows.items()}, ours=mine, recbole=theirs), args.log_results)
     return 0
 

@@ -55,6 +55,30 @@ def popular_first(split: Split, num_items: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.argsort(-counts, kind="stable")[: min(size, num_items - 1)].copy())
 
 
+def exact_ranks(
+    items: torch.Tensor,
+    users: torch.Tensor,
+    target_ids: torch.Tensor,
+    num_items: int,
+    exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
+    tie_policy: str,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Every user's exact rank: one GEMM [V_pad, D] x [D, B] (into ``out`` when given), the padding item
+    and the alignment rows set to -inf, then :func:`recsys.metrics.ranks_from_item_scores`."""
+    scores_t = torch.mm(items, users.T, out=out)  # [V_pad, B]
+    scores_t[0] = float("-inf")  # padding id is never a candidate
+    scores_t[num_items:] = float("-inf")  # nor are the rows added for alignment
+    return ranks_from_item_scores(scores_t, target_ids, exclude_index=exclude_index, tie_policy=tie_policy)
+
+
+def _position_of(selected: torch.Tensor, size: int) -> torch.Tensor:
+    """[size] long: the position of each value in ``selected``, -1 for values not in it."""
+    position = torch.full((size,), -1, dtype=torch.long, device=selected.device)
+    position[selected] = torch.arange(len(selected), device=selected.device)
+    return position
+
+
 def cutoff_ranks(
     items: torch.Tensor,
     popular_ids: torch.Tensor,
@@ -82,9 +106,7 @@ def cutoff_ranks(
     popular = items[popular_ids]  # [P, D]
     scores_t = popular @ users.T  # [P, B]
     if exclude_index is not None:
-        row_of = torch.full((items.shape[0],), -1, dtype=torch.long, device=items.device)
-        row_of[popular_ids] = torch.arange(len(popular_ids), device=items.device)
-        rows = row_of[exclude_index[1]]
+        rows = _position_of(popular_ids, items.shape[0])[exclude_index[1]]
         keep = rows >= 0
         scores_t[rows[keep], exclude_index[0][keep]] = float("-inf")
     target_scores = (items[target_ids] * users).sum(1)  # [B]
@@ -97,17 +119,12 @@ def cutoff_ranks(
         n_pad = n + (-n) % 8
         sub_users = F.pad(users[undecided], (0, 0, 0, n_pad - n))  # [n_pad, D]
         sub_targets = F.pad(target_ids[undecided], (0, n_pad - n), value=1)
-        scores_t = items @ sub_users.T  # [V_pad, n_pad], as in the default path
-        scores_t[0] = float("-inf")
-        scores_t[num_items:] = float("-inf")
         sub_exclude = None
         if exclude_index is not None:
-            column_of = torch.full((B,), -1, dtype=torch.long, device=users.device)
-            column_of[undecided] = torch.arange(n, device=users.device)
-            cols = column_of[exclude_index[0]]
+            cols = _position_of(undecided, B)[exclude_index[0]]
             keep = cols >= 0
             sub_exclude = (cols[keep], exclude_index[1][keep])
-        ranks[undecided] = ranks_from_item_scores(scores_t, sub_targets, sub_exclude, tie_policy)[:n]
+        ranks[undecided] = exact_ranks(items, sub_users, sub_targets, num_items, sub_exclude, tie_policy)[:n]
     return ranks, n
 
 
@@ -169,26 +186,22 @@ def evaluate(
             users = F.normalize(users, dim=-1)
         b = users.shape[0]
         b_pad = b + (-b) % 8
+        users = F.pad(users, (0, 0, 0, b_pad - b))  # [b_pad, D]
         targets = F.pad(batch.target_ids.to(device), (0, b_pad - b), value=1)
         exclude = None
         if cfg.exclude_seen:
             rows, seen = seen_items_csr(split, eval_set, batch.rows)
             exclude = (rows.to(device), seen.to(device))
         if cutoff:
-            ranks, block_fully_ranked = cutoff_ranks(
-                padded_items, popular_ids, F.pad(users, (0, 0, 0, b_pad - b)), targets, num_items,
-                max(cfg.ks), exclude, cfg.tie_policy, max_item_norm)
+            ranks, block_fully_ranked = cutoff_ranks(padded_items, popular_ids, users, targets, num_items,
+                                                     max(cfg.ks), exclude, cfg.tie_policy, max_item_norm)
             fully_ranked += block_fully_ranked
-            for name, value in ranking_metric_sums(ranks[:b], cfg.ks).items():
-                sums[name] = sums.get(name, 0.0) + value
-            continue
-        # one reused buffer (a fresh [V, b] allocation per block costs page faults); a smaller last
-        # block is a contiguous view of its front, so there is never a second [V, b] block in memory
-        scores_t = buffer[: padded_items.shape[0] * b_pad].view(padded_items.shape[0], b_pad)
-        torch.mm(padded_items, F.pad(users, (0, 0, 0, b_pad - b)).T, out=scores_t)
-        scores_t[0] = float("-inf")  # padding id is never a candidate
-        scores_t[num_items:] = float("-inf")  # nor are the rows added for alignment
-        ranks = ranks_from_item_scores(scores_t, targets, exclude_index=exclude, tie_policy=cfg.tie_policy)[:b]
+        else:
+            # one reused buffer (a fresh [V, b] allocation per block costs page faults); a smaller last
+            # block is a contiguous view of its front, so there is never a second [V, b] block in memory
+            scores_t = buffer[: padded_items.shape[0] * b_pad].view(padded_items.shape[0], b_pad)
+            ranks = exact_ranks(padded_items, users, targets, num_items, exclude, cfg.tie_policy, out=scores_t)
+        ranks = ranks[:b]
         for name, value in ranking_metric_sums(ranks, cfg.ks).items():
             sums[name] = sums.get(name, 0.0) + value
         if return_ranks:

@@ -39,8 +39,8 @@ class LossConfig:
 class Workspace:
     """Buffers that the full CE reuses from one training step to the next (logit blocks, bf16 copies of
     the item table): allocated once instead of every step. Fresh 7-28 MB blocks every step fragment the
-    heap -- on Beauty a SASRec epoch's peak memory grew by ~50% that way -- or, if handed back to the
-    OS, cost a page fault per 4 KiB each step. Nothing in it outlives a forward pass."""
+    heap or, if handed back to the OS, cost a page fault per 4 KiB each step. Nothing in it outlives a
+    forward pass."""
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
@@ -75,13 +75,13 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     log-sum-exp and target logit, and the backward recomputes each block's logits and turns them into
     ``softmax - onehot`` in place. Same value and gradients as ``F.cross_entropy(hidden @ items.T,
     targets)`` to float rounding (tested). ``compute_dtype=torch.bfloat16`` runs the three GEMMs in
-    bf16 (about 2x faster on CPUs with bf16 units) with fp32 accumulation; the gradients are summed
-    in fp32. When the logits are bounded (no max-shift needed) the exponentials are computed in fp32
-    and stored in bf16, the precision the gradient GEMMs read them in, and each position's sum of
-    exponentials comes out of a bf16 reduction (relative error measured <= 0.32% on a 54,542-item
-    block, the order of the bf16 exponentials' own rounding; a reduction with an fp32 result converts
-    the whole block first and takes ~5x longer). Tested
-    against fp32 CE of the bf16-rounded operands: loss within 0.2%, gradients within 2% of their max.
+    bf16 with fp32 accumulation (the whole loss 2.8x faster at Beauty's shape on a CPU with bf16
+    units); the gradients are summed in fp32. When the logits are bounded (no max-shift needed) the
+    exponentials are computed in fp32 and stored in bf16, the precision the gradient GEMMs read them
+    in, and each position's sum of exponentials comes out of a bf16 reduction (relative error measured
+    <= 0.32% on a 54,542-item block, the order of the bf16 exponentials' own rounding; a reduction
+    with an fp32 result converts the whole block first and takes ~5x longer). Tested against fp32 CE
+    of the bf16-rounded operands: loss within 0.2%, gradients within 2% of their max.
     """
 
     @staticmethod
@@ -102,7 +102,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         if item_chunk == V and any(ctx.needs_input_grad[:2]):  # one pass: loss and both gradients
             # positions padded to a multiple of 16 with zero rows (their columns are dropped): the last
             # block's width takes one of 8 values, not any of 128 -- oneDNN compiles and caches a GEMM
-            # kernel per shape, and a new width every step grew the process by ~1 MB per step
+            # kernel per shape, and new widths (with the encoder's new shapes) grew the process every step
             P_pad = P + (-P) % 16
             h = F.pad(h, (0, 0, 0, P_pad - P))
             targets = F.pad(targets, (0, P_pad - P))

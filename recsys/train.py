@@ -90,7 +90,8 @@ def retain_freed_memory() -> bool:
     default glibc can hand such blocks back and map them fresh, so each reuse costs a page fault per
     4 KiB: on Beauty (SASRec+, bf16 logits) ~2,500 faults per step and ~4% of its time, measured with
     ru_minflt, now that the loss's blocks and the optimizer no longer allocate per step (~12,000
-    before). Kept in the heap they are reused without faults; peak memory was unchanged (534 vs 532 MB). Returns whether the settings were applied: not on other C libraries, nor when the user set
+    before). Kept in the heap they are reused without faults; peak memory was unchanged (534 vs 532
+    MB). Returns whether the settings were applied: not on other C libraries, nor when the user set
     MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (theirs win).
     """
     if sys.platform != "linux" or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):

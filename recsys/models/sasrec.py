@@ -4,8 +4,8 @@ Wang-Cheng Kang and Julian McAuley, "Self-Attentive Sequential Recommendation", 
 
 Method. Item embeddings (scaled by sqrt(D)) plus learned position embeddings go through
 ``num_blocks`` causal transformer blocks (multi-head self-attention, then a two-layer point-wise
-feed-forward network, each with a residual connection); padded positions are zeroed after every
-block; a final LayerNorm gives the hidden state h_t, scored against the (shared) item embeddings:
+feed-forward network, each with a residual connection), computed for the real positions only
+(:class:`Packing`); a final LayerNorm gives the hidden state h_t, scored against the (shared) item embeddings:
 ``score(i | history up to t) = h_t . e_i``.
 
 What differs from the paper:
@@ -78,8 +78,8 @@ class Packing:
         # the same positions in the attention grid, where row b's items take columns 0 .. counts[b] - 1
         self.grid_index = self.index - (L - counts)[self.index // L]  # [T]
         self.rows, self.grid_rows = self.index, self.grid_index  # [T_bucket]: the real rows, then copies
-        if bucket_size(T) > T and not self.full:
-            extra = bucket_size(T) - T
+        extra = 0 if self.full else bucket_size(T) - T
+        if extra:
             self.rows = torch.cat([self.index, self.index[-1:].expand(extra)])
             self.grid_rows = torch.cat([self.grid_index, self.grid_index[-1:].expand(extra)])
         # each row's last position (always real for a non-empty row) in the packed rows
