@@ -214,6 +214,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("eval.block_size", cfg.eval.block_size >= 1, ">= 1"),
         ("eval.ranks", cfg.eval.ranks in ("all", "cutoff"), "'all' or 'cutoff'"),
         ("eval.popular_items", cfg.eval.popular_items >= 1, ">= 1"),
+        ("eval.encoder_tokens", cfg.eval.encoder_tokens >= 1, ">= 1"),
         ("model.max_seq_len", getattr(cfg.model, "max_seq_len", 1) >= 1, ">= 1"),
         ("data.k_core", cfg.data.k_core >= 0, ">= 0"),
     ]

@@ -44,6 +44,10 @@ class EvalConfig:
     # the most frequent items first: the same @k metrics, no uncut MRR, several times faster (docstring)
     ranks: Literal["all", "cutoff"] = "all"
     popular_items: int = 2040  # items every user is scored against first under ranks="cutoff"
+    # history positions per encoder call (a block's users go through the encoder in slices of at most
+    # this many [users x length] positions): the encoder's intermediates stay small and are reused from
+    # the heap; on ML-1M (length 200) one call per block of 512 users was 1.3x slower (0.42 vs 0.32 s)
+    encoder_tokens: int = 8192
 
 
 def popular_first(split: Split, num_items: int, size: int) -> torch.Tensor:
@@ -128,6 +132,15 @@ def cutoff_ranks(
     return ranks, n
 
 
+def user_vectors(model, batch, device: str | torch.device, max_tokens: int) -> torch.Tensor:
+    """[b, D]: ``model.user_vectors`` of an evaluation batch, at most ``max_tokens`` positions per call."""
+    rows = max(1, max_tokens // max(batch.item_ids.shape[1], 1))
+    parts = [model.user_vectors(*(t[start : start + rows].to(device)
+                                  for t in (batch.item_ids, batch.timestamps, batch.target_timestamps)))
+             for start in range(0, batch.item_ids.shape[0], rows)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -179,9 +192,7 @@ def evaluate(
     batches = iter_eval_batches(split, eval_set, max_len, block)
     total = (len(eval_set) + block - 1) // block
     for batch in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-        users = model.user_vectors(
-            batch.item_ids.to(device), batch.timestamps.to(device), batch.target_timestamps.to(device)
-        )  # [b, D]
+        users = user_vectors(model, batch, device, cfg.encoder_tokens)  # [b, D]
         if normalize:
             users = F.normalize(users, dim=-1)
         b = users.shape[0]

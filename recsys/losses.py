@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .kernels import onednn
+
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
 
 
@@ -126,15 +128,19 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # bf16 and bounded: the block stays bf16 end to end (exp computed in fp32, stored in bf16,
             # which is what the gradient GEMMs read anyway; column sums as below)
             low = _buffer(workspace, "block_low", V * chunk, compute_dtype, hidden.device) if compute_dtype else None
-            block = None if (low is not None and bounded) else _buffer(
+            # fp32 on CPU: the three GEMMs through oneDNN (recsys.kernels.onednn: ~2x torch.mm here),
+            # which writes each [V, c] block itself (no out=), so there is no block buffer to reuse
+            dnn = low is None and onednn.usable(w)
+            block = None if (low is not None and bounded) or dnn else _buffer(
                 workspace, "block", V * chunk, torch.float32, hidden.device)
             # bf16 blocks: the target logits from the bf16-rounded operands in fp32 (what the GEMM adds up,
             # before its output is rounded), and the item table transposed once: [D, V] @ [V, c] is the
             # fastest layout for the hidden-state gradient on CPU (~1.5x over [V, c].T @ [V, D])
+            if low is not None or dnn:
+                w_t = _buffer(workspace, "items_t", w.numel(), w.dtype, w.device).view(w.shape[1], V)
+                w_t.copy_(w.T)  # [D, V]
             if low is not None:
                 target_logits = (h.float() * w[targets].float()).sum(1)
-                w_t = _buffer(workspace, "items_low_t", w.numel(), w.dtype, w.device).view(w.shape[1], V)
-                w_t.copy_(w.T)  # [D, V]
             for start in range(0, P, chunk):
                 hc, tc = h[start : start + chunk], targets[start : start + chunk]
                 c = hc.shape[0]
@@ -145,7 +151,9 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 # instead of a pass over the block (the [V, c] elementwise work costs as much as the GEMMs)
                 low_c = low[: V * c].view(V, c) if low is not None else None
                 e = low_c if block is None else block[: V * c].view(V, c)  # [V, c] logits (bf16 or fp32)
-                if low_c is None or e is low_c:
+                if dnn:
+                    e = onednn.mm(w, hc.T)
+                elif low_c is None or e is low_c:
                     torch.mm(w, hc.T, out=e)
                 else:  # bf16 GEMM, fp32 softmax
                     e.copy_(torch.mm(w, hc.T, out=low_c))
@@ -161,7 +169,10 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 if low_c is not None and e is not low_c:
                     e = low_c.copy_(e)  # the gradient GEMMs read bf16
                 scale = (1.0 / (col_sum * P))[:, None]  # [c, 1]; padded rows of hc are zero: no gradient
-                if e.dtype == torch.float32:
+                if dnn:  # [D, V] @ [V, c] and [V, c] @ [c, D]: oneDNN's fast layouts
+                    torch.mul(onednn.mm(w_t, e).T, scale, out=grad_hidden[rows])
+                    grad_items += onednn.mm(e, hc * scale)
+                elif e.dtype == torch.float32:
                     torch.mm(e.T, w, out=grad_hidden[rows]).mul_(scale)
                     grad_items.addmm_(e, hc * scale)
                 else:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.hstu_attention import hstu_attention
+from ..kernels.onednn import Linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
 
@@ -76,8 +77,8 @@ class HSTULayer(nn.Module):
         H = cfg.num_heads
         self.qk_dim = cfg.qk_dim or cfg.hidden_dim // H
         self.v_dim = cfg.v_dim or cfg.hidden_dim // H
-        self.uvqk = nn.Linear(cfg.hidden_dim, H * (2 * self.v_dim + 2 * self.qk_dim), bias=False)
-        self.out = nn.Linear(H * self.v_dim, cfg.hidden_dim)
+        self.uvqk = Linear(cfg.hidden_dim, H * (2 * self.v_dim + 2 * self.qk_dim), bias=False)
+        self.out = Linear(H * self.v_dim, cfg.hidden_dim)
         self.dropout = Dropout(cfg.dropout)
         self.position_bias = nn.Parameter(torch.zeros(cfg.max_seq_len)) if cfg.use_position_bias else None
         self.time_bias = nn.Parameter(torch.zeros(NUM_TIME_BUCKETS)) if cfg.use_time_bias else None

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.onednn import Linear, linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout, dropout
 
@@ -116,15 +117,32 @@ class Packing:
         columns = torch.arange(self.length, device=self.counts.device)
         return ((columns < self.counts[:, None]) | (columns == 0))[:, None, None, :]
 
-    def last_queries(self, q: torch.Tensor) -> torch.Tensor:  # grid [B, H, L, d] -> [B, H, 1, d]
-        if self.full:
-            return q[:, :, -1:]
-        return q[torch.arange(self.batch, device=q.device), :, (self.counts - 1).clamp_min(0)].unsqueeze(2)
-
     def last_rows(self, x: torch.Tensor) -> torch.Tensor:  # [T_bucket, F] -> [B, F], zeros for an empty row
         if self.num_real == 0:
             return x.new_zeros(self.batch, x.shape[-1])
         return x.index_select(0, self.last) * self.nonempty
+
+
+def chunked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
+                             chunk: int = 32) -> torch.Tensor:
+    """Causal softmax attention, [B, H, L, d] -> [B, H, L, d], ``chunk`` queries at a time (CPU).
+
+    Queries ``s .. e`` see keys ``0 .. e`` only: one batched GEMM for their scores, the upper triangle of
+    the last ``chunk`` x ``chunk`` square masked, softmax, dropout, one GEMM with the values. The work is
+    the causal half plus the chunks' diagonal squares, in GEMMs large enough to run at their speed; at
+    evaluation shapes (1 head of 64, L up to 200) this was ~1.3-1.5x faster on CPU than SDPA's flash
+    kernel with ``is_causal`` and ~2x faster than full masked attention (``benchmarks/attention_cpu.py``).
+    """
+    B, H, L, d = q.shape
+    q, k, v = (t.reshape(B * H, L, d) for t in (q, k, v))  # views for one head
+    out = q.new_empty(B * H, L, d)
+    above = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu_(1)
+    for start in range(0, L, chunk):
+        end = min(start + chunk, L)
+        scores = torch.bmm(q[:, start:end], k[:, :end].transpose(1, 2)).mul_(d**-0.5)  # [B H, c, end]
+        scores[:, :, start:].masked_fill_(above[: end - start, : end - start], float("-inf"))
+        out[:, start:end] = torch.bmm(dropout(scores.softmax(dim=-1), dropout_p), v[:, :end])
+    return out.view(B, H, L, d)
 
 
 class CausalSelfAttention(nn.Module):
@@ -134,12 +152,28 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"hidden_dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
         if attention_input_dim is None:
-            self.qkv = nn.Linear(dim, 3 * dim)
+            self.qkv = Linear(dim, 3 * dim)
         else:  # decoupled: queries / keys from the attention stream, values from the hidden state
-            self.qk = nn.Linear(attention_input_dim, 2 * dim)
-            self.v = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+            self.qk = Linear(attention_input_dim, 2 * dim)
+            self.v = Linear(dim, dim)
+        self.out = Linear(dim, dim)
         self.dropout = dropout
+
+    def _last_queries_keys_values(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None):
+        """Each row's last query [B, H, 1, d] and every position's keys and values [B, H, L, d] (grid):
+        the query projection runs on the B last rows only, not on all T."""
+        B, L, D = packing.batch, packing.length, x.shape[-1]
+        H = self.num_heads
+        if attention_input is None:
+            (w_q, w_kv), (b_q, b_kv) = self.qkv.weight.split([D, 2 * D]), self.qkv.bias.split([D, 2 * D])
+            q = linear(packing.last_rows(x), w_q, b_q)  # [B, D]
+            k, v = packing.to_grid(linear(x, w_kv, b_kv)).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
+        else:
+            (w_q, w_k), (b_q, b_k) = self.qk.weight.split([D, D]), self.qk.bias.split([D, D])
+            q = linear(packing.last_rows(attention_input), w_q, b_q)  # [B, D]
+            k = packing.to_grid(linear(attention_input, w_k, b_k)).view(B, L, H, D // H).transpose(1, 2)
+            v = packing.to_grid(self.v(x)).view(B, L, H, D // H).transpose(1, 2)
+        return q.view(B, 1, H, D // H).transpose(1, 2), k, v
 
     def forward(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None = None,
                 last_only: bool = False, causal: bool = True):
@@ -149,29 +183,29 @@ class CausalSelfAttention(nn.Module):
         B, L, D = packing.batch, packing.length, x.shape[-1]
         H = self.num_heads
         # the attention grid: row b's items in columns 0 .. n_b - 1, zeros after (Packing)
-        if attention_input is None:
-            q, k, v = packing.to_grid(self.qkv(x)).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
-        else:
-            q, k = packing.to_grid(self.qk(attention_input)).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
-            v = packing.to_grid(self.v(x)).view(B, L, H, D // H).transpose(1, 2)
-        # q: [B, H, L_q, D/H], k, v: [B, H, L, D/H]; mask: [B, 1, 1, L] real keys, or none
-        if last_only:  # the last item's query sees every real key of its row
-            q, mask, is_causal = packing.last_queries(q), packing.key_mask(), False
-        elif causal:  # earlier keys of a real query are all real: no mask
-            mask, is_causal = None, True
-        else:
+        if last_only:  # the last item's query (computed for it alone) sees every real key of its row
+            q, k, v = self._last_queries_keys_values(x, packing, attention_input)
             mask, is_causal = packing.key_mask(), False
-        if self.training and self.dropout > 0 and x.device.type == "cpu":
+        else:
+            if attention_input is None:
+                q, k, v = packing.to_grid(self.qkv(x)).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
+            else:
+                q, k = packing.to_grid(self.qk(attention_input)).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
+                v = packing.to_grid(self.v(x)).view(B, L, H, D // H).transpose(1, 2)
+            # causal: the earlier keys of a real query are all real, so no mask
+            mask, is_causal = (None, True) if causal else (packing.key_mask(), False)
+        # q: [B, H, L_q, D/H], k, v: [B, H, L, D/H]; mask: [B, 1, 1, L] real keys, or none
+        p = self.dropout if self.training else 0.0
+        if is_causal and x.device.type == "cpu":
+            y = chunked_causal_attention(q, k, v, p)
+        elif p > 0 and x.device.type == "cpu":
             # SDPA's CPU path with dropout is this same math with a bernoulli_ mask (3x slower to draw)
             weights = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # [B, H, L_q, L]
-            if is_causal:
-                weights.masked_fill_(~torch.ones(L, L, dtype=torch.bool, device=x.device).tril(), float("-inf"))
             if mask is not None:
                 weights.masked_fill_(~mask, float("-inf"))
-            y = dropout(weights.softmax(dim=-1), self.dropout) @ v  # [B, H, L_q, D/H]
+            y = dropout(weights.softmax(dim=-1), p) @ v  # [B, H, L_q, D/H]
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, -1, D)  # [B, L_q, D]
         return self.out(y[:, 0] if last_only else packing.from_grid(y))
 
@@ -184,7 +218,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(dim, cfg.num_heads, cfg.dropout, cfg.attention_table_dim)
         self.ln_ffn = nn.LayerNorm(dim)
         ffn = cfg.ffn_dim or dim
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), Dropout(cfg.dropout), nn.Linear(ffn, dim))
+        self.ffn = nn.Sequential(Linear(dim, ffn), nn.GELU(), Dropout(cfg.dropout), Linear(ffn, dim))
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None = None,

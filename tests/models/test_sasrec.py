@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recsys.losses import LossConfig, next_item_loss
 from recsys.models.base import MODELS, build_model
@@ -89,6 +90,22 @@ def test_decoupled_attention_table_only_steers_attention():
     assert not hasattr(SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16), 30), "attention_embedding")
 
 
+@pytest.mark.parametrize("length,chunk", [(70, 32), (64, 32), (5, 32), (33, 1)])
+def test_chunked_causal_attention_equals_sdpa_with_gradients(length, chunk):
+    from recsys.models.sasrec import chunked_causal_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, length, 8, requires_grad=True) for _ in range(3))  # [B, H, L, d]
+    out = chunked_causal_attention(q, k, v, chunk=chunk)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), [q, k, v])
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [q, k, v])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_training_attention_dropout_is_unbiased_and_causal():
     from recsys.models.sasrec import CausalSelfAttention, Packing
 
@@ -98,7 +115,7 @@ def test_training_attention_dropout_is_unbiased_and_causal():
     packing = Packing((item_ids != 0)[..., None])
     x = torch.randn(10, 16)  # the 10 real positions, packed
     with torch.no_grad():
-        expected = attn.eval()(x, packing)  # SDPA, no dropout
+        expected = attn.eval()(x, packing)  # no dropout
         attn.train()
         mean = sum(attn(x, packing) for _ in range(4000)) / 4000  # dropout on the attention weights
         torch.testing.assert_close(mean, expected, atol=0.03, rtol=0.0)
@@ -222,5 +239,4 @@ def test_packing_attention_grid_puts_items_first():
     torch.testing.assert_close(packing.from_grid(packing.to_grid(packed)), packed)
     assert packing.key_mask()[:, 0, 0].tolist() == [[True, True, False, False], [True] * 4,
                                                     [True, False, False, False], [True, False, False, False]]
-    q = grid[:, None, :, None]  # [B, H=1, L, 1]
-    assert packing.last_queries(q)[:, 0, 0, 0].tolist() == [4, 4, 0, 7]
+    assert packing.last_rows(packed)[:, 0].tolist() == [4, 4, 0, 7]  # an empty row's is zeros

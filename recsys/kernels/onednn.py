@@ -1,0 +1,102 @@
+"""fp32 matrix products through oneDNN on CPU, where torch's own fp32 GEMM is slow.
+
+``torch.mm`` and ``F.linear`` compute fp32 products with the BLAS torch was built with (MKL in the
+official x86 wheels), and MKL does not run its fastest code on AMD CPUs. oneDNN, which torch ships as
+well (and already uses for bf16 products), computes the same fp32 products several times faster:
+on the 2-core AMD EPYC of our benchmarks 320-480 GFLOP/s against 60-210 for the shapes of the
+encoders' linear layers and of the full CE (``python benchmarks/cpu_gemm.py`` prints the table).
+The results are fp32 products like torch's (they differ by summation order only; tests compare).
+
+The entry point is ``torch.ops.mkldnn._linear_pointwise`` (``x @ w.T + b``, the op torch.compile's
+CPU backend emits for linear layers). It is private, so its use is guarded: it is tried once on a
+small product and compared with ``torch.mm``; if it is missing, fails or disagrees, every function
+here falls back to torch's own product. ``RECSYS_CPU_GEMM=torch`` turns it off (e.g. to compare).
+
+Only products whose first operand is row-major go through oneDNN: reading a transposed first operand
+it was slower than MKL, so a linear layer's weight gradient (``grad.T @ x``) stays ``torch.mm``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_usable: bool | None = None  # decided on first use (see _check)
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T (+ bias)`` by oneDNN; x: [M, K] row-major, weight: [N, K] (any strides)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _check() -> bool:
+    if os.environ.get("RECSYS_CPU_GEMM", "onednn") == "torch" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*shape, generator=gen) for shape in ((37, 19), (23, 19), (23,)))  # no global RNG draw
+        return bool(torch.allclose(_product(x, w, b), torch.addmm(b, x, w.T), rtol=1e-5, atol=1e-5))
+    except (AttributeError, RuntimeError):  # no such op in this torch build, or it refused
+        return False
+
+
+def usable(t: torch.Tensor) -> bool:
+    """Whether a product reading ``t`` goes through oneDNN: fp32 on CPU, outside autocast (which wants
+    its own low-precision product), torch.compile (which lowers products itself) and TorchScript
+    tracing (an exported encoder holds torch's own ops only)."""
+    global _usable
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() == 0:
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if _usable is None:
+        _usable = _check()
+    return _usable
+
+
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for 2-D tensors; through oneDNN when ``a`` is row-major fp32 on CPU."""
+    if usable(a) and b.dtype == a.dtype and a.is_contiguous() and b.numel():
+        return _product(a, b.T)
+    return torch.mm(a, b)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # x: [M, K] row-major
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _product(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: [M, N]
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = _product(grad, weight.T) if ctx.needs_input_grad[0] else None  # [M, K]
+        grad_weight = torch.mm(grad.T, x) if ctx.needs_input_grad[1] else None  # [N, K]
+        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, [..., K] -> [..., N], through oneDNN for fp32 on CPU."""
+    if not (usable(x) and weight.dtype == x.dtype and weight.numel()):
+        return F.linear(x, weight, bias)
+    x2 = x.reshape(-1, x.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        y = _Linear.apply(x2, weight, bias)
+    else:
+        y = _product(x2, weight, bias)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) computed by :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
