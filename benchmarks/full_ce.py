@@ -11,9 +11,9 @@ peak RSS, each implementation in its own process; their losses agree (gradients:
 "chunked" blocks 128 positions x the whole catalogue; "item-chunked" blocks 128 positions x
 ``--item-chunk`` items with an online log-sum-exp, so its block does not grow with the catalogue.
 "gemms" / "gemms-bf16" time only the three GEMMs a forward + backward of full CE needs (logits, then the
-gradients of hidden states and items, same blocks, no softmax): the machine's arithmetic ceiling for this
-loss, which no implementation of exact full CE can beat. GFLOP/s counts those GEMMs' 6 x positions x
-items x dim floating-point operations for every implementation.
+gradients of hidden states and items; same blocks, same product routines as the loss, no softmax): the
+floor for any exact full CE built on these products. GFLOP/s counts those GEMMs' 6 x positions x items x
+dim floating-point operations for every implementation.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from recsys.kernels import onednn
 from recsys.losses import LossConfig, full_softmax_ce
 
 CHUNK = LossConfig().ce_chunk_size  # positions per block, as in training
@@ -50,6 +51,11 @@ def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
             block = torch.empty(V * CHUNK, dtype=dtype)  # reused; a smaller last block is a view of its front
             for first in range(0, positions, CHUNK):
                 hc = h[first : first + CHUNK]
+                if onednn.usable(w):  # fp32 on CPU: the products the CE computes, through oneDNN
+                    g = onednn.mm(w, hc.T)  # [V, c] logits
+                    grad_hidden[first : first + CHUNK] = onednn.mm(w_t, g).T
+                    grad_items += onednn.mm(g, hc)
+                    continue
                 g = block[: V * hc.shape[0]].view(V, hc.shape[0])
                 torch.mm(w, hc.T, out=g)  # [V, c] logits
                 grad_hidden[first : first + CHUNK] = (w_t @ g).T

@@ -302,11 +302,14 @@ class SampledColumns(torch.autograd.Function):
     def forward(ctx, hidden, items, columns, chunk: int):
         P, V = hidden.shape[0], items.shape[0]
         out = hidden.new_empty(P, columns.shape[1])
-        buffer = hidden.new_empty(min(chunk, P), V)
+        dnn = onednn.usable(hidden)  # fp32 on CPU: oneDNN's products, each writing its own block
+        buffer = None if dnn else hidden.new_empty(min(chunk, P), V)
         for start in range(0, P, chunk):
             rows = slice(start, min(start + chunk, P))
-            block = buffer[: rows.stop - start]
-            torch.mm(hidden[rows], items.T, out=block)
+            if dnn:
+                block = onednn.mm(hidden[rows], items.T)  # [c, V]
+            else:
+                block = torch.mm(hidden[rows], items.T, out=buffer[: rows.stop - start])
             out[rows] = block.gather(1, columns[rows])
         ctx.save_for_backward(hidden, items, columns)
         ctx.chunk = chunk
@@ -323,7 +326,7 @@ class SampledColumns(torch.autograd.Function):
             rows = slice(start, min(start + ctx.chunk, P))
             block = buffer[: rows.stop - start].zero_()
             block.scatter_add_(1, columns[rows], grad_out[rows].to(block.dtype))  # repeated columns add up
-            torch.mm(block, items, out=grad_hidden[rows])
+            grad_hidden[rows] = onednn.mm(block, items)
             grad_items.addmm_(block.T, hidden[rows])
         return grad_hidden, grad_items, None, None
 

@@ -236,6 +236,21 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             out.append(f"| {row['items']:,} | {row['positions']:,} x {row['dim']} | {row['impl']} | {row['seconds']:.2f} "
                        f"| {gflops:,.1f} | {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |")
         out += ["", _command(r), ""]
+    for r in (r for r in records if r["kind"] == "cpu_gemm"):
+        out += [f"## fp32 products on CPU: torch vs oneDNN — {r['date']}, {_machine_short(r['machine'])}, "
+                f"{r['threads']} threads, commit {r['commit']}", "",
+                "| product | torch GFLOP/s | oneDNN GFLOP/s | oneDNN / torch | max rel. difference |", "|---|---|---|---|---|"]
+        for row in r["rows"]:
+            out.append(f"| {row['product']} | {row['torch_gflops']:.0f} | {row['onednn_gflops']:.0f} "
+                       f"| {row['onednn_gflops'] / row['torch_gflops']:.2f}x | {row['max_rel_diff']:.1e} |")
+        out += ["", _command(r), ""]
+    for r in (r for r in records if r["kind"] == "attention_cpu"):
+        out += [f"## Causal attention on CPU — {r['date']}, {_machine_short(r['machine'])}, {r['threads']} threads, "
+                f"commit {r['commit']}", "",
+                "| batch x heads x length x dim | implementation | ms | vs SDPA | max abs. difference |", "|---|---|---|---|---|"]
+        for row in r["rows"]:
+            out.append(f"| {row['shape']} | {row['impl']} | {row['ms']:.1f} | {row['speedup']:.2f}x | {row['max_abs_diff']:.1e} |")
+        out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "cold_start"):
         out += [f"## Cold start: {r['dataset']}, {r['cold_items']:,} items held out of training ({r['fraction']:.0%}, "
                 f"seed {r['seed']}) — {r['date']}, commit {r['commit']}", "",

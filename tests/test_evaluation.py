@@ -45,12 +45,13 @@ def _brute_force_ranks(model, split, eval_set, max_len, exclude_seen):
 
 
 @pytest.mark.parametrize("exclude_seen", [True, False])
-@pytest.mark.parametrize("block_size", [7, 64])
-def test_evaluator_equals_brute_force(exclude_seen, block_size):
+@pytest.mark.parametrize("block_size, encoder_tokens, num_blocks", [(7, 8192, 1), (64, 8192, 1), (64, 20, 2)])
+def test_evaluator_equals_brute_force(exclude_seen, block_size, encoder_tokens, num_blocks):
+    """encoder_tokens 20 with histories of up to 8: the encoder sees 2 users per call."""
     split = _split()
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=1), split.data.num_items)
-    cfg = EvalConfig(ks=(1, 5, 10), exclude_seen=exclude_seen, block_size=block_size)
+    model = SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=num_blocks), split.data.num_items)
+    cfg = EvalConfig(ks=(1, 5, 10), exclude_seen=exclude_seen, block_size=block_size, encoder_tokens=encoder_tokens)
     out = evaluate(model, split, split.test, 8, cfg, return_ranks=True)
     expected = _brute_force_ranks(model, split, split.test, 8, exclude_seen)
     assert out["ranks"].tolist() == expected

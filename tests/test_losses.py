@@ -190,7 +190,7 @@ def test_per_position_negatives_dense_and_gathered_paths_agree(monkeypatch):
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_sampled_columns_equals_gather_of_full_scores(chunk):
+def test_sampled_columns_equals_gather_of_full_scores(chunk, gemm):
     from recsys.losses import SampledColumns
 
     g = torch.Generator().manual_seed(2)
