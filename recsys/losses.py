@@ -130,7 +130,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             low = _buffer(workspace, "block_low", V * chunk, compute_dtype, hidden.device) if compute_dtype else None
             # fp32 on CPU: the three GEMMs through oneDNN (recsys.kernels.onednn: ~2x torch.mm here),
             # which writes each [V, c] block itself (no out=), so there is no block buffer to reuse
-            dnn = low is None and onednn.usable(w)
+            dnn = low is None and onednn.usable(w, V * chunk)
             block = None if (low is not None and bounded) or dnn else _buffer(
                 workspace, "block", V * chunk, torch.float32, hidden.device)
             # bf16 blocks: the target logits from the bf16-rounded operands in fp32 (what the GEMM adds up,
@@ -302,7 +302,7 @@ class SampledColumns(torch.autograd.Function):
     def forward(ctx, hidden, items, columns, chunk: int):
         P, V = hidden.shape[0], items.shape[0]
         out = hidden.new_empty(P, columns.shape[1])
-        dnn = onednn.usable(hidden)  # fp32 on CPU: oneDNN's products, each writing its own block
+        dnn = onednn.usable(hidden, min(chunk, P) * V)  # fp32 on CPU: oneDNN's products, each writing its block
         buffer = None if dnn else hidden.new_empty(min(chunk, P), V)
         for start in range(0, P, chunk):
             rows = slice(start, min(start + chunk, P))

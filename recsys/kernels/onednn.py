@@ -24,6 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 _usable: bool | None = None  # decided on first use (see _check)
+# oneDNN writes every product into a fresh tensor. glibc maps blocks above 32 MB fresh from the OS on
+# every allocation (its largest mmap threshold), and their page faults cost more than the faster
+# product saves: larger outputs stay with torch's product into a reused buffer (callers check)
+MAX_OUTPUT_BYTES = 32 * 2**20
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -42,12 +46,15 @@ def _check() -> bool:
         return False
 
 
-def usable(t: torch.Tensor) -> bool:
-    """Whether a product reading ``t`` goes through oneDNN: fp32 on CPU, outside autocast (which wants
-    its own low-precision product), torch.compile (which lowers products itself) and TorchScript
-    tracing (an exported encoder holds torch's own ops only)."""
+def usable(t: torch.Tensor, output_numel: int = 0) -> bool:
+    """Whether a product reading ``t`` (and writing ``output_numel`` values) goes through oneDNN: fp32
+    on CPU, an output of at most ``MAX_OUTPUT_BYTES``, outside autocast (which wants its own
+    low-precision product), torch.compile (which lowers products itself) and TorchScript tracing (an
+    exported encoder holds torch's own ops only)."""
     global _usable
     if t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() == 0:
+        return False
+    if output_numel * t.element_size() > MAX_OUTPUT_BYTES:
         return False
     if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
@@ -57,8 +64,9 @@ def usable(t: torch.Tensor) -> bool:
 
 
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for 2-D tensors; through oneDNN when ``a`` is row-major fp32 on CPU."""
-    if usable(a) and b.dtype == a.dtype and a.is_contiguous() and b.numel():
+    """``a @ b`` for 2-D tensors; through oneDNN when ``a`` is row-major fp32 on CPU (and the output
+    at most ``MAX_OUTPUT_BYTES``)."""
+    if usable(a, a.shape[0] * b.shape[1]) and b.dtype == a.dtype and a.is_contiguous() and b.numel():
         return _product(a, b.T)
     return torch.mm(a, b)
 
@@ -82,7 +90,8 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, [..., K] -> [..., N], through oneDNN for fp32 on CPU."""
-    if not (usable(x) and weight.dtype == x.dtype and weight.numel()):
+    rows = x.numel() // max(x.shape[-1], 1)
+    if not (usable(x, rows * weight.shape[0]) and weight.dtype == x.dtype and weight.numel()):
         return F.linear(x, weight, bias)
     x2 = x.reshape(-1, x.shape[-1])
     if not x2.is_contiguous():

@@ -11,7 +11,9 @@ feed-forward network, each with a residual connection), computed for the real po
 What differs from the paper:
 - Pre-LayerNorm blocks (LN before attention and before the FFN) instead of the original's mix of
   normalised queries and un-normalised keys; this trains stably at larger learning rates.
-- Attention is PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU).
+- Attention is PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU); on
+  CPU causal attention runs in chunks of 32 queries (:func:`chunked_causal_attention`, exact, faster there)
+  and the linear layers' fp32 products go through oneDNN (:mod:`recsys.kernels.onednn`).
 - Positions count from the end of the history (the most recent item always has the same position
   embedding), as left padding makes natural; padding has its own zero position.
 - Embeddings start at N(0, 0.02) instead of N(0, 1): a plain SASRec learned ~5x slower with the latter.

@@ -64,6 +64,7 @@ def test_falls_back_to_torch_where_onednn_does_not_apply(monkeypatch):
     x = torch.randn(4, 8)
     assert not onednn.usable(x.bfloat16())  # only fp32 goes this way (bf16 products use oneDNN already)
     assert not onednn.usable(x[:0])
+    assert onednn.usable(x) and not onednn.usable(x, onednn.MAX_OUTPUT_BYTES // 4 + 1)  # a fresh output that large faults
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not onednn.usable(x)  # autocast picks its own low-precision product
         assert onednn.linear(x, torch.randn(3, 8)).dtype == torch.bfloat16
