@@ -33,9 +33,11 @@ from recsys.losses import LossConfig, full_softmax_ce
 
 CHUNK = LossConfig().ce_chunk_size  # positions per block, as in training
 from recsys.results import append_record, git_commit, make_record
+from recsys.train import retain_freed_memory
 
 
 def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
+    retain_freed_memory()  # as the Trainer does on CPU: freed blocks up to 32 MB are reused, not re-faulted
     g = torch.Generator().manual_seed(0)
     hidden = (torch.randn(positions, dim, generator=g) * 0.1).requires_grad_(True)
     items = (torch.randn(V + 1, dim, generator=g) * 0.1).requires_grad_(True)
