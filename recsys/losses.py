@@ -129,8 +129,12 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # which is what the gradient GEMMs read anyway; column sums as below)
             low = _buffer(workspace, "block_low", V * chunk, compute_dtype, hidden.device) if compute_dtype else None
             # fp32 on CPU: the three GEMMs through oneDNN (recsys.kernels.onednn: ~2x torch.mm here),
-            # which writes each [V, c] block itself (no out=), so there is no block buffer to reuse
-            dnn = low is None and onednn.usable(w, V * chunk)
+            # which writes each [V, c] block itself (no out=), so there is no block buffer to reuse. Its
+            # blocks hold at most 64 positions: oneDNN allocates outputs and scratch space per call, and
+            # with 128 a Beauty training process peaked ~80 MB higher (666 vs 587 MB) for a 5% faster step
+            dnn = low is None and onednn.usable(w, V * min(chunk, 64))
+            if dnn:
+                chunk = min(chunk, 64)
             block = None if (low is not None and bounded) or dnn else _buffer(
                 workspace, "block", V * chunk, torch.float32, hidden.device)
             # bf16 blocks: the target logits from the bf16-rounded operands in fp32 (what the GEMM adds up,
