@@ -131,7 +131,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # fp32 on CPU: the three GEMMs through oneDNN (recsys.kernels.onednn: ~2x torch.mm here),
             # which writes each [V, c] block itself (no out=), so there is no block buffer to reuse. Its
             # blocks hold at most 64 positions: oneDNN allocates outputs and scratch space per call, and
-            # with 128 a Beauty training process peaked ~80 MB higher (666 vs 587 MB) for a 5% faster step
+            # with 128 a Beauty training process peaked ~80 MB higher (662-672 vs 582-593 MB) for a 5% faster step
             dnn = low is None and onednn.usable(w, V * min(chunk, 64))
             if dnn:
                 chunk = min(chunk, 64)
