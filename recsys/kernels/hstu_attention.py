@@ -96,6 +96,40 @@ def hstu_attention_reference(
     return out
 
 
+def hstu_attention_last(
+    q_last: torch.Tensor,  # [B, H, Dqk] the query of each sequence's last token
+    k: torch.Tensor,  # [T, H, Dqk]
+    v: torch.Tensor,  # [T, H, Dv]
+    seq_offsets: torch.Tensor,  # [B + 1]
+    max_seq_len: int,
+    position_bias: torch.Tensor | None = None,
+    time_bias: torch.Tensor | None = None,
+    key_times: torch.Tensor | None = None,  # [T]
+    query_times_last: torch.Tensor | None = None,  # [B] the time the last query predicts for
+) -> torch.Tensor:  # [B, H, Dv]
+    """The same attention as :func:`hstu_attention_reference` for each sequence's last query only (an
+    evaluation's user vector): every token scores against its sequence's last query, ``SiLU(q . k +
+    rab) v`` is summed per sequence. O(T) work instead of O(sum of squared lengths); the last query sees
+    every token of its sequence, so there is no mask. An empty sequence gives zeros."""
+    T = k.shape[0]
+    B = seq_offsets.shape[0] - 1
+    out = v.new_zeros(B, v.shape[1], v.shape[2])
+    if T == 0:
+        return out
+    lengths = seq_offsets[1:] - seq_offsets[:-1]
+    sequence = torch.repeat_interleave(torch.arange(B, device=k.device), lengths, output_size=T)  # [T]
+    last = seq_offsets[1:][sequence] - 1  # [T] the index of each token's sequence's last token
+    scores = (q_last[sequence] * k).sum(-1)  # [T, H]
+    if position_bias is not None:
+        offset = (last - torch.arange(T, device=k.device)).clamp(0, position_bias.shape[0] - 1)
+        scores = scores + position_bias[offset][:, None]
+    if time_bias is not None:
+        gap = query_times_last[sequence] - key_times  # [T]
+        scores = scores + time_bias[time_buckets(gap, time_bias.shape[0])][:, None]
+    weighted = F.silu(scores).to(v.dtype)[:, :, None] * v  # [T, H, Dv]
+    return out.index_add_(0, sequence, weighted) / max_seq_len
+
+
 BACKENDS = ("reference", "triton")
 
 

@@ -25,6 +25,8 @@ class SequentialEncoder(nn.Module):
     causal: bool = True
     #: "next_item" (predict the following item at every position) or "cloze" (predict masked items)
     objective: str = "next_item"
+    #: True when ``forward(..., last_only=True)`` gives [B, 1, D], the last position alone (cheaper)
+    last_only_forward: bool = False
 
     # forward(item_ids [B, L] (0 = left padding), timestamps [B, L] | None,
     #         next_timestamps [B, L] | None (time of the item to predict)) -> hidden [B, L, D]
@@ -36,10 +38,13 @@ class SequentialEncoder(nn.Module):
     def user_vectors(
         self, item_ids: torch.Tensor, timestamps: torch.Tensor | None = None, next_timestamps: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """[B, D]: the hidden state at the last (most recent) position of each history."""
+        """[B, D]: the hidden state at the last (most recent) position of each history. ``next_timestamps``
+        [B] is the time of the item to predict (each position's next timestamp is the following one's)."""
         next_ts = None
         if next_timestamps is not None and timestamps is not None:
             next_ts = torch.cat([timestamps[:, 1:], next_timestamps[:, None]], dim=1)
+        if self.last_only_forward:  # the last block computes the last position alone
+            return self(item_ids, timestamps, next_ts, last_only=True)[:, -1]
         return self(item_ids, timestamps, next_ts)[:, -1]
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.hstu_attention import hstu_attention
+from ..kernels.hstu_attention import hstu_attention, hstu_attention_last
 from ..kernels.onednn import Linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
@@ -91,12 +91,26 @@ class HSTULayer(nn.Module):
         else:
             nn.init.xavier_uniform_(self.uvqk.weight)
 
-    def forward(self, x, seq_offsets, key_times, query_times):  # x: [T, D] jagged
+    def forward(self, x, seq_offsets, key_times, query_times, last_only: bool = False):  # x: [T, D] jagged
+        """[T, D] -> [T, D]; ``last_only``: [B, D], each sequence's last token only (the last layer of an
+        evaluation: keys and values from every token, one query per sequence, O(T) attention)."""
         T, H = x.shape[0], self.cfg.num_heads
         xn = F.layer_norm(x, (x.shape[-1],))
         u, v, q, k = torch.split(
             F.silu(self.uvqk(xn)), [H * self.v_dim, H * self.v_dim, H * self.qk_dim, H * self.qk_dim], dim=-1
         )
+        if last_only and T == 0:  # every history empty
+            return x.new_zeros(seq_offsets.shape[0] - 1, x.shape[-1])
+        if last_only:
+            last = (seq_offsets[1:] - 1).clamp_min(0)  # [B]; an empty sequence's row is zeroed below
+            nonempty = (seq_offsets[1:] > seq_offsets[:-1])[:, None]  # [B, 1]
+            attn = hstu_attention_last(
+                q[last].view(-1, H, self.qk_dim), k.view(T, H, self.qk_dim), v.view(T, H, self.v_dim),
+                seq_offsets, self.cfg.max_seq_len, position_bias=self.position_bias, time_bias=self.time_bias,
+                key_times=key_times, query_times_last=None if query_times is None else query_times[last],
+            ).reshape(-1, H * self.v_dim)  # [B, H * Dv]
+            y = u[last] * F.layer_norm(attn, (attn.shape[-1],))
+            return (x[last] + self.out(self.dropout(y))) * nonempty  # an empty history gives zeros
         attn = hstu_attention(
             q.view(T, H, self.qk_dim), k.view(T, H, self.qk_dim), v.view(T, H, self.v_dim), seq_offsets,
             self.cfg.max_seq_len, position_bias=self.position_bias, time_bias=self.time_bias,
@@ -109,6 +123,7 @@ class HSTULayer(nn.Module):
 @register("hstu", HSTUConfig)
 class HSTU(SequentialEncoder):
     causal = True
+    last_only_forward = True
 
     def __init__(self, cfg: HSTUConfig, num_items: int):
         super().__init__()
@@ -122,7 +137,9 @@ class HSTU(SequentialEncoder):
             nn.init.normal_(emb.weight, std=std)
             emb.weight.data[0].zero_()
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
+    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
+        """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (the last layer
+        computes it alone)."""
         B, L = item_ids.shape
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)
         real = not_pad.squeeze(-1)  # [B, L]; left padding, so each row's real tokens are contiguous
@@ -137,8 +154,10 @@ class HSTU(SequentialEncoder):
             key_times = timestamps[real]
             query_source = next_timestamps if (self.cfg.query_time == "next" and next_timestamps is not None) else timestamps
             query_times = query_source[real]
-        for layer in self.layers:
-            x = layer(x, seq_offsets, key_times, query_times)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, seq_offsets, key_times, query_times, last_only and i == len(self.layers) - 1)
+        if last_only:
+            return x[:, None]  # [B, 1, D]
         out = x.new_zeros(B, L, x.shape[-1])
         out[real] = x
         return out

@@ -43,6 +43,7 @@ class RecformerConfig:
 @register("recformer", RecformerConfig)
 class Recformer(SequentialEncoder):
     causal = True
+    last_only_forward = True
     needs_item_text = True
 
     def __init__(self, cfg: RecformerConfig, num_items: int):
@@ -68,8 +69,9 @@ class Recformer(SequentialEncoder):
     def item_vectors(self) -> torch.Tensor:  # [V, D]
         return self.adapter(self.text_vectors)
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, D]
+    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
+        """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         x = self.adapter(self.text_vectors[item_ids]) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.item_position(positions)) * not_pad
-        return self.final_ln(run_blocks(self.blocks, x, not_pad, True))
+        return self.final_ln(run_blocks(self.blocks, x, not_pad, True, last_only=last_only))

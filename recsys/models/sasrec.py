@@ -249,6 +249,7 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, not_pad: torch.Tensor, ca
 @register("sasrec", SASRecConfig)
 class SASRec(SequentialEncoder):
     causal = True
+    last_only_forward = True
 
     def __init__(self, cfg: SASRecConfig, num_items: int):
         super().__init__()
@@ -278,6 +279,3 @@ class SASRec(SequentialEncoder):
             attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)
             attention_input = self.emb_dropout(attention_input + self.attention_position(positions)) * not_pad
         return self.final_ln(run_blocks(self.blocks, x, not_pad, True, attention_input, last_only))
-
-    def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
-        return self(item_ids, last_only=True)[:, -1]

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys.kernels.hstu_attention import hstu_attention, hstu_attention_reference, time_buckets
+from recsys.kernels.hstu_attention import (hstu_attention, hstu_attention_last, hstu_attention_reference,
+                                          time_buckets)
 
 
 def naive(q, k, v, offsets, N, pos_bias=None, time_bias=None, key_times=None, query_times=None):
@@ -56,6 +57,30 @@ def test_reference_matches_naive_formula(lengths, with_bias):
     want = naive(q, k, v, offsets, N, kwargs.get("position_bias"), kwargs.get("time_bias"),
                  kwargs.get("key_times"), kwargs.get("query_times"))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lengths", [[3, 0, 1, 5], [7], [0, 0]])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_last_query_attention_equals_the_reference_last_rows(lengths, with_bias):
+    q, k, v, offsets, times = _inputs(lengths, seed=3)
+    N = 8
+    kwargs = {}
+    if with_bias:
+        g = torch.Generator().manual_seed(2)
+        kwargs = dict(position_bias=torch.randn(N, generator=g), time_bias=torch.randn(129, generator=g),
+                      key_times=times)
+    query_times = times + 17
+    full = hstu_attention_reference(q, k, v, offsets, N, query_times=query_times if with_bias else None, **kwargs)
+    last = (offsets[1:] - 1).clamp_min(0)
+    nonempty = offsets[1:] > offsets[:-1]
+    def at_last(x):  # each sequence's last token (zeros when there are no tokens at all)
+        return x[last] if len(x) else x.new_zeros(len(last), *x.shape[1:])
+
+    got = hstu_attention_last(at_last(q), k, v, offsets, N, query_times_last=at_last(query_times) if with_bias else None,
+                              **kwargs)
+    assert got.shape == (len(lengths), q.shape[1], v.shape[2])
+    torch.testing.assert_close(got[nonempty], full[last[nonempty]], rtol=1e-5, atol=1e-6)
+    assert (got[~nonempty] == 0).all()
 
 
 def test_small_blocks_give_the_same_result_and_gradients():

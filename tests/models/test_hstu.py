@@ -6,7 +6,7 @@ from recsys.models.hstu import HSTU, HSTUConfig
 
 def _model(**kw):
     torch.manual_seed(0)
-    cfg = HSTUConfig(max_seq_len=10, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0, **kw)
+    cfg = HSTUConfig(**{"max_seq_len": 10, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.0, **kw})
     model = HSTU(cfg, num_items=30).eval()
     with torch.no_grad():  # non-zero biases so the tests see them
         for layer in model.layers:
@@ -41,6 +41,19 @@ def test_jagged_equals_padded_and_per_row():
     torch.testing.assert_close(out[0, 2:], m(a, ts[:1, 2:], ts[:1, 2:] + 5)[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[1], m(b, ts[1:], ts[1:] + 5)[0], rtol=1e-5, atol=1e-6)
     assert (out[0, :2] == 0).all()  # padding positions stay empty
+
+
+def test_user_vectors_compute_the_last_layer_for_the_last_position_only():
+    m = _model(num_blocks=3)
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9], [0] * 6])
+    ts = _times(ids)
+    target_times = ts[:, -1] + 100
+    with torch.no_grad():
+        got = m.user_vectors(ids, ts, target_times)
+        full = m(ids, ts, torch.cat([ts[:, 1:], target_times[:, None]], 1))[:, -1]
+        torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-6)
+        assert (got[3] == 0).all()  # an empty history
+        assert m.user_vectors(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4), torch.ones(2)).abs().sum() == 0
 
 
 def test_time_bias_is_used_and_query_time_flag():
