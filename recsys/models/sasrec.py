@@ -125,6 +125,53 @@ class Packing:
         return x.index_select(0, self.last) * self.nonempty
 
 
+class GridRows(Packing):
+    """A batch given in the attention grid's layout (each row's items first, padding after) and computed
+    row for row, padding included: nothing is gathered into packed rows or scattered back. For dense
+    batches (an evaluation block of users with similar history lengths) that costs less than packing;
+    the padding rows are computed and never read (a real query's keys are all real: earlier positions
+    under causal attention, the key mask otherwise), so every real position is exactly as packed."""
+
+    def __init__(self, not_pad: torch.Tensor):  # [B, L, 1] in grid layout
+        B, L = not_pad.shape[:2]
+        self.batch, self.length = B, L
+        self.counts = not_pad.reshape(B, L).sum(1)  # [B]
+        self.num_real = B * L  # every position is a row
+        self.full = bool((self.counts == L).all())
+        self.last = torch.arange(B, device=not_pad.device) * L + (self.counts - 1).clamp_min(0)  # [B]
+        self.nonempty = (self.counts > 0)[:, None]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:  # grid [B, L, F] -> [B L, F]
+        return x.reshape(self.batch * self.length, -1)
+
+    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(self.batch, self.length, -1)
+
+    def from_grid(self, y: torch.Tensor) -> torch.Tensor:
+        return y.reshape(self.batch * self.length, -1)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:  # [B L, F] (grid) -> left-padded [B, L, F]
+        B, L = self.batch, self.length
+        columns = torch.arange(L, device=x.device)
+        real = columns < self.counts[:, None]  # [B, L]
+        left = (torch.arange(B, device=x.device)[:, None] * L + (L - self.counts)[:, None] + columns)[real]
+        out = x.new_zeros(B * L, x.shape[-1])
+        return out.index_copy_(0, left, x.view(B, L, -1)[real]).view(B, L, -1)
+
+
+def items_first_order(not_pad: torch.Tensor) -> torch.Tensor:
+    """[B, L] column order that moves each left-padded row's items to the front (``tensor.gather(1,
+    order)``); the padding columns follow."""
+    B, L = not_pad.shape[:2]
+    counts = not_pad.reshape(B, L).sum(1)
+    return (torch.arange(L, device=not_pad.device) + (L - counts)[:, None]) % L
+
+
+# at least this share of real positions in a last-position batch: compute it in the grid layout
+# (GridRows) instead of packing (ML-1M's test evaluation, SASRec at length 200: 0.275 -> 0.245 s)
+GRID_MIN_REAL_SHARE = 0.75
+
+
 def chunked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
                              chunk: int = 32) -> torch.Tensor:
     """Causal softmax attention, [B, H, L, d] -> [B, H, L, d], ``chunk`` queries at a time (CPU).
@@ -233,11 +280,13 @@ class Block(nn.Module):
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, not_pad: torch.Tensor, causal: bool,
-               attention_input: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+               attention_input: torch.Tensor | None = None, last_only: bool = False,
+               grid: bool = False) -> torch.Tensor:
     """The blocks in order on the real positions only (:class:`Packing`): left-padded [B, L, D] ->
     [B, L, D] with zeros at padding, or [B, 1, D] with ``last_only`` (the last block computes the last
-    position only)."""
-    packing = Packing(not_pad)
+    position only). ``grid``: x, not_pad (and attention_input) are in the grid layout instead, each
+    row's items first, and every position is computed (:class:`GridRows`)."""
+    packing = GridRows(not_pad) if grid else Packing(not_pad)
     x = packing.pack(x)  # [T, D]
     if attention_input is not None:
         attention_input = packing.pack(attention_input)  # [T, A]
@@ -272,10 +321,16 @@ class SASRec(SequentialEncoder):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
         last block)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
+        # a dense last-position batch (evaluation) runs in the attention grid's layout: ids, positions
+        # and padding reordered items-first here, so no hidden state is packed or scattered (GridRows)
+        grid = last_only and bool(not_pad.sum() >= GRID_MIN_REAL_SHARE * not_pad.numel())
+        if grid:
+            order = items_first_order(not_pad)
+            item_ids, positions, not_pad = item_ids.gather(1, order), positions.gather(1, order), not_pad.gather(1, order[..., None])
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad  # [B, L, D]
         attention_input = None
         if self.cfg.attention_table_dim:  # [B, L, attention_table_dim], the same for every block
             attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)
             attention_input = self.emb_dropout(attention_input + self.attention_position(positions)) * not_pad
-        return self.final_ln(run_blocks(self.blocks, x, not_pad, True, attention_input, last_only))
+        return self.final_ln(run_blocks(self.blocks, x, not_pad, True, attention_input, last_only, grid))

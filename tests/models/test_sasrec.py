@@ -133,13 +133,36 @@ def test_training_attention_dropout_is_unbiased_and_causal():
 
 
 @pytest.mark.parametrize("kw", [{}, {"attention_table_dim": 8}, {"num_blocks": 3}])
-def test_user_vectors_compute_the_last_block_for_the_last_position_only(kw):
+@pytest.mark.parametrize("dense", [False, True])  # dense: computed in the grid layout (GridRows)
+def test_user_vectors_compute_the_last_block_for_the_last_position_only(kw, dense):
+    from recsys.models import sasrec
+
     torch.manual_seed(0)
     cfg = SASRecConfig(**{"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.0, **kw})
     m = SASRec(cfg, num_items=40).eval()
     ids = torch.tensor([[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9]])
-    torch.testing.assert_close(m.user_vectors(ids), m(ids)[:, -1])
-    assert m(ids, last_only=True).shape == (3, 1, 16)
+    if dense:
+        ids = torch.tensor([[0, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6], [8, 9, 10, 11, 12, 13], [0, 0, 2, 4, 6, 8]])
+    grid = (ids != 0).sum() >= sasrec.GRID_MIN_REAL_SHARE * ids.numel()
+    assert grid == dense
+    torch.testing.assert_close(m.user_vectors(ids), m(ids)[:, -1], rtol=1e-5, atol=1e-6)
+    assert m(ids, last_only=True).shape == (len(ids), 1, 16)
+
+
+def test_grid_rows_layout():
+    from recsys.models.sasrec import GridRows, Packing, items_first_order
+
+    item_ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0], [0, 0, 0, 7]])
+    not_pad = (item_ids != 0)[..., None]
+    order = items_first_order(not_pad)
+    grid_ids = item_ids.gather(1, order)
+    assert grid_ids.tolist() == [[3, 4, 0, 0], [1, 2, 3, 4], [0, 0, 0, 0], [7, 0, 0, 0]]
+    rows = GridRows(not_pad.gather(1, order[..., None]))
+    x = grid_ids[..., None].float()
+    packed = rows.pack(x)  # [16, 1]: every position
+    assert rows.last_rows(packed)[:, 0].tolist() == [4, 4, 0, 7]
+    assert torch.equal(rows.unpack(packed), item_ids[..., None].float())  # back to left padding
+    assert torch.equal(rows.key_mask(), Packing(not_pad).key_mask())
 
 
 def test_packing_round_trip_and_last_rows():
