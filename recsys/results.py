@@ -237,7 +237,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                        f"| {gflops:,.1f} | {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |")
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "cpu_gemm"):
-        out += [f"## fp32 products on CPU: torch vs oneDNN — {r['date']}, {_machine_short(r['machine'])}, "
+        out += [f"## fp32 products on CPU: torch vs oneDNN — {r['date']}, {r['machine'].get('cpu', '?')}, "
                 f"{r['threads']} threads, commit {r['commit']}", "",
                 "| product | torch GFLOP/s | oneDNN GFLOP/s | oneDNN / torch | max rel. difference |", "|---|---|---|---|---|"]
         for row in r["rows"]:
@@ -245,7 +245,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                        f"| {row['onednn_gflops'] / row['torch_gflops']:.2f}x | {row['max_rel_diff']:.1e} |")
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "attention_cpu"):
-        out += [f"## Causal attention on CPU — {r['date']}, {_machine_short(r['machine'])}, {r['threads']} threads, "
+        out += [f"## Causal attention on CPU — {r['date']}, {r['machine'].get('cpu', '?')}, {r['threads']} threads, "
                 f"commit {r['commit']}", "",
                 "| batch x heads x length x dim | implementation | ms | vs SDPA | max abs. difference |", "|---|---|---|---|---|"]
         for row in r["rows"]:
