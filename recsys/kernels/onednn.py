@@ -3,7 +3,7 @@
 ``torch.mm`` and ``F.linear`` compute fp32 products with the BLAS torch was built with (MKL in the
 official x86 wheels), and MKL does not run its fastest code on AMD CPUs. oneDNN, which torch ships as
 well (and already uses for bf16 products), computes the same fp32 products several times faster:
-on the 2-core AMD EPYC of our benchmarks 320-480 GFLOP/s against 60-210 for the shapes of the
+on the 2-core AMD EPYC of our benchmarks 340-500 GFLOP/s against 100-220 for the shapes of the
 encoders' linear layers and of the full CE (``python benchmarks/cpu_gemm.py`` prints the table).
 The results are fp32 products like torch's (they differ by summation order only; tests compare).
 
