@@ -170,9 +170,13 @@ def evaluate(
     fits = (cfg.max_block_mb * 2**20) // (4 * padded_items.shape[0])  # users whose scores fit the budget
     block = max(8, min(cfg.block_size, fits) // 8 * 8)
     cutoff = cfg.ranks == "cutoff"
-    if cutoff:
-        if return_ranks:
-            raise ValueError("return_ranks needs every exact rank: use eval.ranks='all'")
+    if cutoff and return_ranks:
+        raise ValueError("return_ranks needs every exact rank: use eval.ranks='all'")
+    # the popular-items pass pays off when it scores a small share of the catalogue (Beauty: 2,040 of
+    # 54,542 items); from a quarter on (ML-1M: 2,040 of 3,615) ranking every user exactly was faster
+    # (0.256 vs 0.277 s), with the same @k metrics
+    prefilter = cutoff and 4 * min(cfg.popular_items, num_items - 1) < num_items
+    if prefilter:
         popular_ids = popular_first(split, num_items, cfg.popular_items).to(device)  # [P]
         max_item_norm = float(items.norm(dim=1).max())
     else:
@@ -203,11 +207,12 @@ def evaluate(
         if cfg.exclude_seen:
             rows, seen = seen_items_csr(split, eval_set, batch.rows)
             exclude = (rows.to(device), seen.to(device))
-        if cutoff:
+        if prefilter:
             ranks, block_fully_ranked = cutoff_ranks(padded_items, popular_ids, users, targets, num_items,
                                                      max(cfg.ks), exclude, cfg.tie_policy, max_item_norm)
             fully_ranked += block_fully_ranked
         else:
+            fully_ranked += b
             # one reused buffer (a fresh [V, b] allocation per block costs page faults); a smaller last
             # block is a contiguous view of its front, so there is never a second [V, b] block in memory
             scores_t = buffer[: padded_items.shape[0] * b_pad].view(padded_items.shape[0], b_pad)
