@@ -12,8 +12,9 @@ share of the users and the metric sums are all-reduced.
 times faster: a user is first scored against the catalogue's most frequent items only, and one with
 max(ks) of them above its target has rank > max(ks), where every cut-off metric is 0. Only the other
 users (those whose rank may be <= max(ks): 1.6-8.7% of Beauty's test users in our runs) are ranked
-against the whole catalogue, as in the default ``ranks="all"``. The uncut MRR needs every user's exact
-rank and is therefore not reported in this mode (see :func:`cutoff_ranks`).
+against the whole catalogue, as in the default ``ranks="all"``. When the popular items would be a
+quarter of the catalogue or more, every user is ranked exactly instead (faster there). The uncut MRR
+needs every user's exact rank and is therefore not reported in this mode (see :func:`cutoff_ranks`).
 """
 from __future__ import annotations
 
