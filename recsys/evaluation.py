@@ -47,7 +47,7 @@ class EvalConfig:
     popular_items: int = 2040  # items every user is scored against first under ranks="cutoff"
     # history positions per encoder call (a block's users go through the encoder in slices of at most
     # this many [users x length] positions): the encoder's intermediates stay small and are reused from
-    # the heap; on ML-1M (length 200) one call per block of 512 users was 1.3x slower (0.42 vs 0.32 s)
+    # the heap; on ML-1M (length 200) one call per block of 512 users was 1.3-1.6x slower (0.42-0.52 vs 0.32 s)
     encoder_tokens: int = 8192
 
 

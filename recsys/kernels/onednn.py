@@ -1,11 +1,12 @@
 """fp32 matrix products through oneDNN on CPU, where torch's own fp32 GEMM is slow.
 
 ``torch.mm`` and ``F.linear`` compute fp32 products with the BLAS torch was built with (MKL in the
-official x86 wheels), and MKL does not run its fastest code on AMD CPUs. oneDNN, which torch ships as
-well (and already uses for bf16 products), computes the same fp32 products several times faster:
-on the 2-core AMD EPYC of our benchmarks 340-500 GFLOP/s against 100-220 for the shapes of the
-encoders' linear layers and of the full CE (``python benchmarks/cpu_gemm.py`` prints the table).
-The results are fp32 products like torch's (they differ by summation order only; tests compare).
+official x86 wheels). On the 2-core AMD EPYC of our benchmarks MKL reached 100-220 GFLOP/s for the
+shapes of the encoders' linear layers and of the full CE, and oneDNN, which torch ships as well (and
+already uses for bf16 products), 340-500 GFLOP/s on the same fp32 products (``python
+benchmarks/cpu_gemm.py`` prints the table; run it to see what your CPU does, Intel CPUs were not
+measured). The results are fp32 products like torch's (they differ by summation order only; tests
+compare).
 
 The entry point is ``torch.ops.mkldnn._linear_pointwise`` (``x @ w.T + b``, the op torch.compile's
 CPU backend emits for linear layers). It is private, so its use is guarded: it is tried once on a
@@ -46,6 +47,18 @@ def _check() -> bool:
         return False
 
 
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
+
+
 def usable(t: torch.Tensor, output_numel: int = 0) -> bool:
     """Whether a product reading ``t`` (and writing ``output_numel`` values) goes through oneDNN: fp32
     on CPU, an output of at most ``MAX_OUTPUT_BYTES``, outside autocast (which wants its own
@@ -56,7 +69,7 @@ def usable(t: torch.Tensor, output_numel: int = 0) -> bool:
         return False
     if output_numel * t.element_size() > MAX_OUTPUT_BYTES:
         return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if _autocast_on() or _compiling() or torch.jit.is_tracing():
         return False
     if _usable is None:
         _usable = _check()
