@@ -59,6 +59,24 @@ def test_reference_matches_naive_formula(lengths, with_bias):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_reference_gradients_match_the_naive_formula():
+    """Every input's gradient, the bias tables' included (they go through gather_rows' own backward)."""
+    q, k, v, offsets, times = _inputs([3, 0, 1, 5], seed=4)
+    N = 8
+    g = torch.Generator().manual_seed(5)
+    pos_bias, time_bias = torch.randn(N, generator=g), torch.randn(129, generator=g)
+    inputs = [t.clone().requires_grad_(True) for t in (q, k, v, pos_bias, time_bias)]
+    weights = torch.randn(q.shape[0], q.shape[1], v.shape[2], generator=g)
+    got = hstu_attention_reference(*inputs[:3], offsets, N, position_bias=inputs[3], time_bias=inputs[4],
+                                   key_times=times, query_times=times + 17)
+    grads = torch.autograd.grad((got * weights).sum(), inputs)
+    want = naive(*inputs[:3], offsets, N, inputs[3], inputs[4], times, times + 17)
+    want_grads = torch.autograd.grad((want * weights).sum(), inputs)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert grads[4].abs().sum() > 0 and grads[3].abs().sum() > 0
+
+
 @pytest.mark.parametrize("lengths", [[3, 0, 1, 5], [7], [0, 0]])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_last_query_attention_equals_the_reference_last_rows(lengths, with_bias):
