@@ -26,7 +26,7 @@ from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .sasrec import Block, SASRecConfig, run_blocks
+from .sasrec import Block, SASRecConfig, grid_inputs, run_blocks
 
 
 @dataclass
@@ -71,9 +71,10 @@ class BERT4Rec(SequentialEncoder):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
         last block)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
+        grid, not_pad, item_ids, positions = grid_inputs(last_only, not_pad, item_ids, positions)
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad
-        return self.final_ln(run_blocks(self.blocks, x, not_pad, False, last_only=last_only))
+        return self.final_ln(run_blocks(self.blocks, x, not_pad, False, last_only=last_only, grid=grid))
 
     def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
         """Append [mask] after the history (dropping the oldest item if the window is full)."""

@@ -172,6 +172,16 @@ def items_first_order(not_pad: torch.Tensor) -> torch.Tensor:
 GRID_MIN_REAL_SHARE = 0.75
 
 
+def grid_inputs(last_only: bool, not_pad: torch.Tensor, *per_position: torch.Tensor):
+    """(grid, not_pad, *per_position): a dense last-position batch (evaluation) reordered items-first,
+    so that :func:`run_blocks` computes it in the grid layout (no hidden state packed or scattered);
+    any other batch unchanged, with grid False. per_position: [B, L] tensors (ids, positions)."""
+    if not (last_only and bool(not_pad.sum() >= GRID_MIN_REAL_SHARE * not_pad.numel())):
+        return (False, not_pad, *per_position)
+    order = items_first_order(not_pad)
+    return (True, not_pad.gather(1, order[..., None]), *(t.gather(1, order) for t in per_position))
+
+
 def chunked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
                              chunk: int = 32) -> torch.Tensor:
     """Causal softmax attention, [B, H, L, d] -> [B, H, L, d], ``chunk`` queries at a time (CPU).
@@ -321,12 +331,7 @@ class SASRec(SequentialEncoder):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
         last block)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
-        # a dense last-position batch (evaluation) runs in the attention grid's layout: ids, positions
-        # and padding reordered items-first here, so no hidden state is packed or scattered (GridRows)
-        grid = last_only and bool(not_pad.sum() >= GRID_MIN_REAL_SHARE * not_pad.numel())
-        if grid:
-            order = items_first_order(not_pad)
-            item_ids, positions, not_pad = item_ids.gather(1, order), positions.gather(1, order), not_pad.gather(1, order[..., None])
+        grid, not_pad, item_ids, positions = grid_inputs(last_only, not_pad, item_ids, positions)
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad  # [B, L, D]
         attention_input = None

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from recsys.data.batching import cloze_inputs
@@ -67,8 +68,14 @@ def test_overfits_eight_sequences_by_cloze():
     assert (last.argmax(-1) == seqs[:, -1]).float().mean() >= 0.9
 
 
-def test_user_vectors_of_a_padded_batch_equal_the_full_forward():
+@pytest.mark.parametrize("dense", [False, True])  # dense: computed in the grid layout (GridRows)
+def test_user_vectors_of_a_padded_batch_equal_the_full_forward(dense):
+    from recsys.models import sasrec
+
     m = _model()
     ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 7]])
-    with_mask = torch.cat([ids, torch.full((3, 1), 30)], dim=1)
-    torch.testing.assert_close(m.user_vectors(ids), m(with_mask)[:, -1])
+    if dense:
+        ids = torch.tensor([[0, 5, 3, 4], [1, 2, 3, 4], [9, 8, 6, 7], [0, 1, 2, 3]])
+    with_mask = torch.cat([ids, torch.full((len(ids), 1), 30)], dim=1)
+    assert ((with_mask != 0).sum() >= sasrec.GRID_MIN_REAL_SHARE * with_mask.numel()) == dense
+    torch.testing.assert_close(m.user_vectors(ids), m(with_mask)[:, -1], rtol=1e-5, atol=1e-6)
