@@ -12,23 +12,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
+from cpu_gemm import median_seconds  # benchmarks/ is the script's folder: on sys.path
 from recsys.models.sasrec import chunked_causal_attention
 from recsys.results import append_record, make_record
-
-
-def median_ms(fn, repeats: int = 9) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[repeats // 2] * 1e3
 
 
 def masked(q, k, v):
@@ -56,7 +46,7 @@ def main(argv=None) -> int:
                  "chunked (32 queries)": lambda: chunked_causal_attention(q, k, v)}
         sdpa_ms = None
         for name, fn in impls.items():
-            ms = median_ms(fn)
+            ms = median_seconds(fn) * 1e3
             sdpa_ms = sdpa_ms or ms
             diff = float((fn() - reference).abs().max())
             rows.append({"shape": f"{B} x {H} x {L} x {d}", "impl": name, "ms": ms, "speedup": sdpa_ms / ms,

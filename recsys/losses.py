@@ -77,8 +77,8 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     log-sum-exp and target logit, and the backward recomputes each block's logits and turns them into
     ``softmax - onehot`` in place. Same value and gradients as ``F.cross_entropy(hidden @ items.T,
     targets)`` to float rounding (tested). ``compute_dtype=torch.bfloat16`` runs the three GEMMs in
-    bf16 with fp32 accumulation (the whole loss 2.8x faster at Beauty's shape on a CPU with bf16
-    units); the gradients are summed in fp32. When the logits are bounded (no max-shift needed) the
+    bf16 with fp32 accumulation (the whole loss 0.41 vs 0.72 s at Beauty's shape on a CPU with bf16
+    units, against fp32 through oneDNN); the gradients are summed in fp32. When the logits are bounded (no max-shift needed) the
     exponentials are computed in fp32 and stored in bf16, the precision the gradient GEMMs read them
     in, and each position's sum of exponentials comes out of a bf16 reduction (relative error measured
     <= 0.32% on a 54,542-item block, the order of the bf16 exponentials' own rounding; a reduction
