@@ -2,7 +2,8 @@
 
     python benchmarks/peer_recbole.py [--model sasrec|bert4rec] [--dataset beauty] [--epochs 1]
                                       [--recbole-batches 0] [--max-len 50] [--threads 2]
-                                      [--ce-dtype float32|bfloat16] [--log-results]
+                                      [--ce-dtype float32|bfloat16] [--our-batch-size 128]
+                                      [--equal-targets] [--log-results]
 
 Installs RecBole in its own virtual environment (.venv-recbole: torch as TORCH_SPEC, default
 torch==2.13.0, and RecBole 1.2.1, which needs numpy < 2: it assigns ``np.float = np.float_`` at start-up),
@@ -17,7 +18,10 @@ index in the user's sequence, so both sides see the same order), and runs, each 
   dataset's recipe with overrides, for ``--epochs`` epochs; the learning rate is 0.001 on both sides
   unless ``--lr`` / ``--recbole-lr`` say otherwise. A batch of 128 is 128 prefix samples (128 targets)
   for RecBole's SASRec and 128 whole sequences (~720 targets on Beauty) for ours, so at equal targets
-  ours makes ~5.7x fewer updates; ``--lr`` lets our side take larger ones. Our evaluation ranks
+  ours makes ~5.7x fewer updates; ``--lr`` lets our side take larger ones. On ML-1M at length 200 a batch
+  of 128 sequences is ~13,000 targets, ~100x fewer updates than RecBole at equal targets;
+  ``--our-batch-size 2`` (~210 targets per update) gives our side about RecBole's targets per update
+  (RecBole keeps 128 prefix samples, i.e. 128 targets). Our evaluation ranks
   exactly up to rank 20 (``eval.ranks=cutoff``: the same HR/NDCG@k, RecBole's full-sort evaluation
   computes only top-k metrics as well); the same test set is then evaluated once more with every exact
   rank (``eval.ranks=all``, uncut MRR), after peak memory was read, and printed as a second row. ``--ce-dtype
@@ -114,6 +118,8 @@ def main(argv=None) -> int:
     p.add_argument("--recbole-batches", type=int, default=0, help="stop RecBole after this many batches (0: whole epochs)")
     p.add_argument("--equal-targets", action="store_true",
                    help="run ours first, then stop RecBole once it has trained as many targets (NDCG compared)")
+    p.add_argument("--our-batch-size", type=int, default=128,
+                   help="our batch in sequences (RecBole's stays 128 prefix samples = 128 targets)")
     p.add_argument("--max-len", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
@@ -131,7 +137,7 @@ def main(argv=None) -> int:
     overrides = [f"model.max_seq_len={max_len}", f"model.hidden_dim={hidden}", "model.num_blocks=2",
                  f"model.num_heads={heads}", f"model.dropout={dropout}", "loss.name=ce", "loss.l2_normalize=false",
                  "loss.temperature=1.0", f"loss.ce_matmul_dtype={args.ce_dtype}", "data.split=leave_one_out",
-                 "train.batch_size=128", f"train.lr={args.lr}", f"train.epochs={args.epochs}", "train.patience=0",
+                 f"train.batch_size={args.our_batch_size}", f"train.lr={args.lr}", f"train.epochs={args.epochs}", "train.patience=0",
                  f"train.num_threads={args.threads}", "eval.ranks=cutoff"]
     if args.model == "bert4rec":
         overrides += [f"model.mask_prob={args.mask_prob}", f"model.ffn_dim={ffn_mult * hidden}"]
@@ -174,7 +180,8 @@ def main(argv=None) -> int:
         "test NDCG@10": (mine["test"]["ndcg@10"], theirs["ndcg@10"]),
         "test HR@10": (mine["test"]["hr@10"], theirs["hr@10"]),
     }
-    print(f"\n| {args.dataset}, {args.model} full CE ({args.ce_dtype} GEMMs ours), len {max_len}, lr {args.lr} ours, "
+    print(f"\n| {args.dataset}, {args.model} full CE ({args.ce_dtype} GEMMs ours), len {max_len}, batch "
+          f"{args.our_batch_size} sequences ours / 128 samples RecBole, lr {args.lr} ours, "
           f"{args.recbole_lr} RecBole | ours | RecBole 1.2.1 | ours / RecBole |")
     print("|---|---|---|---|")
     for name, (a, b) in rows.items():
@@ -191,7 +198,7 @@ def main(argv=None) -> int:
                 map(shlex.quote, argv if argv is not None else sys.argv[1:])), dataset=args.dataset, model=args.model,
             ce_dtype=args.ce_dtype, lr=args.lr, recbole_lr=args.recbole_lr,
             mask_prob=args.mask_prob if args.model == "bert4rec" else None, max_len=max_len, epochs=args.epochs,
-            recbole_batches=args.recbole_batches, equal_targets=args.equal_targets, threads=args.threads,
+            our_batch_size=args.our_batch_size, recbole_batches=args.recbole_batches, equal_targets=args.equal_targets, threads=args.threads,
             rows={k: {"ours": a, "recbole": b} for k, (a, b) in rows.items()}, ours=mine, recbole=theirs), args.log_results)
     return 0
 

@@ -6,6 +6,9 @@ Builds RecBole's dataset from the atomic file the parent wrote, trains its SASRe
 for the given epochs (or batches, or until a number of training targets), evaluates the test split with full ranking, and prints one JSON line:
 training targets (SASRec: one per prefix sample; BERT4Rec: the masked positions), seconds, test NDCG@10 / Hit@10,
 evaluation seconds and users, and the process's peak RSS.
+
+Evaluation batches hold 128 users: of 64, 128, 256, 512 and RecBole's default 4,096, 128 evaluated
+fastest here (ML-1M, 2 threads: 1.1-1.7 s against 1.4-2.8 s at 256 and 8-13 s at 4,096).
 """
 import json
 import resource
@@ -28,7 +31,7 @@ def main() -> int:
         "loss_type": "CE", "train_neg_sample_args": None,
         "hidden_size": args["hidden_dim"], "inner_size": args["ffn_dim"], "n_layers": args["num_blocks"],
         "n_heads": args["num_heads"], "hidden_dropout_prob": args["dropout"], "attn_dropout_prob": args["dropout"],
-        "MAX_ITEM_LIST_LENGTH": args["max_len"], "train_batch_size": args["batch_size"], "eval_batch_size": 256,
+        "MAX_ITEM_LIST_LENGTH": args["max_len"], "train_batch_size": args["batch_size"], "eval_batch_size": 128,
         "learning_rate": args["lr"], "epochs": args["epochs"], "seed": args["seed"],
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
         "metrics": ["NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10", "use_gpu": False,
