@@ -263,3 +263,51 @@ def test_packing_attention_grid_puts_items_first():
     assert packing.key_mask()[:, 0, 0].tolist() == [[True, True, False, False], [True] * 4,
                                                     [True, False, False, False], [True, False, False, False]]
     assert packing.last_rows(packed)[:, 0].tolist() == [4, 4, 0, 7]  # an empty row's is zeros
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_one_head_inference_with_folded_projections_equals_the_plain_layer(name, dense):
+    """Without gradients an eval-mode one-head layer runs with its key and output projections folded
+    into the query and output weights (CausalSelfAttention.folded): same outputs to fp32 rounding."""
+    torch.manual_seed(0)
+    m = build_model(name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 1, "dropout": 0.0},
+                    num_items=40).eval()
+    for p in m.parameters():  # biases away from zero, so the bias terms of the folding matter
+        torch.nn.init.normal_(p, std=0.3)
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9]])
+    if dense:
+        ids = torch.tensor([[0, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6], [8, 9, 10, 11, 12, 13], [0, 0, 2, 4, 6, 8]])
+    plain_full, plain_last = m(ids), m(ids, last_only=True)  # gradients enabled: the unfolded layer
+    attention = m.blocks[0].attn
+    calls = []
+    original = attention._folded_forward
+    attention._folded_forward = lambda *a: calls.append(1) or original(*a)
+    with torch.no_grad():
+        folded_full, folded_last = m(ids), m(ids, last_only=True)
+    assert len(calls) == 2  # the folded path ran
+    real = (ids != 0)[..., None].expand_as(plain_full)
+    torch.testing.assert_close(folded_full[real], plain_full[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(folded_last, plain_last, rtol=1e-5, atol=1e-5)
+    # the cached folded weights follow the layer's weights
+    first = attention.folded()[0].clone()
+    with torch.no_grad():
+        attention.qkv.weight.mul_(2.0)
+    assert not torch.allclose(attention.folded()[0], first)
+    with torch.no_grad():
+        refolded = m(ids, last_only=True)
+    torch.testing.assert_close(refolded, m(ids, last_only=True), rtol=1e-5, atol=1e-5)
+
+
+def test_training_and_multi_head_layers_do_not_fold():
+    torch.manual_seed(0)
+    m = build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 1, "dropout": 0.0}, num_items=40)
+    attention = m.blocks[0].attn
+    attention._folded_forward = None  # calling it would fail
+    ids = torch.tensor([[0, 1, 2, 3]])
+    m.train()(ids).sum().backward()  # training
+    m.eval()(ids)  # gradients enabled
+    two_heads = build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 2}, num_items=40).eval()
+    two_heads.blocks[0].attn._folded_forward = None
+    with torch.no_grad():
+        two_heads(ids)
