@@ -292,7 +292,10 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             f"; mask probability {r['mask_prob']} on both sides" if r.get("mask_prob") is not None else "")
         out += [f"## Peer: RecBole 1.2.1 {model} vs ours — {r['dataset']}, max length {r['max_len']}, {r['date']}, "
                 f"{_machine_short(r['machine'])}, commit {r['commit']}", "",
-                "Same data order, leave-one-out split, full-CE loss, model size, max length and batch size; "
+                ("Same data order, leave-one-out split, full-CE loss, model size and max length; batch "
+                 f"{r['our_batch_size']} sequences ours (about RecBole's targets per update), 128 prefix samples "
+                 "(128 targets) RecBole; " if r.get("our_batch_size", 128) != 128 else
+                 "Same data order, leave-one-out split, full-CE loss, model size, max length and batch size; ")
                 + (f"learning rate {r['lr']} ours, {r['recbole_lr']} RecBole" if "lr" in r else "learning rate 0.001")
                 + "; each side in its own process, one after the other, " + f"{r['threads']} threads{details}. "
                 + ("Our evaluation ranks exactly up to rank 20 (`eval.ranks=cutoff`, the same @k metrics); the "
