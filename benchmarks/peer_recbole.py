@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-recbole"
 RECBOLE_PINS = ["recbole==1.2.1", "numpy==1.26.4", "pandas==2.2.3", "scipy<1.14"]
 RECIPES = {("beauty", "sasrec"): "recipes/beauty/sasrec_ce.toml", ("ml-1m", "sasrec"): "recipes/ml-1m/sasrec.toml",
-           ("beauty", "bert4rec"): "recipes/beauty/bert4rec.toml"}
+           ("beauty", "bert4rec"): "recipes/beauty/bert4rec.toml", ("ml-1m", "bert4rec"): "recipes/ml-1m/bert4rec.toml"}
 # the model shape both sides use: heads, feed-forward width (x hidden), dropout
 SHAPES = {"sasrec": (1, 1, 0.5), "bert4rec": (2, 4, 0.2)}
 
