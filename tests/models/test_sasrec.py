@@ -311,3 +311,39 @@ def test_training_and_multi_head_layers_do_not_fold():
     two_heads.blocks[0].attn._folded_forward = None
     with torch.no_grad():
         two_heads(ids)
+
+
+def test_grouped_bidirectional_attention_equals_masked_attention_with_gradients():
+    from recsys.models.sasrec import grouped_bidirectional_attention
+
+    torch.manual_seed(0)
+    counts = torch.tensor([7, 0, 3, 12, 1, 12, 5, 9, 2])  # an empty row, full rows, groups of 3 rows
+    B, H, L, d = len(counts), 2, 12, 8
+    q, k, v = (torch.randn(B, H, L, d, requires_grad=True) for _ in range(3))
+    columns = torch.arange(L)
+    real_keys = ((columns < counts[:, None]) | (columns == 0))[:, None, None, :]
+    out = grouped_bidirectional_attention(q, k, v, counts, groups=3)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=real_keys)
+    real_queries = (columns < counts[:, None])[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out[real_queries], expected[real_queries], rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(out) * real_queries  # the loss reads real positions only
+    grads = torch.autograd.grad((out * weights).sum(), [q, k, v])
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [q, k, v])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bidirectional_training_attention_dropout_is_unbiased():
+    from recsys.models.sasrec import CausalSelfAttention, Packing
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, 2, dropout=0.5)
+    item_ids = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
+    packing = Packing((item_ids != 0)[..., None])
+    x = torch.randn(11, 16)
+    with torch.no_grad():
+        expected = attn.eval()(x, packing, causal=False)
+        attn.train()
+        mean = sum(attn(x, packing, causal=False) for _ in range(4000)) / 4000
+        torch.testing.assert_close(mean, expected, atol=0.03, rtol=0.0)
+        assert not torch.allclose(attn(x, packing, causal=False), expected, atol=1e-3)
