@@ -7,8 +7,10 @@
 # side (a batch of 128 sequences is ~5.7x the targets of RecBole's 128 prefixes, so one epoch is
 # ~5.7x fewer updates) against RecBole at 0.001 and at 0.004 as well; BERT4Rec on Beauty, fp32 and
 # bf16: ours one epoch, then RecBole stopped once it has trained as many targets (its epoch, ~30 min
-# here, holds ~5x as many: every prefix sample is masked); SASRec on the partial ML-1M file (RecBole
-# stopped after 40 batches). About 45 minutes on 2 cores.
+# here, holds ~5x as many: every prefix sample is masked); on the partial ML-1M file (length 200):
+# SASRec with RecBole stopped after 40 batches (throughput), SASRec at equal targets with our batch of
+# 2 sequences (~210 targets per update, about RecBole's 128; a batch of 128 sequences would make ~100x
+# fewer updates), BERT4Rec at equal targets (both sides ~25 updates). About 75 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads="${1:-2}"
@@ -20,7 +22,9 @@ for spec in \
     "--dataset beauty --epochs 1 --ce-dtype bfloat16 --lr 0.004 --recbole-lr 0.004" \
     "--model bert4rec --dataset beauty --epochs 1 --equal-targets" \
     "--model bert4rec --dataset beauty --epochs 1 --equal-targets --ce-dtype bfloat16" \
-    "--dataset ml-1m --recbole-batches 40"; do
+    "--dataset ml-1m --recbole-batches 40" \
+    "--dataset ml-1m --equal-targets --our-batch-size 2" \
+    "--model bert4rec --dataset ml-1m --equal-targets"; do
     # shellcheck disable=SC2086
     "$py" benchmarks/peer_recbole.py $spec --threads "$threads" --log-results
 done
