@@ -13,6 +13,9 @@ What differs from the paper:
 - The loss is the recipe's (full cross-entropy by default, as in the paper and in Klenitskiy &
   Vasilev 2023); scores use the item embeddings (tied output, no extra output bias or projection).
 - Pre-LayerNorm blocks shared with our SASRec (GELU feed-forward), positions counted from the end.
+  On CPU the attention runs in groups of rows of similar length, each on its own square
+  (:func:`recsys.models.sasrec.grouped_bidirectional_attention`; exact): with ML-1M's lengths of
+  20-200 in one batch that halves the scores, softmax and dropout draws of the full [L, L] grid.
 - The masking lives in the data pipeline (:func:`recsys.data.batching.cloze_inputs`), seeded per epoch
   like the rest of the training data, so runs are reproducible and resumable.
 """
