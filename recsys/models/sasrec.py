@@ -229,7 +229,7 @@ def grouped_bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.T
     for rows in order.tensor_split(min(groups, B)):
         row_counts = counts[rows]  # [B_g]
         n = max(int(row_counts.max()), 1)
-        qg, kg, vg = (t.index_select(0, rows)[:, :, :n] for t in (q, k, v))  # [B_g, H, n, d]
+        qg, kg, vg = (t[:, :, :n].index_select(0, rows) for t in (q, k, v))  # [B_g, H, n, d]
         weights = (qg @ kg.transpose(-1, -2)).mul_(d**-0.5)  # [B_g, H, n, n]
         columns = torch.arange(n, device=q.device)
         real_keys = (columns < row_counts[:, None]) | (columns == 0)  # [B_g, n]
