@@ -12,7 +12,9 @@ history and its hidden state scores the next item.
 What differs from the paper:
 - The loss is the recipe's (full cross-entropy by default, as in the paper and in Klenitskiy &
   Vasilev 2023); scores use the item embeddings (tied output, no extra output bias or projection).
-- Pre-LayerNorm blocks shared with our SASRec (GELU feed-forward), positions counted from the end.
+- Pre-LayerNorm blocks shared with our SASRec (GELU feed-forward), positions counted from the end;
+  as in BERT (and the paper's code) no dropout between the feed-forward network's two layers, only
+  after it, after attention and on the attention weights.
   On CPU the attention runs in groups of rows of similar length, each on its own square
   (:func:`recsys.models.sasrec.grouped_bidirectional_attention`; exact): with ML-1M's lengths of
   20-200 in one batch that halves the scores, softmax and dropout draws of the full [L, L] grid.
@@ -59,7 +61,7 @@ class BERT4Rec(SequentialEncoder):
         self.emb_dropout = Dropout(cfg.dropout)
         block_cfg = SASRecConfig(
             max_seq_len=cfg.max_seq_len, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
-            ffn_dim=cfg.ffn_dim or 4 * cfg.hidden_dim, dropout=cfg.dropout,
+            ffn_dim=cfg.ffn_dim or 4 * cfg.hidden_dim, dropout=cfg.dropout, ffn_inner_dropout=False,
         )
         self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.num_blocks))
         self.final_ln = nn.LayerNorm(cfg.hidden_dim)

@@ -51,6 +51,8 @@ class SASRecConfig:
     # DARE-style decoupling (Feng et al. 2025): a separate item table of this dimension feeds every block's
     # queries and keys, the item table feeds values and scores; None = one table, as in the paper
     attention_table_dim: int | None = None
+    # dropout between the feed-forward network's two layers, as in SASRec's code (BERT has none there)
+    ffn_inner_dropout: bool = True
 
 
 def bucket_size(n: int) -> int:
@@ -368,7 +370,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(dim, cfg.num_heads, cfg.dropout, cfg.attention_table_dim)
         self.ln_ffn = nn.LayerNorm(dim)
         ffn = cfg.ffn_dim or dim
-        self.ffn = nn.Sequential(Linear(dim, ffn), nn.GELU(), Dropout(cfg.dropout), Linear(ffn, dim))
+        inner_dropout = Dropout(cfg.dropout) if cfg.ffn_inner_dropout else nn.Identity()
+        self.ffn = nn.Sequential(Linear(dim, ffn), nn.GELU(), inner_dropout, Linear(ffn, dim))
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None = None,
