@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from .kernels import onednn
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
+# fp32 full-CE logit blocks through oneDNN hold at most this many values (14 MB): 64 positions of
+# Beauty's 54,542 items, 128 (the default ce_chunk_size) of ML-1M's 3,615
+DNN_BLOCK_VALUES = 64 * 54_560
 
 
 @dataclass
@@ -130,11 +133,13 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             low = _buffer(workspace, "block_low", V * chunk, compute_dtype, hidden.device) if compute_dtype else None
             # fp32 on CPU: the three GEMMs through oneDNN (recsys.kernels.onednn: ~2x torch.mm here),
             # which writes each [V, c] block itself (no out=), so there is no block buffer to reuse. Its
-            # blocks hold at most 64 positions: oneDNN allocates outputs and scratch space per call, and
-            # with 128 a Beauty training process peaked ~80 MB higher (662-672 vs 582-593 MB) for a 5% faster step
-            dnn = low is None and onednn.usable(w, V * min(chunk, 64))
+            # blocks hold at most DNN_BLOCK_VALUES logits (64 positions of Beauty's 54,542 items):
+            # oneDNN allocates outputs and scratch space per call, and with 128 positions a Beauty
+            # training process peaked ~80 MB higher (662-672 vs 582-593 MB) for a 5% faster step
+            dnn_chunk = max(16, DNN_BLOCK_VALUES // V // 16 * 16)
+            dnn = low is None and onednn.usable(w, V * min(chunk, dnn_chunk))
             if dnn:
-                chunk = min(chunk, 64)
+                chunk = min(chunk, dnn_chunk)
             block = None if (low is not None and bounded) or dnn else _buffer(
                 workspace, "block", V * chunk, torch.float32, hidden.device)
             # bf16 blocks: the target logits from the bf16-rounded operands in fp32 (what the GEMM adds up,
