@@ -237,7 +237,8 @@ def grouped_bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.T
         real_keys = (columns < row_counts[:, None]) | (columns == 0)  # [B_g, n]
         # -inf added at padding keys: a broadcast add, whose backward passes the gradient through
         # (a masked_fill costs ~5x more here and masks the gradient again in backward)
-        key_bias = torch.zeros(real_keys.shape, dtype=q.dtype, device=q.device).masked_fill_(~real_keys, float("-inf"))
+        key_bias = torch.zeros(real_keys.shape, dtype=q.dtype, device=q.device)
+        key_bias.masked_fill_(~real_keys, float("-inf"))  # [B_g, n]
         weights = weights.add_(key_bias[:, None, None, :]).softmax(dim=-1)
         y = dropout(weights, dropout_p, rescale=False) @ vg  # [B_g, H, n, d]
         out[rows, :, :n] = y
@@ -347,11 +348,11 @@ class CausalSelfAttention(nn.Module):
         if is_causal and x.device.type == "cpu":
             y = chunked_causal_attention(q, k, v, p)
         elif x.device.type == "cpu" and not last_only:  # bidirectional (BERT4Rec)
-            # SDPA's CPU path with dropout is the full [B, H, L, L] math with a bernoulli_ mask; without,
-            # without, its flash kernel took 154 ms of BERT4Rec's 0.41 s ML-1M test evaluation (2 heads,
-            # length 200); these batched GEMMs and softmax ~115 ms (evaluation 0.37 s, 4 runs each)
+            # SDPA's CPU path with dropout is the full [B, H, L, L] math with a bernoulli_ mask; without
+            # dropout its flash kernel took 154 ms of BERT4Rec's 0.41 s ML-1M test evaluation (2 heads,
+            # length 200), these batched GEMMs and softmax ~115 ms (evaluation 0.37 s, 4 runs each)
             y = grouped_bidirectional_attention(q, k, v, packing.counts, p)
-        elif p > 0 and x.device.type == "cpu":
+        elif p > 0 and x.device.type == "cpu":  # last query only, with dropout
             weights = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # [B, H, L_q, L]
             if mask is not None:
                 weights.masked_fill_(~mask, float("-inf"))
