@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from recsys.losses import LossConfig, next_item_loss
 from recsys.models.base import MODELS, build_model
+from recsys.models.dropout import Dropout
 from recsys.models.sasrec import SASRec, SASRecConfig
 
 
@@ -301,16 +302,34 @@ def test_one_head_inference_with_folded_projections_equals_the_plain_layer(name,
 
 def test_training_and_multi_head_layers_do_not_fold():
     torch.manual_seed(0)
-    m = build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 1, "dropout": 0.0}, num_items=40)
-    attention = m.blocks[0].attn
-    attention._folded_forward = None  # calling it would fail
+    calls = []
+
+    def counted(model):
+        for block in model.blocks:
+            original = block.attn._folded_forward
+            block.attn._folded_forward = lambda *a, original=original: calls.append(1) or original(*a)
+        return model
+
+    m = counted(build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 1, "dropout": 0.0},
+                            num_items=40))
     ids = torch.tensor([[0, 1, 2, 3]])
     m.train()(ids).sum().backward()  # training
     m.eval()(ids)  # gradients enabled
-    two_heads = build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 2}, num_items=40).eval()
-    two_heads.blocks[0].attn._folded_forward = None
+    two_heads = counted(build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 2},
+                                    num_items=40).eval())
     with torch.no_grad():
         two_heads(ids)
+    assert calls == []
+    with torch.no_grad():
+        m(ids)  # one head, eval, no gradients: both blocks fold
+    assert len(calls) == 2
+
+
+def test_bert4rec_blocks_have_no_dropout_between_the_feed_forward_layers():
+    sasrec = build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16}, num_items=40)
+    bert = build_model("bert4rec", {"max_seq_len": 12, "hidden_dim": 16}, num_items=40)
+    assert isinstance(sasrec.blocks[0].ffn[2], Dropout)
+    assert isinstance(bert.blocks[0].ffn[2], torch.nn.Identity)
 
 
 def test_grouped_bidirectional_attention_equals_masked_attention_with_gradients():
