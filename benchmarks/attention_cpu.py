@@ -10,7 +10,6 @@ Prints milliseconds (median of 9), the speed-up over SDPA and the largest differ
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 
 from cpu_gemm import median_seconds  # benchmarks/ is the script's folder: on sys.path
 from recsys.models.sasrec import chunked_causal_attention
-from recsys.results import append_record, make_record
+from recsys.results import append_record, benchmark_command, make_record
 
 
 def masked(q, k, v):
@@ -53,8 +52,7 @@ def main(argv=None) -> int:
                          "max_abs_diff": diff})
             print(f"| {B} x {H} x {L} x {d} | {name} | {ms:.2f} | {sdpa_ms / ms:.2f}x | {diff:.1e} |", flush=True)
     if args.log_results:
-        append_record(make_record("attention_cpu", command="python benchmarks/attention_cpu.py " + " ".join(
-            map(shlex.quote, argv if argv is not None else sys.argv[1:])), threads=args.threads, rows=rows),
+        append_record(make_record("attention_cpu", command=benchmark_command("attention_cpu", argv), threads=args.threads, rows=rows),
             args.log_results)
     return 0
 

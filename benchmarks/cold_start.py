@@ -13,7 +13,6 @@ held-out item and on the rest (all items ranked, seen items excluded), with trai
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 
@@ -65,10 +64,9 @@ def main(argv=None) -> int:
         print(f"| {r['model']} | {r['cold']['ndcg@10']:.4f} | {r['cold']['hr@10']:.4f} | {r['warm']['ndcg@10']:.4f} "
               f"| {r['warm']['hr@10']:.4f} | {spe} |")
     if args.log_results:
-        from recsys.results import append_record, make_record
+        from recsys.results import append_record, benchmark_command, make_record
 
-        append_record(make_record("cold_start", command="python benchmarks/cold_start.py " + " ".join(
-            map(shlex.quote, argv if argv is not None else sys.argv[1:])), dataset=args.dataset,
+        append_record(make_record("cold_start", command=benchmark_command("cold_start", argv), dataset=args.dataset,
             fraction=args.fraction, seed=args.seed, cold_items=int(len(data.cold_items)), cold_targets=n_cold,
             test_targets=len(split.test), rows=rows, threads=torch.get_num_threads()), args.log_results)
     return 0

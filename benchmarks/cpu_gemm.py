@@ -12,7 +12,6 @@ and the largest difference between the two results relative to the largest entry
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys.kernels import onednn
-from recsys.results import append_record, make_record
+from recsys.results import append_record, benchmark_command, make_record
 
 V, C, D, T = 54_542, 128, 64, 8192
 
@@ -82,8 +81,7 @@ def main(argv=None) -> int:
         print(f"| {name} | {flops / t_torch:.0f} | {flops / t_dnn:.0f} | {t_torch / t_dnn:.2f}x | {diff:.1e} |",
               flush=True)
     if args.log_results:
-        append_record(make_record("cpu_gemm", command="python benchmarks/cpu_gemm.py " + " ".join(
-            map(shlex.quote, argv if argv is not None else sys.argv[1:])), threads=args.threads, rows=rows),
+        append_record(make_record("cpu_gemm", command=benchmark_command("cpu_gemm", argv), threads=args.threads, rows=rows),
             args.log_results)
     return 0
 

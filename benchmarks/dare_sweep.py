@@ -11,7 +11,6 @@ batch of 256 histories of ``--history`` behaviours, median of 20 runs.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ import torch
 
 from recsys.click import load_click_recipe, run_click
 from recsys.models.ctr_base import build_ctr_model, top_k_search
-from recsys.results import append_record, git_commit, make_record
+from recsys.results import append_record, benchmark_command, git_commit, make_record
 
 
 def stage1_ms(model, num_items: int, num_categories: int, history: int, batch: int = 256, reps: int = 20) -> float:
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
     if args.log_results:
         append_record(make_record("dare_sweep", commit=commit, recipe=args.recipe, seeds=args.seeds,
                                   history=args.history, rows=rows,
-                                  command="python benchmarks/dare_sweep.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))),
+                                  command=benchmark_command("dare_sweep", argv)),
                       args.log_results)
     return 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import shlex
 import sys
 import time
 
@@ -72,10 +71,10 @@ def main(argv=None) -> int:
           f"| {args.users / result['seconds']:,.0f} | {block_users} | {peak_mb:,.0f} MB | {dense_gb:,.0f} GB |")
     print(f"(NDCG@10 of the untrained model: {result['ndcg@10']:.5f}; it only shows the ranks were computed)")
     if args.log_results:
-        from recsys.results import append_record, make_record
+        from recsys.results import append_record, benchmark_command, make_record
 
         append_record(make_record(
-            "eval_scale", command="python benchmarks/eval_scale.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
+            "eval_scale", command=benchmark_command("eval_scale", argv),
             users=args.users, items=data.num_items - 1, dim=args.dim, seconds=result["seconds"],
             users_per_second=args.users / result["seconds"], block_users=block_users, peak_rss_mb=peak_mb,
             dense_scores_gb=dense_gb, max_block_mb=args.max_block_mb, threads=torch.get_num_threads()),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from recsys.kernels import onednn
 from recsys.losses import LossConfig, full_softmax_ce
 
 CHUNK = LossConfig().ce_chunk_size  # positions per block, as in training
-from recsys.results import append_record, git_commit, make_record
+from recsys.results import append_record, benchmark_command, git_commit, make_record
 from recsys.train import retain_freed_memory
 
 
@@ -110,7 +109,7 @@ def main(argv=None) -> int:
               f"(+{row['rss_growth_mb']:.0f})  loss {row['loss']:.5f}{extra}", flush=True)
     if args.log_results:
         append_record(make_record("full_ce", commit=git_commit(), rows=rows, item_chunk=args.item_chunk,
-                                  command="python benchmarks/full_ce.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))),
+                                  command=benchmark_command("full_ce", argv)),
                       args.log_results)
     return 0
 

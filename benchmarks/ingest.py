@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import time
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
         child(*args.child)
         return 0
     from recsys.data.synthetic import generate_log
-    from recsys.results import append_record, git_commit, make_record
+    from recsys.results import append_record, benchmark_command, git_commit, make_record
 
     folder = cache_dir() / "synthetic"
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
     print(f"  peak memory      {stats['peak_rss_mb']:8.0f} MB")
     if args.log_results:
         append_record(make_record("ingest", commit=git_commit(),
-                                  command="python benchmarks/ingest.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+                                  command=benchmark_command("ingest", argv),
                                   **stats), args.log_results)
     return 0
 

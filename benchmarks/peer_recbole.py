@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -191,11 +190,10 @@ def main(argv=None) -> int:
             continue
         print(f"| {name} | {a:,.4g} | {b:,.4g} | {a / b:.2f}x |")
     if args.log_results:
-        from recsys.results import append_record, make_record
+        from recsys.results import append_record, benchmark_command, make_record
 
         append_record(make_record(
-            "peer_recbole", command="python benchmarks/peer_recbole.py " + " ".join(
-                map(shlex.quote, argv if argv is not None else sys.argv[1:])), dataset=args.dataset, model=args.model,
+            "peer_recbole", command=benchmark_command("peer_recbole", argv), dataset=args.dataset, model=args.model,
             ce_dtype=args.ce_dtype, lr=args.lr, recbole_lr=args.recbole_lr,
             mask_prob=args.mask_prob if args.model == "bert4rec" else None, max_len=max_len, epochs=args.epochs,
             our_batch_size=args.our_batch_size, recbole_batches=args.recbole_batches, equal_targets=args.equal_targets, threads=args.threads,

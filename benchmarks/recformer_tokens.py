@@ -12,7 +12,6 @@ measured epoch time when a result for it is given with --two-level-epoch-seconds
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 
@@ -88,11 +87,10 @@ def main(argv=None) -> int:
     print(f"| encode one user for evaluation | {user_s * 1e3:.0f} ms | {len(split.test):,} users = {user_s * len(split.test) / 60:.1f} min |")
     print(f"| stage-1 epoch, total | | {epoch_s / 60:.1f} min |")
     if args.log_results:
-        from recsys.results import append_record, make_record
+        from recsys.results import append_record, benchmark_command, make_record
 
         append_record(make_record(
-            "recformer_tokens", command="python benchmarks/recformer_tokens.py " + " ".join(
-                map(shlex.quote, argv if argv is not None else sys.argv[1:])), dataset=args.dataset,
+            "recformer_tokens", command=benchmark_command("recformer_tokens", argv), dataset=args.dataset,
             batch_size=args.batch_size, max_items=cfg.max_items, tokens_per_item=cfg.tokens_per_item,
             mean_history_tokens=float(np.mean(history_tokens)), step_seconds=per_step, steps_per_epoch=steps_per_epoch,
             encode_catalogue_seconds=encode_s, user_encode_ms=user_s * 1e3, epoch_seconds=epoch_s,

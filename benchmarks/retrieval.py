@@ -12,14 +12,13 @@ and, given the run, the model's test NDCG@10 / HR@10 through each index next to 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from recsys.results import append_record, git_commit, make_record
+from recsys.results import append_record, benchmark_command, git_commit, make_record
 from recsys.retrieval import build_index, index_params, search, set_search_params
 
 SEARCH_PARAMS = ("ef_search", "nprobe")
@@ -84,7 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = p.parse_args(argv)
     commit = git_commit()
-    command = "python benchmarks/retrieval.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = benchmark_command("retrieval", argv)
     for n in args.synthetic:
         print(f"synthetic catalogue: {n:,} items x {args.dim}, {args.queries:,} queries")
         items, queries = synthetic(n, args.dim, args.queries)

@@ -12,14 +12,13 @@ With --log-results one "timing" record goes to benchmarks/results.jsonl (RESULTS
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 
 import torch
 
 from recsys.config import load_recipe
-from recsys.results import append_record, git_commit, make_record
+from recsys.results import append_record, benchmark_command, git_commit, make_record
 from recsys.train import Trainer, peak_memory_mb, prepare_data
 
 
@@ -80,7 +79,7 @@ def main(argv=None) -> int:
             make_record(
                 "timing",
                 commit=commit,
-                command="python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+                command=benchmark_command("speed", argv),
                 recipe=args.recipe, dataset=info, model=cfg.model_name, loss=cfg.loss.name,
                 max_seq_len=cfg.max_seq_len, batch_size=cfg.train.batch_size,
                 train_epoch_seconds=epoch["train_seconds"], train_targets=epoch["train_targets"],

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -54,11 +53,10 @@ def main(argv=None) -> int:
     for name, r in results.items():
         print(f"| {name} | {r['ndcg@10']:.4f} | {r['hr@10']:.4f} |")
     if args.log_results:
-        from recsys.results import append_record, make_record
+        from recsys.results import append_record, benchmark_command, make_record
 
         append_record(make_record(
-            "zero_shot", command="python benchmarks/zero_shot.py " + " ".join(
-                map(shlex.quote, argv if argv is not None else sys.argv[1:])), source=source, target=args.target,
+            "zero_shot", command=benchmark_command("zero_shot", argv), source=source, target=args.target,
             model=cfg.model_name, test_users=len(split.test), items=seq.num_items - 1,
             rows={k: {m: v[m] for m in ("ndcg@10", "hr@10")} for k, v in results.items()},
             source_run=json.loads((Path(args.run_dir) / "final_metrics.json").read_text())["test"]), args.log_results)

@@ -11,7 +11,9 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -55,6 +57,11 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def benchmark_command(script: str, argv: list[str] | None = None) -> str:
+    """The command line that ran ``benchmarks/<script>.py`` with ``argv`` (default: this process's arguments)."""
+    return f"python benchmarks/{script}.py " + shlex.join(argv if argv is not None else sys.argv[1:])
 
 
 def make_record(kind: str, command: str, commit: str | None = None, **fields) -> dict:

@@ -8,6 +8,14 @@ from recsys.models.dropout import Dropout
 from recsys.models.sasrec import SASRec, SASRecConfig
 
 
+def _assert_same_gradients(out, expected, inputs, weights):
+    """The gradients of (out * weights).sum() and (expected * weights).sum() w.r.t. ``inputs`` agree."""
+    grads = torch.autograd.grad((out * weights).sum(), inputs, retain_graph=True)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), inputs, retain_graph=True)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def _model(**kw):
     torch.manual_seed(0)
     cfg = SASRecConfig(max_seq_len=12, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0, **kw)
@@ -100,11 +108,7 @@ def test_chunked_causal_attention_equals_sdpa_with_gradients(length, chunk):
     out = chunked_causal_attention(q, k, v, chunk=chunk)
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
-    weights = torch.randn_like(out)
-    grads = torch.autograd.grad((out * weights).sum(), [q, k, v])
-    expected_grads = torch.autograd.grad((expected * weights).sum(), [q, k, v])
-    for got, want in zip(grads, expected_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    _assert_same_gradients(out, expected, [q, k, v], torch.randn_like(out))
 
 
 def test_training_attention_dropout_is_unbiased_and_causal():
@@ -345,11 +349,7 @@ def test_grouped_bidirectional_attention_equals_masked_attention_with_gradients(
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=real_keys)
     real_queries = (columns < counts[:, None])[:, None, :, None].expand_as(out)
     torch.testing.assert_close(out[real_queries], expected[real_queries], rtol=1e-5, atol=1e-6)
-    weights = torch.randn_like(out) * real_queries  # the loss reads real positions only
-    grads = torch.autograd.grad((out * weights).sum(), [q, k, v])
-    expected_grads = torch.autograd.grad((expected * weights).sum(), [q, k, v])
-    for got, want in zip(grads, expected_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    _assert_same_gradients(out, expected, [q, k, v], torch.randn_like(out) * real_queries)  # real positions only
 
 
 def test_bidirectional_training_attention_dropout_is_unbiased():
