@@ -104,6 +104,36 @@ def retain_freed_memory() -> bool:
         return False
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 products run on bf16 hardware here (tensor cores; AVX512-BF16 / AMX through
+    oneDNN on CPU) rather than being emulated with fp32 arithmetic, which is slower than fp32 itself."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
+def warn_if_bf16_emulated(cfg: RunConfig, device: torch.device) -> bool:
+    """Print a warning when the run asks for bf16 products (``loss.ce_matmul_dtype``, ``train.precision``)
+    on a device without bf16 units: they still compute the same thing, only slower than fp32. Returns
+    whether it warned."""
+    asked = []
+    if cfg.loss.name == "ce" and cfg.loss.ce_matmul_dtype == "bfloat16":
+        asked.append("loss.ce_matmul_dtype=bfloat16")
+    if cfg.train.precision == "bf16":
+        asked.append("train.precision=bf16")
+    if not asked or native_bf16(device):
+        return False
+    print(f"warning: {' and '.join(asked)} asked for, but this {device.type} has no bf16 units (bf16 products "
+          f"are emulated, slower than fp32): --set loss.ce_matmul_dtype=float32 / train.precision=fp32 "
+          f"trains faster here", file=sys.stderr)
+    return True
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -228,6 +258,7 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         if self.device.type == "cpu":
             retain_freed_memory()
+        warn_if_bf16_emulated(cfg, self.device)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)

@@ -174,3 +174,21 @@ def test_retain_freed_memory_applies_on_glibc_and_yields_to_the_users_settings(m
         assert retain_freed_memory()
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     assert not retain_freed_memory()
+
+
+def test_bf16_products_on_a_device_without_bf16_units_are_warned_about(monkeypatch, capsys):
+    from recsys import train
+    from recsys.config import load_recipe
+
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["loss.name=ce", "loss.ce_matmul_dtype=bfloat16"])
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "native_bf16", lambda device: False)
+    assert train.warn_if_bf16_emulated(cfg, cpu)
+    assert "loss.ce_matmul_dtype=bfloat16" in capsys.readouterr().err
+    cfg.loss.ce_matmul_dtype = "float32"
+    assert not train.warn_if_bf16_emulated(cfg, cpu)  # nothing in bf16: nothing to say
+    cfg.train.precision = "bf16"
+    assert train.warn_if_bf16_emulated(cfg, cpu)
+    assert "train.precision=bf16" in capsys.readouterr().err
+    monkeypatch.setattr(train, "native_bf16", lambda device: True)
+    assert not train.warn_if_bf16_emulated(cfg, cpu)

@@ -304,6 +304,52 @@ def test_one_head_inference_with_folded_projections_equals_the_plain_layer(name,
     torch.testing.assert_close(refolded, m(ids, last_only=True), rtol=1e-5, atol=1e-5)
 
 
+def test_folded_weights_follow_optimizer_steps_between_evaluations():
+    """Validation between epochs: the folded weights must follow every optimiser step, including the
+    fused AdamW kernel's, which updates parameters without bumping their version counters."""
+    from recsys.optim import AdamW
+
+    torch.manual_seed(0)
+    m = build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 1, "dropout": 0.0}, num_items=40)
+    optimizer = AdamW(m.parameters(), lr=0.05)
+    ids = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
+    for _ in range(3):
+        m.eval()
+        with torch.no_grad():
+            folded = m(ids, last_only=True)
+        torch.testing.assert_close(folded, m(ids, last_only=True), rtol=1e-5, atol=1e-5)  # vs the plain layer
+        m.train()
+        optimizer.zero_grad(set_to_none=True)
+        m(ids).square().mean().backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_inference_blocks_add_the_residuals_and_the_gelu_inside_the_products(monkeypatch, name, heads):
+    """Eval mode without gradients: each block's two residual additions and its GELU run as post-ops of
+    the products before them (linear_epilogue); the outputs equal the plain block's."""
+    import recsys.models.sasrec as sasrec_module
+
+    torch.manual_seed(0)
+    m = build_model(name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": heads, "dropout": 0.0},
+                    num_items=40).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9]])
+    plain_full, plain_last = m(ids), m(ids, last_only=True)  # gradients enabled: separate ops
+    calls = []
+    original = sasrec_module.linear_epilogue
+    monkeypatch.setattr(sasrec_module, "linear_epilogue",
+                        lambda *a, **k: calls.append(sorted(k)) or original(*a, **k))
+    with torch.no_grad():
+        fused_full, fused_last = m(ids), m(ids, last_only=True)
+    assert calls == [["add"], ["gelu"], ["add"]] * 4  # 2 blocks, 2 calls
+    real = (ids != 0)[..., None].expand_as(plain_full)
+    torch.testing.assert_close(fused_full[real], plain_full[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_last, plain_last, rtol=1e-5, atol=1e-5)
+
+
 def test_training_and_multi_head_layers_do_not_fold():
     torch.manual_seed(0)
     calls = []
