@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 _usable: bool | None = None  # decided on first use (see _check)
-_epilogues: bool | None = None  # whether the GELU / addition post-ops work (see _check_epilogues)
 # oneDNN writes every product into a fresh tensor. glibc maps blocks above 32 MB fresh from the OS on
 # every allocation (its largest mmap threshold), and their page faults cost more than the faster
 # product saves: larger outputs stay with torch's product into a reused buffer (callers check)
@@ -45,20 +44,6 @@ def _check() -> bool:
         x, w, b = (torch.randn(*shape, generator=gen) for shape in ((37, 19), (23, 19), (23,)))  # no global RNG draw
         return bool(torch.allclose(_product(x, w, b), torch.addmm(b, x, w.T), rtol=1e-5, atol=1e-5))
     except (AttributeError, RuntimeError):  # no such op in this torch build, or it refused
-        return False
-
-
-def _check_epilogues() -> bool:
-    """The GELU and addition post-ops of :func:`linear_epilogue` tried once against torch's own ops."""
-    try:
-        gen = torch.Generator().manual_seed(1)
-        x, w, b, other = (torch.randn(*shape, generator=gen) for shape in ((29, 13), (11, 13), (11,), (29, 11)))
-        plain = torch.addmm(b, x, w.T)
-        with_gelu = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
-        with_add = torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
-        return bool(torch.allclose(with_gelu, F.gelu(plain), rtol=1e-5, atol=1e-5)
-                    and torch.allclose(with_add, plain + other, rtol=1e-5, atol=1e-5))
-    except (AttributeError, RuntimeError):
         return False
 
 
@@ -130,36 +115,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     else:
         y = _product(x2, weight, bias)
     return y.view(*x.shape[:-1], weight.shape[0])
-
-
-def linear_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                    gelu: str | None = None, add: torch.Tensor | None = None) -> torch.Tensor:
-    """Inference only (no gradients): ``F.gelu(F.linear(x, weight, bias), approximate=gelu)`` or
-    ``F.linear(x, weight, bias) + add``, with the GELU or the addition done by oneDNN on the product's
-    output while it is still in cache (a post-op) instead of by a second pass over memory. The same
-    values as the separate ops (tested); torch's ops where oneDNN is not used. gelu: "none" (erf) or
-    "tanh", as ``nn.GELU.approximate``; add: [..., N] like the output."""
-    global _epilogues
-    if gelu is not None and add is not None:
-        raise ValueError("linear_epilogue takes gelu or add, not both")
-    rows = x.numel() // max(x.shape[-1], 1)
-    fused = usable(x, rows * weight.shape[0]) and weight.dtype == x.dtype and weight.numel() > 0
-    if fused and _epilogues is None:
-        _epilogues = _check_epilogues()
-    if fused and _epilogues:
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        if gelu is not None:
-            y = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "gelu", [], gelu)
-        elif add is not None:
-            y = torch.ops.mkldnn._linear_pointwise.binary(
-                x2, add.reshape(rows, weight.shape[0]).contiguous(), weight, bias, "add")
-        else:
-            y = _product(x2, weight, bias)
-        return y.view(*x.shape[:-1], weight.shape[0])
-    y = F.linear(x, weight, bias)
-    if gelu is not None:
-        return F.gelu(y, approximate=gelu)
-    return y if add is None else y + add
 
 
 class Linear(nn.Linear):

@@ -16,8 +16,7 @@ What differs from the paper:
   and the linear layers' fp32 products go through oneDNN (:mod:`recsys.kernels.onednn`).
 - Inference with one head (evaluation, export) folds the key projection into the query's and the value
   projection into the output's (:meth:`CausalSelfAttention.folded`): the same function to fp32 rounding
-  at half the per-position products (ML-1M test evaluation 0.258 -> 0.209 s, same ranks). Inference
-  also adds both residuals and applies the GELU inside the products before them (oneDNN post-ops).
+  at half the per-position products (ML-1M test evaluation 0.258 -> 0.209 s, same ranks).
 - Positions count from the end of the history (the most recent item always has the same position
   embedding), as left padding makes natural; padding has its own zero position.
 - Embeddings start at N(0, 0.02) instead of N(0, 1): a plain SASRec learned ~5x slower with the latter.
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.onednn import Linear, linear, linear_epilogue
+from ..kernels.onednn import Linear, linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout, dropout
 
@@ -293,8 +292,7 @@ class CausalSelfAttention(nn.Module):
             self._folded_source = tuple(t.clone() for t in params)
         return self._folded_weights
 
-    def _folded_forward(self, x: torch.Tensor, packing: Packing, last_only: bool, causal: bool,
-                        residual: torch.Tensor | None) -> torch.Tensor:
+    def _folded_forward(self, x: torch.Tensor, packing: Packing, last_only: bool, causal: bool) -> torch.Tensor:
         """:meth:`forward` at inference with one head, through :meth:`folded` weights."""
         B, L, D = packing.batch, packing.length, x.shape[-1]
         w_query, b_query, w_out, b_out = self.folded()
@@ -310,7 +308,7 @@ class CausalSelfAttention(nn.Module):
             mask = None if causal else packing.key_mask()
             y = packing.from_grid(F.scaled_dot_product_attention(q, keys, keys, attn_mask=mask,
                                                                  is_causal=causal, scale=1.0)[:, 0])
-        return linear_epilogue(y, w_out, b_out, add=residual)
+        return linear(y, w_out, b_out)
 
     def _last_queries_keys_values(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None):
         """Each row's last query [B, H, 1, d] and every position's keys and values [B, H, L, d] (grid):
@@ -329,15 +327,14 @@ class CausalSelfAttention(nn.Module):
         return q.view(B, 1, H, D // H).transpose(1, 2), k, v
 
     def forward(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None = None,
-                last_only: bool = False, causal: bool = True, residual: torch.Tensor | None = None):
+                last_only: bool = False, causal: bool = True):
         """Packed [T, D] -> [T, D] (T: :class:`Packing`'s rows), or [B, D] for each row's last query only
         (``last_only``: keys and values still come from every position). ``causal``: a query sees its
-        own and earlier positions (SASRec), otherwise every position of its row (BERT4Rec).
-        ``residual`` (inference only, like the output): added to the output inside its product."""
+        own and earlier positions (SASRec), otherwise every position of its row (BERT4Rec)."""
         if (self.fold_inference and self.num_heads == 1 and attention_input is None and not self.training
                 and not torch.is_grad_enabled() and not torch.jit.is_tracing()
                 and not torch.compiler.is_compiling()):
-            return self._folded_forward(x, packing, last_only, causal, residual)
+            return self._folded_forward(x, packing, last_only, causal)
         B, L, D = packing.batch, packing.length, x.shape[-1]
         H = self.num_heads
         # the attention grid: row b's items in columns 0 .. n_b - 1, zeros after (Packing)
@@ -369,10 +366,7 @@ class CausalSelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, -1, D)  # [B, L_q, D]
-        y = y[:, 0] if last_only else packing.from_grid(y)
-        if residual is not None:
-            return linear_epilogue(y, self.out.weight, self.out.bias, add=residual)
-        return self.out(y)
+        return self.out(y[:, 0] if last_only else packing.from_grid(y))
 
 
 class Block(nn.Module):
@@ -392,15 +386,8 @@ class Block(nn.Module):
         """Packed [T, D] -> [T, D]; ``last_only``: [B, D], each row's last position alone (the last
         block of an evaluation, which reads no other position: a 1 / L share of its attention and FFN)."""
         residual = packing.last_rows(x) if last_only else x
-        if self.training or torch.is_grad_enabled():
-            x = residual + self.drop(self.attn(self.ln_attn(x), packing, attention_input, last_only, causal))
-            return x + self.drop(self.ffn(self.ln_ffn(x)))
-        # inference: both residual additions and the GELU happen inside the products that precede them
-        # (oneDNN post-ops, :func:`linear_epilogue`): three fewer passes over [T, D] / [T, F] per block
-        x = self.attn(self.ln_attn(x), packing, attention_input, last_only, causal, residual=residual)
-        first, gelu, _, second = self.ffn
-        inner = linear_epilogue(self.ln_ffn(x), first.weight, first.bias, gelu=gelu.approximate)
-        return linear_epilogue(inner, second.weight, second.bias, add=x)
+        x = residual + self.drop(self.attn(self.ln_attn(x), packing, attention_input, last_only, causal))
+        return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, not_pad: torch.Tensor, causal: bool,

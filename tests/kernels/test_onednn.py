@@ -82,39 +82,3 @@ def test_falls_back_to_torch_where_onednn_does_not_apply(monkeypatch):
     assert not onednn._check()
     monkeypatch.setattr(onednn, "_usable", False)
     torch.testing.assert_close(onednn.linear(x, torch.ones(3, 8)), x.sum(1, keepdim=True).expand(4, 3))
-
-
-@pytest.mark.parametrize("use_onednn", [True, False])
-def test_linear_epilogue_equals_the_separate_ops(monkeypatch, use_onednn):
-    torch.manual_seed(0)
-    if not use_onednn:
-        monkeypatch.setattr(onednn, "_usable", False)  # torch's ops: the same results
-    x, w, b = torch.randn(2, 37, 19), torch.randn(23, 19), torch.randn(23)
-    other = torch.randn(2, 37, 23)
-    plain = F.linear(x, w, b)
-    for approximate in ("none", "tanh"):
-        got = onednn.linear_epilogue(x, w, b, gelu=approximate)
-        torch.testing.assert_close(got, F.gelu(plain, approximate=approximate), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(onednn.linear_epilogue(x, w, b, add=other), plain + other, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(onednn.linear_epilogue(x[0], w, None, add=other[0].T.contiguous().T),
-                               F.linear(x[0], w) + other[0], rtol=1e-5, atol=1e-5)  # strided addend, no bias
-    torch.testing.assert_close(onednn.linear_epilogue(x, w, b), plain, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="not both"):
-        onednn.linear_epilogue(x, w, b, gelu="none", add=other)
-
-
-def test_linear_epilogue_falls_back_when_the_post_ops_disagree(monkeypatch):
-    monkeypatch.setattr(onednn, "_epilogues", None)
-    real = torch.ops.mkldnn._linear_pointwise
-
-    class Wrong:  # a build whose post-ops give something else: never used
-        def __call__(self, *args):
-            return real(*args) if args[3] == "none" else real(*args) + 1.0
-
-        def binary(self, *args):
-            return real.binary(*args) + 1.0
-
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Wrong())
-    x, w, b = torch.randn(5, 4), torch.randn(3, 4), torch.randn(3)
-    torch.testing.assert_close(onednn.linear_epilogue(x, w, b, gelu="none"), F.gelu(F.linear(x, w, b)))
-    assert onednn._epilogues is False
