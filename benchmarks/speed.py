@@ -1,12 +1,14 @@
 """Time one training epoch and one full-ranking evaluation of a recipe on its dataset.
 
-    python benchmarks/speed.py recipes/beauty/sasrec_ce.toml [--set ...] [--log-results]
+    python benchmarks/speed.py recipes/beauty/sasrec_ce.toml [--set ...] [--from-checkpoint RUN/best.pt] [--log-results]
 
 Prints a table: seconds, training targets per second, evaluated users per second, peak memory.
 The evaluation ranks every test user against the whole catalogue (the evaluator of every run), then
 again with ``eval.ranks=cutoff`` (exact ranks up to max(ks), checked to give the same @k metrics);
 for reference it also times a naive scoring loop (one fresh [items, users] GEMM output per block of
 users, as a straightforward implementation would allocate; the evaluator reuses one buffer instead).
+``--from-checkpoint`` starts the timed epoch from a trained model's weights (the optimiser starts
+fresh): later epochs can cost more than the first (e.g. the full CE's logits outgrow its no-shift bound).
 With --log-results one "timing" record goes to benchmarks/results.jsonl (RESULTS.md is built from it).
 """
 from __future__ import annotations
@@ -19,13 +21,14 @@ import torch
 
 from recsys.config import load_recipe
 from recsys.results import append_record, benchmark_command, git_commit, make_record
-from recsys.train import Trainer, peak_memory_mb, prepare_data
+from recsys.train import Trainer, load_checkpoint, peak_memory_mb, prepare_data
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("recipe")
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--from-checkpoint", default=None, help="a run's best.pt / last.pt: time an epoch of that model")
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = p.parse_args(argv)
 
@@ -37,6 +40,11 @@ def main(argv=None) -> int:
     data = prepare_data(cfg.data, verbose=False)
     load_seconds = time.perf_counter() - t0
     trainer = Trainer(cfg, "runs/_speed", data=data, progress=True)
+    start_epoch = 0
+    if args.from_checkpoint:
+        state = load_checkpoint(args.from_checkpoint)
+        trainer.model.load_state_dict(state["model"])
+        start_epoch = int(state.get("epoch", 0))
 
     epoch = trainer.train_epoch()
     trainer.evaluate("test")  # warm-up: allocations, thread pool
@@ -60,7 +68,7 @@ def main(argv=None) -> int:
         ("model / loss", f"{cfg.model_name} / {cfg.loss.name}, max_seq_len {cfg.max_seq_len}, batch {cfg.train.batch_size}"),
         ("torch threads", str(torch.get_num_threads())),
         ("load + prepare", f"{load_seconds:.2f} s"),
-        ("train epoch", f"{epoch['train_seconds']:.1f} s  ({epoch['train_sequences']:,} sequences, "
+        ("train epoch", f"{epoch['train_seconds']:.1f} s{f' after epoch {start_epoch}' if start_epoch else ''}  ({epoch['train_sequences']:,} sequences, "
                         f"{epoch['sequences_per_second']:,.0f} sequences/s; {epoch['train_targets']:,} targets, "
                         f"{epoch['targets_per_second']:,.0f} targets/s)"),
         ("full evaluation", f"{ev['seconds']:.2f} s  ({ev['num_users']:,} users x {info['items']:,} items, "
@@ -81,7 +89,7 @@ def main(argv=None) -> int:
                 commit=commit,
                 command=benchmark_command("speed", argv),
                 recipe=args.recipe, dataset=info, model=cfg.model_name, loss=cfg.loss.name,
-                max_seq_len=cfg.max_seq_len, batch_size=cfg.train.batch_size,
+                max_seq_len=cfg.max_seq_len, batch_size=cfg.train.batch_size, from_epoch=start_epoch,
                 train_epoch_seconds=epoch["train_seconds"], train_targets=epoch["train_targets"],
                 targets_per_second=epoch["targets_per_second"], train_sequences=epoch["train_sequences"],
                 sequences_per_second=epoch["sequences_per_second"], eval_seconds=ev["seconds"],

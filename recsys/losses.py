@@ -64,6 +64,28 @@ def _buffer(workspace: Workspace | None, name: str, numel: int, dtype: torch.dty
     return workspace.get(name, numel, dtype, device)
 
 
+def _block_logits(w: torch.Tensor, hc: torch.Tensor, buffer: torch.Tensor | None, dnn: bool) -> torch.Tensor:
+    """[V, c] logits ``w @ hc.T``: a fresh block from oneDNN (``dnn``), else written into the front of ``buffer``."""
+    if dnn:
+        return onednn.mm(w, hc.T)
+    return torch.mm(w, hc.T, out=buffer[: w.shape[0] * hc.shape[0]].view(w.shape[0], hc.shape[0]))
+
+
+def _column_sums(e: torch.Tensor) -> torch.Tensor:
+    """[c] fp32 sums of a [V, c] block of exponentials; a bf16 block by a bf16 reduction (see
+    :class:`ChunkedSoftmaxCE`)."""
+    return e.sum(dim=0).float() if e.dtype == torch.bfloat16 else e.sum(dim=0)
+
+
+# an unshifted block is kept when every column sum lies in [2^-60, fp32 max): then no exponential
+# overflowed, and those that underflowed (< 2^-126 each) add up to < V 2^-66 of their column's sum
+_SMALLEST_SUM = 2.0**-60
+
+
+def _sums_in_range(col_sum: torch.Tensor) -> bool:
+    return bool(((col_sum >= _SMALLEST_SUM) & (col_sum <= torch.finfo(torch.float32).max)).all())
+
+
 class ChunkedSoftmaxCE(torch.autograd.Function):
     """Mean cross-entropy of ``hidden @ items.T`` against ``targets``, in blocks of logits.
 
@@ -81,9 +103,10 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     ``softmax - onehot`` in place. Same value and gradients as ``F.cross_entropy(hidden @ items.T,
     targets)`` to float rounding (tested). ``compute_dtype=torch.bfloat16`` runs the three GEMMs in
     bf16 with fp32 accumulation (the whole loss 0.41 vs 0.72 s at Beauty's shape on a CPU with bf16
-    units, against fp32 through oneDNN); the gradients are summed in fp32. When the logits are bounded (no max-shift needed) the
-    exponentials are computed in fp32 and stored in bf16, the precision the gradient GEMMs read them
-    in, and each position's sum of exponentials comes out of a bf16 reduction (relative error measured
+    units, against fp32 through oneDNN); the gradients are summed in fp32. The logit block stays bf16
+    (a max-shift, where one is needed, subtracts two bf16 values); the exponentials are computed in
+    fp32 and stored in bf16, the precision the gradient GEMMs read them in, and each position's sum
+    of exponentials comes out of a bf16 reduction (relative error measured
     <= 0.32% on a 54,542-item block, the order of the bf16 exponentials' own rounding; a reduction
     with an fp32 result converts the whole block first and takes ~5x longer). Tested against fp32 CE
     of the bf16-rounded operands: loss within 0.2%, gradients within 2% of their max.
@@ -121,15 +144,20 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 items.shape) if compute_dtype else None
             # |logit| <= |h| max|w|: when that bound is small, exp needs no max-shift (softmax does not
             # change with the shift), which saves two passes over every block; e^bound x V stays below
-            # fp32's largest value and e^-bound above its smallest normal. CPU only: the check syncs.
-            bounded = hidden.device.type == "cpu" and (
+            # fp32's largest value and e^-bound above its smallest normal. Past the bound (soon in
+            # training: a trained Beauty SASRec's bound was 621, its largest logit 14) a CPU block is
+            # still exponentiated unshifted, and redone with its columns' maxima subtracted only when a
+            # column sum came out outside [2^-60, fp32 max) (_sums_in_range). CPU only: both checks sync.
+            on_cpu = hidden.device.type == "cpu"
+            bounded = on_cpu and (
                 float(hidden.detach().norm(dim=1).max() * items.detach().norm(dim=1).max()) * 1.01
                 <= 80.0 - math.log(V)
             )
             # one [V, chunk] block buffer for the whole batch (a smaller last block is a contiguous view
             # of its front): a fresh block per chunk costs page faults and leaves the heap fragmented.
-            # bf16 and bounded: the block stays bf16 end to end (exp computed in fp32, stored in bf16,
-            # which is what the gradient GEMMs read anyway; column sums as below)
+            # bf16: the block stays bf16 end to end (exp computed in fp32, stored in bf16, which is what
+            # the gradient GEMMs read anyway; column sums as below); a max-shift subtracts two bf16 values
+            # (exact near the max, where the exponentials that matter are)
             low = _buffer(workspace, "block_low", V * chunk, compute_dtype, hidden.device) if compute_dtype else None
             # fp32 on CPU: the three GEMMs through oneDNN (recsys.kernels.onednn: ~2x torch.mm here),
             # which writes each [V, c] block itself (no out=), so there is no block buffer to reuse. Its
@@ -140,8 +168,8 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             dnn = low is None and onednn.usable(w, V * min(chunk, dnn_chunk))
             if dnn:
                 chunk = min(chunk, dnn_chunk)
-            block = None if (low is not None and bounded) or dnn else _buffer(
-                workspace, "block", V * chunk, torch.float32, hidden.device)
+            block = None if low is not None or dnn else _buffer(workspace, "block", V * chunk, torch.float32,
+                                                                hidden.device)
             # bf16 blocks: the target logits from the bf16-rounded operands in fp32 (what the GEMM adds up,
             # before its output is rounded), and the item table transposed once: [D, V] @ [V, c] is the
             # fastest layout for the hidden-state gradient on CPU (~1.5x over [V, c].T @ [V, D])
@@ -158,25 +186,19 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 # E = exp(logits - shift) in place; (softmax - onehot) / P = E * scale - onehot / P with a
                 # per-position scale, which goes onto the small [c, D] operands of the gradient GEMMs
                 # instead of a pass over the block (the [V, c] elementwise work costs as much as the GEMMs)
-                low_c = low[: V * c].view(V, c) if low is not None else None
-                e = low_c if block is None else block[: V * c].view(V, c)  # [V, c] logits (bf16 or fp32)
-                if dnn:
-                    e = onednn.mm(w, hc.T)
-                elif low_c is None or e is low_c:
-                    torch.mm(w, hc.T, out=e)
-                else:  # bf16 GEMM, fp32 softmax
-                    e.copy_(torch.mm(w, hc.T, out=low_c))
+                e = _block_logits(w, hc, low if low is not None else block, dnn)  # [V, c], bf16 or fp32
                 if low is None:
                     target_logits[rows] = e[tc, cols]
-                col_max = None if bounded else e.amax(dim=0)
+                col_max = None if bounded or on_cpu else e.amax(dim=0)  # GPU past the bound: always shifted
                 if col_max is not None:
                     e.sub_(col_max)
-                # bf16 block: column sums from a bf16 reduction (class docstring)
                 e.exp_()
-                col_sum = e.sum(dim=0).float() if e.dtype == torch.bfloat16 else e.sum(dim=0)
-                lse[rows] = col_sum.log() if col_max is None else col_max + col_sum.log()
-                if low_c is not None and e is not low_c:
-                    e = low_c.copy_(e)  # the gradient GEMMs read bf16
+                col_sum = _column_sums(e)
+                if not bounded and col_max is None and not _sums_in_range(col_sum):  # redo it shifted
+                    e = _block_logits(w, hc, low if low is not None else block, dnn)
+                    col_max = e.amax(dim=0)
+                    col_sum = _column_sums(e.sub_(col_max).exp_())
+                lse[rows] = col_sum.log() if col_max is None else col_max.float() + col_sum.log()
                 scale = (1.0 / (col_sum * P))[:, None]  # [c, 1]; padded rows of hc are zero: no gradient
                 if dnn:  # [D, V] @ [V, c] and [V, c] @ [c, D]: oneDNN's fast layouts
                     torch.mul(onednn.mm(w_t, e).T, scale, out=grad_hidden[rows])

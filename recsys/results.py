@@ -191,9 +191,10 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         ]
         for r in timing:
             ds = r["dataset"]
+            after = f" (after epoch {r['from_epoch']})" if r.get("from_epoch") else ""  # from a trained model
             out.append(
                 f"| {r['date']} | {ds['dataset']} ({ds.get('file', '?')}) | {Path(r.get('recipe', '')).stem or '?'}: {r['model']} / "
-                f"{r['loss']} | {r['max_seq_len']} | {r['train_epoch_seconds']:.1f} s "
+                f"{r['loss']} | {r['max_seq_len']} | {r['train_epoch_seconds']:.1f} s{after} "
                 f"| {'–' if r.get('sequences_per_second') is None else format(r['sequences_per_second'], ',.0f')} | {r['targets_per_second']:,.0f} "
                 f"| {r['eval_seconds']:.2f} s ({r['eval_users']:,} x {ds['items']:,}) | {r['eval_users_per_second']:,.0f} "
                 f"| {'–' if r.get('cutoff_eval_seconds') is None else format(r['cutoff_eval_seconds'], '.2f') + ' s'} "
