@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 threads="${1:-2}"
 py="${PYTHON:-.venv/bin/python}"
 for spec in \
+    "recipes/beauty/sasrec_ce.toml --set loss.ce_matmul_dtype=float32" \
     "recipes/beauty/sasrec_ce.toml" \
-    "recipes/beauty/sasrec_ce.toml --set loss.ce_matmul_dtype=bfloat16" \
     "recipes/beauty/bert4rec.toml" \
     "recipes/beauty/hstu.toml" \
     "recipes/ml-1m/sasrec.toml" \
