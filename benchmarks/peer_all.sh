@@ -17,12 +17,12 @@ cd "$(dirname "$0")/.."
 threads="${1:-2}"
 py="${PYTHON:-.venv/bin/python}"
 for spec in \
+    "--dataset beauty --epochs 1 --ce-dtype float32" \
     "--dataset beauty --epochs 1" \
-    "--dataset beauty --epochs 1 --ce-dtype bfloat16" \
-    "--dataset beauty --epochs 1 --ce-dtype bfloat16 --lr 0.004" \
-    "--dataset beauty --epochs 1 --ce-dtype bfloat16 --lr 0.004 --recbole-lr 0.004" \
+    "--dataset beauty --epochs 1 --lr 0.004" \
+    "--dataset beauty --epochs 1 --lr 0.004 --recbole-lr 0.004" \
+    "--model bert4rec --dataset beauty --epochs 1 --equal-targets --ce-dtype float32" \
     "--model bert4rec --dataset beauty --epochs 1 --equal-targets" \
-    "--model bert4rec --dataset beauty --epochs 1 --equal-targets --ce-dtype bfloat16" \
     "--dataset ml-1m --recbole-batches 40" \
     "--dataset ml-1m --equal-targets --our-batch-size 2" \
     "--model bert4rec --dataset ml-1m --equal-targets"; do

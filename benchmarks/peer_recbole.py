@@ -24,8 +24,9 @@ index in the user's sequence, so both sides see the same order), and runs, each 
   (RecBole keeps 128 prefix samples, i.e. 128 targets). Our evaluation ranks
   exactly up to rank 20 (``eval.ranks=cutoff``: the same HR/NDCG@k, RecBole's full-sort evaluation
   computes only top-k metrics as well); the same test set is then evaluated once more with every exact
-  rank (``eval.ranks=all``, uncut MRR), after peak memory was read, and printed as a second row. ``--ce-dtype
-  bfloat16`` runs our logit GEMMs in bf16 (softmax and sums stay fp32); RecBole has no such option.
+  rank (``eval.ranks=all``, uncut MRR), after peak memory was read, and printed as a second row. ``--ce-dtype``
+  sets our logit GEMMs' dtype (default: the recipe's; bf16 products accumulate in fp32); RecBole
+  computes in fp32.
 
 Prints training targets per second (RecBole's SASRec trains one target per prefix sample, ours every
 position of a window; BERT4Rec on both sides trains the masked positions: targets, not epochs, are
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="sasrec", choices=sorted(SHAPES))
     p.add_argument("--dataset", default="beauty", choices=sorted({d for d, _ in RECIPES}))
     p.add_argument("--mask-prob", type=float, default=0.2, help="BERT4Rec: masking probability on both sides")
-    p.add_argument("--ce-dtype", default="float32", choices=["float32", "bfloat16"], help="ours: logit GEMM dtype")
+    p.add_argument("--ce-dtype", default=None, choices=["float32", "bfloat16"],
+                   help="ours: logit GEMM dtype (default: the recipe's; the Beauty recipes use bfloat16)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.001, help="our learning rate (RecBole's default is 0.001)")
     p.add_argument("--recbole-lr", type=float, default=0.001, help="RecBole's learning rate")
@@ -135,12 +137,15 @@ def main(argv=None) -> int:
     heads, ffn_mult, dropout = SHAPES[args.model]
     overrides = [f"model.max_seq_len={max_len}", f"model.hidden_dim={hidden}", "model.num_blocks=2",
                  f"model.num_heads={heads}", f"model.dropout={dropout}", "loss.name=ce", "loss.l2_normalize=false",
-                 "loss.temperature=1.0", f"loss.ce_matmul_dtype={args.ce_dtype}", "data.split=leave_one_out",
+                 "loss.temperature=1.0", "data.split=leave_one_out",
                  f"train.batch_size={args.our_batch_size}", f"train.lr={args.lr}", f"train.epochs={args.epochs}", "train.patience=0",
                  f"train.num_threads={args.threads}", "eval.ranks=cutoff"]
     if args.model == "bert4rec":
         overrides += [f"model.mask_prob={args.mask_prob}", f"model.ffn_dim={ffn_mult * hidden}"]
+    if args.ce_dtype:
+        overrides.append(f"loss.ce_matmul_dtype={args.ce_dtype}")
     cfg = load_recipe(recipe, overrides)
+    ce_dtype = cfg.loss.ce_matmul_dtype
     python = ensure_recbole()
     def run_ours() -> dict:
         print(f"ours on {args.dataset} ...", flush=True)
@@ -179,7 +184,7 @@ def main(argv=None) -> int:
         "test NDCG@10": (mine["test"]["ndcg@10"], theirs["ndcg@10"]),
         "test HR@10": (mine["test"]["hr@10"], theirs["hr@10"]),
     }
-    print(f"\n| {args.dataset}, {args.model} full CE ({args.ce_dtype} GEMMs ours), len {max_len}, batch "
+    print(f"\n| {args.dataset}, {args.model} full CE ({ce_dtype} GEMMs ours), len {max_len}, batch "
           f"{args.our_batch_size} sequences ours / 128 samples RecBole, lr {args.lr} ours, "
           f"{args.recbole_lr} RecBole | ours | RecBole 1.2.1 | ours / RecBole |")
     print("|---|---|---|---|")
@@ -194,7 +199,7 @@ def main(argv=None) -> int:
 
         append_record(make_record(
             "peer_recbole", command=benchmark_command("peer_recbole", argv), dataset=args.dataset, model=args.model,
-            ce_dtype=args.ce_dtype, lr=args.lr, recbole_lr=args.recbole_lr,
+            ce_dtype=ce_dtype, lr=args.lr, recbole_lr=args.recbole_lr,
             mask_prob=args.mask_prob if args.model == "bert4rec" else None, max_len=max_len, epochs=args.epochs,
             our_batch_size=args.our_batch_size, recbole_batches=args.recbole_batches, equal_targets=args.equal_targets, threads=args.threads,
             rows={k: {"ours": a, "recbole": b} for k, (a, b) in rows.items()}, ours=mine, recbole=theirs), args.log_results)
