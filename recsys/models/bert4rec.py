@@ -17,7 +17,9 @@ What differs from the paper:
   after it, after attention and on the attention weights.
   On CPU the attention runs in groups of rows of similar length, each on its own square
   (:func:`recsys.models.sasrec.grouped_bidirectional_attention`; exact): with ML-1M's lengths of
-  20-200 in one batch that halves the scores, softmax and dropout draws of the full [L, L] grid.
+  20-200 in one batch that halves the scores, softmax and dropout draws of the full [L, L] grid. In
+  training each group is gathered from the packed rows and written back to them
+  (:func:`recsys.models.sasrec.grouped_packed_attention`): ML-1M epoch 4.05-4.15 -> 3.70-3.87 s.
 - The masking lives in the data pipeline (:func:`recsys.data.batching.cloze_inputs`), seeded per epoch
   like the rest of the training data, so runs are reproducible and resumable.
 """

@@ -248,6 +248,47 @@ def grouped_bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.T
     return out * (1.0 / (1.0 - dropout_p)) if dropout_p > 0 else out
 
 
+def grouped_packed_attention(qkv: torch.Tensor, packing: Packing, heads: int, dropout_p: float = 0.0,
+                             groups: int = 4) -> torch.Tensor:
+    """:func:`grouped_bidirectional_attention` read from and written to the packed rows (CPU training).
+
+    qkv: packed [T_bucket, 3 D] (queries, keys and values of :class:`Packing`'s rows) -> packed
+    [T_bucket, D], zeros in the bucket's copy rows. Each group's [B_g, n_g] window is gathered straight
+    from the packed rows (one index_select for all groups; a window's columns past its row's items
+    repeat the row's last item: masked as keys, never read as queries) and only the real queries are
+    written back. There is no [B, L, 3 D] attention grid, so neither its zero fill nor, in the backward,
+    the permuted copy of the queries', keys' and values' gradients into it. Same values and gradients
+    as the grid version (test)."""
+    D = qkv.shape[1] // 3
+    d = D // heads
+    counts = packing.counts  # [B]
+    starts = counts.cumsum(0) - counts  # [B] each row's first packed row
+    order = counts.argsort()
+    parts = order.tensor_split(min(groups, counts.shape[0]))
+    longest = counts[order][torch.tensor([len(rows) for rows in parts]).cumsum(0) - 1].tolist()
+    windows, row_counts = [], []
+    for rows, n in zip(parts, longest):
+        columns = torch.arange(max(n, 1), device=qkv.device)
+        last = (counts[rows] - 1).clamp_min(0)[:, None]  # an empty row reads a real row it never uses
+        windows.append((starts[rows][:, None] + torch.minimum(columns, last)).clamp_max(max(packing.num_real - 1, 0)))
+        row_counts.append(counts[rows][:, None])  # [B_g, 1]
+    gathered = qkv.index_select(0, torch.cat([w.reshape(-1) for w in windows]))  # [sum B_g n_g, 3 D]
+    out_rows, out_values = [], []
+    for part, window, n_real in zip(gathered.split([w.numel() for w in windows]), windows, row_counts):
+        b, n = window.shape
+        q, k, v = part.view(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)  # [B_g, H, n, d] each
+        columns = torch.arange(n, device=qkv.device)
+        key_bias = torch.zeros((b, n), dtype=qkv.dtype, device=qkv.device)
+        key_bias.masked_fill_(~((columns < n_real) | (columns == 0)), float("-inf"))  # as Packing.key_mask
+        weights = (q @ k.transpose(-1, -2)).mul_(d**-0.5).add_(key_bias[:, None, None, :]).softmax(dim=-1)
+        y = (dropout(weights, dropout_p, rescale=False) @ v).transpose(1, 2).reshape(b * n, D)  # [B_g n, D]
+        real = (columns < n_real).reshape(-1)  # the real queries
+        out_rows.append(window.reshape(-1)[real])
+        out_values.append(y[real])
+    out = qkv.new_zeros(qkv.shape[0], D).index_copy(0, torch.cat(out_rows), torch.cat(out_values))
+    return out * (1.0 / (1.0 - dropout_p)) if dropout_p > 0 else out
+
+
 class CausalSelfAttention(nn.Module):
     #: inference (eval mode, no gradients) with one head runs through :meth:`folded` weights
     fold_inference: bool = True
@@ -342,6 +383,9 @@ class CausalSelfAttention(nn.Module):
             q, k, v = self._last_queries_keys_values(x, packing, attention_input)
             mask, is_causal = packing.key_mask(), False
         else:
+            if (attention_input is None and not causal and self.training and x.device.type == "cpu"
+                    and type(packing) is Packing):  # packed rows in, packed rows out (no attention grid)
+                return self.out(grouped_packed_attention(self.qkv(x), packing, H, self.dropout))
             if attention_input is None:
                 q, k, v = packing.to_grid(self.qkv(x)).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
             else:
