@@ -63,12 +63,13 @@ def main(argv=None) -> int:
     gemm_seconds = time.perf_counter() - start
 
     info = data.info
+    after = f" after epoch {start_epoch}" if start_epoch else ""  # timed from a trained model
     rows = [
         ("dataset", f"{info['dataset']} ({info.get('file', '?')}): {info['users']:,} users, {info['items']:,} items"),
         ("model / loss", f"{cfg.model_name} / {cfg.loss.name}, max_seq_len {cfg.max_seq_len}, batch {cfg.train.batch_size}"),
         ("torch threads", str(torch.get_num_threads())),
         ("load + prepare", f"{load_seconds:.2f} s"),
-        ("train epoch", f"{epoch['train_seconds']:.1f} s{f' after epoch {start_epoch}' if start_epoch else ''}  ({epoch['train_sequences']:,} sequences, "
+        ("train epoch", f"{epoch['train_seconds']:.1f} s{after}  ({epoch['train_sequences']:,} sequences, "
                         f"{epoch['sequences_per_second']:,.0f} sequences/s; {epoch['train_targets']:,} targets, "
                         f"{epoch['targets_per_second']:,.0f} targets/s)"),
         ("full evaluation", f"{ev['seconds']:.2f} s  ({ev['num_users']:,} users x {info['items']:,} items, "
