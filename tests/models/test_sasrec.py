@@ -356,11 +356,14 @@ def test_bert4rec_blocks_have_no_dropout_between_the_feed_forward_layers():
     assert isinstance(bert.blocks[0].ffn[2], torch.nn.Identity)
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("groups", [1, 3])
-def test_grouped_packed_attention_equals_the_grid_version_with_gradients(groups):
-    """Training's bidirectional attention straight from the packed rows equals the grid version (to_grid,
-    grouped_bidirectional_attention, from_grid) in values and gradients, an empty row included."""
-    from recsys.models.sasrec import Packing, grouped_bidirectional_attention, grouped_packed_attention
+def test_grouped_packed_attention_equals_the_grid_version_with_gradients(groups, causal):
+    """Training's attention straight from the packed rows equals the grid version (to_grid, then
+    grouped_bidirectional_attention or chunked_causal_attention, from_grid) in values and gradients,
+    an empty row included."""
+    from recsys.models.sasrec import (Packing, chunked_causal_attention, grouped_bidirectional_attention,
+                                      grouped_packed_attention)
 
     torch.manual_seed(0)
     B, L, H, d = 5, 9, 2, 4
@@ -370,10 +373,11 @@ def test_grouped_packed_attention_equals_the_grid_version_with_gradients(groups)
     qkv = torch.randn(packing.rows.numel(), 3 * H * d, requires_grad=True)  # packed rows incl. bucket copies
     weights = torch.randn(packing.rows.numel(), H * d)
     weights[packing.num_real:] = 0  # the bucket's copy rows are never read
-    out = grouped_packed_attention(qkv, packing, H, groups=groups)
+    out = grouped_packed_attention(qkv, packing, H, groups=groups, causal=causal)
     q, k, v = packing.to_grid(qkv).view(B, L, 3, H, d).permute(2, 0, 3, 1, 4)
-    expected = packing.from_grid(grouped_bidirectional_attention(q, k, v, packing.counts, groups=groups)
-                                 .transpose(1, 2).reshape(B, L, H * d))
+    grid = (chunked_causal_attention(q, k, v, chunk=4) if causal
+            else grouped_bidirectional_attention(q, k, v, packing.counts, groups=groups))
+    expected = packing.from_grid(grid.transpose(1, 2).reshape(B, L, H * d))
     real = slice(0, packing.num_real)
     torch.testing.assert_close(out[real], expected[real], rtol=1e-5, atol=1e-6)
     assert (out[packing.num_real:] == 0).all()
