@@ -229,25 +229,34 @@ def grouped_bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.T
     masked form (test)."""
     B, H, L, d = q.shape
     out = q.new_zeros(B, H, L, d)
+    for rows, n in length_groups(counts, groups):
+        qg, kg, vg = (t[:, :, :n].index_select(0, rows) for t in (q, k, v))  # [B_g, H, n, d]
+        out[rows, :, :n] = _key_masked_attention(qg, kg, vg, counts[rows][:, None], dropout_p)
+    return out * (1.0 / (1.0 - dropout_p)) if dropout_p > 0 else out
+
+
+def length_groups(counts: torch.Tensor, groups: int) -> list[tuple[torch.Tensor, int]]:
+    """Rows sorted by ``counts`` [B] and cut into ``groups`` groups of equal size: (row indices, the
+    group's longest count, at least 1) per group, shortest group first."""
     order = counts.argsort()
-    parts = order.tensor_split(min(groups, B))
+    parts = order.tensor_split(min(groups, counts.shape[0]))
     # each group's longest row: the last of its sorted counts (one conversion to Python for all groups)
     longest = counts[order][torch.tensor([len(rows) for rows in parts]).cumsum(0) - 1].tolist()
-    for rows, n in zip(parts, longest):
-        row_counts = counts[rows]  # [B_g]
-        n = max(n, 1)
-        qg, kg, vg = (t[:, :, :n].index_select(0, rows) for t in (q, k, v))  # [B_g, H, n, d]
-        weights = (qg @ kg.transpose(-1, -2)).mul_(d**-0.5)  # [B_g, H, n, n]
-        columns = torch.arange(n, device=q.device)
-        real_keys = (columns < row_counts[:, None]) | (columns == 0)  # [B_g, n]
-        # -inf added at padding keys: a broadcast add, whose backward passes the gradient through
-        # (a masked_fill costs ~5x more here and masks the gradient again in backward)
-        key_bias = torch.zeros(real_keys.shape, dtype=q.dtype, device=q.device)
-        key_bias.masked_fill_(~real_keys, float("-inf"))  # [B_g, n]
-        weights = weights.add_(key_bias[:, None, None, :]).softmax(dim=-1)
-        y = dropout(weights, dropout_p, rescale=False) @ vg  # [B_g, H, n, d]
-        out[rows, :, :n] = y
-    return out * (1.0 / (1.0 - dropout_p)) if dropout_p > 0 else out
+    return [(rows, max(n, 1)) for rows, n in zip(parts, longest)]
+
+
+def _key_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row_counts: torch.Tensor,
+                          dropout_p: float) -> torch.Tensor:
+    """Softmax attention [B_g, H, n, d] -> [B_g, H, n, d] over each row's first ``row_counts`` [B_g, 1]
+    keys (key 0 for an empty row, as :meth:`Packing.key_mask`); dropout's 1 / (1 - p) left to the caller."""
+    n, d = q.shape[-2:]
+    columns = torch.arange(n, device=q.device)
+    # -inf added at padding keys: a broadcast add, whose backward passes the gradient through
+    # (a masked_fill costs ~5x more here and masks the gradient again in backward)
+    key_bias = torch.zeros((q.shape[0], n), dtype=q.dtype, device=q.device)
+    key_bias.masked_fill_(~((columns < row_counts) | (columns == 0)), float("-inf"))  # [B_g, n]
+    weights = (q @ k.transpose(-1, -2)).mul_(d**-0.5).add_(key_bias[:, None, None, :]).softmax(dim=-1)
+    return dropout(weights, dropout_p, rescale=False) @ v
 
 
 def grouped_packed_attention(qkv: torch.Tensor, packing: Packing, heads: int, dropout_p: float = 0.0,
@@ -266,12 +275,9 @@ def grouped_packed_attention(qkv: torch.Tensor, packing: Packing, heads: int, dr
     d = D // heads
     counts = packing.counts  # [B]
     starts = counts.cumsum(0) - counts  # [B] each row's first packed row
-    order = counts.argsort()
-    parts = order.tensor_split(min(groups, counts.shape[0]))
-    longest = counts[order][torch.tensor([len(rows) for rows in parts]).cumsum(0) - 1].tolist()
     windows, row_counts = [], []
-    for rows, n in zip(parts, longest):
-        columns = torch.arange(max(n, 1), device=qkv.device)
+    for rows, n in length_groups(counts, groups):
+        columns = torch.arange(n, device=qkv.device)
         last = (counts[rows] - 1).clamp_min(0)[:, None]  # an empty row reads a real row it never uses
         windows.append((starts[rows][:, None] + torch.minimum(columns, last)).clamp_max(max(packing.num_real - 1, 0)))
         row_counts.append(counts[rows][:, None])  # [B_g, 1]
@@ -280,16 +286,12 @@ def grouped_packed_attention(qkv: torch.Tensor, packing: Packing, heads: int, dr
     for part, window, n_real in zip(gathered.split([w.numel() for w in windows]), windows, row_counts):
         b, n = window.shape
         q, k, v = part.view(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)  # [B_g, H, n, d] each
-        columns = torch.arange(n, device=qkv.device)
         if causal:  # a real query's earlier keys are all real: no mask
             y = chunked_causal_attention(q, k, v, dropout_p)  # rescaled for dropout inside
         else:
-            key_bias = torch.zeros((b, n), dtype=qkv.dtype, device=qkv.device)
-            key_bias.masked_fill_(~((columns < n_real) | (columns == 0)), float("-inf"))  # as Packing.key_mask
-            weights = (q @ k.transpose(-1, -2)).mul_(d**-0.5).add_(key_bias[:, None, None, :]).softmax(dim=-1)
-            y = dropout(weights, dropout_p, rescale=False) @ v
+            y = _key_masked_attention(q, k, v, n_real, dropout_p)
         y = y.transpose(1, 2).reshape(b * n, D)  # [B_g n, D]
-        real = (columns < n_real).reshape(-1)  # the real queries
+        real = (torch.arange(n, device=qkv.device) < n_real).reshape(-1)  # the real queries
         out_rows.append(window.reshape(-1)[real])
         out_values.append(y[real])
     out = qkv.new_zeros(qkv.shape[0], D).index_copy(0, torch.cat(out_rows), torch.cat(out_values))
