@@ -170,6 +170,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 chunk = min(chunk, dnn_chunk)
             block = None if low is not None or dnn else _buffer(workspace, "block", V * chunk, torch.float32,
                                                                 hidden.device)
+            logits_buffer = low if low is not None else block  # None with oneDNN (fresh blocks)
             # bf16 blocks: the target logits from the bf16-rounded operands in fp32 (what the GEMM adds up,
             # before its output is rounded), and the item table transposed once: [D, V] @ [V, c] is the
             # fastest layout for the hidden-state gradient on CPU (~1.5x over [V, c].T @ [V, D])
@@ -186,7 +187,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 # E = exp(logits - shift) in place; (softmax - onehot) / P = E * scale - onehot / P with a
                 # per-position scale, which goes onto the small [c, D] operands of the gradient GEMMs
                 # instead of a pass over the block (the [V, c] elementwise work costs as much as the GEMMs)
-                e = _block_logits(w, hc, low if low is not None else block, dnn)  # [V, c], bf16 or fp32
+                e = _block_logits(w, hc, logits_buffer, dnn)  # [V, c], bf16 or fp32
                 if low is None:
                     target_logits[rows] = e[tc, cols]
                 col_max = None if bounded or on_cpu else e.amax(dim=0)  # GPU past the bound: always shifted
@@ -195,7 +196,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 e.exp_()
                 col_sum = _column_sums(e)
                 if not bounded and col_max is None and not _sums_in_range(col_sum):  # redo it shifted
-                    e = _block_logits(w, hc, low if low is not None else block, dnn)
+                    e = _block_logits(w, hc, logits_buffer, dnn)
                     col_max = e.amax(dim=0)
                     col_sum = _column_sums(e.sub_(col_max).exp_())
                 lse[rows] = col_sum.log() if col_max is None else col_max.float() + col_sum.log()

@@ -279,7 +279,8 @@ def grouped_packed_attention(qkv: torch.Tensor, packing: Packing, heads: int, dr
     for rows, n in length_groups(counts, groups):
         columns = torch.arange(n, device=qkv.device)
         last = (counts[rows] - 1).clamp_min(0)[:, None]  # an empty row reads a real row it never uses
-        windows.append((starts[rows][:, None] + torch.minimum(columns, last)).clamp_max(max(packing.num_real - 1, 0)))
+        window = starts[rows][:, None] + torch.minimum(columns, last)  # [B_g, n] packed rows
+        windows.append(window.clamp_max(max(packing.num_real - 1, 0)))  # (an empty last row starts past T)
         row_counts.append(counts[rows][:, None])  # [B_g, 1]
     gathered = qkv.index_select(0, torch.cat([w.reshape(-1) for w in windows]))  # [sum B_g n_g, 3 D]
     out_rows, out_values = [], []
