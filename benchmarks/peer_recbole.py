@@ -1,6 +1,6 @@
 """Ours against RecBole 1.2.1 on the same machine in the same run: SASRec or BERT4Rec, full CE, same data and split.
 
-    python benchmarks/peer_recbole.py [--model sasrec|bert4rec] [--dataset beauty] [--epochs 1]
+    python benchmarks/peer_recbole.py [--model sasrec|bert4rec] [--dataset beauty|ml-1m|s3rec-beauty] [--epochs 1]
                                       [--recbole-batches 0] [--max-len 50] [--threads 2]
                                       [--ce-dtype float32|bfloat16] [--our-batch-size 128]
                                       [--equal-targets] [--log-results]
@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-recbole"
 RECBOLE_PINS = ["recbole==1.2.1", "numpy==1.26.4", "pandas==2.2.3", "scipy<1.14"]
 RECIPES = {("beauty", "sasrec"): "recipes/beauty/sasrec_ce.toml", ("ml-1m", "sasrec"): "recipes/ml-1m/sasrec.toml",
-           ("beauty", "bert4rec"): "recipes/beauty/bert4rec.toml", ("ml-1m", "bert4rec"): "recipes/ml-1m/bert4rec.toml"}
+           ("beauty", "bert4rec"): "recipes/beauty/bert4rec.toml", ("ml-1m", "bert4rec"): "recipes/ml-1m/bert4rec.toml",
+           ("s3rec-beauty", "sasrec"): "recipes/s3rec-beauty/sasrec_ce.toml"}
 # the model shape both sides use: heads, feed-forward width (x hidden), dropout
 SHAPES = {"sasrec": (1, 1, 0.5), "bert4rec": (2, 4, 0.2)}
 
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     if (args.dataset, args.model) not in RECIPES:
         p.error(f"no {args.model} recipe for {args.dataset}: one of {sorted(RECIPES)}")
     recipe = RECIPES[args.dataset, args.model]
-    max_len = args.max_len or (50 if args.dataset == "beauty" else 200)
+    max_len = args.max_len or load_recipe(recipe).max_seq_len  # the recipe's: 50 on the Beauty files, 200 on ML-1M
     hidden = 64
     heads, ffn_mult, dropout = SHAPES[args.model]
     overrides = [f"model.max_seq_len={max_len}", f"model.hidden_dim={hidden}", "model.num_blocks=2",
