@@ -78,6 +78,21 @@ def test_memory_budget_shrinks_blocks_not_results():
     assert torch.equal(big, tiny)
 
 
+@pytest.mark.parametrize("max_output_bytes", [0, 64 * 510 * 4, 2**25])
+def test_score_blocks_from_onednn_or_a_reused_buffer_give_the_same_ranks(monkeypatch, max_output_bytes):
+    """Every exact rank: blocks scored by oneDNN (fresh outputs of at most MAX_OUTPUT_BYTES; 64 * 510 * 4
+    shrinks the 300-item catalogue's blocks (V_pad = 510) to 64 users) or, below 64 users' worth, by
+    torch.mm into one reused buffer (0): the same ranks as the brute-force ranking."""
+    from recsys.kernels import onednn
+
+    monkeypatch.setattr(onednn, "MAX_OUTPUT_BYTES", max_output_bytes)
+    split = _split(n_users=150, seed=3)
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=1), split.data.num_items)
+    out = evaluate(model, split, split.test, 8, EvalConfig(block_size=512), return_ranks=True)
+    assert out["ranks"].tolist() == _brute_force_ranks(model, split, split.test, 8, exclude_seen=True)
+
+
 CUT_METRICS = [f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("hr", "recall", "ndcg", "mrr")]
 
 
