@@ -70,9 +70,13 @@ def exact_ranks(
     tie_policy: str,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Every user's exact rank: one GEMM [V_pad, D] x [D, B] (into ``out`` when given, else a fresh
-    output, from oneDNN on CPU), the padding item and the alignment rows set to -inf, then
-    :func:`recsys.metrics.ranks_from_item_scores`."""
+    """Every user's exact rank: one GEMM [V_pad, D] x [D, B] (torch's, into ``out`` when given; else a
+    fresh output from oneDNN, which falls back to torch's product where it is not usable), the padding
+    item and the alignment rows set to -inf, then :func:`recsys.metrics.ranks_from_item_scores`.
+
+    ``eval.ranks`` "all" and "cutoff" give identical @k metrics only if an (item, user) score does not
+    depend on the block it was computed in: B is kept >= 16 (callers pad), as torch's (MKL's) product
+    of 8 columns rounded differently here; from 16 columns on both products gave the same bits (test)."""
     scores_t = onednn.mm(items, users.T) if out is None else torch.mm(items, users.T, out=out)  # [V_pad, B]
     scores_t[0] = float("-inf")  # padding id is never a candidate
     scores_t[num_items:] = float("-inf")  # nor are the rows added for alignment
@@ -96,8 +100,10 @@ def cutoff_ranks(
     exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
     tie_policy: str,
     max_item_norm: float,
+    num_real: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Ranks exact wherever they are <= k_max and > k_max elsewhere; and how many users were fully ranked.
+    Only the first ``num_real`` users (default all) are ranked: the rest are padding columns.
 
     items: [V_pad, D] (rows >= num_items are padding); popular_ids: [P] item ids scored first; users:
     [B, D], B a multiple of 8; target_ids: [B]; exclude_index: (user columns, items) as in
@@ -111,6 +117,8 @@ def cutoff_ranks(
     """
     B, dim = users.shape
     popular = items[popular_ids]  # [P, D]
+    # oneDNN where it is faster (fp32 on CPU: 0.32 vs 0.83 ms for 2,040 x 512 here): these scores only
+    # decide which users are surely past k_max, by more than the rounding of any product
     scores_t = onednn.mm(popular, users.T)  # [P, B]
     if exclude_index is not None:
         rows = _position_of(popular_ids, items.shape[0])[exclude_index[1]]
@@ -120,10 +128,10 @@ def cutoff_ranks(
     tolerance = 2 * dim * 2.0**-24 * max_item_norm * users.norm(dim=1)  # [B]
     surely_above = count_true_per_column(scores_t > target_scores + tolerance)  # [B]
     ranks = surely_above + 1  # > k_max wherever surely_above >= k_max; exact below
-    undecided = (surely_above < k_max).nonzero().squeeze(1)  # users whose rank may be <= k_max
+    undecided = (surely_above[:num_real] < k_max).nonzero().squeeze(1)  # users whose rank may be <= k_max
     n = undecided.numel()
     if n:
-        n_pad = n + (-n) % 8
+        n_pad = max(16, n + (-n) % 8)  # >= 16 columns: see exact_ranks
         sub_users = F.pad(users[undecided], (0, 0, 0, n_pad - n))  # [n_pad, D]
         sub_targets = F.pad(target_ids[undecided], (0, n_pad - n), value=1)
         sub_exclude = None
@@ -182,18 +190,16 @@ def evaluate(
     if prefilter:
         popular_ids = popular_first(split, num_items, cfg.popular_items).to(device)  # [P]
         max_item_norm = float(items.norm(dim=1).max())
-    # every exact rank: oneDNN's fp32 products ran 2-2.5x faster than torch.mm here on these [V, D] x
-    # [D, b] shapes (BLAS 160-210 GFLOP/s, oneDNN 370-440 on 2 cores) but write a fresh output of at most
-    # onednn.MAX_OUTPUT_BYTES: blocks of users shrink to fit it (Beauty's 54,542 items: 152 users)
-    # unless that leaves fewer than 64; otherwise torch's product into one reused buffer. (The cutoff
-    # path keeps its blocks: with 152 users Beauty's cutoff evaluation took 0.8-1.1 s instead of 0.5.)
-    dnn_block = onednn.MAX_OUTPUT_BYTES // (4 * padded_items.shape[0]) // 8 * 8
-    dnn = not prefilter and dnn_block >= 64 and onednn.usable(
-        padded_items, padded_items.shape[0] * min(block, dnn_block))
-    if dnn:
-        block = min(block, dnn_block)
-    elif not prefilter:
-        buffer = torch.empty(padded_items.shape[0] * block, device=device)  # [V_pad * block] scores
+    else:
+        # oneDNN's fp32 products ran 2-2.5x faster than torch.mm on these [V, D] x [D, b] shapes (BLAS
+        # 160-210 GFLOP/s, oneDNN 370-440 on 2 cores) but write a fresh output: used where a block's
+        # scores fit onednn.MAX_OUTPUT_BYTES (ML-1M, S3-Rec's Beauty at 512 users), otherwise torch's
+        # product into one reused buffer. The blocks stay as they are: a block's users go through the
+        # encoder together, and other batches would change the user vectors' rounding ("all" vs "cutoff")
+        columns = max(block, 16)  # a block's padded width (exact_ranks)
+        dnn = onednn.usable(padded_items, padded_items.shape[0] * columns)
+        if not dnn:
+            buffer = torch.empty(padded_items.shape[0] * columns, device=device)  # [V_pad * columns] scores
     fully_ranked = 0
     sums: dict[str, float] = {}
     all_ranks = []
@@ -213,7 +219,7 @@ def evaluate(
         if normalize:
             users = F.normalize(users, dim=-1)
         b = users.shape[0]
-        b_pad = b + (-b) % 8
+        b_pad = max(16, b + (-b) % 8)  # >= 16 columns: see exact_ranks
         users = F.pad(users, (0, 0, 0, b_pad - b))  # [b_pad, D]
         targets = F.pad(batch.target_ids.to(device), (0, b_pad - b), value=1)
         exclude = None
@@ -222,7 +228,7 @@ def evaluate(
             exclude = (rows.to(device), seen.to(device))
         if prefilter:
             ranks, block_fully_ranked = cutoff_ranks(padded_items, popular_ids, users, targets, num_items,
-                                                     max(cfg.ks), exclude, cfg.tie_policy, max_item_norm)
+                                                     max(cfg.ks), exclude, cfg.tie_policy, max_item_norm, b)
             fully_ranked += block_fully_ranked
         else:
             fully_ranked += b

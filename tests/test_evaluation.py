@@ -78,19 +78,35 @@ def test_memory_budget_shrinks_blocks_not_results():
     assert torch.equal(big, tiny)
 
 
-@pytest.mark.parametrize("max_output_bytes", [0, 64 * 510 * 4, 2**25])
-def test_score_blocks_from_onednn_or_a_reused_buffer_give_the_same_ranks(monkeypatch, max_output_bytes):
-    """Every exact rank: blocks scored by oneDNN (fresh outputs of at most MAX_OUTPUT_BYTES; 64 * 510 * 4
-    shrinks the 300-item catalogue's blocks (V_pad = 510) to 64 users) or, below 64 users' worth, by
-    torch.mm into one reused buffer (0): the same ranks as the brute-force ranking."""
+@pytest.mark.parametrize("num_items", [3_825, 54_570])
+def test_a_score_does_not_depend_on_its_block(num_items):
+    """What makes eval.ranks "all" and "cutoff" agree exactly: an (item, user) score comes out with the
+    same bits whether its user is scored in a block of 16, 24, ... or 512 columns, by torch's product
+    (into a buffer) or oneDNN's (fresh output), as exact_ranks computes them (>= 16 columns)."""
     from recsys.kernels import onednn
 
-    monkeypatch.setattr(onednn, "MAX_OUTPUT_BYTES", max_output_bytes)
+    gen = torch.Generator().manual_seed(0)
+    items, users = torch.randn(num_items, 64, generator=gen), torch.randn(512, 64, generator=gen)
+    reference = torch.mm(items, users.T)  # [V, 512]
+    for width in (16, 24, 64, 152, 512):
+        assert torch.equal(torch.mm(items, users[:width].T), reference[:, :width])
+        assert torch.equal(onednn.mm(items, users[:width].T), reference[:, :width])
+
+
+@pytest.mark.parametrize("block_size", [7, 64, 512])
+def test_every_rank_from_fresh_or_buffered_scores(monkeypatch, block_size):
+    """Every exact rank, blocks scored into fresh oneDNN outputs or (MAX_OUTPUT_BYTES 0) into torch's
+    reused buffer: the brute-force ranks either way."""
+    from recsys.kernels import onednn
+
     split = _split(n_users=150, seed=3)
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=1), split.data.num_items)
-    out = evaluate(model, split, split.test, 8, EvalConfig(block_size=512), return_ranks=True)
-    assert out["ranks"].tolist() == _brute_force_ranks(model, split, split.test, 8, exclude_seen=True)
+    expected = _brute_force_ranks(model, split, split.test, 8, exclude_seen=True)
+    for max_output_bytes in (onednn.MAX_OUTPUT_BYTES, 0):
+        monkeypatch.setattr(onednn, "MAX_OUTPUT_BYTES", max_output_bytes)
+        out = evaluate(model, split, split.test, 8, EvalConfig(block_size=block_size), return_ranks=True)
+        assert out["ranks"].tolist() == expected
 
 
 CUT_METRICS = [f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("hr", "recall", "ndcg", "mrr")]
