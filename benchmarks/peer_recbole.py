@@ -133,10 +133,9 @@ def main(argv=None) -> int:
     if (args.dataset, args.model) not in RECIPES:
         p.error(f"no {args.model} recipe for {args.dataset}: one of {sorted(RECIPES)}")
     recipe = RECIPES[args.dataset, args.model]
-    max_len = args.max_len or load_recipe(recipe).max_seq_len  # the recipe's: 50 on the Beauty files, 200 on ML-1M
     hidden = 64
     heads, ffn_mult, dropout = SHAPES[args.model]
-    overrides = [f"model.max_seq_len={max_len}", f"model.hidden_dim={hidden}", "model.num_blocks=2",
+    overrides = [f"model.hidden_dim={hidden}", "model.num_blocks=2",
                  f"model.num_heads={heads}", f"model.dropout={dropout}", "loss.name=ce", "loss.l2_normalize=false",
                  "loss.temperature=1.0", "data.split=leave_one_out",
                  f"train.batch_size={args.our_batch_size}", f"train.lr={args.lr}", f"train.epochs={args.epochs}", "train.patience=0",
@@ -145,7 +144,10 @@ def main(argv=None) -> int:
         overrides += [f"model.mask_prob={args.mask_prob}", f"model.ffn_dim={ffn_mult * hidden}"]
     if args.ce_dtype:
         overrides.append(f"loss.ce_matmul_dtype={args.ce_dtype}")
+    if args.max_len:  # else the recipe's: 50 on the Beauty files, 200 on ML-1M
+        overrides.append(f"model.max_seq_len={args.max_len}")
     cfg = load_recipe(recipe, overrides)
+    max_len = cfg.max_seq_len
     ce_dtype = cfg.loss.ce_matmul_dtype
     python = ensure_recbole()
     def run_ours() -> dict:

@@ -192,7 +192,7 @@ def evaluate(
         max_item_norm = float(items.norm(dim=1).max())
     else:
         # oneDNN's fp32 products ran 2-2.5x faster than torch.mm on these [V, D] x [D, b] shapes (BLAS
-        # 160-210 GFLOP/s, oneDNN 370-440 on 2 cores) but write a fresh output: used where a block's
+        # 161-210 GFLOP/s, oneDNN 366-440 on 2 cores) but write a fresh output: used where a block's
         # scores fit onednn.MAX_OUTPUT_BYTES (ML-1M, S3-Rec's Beauty at 512 users), otherwise torch's
         # product into one reused buffer. The blocks stay as they are: a block's users go through the
         # encoder together, and other batches would change the user vectors' rounding ("all" vs "cutoff")

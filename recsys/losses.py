@@ -190,7 +190,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 e = _block_logits(w, hc, logits_buffer, dnn)  # [V, c], bf16 or fp32
                 if low is None:
                     target_logits[rows] = e[tc, cols]
-                col_max = None if bounded or on_cpu else e.amax(dim=0)  # GPU past the bound: always shifted
+                col_max = None if on_cpu else e.amax(dim=0)  # CPU: shifted only if redone below; GPU: always
                 if col_max is not None:
                     e.sub_(col_max)
                 e.exp_()
