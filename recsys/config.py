@@ -56,7 +56,7 @@ class TrainConfig:
     num_threads: int = 0  # 0 = torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the encoder (GPU: flash / mem-efficient SDPA)
-    compile: bool = False  # torch.compile the encoder for training
+    compile: bool = False  # torch.compile the encoder for training (CUDA; on CPU it warns: slower there)
 
 
 @dataclass

@@ -192,3 +192,15 @@ def test_bf16_products_on_a_device_without_bf16_units_are_warned_about(monkeypat
     assert "train.precision=bf16" in capsys.readouterr().err
     monkeypatch.setattr(train, "native_bf16", lambda device: True)
     assert not train.warn_if_bf16_emulated(cfg, cpu)
+
+
+def test_compile_on_cpu_is_warned_about(capsys):
+    from recsys import train
+    from recsys.config import load_recipe
+
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["train.compile=true"])
+    assert train.warn_if_compile_on_cpu(cfg, torch.device("cpu"))
+    assert "train.compile=true on CPU" in capsys.readouterr().err
+    assert not train.warn_if_compile_on_cpu(cfg, torch.device("cuda"))  # what it is for: no warning
+    cfg.train.compile = False
+    assert not train.warn_if_compile_on_cpu(cfg, torch.device("cpu"))
