@@ -259,6 +259,19 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         for row in r["rows"]:
             out.append(f"| {row['shape']} | {row['impl']} | {row['ms']:.1f} | {row['speedup']:.2f}x | {row['max_abs_diff']:.1e} |")
         out += ["", _command(r), ""]
+    for r in (r for r in records if r["kind"] == "eval_breakdown"):
+        out += [f"## Evaluation time by part: {r['dataset']} {r['model']}, length {r['max_seq_len']}, "
+                f"{r['num_users']:,} test users — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}", "",
+                f"eval.ranks = {r['ranks']}, median of {r['repeats']} interleaved runs; \"attention skipped\" replaces "
+                "every all-position attention by a copy of its queries (wrong vectors, timing only).", "",
+                "| variant | evaluation s (range) | encoder s | batches s | scores + ranks s | users/s |",
+                "|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            low, high = row["total_seconds_range"]
+            out.append(f"| {row['variant']} | {row['total_seconds']:.3f} ({low:.3f}-{high:.3f}) | {row['encoder_seconds']:.3f} "
+                       f"| {row['batches_seconds']:.3f} | {row['rest_seconds']:.3f} | {row['users_per_second']:,.0f} |")
+        out += ["", f"An attention costing nothing would make this evaluation at most {r['attention_free_bound']:.2f}x faster.",
+                "", _command(r), ""]
     for r in (r for r in records if r["kind"] == "cold_start"):
         out += [f"## Cold start: {r['dataset']}, {r['cold_items']:,} items held out of training ({r['fraction']:.0%}, "
                 f"seed {r['seed']}) — {r['date']}, commit {r['commit']}", "",
