@@ -21,14 +21,15 @@ from .train import Trainer, load_run, prepare_data
 
 
 def from_frame(df, user: str = "user_id", item: str = "item_id", time: str | None = None,
-               rating: str | None = None) -> Interactions:
-    """Canonical interactions from a pandas / polars DataFrame, naming its columns."""
+               rating: str | None = None, time_format: str | None = None) -> Interactions:
+    """Canonical interactions from a pandas / polars DataFrame, naming its columns. ``time_format``:
+    the strftime format of text timestamps (default: integers, or date-times polars can infer)."""
     columns = {"user_id": user, "item_id": item}
     if time:
         columns["timestamp"] = time
     if rating:
         columns["rating"] = rating
-    return frame_to_interactions(df, columns, source="DataFrame")
+    return frame_to_interactions(df, columns, source="DataFrame", timestamp_format=time_format)
 
 
 class Recommender:

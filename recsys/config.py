@@ -32,6 +32,8 @@ class DataConfig:
     path: str | None = None  # custom file
     reader: str | None = None  # custom file's reader (see recsys.data.readers.READERS)
     columns: dict[str, str] | None = None  # custom CSV/Parquet: canonical name -> file column
+    separator: str | None = None  # custom CSV: field separator (default: tab for .tsv / .tab files, else ",")
+    timestamp_format: str | None = None  # custom CSV/Parquet: strftime format of text timestamps (default: inferred)
     min_rating: float | None = None
     dedupe: Literal["none", "first", "last"] = "none"
     k_core: int = 0

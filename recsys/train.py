@@ -176,8 +176,12 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
                 raise DataError("data.dataset = 'custom' needs data.path and data.reader (or a DataFrame)")
             if cfg.reader not in READERS:
                 raise DataError(f"data.reader must be one of {sorted(READERS)}, got {cfg.reader!r}")
+            table_options = [k for k in ("separator", "timestamp_format") if getattr(cfg, k) is not None]
+            if table_options and cfg.reader != "table":
+                raise ConfigError(f"data.{table_options[0]} is an option of data.reader = 'table', not {cfg.reader!r}")
             if cfg.reader == "table":
-                interactions = read_table(cfg.path, cfg.columns or {"user_id": "user_id", "item_id": "item_id"})
+                interactions = read_table(cfg.path, cfg.columns or {"user_id": "user_id", "item_id": "item_id"},
+                                          separator=cfg.separator, timestamp_format=cfg.timestamp_format)
             else:
                 interactions = READERS[cfg.reader](cfg.path)
             info["file"] = str(cfg.path)

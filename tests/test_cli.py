@@ -85,3 +85,46 @@ def test_click_recipe_trains_seeds_and_reports_spread(tmp_path, capsys):
     assert record["kind"] == "click" and len(record["per_seed"]) == 2
     assert 0.0 <= record["summary"]["test_auc_mean"] <= 1.0
     assert main(["train", str(REPO / "recipes/taobao/dare.toml"), "--set", "model.top_kk=3"]) == 2
+
+
+def _custom_log(tmp_path, bad_line: int | None = None):
+    """A TSV log with day-first date-times: 30 users x 6 events over 20 items; optionally one bad date."""
+    rows = ["visitor\tproduct\twhen"]
+    for user in range(30):
+        for k in range(6):
+            rows.append(f"v{user}\tp{(user * 7 + k * 3) % 20}\t{k + 1:02d}/02/2024 {user % 24:02d}:00")
+    if bad_line is not None:
+        rows[bad_line - 1] = "v1\tp1\tsoon"
+    (tmp_path / "events.tsv").write_text("\n".join(rows) + "\n")
+    recipe = tmp_path / "custom.toml"
+    recipe.write_text(
+        '[data]\ndataset = "custom"\npath = "' + str(tmp_path / "events.tsv") + '"\nreader = "table"\n'
+        'columns = { user_id = "visitor", item_id = "product", timestamp = "when" }\n'
+        'timestamp_format = "%d/%m/%Y %H:%M"\n'
+        '[model]\nname = "sasrec"\nmax_seq_len = 10\nhidden_dim = 16\nnum_blocks = 1\n[train]\nepochs = 1\n')
+    return recipe
+
+
+def test_train_on_a_custom_tsv_log_with_a_date_format(tmp_path, capsys):
+    recipe = _custom_log(tmp_path)
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "30 users, 20 items, 180 interactions" in out
+    metrics = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert metrics["test"]["num_users"] == 30
+
+
+def test_a_bad_date_in_a_custom_log_names_its_line(tmp_path, capsys):
+    recipe = _custom_log(tmp_path, bad_line=9)
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "events.tsv, line 9: field 'timestamp' is neither an integer nor a date-time: 'soon'" in err
+
+
+def test_table_options_with_another_reader_are_refused(tmp_path, capsys):
+    log = tmp_path / "log.txt"
+    log.write_text("1 2\n1 3\n1 4\n")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "user_item_lines"\nseparator = ";"\n')
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "data.separator is an option of data.reader = 'table', not 'user_item_lines'" in capsys.readouterr().err

@@ -288,27 +288,61 @@ def read_taobao_userbehavior(path: str | Path, events: Sequence[str] | None = ("
     return _finish(df, str(path))
 
 
+# the row-number column the table readers add (a name no log has, so a column called "line" is data)
+ROW_NUMBER = "__recsys_line__"
+
+
 def read_table(
     path: str | Path,
     columns: dict[str, str],
-    separator: str = ",",
+    separator: str | None = None,
     timestamp_format: str | None = None,
 ) -> Interactions:
     """Any CSV / TSV / Parquet log. ``columns`` maps canonical names to the file's column names,
-    e.g. ``{"user_id": "visitorid", "item_id": "itemid", "timestamp": "ts"}``."""
+    e.g. ``{"user_id": "visitorid", "item_id": "itemid", "timestamp": "ts"}``. ``separator``: default a
+    tab for ``.tsv`` / ``.tab`` files, else a comma. ``timestamp_format``: the strftime format of text
+    timestamps (default: integers, or date-times in the format polars infers)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if separator is None:
+        separator = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     try:
         if path.suffix == ".parquet":
             df = pl.read_parquet(path)
-            df = df.with_row_index("line", offset=1)
+            df = df.with_row_index(ROW_NUMBER, offset=1)
         else:
-            df = pl.read_csv(path, separator=separator, infer_schema_length=0, row_index_name="line", row_index_offset=2)
+            df = pl.read_csv(path, separator=separator, infer_schema_length=0, row_index_name=ROW_NUMBER,
+                             row_index_offset=2)
     except Exception as err:  # polars raises many kinds; show the first line of its message
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{path}: could not be parsed as {'Parquet' if path.suffix == '.parquet' else 'CSV'} ({msg})") from None
-    return frame_to_interactions(df, columns, source=str(path), timestamp_format=timestamp_format)
+    return frame_to_interactions(df, columns, source=str(path), timestamp_format=timestamp_format,
+                                 line_column=ROW_NUMBER)
+
+
+def _datetime_seconds(out: pl.DataFrame, as_int: pl.Series, source: str, timestamp_format: str | None) -> pl.Series:
+    """Seconds since the epoch of a text ``timestamp`` column that is not all integers (``as_int``: its
+    values read as integers, null where they are not). Every value must be a date-time of one format
+    (``timestamp_format``, else the one polars infers); a value that is neither, or a column mixing
+    integers and date-times, is an error naming the line."""
+    ts = out["timestamp"]
+    hint = "" if timestamp_format else " (a date-time format can be given: data.timestamp_format, e.g. '%d/%m/%Y %H:%M')"
+    try:
+        as_dt = ts.str.strip_chars().str.to_datetime(format=timestamp_format, strict=False)
+    except pl.exceptions.PolarsError:  # no format fits the values polars inferred it from: none is a date-time
+        as_dt = pl.Series("timestamp", [None] * len(ts), dtype=pl.Datetime)
+    neither = ts.is_not_null() & as_int.is_null() & as_dt.is_null()
+    if neither.any():
+        row = out.filter(neither).row(0, named=True)
+        raise DataError(f"{source}, line {row['line']}: field 'timestamp' is neither an integer nor a date-time: "
+                        f"{row['timestamp']!r}{hint}")
+    if as_int.null_count() < ts.null_count() + len(ts) - ts.null_count():  # some integers among date-times
+        line_int = out.filter(as_int.is_not_null())["line"][0]
+        line_dt = out.filter(as_dt.is_not_null())["line"][0]
+        raise DataError(f"{source}, line {line_int}: field 'timestamp' is an integer where line {line_dt} has a "
+                        f"date-time: one kind per column")
+    return as_dt.dt.epoch("s")
 
 
 def frame_to_interactions(
@@ -316,10 +350,15 @@ def frame_to_interactions(
     columns: dict[str, str],
     source: str = "DataFrame",
     timestamp_format: str | None = None,
+    line_column: str | None = None,
 ) -> Interactions:
-    """Canonical table from an in-memory polars / pandas DataFrame and a column mapping."""
+    """Canonical table from an in-memory polars / pandas DataFrame and a column mapping. Errors name a
+    row by ``line_column`` (a file's line numbers) or, without one, by its 1-based row number."""
     if not isinstance(df, pl.DataFrame):
         df = pl.from_pandas(df)
+    if line_column is None:
+        line_column = ROW_NUMBER
+        df = df.with_row_index(ROW_NUMBER, offset=1)
     allowed = {"user_id", "item_id", "timestamp", "rating", "event", "category_id"}
     for key in columns:
         if key not in allowed:
@@ -327,14 +366,14 @@ def frame_to_interactions(
     for need in ("user_id", "item_id"):
         if need not in columns:
             raise DataError(f"{source}: the column mapping must name '{need}'")
-    missing = [c for c in columns.values() if c not in df.columns]
+    have = [c for c in df.columns if c != line_column]
+    missing = [c for c in columns.values() if c not in have]
     if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; the file has {df.columns}")
+        raise DataError(f"{source}: missing column(s) {missing}; the {'DataFrame' if source == 'DataFrame' else 'file'} has {have}")
     if df.height == 0:
         raise DataError(f"{source}: no rows")
-    if "line" not in df.columns:
-        df = df.with_row_index("line", offset=1)
-    out = df.select(pl.col("line").cast(pl.Int64), *[pl.col(src).alias(dst) for dst, src in columns.items()])
+    out = df.select(pl.col(line_column).cast(pl.Int64).alias("line"),
+                    *[pl.col(src).alias(dst) for dst, src in columns.items()])
     for col in ("user_id", "item_id"):
         if out[col].dtype == pl.Utf8:
             as_int = out[col].str.strip_chars().cast(pl.Int64, strict=False)
@@ -346,15 +385,8 @@ def frame_to_interactions(
         ts = out["timestamp"]
         if ts.dtype == pl.Utf8:
             as_int = ts.str.strip_chars().cast(pl.Int64, strict=False)
-            if as_int.null_count() > ts.null_count():
-                as_dt = ts.str.to_datetime(format=timestamp_format, strict=False)
-                if as_dt.null_count() > ts.null_count():
-                    row = out.filter(as_dt.is_null() & ts.is_not_null()).row(0, named=True)
-                    raise DataError(
-                        f"{source}, line {row['line']}: field 'timestamp' is neither an integer nor a date-time:"
-                        f" {row['timestamp']!r}"
-                    )
-                as_int = as_dt.dt.epoch("s")
+            if as_int.null_count() > ts.null_count():  # not all integers: date-times?
+                as_int = _datetime_seconds(out, as_int, source, timestamp_format)
             out = out.with_columns(as_int.alias("timestamp"))
         elif ts.dtype.is_temporal():
             out = out.with_columns(pl.col("timestamp").dt.epoch("s"))

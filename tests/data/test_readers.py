@@ -137,6 +137,43 @@ def test_table_bad_timestamp_names_line(tmp_path):
         read_table(csv, {"user_id": "u", "item_id": "i", "timestamp": "t"})
 
 
+def test_table_integer_timestamps_with_one_bad_value_names_its_line(tmp_path):
+    # polars finds no date-time format for such a column (it raised from deep inside before)
+    csv = tmp_path / "log.csv"
+    csv.write_text("u,i,t\n1,2,100\n1,3,200\n2,3,notatime\n")
+    with pytest.raises(DataError, match=r"log.csv, line 4: field 'timestamp' is neither an integer nor a date-time: 'notatime'"):
+        read_table(csv, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+
+
+def test_table_timestamps_mixing_integers_and_dates_is_an_error(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_text("u,i,t\n1,2,2020-01-01\n1,3,1577923200\n")
+    with pytest.raises(DataError, match=r"line 3: field 'timestamp' is an integer where line 2 has a date-time"):
+        read_table(csv, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+
+
+def test_table_separator_from_suffix_and_explicit_timestamp_format(tmp_path):
+    tsv = tmp_path / "log.tsv"
+    tsv.write_text("u\ti\tt\n1\t2\t02/01/2020 10:00\n1\t3\t01/02/2020 09:00\n")  # day first
+    frame = read_table(tsv, {"user_id": "u", "item_id": "i", "timestamp": "t"}, timestamp_format="%d/%m/%Y %H:%M").frame
+    assert frame["timestamp"].to_list() == [1577959200, 1580547600]  # 2 Jan 10:00, 1 Feb 09:00 UTC
+    assert frame["line"].to_list() == [2, 3]
+    comma = tmp_path / "log.csv"
+    comma.write_text("u;i\n1;2\n")
+    assert read_table(comma, {"user_id": "u", "item_id": "i"}, separator=";").frame.height == 1
+
+
+def test_a_column_called_line_is_data_and_errors_list_only_the_files_columns(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_text("line,u,i\nA,1,2\nB,1,3\n")
+    frame = read_table(csv, {"user_id": "u", "item_id": "i"}).frame
+    assert frame["line"].to_list() == [2, 3]  # file lines, not the column called 'line'
+    with pytest.raises(DataError, match=r"missing column\(s\) \['user'\]; the file has \['line', 'u', 'i'\]$"):
+        read_table(csv, {"user_id": "user", "item_id": "i"})
+    with pytest.raises(DataError, match=r"DataFrame, line 2: field 'item_id' is empty"):
+        frame_to_interactions(pd.DataFrame({"line": ["x", "y"], "u": [1, 2], "i": [5, None]}), {"user_id": "u", "item_id": "i"})
+
+
 def test_frame_to_interactions_pandas_and_unknown_column():
     df = pd.DataFrame({"u": [1, 2], "i": [5, 6]})
     assert frame_to_interactions(df, {"user_id": "u", "item_id": "i"}).frame.height == 2
