@@ -87,8 +87,11 @@ def cmd_train(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
         f"{cfg.data.dataset}-{cfg.model_name}-{cfg.loss.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
-    print(f"run directory: {run_dir}")
+    if not args.resume and ((run_dir / "last.pt").exists() or (run_dir / "final_metrics.json").exists()):
+        # the trainer refuses this too; said here before any data is read
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume or another --run-dir")
     data = prepare_data(cfg.data, verbose=not args.quiet)
+    print(f"run directory: {run_dir}")
     info = data.info
     print(f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, {info['interactions']:,} interactions; "
           f"split {cfg.data.split}")

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import statistics
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from .config import ConfigError, apply_overrides, build_section
+from .config import ConfigError, apply_overrides, build_section, read_recipe_file
 from .data.cards import load_dataset, load_item_text
 from .data.ctr import CTRData, CTRSamples, build_ctr_data, ctr_batch, item_categories
 from .data.prepare import prepare_sequences
@@ -74,13 +73,11 @@ class ClickRunConfig:
 
 
 def is_click_recipe(path: str | Path) -> bool:
-    with open(path, "rb") as f:
-        return tomllib.load(f).get("task") == "click"
+    return read_recipe_file(path).get("task") == "click"
 
 
 def load_click_recipe(path: str | Path, overrides=()) -> ClickRunConfig:
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
+    raw = read_recipe_file(path)
     raw.pop("task", None)
     raw = apply_overrides(raw, list(overrides)) if overrides else raw
     for section in raw:

@@ -232,15 +232,21 @@ def _check_ranges(cfg: RunConfig) -> None:
         )
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def read_recipe_file(path: str | Path) -> dict:
+    """A recipe's TOML as a dict; a missing file or bad TOML is a ConfigError naming the file (and line)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"recipe {path} not found")
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            return tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path)
+    raw = read_recipe_file(path)
     try:
         return config_from_dict(apply_overrides(raw, list(overrides)))
     except ConfigError as err:

@@ -128,3 +128,21 @@ def test_table_options_with_another_reader_are_refused(tmp_path, capsys):
     recipe.write_text(f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "user_item_lines"\nseparator = ";"\n')
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     assert "data.separator is an option of data.reader = 'table', not 'user_item_lines'" in capsys.readouterr().err
+
+
+def test_a_recipe_that_is_not_toml_is_a_clear_error(tmp_path, capsys):
+    recipe = tmp_path / "broken.toml"
+    recipe.write_text('[data\ndataset = "ml-100k"\n')
+    assert main(["train", str(recipe)]) == 2
+    assert "broken.toml: not valid TOML (Expected ']' at the end of a table declaration (at line 1" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_refused_before_the_data_is_read(tmp_path, capsys, monkeypatch):
+    import recsys.train
+
+    recipe = _custom_log(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"")
+    monkeypatch.setattr(recsys.train, "prepare_data", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "already holds a run; use --resume" in capsys.readouterr().err
