@@ -266,9 +266,16 @@ def cmd_retrieve(args) -> int:
         found = pl.DataFrame({"user_id": wanted}).join(found, on="user_id", how="left", maintain_order="left")
         queries = np.load(Path(export_dir) / "user_embeddings.npy")[found["row"].to_numpy()]
         keys, seen = found["user_id"].to_list(), found["seen_rows"].to_list()
+    if args.k < 1:
+        raise ConfigError(f"-k must be at least 1, got {args.k}")
     scores, rows = search(index, queries, args.k, exclude=None if args.include_seen else seen)
     titles = items["title"].to_list() if "title" in items.columns else None
-    for key, score_row, item_row in zip(keys, scores, rows):
+    for key, score_row, item_row, seen_rows in zip(keys, scores, rows, seen):
+        candidates = items.height - (0 if args.include_seen else len(set(seen_rows)))
+        found = int((item_row >= 0).sum())
+        if found < min(args.k, candidates):  # graph / cluster search need not reach every item
+            print(f"warning: {key}: the {meta['type']} index returned {found} of the "
+                  f"{min(args.k, candidates)} items asked for; a flat index lists every item", file=sys.stderr)
         print(f"{key}:")
         for rank, (score, row) in enumerate(zip(score_row, item_row), start=1):
             if row < 0:

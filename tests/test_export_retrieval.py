@@ -142,4 +142,14 @@ def test_cli_round_trip_retrieve_equals_exact_topk(trained, tmp_path, capsys):
         load_index(index_dir, other)
     assert main(["retrieve", str(index_dir), "--history", "nope", "-k", "3"]) == 2
     assert "unknown item id" in capsys.readouterr().err
+    assert main(["retrieve", str(index_dir), "--history", "i1", "-k", "0"]) == 2
+    assert "-k must be at least 1, got 0" in capsys.readouterr().err
+    # every item but the history's from an exhaustive index; an approximate one that returns fewer says so
+    assert main(["retrieve", str(index_dir), "--history", ",".join(history), "-k", "100"]) == 0
+    printed = capsys.readouterr()
+    assert len(printed.out.splitlines()) == 1 + 40 - len(history) and "warning" not in printed.err
+    assert main(["index", "build", str(export_dir), "--type", "ivf_flat", "--param", "nlist=4", "--param", "nprobe=1"]) == 0
+    capsys.readouterr()
+    assert main(["retrieve", str(export_dir / "index-ivf_flat"), "--history", ",".join(history), "-k", "37"]) == 0
+    assert "the ivf_flat index returned" in capsys.readouterr().err
     assert main(["index", "build", str(export_dir), "--type", "hnsw", "--param", "efs=3"]) == 2
