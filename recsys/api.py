@@ -52,6 +52,8 @@ class Recommender:
         """Scores [len(histories), V] of every item (column i = internal id i; column 0 is padding = -inf)
         for histories of raw item ids (oldest first)."""
         max_len = self.config.max_seq_len
+        if len(histories) == 0:
+            raise DataError("score needs at least one history")
         rows = [self.data.item_index(h)[-max_len:] for h in histories]
         if any(len(r) == 0 for r in rows):
             raise DataError("every history needs at least one item")
@@ -69,11 +71,14 @@ class Recommender:
         return scores
 
     def recommend(self, history: Sequence, k: int = 10, exclude_seen: bool = True) -> list[tuple[object, float]]:
-        """Top-k (raw item id, score) for one history of raw item ids."""
+        """Top-k (raw item id, score) for one history of raw item ids: fewer when the catalogue (less the
+        history, with ``exclude_seen``) holds fewer than k items."""
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
         scores = self.score([history])[0]
         if exclude_seen:
             scores[torch.from_numpy(self.data.item_index(history))] = float("-inf")
-        top = torch.topk(scores, k)
+        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))  # never padding or excluded items
         return [(self.data.item_raw_ids[i], float(s)) for i, s in zip(top.indices.tolist(), top.values.tolist())]
 
 

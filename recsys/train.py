@@ -402,8 +402,14 @@ class Trainer:
 
     def evaluate(self, which: str = "valid", progress: bool = False, return_ranks: bool = False) -> dict:
         """which: valid, test, or (with held-out items) test_cold / test_warm."""
+        if which not in ("valid", "test", "test_cold", "test_warm"):
+            raise ConfigError(f"no split {which!r} to evaluate: valid, test, test_cold or test_warm")
         if which in ("test_cold", "test_warm"):
+            if self.data.cold_items is None:
+                raise ConfigError(f"{which} needs items held out of training (data.cold_item_fraction > 0)")
             eval_set = self.data.test_subset(cold=which == "test_cold")
+        elif which == "valid" and self.split.valid is None:
+            raise ConfigError(f"split {self.cfg.data.split!r} has no validation set")
         else:
             eval_set = self.split.valid if which == "valid" else self.split.test
         if len(eval_set) == 0:

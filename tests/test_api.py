@@ -1,7 +1,10 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 import recsys
+from recsys.config import ConfigError
+from recsys.data.readers import DataError
 
 
 def test_fit_from_a_dataframe_then_recommend_and_reload(tmp_path):
@@ -21,3 +24,17 @@ def test_fit_from_a_dataframe_then_recommend_and_reload(tmp_path):
     assert top[0][0] == "item6" and len(top) == 3
     again = recsys.load(tmp_path / "run", data=data)
     assert again.recommend(["item3", "item4", "item5"], k=3) == top
+    # the edges: k past the candidates gives every candidate, never a seen or padding item; bad calls
+    # are clear errors
+    everything = again.recommend(["item3", "item4", "item5"], k=1000)
+    assert len(everything) == 27 and {"item3", "item4", "item5"}.isdisjoint(i for i, _ in everything)
+    assert len(again.recommend(["item3"], k=1000, exclude_seen=False)) == 30
+    assert again.recommend(["item3"], k=0) == []
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        again.recommend(["item3"], k=-1)
+    with pytest.raises(DataError, match="at least one history"):
+        again.score([])
+    with pytest.raises(ConfigError, match="no split 'tset'"):
+        again.evaluate("tset")
+    with pytest.raises(ConfigError, match="test_cold needs items held out"):
+        again.evaluate("test_cold")
