@@ -218,6 +218,12 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("eval.popular_items", cfg.eval.popular_items >= 1, ">= 1"),
         ("eval.encoder_tokens", cfg.eval.encoder_tokens >= 1, ">= 1"),
         ("model.max_seq_len", getattr(cfg.model, "max_seq_len", 1) >= 1, ">= 1"),
+        ("model.hidden_dim", getattr(cfg.model, "hidden_dim", 1) >= 1, ">= 1"),
+        ("model.num_heads", getattr(cfg.model, "num_heads", 1) >= 1, ">= 1"),
+        ("model.num_blocks", getattr(cfg.model, "num_blocks", 1) >= 1, ">= 1"),
+        ("model.ffn_dim", getattr(cfg.model, "ffn_dim", None) is None or cfg.model.ffn_dim >= 1, ">= 1 (or unset)"),
+        ("model.dropout", 0 <= getattr(cfg.model, "dropout", 0.0) < 1, "in [0, 1)"),
+        ("train.num_threads", cfg.train.num_threads >= 0, ">= 0 (0: torch's default)"),
         ("data.k_core", cfg.data.k_core >= 0, ">= 0"),
     ]
     for key, ok, what in checks:

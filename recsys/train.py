@@ -283,7 +283,10 @@ class Trainer:
         warn_if_compile_on_cpu(cfg, self.device)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
-        self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)
+        try:
+            self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)
+        except ValueError as err:  # a combination of model settings the encoder refuses (e.g. heads vs width)
+            raise ConfigError(f"model ({cfg.model_name}): {err}") from None
         if getattr(self.model, "needs_item_text", False):  # text-based items: the catalogue's text vectors
             from .data.cards import load_item_text
             from .text import item_text_vectors

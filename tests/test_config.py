@@ -38,6 +38,12 @@ def test_overrides_are_typed_toml():
         ("optim.lr=1", r"unknown section 'optim'"),
         ("lr=1", r"keys look like section.key"),
         ("model.name=gpt", r"model.name: \"unknown model 'gpt'|model.name: unknown model 'gpt'"),
+        ("model.hidden_dim=0", r"model.hidden_dim must be >= 1"),
+        ("model.num_heads=0", r"model.num_heads must be >= 1"),
+        ("model.num_blocks=0", r"model.num_blocks must be >= 1"),
+        ("model.ffn_dim=0", r"model.ffn_dim must be >= 1 \(or unset\)"),
+        ("model.dropout=1.5", r"model.dropout must be in \[0, 1\)"),
+        ("train.num_threads=-1", r"train.num_threads must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -60,3 +66,13 @@ def test_to_dict_round_trip():
     again = config_from_dict(cfg.to_dict())
     assert again.to_dict() == cfg.to_dict()
     assert apply_overrides({}, ["train.seed=3"]) == {"train": {"seed": 3}}
+
+
+def test_model_settings_the_encoder_refuses_are_a_config_error(tmp_path):
+    from recsys.train import Trainer, prepare_data
+    from tests.conftest import write_u_data
+
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["model.num_heads=3"])  # 64 is not divisible by 3
+    cfg.data.dataset, cfg.data.path, cfg.data.reader = "custom", str(write_u_data(tmp_path / "u.data")), "movielens_100k"
+    with pytest.raises(ConfigError, match=r"model \(sasrec\): hidden_dim \(64\) must be divisible by num_heads \(3\)"):
+        Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
