@@ -225,6 +225,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("model.dropout", 0 <= getattr(cfg.model, "dropout", 0.0) < 1, "in [0, 1)"),
         ("train.num_threads", cfg.train.num_threads >= 0, ">= 0 (0: torch's default)"),
         ("data.k_core", cfg.data.k_core >= 0, ">= 0"),
+        ("data.cold_item_fraction", 0 <= cfg.data.cold_item_fraction < 1, "in [0, 1)"),
     ]
     for key, ok, what in checks:
         if not ok:

@@ -44,6 +44,7 @@ def test_overrides_are_typed_toml():
         ("model.ffn_dim=0", r"model.ffn_dim must be >= 1 \(or unset\)"),
         ("model.dropout=1.5", r"model.dropout must be in \[0, 1\)"),
         ("train.num_threads=-1", r"train.num_threads must be >= 0"),
+        ("data.cold_item_fraction=1.5", r"data.cold_item_fraction must be in \[0, 1\)"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -98,6 +98,12 @@ def make_split(
         valid = _eval_set(data, users[has_valid], before_valid[has_valid])
         has_test = (before_test < lengths) & (before_test > 0)
         test = _eval_set(data, users[has_test], before_test[has_test])
+        if not train_lengths.any():
+            raise DataError(f"temporal split: no event before valid_cut (t={valid_t:.0f}; the log spans "
+                            f"{ts.min()}..{ts.max()}): nothing to train on")
+        if len(test) == 0:
+            raise DataError(f"temporal split: no user has events both before and after test_cut (t={test_t:.0f}; "
+                            f"the log spans {ts.min()}..{ts.max()}): nothing to test")
         cold = int(((before_test < lengths) & (before_test == 0)).sum())
         log.append(
             f"temporal split at t={valid_t:.0f} / {test_t:.0f}: {len(valid):,} validation users, "

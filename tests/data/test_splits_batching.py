@@ -59,6 +59,14 @@ def test_temporal_split_never_leaks_future_items():
     assert 2 not in s.test.users.tolist()
 
 
+def test_temporal_cuts_that_leave_nothing_to_train_or_test_are_clear_errors():
+    seq = _data({1: [1, 2, 3, 4], 2: [5, 6, 7]}, {1: [1, 2, 6, 9], 2: [3, 7, 8]})
+    with pytest.raises(DataError, match=r"no event before valid_cut \(t=1; the log spans 1..9\): nothing to train on"):
+        make_split(seq, "temporal", valid_cut=1, test_cut=2, verbose=False)
+    with pytest.raises(DataError, match=r"no user has events both before and after test_cut \(t=10"):
+        make_split(seq, "temporal", valid_cut=5, test_cut=10, verbose=False)
+
+
 def test_train_batches_shift_and_mask():
     seq = _data({1: [10, 11, 12, 13, 14], 2: [20, 21, 22, 23], 3: [30, 31, 32]})
     s = make_split(seq, "leave_one_out", verbose=False)
