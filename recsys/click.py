@@ -90,14 +90,32 @@ def load_click_recipe(path: str | Path, overrides=()) -> ClickRunConfig:
     if name not in CTR_MODELS:
         raise ConfigError(f"{path}: model.name: unknown CTR model {name!r}; allowed: {sorted(CTR_MODELS)}")
     try:
-        return ClickRunConfig(
+        cfg = ClickRunConfig(
             data=build_section(ClickDataConfig, raw.get("data", {}), "data"),
             model_name=name,
             model=build_section(CTR_MODELS[name][1], model_raw, "model"),
             train=build_section(ClickTrainConfig, raw.get("train", {}), "train"),
         )
+        _check_click_ranges(cfg)
+        return cfg
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def _check_click_ranges(cfg: ClickRunConfig) -> None:
+    d, t, m = cfg.data, cfg.train, cfg.model
+    checks = [
+        ("train.epochs", t.epochs >= 1, ">= 1"), ("train.batch_size", t.batch_size >= 1, ">= 1"),
+        ("train.lr", t.lr > 0, "> 0"), ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
+        ("train.seeds", t.seeds >= 1, ">= 1"), ("train.num_threads", t.num_threads >= 0, ">= 0"),
+        ("data.max_history", d.max_history >= 1, ">= 1"), ("data.stride", d.stride >= 1, ">= 1"),
+        ("data.min_history", 1 <= d.min_history <= d.max_history, "in [1, data.max_history]"),
+        ("data.negatives", d.negatives >= 0, ">= 0"), ("data.min_events", d.min_events >= 2, ">= 2"),
+        ("model.dropout", 0 <= getattr(m, "dropout", 0.0) < 1, "in [0, 1)"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {what}")
 
 
 def load_click_data(cfg: ClickDataConfig, verbose: bool = True) -> CTRData:

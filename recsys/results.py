@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .data.readers import DataError
 from .train import atomic_write_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def read_records(path: str | Path) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not JSON ({err})") from None
+                raise DataError(f"{path}, line {number}: not JSON ({err})") from None
     return records
 
 

@@ -552,6 +552,11 @@ def load_run(
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.json, not a run directory")
+    for override in overrides:  # the run's model and data are what its checkpoint was trained with
+        key = override.split("=", 1)[0].strip()
+        if not (key.startswith("eval.") or key in ("train.num_threads", "train.device")):
+            raise ConfigError(f"--set {key}: a finished run's model and data are fixed; only eval.* settings, "
+                              "train.num_threads and train.device can be changed")
     cfg = config_from_dict(apply_overrides(json.loads(cfg_path.read_text()), list(overrides)))
     if data_dir:
         cfg.data.data_dir = data_dir

@@ -146,3 +146,18 @@ def test_an_existing_run_is_refused_before_the_data_is_read(tmp_path, capsys, mo
     monkeypatch.setattr(recsys.train, "prepare_data", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     assert "already holds a run; use --resume" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_to_change_a_finished_runs_model_or_data(tmp_path, capsys):
+    recipe = _custom_log(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--run-dir", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--set", "model.hidden_dim=32"]) == 2
+    assert "--set model.hidden_dim: a finished run's model and data are fixed" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--set", "eval.exclude_seen=false", "--set", "train.num_threads=1"]) == 0
+
+
+def test_click_recipe_ranges_are_checked(capsys):
+    assert main(["train", str(REPO / "recipes/taobao/din.toml"), "--set", "train.epochs=0"]) == 2
+    assert "din.toml: train.epochs must be >= 1" in capsys.readouterr().err

@@ -51,3 +51,13 @@ def test_every_record_kind_renders():
     for expected in ("0.0321", "0.0327 (paper)", "a remark", "learning_curves_beauty.png", "2.80 s", "0.970",
                      "0.5000 ± 0.5000", "9.00 ms", "32.5 s (after epoch 34)", "190.7 GB", "20,000,000", "out of memory", "150.0", "at most 1.71x", "0.227-0.233"):
         assert expected in md, expected
+
+
+def test_a_line_that_is_not_json_names_the_file_and_line(tmp_path, capsys):
+    from recsys.cli import main
+
+    bad = tmp_path / "results.jsonl"
+    bad.write_text('{"kind": "train"}\nnot json\n')
+    assert main(["results", str(bad), "--out", str(tmp_path / "R.md")]) == 2
+    assert "results.jsonl, line 2: not JSON" in capsys.readouterr().err
+    assert not (tmp_path / "R.md").exists()
