@@ -225,7 +225,10 @@ def cmd_index_build(args) -> int:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     vectors = np.load(Path(args.export_dir) / "item_embeddings.npy")
-    index, seconds = timed_build(vectors, args.type, params)
+    try:
+        index, seconds = timed_build(vectors, args.type, params)
+    except ValueError as err:  # parameters that do not fit these vectors (e.g. ivf_pq's m vs the dimension)
+        raise ConfigError(str(err)) from None
     out = args.out or str(Path(args.export_dir) / f"index-{args.type}")
     save_index(index, args.type, params, args.export_dir, out, seconds)
     print(f"built {args.type} index over {index.ntotal:,} items in {seconds:.2f} s: {out}")

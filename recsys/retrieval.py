@@ -44,6 +44,11 @@ DEFAULTS = {
 }
 
 
+# what FAISS accepts without misbehaving (a negative M made it allocate until the process was killed)
+PARAM_RANGES = {"M": (2, 512), "ef_construction": (1, 1 << 20), "ef_search": (1, 1 << 20), "nlist": (1, 1 << 24),
+                "nprobe": (1, 1 << 24), "m": (1, 4096), "nbits": (1, 16)}
+
+
 def _faiss():
     try:
         import faiss
@@ -60,6 +65,13 @@ def index_params(kind: str, params: dict | None = None) -> dict:
         if key not in merged:
             raise ValueError(f"index type {kind!r} has no parameter {key!r}; allowed: {sorted(merged)}")
         merged[key] = value
+    for key, value in merged.items():
+        if value is None and key == "nlist":  # chosen from the item count at build time
+            continue
+        low, high = PARAM_RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not low <= value <= high:
+            raise ValueError(f"index parameter {key} must be an integer in [{low}, {high}], got {value!r}")
+        merged[key] = int(value)
     return merged
 
 
@@ -82,6 +94,8 @@ def build_index(vectors: np.ndarray, kind: str = "flat", params: dict | None = N
         index.hnsw.efSearch = int(p["ef_search"])
     else:
         nlist = int(p["nlist"] or max(1, min(n // 39, int(4 * math.sqrt(n)))))
+        if nlist > n:
+            raise ValueError(f"{kind}: nlist={nlist} is more than the {n:,} items to cluster")
         quantizer = faiss.IndexFlatIP(d)
         if kind == "ivf_flat":
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)

@@ -153,3 +153,24 @@ def test_cli_round_trip_retrieve_equals_exact_topk(trained, tmp_path, capsys):
     assert main(["retrieve", str(export_dir / "index-ivf_flat"), "--history", ",".join(history), "-k", "37"]) == 0
     assert "the ivf_flat index returned" in capsys.readouterr().err
     assert main(["index", "build", str(export_dir), "--type", "hnsw", "--param", "efs=3"]) == 2
+
+
+@pytest.mark.parametrize("kind, params, message", [
+    ("hnsw", {"M": -3}, r"index parameter M must be an integer in \[2, 512\], got -3"),  # FAISS allocated until killed
+    ("hnsw", {"ef_search": 2.5}, r"ef_search must be an integer"),
+    ("ivf_pq", {"nbits": 40}, r"nbits must be an integer in \[1, 16\]"),
+    ("ivf_flat", {"nprobe": 0}, r"nprobe must be an integer in \[1, "),
+])
+def test_index_parameters_out_of_range_are_refused(kind, params, message):
+    from recsys.retrieval import index_params
+
+    with pytest.raises(ValueError, match=message):
+        index_params(kind, params)
+
+
+def test_index_parameters_that_do_not_fit_the_vectors_are_refused():
+    vectors = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="nlist=64 is more than the 50 items"):
+        build_index(vectors, "ivf_flat", {"nlist": 64})
+    with pytest.raises(ValueError, match="dimension 16 must be divisible by m=5"):
+        build_index(vectors, "ivf_pq", {"m": 5, "nlist": 2})
