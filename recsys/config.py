@@ -223,6 +223,9 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("model.num_blocks", getattr(cfg.model, "num_blocks", 1) >= 1, ">= 1"),
         ("model.ffn_dim", getattr(cfg.model, "ffn_dim", None) is None or cfg.model.ffn_dim >= 1, ">= 1 (or unset)"),
         ("model.dropout", 0 <= getattr(cfg.model, "dropout", 0.0) < 1, "in [0, 1)"),
+        ("model.mask_prob", 0 < getattr(cfg.model, "mask_prob", 0.5) <= 1, "in (0, 1]"),
+        *((f"model.{k}", getattr(cfg.model, k, None) is None or getattr(cfg.model, k) >= 1, ">= 1 (or unset)")
+          for k in ("qk_dim", "v_dim", "attention_table_dim")),
         ("train.num_threads", cfg.train.num_threads >= 0, ">= 0 (0: torch's default)"),
         ("data.k_core", cfg.data.k_core >= 0, ">= 0"),
         ("data.cold_item_fraction", 0 <= cfg.data.cold_item_fraction < 1, "in [0, 1)"),

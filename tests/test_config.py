@@ -77,3 +77,13 @@ def test_model_settings_the_encoder_refuses_are_a_config_error(tmp_path):
     cfg.data.dataset, cfg.data.path, cfg.data.reader = "custom", str(write_u_data(tmp_path / "u.data")), "movielens_100k"
     with pytest.raises(ConfigError, match=r"model \(sasrec\): hidden_dim \(64\) must be divisible by num_heads \(3\)"):
         Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
+
+
+@pytest.mark.parametrize("recipe, override, message", [
+    ("recipes/ml-1m/bert4rec.toml", "model.mask_prob=1.5", r"model.mask_prob must be in \(0, 1\]"),
+    ("recipes/ml-1m/bert4rec.toml", "model.mask_prob=0", r"model.mask_prob must be in \(0, 1\]"),
+    ("recipes/ml-1m/hstu.toml", "model.qk_dim=0", r"model.qk_dim must be >= 1 \(or unset\)"),
+])
+def test_model_specific_ranges(recipe, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(REPO / recipe, [override])
