@@ -354,6 +354,13 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                        f"| {r['read_seconds']:.1f} s | {r['prepare_seconds']:.1f} s | {r['save_seconds']:.1f} s "
                        f"| {r['total_seconds']:.1f} s | {r['peak_rss_mb']:,.0f} MB | {_machine_short(r['machine'])} "
                        f"| {r['commit']} |")
+        cached = [r for r in ingest if "custom_cached_seconds" in r]
+        if cached:
+            out += ["", "The same log as a run's custom dataset (`prepare_data`, split included), first run and next run:", "",
+                    "| date | events | first run | its peak memory | next run (cache) | its peak memory | commit |",
+                    "|---|---|---|---|---|---|---|"]
+            out += [f"| {r['date']} | {r['events']:,} | {r['custom_first_seconds']:.1f} s | {r['custom_first_peak_rss_mb']:,.0f} MB "
+                    f"| {r['custom_cached_seconds']:.2f} s | {r['custom_cached_peak_rss_mb']:,.0f} MB | {r['commit']} |" for r in cached]
         out += ["", "Commands:", ""] + ["- " + _command(r) for r in ingest] + [""]
     kernels = [r for r in records if r["kind"] == "kernels"]
     for r in kernels:

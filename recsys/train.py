@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .config import ConfigError, DataConfig, RunConfig, config_from_dict
 from .data.batching import cloze_inputs, iter_train_batches, train_users
-from .data.cards import cache_dir, check_counts, locate_dataset
+from .data.cards import cache_dir, check_counts, locate_dataset, sha256_of
 from .data.prepare import SequenceData, prepare_sequences
 from .data.readers import READERS, DataError, Interactions, read_table
 from .data.splits import EvalSet, Split, hold_out_items, make_split
@@ -172,19 +172,8 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
     seq = None
     if interactions is None:
         if cfg.dataset == "custom":
-            if not cfg.path:
-                raise DataError("data.dataset = 'custom' needs data.path and data.reader (or a DataFrame)")
-            if cfg.reader not in READERS:
-                raise DataError(f"data.reader must be one of {sorted(READERS)}, got {cfg.reader!r}")
-            table_options = [k for k in ("separator", "timestamp_format") if getattr(cfg, k) is not None]
-            if table_options and cfg.reader != "table":
-                raise ConfigError(f"data.{table_options[0]} is an option of data.reader = 'table', not {cfg.reader!r}")
-            if cfg.reader == "table":
-                interactions = read_table(cfg.path, cfg.columns or {"user_id": "user_id", "item_id": "item_id"},
-                                          separator=cfg.separator, timestamp_format=cfg.timestamp_format)
-            else:
-                interactions = READERS[cfg.reader](cfg.path)
-            info["file"] = str(cfg.path)
+            seq, found = _custom_sequences(cfg, verbose)
+            info.update(found)
         else:
             seq, found = _card_sequences(cfg, verbose)
             info.update(found)
@@ -213,30 +202,66 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
 PREPARE_VERSION = 1  # bump when prepare_sequences changes what it produces: old caches are then ignored
 
 
-def _card_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dict]:
-    """A card's prepared sequences, from the cache (memory-mapped) when this file was prepared before
-    with the same settings; otherwise read, counted, prepared and cached (RECSYS_CACHE/prepared/)."""
-    card, path, variant, digest = locate_dataset(cfg.dataset, cfg.data_dir)
-    settings = [PREPARE_VERSION, digest, card.reader, card.reader_options, cfg.min_rating, cfg.dedupe,
-                cfg.k_core, MIN_EVENTS[cfg.split]]
+def _cached_sequences(name: str, settings: list, read, cfg: DataConfig, verbose: bool) -> SequenceData:
+    """Prepared sequences from the cache (memory-mapped: RECSYS_CACHE/prepared/NAME-KEY, KEY a hash of
+    ``settings``, which name the file's sha256 and everything that shapes the result) when prepared
+    before; otherwise ``read()``'s interactions are prepared and cached."""
+    settings = [PREPARE_VERSION, *settings, cfg.min_rating, cfg.dedupe, cfg.k_core, MIN_EVENTS[cfg.split]]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_dir() / "prepared" / f"{card.name}-{key}"
-    found = {"file": path.name, "sha256": digest, "variant_note": variant.note}
+    folder = cache_dir() / "prepared" / f"{name}-{key}"
     if (folder / "meta.json").exists():
         seq = SequenceData.load(folder, mmap=True)
         for line in seq.log:
             if verbose:
                 print(line)
-        return seq, found
-    interactions = READERS[card.reader](path, **card.reader_options)
-    check_counts(card, variant, interactions)
-    seq = prepare_sequences(interactions, min_rating=cfg.min_rating, dedupe=cfg.dedupe,
+        return seq
+    seq = prepare_sequences(read(), min_rating=cfg.min_rating, dedupe=cfg.dedupe,
                             k_core_threshold=cfg.k_core, min_seq_len=MIN_EVENTS[cfg.split], verbose=verbose)
     try:
         seq.save(folder)
     except OSError as err:  # a read-only or full cache only costs the next run a re-parse
         print(f"note: could not cache the prepared data in {folder} ({err})")
-    return seq, found
+    return seq
+
+
+def _card_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dict]:
+    """A card's prepared sequences (:func:`_cached_sequences`); a fresh read is checked against the
+    card's counts."""
+    card, path, variant, digest = locate_dataset(cfg.dataset, cfg.data_dir)
+
+    def read() -> Interactions:
+        interactions = READERS[card.reader](path, **card.reader_options)
+        check_counts(card, variant, interactions)
+        return interactions
+
+    seq = _cached_sequences(card.name, [digest, card.reader, card.reader_options], read, cfg, verbose)
+    return seq, {"file": path.name, "sha256": digest, "variant_note": variant.note}
+
+
+def _custom_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dict]:
+    """A custom file's prepared sequences (:func:`_cached_sequences`, keyed by its sha256 and reader
+    settings): a large log is parsed once, later runs map the prepared arrays."""
+    if not cfg.path:
+        raise DataError("data.dataset = 'custom' needs data.path and data.reader (or a DataFrame)")
+    if cfg.reader not in READERS:
+        raise DataError(f"data.reader must be one of {sorted(READERS)}, got {cfg.reader!r}")
+    table_options = [k for k in ("separator", "timestamp_format") if getattr(cfg, k) is not None]
+    if table_options and cfg.reader != "table":
+        raise ConfigError(f"data.{table_options[0]} is an option of data.reader = 'table', not {cfg.reader!r}")
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    digest = sha256_of(path)
+    columns = cfg.columns or {"user_id": "user_id", "item_id": "item_id"}
+
+    def read() -> Interactions:
+        if cfg.reader == "table":
+            return read_table(path, columns, separator=cfg.separator, timestamp_format=cfg.timestamp_format)
+        return READERS[cfg.reader](path)
+
+    settings = [digest, cfg.reader, columns if cfg.reader == "table" else None, cfg.separator, cfg.timestamp_format]
+    seq = _cached_sequences("custom", settings, read, cfg, verbose)
+    return seq, {"file": str(path), "sha256": digest}
 
 
 # ----------------------------------------------------------------------------- training

@@ -36,7 +36,9 @@ def test_every_record_kind_renders():
         _rec("full_ce", rows=[{"items": 10**6, "positions": 25600, "dim": 64, "impl": "chunked", "seconds": 100.0,
                                "peak_rss_mb": 900.0, "plain_logits_gb": 190.7}]),
         _rec("ingest", events=20_000_000, users=300_000, items=900_000, file_mb=300.0, read_seconds=5.0,
-             prepare_seconds=10.0, save_seconds=1.0, total_seconds=20.0, peak_rss_mb=3000.0),
+             prepare_seconds=10.0, save_seconds=1.0, total_seconds=20.0, peak_rss_mb=3000.0,
+             custom_first_seconds=7.5, custom_first_peak_rss_mb=3100.0, custom_cached_seconds=0.16,
+             custom_cached_peak_rss_mb=480.0),
         _rec("kernels", dtype="bf16", heads=4, dim=128, tokens=131072, rows=[
             {"N": 4096, "batch": 32, "impl": "triton", "fwd_ms": 1.0, "fwd_tflops": 150.0, "fwdbwd_ms": 3.0,
              "fwdbwd_tflops": 100.0, "fwdbwd_peak_mb": 1000.0},
@@ -49,7 +51,7 @@ def test_every_record_kind_renders():
     md = render_markdown(records, {"recipes/beauty/sasrec_ce.toml": {"hr@10": 0.0533, "ndcg@10": 0.0327, "source": "paper"}},
                          plots=[("beauty", "learning_curves_beauty.png")])
     for expected in ("0.0321", "0.0327 (paper)", "a remark", "learning_curves_beauty.png", "2.80 s", "0.970",
-                     "0.5000 ± 0.5000", "9.00 ms", "32.5 s (after epoch 34)", "190.7 GB", "20,000,000", "out of memory", "150.0", "at most 1.71x", "0.227-0.233"):
+                     "0.5000 ± 0.5000", "9.00 ms", "32.5 s (after epoch 34)", "190.7 GB", "20,000,000", "out of memory", "150.0", "at most 1.71x", "0.227-0.233", "| 0.16 s | 480 MB |"):
         assert expected in md, expected
 
 
