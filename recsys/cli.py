@@ -42,7 +42,7 @@ def cmd_train_click(args) -> int:
     from .results import append_record, git_commit, make_record
 
     commit = git_commit() if args.log_results else None
-    overrides = list(args.set) + ([f"train.seeds={args.seeds}"] if args.seeds else [])
+    overrides = list(args.set) + ([f"train.seeds={args.seeds}"] if args.seeds is not None else [])
     cfg = load_click_recipe(args.recipe, overrides)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
@@ -70,6 +70,9 @@ def cmd_train(args) -> int:
 
     if Path(args.recipe).exists() and is_click_recipe(args.recipe):
         return cmd_train_click(args)
+    if args.seeds is not None:
+        raise ConfigError("--seeds is for click recipes; train a sequential recipe once per seed "
+                          "(--set train.seed=S --run-dir runs/NAME-S)")
     from .results import append_record, git_commit, make_record
     from .train import Trainer, peak_memory_mb, prepare_data
 
@@ -87,6 +90,8 @@ def cmd_train(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
         f"{cfg.data.dataset}-{cfg.model_name}-{cfg.loss.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
+    if args.resume and not (run_dir / "last.pt").exists():
+        print(f"note: nothing to resume in {run_dir}; starting a new run there")
     if not args.resume and ((run_dir / "last.pt").exists() or (run_dir / "final_metrics.json").exists()):
         # the trainer refuses this too; said here before any data is read
         raise FileExistsError(f"{run_dir} already holds a run; use --resume or another --run-dir")

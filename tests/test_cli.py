@@ -161,3 +161,10 @@ def test_evaluate_refuses_to_change_a_finished_runs_model_or_data(tmp_path, caps
 def test_click_recipe_ranges_are_checked(capsys):
     assert main(["train", str(REPO / "recipes/taobao/din.toml"), "--set", "train.epochs=0"]) == 2
     assert "din.toml: train.epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_seeds_is_refused_for_a_sequential_recipe(capsys):
+    assert main(["train", str(REPO / "recipes/ml-100k/sasrec.toml"), "--seeds", "3"]) == 2
+    assert "--seeds is for click recipes" in capsys.readouterr().err
+    assert main(["train", str(REPO / "recipes/taobao/din.toml"), "--seeds", "0"]) == 2
+    assert "train.seeds must be >= 1" in capsys.readouterr().err
