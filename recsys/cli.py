@@ -45,7 +45,7 @@ def cmd_train_click(args) -> int:
     overrides = list(args.set) + ([f"train.seeds={args.seeds}"] if args.seeds is not None else [])
     cfg = load_click_recipe(args.recipe, overrides)
     if args.data_dir:
-        cfg.data.data_dir = args.data_dir
+        cfg.data.data_dir = str(Path(args.data_dir).resolve())  # the run's config.json works from anywhere
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
         f"{cfg.data.dataset}-{cfg.model_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     out = run_click(cfg, run_dir, progress=not args.quiet)
@@ -86,7 +86,7 @@ def cmd_train(args) -> int:
         args.set.append("train.compile=true")
     cfg = load_recipe(args.recipe, args.set)
     if args.data_dir:
-        cfg.data.data_dir = args.data_dir
+        cfg.data.data_dir = str(Path(args.data_dir).resolve())  # the run's config.json works from anywhere
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
         f"{cfg.data.dataset}-{cfg.model_name}-{cfg.loss.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )

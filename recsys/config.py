@@ -255,9 +255,16 @@ def read_recipe_file(path: str | Path) -> dict:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """A recipe with overrides applied. A relative ``data.path`` is taken from the working directory, or
+    from the recipe's folder where only that holds the file, and made absolute: the run's config.json
+    then finds the file from anywhere (evaluate, export)."""
     path = Path(path)
     raw = read_recipe_file(path)
     try:
-        return config_from_dict(apply_overrides(raw, list(overrides)))
+        cfg = config_from_dict(apply_overrides(raw, list(overrides)))
+        if cfg.data.path and not Path(cfg.data.path).is_absolute():
+            here, beside = Path(cfg.data.path), path.parent / cfg.data.path
+            cfg.data.path = str((beside if beside.exists() and not here.exists() else here).resolve())
+        return cfg
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None

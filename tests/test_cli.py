@@ -168,3 +168,18 @@ def test_seeds_is_refused_for_a_sequential_recipe(capsys):
     assert "--seeds is for click recipes" in capsys.readouterr().err
     assert main(["train", str(REPO / "recipes/taobao/din.toml"), "--seeds", "0"]) == 2
     assert "train.seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_a_relative_data_path_is_found_beside_the_recipe_and_kept_absolute(tmp_path, monkeypatch, capsys):
+    recipe = _custom_log(tmp_path)
+    recipe.write_text(recipe.read_text().replace(str(tmp_path / "events.tsv"), "events.tsv"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the file is not here: the recipe's folder holds it
+    assert main(["train", str(recipe), "--run-dir", "run", "--quiet"]) == 0
+    config = json.loads((elsewhere / "run" / "config.json").read_text())
+    assert config["data"]["path"] == str((tmp_path / "events.tsv").resolve())
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", str(elsewhere / "run")]) == 0  # from another directory
+    assert "(30 users" in capsys.readouterr().out
