@@ -4,7 +4,7 @@
     recsys evaluate RUN_DIR [--split test|valid] [--set eval.exclude_seen=false]
     recsys data info DATASET        users, items, interactions, sequence-length percentiles
     recsys data list                the dataset cards
-    recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, TorchScript encoder, manifest
+    recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, the encoder program, manifest
     recsys index build DIR --type hnsw      a FAISS index over an export
     recsys retrieve INDEX_DIR --history "i1,i2" -k 10 | --users FILE
     recsys results benchmarks/results.jsonl --out benchmarks/RESULTS.md
@@ -245,6 +245,7 @@ def cmd_retrieve(args) -> int:
     import polars as pl
     import torch
 
+    from .export import load_encoder
     from .retrieval import load_index, search
 
     index, meta, manifest, export_dir = load_index(args.index_dir, args.export_dir)
@@ -260,7 +261,7 @@ def cmd_retrieve(args) -> int:
         rows = [lookup[x] for x in raw][-manifest["max_seq_len"]:]
         window = torch.zeros(1, manifest["max_seq_len"], dtype=torch.long)
         window[0, -len(rows):] = torch.tensor(rows) + 1
-        encoder = torch.jit.load(str(Path(export_dir) / "encoder.pt"))
+        encoder = load_encoder(export_dir, manifest)
         with torch.no_grad():
             queries = encoder(window).numpy()
         keys, seen = ["history"], [rows]

@@ -7,7 +7,11 @@ The export folder holds
 - ``item_ids.parquet``    (row, item_id, title) with the raw item ids (and titles where the catalogue has text)
 - ``user_embeddings.npy`` + ``user_ids.parquet`` (row, user_id, seen_rows) — for the users of a split or
                           the histories of a file; ``seen_rows`` lets retrieval skip what they saw
-- ``encoder.pt``          the encoder as TorchScript: a [B, max_seq_len] left-padded id window -> [B, D]
+- ``encoder.pt2``         the encoder as a ``torch.export`` program (``torch.export.load(path).module()``):
+                          a [B, max_seq_len] left-padded id window -> [B, D], any B; for SASRec,
+                          BERT4Rec and their variants. Encoders it cannot capture (HSTU's jagged
+                          attention) are written as TorchScript ``encoder.pt`` instead, which torch
+                          2.13 deprecates; the manifest's ``encoder`` names the format
 - ``manifest.json``       model, dataset, dimension, similarity (dot or cosine), whether vectors are
                           normalised, recsys version, and the sha256 and row count of every file.
 
@@ -49,6 +53,46 @@ class _UserEncoder(torch.nn.Module):
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         users = self.model.user_vectors(item_ids)
         return F.normalize(users, dim=-1) if self.normalize else users
+
+
+ENCODER_FILES = {"torch.export": "encoder.pt2", "torchscript": "encoder.pt"}
+
+
+@torch.no_grad()
+def save_encoder(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> str:
+    """Write the encoder into ``folder`` and return its format: a ``torch.export`` program where the
+    capture works and reproduces the module on other batch sizes and history lengths, else TorchScript."""
+    example = torch.zeros(2, max_seq_len, dtype=torch.long)
+    example[:, -3:] = torch.tensor([1, 2, 3])
+    check = torch.zeros(3, max_seq_len, dtype=torch.long)  # another batch size, other lengths
+    check[0, -1:], check[1, -min(7, max_seq_len):], check[2] = 2, 3, 1
+    try:
+        program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
+        if not torch.allclose(program.module()(check), wrapped(check), rtol=1e-4, atol=1e-5):
+            raise RuntimeError("the captured program differs from the module on another batch")
+        torch.export.save(program, str(folder / ENCODER_FILES["torch.export"]))
+        return "torch.export"
+    except Exception as err:  # noqa: BLE001 (any capture failure: data-dependent shapes, unsupported ops)
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        print(f"note: torch.export could not capture this encoder ({reason}); writing TorchScript instead")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # shapes are fixed by design
+        warnings.simplefilter("ignore", category=DeprecationWarning)  # torch 2.13 deprecates TorchScript
+        torch.jit.trace(wrapped, example, check_trace=False).save(str(folder / ENCODER_FILES["torchscript"]))
+    return "torchscript"
+
+
+def load_encoder(export_dir: str | Path, manifest: dict) -> torch.nn.Module:
+    """The exported encoder of a (verified) export folder, whichever format it was written in."""
+    fmt = manifest.get("encoder")
+    if fmt not in ENCODER_FILES:
+        raise DataError(f"{export_dir} has no exported encoder (format {fmt!r})")
+    path = Path(export_dir) / ENCODER_FILES[fmt]
+    if fmt == "torch.export":
+        return torch.export.load(str(path)).module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        return torch.jit.load(str(path))
 
 
 @torch.no_grad()
@@ -145,15 +189,8 @@ def export_run(
         if encoder and getattr(model.cfg, "use_time_bias", False):
             print("encoder not exported: it needs timestamps (time bias), which the exported signature lacks")
         elif encoder:
-            example = torch.zeros(2, cfg.max_seq_len, dtype=torch.long)
-            example[:, -3:] = torch.tensor([1, 2, 3])
-            wrapped = _UserEncoder(model.cpu(), normalize).eval()
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # shapes are fixed by design
-                traced = torch.jit.trace(wrapped, example, check_trace=False)
-            traced.save(str(stage / "encoder.pt"))
+            encoder_format = save_encoder(_UserEncoder(model.cpu(), normalize).eval(), cfg.max_seq_len, stage)
             model.to(trainer.device)
-            encoder_format = "torchscript"
 
         files = {}
         for path in sorted(stage.iterdir()):

@@ -9,7 +9,7 @@ import torch
 import recsys
 from recsys.cli import main
 from recsys.data.readers import DataError
-from recsys.export import export_run, read_manifest
+from recsys.export import export_run, load_encoder, read_manifest, save_encoder
 
 faiss = pytest.importorskip("faiss")
 
@@ -37,7 +37,8 @@ def test_export_files_and_manifest(trained, tmp_path):
     manifest = read_manifest(out)
     emb = np.load(out / "item_embeddings.npy")
     assert emb.shape == (manifest["num_items"], manifest["dimension"]) == (40, 16)
-    assert manifest["similarity"] == "dot" and manifest["encoder"] == "torchscript"
+    assert manifest["similarity"] == "dot" and manifest["encoder"] == "torch.export"
+    assert (out / "encoder.pt2").exists() and not (out / "encoder.pt").exists()
     assert manifest["files"]["user_embeddings.npy"]["rows"] == 80
     # raw ids, not internal indices
     import polars as pl
@@ -49,15 +50,34 @@ def test_export_files_and_manifest(trained, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
 
 
-def test_exported_encoder_gives_the_same_user_vector(trained, tmp_path):
+def test_exported_encoder_gives_the_same_user_vectors(trained, tmp_path):
     model, _, _ = trained
     out = export_run(model.trainer, tmp_path / "export", users="none")
-    encoder = torch.jit.load(str(out / "encoder.pt"))
-    history = ["i3", "i4", "i5"]
-    ids = torch.zeros(1, 8, dtype=torch.long)
-    ids[0, -3:] = torch.from_numpy(model.data.item_index(history))
+    encoder = load_encoder(out, read_manifest(out))
+    ids = torch.zeros(4, 8, dtype=torch.long)  # histories of 1, 3, 5 and 8 items, in one batch
+    for row, history in enumerate((["i7"], ["i3", "i4", "i5"], [f"i{k}" for k in range(5)], [f"i{k}" for k in range(8)])):
+        ids[row, -len(history):] = torch.from_numpy(model.data.item_index(history))
     with torch.no_grad():
         torch.testing.assert_close(encoder(ids), model.model.user_vectors(ids), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(encoder(ids[1:2]), model.model.user_vectors(ids[1:2]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, overrides, expected", [
+    ("bert4rec", {"hidden_dim": 16, "num_heads": 2, "num_blocks": 1}, "torch.export"),
+    ("hstu", {"hidden_dim": 16, "num_blocks": 1, "use_time_bias": False}, "torchscript"),  # jagged: data-dependent shapes
+])
+def test_other_encoders_export_and_load_back(name, overrides, expected, tmp_path):
+    from recsys.export import _UserEncoder
+    from recsys.models import build_model, model_config_class
+
+    torch.manual_seed(0)
+    model = build_model(name, model_config_class(name)(max_seq_len=12, dropout=0.0, **overrides), 30).eval()
+    assert save_encoder(_UserEncoder(model, normalize=False), 12, tmp_path) == expected
+    encoder = load_encoder(tmp_path, {"encoder": expected})
+    ids = torch.zeros(3, 12, dtype=torch.long)
+    ids[0, -2:], ids[1, -9:], ids[2] = torch.tensor([4, 5]), torch.arange(1, 10), torch.arange(10, 22)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(ids), model.user_vectors(ids), rtol=1e-5, atol=1e-6)
 
 
 def test_tampered_export_is_refused(trained, tmp_path):

@@ -57,6 +57,13 @@ class SASRecConfig:
     ffn_inner_dropout: bool = True
 
 
+def exporting() -> bool:
+    """Whether ``torch.export`` is tracing: the encoders then take their branch-free paths (the grid
+    layout with a key mask, plain attention), whose shapes do not depend on the data."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting and is_exporting())
+
+
 def bucket_size(n: int) -> int:
     """``n`` rounded up to one of 8 sizes per power of two (at most 12.5% more, ~6% on average)."""
     if n <= 16:
@@ -144,7 +151,7 @@ class GridRows(Packing):
         self.batch, self.length = B, L
         self.counts = not_pad.reshape(B, L).sum(1)  # [B]
         self.num_real = B * L  # every position is a row
-        self.full = bool((self.counts == L).all())
+        self.full = False if exporting() else bool((self.counts == L).all())  # (exported: always the key mask)
         self.last = torch.arange(B, device=not_pad.device) * L + (self.counts - 1).clamp_min(0)  # [B]
         self.nonempty = (self.counts > 0)[:, None]
 
@@ -183,7 +190,7 @@ def grid_inputs(last_only: bool, not_pad: torch.Tensor, *per_position: torch.Ten
     """(grid, not_pad, *per_position): a dense last-position batch (evaluation) reordered items-first,
     so that :func:`run_blocks` computes it in the grid layout (no hidden state packed or scattered);
     any other batch unchanged, with grid False. per_position: [B, L] tensors (ids, positions)."""
-    if not (last_only and bool(not_pad.sum() >= GRID_MIN_REAL_SHARE * not_pad.numel())):
+    if not (last_only and (exporting() or bool(not_pad.sum() >= GRID_MIN_REAL_SHARE * not_pad.numel()))):
         return (False, not_pad, *per_position)
     order = items_first_order(not_pad)
     return (True, not_pad.gather(1, order[..., None]), *(t.gather(1, order) for t in per_position))
@@ -407,7 +414,7 @@ class CausalSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if is_causal and x.device.type == "cpu":
             y = chunked_causal_attention(q, k, v, p)
-        elif x.device.type == "cpu" and not last_only:  # bidirectional (BERT4Rec)
+        elif x.device.type == "cpu" and not last_only and not exporting():  # bidirectional (BERT4Rec)
             # SDPA's CPU path with dropout is the full [B, H, L, L] math with a bernoulli_ mask; without
             # dropout its flash kernel took 154 ms of BERT4Rec's 0.41 s ML-1M test evaluation (2 heads,
             # length 200), these batched GEMMs and softmax 76 + 33 ms (evaluation 0.37 s, 4 runs each)
