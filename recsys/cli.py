@@ -70,9 +70,6 @@ def cmd_train(args) -> int:
 
     if Path(args.recipe).exists() and is_click_recipe(args.recipe):
         return cmd_train_click(args)
-    if args.seeds is not None:
-        raise ConfigError("--seeds is for click recipes; train a sequential recipe once per seed "
-                          "(--set train.seed=S --run-dir runs/NAME-S)")
     from .results import append_record, git_commit, make_record
     from .train import Trainer, peak_memory_mb, prepare_data
 
@@ -90,49 +87,74 @@ def cmd_train(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
         f"{cfg.data.dataset}-{cfg.model_name}-{cfg.loss.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
-    if args.resume and not (run_dir / "last.pt").exists():
-        print(f"note: nothing to resume in {run_dir}; starting a new run there")
-    if not args.resume and ((run_dir / "last.pt").exists() or (run_dir / "final_metrics.json").exists()):
-        # the trainer refuses this too; said here before any data is read
-        raise FileExistsError(f"{run_dir} already holds a run; use --resume or another --run-dir")
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    # --seeds N: N runs with train.seed, train.seed + 1, ... in RUN_DIR/seed-S, then their mean and spread
+    seeds = [cfg.train.seed + i for i in range(args.seeds)] if args.seeds else [cfg.train.seed]
+    run_dirs = [run_dir / f"seed-{seed}" for seed in seeds] if args.seeds else [run_dir]
+    for folder in run_dirs:
+        if args.resume and not (folder / "last.pt").exists():
+            print(f"note: nothing to resume in {folder}; starting a new run there")
+        if not args.resume and ((folder / "last.pt").exists() or (folder / "final_metrics.json").exists()):
+            # the trainer refuses this too; said here before any data is read
+            raise FileExistsError(f"{folder} already holds a run; use --resume or another --run-dir")
     data = prepare_data(cfg.data, verbose=not args.quiet)
-    print(f"run directory: {run_dir}")
     info = data.info
     print(f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, {info['interactions']:,} interactions; "
           f"split {cfg.data.split}")
-    trainer = Trainer(cfg, run_dir, data=data, progress=not args.quiet)
-    out = trainer.fit(resume=args.resume)
-    if "valid" in out:
-        print_metrics_table("validation (best epoch)", out["valid"], cfg.eval.ks)
-    print_metrics_table(f"test (best epoch {out['best_epoch']} of {out['epochs_run']})", out["test"], cfg.eval.ks)
-    for part, title in (("test_cold", "held-out (cold) items"), ("test_warm", "items seen in training")):
-        if out.get(part, {}).get("num_users"):
-            print_metrics_table(f"test targets that are {title}: {out[part]['num_users']:,} users", out[part], cfg.eval.ks)
-    print(f"\nrun directory: {run_dir}")
-    if args.log_results:
-        record = make_record(
-            "train",
-            command="recsys " + " ".join(shlex.quote(a) for a in args.argv),
-            commit=commit,
-            recipe=str(args.recipe),
-            overrides=list(args.set),
-            dataset=info,
-            model=cfg.model_name,
-            loss=cfg.loss.name,
-            protocol={"split": cfg.data.split, "exclude_seen": cfg.eval.exclude_seen, "tie_policy": cfg.eval.tie_policy,
-                      "max_seq_len": cfg.max_seq_len, "early_stopping": cfg.eval.early_stopping_metric},
-            config=cfg.to_dict(),
-            metrics=out,
-            timings={"train_seconds": out["train_seconds"], "epochs": out["epochs_run"]},
-            history=[{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_seconds": r["train_seconds"],
-                      **({cfg.eval.early_stopping_metric: r["valid"][cfg.eval.early_stopping_metric]} if "valid" in r else {})}
-                     for r in trainer.history],
-            peak_memory_mb=peak_memory_mb(),
-            **({"note": args.note} if args.note else {}),
-        )
-        append_record(record, args.log_results)
-        print(f"result appended to {args.log_results}")
+    tests = []
+    for seed, folder in zip(seeds, run_dirs):
+        cfg.train.seed = seed
+        print(f"run directory: {folder}")
+        trainer = Trainer(cfg, folder, data=data, progress=not args.quiet)
+        out = trainer.fit(resume=args.resume)
+        tests.append(out["test"])
+        if "valid" in out:
+            print_metrics_table("validation (best epoch)", out["valid"], cfg.eval.ks)
+        print_metrics_table(f"test (best epoch {out['best_epoch']} of {out['epochs_run']})", out["test"], cfg.eval.ks)
+        for part, title in (("test_cold", "held-out (cold) items"), ("test_warm", "items seen in training")):
+            if out.get(part, {}).get("num_users"):
+                print_metrics_table(f"test targets that are {title}: {out[part]['num_users']:,} users", out[part], cfg.eval.ks)
+        print(f"\nrun directory: {folder}")
+        if args.log_results:
+            record = make_record(
+                "train",
+                command="recsys " + " ".join(shlex.quote(a) for a in args.argv),
+                commit=commit,
+                recipe=str(args.recipe),
+                overrides=list(args.set) + ([f"train.seed={seed}"] if args.seeds else []),
+                dataset=info,
+                model=cfg.model_name,
+                loss=cfg.loss.name,
+                protocol={"split": cfg.data.split, "exclude_seen": cfg.eval.exclude_seen, "tie_policy": cfg.eval.tie_policy,
+                          "max_seq_len": cfg.max_seq_len, "early_stopping": cfg.eval.early_stopping_metric},
+                config=cfg.to_dict(),
+                metrics=out,
+                timings={"train_seconds": out["train_seconds"], "epochs": out["epochs_run"]},
+                history=[{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_seconds": r["train_seconds"],
+                          **({cfg.eval.early_stopping_metric: r["valid"][cfg.eval.early_stopping_metric]} if "valid" in r else {})}
+                         for r in trainer.history],
+                peak_memory_mb=peak_memory_mb(),
+                **({"note": args.note} if args.note else {}),
+            )
+            append_record(record, args.log_results)
+            print(f"result appended to {args.log_results}")
+    if args.seeds:
+        print_seed_summary(tests, seeds, cfg.eval.ks)
     return 0
+
+
+def print_seed_summary(tests: list[dict], seeds: list[int], ks) -> None:
+    """Mean and sample standard deviation of every test metric over the seeds' runs."""
+    import numpy as np
+
+    print(f"\ntest over {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}): mean ± standard deviation")
+    for m in METRIC_ORDER:
+        cells = []
+        for k in ks:
+            values = np.array([t[f"{m}@{k}"] for t in tests])
+            cells.append(f"{m}@{k}={values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}")
+        print("  " + "  ".join(cells))
 
 
 def cmd_evaluate(args) -> int:
@@ -316,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="JSONL", help="append a result record (default file: benchmarks/results.jsonl)")
     t.add_argument("--precision", choices=["fp32", "bf16"], help="same as --set train.precision=...")
     t.add_argument("--compile", action="store_true", help="same as --set train.compile=true")
-    t.add_argument("--seeds", type=int, help="click recipes: train this many seeds, report mean and spread")
+    t.add_argument("--seeds", type=int, help="train this many seeds (train.seed, +1, ...; sequential recipes: "
+                   "one run each in RUN_DIR/seed-S) and report mean and spread")
     t.add_argument("--note", help="a remark stored with the result record (shown in RESULTS.md)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)

@@ -163,11 +163,21 @@ def test_click_recipe_ranges_are_checked(capsys):
     assert "din.toml: train.epochs must be >= 1" in capsys.readouterr().err
 
 
-def test_seeds_is_refused_for_a_sequential_recipe(capsys):
-    assert main(["train", str(REPO / "recipes/ml-100k/sasrec.toml"), "--seeds", "3"]) == 2
-    assert "--seeds is for click recipes" in capsys.readouterr().err
+def test_seeds_trains_one_run_per_seed_and_reports_the_spread(tmp_path, capsys):
+    recipe = _custom_log(tmp_path)
+    jsonl = tmp_path / "results.jsonl"
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "runs"), "--seeds", "2", "--quiet",
+                 "--log-results", str(jsonl)]) == 0
+    out = capsys.readouterr().out
+    assert "test over 2 seeds (42..43): mean ± standard deviation" in out
+    configs = [json.loads((tmp_path / "runs" / f"seed-{s}" / "config.json").read_text()) for s in (42, 43)]
+    assert [c["train"]["seed"] for c in configs] == [42, 43]
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["overrides"] for r in records] == [["train.seed=42"], ["train.seed=43"]]
     assert main(["train", str(REPO / "recipes/taobao/din.toml"), "--seeds", "0"]) == 2
     assert "train.seeds must be >= 1" in capsys.readouterr().err
+    assert main(["train", str(recipe), "--seeds", "0"]) == 2
+    assert "--seeds must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_a_relative_data_path_is_found_beside_the_recipe_and_kept_absolute(tmp_path, monkeypatch, capsys):
