@@ -337,7 +337,7 @@ def _datetime_seconds(out: pl.DataFrame, as_int: pl.Series, source: str, timesta
         row = out.filter(neither).row(0, named=True)
         raise DataError(f"{source}, line {row['line']}: field 'timestamp' is neither an integer nor a date-time: "
                         f"{row['timestamp']!r}{hint}")
-    if as_int.null_count() < ts.null_count() + len(ts) - ts.null_count():  # some integers among date-times
+    if as_int.null_count() < len(ts):  # every value is one or the other, and some are integers
         line_int = out.filter(as_int.is_not_null())["line"][0]
         line_dt = out.filter(as_dt.is_not_null())["line"][0]
         raise DataError(f"{source}, line {line_int}: field 'timestamp' is an integer where line {line_dt} has a "
