@@ -135,7 +135,6 @@ def warn_if_bf16_emulated(cfg: RunConfig, device: torch.device) -> bool:
     return True
 
 
-
 def warn_if_compile_on_cpu(cfg: RunConfig, device: torch.device) -> bool:
     """Print a warning (main process only) when ``train.compile`` is asked for on CPU, and return whether
     it warned. The encoders' CPU paths (oneDNN products, chunked attention, 16-bit dropout masks,
