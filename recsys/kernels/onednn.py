@@ -117,6 +117,42 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
+_fused_usable: bool | None = None  # the post-op products, decided on first use
+
+
+def _check_fused() -> bool:
+    try:
+        gen = torch.Generator().manual_seed(1)
+        x, w1, b1, w2, b2, r = (torch.randn(*shape, generator=gen) for shape in
+                                ((37, 19), (23, 19), (23,), (19, 23), (19,), (37, 19)))
+        h = torch.ops.mkldnn._linear_pointwise(x, w1, b1, "gelu", [], "none")
+        y = torch.ops.mkldnn._linear_pointwise.binary(h, r, w2, b2, "add")
+        return bool(torch.allclose(y, r + F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2), rtol=1e-5, atol=1e-5))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def feed_forward(x: torch.Tensor, first: nn.Linear, second: nn.Linear, residual: torch.Tensor) -> torch.Tensor | None:
+    """Inference ``residual + second(gelu(first(x)))`` for 2-D fp32 CPU tensors, with the GELU (erf) and
+    the addition done by oneDNN inside the two products (post-ops): no pass of their own over the
+    [rows, ffn] and [rows, D] activations. Measured on ML-1M's test evaluation after one epoch (2
+    threads, 8 interleaved runs each): BERT4Rec (ffn 256) 0.467-0.600 -> 0.447-0.562 s (medians 0.50 ->
+    0.46), SASRec (ffn 64) 0.257-0.283 -> 0.256-0.280 s (within noise), identical metrics. None where it does not apply (gradients, autocast, other dtypes or devices, a first
+    call whose check against torch's ops failed): the caller computes it with torch's ops then."""
+    global _fused_usable
+    if torch.is_grad_enabled() or x.dim() != 2 or residual.shape != x.shape[:1] + second.weight.shape[:1]:
+        return None
+    if not (usable(x, x.shape[0] * max(first.weight.shape[0], second.weight.shape[0]))
+            and first.weight.dtype == second.weight.dtype == residual.dtype == x.dtype):
+        return None
+    if _fused_usable is None:
+        _fused_usable = _check_fused()
+    if not _fused_usable:
+        return None
+    h = torch.ops.mkldnn._linear_pointwise(x.contiguous(), first.weight, first.bias, "gelu", [], "none")
+    return torch.ops.mkldnn._linear_pointwise.binary(h, residual.contiguous(), second.weight, second.bias, "add")
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state dict) computed by :func:`linear`."""
 

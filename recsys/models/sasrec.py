@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.onednn import Linear, linear
+from ..kernels.onednn import Linear, feed_forward, linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout, dropout
 
@@ -448,7 +448,12 @@ class Block(nn.Module):
         block of an evaluation, which reads no other position: a 1 / L share of its attention and FFN)."""
         residual = packing.last_rows(x) if last_only else x
         x = residual + self.drop(self.attn(self.ln_attn(x), packing, attention_input, last_only, causal))
-        return x + self.drop(self.ffn(self.ln_ffn(x)))
+        h = self.ln_ffn(x)
+        if not self.training and isinstance(self.ffn[1], nn.GELU) and self.ffn[1].approximate == "none":
+            y = feed_forward(h, self.ffn[0], self.ffn[3], x)  # GELU and residual fused into the products
+            if y is not None:
+                return y
+        return x + self.drop(self.ffn(h))
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, not_pad: torch.Tensor, causal: bool,

@@ -82,3 +82,30 @@ def test_falls_back_to_torch_where_onednn_does_not_apply(monkeypatch):
     assert not onednn._check()
     monkeypatch.setattr(onednn, "_usable", False)
     torch.testing.assert_close(onednn.linear(x, torch.ones(3, 8)), x.sum(1, keepdim=True).expand(4, 3))
+
+
+def test_fused_feed_forward_equals_torch_ops_and_applies_only_at_inference():
+    torch.manual_seed(0)
+    first, second = nn.Linear(64, 256), nn.Linear(256, 64)
+    x, residual = torch.randn(300, 64), torch.randn(300, 64)
+    with torch.no_grad():
+        expected = residual + second(F.gelu(first(x)))
+        fused = onednn.feed_forward(x, first, second, residual)
+        if onednn.usable(x):  # oneDNN present (the official x86 wheels): the fused path ran
+            assert fused is not None
+            torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+        assert onednn.feed_forward(x[:, None], first, second, residual) is None  # 2-D only
+    assert onednn.feed_forward(x, first, second, residual) is None  # gradients on: torch's ops
+
+
+def test_a_blocks_inference_output_is_the_same_with_the_fused_feed_forward(monkeypatch):
+    from recsys.models import sasrec
+
+    torch.manual_seed(0)
+    model = sasrec.SASRec(sasrec.SASRecConfig(max_seq_len=20, hidden_dim=32, num_heads=2, ffn_dim=128, dropout=0.0), 50).eval()
+    ids = torch.randint(1, 50, (6, 20))
+    ids[:2, :9] = 0
+    with torch.no_grad():
+        fused = model.user_vectors(ids)
+        monkeypatch.setattr(sasrec, "feed_forward", lambda *args: None)
+        torch.testing.assert_close(fused, model.user_vectors(ids), rtol=1e-5, atol=1e-6)
