@@ -174,17 +174,34 @@ def cmd_evaluate(args) -> int:
 def cmd_data_info(args) -> int:
     from .data.cards import load_card, load_dataset, sha256_of
     from .data.prepare import length_percentiles, prepare_sequences
-    from .data.readers import READERS
+    from .data.readers import READERS, read_table
 
-    if Path(args.dataset).is_file():  # a file of one's own: name its reader
-        if args.reader not in READERS:
-            raise ConfigError(f"{args.dataset} is a file: give --reader, one of {sorted(READERS)}")
-        interactions = READERS[args.reader](args.dataset)
-        path = Path(args.dataset)
-        title, digest, note = f"{path.name} (reader {args.reader})", sha256_of(path), ""
+    dataset, reader = args.dataset, args.reader
+    columns = separator = timestamp_format = None
+    if dataset.endswith(".toml"):  # a recipe: its [data] section names a card or a file of one's own
+        data_cfg = load_recipe(dataset).data
+        if args.data_dir:
+            data_cfg.data_dir = args.data_dir
+        dataset = data_cfg.path if data_cfg.dataset == "custom" else data_cfg.dataset
+        reader, columns = data_cfg.reader, data_cfg.columns
+        separator, timestamp_format = data_cfg.separator, data_cfg.timestamp_format
+        if dataset is None:
+            raise ConfigError(f"{args.dataset}: data.dataset = 'custom' needs data.path")
+    elif args.columns:
+        columns = dict(pair.split("=", 1) for pair in args.columns.split(",") if "=" in pair)
+    if Path(dataset).is_file():  # a file of one's own: name its reader
+        if reader not in READERS:
+            raise ConfigError(f"{dataset} is a file: give --reader, one of {sorted(READERS)}")
+        path = Path(dataset)
+        if reader == "table":
+            interactions = read_table(path, columns or {"user_id": "user_id", "item_id": "item_id"},
+                                      separator=separator, timestamp_format=timestamp_format)
+        else:
+            interactions = READERS[reader](path)
+        title, digest, note = f"{path.name} (reader {reader})", sha256_of(path), ""
     else:
-        loaded = load_dataset(args.dataset, args.data_dir)
-        card = load_card(args.dataset)
+        loaded = load_dataset(dataset, args.data_dir)
+        card = load_card(dataset)
         interactions, path, digest, note = loaded.interactions, loaded.file, loaded.sha256, loaded.variant.note
         title = f"{card.name}: {card.description}"
     seq = prepare_sequences(interactions, verbose=True)
@@ -354,9 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="inspect datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     di = dsub.add_parser("info", help="users, items, interactions, length percentiles")
-    di.add_argument("dataset", help="a dataset card's name, or a file (with --reader)")
+    di.add_argument("dataset", help="a dataset card's name, a recipe (.toml: its [data]), or a file (with --reader)")
     di.add_argument("--data-dir")
-    di.add_argument("--reader", help="reader for a file of one's own (e.g. user_item_lines)")
+    di.add_argument("--reader", help="reader for a file of one's own (e.g. user_item_lines, table)")
+    di.add_argument("--columns", help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts")
     di.set_defaults(func=cmd_data_info)
     dl = dsub.add_parser("list", help="the dataset cards")
     dl.set_defaults(func=cmd_data_list)

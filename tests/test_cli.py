@@ -193,3 +193,16 @@ def test_a_relative_data_path_is_found_beside_the_recipe_and_kept_absolute(tmp_p
     capsys.readouterr()
     assert main(["evaluate", str(elsewhere / "run")]) == 0  # from another directory
     assert "(30 users" in capsys.readouterr().out
+
+
+def test_data_info_of_a_custom_recipe_and_of_a_table_file(tmp_path, capsys):
+    recipe = _custom_log(tmp_path)
+    assert main(["data", "info", str(recipe)]) == 0  # the recipe's reader, columns and date format
+    out = capsys.readouterr().out
+    assert "users         30\n" in out and "interactions  180\n" in out and "timestamps    yes" in out
+    log = tmp_path / "plain.csv"
+    log.write_text("who,what\n" + "".join(f"u{u},i{(u + k) % 9}\n" for u in range(4) for k in range(5)))
+    assert main(["data", "info", str(log), "--reader", "table", "--columns", "user_id=who,item_id=what"]) == 0
+    assert "interactions  20\n" in capsys.readouterr().out
+    assert main(["data", "info", str(log), "--reader", "table"]) == 2  # it was a TypeError
+    assert "missing column(s) ['user_id', 'item_id']; the file has ['who', 'what']" in capsys.readouterr().err
