@@ -198,7 +198,8 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
     return PreparedData(split=split, info=info, cold_items=cold_items)
 
 
-PREPARE_VERSION = 1  # bump when prepare_sequences changes what it produces: old caches are then ignored
+PREPARE_VERSION = 2  # bump when prepare_sequences changes what it produces: old caches are then ignored
+# (2: events within one second ordered by their sub-second times where the log has them)
 
 
 def _cached_sequences(name: str, settings: list, read, cfg: DataConfig, verbose: bool) -> SequenceData:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .readers import DataError, Interactions
+from .readers import SUBSECOND_ORDER, DataError, Interactions
 
 
 @dataclass
@@ -146,8 +146,11 @@ def prepare_sequences(
         df = df.filter(pl.col("rating") >= min_rating)
         _say(log, f"rating >= {min_rating}: dropped {before - df.height:,} of {before:,} interactions", verbose)
 
-    # stable chronological order: user, timestamp, then the line in the file
+    # stable chronological order: user, timestamp (to the sub-second where the log has it), then the line
+    # in the file
     sort_keys = ["user_id", "timestamp", "line"] if interactions.has_timestamps else ["user_id", "line"]
+    if interactions.has_timestamps and SUBSECOND_ORDER in df.columns:
+        sort_keys.insert(2, SUBSECOND_ORDER)
     if interactions.has_timestamps and df["timestamp"].null_count():
         line = df.filter(pl.col("timestamp").is_null())["line"][0]
         raise DataError(f"{interactions.source}, line {line}: field 'timestamp' is empty")

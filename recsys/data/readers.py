@@ -288,6 +288,10 @@ def read_taobao_userbehavior(path: str | Path, events: Sequence[str] | None = ("
     return _finish(df, str(path))
 
 
+# timestamps are whole seconds; where a log's are finer (fractional seconds, date-times with
+# milliseconds) this column keeps their exact order for the chronological sort (recsys.data.prepare)
+SUBSECOND_ORDER = "timestamp_order"
+
 # the row-number column the table readers add (a name no log has, so a column called "line" is data)
 ROW_NUMBER = "__recsys_line__"
 
@@ -321,9 +325,9 @@ def read_table(
                                  line_column=ROW_NUMBER)
 
 
-def _datetime_seconds(out: pl.DataFrame, as_int: pl.Series, source: str, timestamp_format: str | None) -> pl.Series:
-    """Seconds since the epoch of a text ``timestamp`` column that is not all integers (``as_int``: its
-    values read as integers, null where they are not). Every value must be a date-time of one format
+def _parse_datetimes(out: pl.DataFrame, as_int: pl.Series, source: str, timestamp_format: str | None) -> pl.Series:
+    """A text ``timestamp`` column that is not all numbers, as date-times (``as_int``: its values read as
+    integers, null where they are not). Every value must be a date-time of one format
     (``timestamp_format``, else the one polars infers); a value that is neither, or a column mixing
     integers and date-times, is an error naming the line."""
     ts = out["timestamp"]
@@ -342,7 +346,36 @@ def _datetime_seconds(out: pl.DataFrame, as_int: pl.Series, source: str, timesta
         line_dt = out.filter(as_dt.is_not_null())["line"][0]
         raise DataError(f"{source}, line {line_int}: field 'timestamp' is an integer where line {line_dt} has a "
                         f"date-time: one kind per column")
-    return as_dt.dt.epoch("s")
+    return as_dt
+
+
+def _canonical_timestamps(out: pl.DataFrame, source: str, timestamp_format: str | None) -> pl.DataFrame:
+    """``timestamp`` as whole seconds since the epoch (Int64) from integers, fractional seconds (numbers
+    or text) or date-times (typed, or text). Where the times are finer than seconds (fractions, date-times
+    with milliseconds) their exact values go to :data:`SUBSECOND_ORDER`, so that events within one second
+    keep their order in time, not in the file."""
+    ts = out["timestamp"]
+    seconds, finer, scale = ts, None, 1.0  # finer: the times at full resolution, scale: its units per second
+    if ts.dtype == pl.Utf8:
+        text = ts.str.strip_chars()
+        as_int = text.cast(pl.Int64, strict=False)
+        as_float = text.cast(pl.Float64, strict=False) if timestamp_format is None else None
+        if as_int.null_count() == ts.null_count():
+            seconds = as_int
+        elif as_float is not None and as_float.null_count() == ts.null_count():
+            seconds, finer = as_float.floor().cast(pl.Int64), as_float
+        else:
+            as_dt = _parse_datetimes(out, as_int, source, timestamp_format)
+            seconds, finer, scale = as_dt.dt.epoch("s"), as_dt.dt.epoch("us"), 1e6
+    elif ts.dtype.is_temporal():
+        seconds, finer, scale = ts.dt.epoch("s"), ts.dt.epoch("us"), 1e6
+    elif ts.dtype.is_float():
+        ts = ts.fill_nan(None)  # a NaN time is a missing one (an error naming its line, later)
+        seconds, finer = ts.floor().cast(pl.Int64), ts
+    out = out.with_columns(seconds.alias("timestamp"))
+    if finer is not None and not (finer.cast(pl.Float64) == seconds.cast(pl.Float64) * scale).all():
+        out = out.with_columns(finer.cast(pl.Float64).alias(SUBSECOND_ORDER))
+    return out
 
 
 def frame_to_interactions(
@@ -382,16 +415,7 @@ def frame_to_interactions(
     if "rating" in out.columns:
         out = _cast_column(Path(source), out.with_columns(pl.col("rating").cast(pl.Utf8)), "rating", pl.Float64)
     if "timestamp" in out.columns:
-        ts = out["timestamp"]
-        if ts.dtype == pl.Utf8:
-            as_int = ts.str.strip_chars().cast(pl.Int64, strict=False)
-            if as_int.null_count() > ts.null_count():  # not all integers: date-times?
-                as_int = _datetime_seconds(out, as_int, source, timestamp_format)
-            out = out.with_columns(as_int.alias("timestamp"))
-        elif ts.dtype.is_temporal():
-            out = out.with_columns(pl.col("timestamp").dt.epoch("s"))
-        elif ts.dtype.is_float():
-            out = out.with_columns(pl.col("timestamp").cast(pl.Int64))
+        out = _canonical_timestamps(out, source, timestamp_format)
     return _finish(out, source)
 
 

@@ -174,6 +174,33 @@ def test_a_column_called_line_is_data_and_errors_list_only_the_files_columns(tmp
         frame_to_interactions(pd.DataFrame({"line": ["x", "y"], "u": [1, 2], "i": [5, None]}), {"user_id": "u", "item_id": "i"})
 
 
+def test_events_within_one_second_keep_their_order_in_time(tmp_path):
+    from recsys.data.prepare import prepare_sequences
+
+    def first_user_items(inter):
+        seq = prepare_sequences(inter, verbose=False)
+        return [seq.item_raw_ids[i] for i in seq.item_ids[seq.seq_offsets[0]:seq.seq_offsets[1]]]
+
+    # the file lists them out of order within second 10: b (10.2) comes before a (10.7) in time
+    csv = tmp_path / "log.csv"
+    csv.write_text("u,i,t\n1,a,10.7\n1,b,10.2\n1,c,11\n")
+    inter = read_table(csv, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+    assert inter.frame["timestamp"].to_list() == [10, 10, 11]  # whole seconds, as everywhere
+    assert first_user_items(inter) == ["b", "a", "c"]
+    dates = tmp_path / "dates.csv"
+    dates.write_text("u,i,t\n1,a,2024-01-01 10:00:00.700\n1,b,2024-01-01 10:00:00.200\n1,c,2024-01-01 10:00:01.000\n")
+    assert first_user_items(read_table(dates, {"user_id": "u", "item_id": "i", "timestamp": "t"})) == ["b", "a", "c"]
+    typed = pd.DataFrame({"u": [1, 1, 1], "i": ["a", "b", "c"],
+                          "t": pd.to_datetime(["2024-01-01 10:00:00.7", "2024-01-01 10:00:00.2", "2024-01-01 10:00:01.0"])})
+    assert first_user_items(frame_to_interactions(typed, {"user_id": "u", "item_id": "i", "timestamp": "t"})) == ["b", "a", "c"]
+    whole = frame_to_interactions(pd.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5.0, 4.0]}),
+                                  {"user_id": "u", "item_id": "i", "timestamp": "t"})
+    assert "timestamp_order" not in whole.frame.columns  # whole seconds order by themselves
+    with pytest.raises(DataError, match="line 2: field 'timestamp' is empty"):
+        prepare_sequences(frame_to_interactions(pd.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5.5, float("nan")]}),
+                                                {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+
+
 def test_frame_to_interactions_pandas_and_unknown_column():
     df = pd.DataFrame({"u": [1, 2], "i": [5, 6]})
     assert frame_to_interactions(df, {"user_id": "u", "item_id": "i"}).frame.height == 2
