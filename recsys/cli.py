@@ -28,6 +28,8 @@ def print_metrics_table(title: str, metrics: dict, ks) -> None:
     names = [f"{m}@{k}" for m in METRIC_ORDER for k in ks] + ["mrr"]
     width = max(len(n) for n in names)
     print(f"\n{title}  ({metrics.get('num_users', '?'):,} users, {metrics.get('seconds', 0):.2f} s)")
+    if "protocol" in metrics:  # sampled metrics: say so before any number
+        print(f"  {metrics['protocol']}")
     for m in METRIC_ORDER:
         row = "  ".join(f"{m}@{k}={metrics[f'{m}@{k}']:.4f}" for k in ks)
         print(f"  {row}")

@@ -50,6 +50,11 @@ class EvalConfig:
     # this many [users x length] positions): the encoder's intermediates stay small and are reused from
     # the heap; on ML-1M (length 200) one call per block of 512 users was 1.3-1.6x slower (0.42-0.52 vs 0.32 s)
     encoder_tokens: int = 8192
+    # legacy sampled metrics (as in BERT4Rec's paper), off by default: > 0 ranks each target against this
+    # many sampled items instead of the whole catalogue; results are labelled (``protocol``)
+    sampled_negatives: int = 0
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"  # popularity: by the item's count in the log
+    negative_seed: int = 0
 
 
 def popular_first(split: Split, num_items: int, size: int) -> torch.Tensor:
@@ -143,6 +148,94 @@ def cutoff_ranks(
     return ranks, n
 
 
+def _hash_uniform(user_ids: torch.Tensor, draws: torch.Tensor, seed: int) -> torch.Tensor:
+    """[b, m] uniform numbers in [0, 1) from (seed, user id, draw index) alone (murmur3's 32-bit finaliser
+    on int64 arithmetic): a user's sampled items do not depend on its block, the block size or the number
+    of processes, so single-process and torchrun evaluations sample the same items."""
+    m32 = 0xFFFFFFFF
+    x = (user_ids[:, None] * 0x9E3779B1 + draws[None, :] * 0x85EBCA77 + (seed & m32) * 0xC2B2AE3D) & m32
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & m32  # products of two 32-bit values wrap in int64: the low 32 bits are exact
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & m32
+    x = x ^ (x >> 16)
+    return x.double() / 2.0**32
+
+
+def sample_negatives(
+    user_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    seen: tuple[torch.Tensor, torch.Tensor] | None,
+    num_items: int,
+    num_negatives: int,
+    cdf: torch.Tensor | None,
+    seed: int,
+) -> torch.Tensor:
+    """[B, N] distinct item ids per user, never padding, the target or (``seen``: (row, item) pairs) an
+    item of its history; uniform over items 1 .. V-1, or (``cdf``: cumulative counts of items 1 .. V-1)
+    by popularity. Draws come from :func:`_hash_uniform`, so a user's items do not depend on the batch."""
+    B, V, N = len(user_ids), num_items, num_negatives
+    taken = torch.zeros(B, V, dtype=torch.bool)  # [B, V]: what may no longer be drawn
+    taken[:, 0] = True
+    taken[torch.arange(B), target_ids] = True
+    if seen is not None:
+        taken[seen[0], seen[1]] = True
+    available = V - taken.sum(1) if cdf is None else ((cdf.diff(prepend=cdf.new_zeros(1)) > 0)[None] & ~taken[:, 1:]).sum(1)
+    if bool((available < N).any()):
+        raise ValueError(f"eval.sampled_negatives={N}: a user has only {int(available.min())} items to sample from")
+    negatives = torch.zeros(B, N, dtype=torch.long)
+    filled = torch.zeros(B, dtype=torch.long)
+    rows = torch.arange(B)
+    draw = 0
+    while bool((filled < N).any()):  # rounds of N proposals per user until every user holds N negatives
+        u = _hash_uniform(user_ids, torch.arange(draw, draw + N), seed)  # [B, N]
+        draw += N
+        if cdf is None:
+            proposals = 1 + (u * (V - 1)).long().clamp_max(V - 2)
+        else:
+            proposals = 1 + torch.searchsorted(cdf, u * float(cdf[-1]), right=True).clamp_max(V - 2)
+        for j in range(N):  # one proposal per user at a time keeps each user's negatives distinct
+            cand = proposals[:, j]
+            idx = ((filled < N) & ~taken[rows, cand]).nonzero().squeeze(1)
+            negatives[idx, filled[idx]] = cand[idx]
+            taken[idx, cand[idx]] = True
+            filled[idx] += 1
+    return negatives
+
+
+def sampled_ranks(
+    items: torch.Tensor,
+    users: torch.Tensor,
+    target_ids: torch.Tensor,
+    user_ids: torch.Tensor,
+    seen: tuple[torch.Tensor, torch.Tensor] | None,
+    num_negatives: int,
+    cdf: torch.Tensor | None,
+    seed: int,
+    tie_policy: str,
+    max_mask_elements: int = 1 << 25,
+) -> torch.Tensor:
+    """Legacy sampled ranks: 1 + the number of the user's :func:`sample_negatives` that outscore its
+    target (ties as ``tie_policy``). items: [V, D] (row 0 padding); users: [B, D]; target_ids, user_ids:
+    [B]. Users go in chunks whose [rows, V] mask of drawn items stays under ``max_mask_elements``."""
+    B, V = users.shape[0], items.shape[0]
+    ranks = torch.empty(B, dtype=torch.long)
+    step = max(1, max_mask_elements // V)
+    for start in range(0, B, step):
+        rows = slice(start, min(start + step, B))
+        chunk_seen = None
+        if seen is not None:
+            pick = (seen[0] >= start) & (seen[0] < rows.stop)
+            chunk_seen = (seen[0][pick] - start, seen[1][pick])
+        negatives = sample_negatives(user_ids[rows], target_ids[rows], chunk_seen, V, num_negatives, cdf, seed)
+        user_block = users[rows]  # [r, D]
+        target_scores = (items[target_ids[rows]] * user_block).sum(1, keepdim=True)  # [r, 1]
+        negative_scores = torch.einsum("rnd,rd->rn", items[negatives], user_block)  # [r, N]
+        above = negative_scores > target_scores if tie_policy == "optimistic" else negative_scores >= target_scores
+        ranks[rows] = above.sum(1) + 1
+    return ranks
+
+
 def user_vectors(model, batch, device: str | torch.device, max_tokens: int) -> torch.Tensor:
     """[b, D]: ``model.user_vectors`` of an evaluation batch, at most ``max_tokens`` positions per call."""
     rows = max(1, max_tokens // max(batch.item_ids.shape[1], 1))
@@ -186,7 +279,12 @@ def evaluate(
     # the popular-items pass pays off when it scores a small share of the catalogue (Beauty: 2,040 of
     # 54,542 items); from a quarter on (ML-1M: 2,040 of 3,615) ranking every user exactly was faster
     # (0.256 vs 0.277 s), with the same @k metrics
-    prefilter = cutoff and 4 * min(cfg.popular_items, num_items - 1) < num_items
+    sampled = cfg.sampled_negatives > 0
+    prefilter = cutoff and not sampled and 4 * min(cfg.popular_items, num_items - 1) < num_items
+    cdf = None
+    if sampled and cfg.negative_sampling == "popularity":  # by each item's count in the whole log
+        counts = np.bincount(split.data.item_ids, minlength=num_items)[1:num_items]
+        cdf = torch.from_numpy(np.cumsum(counts).astype(np.float64))
     if prefilter:
         popular_ids = popular_first(split, num_items, cfg.popular_items).to(device)  # [P]
         max_item_norm = float(items.norm(dim=1).max())
@@ -226,7 +324,13 @@ def evaluate(
         if cfg.exclude_seen:
             rows, seen = seen_items_csr(split, eval_set, batch.rows)
             exclude = (rows.to(device), seen.to(device))
-        if prefilter:
+        if sampled:
+            seen = (rows.cpu(), seen.cpu()) if cfg.exclude_seen else None
+            user_ids = torch.from_numpy(np.asarray(eval_set.users[batch.rows], dtype=np.int64))
+            ranks = sampled_ranks(items.cpu(), users[:b].cpu(), batch.target_ids.cpu(), user_ids, seen,
+                                  cfg.sampled_negatives, cdf, cfg.negative_seed, cfg.tie_policy)
+            fully_ranked += b
+        elif prefilter:
             ranks, block_fully_ranked = cutoff_ranks(padded_items, popular_ids, users, targets, num_items,
                                                      max(cfg.ks), exclude, cfg.tie_policy, max_item_norm, b)
             fully_ranked += block_fully_ranked
@@ -249,8 +353,11 @@ def evaluate(
     out = {name: float(total) / n for name, total in zip(names, totals)}
     out["num_users"] = n
     out["seconds"] = time.perf_counter() - start
-    if cutoff:  # users ranked against the whole catalogue
+    if cutoff and not sampled:  # users ranked against the whole catalogue
         out["fully_ranked_users"] = int(distributed.all_reduce_sum(torch.tensor([fully_ranked], device=device)))
+    if sampled:
+        out["protocol"] = (f"sampled metrics (legacy): each target ranked against {cfg.sampled_negatives} "
+                           f"{cfg.negative_sampling}-sampled unseen items, not the whole catalogue")
     if return_ranks:  # back in the caller's order
         ranks = torch.empty(n, dtype=torch.long)
         ranks[torch.from_numpy(order)] = torch.cat(all_ranks)

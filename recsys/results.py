@@ -171,7 +171,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             out.append(
                 f"| {r['date']} | {ds['dataset']} ({ds.get('file', '?')}) | `{r.get('recipe', '?')}` "
                 f"| {r['model']} / {r['loss']} | {r['protocol']['split']} | {r['protocol']['exclude_seen']} "
-                f"| {_fmt(t['hr@10'])} | {_fmt(t['ndcg@10'])} | {published} "
+                f"| {_fmt(t['hr@10'])} | {_fmt(t['ndcg@10'])}{' (sampled, legacy)' if 'protocol' in t else ''} | {published} "
                 f"| {r['metrics'].get('best_epoch')} / {r['metrics'].get('epochs_run')} "
                 f"| {r['timings']['train_seconds'] / 60:.1f} min | {r['peak_memory_mb']:.0f} MB "
                 f"| {_machine_short(r['machine'])} | {r['commit']} |"

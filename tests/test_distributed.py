@@ -42,3 +42,13 @@ def test_two_process_gloo_training_and_reduced_metrics(tmp_path):
     for name in ("hr@1", "hr@10", "ndcg@10", "mrr"):
         assert single[name] == pytest.approx(final["test"][name], rel=1e-9, abs=1e-12), name
     assert single["num_users"] == final["test"]["num_users"] == 943
+
+    # legacy sampled metrics: each user's negatives depend on its id alone, so 2 processes give the same
+    sampled = ["--set", "eval.sampled_negatives=50", "--set", "eval.negative_sampling=popularity"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "recsys.cli", "evaluate", str(run), *sampled]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sampled metrics (legacy)" in done.stdout
+    single = load_run(run, overrides=sampled[1::2]).evaluate("test")
+    assert f"ndcg@10={single['ndcg@10']:.4f}" in done.stdout and f"hr@10={single['hr@10']:.4f}" in done.stdout

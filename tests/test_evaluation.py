@@ -208,3 +208,62 @@ def test_cutoff_ranks_at_the_boundary():
                     assert int(ranks[user]) == rank, (policy, k_max, user)
                 else:
                     assert int(ranks[user]) > k_max, (policy, k_max, user)
+
+
+def test_sampled_metrics_with_every_candidate_sampled_equal_full_ranking():
+    """Legacy sampled mode: with all V - 2 other items as the 'sample' it is full ranking (seen items kept)."""
+    split = _split()
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(max_seq_len=8, hidden_dim=16, num_blocks=1), split.data.num_items)
+    every = split.data.num_items - 2  # all items but padding and the target
+    cfg = EvalConfig(ks=(1, 5, 10), exclude_seen=False, sampled_negatives=every, block_size=16)
+    out = evaluate(model, split, split.test, 8, cfg, return_ranks=True)
+    assert out["ranks"].tolist() == _brute_force_ranks(model, split, split.test, 8, exclude_seen=False)
+    assert "sampled metrics (legacy)" in out["protocol"] and f"against {every} uniform-sampled" in out["protocol"]
+
+
+def test_sampled_negatives_are_distinct_unseen_and_the_same_however_users_are_batched():
+    from recsys.evaluation import sample_negatives, sampled_ranks
+
+    V, N = 60, 20
+    user_ids, targets = torch.arange(100, 140), torch.randint(1, V, (40,), generator=torch.Generator().manual_seed(0))
+    seen_rows = torch.arange(40).repeat_interleave(5)
+    seen_items = (torch.arange(200) * 7) % (V - 1) + 1
+    negatives = sample_negatives(user_ids, targets, (seen_rows, seen_items), V, N, None, seed=3)
+    assert negatives.shape == (40, N)
+    for row in range(40):
+        drawn = set(negatives[row].tolist())
+        assert len(drawn) == N and 0 not in drawn and int(targets[row]) not in drawn
+        assert drawn.isdisjoint(seen_items[seen_rows == row].tolist())
+    # per user, not per batch: the last 10 users alone draw what they drew among all 40
+    alone = sample_negatives(user_ids[30:], targets[30:], (seen_rows[150:] - 30, seen_items[150:]), V, N, None, seed=3)
+    assert torch.equal(alone, negatives[30:])
+    assert not torch.equal(sample_negatives(user_ids, targets, None, V, N, None, seed=4), negatives)
+    items, users = torch.randn(V, 8), torch.randn(40, 8)
+    whole = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3, "optimistic")
+    chunked = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3, "optimistic",
+                            max_mask_elements=7 * V)  # chunks of 7 users
+    assert torch.equal(whole, chunked)
+    expected = 1 + ((items[negatives] @ users[:, :, None]).squeeze(-1) > (items[targets] * users).sum(1, keepdim=True)).sum(1)
+    assert torch.equal(whole, expected)
+
+
+def test_popularity_sampling_follows_the_counts_and_never_draws_an_unseen_in_the_log_item():
+    from recsys.evaluation import sample_negatives
+
+    counts = torch.tensor([0.0, 50.0, 30.0, 10.0, 5.0, 5.0] + [0.0] * 5)  # padding, then items 1..10; 6..10 never occur
+    cdf = counts[1:].cumsum(0)  # cumulative counts of items 1 .. V-1
+    user_ids = torch.arange(2000)
+    negatives = sample_negatives(user_ids, torch.full((2000,), 5), None, 11, 1, cdf, seed=0)  # target: item 5
+    drawn = torch.bincount(negatives[:, 0], minlength=11)
+    assert drawn[0] == 0 and drawn[5] == 0 and drawn[6:].sum() == 0  # padding, the target, zero counts
+    assert drawn[1] > drawn[2] > drawn[3] > drawn[4] > 0  # 50 : 30 : 10 : 5
+    with pytest.raises(ValueError, match="only 4 items to sample from"):
+        sample_negatives(user_ids[:3], torch.full((3,), 5), None, 11, 5, cdf, seed=0)
+
+
+def test_sampled_metrics_refuse_cut_ranks():
+    from recsys.config import ConfigError, load_recipe
+
+    with pytest.raises(ConfigError, match="eval.ranks must be 'all' with eval.sampled_negatives"):
+        load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["eval.sampled_negatives=100", "eval.ranks=cutoff"])
