@@ -96,17 +96,32 @@ def load_encoder(export_dir: str | Path, manifest: dict) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def user_vectors_for(trainer: Trainer, item_windows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """User vectors [N, D] for left-padded id windows [N, max_seq_len]."""
+def user_vectors_for(trainer: Trainer, item_windows: np.ndarray, batch_size: int = 1024,
+                     timestamps: np.ndarray | None = None, query_times: np.ndarray | None = None) -> np.ndarray:
+    """User vectors [N, D] for left-padded id windows [N, max_seq_len]; ``timestamps`` (the windows'
+    times, [N, max_seq_len]) and ``query_times`` ([N], the time each vector is for) where the model reads
+    time (HSTU's time bias)."""
     model = trainer.model.eval()
     out = []
     for b in range(0, len(item_windows), batch_size):
         ids = torch.from_numpy(item_windows[b : b + batch_size]).to(trainer.device)
-        users = model.user_vectors(ids)
+        times = () if timestamps is None else tuple(torch.from_numpy(np.ascontiguousarray(t[b : b + batch_size])).to(trainer.device)
+                                                    for t in (timestamps, query_times))
+        users = model.user_vectors(ids, *times)
         if trainer.cfg.loss.l2_normalize:
             users = F.normalize(users, dim=-1)
         out.append(users.cpu())
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.item_vectors().shape[1]), np.float32)
+
+
+def eval_set_windows(trainer: Trainer, eval_set) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An evaluation set's users as the evaluator sees them: left-padded id windows of their histories
+    [N, max_seq_len], those items' timestamps, and each target's timestamp (the query time) [N]."""
+    data, width = trainer.split.data, trainer.cfg.max_seq_len
+    starts = data.seq_offsets[eval_set.users]
+    ends = starts + eval_set.history_lengths
+    return (padded_windows(data.item_ids, starts, ends, width), padded_windows(data.timestamps, starts, ends, width),
+            np.asarray(data.timestamps[ends]))
 
 
 def read_histories(path: str | Path, trainer: Trainer) -> tuple[list[str], np.ndarray]:
@@ -165,21 +180,24 @@ def export_run(
         id_frame.write_parquet(stage / "item_ids.parquet")
 
         user_keys: list[str] = []
+        timestamps = query_times = None
         if histories is not None:
+            if getattr(model.cfg, "use_time_bias", False):
+                raise DataError(f"{histories}: this model reads time (time bias) and a histories file has none; "
+                                "export the users of a split instead (--users test or valid)")
             user_keys, windows = read_histories(histories, trainer)
             seen = [w[w > 0] - 1 for w in windows]  # item rows of each (window of) history
         elif users in ("test", "valid"):
             eval_set = trainer.split.test if users == "test" else trainer.split.valid
             if eval_set is None:
                 raise DataError(f"split {cfg.data.split!r} has no {users} set")
-            starts = data.seq_offsets[eval_set.users]
-            ends = starts + eval_set.history_lengths
-            windows = padded_windows(data.item_ids, starts, ends, cfg.max_seq_len)
+            windows, timestamps, query_times = eval_set_windows(trainer, eval_set)
             user_keys = [str(x) for x in data.user_raw_ids[eval_set.users]]
             _, seen_items = seen_items_csr(trainer.split, eval_set, slice(0, len(eval_set)))
             seen = np.split(seen_items.numpy() - 1, np.cumsum(eval_set.history_lengths)[:-1])
         if user_keys:
-            np.save(stage / "user_embeddings.npy", user_vectors_for(trainer, windows))
+            np.save(stage / "user_embeddings.npy", user_vectors_for(trainer, windows, timestamps=timestamps,
+                                                                    query_times=query_times))
             pl.DataFrame(
                 {"row": np.arange(len(user_keys)), "user_id": user_keys,
                  "seen_rows": pl.Series([s.tolist() for s in seen], dtype=pl.List(pl.Int64))}

@@ -30,9 +30,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.batching import padded_windows, seen_items_csr
+from .data.batching import seen_items_csr
 from .data.readers import DataError
-from .export import read_manifest, user_vectors_for
+from .export import eval_set_windows, read_manifest, user_vectors_for
 from .metrics import ranking_metric_sums
 
 INDEX_TYPES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
@@ -216,10 +216,8 @@ def evaluate_through_index(trainer, index, which: str = "test", ks: Sequence[int
     """
     split = trainer.split
     eval_set = split.test if which == "test" else split.valid
-    data = split.data
-    starts = data.seq_offsets[eval_set.users]
-    windows = padded_windows(data.item_ids, starts, starts + eval_set.history_lengths, trainer.cfg.max_seq_len)
-    queries = user_vectors_for(trainer, windows)
+    windows, timestamps, query_times = eval_set_windows(trainer, eval_set)
+    queries = user_vectors_for(trainer, windows, timestamps=timestamps, query_times=query_times)
     exclude = None
     if exclude_seen:
         _, seen = seen_items_csr(split, eval_set, slice(0, len(eval_set)))

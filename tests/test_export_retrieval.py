@@ -100,6 +100,27 @@ def test_flat_index_equals_exact_evaluator(trained, tmp_path):
         assert through[name] == pytest.approx(exact[name], abs=1e-9), name
 
 
+def test_a_time_bias_model_exports_its_users_with_their_times(trained, tmp_path):
+    """HSTU with time bias reads timestamps: the exported test users are the evaluator's (same metrics
+    through a flat index), and a histories file without times is refused."""
+    _, data, _ = trained
+    hstu = recsys.fit(data, overrides=["model.name=hstu", "model.max_seq_len=8", "model.hidden_dim=16",
+                                       "model.num_blocks=1", "model.use_time_bias=true", "train.epochs=2",
+                                       "train.patience=0"], run_dir=tmp_path / "run", progress=False)
+    exact = hstu.trainer.evaluate("test")
+    out = export_run(hstu.trainer, tmp_path / "export", users="test")
+    manifest = read_manifest(out)
+    assert manifest["encoder"] is None and manifest["files"]["user_embeddings.npy"]["rows"] == 80
+    through = evaluate_through_index(hstu.trainer, build_index(np.load(out / "item_embeddings.npy"), "flat"), "test",
+                                     ks=(1, 5, 10))
+    for name in ("hr@1", "hr@10", "ndcg@10"):
+        assert through[name] == pytest.approx(exact[name], abs=1e-9), name
+    histories = tmp_path / "h.tsv"
+    histories.write_text("a\ti1,i2\n")
+    with pytest.raises(DataError, match="reads time .* a histories file has none"):
+        export_run(hstu.trainer, tmp_path / "export2", histories=histories)
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf_flat", "ivf_pq"])
 def test_approximate_indexes_find_most_exact_neighbours(kind):
     rng = np.random.default_rng(0)
