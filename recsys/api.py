@@ -48,21 +48,37 @@ class Recommender:
         return self.trainer.evaluate(split)
 
     @torch.no_grad()
-    def score(self, histories: Sequence[Sequence]) -> torch.Tensor:
+    def score(self, histories: Sequence[Sequence], times: Sequence[Sequence[int]] | None = None,
+              at: Sequence[int] | None = None) -> torch.Tensor:
         """Scores [len(histories), V] of every item (column i = internal id i; column 0 is padding = -inf)
-        for histories of raw item ids (oldest first)."""
+        for histories of raw item ids (oldest first). Models that read time (HSTU's time bias) need
+        ``times``: each item's timestamp (seconds, as in the training log), and ``at``: the time each
+        recommendation is for (default: the history's last timestamp)."""
         max_len = self.config.max_seq_len
         if len(histories) == 0:
             raise DataError("score needs at least one history")
         rows = [self.data.item_index(h)[-max_len:] for h in histories]
         if any(len(r) == 0 for r in rows):
             raise DataError("every history needs at least one item")
+        if times is None and getattr(self.model.cfg, "use_time_bias", False):
+            raise DataError("this model reads time (time bias): pass times= (each item's timestamp) and "
+                            "optionally at= (the time of the request)")
+        if times is not None and [len(t) for t in times] != [len(h) for h in histories]:
+            raise DataError("times= needs one timestamp per item of each history")
         width = max(len(r) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
+        stamps = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):  # one row per history, not per interaction
             ids[i, width - len(r):] = torch.from_numpy(r)
+            if times is not None:
+                stamps[i, width - len(r):] = torch.tensor(list(times[i])[-len(r):], dtype=torch.long)
         self.model.eval()
-        users = self.model.user_vectors(ids.to(self.trainer.device))
+        device = self.trainer.device
+        extra = ()
+        if times is not None:
+            when = torch.tensor(list(at) if at is not None else [t[-1] for t in times], dtype=torch.long)
+            extra = (stamps.to(device), when.to(device))
+        users = self.model.user_vectors(ids.to(device), *extra)
         items = self.model.item_vectors()
         if self.config.loss.l2_normalize:
             users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
@@ -70,12 +86,13 @@ class Recommender:
         scores[:, 0] = float("-inf")
         return scores
 
-    def recommend(self, history: Sequence, k: int = 10, exclude_seen: bool = True) -> list[tuple[object, float]]:
+    def recommend(self, history: Sequence, k: int = 10, exclude_seen: bool = True, times: Sequence[int] | None = None,
+                  at: int | None = None) -> list[tuple[object, float]]:
         """Top-k (raw item id, score) for one history of raw item ids: fewer when the catalogue (less the
-        history, with ``exclude_seen``) holds fewer than k items."""
+        history, with ``exclude_seen``) holds fewer than k items. ``times`` / ``at``: as in :meth:`score`."""
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
-        scores = self.score([history])[0]
+        scores = self.score([history], None if times is None else [times], None if at is None else [at])[0]
         if exclude_seen:
             scores[torch.from_numpy(self.data.item_index(history))] = float("-inf")
         top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))  # never padding or excluded items

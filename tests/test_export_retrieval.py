@@ -119,6 +119,17 @@ def test_a_time_bias_model_exports_its_users_with_their_times(trained, tmp_path)
     histories.write_text("a\ti1,i2\n")
     with pytest.raises(DataError, match="reads time .* a histories file has none"):
         export_run(hstu.trainer, tmp_path / "export2", histories=histories)
+    # the API scores a history with its times as the export encoded that user
+    seq, test = hstu.data, hstu.trainer.split.test
+    u, n = int(test.users[0]), int(test.history_lengths[0])
+    start = int(seq.seq_offsets[u])
+    history = [seq.item_raw_ids[i] for i in seq.item_ids[start:start + n]]
+    times = [int(t) for t in seq.timestamps[start:start + n]]
+    scores = hstu.score([history], [times], [int(seq.timestamps[start + n])])[0, 1:]
+    exported = np.load(out / "user_embeddings.npy")[0] @ np.load(out / "item_embeddings.npy").T
+    np.testing.assert_allclose(scores.numpy(), exported, rtol=1e-4, atol=1e-5)
+    with pytest.raises(DataError, match="this model reads time"):
+        hstu.recommend(history, k=3)
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf_flat", "ivf_pq"])
