@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data.batching import iter_eval_batches, seen_items_csr
+from .data.readers import DataError
 from .data.splits import EvalSet, Split
 from .kernels import onednn
 from . import distributed
@@ -182,7 +183,8 @@ def sample_negatives(
         taken[seen[0], seen[1]] = True
     available = V - taken.sum(1) if cdf is None else ((cdf.diff(prepend=cdf.new_zeros(1)) > 0)[None] & ~taken[:, 1:]).sum(1)
     if bool((available < N).any()):
-        raise ValueError(f"eval.sampled_negatives={N}: a user has only {int(available.min())} items to sample from")
+        raise DataError(f"eval.sampled_negatives={N}: a user has only {int(available.min())} items to sample from "
+                        "(unseen, other than its target)")
     negatives = torch.zeros(B, N, dtype=torch.long)
     filled = torch.zeros(B, dtype=torch.long)
     rows = torch.arange(B)

@@ -308,6 +308,9 @@ class Trainer:
         warn_if_compile_on_cpu(cfg, self.device)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
+        if cfg.eval.sampled_negatives > self.split.data.num_items - 2:  # said before any training
+            raise ConfigError(f"eval.sampled_negatives={cfg.eval.sampled_negatives}: the catalogue has "
+                              f"{self.split.data.num_items - 1} items, one of them the target")
         try:
             self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)
         except ValueError as err:  # a combination of model settings the encoder refuses (e.g. heads vs width)

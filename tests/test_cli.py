@@ -206,3 +206,17 @@ def test_data_info_of_a_custom_recipe_and_of_a_table_file(tmp_path, capsys):
     assert "interactions  20\n" in capsys.readouterr().out
     assert main(["data", "info", str(log), "--reader", "table"]) == 2  # it was a TypeError
     assert "missing column(s) ['user_id', 'item_id']; the file has ['who', 'what']" in capsys.readouterr().err
+
+
+def test_a_log_filtered_to_nothing_says_which_filter(tmp_path, capsys):
+    log = tmp_path / "tiny.csv"
+    log.write_text("u,i,t\n1,a,1\n1,b,2\n")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "table"\n'
+                      'columns = { user_id = "u", item_id = "i", timestamp = "t" }\n[train]\nepochs = 1\n')
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "no interactions left after filtering (dropped 1 users with fewer than 3 events" in capsys.readouterr().err
+    log.write_text("u,i,t\n1,a,1\n1,b,2\n1,c,3\n")
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run2"), "--quiet",
+                 "--set", "eval.sampled_negatives=5"]) == 2
+    assert "eval.sampled_negatives=5: the catalogue has 3 items" in capsys.readouterr().err

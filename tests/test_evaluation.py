@@ -258,7 +258,9 @@ def test_popularity_sampling_follows_the_counts_and_never_draws_an_unseen_in_the
     drawn = torch.bincount(negatives[:, 0], minlength=11)
     assert drawn[0] == 0 and drawn[5] == 0 and drawn[6:].sum() == 0  # padding, the target, zero counts
     assert drawn[1] > drawn[2] > drawn[3] > drawn[4] > 0  # 50 : 30 : 10 : 5
-    with pytest.raises(ValueError, match="only 4 items to sample from"):
+    from recsys.data.readers import DataError
+
+    with pytest.raises(DataError, match="only 4 items to sample from"):
         sample_negatives(user_ids[:3], torch.full((3,), 5), None, 11, 5, cdf, seed=0)
 
 

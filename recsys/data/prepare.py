@@ -186,7 +186,8 @@ def prepare_sequences(
                 verbose,
             )
     if df.height == 0:
-        raise DataError(f"{interactions.source}: no interactions left after filtering")
+        steps = "; ".join(log) or "the filters"
+        raise DataError(f"{interactions.source}: no interactions left after filtering ({steps})")
 
     # id remap: items sorted by raw id -> 1..V-1; users in sorted order -> 0..U-1
     item_raw = df["item_id"].unique().sort()
