@@ -174,34 +174,47 @@ def sample_negatives(
 ) -> torch.Tensor:
     """[B, N] distinct item ids per user, never padding, the target or (``seen``: (row, item) pairs) an
     item of its history; uniform over items 1 .. V-1, or (``cdf``: cumulative counts of items 1 .. V-1)
-    by popularity. Draws come from :func:`_hash_uniform`, so a user's items do not depend on the batch."""
+    by popularity. Draws come from :func:`_hash_uniform`, so a user's items do not depend on the batch.
+    What a user may not draw is kept as sorted keys row * V + item (no [B, V] mask): rounds of
+    proposals, vectorised over users, accept each user's first acceptable distinct draws in order."""
     B, V, N = len(user_ids), num_items, num_negatives
-    taken = torch.zeros(B, V, dtype=torch.bool)  # [B, V]: what may no longer be drawn
-    taken[:, 0] = True
-    taken[torch.arange(B), target_ids] = True
-    if seen is not None:
-        taken[seen[0], seen[1]] = True
-    available = V - taken.sum(1) if cdf is None else ((cdf.diff(prepend=cdf.new_zeros(1)) > 0)[None] & ~taken[:, 1:]).sum(1)
+    rows = torch.arange(B)
+    parts = [rows * V + target_ids] + ([seen[0] * V + seen[1]] if seen is not None else [])
+    taken = torch.unique(torch.cat(parts))  # sorted keys of what may not be drawn
+    taken_rows, taken_items = taken // V, taken % V
+    if cdf is None:
+        drawable = taken_items >= 1
+        available = (V - 1) - torch.bincount(taken_rows[drawable], minlength=B)
+    else:
+        positive = torch.cat([torch.zeros(1, dtype=torch.bool), cdf.diff(prepend=cdf.new_zeros(1)) > 0])  # [V]
+        available = int(positive.sum()) - torch.bincount(taken_rows[positive[taken_items]], minlength=B)
     if bool((available < N).any()):
         raise DataError(f"eval.sampled_negatives={N}: a user has only {int(available.min())} items to sample from "
                         "(unseen, other than its target)")
     negatives = torch.zeros(B, N, dtype=torch.long)
     filled = torch.zeros(B, dtype=torch.long)
-    rows = torch.arange(B)
-    draw = 0
-    while bool((filled < N).any()):  # rounds of N proposals per user until every user holds N negatives
-        u = _hash_uniform(user_ids, torch.arange(draw, draw + N), seed)  # [B, N]
-        draw += N
+    todo = rows  # users still short of N negatives
+    draw, width = 0, N + max(16, N // 2)  # proposals per round: a margin for rejected and repeated draws
+    while len(todo):  # later rounds only for the users still short
+        u = _hash_uniform(user_ids[todo], torch.arange(draw, draw + width), seed)  # [t, width]
+        draw += width
         if cdf is None:
             proposals = 1 + (u * (V - 1)).long().clamp_max(V - 2)
         else:
             proposals = 1 + torch.searchsorted(cdf, u * float(cdf[-1]), right=True).clamp_max(V - 2)
-        for j in range(N):  # one proposal per user at a time keeps each user's negatives distinct
-            cand = proposals[:, j]
-            idx = ((filled < N) & ~taken[rows, cand]).nonzero().squeeze(1)
-            negatives[idx, filled[idx]] = cand[idx]
-            taken[idx, cand[idx]] = True
-            filled[idx] += 1
+        keys = todo[:, None] * V + proposals  # [t, width]
+        at = torch.searchsorted(taken, keys).clamp_max(len(taken) - 1)
+        ok = taken[at] != keys  # not the target, the history or an item drawn in an earlier round
+        order = keys.sort(dim=1, stable=True)  # a repeat within the round counts once, at its first draw
+        repeat = torch.zeros_like(ok)
+        repeat.scatter_(1, order.indices[:, 1:], order.values[:, 1:] == order.values[:, :-1])
+        ok &= ~repeat
+        keep = ok & (ok.cumsum(1) <= (N - filled[todo])[:, None])  # the first acceptable draws, in order
+        r, c = keep.nonzero(as_tuple=True)  # row-major: each user's draws in draw order
+        negatives[todo[r], filled[todo][r] + keep.cumsum(1)[r, c] - 1] = proposals[r, c]
+        filled[todo] += keep.sum(1)
+        taken = torch.unique(torch.cat([taken, keys[r, c]]))
+        todo = todo[filled[todo] < N]
     return negatives
 
 
@@ -215,14 +228,14 @@ def sampled_ranks(
     cdf: torch.Tensor | None,
     seed: int,
     tie_policy: str,
-    max_mask_elements: int = 1 << 25,
+    max_gathered: int = 1 << 24,
 ) -> torch.Tensor:
     """Legacy sampled ranks: 1 + the number of the user's :func:`sample_negatives` that outscore its
     target (ties as ``tie_policy``). items: [V, D] (row 0 padding); users: [B, D]; target_ids, user_ids:
-    [B]. Users go in chunks whose [rows, V] mask of drawn items stays under ``max_mask_elements``."""
-    B, V = users.shape[0], items.shape[0]
+    [B]. Users go in chunks whose gathered negative vectors [rows, N, D] stay under ``max_gathered``."""
+    B, (V, D) = users.shape[0], items.shape
     ranks = torch.empty(B, dtype=torch.long)
-    step = max(1, max_mask_elements // V)
+    step = max(1, max_gathered // (num_negatives * D))
     for start in range(0, B, step):
         rows = slice(start, min(start + step, B))
         chunk_seen = None

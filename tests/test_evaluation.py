@@ -242,7 +242,7 @@ def test_sampled_negatives_are_distinct_unseen_and_the_same_however_users_are_ba
     items, users = torch.randn(V, 8), torch.randn(40, 8)
     whole = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3, "optimistic")
     chunked = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3, "optimistic",
-                            max_mask_elements=7 * V)  # chunks of 7 users
+                            max_gathered=7 * N * 8)  # chunks of 7 users
     assert torch.equal(whole, chunked)
     expected = 1 + ((items[negatives] @ users[:, :, None]).squeeze(-1) > (items[targets] * users).sum(1, keepdim=True)).sum(1)
     assert torch.equal(whole, expected)
