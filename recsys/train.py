@@ -315,6 +315,11 @@ class Trainer:
             self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)
         except ValueError as err:  # a combination of model settings the encoder refuses (e.g. heads vs width)
             raise ConfigError(f"model ({cfg.model_name}): {err}") from None
+        except RuntimeError as err:  # e.g. tables larger than this machine's memory
+            if "allocate" not in str(err):
+                raise
+            raise ConfigError(f"model ({cfg.model_name}) does not fit in memory here: "
+                              f"{str(err).strip().splitlines()[0][:200]}") from None
         if getattr(self.model, "needs_item_text", False):  # text-based items: the catalogue's text vectors
             from .data.cards import load_item_text
             from .text import item_text_vectors

@@ -45,6 +45,10 @@ def test_overrides_are_typed_toml():
         ("model.dropout=1.5", r"model.dropout must be in \[0, 1\)"),
         ("train.num_threads=-1", r"train.num_threads must be >= 0"),
         ("data.cold_item_fraction=1.5", r"data.cold_item_fraction must be in \[0, 1\)"),
+        ("loss.ce_chunk_size=0", r"loss.ce_chunk_size must be >= 1"),
+        ("train.seed=-1", r"train.seed must be in \[0, 2\*\*32\)"),
+        ("train.betas=[0.9, 1.5]", r"train.betas must be two numbers in \[0, 1\)"),
+        ("model.init_std=-1", r"model.init_std must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
