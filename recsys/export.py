@@ -9,9 +9,9 @@ The export folder holds
                           the histories of a file; ``seen_rows`` lets retrieval skip what they saw
 - ``encoder.pt2``         the encoder as a ``torch.export`` program (``torch.export.load(path).module()``):
                           a [B, max_seq_len] left-padded id window -> [B, D], any B; for SASRec,
-                          BERT4Rec and their variants. Encoders it cannot capture (HSTU's jagged
-                          attention) are written as TorchScript ``encoder.pt`` instead, which torch
-                          2.13 deprecates; the manifest's ``encoder`` names the format
+                          BERT4Rec, HSTU (without time bias) and their variants. Encoders it cannot
+                          capture (Recformer's text encoder) are written as TorchScript ``encoder.pt``
+                          instead, which torch 2.13 deprecates; the manifest's ``encoder`` names the format
 - ``manifest.json``       model, dataset, dimension, similarity (dot or cosine), whether vectors are
                           normalised, recsys version, and the sha256 and row count of every file.
 

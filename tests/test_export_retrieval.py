@@ -64,7 +64,7 @@ def test_exported_encoder_gives_the_same_user_vectors(trained, tmp_path):
 
 @pytest.mark.parametrize("name, overrides, expected", [
     ("bert4rec", {"hidden_dim": 16, "num_heads": 2, "num_blocks": 1}, "torch.export"),
-    ("hstu", {"hidden_dim": 16, "num_blocks": 1, "use_time_bias": False}, "torchscript"),  # jagged: data-dependent shapes
+    ("hstu", {"hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "use_time_bias": False}, "torch.export"),  # its grid path
 ])
 def test_other_encoders_export_and_load_back(name, overrides, expected, tmp_path):
     from recsys.export import _UserEncoder
@@ -226,3 +226,20 @@ def test_index_parameters_that_do_not_fit_the_vectors_are_refused():
         build_index(vectors, "ivf_flat", {"nlist": 64})
     with pytest.raises(ValueError, match="dimension 16 must be divisible by m=5"):
         build_index(vectors, "ivf_pq", {"m": 5, "nlist": 2})
+
+
+def test_an_encoder_torch_export_cannot_capture_is_written_as_torchscript(monkeypatch, tmp_path, capsys):
+    from recsys.export import _UserEncoder
+    from recsys.models import build_model, model_config_class
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Could not guard on data-dependent expression")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
+    model = build_model("sasrec", model_config_class("sasrec")(max_seq_len=10, hidden_dim=16, dropout=0.0), 30).eval()
+    assert save_encoder(_UserEncoder(model, normalize=False), 10, tmp_path) == "torchscript"
+    assert "torch.export could not capture this encoder (Could not guard" in capsys.readouterr().out
+    ids = torch.zeros(2, 10, dtype=torch.long)
+    ids[0, -3:], ids[1] = torch.tensor([1, 2, 3]), torch.arange(5, 15)
+    with torch.no_grad():
+        torch.testing.assert_close(load_encoder(tmp_path, {"encoder": "torchscript"})(ids), model.user_vectors(ids))

@@ -45,6 +45,7 @@ from torch import nn
 from ..kernels.hstu_attention import hstu_attention, hstu_attention_last
 from ..kernels.onednn import Linear
 from .base import SequentialEncoder, padding_and_positions, register
+from .sasrec import exporting
 from .dropout import Dropout
 
 NUM_TIME_BUCKETS = 129
@@ -120,6 +121,32 @@ class HSTULayer(nn.Module):
         return x + self.out(self.dropout(y))
 
 
+    def dense(self, x: torch.Tensor, real: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """:meth:`forward` on a left-padded [B, L, D] grid (``real`` [B, L]: not padding), every shape fixed
+        by the input's: the path ``torch.export`` captures (an exported encoder). Same values at the real
+        positions (test); no time bias (an exported encoder has no timestamps)."""
+        if self.time_bias is not None:
+            raise NotImplementedError("the dense path has no time bias")
+        B, L, _ = x.shape
+        H = self.cfg.num_heads
+        xn = F.layer_norm(x, (x.shape[-1],))
+        u, v, q, k = torch.split(
+            F.silu(self.uvqk(xn)), [H * self.v_dim, H * self.v_dim, H * self.qk_dim, H * self.qk_dim], dim=-1
+        )
+        q, k, v = (t.reshape(B, L, H, -1).transpose(1, 2) for t in (q, k, v))  # [B, H, L, d]
+        pos = torch.arange(L, device=x.device)
+        queries = pos[-1:] if last_only else pos  # [Lq]
+        if last_only:
+            q, u, x = q[:, :, -1:], u[:, -1:], x[:, -1:]
+        scores = q @ k.transpose(-1, -2)  # [B, H, Lq, L]
+        if self.position_bias is not None:  # left padding: offsets in the grid are the sequence's own
+            scores = scores + self.position_bias[(queries[:, None] - pos[None, :]).clamp(0, self.position_bias.shape[0] - 1)]
+        allowed = real[:, None, :] & (queries[:, None] >= pos[None, :])[None]  # [B, Lq, L]: real, earlier keys
+        attn = (F.silu(scores) * allowed[:, None]) @ v / self.cfg.max_seq_len  # [B, H, Lq, Dv]
+        attn = attn.transpose(1, 2).reshape(B, len(queries), H * self.v_dim)
+        return x + self.out(self.dropout(u * F.layer_norm(attn, (attn.shape[-1],))))
+
+
 @register("hstu", HSTUConfig)
 class HSTU(SequentialEncoder):
     causal = True
@@ -144,6 +171,11 @@ class HSTU(SequentialEncoder):
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)
         real = not_pad.squeeze(-1)  # [B, L]; left padding, so each row's real tokens are contiguous
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions)
+        if exporting() and not self.cfg.use_time_bias:  # the grid path: no data-dependent shapes
+            x = self.emb_dropout(x)
+            for i, layer in enumerate(self.layers):
+                x = layer.dense(x, real, last_only and i == len(self.layers) - 1)
+            return x * (real[:, -1:, None] if last_only else not_pad)  # an empty history gives zeros
         x = self.emb_dropout(x)[real]  # [T, D] jagged values
         lengths = real.sum(1)
         seq_offsets = F.pad(torch.cumsum(lengths, 0), (1, 0))  # [B + 1]

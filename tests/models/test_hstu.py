@@ -95,3 +95,21 @@ def test_initialisation_schemes():
     bound = (6 / (64 + old.layers[0].uvqk.weight.shape[0])) ** 0.5  # Xavier-uniform: std = bound / sqrt(3)
     assert abs(old.layers[0].uvqk.weight.std().item() - bound / 3**0.5) < 0.005
     assert (old.layers[0].position_bias == 0).all()
+
+
+def test_the_grid_path_for_torch_export_equals_the_jagged_one(monkeypatch):
+    import recsys.models.hstu as hstu_module
+
+    torch.manual_seed(0)
+    model = HSTU(HSTUConfig(max_seq_len=12, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0,
+                            use_time_bias=False), 30).eval()
+    ids = torch.zeros(4, 12, dtype=torch.long)  # 2, 9, 12 and no items
+    ids[0, -2:], ids[1, -9:], ids[2] = torch.tensor([4, 5]), torch.arange(1, 10), torch.arange(10, 22)
+    with torch.no_grad():
+        jagged, jagged_last = model(ids), model(ids, last_only=True)
+        monkeypatch.setattr(hstu_module, "exporting", lambda: True)
+        grid, grid_last = model(ids), model(ids, last_only=True)
+    real = (ids != 0)[..., None]
+    torch.testing.assert_close(grid * real, jagged * real, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grid_last, jagged_last, rtol=1e-5, atol=1e-6)
+    assert grid_last[3].abs().sum() == 0  # an empty history gives zeros, as on the jagged path
