@@ -302,9 +302,25 @@ def cmd_retrieve(args) -> int:
         rows = [lookup[x] for x in raw][-manifest["max_seq_len"]:]
         window = torch.zeros(1, manifest["max_seq_len"], dtype=torch.long)
         window[0, -len(rows):] = torch.tensor(rows) + 1
+        inputs = (window,)
+        if "timestamps" in (manifest.get("encoder_inputs") or []):  # a model that reads time
+            if args.times is None:
+                raise ConfigError("this export's encoder reads time: give --times (one timestamp per history "
+                                  "item, seconds) and optionally --at (the request time; default: the last)")
+            try:
+                times = [int(float(t)) for t in args.times.split(",") if t.strip()]
+            except ValueError:
+                raise ConfigError(f"--times: numbers (seconds) separated by commas, got {args.times!r}") from None
+            if len(times) != len(raw):
+                raise ConfigError(f"--times gives {len(times)} timestamps for {len(raw)} history items")
+            stamps = torch.zeros_like(window)
+            stamps[0, -len(rows):] = torch.tensor(times[-len(rows):])
+            inputs = (window, stamps, torch.tensor([args.at if args.at is not None else times[-1]]))
+        elif args.times is not None or args.at is not None:
+            raise ConfigError("--times / --at: this export's encoder does not read time")
         encoder = load_encoder(export_dir, manifest)
         with torch.no_grad():
-            queries = encoder(window).numpy()
+            queries = encoder(*inputs).numpy()
         keys, seen = ["history"], [rows]
     else:
         users = pl.read_parquet(Path(export_dir) / "user_ids.parquet")
@@ -406,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--history", help="raw item ids, oldest first, comma-separated")
     group.add_argument("--users", help="a file of user ids (one per line) present in the export")
     rt.add_argument("-k", type=int, default=10)
+    rt.add_argument("--times", help="with --history, for models that read time: each item's timestamp (seconds)")
+    rt.add_argument("--at", type=int, help="with --times: the time of the request (default: the last timestamp)")
     rt.add_argument("--include-seen", action="store_true", help="do not filter the items of the history")
     rt.add_argument("--export-dir", help="default: the export the index was built from")
     rt.set_defaults(func=cmd_retrieve)

@@ -8,8 +8,9 @@ The export folder holds
 - ``user_embeddings.npy`` + ``user_ids.parquet`` (row, user_id, seen_rows) — for the users of a split or
                           the histories of a file; ``seen_rows`` lets retrieval skip what they saw
 - ``encoder.pt2``         the encoder as a ``torch.export`` program (``torch.export.load(path).module()``):
-                          a [B, max_seq_len] left-padded id window -> [B, D], any B; for SASRec,
-                          BERT4Rec, HSTU (without time bias) and their variants. Encoders it cannot
+                          a [B, max_seq_len] left-padded id window -> [B, D], any B (with HSTU's time
+                          bias also the window's timestamps [B, max_seq_len] and the request time [B]:
+                          the manifest's ``encoder_inputs``); for SASRec, BERT4Rec, HSTU and their variants. Encoders it cannot
                           capture (Recformer's text encoder) are written as TorchScript ``encoder.pt``
                           instead, which torch 2.13 deprecates; the manifest's ``encoder`` names the format
 - ``manifest.json``       model, dataset, dimension, similarity (dot or cosine), whether vectors are
@@ -55,20 +56,35 @@ class _UserEncoder(torch.nn.Module):
         return F.normalize(users, dim=-1) if self.normalize else users
 
 
+class _TimedUserEncoder(_UserEncoder):
+    """What is exported for a model that reads time (HSTU's time bias): (id window [B, L], its items'
+    timestamps [B, L], the time of the request [B]) -> the (normalised) user vector."""
+
+    def forward(self, item_ids: torch.Tensor, timestamps: torch.Tensor, query_time: torch.Tensor) -> torch.Tensor:
+        users = self.model.user_vectors(item_ids, timestamps, query_time)
+        return F.normalize(users, dim=-1) if self.normalize else users
+
+
 ENCODER_FILES = {"torch.export": "encoder.pt2", "torchscript": "encoder.pt"}
 
 
 @torch.no_grad()
 def save_encoder(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> str:
     """Write the encoder into ``folder`` and return its format: a ``torch.export`` program where the
-    capture works and reproduces the module on other batch sizes and history lengths, else TorchScript."""
-    example = torch.zeros(2, max_seq_len, dtype=torch.long)
-    example[:, -3:] = torch.tensor([1, 2, 3])
-    check = torch.zeros(3, max_seq_len, dtype=torch.long)  # another batch size, other lengths
-    check[0, -1:], check[1, -min(7, max_seq_len):], check[2] = 2, 3, 1
+    capture works and reproduces the module on other batch sizes and history lengths, else TorchScript.
+    A :class:`_TimedUserEncoder` takes timestamps and the request time as well."""
+    example_ids = torch.zeros(2, max_seq_len, dtype=torch.long)
+    example_ids[:, -3:] = torch.tensor([1, 2, 3])
+    check_ids = torch.zeros(3, max_seq_len, dtype=torch.long)  # another batch size, other lengths
+    check_ids[0, -1:], check_ids[1, -min(7, max_seq_len):], check_ids[2] = 2, 3, 1
+    example, check = (example_ids,), (check_ids,)
+    if isinstance(wrapped, _TimedUserEncoder):  # times an hour apart; the request a day after the last
+        example, check = ((ids, torch.arange(max_seq_len).expand_as(ids) * 3600 * (ids != 0), torch.full(
+            (len(ids),), max_seq_len * 3600 + 86400)) for ids in (example_ids, check_ids))
     try:
-        program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
-        if not torch.allclose(program.module()(check), wrapped(check), rtol=1e-4, atol=1e-5):
+        program = torch.export.export(wrapped, example, dynamic_shapes=tuple({0: torch.export.Dim.AUTO} for _ in example),
+                                      strict=False)
+        if not torch.allclose(program.module()(*check), wrapped(*check), rtol=1e-4, atol=1e-5):
             raise RuntimeError("the captured program differs from the module on another batch")
         torch.export.save(program, str(folder / ENCODER_FILES["torch.export"]))
         return "torch.export"
@@ -203,11 +219,12 @@ def export_run(
                  "seen_rows": pl.Series([s.tolist() for s in seen], dtype=pl.List(pl.Int64))}
             ).write_parquet(stage / "user_ids.parquet")
 
-        encoder_format = None
-        if encoder and getattr(model.cfg, "use_time_bias", False):
-            print("encoder not exported: it needs timestamps (time bias), which the exported signature lacks")
-        elif encoder:
-            encoder_format = save_encoder(_UserEncoder(model.cpu(), normalize).eval(), cfg.max_seq_len, stage)
+        encoder_format, encoder_inputs = None, None
+        if encoder:
+            timed = getattr(model.cfg, "use_time_bias", False)  # it reads each item's time and the request's
+            wrapper = _TimedUserEncoder if timed else _UserEncoder
+            encoder_format = save_encoder(wrapper(model.cpu(), normalize).eval(), cfg.max_seq_len, stage)
+            encoder_inputs = ["item_ids", "timestamps", "query_time"] if timed else ["item_ids"]
             model.to(trainer.device)
 
         files = {}
@@ -229,6 +246,7 @@ def export_run(
             "normalized": normalize,
             "max_seq_len": cfg.max_seq_len,
             "encoder": encoder_format,
+            "encoder_inputs": encoder_inputs,
             "encoder_input": "int64 [batch, max_seq_len] left-padded internal item ids (row + 1 of item_ids.parquet; 0 = padding)",
             "users": "histories file" if histories is not None else users,
             "files": files,

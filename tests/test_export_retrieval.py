@@ -110,7 +110,8 @@ def test_a_time_bias_model_exports_its_users_with_their_times(trained, tmp_path)
     exact = hstu.trainer.evaluate("test")
     out = export_run(hstu.trainer, tmp_path / "export", users="test")
     manifest = read_manifest(out)
-    assert manifest["encoder"] is None and manifest["files"]["user_embeddings.npy"]["rows"] == 80
+    assert manifest["files"]["user_embeddings.npy"]["rows"] == 80
+    assert manifest["encoder"] == "torch.export" and manifest["encoder_inputs"] == ["item_ids", "timestamps", "query_time"]
     through = evaluate_through_index(hstu.trainer, build_index(np.load(out / "item_embeddings.npy"), "flat"), "test",
                                      ks=(1, 5, 10))
     for name in ("hr@1", "hr@10", "ndcg@10"):
@@ -128,6 +129,18 @@ def test_a_time_bias_model_exports_its_users_with_their_times(trained, tmp_path)
     scores = hstu.score([history], [times], [int(seq.timestamps[start + n])])[0, 1:]
     exported = np.load(out / "user_embeddings.npy")[0] @ np.load(out / "item_embeddings.npy").T
     np.testing.assert_allclose(scores.numpy(), exported, rtol=1e-4, atol=1e-5)
+    # and the exported encoder, given the same window, times and request time, gives that user's vector
+    window, stamps = torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)
+    window[0, -min(n, 8):] = torch.from_numpy(seq.item_ids[start:start + n][-8:].astype(np.int64))
+    stamps[0, -min(n, 8):] = torch.tensor(times[-8:])
+    with torch.no_grad():
+        vector = load_encoder(out, manifest)(window, stamps, torch.tensor([int(seq.timestamps[start + n])]))
+    np.testing.assert_allclose(vector[0].numpy(), np.load(out / "user_embeddings.npy")[0], rtol=1e-4, atol=1e-5)
+    # the CLI asks for the times such an encoder reads
+    assert main(["index", "build", str(out), "--type", "flat"]) == 0
+    index_dir, history_arg = str(out / "index-flat"), ",".join(str(h) for h in history)
+    assert main(["retrieve", index_dir, "--history", history_arg, "-k", "3"]) == 2
+    assert main(["retrieve", index_dir, "--history", history_arg, "--times", ",".join(map(str, times)), "-k", "3"]) == 0
     with pytest.raises(DataError, match="this model reads time"):
         hstu.recommend(history, k=3)
 

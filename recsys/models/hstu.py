@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.hstu_attention import hstu_attention, hstu_attention_last
+from ..kernels.hstu_attention import hstu_attention, hstu_attention_last, time_buckets
 from ..kernels.onednn import Linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .sasrec import exporting
@@ -121,12 +121,11 @@ class HSTULayer(nn.Module):
         return x + self.out(self.dropout(y))
 
 
-    def dense(self, x: torch.Tensor, real: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """:meth:`forward` on a left-padded [B, L, D] grid (``real`` [B, L]: not padding), every shape fixed
-        by the input's: the path ``torch.export`` captures (an exported encoder). Same values at the real
-        positions (test); no time bias (an exported encoder has no timestamps)."""
-        if self.time_bias is not None:
-            raise NotImplementedError("the dense path has no time bias")
+    def dense(self, x: torch.Tensor, real: torch.Tensor, last_only: bool = False,
+              key_times: torch.Tensor | None = None, query_times: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward` on a left-padded [B, L, D] grid (``real`` [B, L]: not padding; key_times,
+        query_times [B, L] with a time bias), every shape fixed by the input's: the path ``torch.export``
+        captures (an exported encoder). Same values at the real positions (test)."""
         B, L, _ = x.shape
         H = self.cfg.num_heads
         xn = F.layer_norm(x, (x.shape[-1],))
@@ -141,6 +140,9 @@ class HSTULayer(nn.Module):
         scores = q @ k.transpose(-1, -2)  # [B, H, Lq, L]
         if self.position_bias is not None:  # left padding: offsets in the grid are the sequence's own
             scores = scores + self.position_bias[(queries[:, None] - pos[None, :]).clamp(0, self.position_bias.shape[0] - 1)]
+        if self.time_bias is not None:
+            gap = query_times[:, queries, None] - key_times[:, None, :]  # [B, Lq, L]
+            scores = scores + self.time_bias[time_buckets(gap, self.time_bias.shape[0])][:, None]
         allowed = real[:, None, :] & (queries[:, None] >= pos[None, :])[None]  # [B, Lq, L]: real, earlier keys
         attn = (F.silu(scores) * allowed[:, None]) @ v / self.cfg.max_seq_len  # [B, H, Lq, Dv]
         attn = attn.transpose(1, 2).reshape(B, len(queries), H * self.v_dim)
@@ -171,10 +173,16 @@ class HSTU(SequentialEncoder):
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)
         real = not_pad.squeeze(-1)  # [B, L]; left padding, so each row's real tokens are contiguous
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions)
-        if exporting() and not self.cfg.use_time_bias:  # the grid path: no data-dependent shapes
+        if exporting():  # the grid path: no data-dependent shapes
+            key_times = query_times = None
+            if self.cfg.use_time_bias:
+                if timestamps is None:
+                    raise ValueError("HSTU with use_time_bias needs timestamps")
+                use_next = self.cfg.query_time == "next" and next_timestamps is not None
+                key_times, query_times = timestamps, (next_timestamps if use_next else timestamps)
             x = self.emb_dropout(x)
             for i, layer in enumerate(self.layers):
-                x = layer.dense(x, real, last_only and i == len(self.layers) - 1)
+                x = layer.dense(x, real, last_only and i == len(self.layers) - 1, key_times, query_times)
             return x * (real[:, -1:, None] if last_only else not_pad)  # an empty history gives zeros
         x = self.emb_dropout(x)[real]  # [T, D] jagged values
         lengths = real.sum(1)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from recsys.losses import LossConfig, next_item_loss
@@ -97,18 +98,21 @@ def test_initialisation_schemes():
     assert (old.layers[0].position_bias == 0).all()
 
 
-def test_the_grid_path_for_torch_export_equals_the_jagged_one(monkeypatch):
+@pytest.mark.parametrize("use_time_bias", [False, True])
+def test_the_grid_path_for_torch_export_equals_the_jagged_one(monkeypatch, use_time_bias):
     import recsys.models.hstu as hstu_module
 
     torch.manual_seed(0)
     model = HSTU(HSTUConfig(max_seq_len=12, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0,
-                            use_time_bias=False), 30).eval()
+                            use_time_bias=use_time_bias), 30).eval()
     ids = torch.zeros(4, 12, dtype=torch.long)  # 2, 9, 12 and no items
     ids[0, -2:], ids[1, -9:], ids[2] = torch.tensor([4, 5]), torch.arange(1, 10), torch.arange(10, 22)
+    times = torch.cumsum(torch.randint(1, 10**5, (4, 12)), dim=1) * (ids != 0)
+    at = times[:, -1] + 3600
     with torch.no_grad():
-        jagged, jagged_last = model(ids), model(ids, last_only=True)
+        jagged, jagged_last = model(ids, times, times), model.user_vectors(ids, times, at)
         monkeypatch.setattr(hstu_module, "exporting", lambda: True)
-        grid, grid_last = model(ids), model(ids, last_only=True)
+        grid, grid_last = model(ids, times, times), model.user_vectors(ids, times, at)
     real = (ids != 0)[..., None]
     torch.testing.assert_close(grid * real, jagged * real, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grid_last, jagged_last, rtol=1e-5, atol=1e-6)
