@@ -10,9 +10,10 @@ The export folder holds
 - ``encoder.pt2``         the encoder as a ``torch.export`` program (``torch.export.load(path).module()``):
                           a [B, max_seq_len] left-padded id window -> [B, D], any B (with HSTU's time
                           bias also the window's timestamps [B, max_seq_len] and the request time [B]:
-                          the manifest's ``encoder_inputs``); for SASRec, BERT4Rec, HSTU and their variants. Encoders it cannot
-                          capture (Recformer's text encoder) are written as TorchScript ``encoder.pt``
-                          instead, which torch 2.13 deprecates; the manifest's ``encoder`` names the format
+                          the manifest's ``encoder_inputs``); SASRec, BERT4Rec, HSTU, Recformer and their
+                          variants all capture. An encoder it could not capture would be written as
+                          TorchScript ``encoder.pt`` instead (torch 2.13 deprecates it); the manifest's
+                          ``encoder`` names the format
 - ``manifest.json``       model, dataset, dimension, similarity (dot or cosine), whether vectors are
                           normalised, recsys version, and the sha256 and row count of every file.
 

@@ -65,6 +65,7 @@ def test_exported_encoder_gives_the_same_user_vectors(trained, tmp_path):
 @pytest.mark.parametrize("name, overrides, expected", [
     ("bert4rec", {"hidden_dim": 16, "num_heads": 2, "num_blocks": 1}, "torch.export"),
     ("hstu", {"hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "use_time_bias": False}, "torch.export"),  # its grid path
+    ("recformer", {"hidden_dim": 16, "num_heads": 2, "num_blocks": 1, "text_dim": 24, "adapter_dim": 32}, "torch.export"),
 ])
 def test_other_encoders_export_and_load_back(name, overrides, expected, tmp_path):
     from recsys.export import _UserEncoder
@@ -72,6 +73,8 @@ def test_other_encoders_export_and_load_back(name, overrides, expected, tmp_path
 
     torch.manual_seed(0)
     model = build_model(name, model_config_class(name)(max_seq_len=12, dropout=0.0, **overrides), 30).eval()
+    if getattr(model, "needs_item_text", False):  # items are their text vectors (carried by the program)
+        model.set_item_text(torch.randn(30, overrides["text_dim"]))
     assert save_encoder(_UserEncoder(model, normalize=False), 12, tmp_path) == expected
     encoder = load_encoder(tmp_path, {"encoder": expected})
     ids = torch.zeros(3, 12, dtype=torch.long)

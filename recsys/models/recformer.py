@@ -25,7 +25,7 @@ from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .sasrec import Block, SASRecConfig, run_blocks
+from .sasrec import Block, SASRecConfig, grid_inputs, run_blocks
 
 
 @dataclass
@@ -72,6 +72,8 @@ class Recformer(SequentialEncoder):
     def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
+        # dense last-position batches (evaluation) and torch.export take the grid layout (as SASRec)
+        grid, not_pad, item_ids, positions = grid_inputs(last_only, not_pad, item_ids, positions)
         x = self.adapter(self.text_vectors[item_ids]) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.item_position(positions)) * not_pad
-        return self.final_ln(run_blocks(self.blocks, x, not_pad, True, last_only=last_only))
+        return self.final_ln(run_blocks(self.blocks, x, not_pad, True, last_only=last_only, grid=grid))
