@@ -372,7 +372,8 @@ def evaluate(
         out["fully_ranked_users"] = int(distributed.all_reduce_sum(torch.tensor([fully_ranked], device=device)))
     if sampled:
         out["protocol"] = (f"sampled metrics (legacy): each target ranked against {cfg.sampled_negatives} "
-                           f"{cfg.negative_sampling}-sampled unseen items, not the whole catalogue")
+                           f"{cfg.negative_sampling}-sampled {'unseen ' if cfg.exclude_seen else ''}items, "
+                           "not the whole catalogue")
     if return_ranks:  # back in the caller's order
         ranks = torch.empty(n, dtype=torch.long)
         ranks[torch.from_numpy(order)] = torch.cat(all_ranks)
