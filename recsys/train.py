@@ -306,6 +306,9 @@ class Trainer:
             retain_freed_memory()
         warn_if_bf16_emulated(cfg, self.device)
         warn_if_compile_on_cpu(cfg, self.device)
+        if getattr(cfg.model, "use_time_bias", False) and not self.split.data.has_timestamps and distributed.is_main():
+            print(f"warning: model.use_time_bias with {cfg.data.dataset}, which has no timestamps: the times are "
+                  "positions in file order (--set model.use_time_bias=false)", file=sys.stderr)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         if cfg.eval.sampled_negatives > self.split.data.num_items - 2:  # said before any training

@@ -226,3 +226,15 @@ def test_a_custom_log_is_prepared_once_and_read_again_when_it_changes(tmp_path, 
     cfg.columns = {"user_id": "i", "item_id": "u", "timestamp": "t"}  # other reader settings: parsed again
     train.prepare_data(cfg, verbose=False)
     assert reads == [1, 1]
+
+
+def test_a_time_bias_on_a_log_without_timestamps_is_warned_about(tmp_path, capsys):
+    from recsys.config import load_recipe
+    from recsys.train import Trainer, prepare_data
+
+    log = tmp_path / "seqs.txt"  # `user item item ...`: file order, no timestamps
+    log.write_text("".join(f"{u} " + " ".join(str((u + k) % 9 + 1) for k in range(5)) + "\n" for u in range(6)))
+    cfg = load_recipe(REPO / "recipes/ml-1m/hstu.toml", ["model.max_seq_len=8", "model.hidden_dim=8"])
+    cfg.data.dataset, cfg.data.path, cfg.data.reader, cfg.data.split = "custom", str(log), "user_sequence_lines", "leave_one_out"
+    Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
+    assert "model.use_time_bias with custom, which has no timestamps" in capsys.readouterr().err
