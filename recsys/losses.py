@@ -6,7 +6,11 @@ item vectors [V, D] (row 0 = padding, never a candidate) and returns the mean ov
 - ``ce``: full softmax cross-entropy over all items ("SASRec+", Klenitskiy & Vasilev 2023).
 - ``sampled_softmax``: the positive against N uniform negatives; negatives shared per batch, per
   sequence or drawn per position; a negative equal to the positive is masked out; temperature and
-  optional L2 normalisation (HSTU uses 128 negatives, temperature 0.05, normalised vectors).
+  optional L2 normalisation (HSTU uses 128 negatives, temperature 0.05, normalised vectors). Optionally
+  M in-batch negatives as well (the batch's own targets, so drawn by popularity) and the logQ
+  correction: every logit minus the log of how often its item is expected among the candidates,
+  M f(i) + N / (V - 1) with f the item's share of the training targets (Yi et al. 2019, "Sampling-bias-
+  corrected neural modeling"; Yang et al. 2020, "Mixed negative sampling").
 - ``bce``: binary cross-entropy with one uniform negative per position (the original SASRec).
 - ``gbce``: generalised BCE of gSASRec (Petrov & Macdonald 2023): N negatives and the positive's
   probability raised to beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = N / (V - 1).
@@ -39,6 +43,12 @@ class LossConfig:
     ce_chunk_size: int = 128  # ce: positions per logits block (bounds memory, keeps blocks in cache)
     ce_matmul_dtype: Literal["float32", "bfloat16"] = "float32"  # ce: dtype of the logit GEMMs
     ce_item_chunk_size: int = 0  # ce: items per logits block (online log-sum-exp); 0 = whole catalogue
+    # sampled_softmax: this many of the batch's own targets as extra negatives, shared by every position
+    # (drawn uniformly among the batch's targets, i.e. by item popularity: "mixed negative sampling")
+    in_batch_negatives: int = 0
+    # sampled_softmax: subtract log(expected draws of the item) from every logit (Yi et al. 2019), so
+    # popular items that turn up often as in-batch negatives are not over-penalised
+    logq_correction: bool = False
 
 
 class Workspace:
@@ -382,6 +392,7 @@ def next_item_loss(
     items: torch.Tensor,  # [V, D]
     generator: torch.Generator | None = None,
     workspace: Workspace | None = None,  # full CE: buffers reused across steps (see Workspace)
+    item_frequency: torch.Tensor | None = None,  # [V] each item's share of the training targets (logQ)
 ) -> torch.Tensor:
     mask = target_ids > 0  # [B, L]
     if not mask.any():
@@ -409,8 +420,19 @@ def next_item_loss(
     collide = negatives == targets[:, None]  # [P, N]
 
     if cfg.name == "sampled_softmax":
+        m = cfg.in_batch_negatives
+        if m:  # the batch's own targets: m drawn among the P scored positions, shared by all of them
+            batch_negatives = targets[torch.randint(0, targets.shape[0], (m,), generator=generator, device=targets.device)]
+            neg_logits = torch.cat([neg_logits, scored @ w[batch_negatives].T], dim=-1)  # [P, N + m]
+            negatives = torch.cat([negatives, batch_negatives.expand(targets.shape[0], m)], dim=-1)
+            collide = negatives == targets[:, None]
         neg_logits = neg_logits.masked_fill(collide, float("-inf"))
-        logits = torch.cat([pos_logits[:, None], neg_logits], dim=-1) / cfg.temperature  # [P, 1 + N]
+        logits = torch.cat([pos_logits[:, None], neg_logits], dim=-1) / cfg.temperature  # [P, 1 + N + m]
+        if cfg.logq_correction:
+            if item_frequency is None:
+                raise ValueError("loss.logq_correction needs the items' training frequencies")
+            expected = m * item_frequency + n / (num_items - 1)  # [V] expected draws of each item
+            logits = logits - torch.log(expected)[torch.cat([targets[:, None], negatives], dim=-1)]
         return -F.log_softmax(logits, dim=-1)[:, 0].mean()
     if cfg.name in ("bce", "gbce"):
         beta = 1.0

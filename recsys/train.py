@@ -135,6 +135,19 @@ def warn_if_bf16_emulated(cfg: RunConfig, device: torch.device) -> bool:
     return True
 
 
+def training_item_frequency(split: Split) -> torch.Tensor:
+    """[V] float: each item's share of the training events (what in-batch negatives are drawn by); the
+    validation and test targets are not counted."""
+    data = split.data
+    starts = np.asarray(data.seq_offsets[:-1])
+    lengths = np.asarray(split.train_lengths)
+    position = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    items = np.asarray(data.item_ids)[np.repeat(starts, lengths) + position]
+    counts = np.bincount(items, minlength=data.num_items)[: data.num_items].astype(np.float64)
+    counts[0] = 0.0
+    return torch.from_numpy(counts / max(counts.sum(), 1.0)).float()
+
+
 def warn_if_compile_on_cpu(cfg: RunConfig, device: torch.device) -> bool:
     """Print a warning (main process only) when ``train.compile`` is asked for on CPU, and return whether
     it warned. The encoders' CPU paths (oneDNN products, chunked attention, 16-bit dropout masks,
@@ -352,6 +365,12 @@ class Trainer:
             self.candidate_index = torch.full((len(keep),), -1, dtype=torch.long, device=self.device)
             self.candidate_index[self.candidates] = torch.arange(len(self.candidates), device=self.device)
         self.loss_workspace = Workspace()  # the full CE's large buffers, reused every step
+        self.item_frequency = None  # [V] each item's share of the training events (the logQ correction)
+        if cfg.loss.logq_correction:
+            frequency = training_item_frequency(self.split)
+            if self.candidates is not None:  # training scores the warm items only, renumbered
+                frequency = frequency[self.candidates.cpu()]
+            self.item_frequency = frequency.to(self.device)
         self.history: list[dict] = []
         self.epoch = 0
         self.best_metric = -math.inf
@@ -421,7 +440,8 @@ class Trainer:
             items = self.model.item_vectors()
             if self.candidates is not None:  # cold start: held-out items are not even negatives in training
                 items, target_ids = items[self.candidates], self.candidate_index[target_ids]
-            loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items, workspace=self.loss_workspace)
+            loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items, workspace=self.loss_workspace,
+                                  item_frequency=self.item_frequency)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.max_grad_norm > 0:

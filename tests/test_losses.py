@@ -167,6 +167,56 @@ def test_sampled_softmax_matches_hand_formula(shared, batch):
     assert loss.item() == pytest.approx((total / count).item(), rel=1e-5)
 
 
+def test_in_batch_negatives_with_logq_match_hand_formula():
+    hidden, items, targets = _setup(B=3)
+    V = items.shape[0]
+    frequency = torch.rand(V) + 0.05
+    frequency[0] = 0.0
+    frequency = frequency / frequency.sum()
+    cfg = LossConfig(name="sampled_softmax", num_negatives=5, negatives_shared="batch", temperature=0.5,
+                     in_batch_negatives=4, logq_correction=True)
+    torch.manual_seed(7)
+    loss = next_item_loss(cfg, hidden, targets, items, item_frequency=frequency)
+    torch.manual_seed(7)  # the same draws: 5 uniform items, then 4 of the scored positions' targets
+    uniform = torch.randint(1, V, (1, 1, 5))[0, 0]
+    scored_targets = targets[targets > 0]
+    in_batch = scored_targets[torch.randint(0, len(scored_targets), (4,))]
+    expected = 4 * frequency + 5 / (V - 1)  # expected draws of each item among a position's candidates
+    total, count = 0.0, 0
+    for b in range(targets.shape[0]):
+        for t in range(targets.shape[1]):
+            y = targets[b, t]
+            if y == 0:
+                continue
+            pos = hidden[b, t] @ items[y] / 0.5 - torch.log(expected[y])
+            neg = [hidden[b, t] @ items[n] / 0.5 - torch.log(expected[n]) for n in torch.cat([uniform, in_batch]) if n != y]
+            total += -(pos - torch.logsumexp(torch.stack([pos, *neg]), 0))
+            count += 1
+    assert loss.item() == pytest.approx((total / count).item(), rel=1e-5)
+
+
+def test_logq_with_uniform_negatives_only_changes_nothing():
+    hidden, items, targets = _setup(B=3)
+    frequency = torch.full((items.shape[0],), 1.0 / (items.shape[0] - 1))
+    plain = LossConfig(name="sampled_softmax", num_negatives=8)
+    corrected = LossConfig(name="sampled_softmax", num_negatives=8, logq_correction=True)
+    torch.manual_seed(0)
+    a = next_item_loss(plain, hidden, targets, items)
+    torch.manual_seed(0)
+    b = next_item_loss(corrected, hidden, targets, items, item_frequency=frequency)
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)  # a shift shared by every candidate
+
+
+def test_in_batch_negatives_config_is_checked():
+    from recsys.config import ConfigError, load_recipe
+    from tests.conftest import REPO
+
+    with pytest.raises(ConfigError, match="loss.in_batch_negatives must be 0 unless loss.name = 'sampled_softmax'"):
+        load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["loss.name=ce", "loss.in_batch_negatives=8"])
+    with pytest.raises(ConfigError, match="loss.logq_correction must be false unless"):
+        load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["loss.name=bce", "loss.logq_correction=true"])
+
+
 def test_bce_and_gbce_formulas():
     hidden, items, targets = _setup()
     torch.manual_seed(5)

@@ -238,3 +238,19 @@ def test_a_time_bias_on_a_log_without_timestamps_is_warned_about(tmp_path, capsy
     cfg.data.dataset, cfg.data.path, cfg.data.reader, cfg.data.split = "custom", str(log), "user_sequence_lines", "leave_one_out"
     Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
     assert "model.use_time_bias with custom, which has no timestamps" in capsys.readouterr().err
+
+
+def test_item_frequencies_for_logq_count_training_events_only():
+    import polars as pl
+
+    from recsys.data.prepare import prepare_sequences
+    from recsys.data.readers import frame_to_interactions
+    from recsys.data.splits import make_split
+    from recsys.train import training_item_frequency
+
+    # user a: 1 2 3 4 -> training 1 2, validation 3, test 4; user b: 1 1 5 -> training 1
+    df = pl.DataFrame({"u": ["a"] * 4 + ["b"] * 3, "i": [1, 2, 3, 4, 1, 1, 5], "t": [0, 1, 2, 3, 0, 1, 2]})
+    seq = prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+    frequency = training_item_frequency(make_split(seq, "leave_one_out", verbose=False))
+    by_raw = {int(seq.item_raw_ids[i]): float(frequency[i]) for i in range(1, seq.num_items)}
+    assert by_raw == pytest.approx({1: 2 / 3, 2: 1 / 3, 3: 0.0, 4: 0.0, 5: 0.0})
