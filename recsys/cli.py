@@ -323,6 +323,8 @@ def cmd_retrieve(args) -> int:
             queries = encoder(*inputs).numpy()
         keys, seen = ["history"], [rows]
     else:
+        if args.times is not None or args.at is not None:
+            raise ConfigError("--times / --at go with --history (exported users were encoded with their own times)")
         users = pl.read_parquet(Path(export_dir) / "user_ids.parquet")
         wanted = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
         found = users.filter(pl.col("user_id").is_in(wanted))

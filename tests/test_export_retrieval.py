@@ -144,6 +144,9 @@ def test_a_time_bias_model_exports_its_users_with_their_times(trained, tmp_path)
     index_dir, history_arg = str(out / "index-flat"), ",".join(str(h) for h in history)
     assert main(["retrieve", index_dir, "--history", history_arg, "-k", "3"]) == 2
     assert main(["retrieve", index_dir, "--history", history_arg, "--times", ",".join(map(str, times)), "-k", "3"]) == 0
+    users_file = tmp_path / "u.txt"
+    users_file.write_text(str(seq.user_raw_ids[u]) + "\n")
+    assert main(["retrieve", index_dir, "--users", str(users_file), "--times", "1", "-k", "3"]) == 2
     with pytest.raises(DataError, match="this model reads time"):
         hstu.recommend(history, k=3)
 
