@@ -148,14 +148,11 @@ def cmd_train(args) -> int:
 
 def print_seed_summary(tests: list[dict], seeds: list[int], ks) -> None:
     """Mean and sample standard deviation of every test metric over the seeds' runs."""
-    import numpy as np
+    from .metrics import mean_and_spread
 
     print(f"\ntest over {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}): mean ± standard deviation")
     for m in METRIC_ORDER:
-        cells = []
-        for k in ks:
-            values = np.array([t[f"{m}@{k}"] for t in tests])
-            cells.append(f"{m}@{k}={values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}")
+        cells = [f"{m}@{k}=" + "{:.4f} ± {:.4f}".format(*mean_and_spread([t[f"{m}@{k}"] for t in tests])) for k in ks]
         print("  " + "  ".join(cells))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from .config import ConfigError, apply_overrides, build_section, read_recipe_fil
 from .data.cards import load_dataset, load_item_text
 from .data.ctr import CTRData, CTRSamples, build_ctr_data, ctr_batch, item_categories
 from .data.prepare import prepare_sequences
-from .metrics import auc, gauc, logloss
+from .metrics import auc, gauc, logloss, mean_and_spread
 from .models.ctr_base import CTR_MODELS, build_ctr_model, click_loss
 from .train import atomic_write_json
 
@@ -185,9 +184,8 @@ def summarize(per_seed: list[dict]) -> dict:
     out = {}
     for split in ("valid", "test"):
         for metric in ("auc", "gauc", "logloss"):
-            values = [r[split][metric] for r in per_seed]
-            out[f"{split}_{metric}_mean"] = statistics.fmean(values)
-            out[f"{split}_{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            out[f"{split}_{metric}_mean"], out[f"{split}_{metric}_std"] = mean_and_spread(
+                [r[split][metric] for r in per_seed])
     return out
 
 

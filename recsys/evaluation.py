@@ -58,11 +58,16 @@ class EvalConfig:
     negative_seed: int = 0
 
 
+def item_counts(split: Split, num_items: int) -> np.ndarray:
+    """[V] int: how often each item id occurs in the whole log (index 0, padding, never does)."""
+    return np.bincount(split.data.item_ids, minlength=num_items)[:num_items]
+
+
 def popular_first(split: Split, num_items: int, size: int) -> torch.Tensor:
     """The ``size`` most frequent item ids of the log (never the padding id 0), most frequent first.
 
     Only decides which items :func:`cutoff_ranks` scores first; no metric depends on it."""
-    counts = np.bincount(split.data.item_ids, minlength=num_items)[:num_items]
+    counts = item_counts(split, num_items)
     counts[0] = -1
     return torch.from_numpy(np.argsort(-counts, kind="stable")[: min(size, num_items - 1)].copy())
 
@@ -297,13 +302,13 @@ def evaluate(
     sampled = cfg.sampled_negatives > 0
     prefilter = cutoff and not sampled and 4 * min(cfg.popular_items, num_items - 1) < num_items
     cdf = None
+    items_cpu = items.cpu() if sampled else None  # sampled metrics are scored on the CPU
     if sampled and cfg.negative_sampling == "popularity":  # by each item's count in the whole log
-        counts = np.bincount(split.data.item_ids, minlength=num_items)[1:num_items]
-        cdf = torch.from_numpy(np.cumsum(counts).astype(np.float64))
+        cdf = torch.from_numpy(np.cumsum(item_counts(split, num_items)[1:]).astype(np.float64))
     if prefilter:
         popular_ids = popular_first(split, num_items, cfg.popular_items).to(device)  # [P]
         max_item_norm = float(items.norm(dim=1).max())
-    else:
+    elif not sampled:
         # oneDNN's fp32 products ran 2-2.5x faster than torch.mm on these [V, D] x [D, b] shapes (BLAS
         # 161-210 GFLOP/s, oneDNN 366-440 on 2 cores) but write a fresh output: used where a block's
         # scores fit onednn.MAX_OUTPUT_BYTES (ML-1M, S3-Rec's Beauty at 512 users), otherwise torch's
@@ -335,14 +340,13 @@ def evaluate(
         b_pad = max(16, b + (-b) % 8)  # >= 16 columns: see exact_ranks
         users = F.pad(users, (0, 0, 0, b_pad - b))  # [b_pad, D]
         targets = F.pad(batch.target_ids.to(device), (0, b_pad - b), value=1)
-        exclude = None
+        seen = exclude = None
         if cfg.exclude_seen:
-            rows, seen = seen_items_csr(split, eval_set, batch.rows)
-            exclude = (rows.to(device), seen.to(device))
+            seen = seen_items_csr(split, eval_set, batch.rows)  # (rows, items) on the CPU
+            exclude = tuple(t.to(device) for t in seen)
         if sampled:
-            seen = (rows.cpu(), seen.cpu()) if cfg.exclude_seen else None
             user_ids = torch.from_numpy(np.asarray(eval_set.users[batch.rows], dtype=np.int64))
-            ranks = sampled_ranks(items.cpu(), users[:b].cpu(), batch.target_ids.cpu(), user_ids, seen,
+            ranks = sampled_ranks(items_cpu, users[:b].cpu(), batch.target_ids.cpu(), user_ids, seen,
                                   cfg.sampled_negatives, cdf, cfg.negative_seed, cfg.tie_policy)
             fully_ranked += b
         elif prefilter:

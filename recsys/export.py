@@ -45,23 +45,17 @@ MANIFEST = "manifest.json"
 
 
 class _UserEncoder(torch.nn.Module):
-    """What is exported: a fixed-width id window -> the (normalised) user vector."""
+    """What is exported: a fixed-width id window [B, L] -> the (normalised) user vector; a model that
+    reads time (HSTU's time bias) also takes its items' timestamps [B, L] and the request time [B]."""
 
     def __init__(self, model, normalize: bool):
         super().__init__()
         self.model = model
         self.normalize = normalize
+        self.timed = bool(getattr(model.cfg, "use_time_bias", False))
 
-    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
-        users = self.model.user_vectors(item_ids)
-        return F.normalize(users, dim=-1) if self.normalize else users
-
-
-class _TimedUserEncoder(_UserEncoder):
-    """What is exported for a model that reads time (HSTU's time bias): (id window [B, L], its items'
-    timestamps [B, L], the time of the request [B]) -> the (normalised) user vector."""
-
-    def forward(self, item_ids: torch.Tensor, timestamps: torch.Tensor, query_time: torch.Tensor) -> torch.Tensor:
+    def forward(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None = None,
+                query_time: torch.Tensor | None = None) -> torch.Tensor:
         users = self.model.user_vectors(item_ids, timestamps, query_time)
         return F.normalize(users, dim=-1) if self.normalize else users
 
@@ -73,13 +67,13 @@ ENCODER_FILES = {"torch.export": "encoder.pt2", "torchscript": "encoder.pt"}
 def save_encoder(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> str:
     """Write the encoder into ``folder`` and return its format: a ``torch.export`` program where the
     capture works and reproduces the module on other batch sizes and history lengths, else TorchScript.
-    A :class:`_TimedUserEncoder` takes timestamps and the request time as well."""
+    A timed encoder (:class:`_UserEncoder`) takes timestamps and the request time as well."""
     example_ids = torch.zeros(2, max_seq_len, dtype=torch.long)
     example_ids[:, -3:] = torch.tensor([1, 2, 3])
     check_ids = torch.zeros(3, max_seq_len, dtype=torch.long)  # another batch size, other lengths
     check_ids[0, -1:], check_ids[1, -min(7, max_seq_len):], check_ids[2] = 2, 3, 1
     example, check = (example_ids,), (check_ids,)
-    if isinstance(wrapped, _TimedUserEncoder):  # times an hour apart; the request a day after the last
+    if wrapped.timed:  # times an hour apart; the request a day after the last
         example, check = ((ids, torch.arange(max_seq_len).expand_as(ids) * 3600 * (ids != 0), torch.full(
             (len(ids),), max_seq_len * 3600 + 86400)) for ids in (example_ids, check_ids))
     try:
@@ -222,10 +216,9 @@ def export_run(
 
         encoder_format, encoder_inputs = None, None
         if encoder:
-            timed = getattr(model.cfg, "use_time_bias", False)  # it reads each item's time and the request's
-            wrapper = _TimedUserEncoder if timed else _UserEncoder
-            encoder_format = save_encoder(wrapper(model.cpu(), normalize).eval(), cfg.max_seq_len, stage)
-            encoder_inputs = ["item_ids", "timestamps", "query_time"] if timed else ["item_ids"]
+            wrapped = _UserEncoder(model.cpu(), normalize).eval()
+            encoder_format = save_encoder(wrapped, cfg.max_seq_len, stage)
+            encoder_inputs = ["item_ids", "timestamps", "query_time"] if wrapped.timed else ["item_ids"]
             model.to(trainer.device)
 
         files = {}

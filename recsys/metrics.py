@@ -179,6 +179,14 @@ def logloss(labels, probabilities, eps: float = 1e-7) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of a metric over seeds."""
+    values = [float(v) for v in values]
+    mean = sum(values) / len(values)
+    spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, spread
+
+
 def ndcg_discount(rank: int) -> float:
     """1 / log2(rank + 1): the NDCG gain of a single relevant item at a 1-based rank."""
     return 1.0 / math.log2(rank + 1)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .config import ConfigError, DataConfig, RunConfig, config_from_dict
-from .data.batching import cloze_inputs, iter_train_batches, train_users
+from .data.batching import cloze_inputs, iter_train_batches, jagged_take, train_users
 from .data.cards import cache_dir, check_counts, locate_dataset, sha256_of
 from .data.prepare import SequenceData, prepare_sequences
 from .data.readers import READERS, DataError, Interactions, read_table
@@ -139,10 +139,7 @@ def training_item_frequency(split: Split) -> torch.Tensor:
     """[V] float: each item's share of the training events (what in-batch negatives are drawn by); the
     validation and test targets are not counted."""
     data = split.data
-    starts = np.asarray(data.seq_offsets[:-1])
-    lengths = np.asarray(split.train_lengths)
-    position = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    items = np.asarray(data.item_ids)[np.repeat(starts, lengths) + position]
+    items = jagged_take(data.item_ids, data.seq_offsets[:-1], split.train_lengths)  # every training event
     counts = np.bincount(items, minlength=data.num_items)[: data.num_items].astype(np.float64)
     counts[0] = 0.0
     return torch.from_numpy(counts / max(counts.sum(), 1.0)).float()

@@ -100,3 +100,15 @@ def test_logloss_against_sklearn():
     y = rng.integers(0, 2, 200)
     p = rng.uniform(0.01, 0.99, 200)
     assert logloss(y, p) == pytest.approx(log_loss(y, p), rel=1e-9)
+
+
+def test_mean_and_spread_equal_the_statistics_module():
+    import statistics
+
+    from recsys.metrics import mean_and_spread
+
+    values = [0.1635, 0.1311, 0.1149, 0.2]
+    mean, spread = mean_and_spread(values)
+    assert mean == pytest.approx(statistics.fmean(values), abs=1e-15)
+    assert spread == pytest.approx(statistics.stdev(values), abs=1e-15)
+    assert mean_and_spread([0.3]) == (0.3, 0.0)

@@ -122,13 +122,17 @@ def iter_eval_batches(split: Split, eval_set: EvalSet, max_len: int, batch_size:
         )
 
 
+def jagged_take(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """values[starts[i] : starts[i] + lengths[i]] for every i, back to back (one gather, no loop)."""
+    lengths = np.asarray(lengths)
+    pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.asarray(values)[np.repeat(np.asarray(starts), lengths) + pos]
+
+
 def seen_items_csr(split: Split, eval_set: EvalSet, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """Every item in each history of ``rows`` (whole history, not only the window), as (row, item) pairs."""
     data = split.data
     u = eval_set.users[rows]
-    starts = data.seq_offsets[u]
     lengths = eval_set.history_lengths[rows]
     row_of = np.repeat(np.arange(len(u)), lengths)
-    pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    items = data.item_ids[np.repeat(starts, lengths) + pos]
-    return torch.from_numpy(row_of), torch.from_numpy(items)
+    return torch.from_numpy(row_of), torch.from_numpy(jagged_take(data.item_ids, data.seq_offsets[u], lengths))

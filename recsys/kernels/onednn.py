@@ -136,9 +136,10 @@ def feed_forward(x: torch.Tensor, first: nn.Linear, second: nn.Linear, residual:
     """Inference ``residual + second(gelu(first(x)))`` for 2-D fp32 CPU tensors, with the GELU (erf) and
     the addition done by oneDNN inside the two products (post-ops): no pass of their own over the
     [rows, ffn] and [rows, D] activations. Measured on ML-1M's test evaluation after one epoch (2
-    threads, 8 interleaved runs each, two sessions' states of the machine): BERT4Rec (ffn 256) medians
-    0.50 -> 0.46 s and 0.415 -> 0.404 s, SASRec (ffn 64) within noise; identical metrics. None where it does not apply (gradients, autocast, other dtypes or devices, a first
-    call whose check against torch's ops failed): the caller computes it with torch's ops then."""
+    threads, 8 interleaved runs each, two states of the machine): BERT4Rec (ffn 256) medians 0.50 ->
+    0.46 s and 0.415 -> 0.404 s, SASRec (ffn 64) within noise; identical metrics. None where it does not
+    apply (gradients, autocast, other dtypes or devices, a first call whose check against torch's ops
+    failed): the caller computes it with torch's ops then."""
     global _fused_usable
     if torch.is_grad_enabled() or x.dim() != 2 or residual.shape != x.shape[:1] + second.weight.shape[:1]:
         return None

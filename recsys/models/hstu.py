@@ -172,28 +172,23 @@ class HSTU(SequentialEncoder):
         B, L = item_ids.shape
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)
         real = not_pad.squeeze(-1)  # [B, L]; left padding, so each row's real tokens are contiguous
-        x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions)
-        if exporting():  # the grid path: no data-dependent shapes
-            key_times = query_times = None
-            if self.cfg.use_time_bias:
-                if timestamps is None:
-                    raise ValueError("HSTU with use_time_bias needs timestamps")
-                use_next = self.cfg.query_time == "next" and next_timestamps is not None
-                key_times, query_times = timestamps, (next_timestamps if use_next else timestamps)
-            x = self.emb_dropout(x)
-            for i, layer in enumerate(self.layers):
-                x = layer.dense(x, real, last_only and i == len(self.layers) - 1, key_times, query_times)
-            return x * (real[:, -1:, None] if last_only else not_pad)  # an empty history gives zeros
-        x = self.emb_dropout(x)[real]  # [T, D] jagged values
-        lengths = real.sum(1)
-        seq_offsets = F.pad(torch.cumsum(lengths, 0), (1, 0))  # [B + 1]
-        key_times = query_times = None
+        x = self.emb_dropout(self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
+                             + self.position_embedding(positions))  # [B, L, D]
+        key_times = query_times = None  # [B, L]: each token's time, and the time its query predicts for
         if self.cfg.use_time_bias:
             if timestamps is None:
                 raise ValueError("HSTU with use_time_bias needs timestamps")
-            key_times = timestamps[real]
-            query_source = next_timestamps if (self.cfg.query_time == "next" and next_timestamps is not None) else timestamps
-            query_times = query_source[real]
+            use_next = self.cfg.query_time == "next" and next_timestamps is not None
+            key_times, query_times = timestamps, (next_timestamps if use_next else timestamps)
+        if exporting():  # the grid path: no data-dependent shapes
+            for i, layer in enumerate(self.layers):
+                x = layer.dense(x, real, last_only and i == len(self.layers) - 1, key_times, query_times)
+            return x * (real[:, -1:, None] if last_only else not_pad)  # an empty history gives zeros
+        x = x[real]  # [T, D] jagged values
+        lengths = real.sum(1)
+        seq_offsets = F.pad(torch.cumsum(lengths, 0), (1, 0))  # [B + 1]
+        if key_times is not None:
+            key_times, query_times = key_times[real], query_times[real]  # [T]
         for i, layer in enumerate(self.layers):
             x = layer(x, seq_offsets, key_times, query_times, last_only and i == len(self.layers) - 1)
         if last_only:
