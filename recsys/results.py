@@ -40,16 +40,34 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
+    """The machine a record was measured on. Besides the CPU's name (which a cloud CPU may reduce to its
+    vendor and line, e.g. "AMD EPYC" for several generations), its family / model numbers, the vector
+    instructions torch dispatches to (``cpu_isa``: AVX2, AVX512, ...) and whether bf16 products run on
+    bf16 units: the same "AMD EPYC" with AVX-512 and without ran our fp32 products ~4x apart."""
     cpu = platform.processor() or platform.machine()
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+            if len(fields) == 3:
                 break
     except OSError:
         pass
+    cpu = fields.get("model name", cpu)
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
+    if "cpu family" in fields and "model" in fields:
+        info["cpu_family_model"] = f"{fields['cpu family']}/{fields['model']}"
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    if capability is not None:
+        info["cpu_isa"] = capability()
+    try:
+        info["cpu_bf16_units"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        pass
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages / 2**30, 1)
@@ -105,7 +123,8 @@ def _fmt(x, digits: int = 4) -> str:
 
 
 def _machine_short(m: dict) -> str:
-    return f"{m.get('cpu', '?')}, {m.get('torch_threads', '?')} threads" + (f", {m['gpu']}" if m.get("gpu") else "")
+    isa = f" ({m['cpu_isa']})" if m.get("cpu_isa") else ""  # records before 2026-12 did not say
+    return f"{m.get('cpu', '?')}{isa}, {m.get('torch_threads', '?')} threads" + (f", {m['gpu']}" if m.get("gpu") else "")
 
 
 def plot_learning_curves(records: list[dict], folder: Path) -> list[tuple[str, str]]:

@@ -63,3 +63,18 @@ def test_a_line_that_is_not_json_names_the_file_and_line(tmp_path, capsys):
     assert main(["results", str(bad), "--out", str(tmp_path / "R.md")]) == 2
     assert "results.jsonl, line 2: not JSON" in capsys.readouterr().err
     assert not (tmp_path / "R.md").exists()
+
+
+def test_machine_names_the_cpu_generation_and_its_vector_units():
+    import torch
+
+    from recsys.results import _machine_short, machine
+
+    m = machine()
+    assert m["cores"] >= 1 and m["torch_threads"] == torch.get_num_threads()
+    if hasattr(torch.backends, "cpu") and hasattr(torch.backends.cpu, "get_cpu_capability"):
+        assert m["cpu_isa"] == torch.backends.cpu.get_cpu_capability()
+        assert f"({m['cpu_isa']})" in _machine_short(m)
+    assert isinstance(m.get("cpu_bf16_units", False), bool)
+    # an older record (no cpu_isa) still renders as before
+    assert _machine_short({"cpu": "X", "torch_threads": 2}) == "X, 2 threads"
