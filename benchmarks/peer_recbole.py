@@ -127,8 +127,10 @@ def main(argv=None) -> int:
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    import torch
+
     from recsys.config import load_recipe
-    from recsys.train import prepare_data
+    from recsys.train import prepare_data, resolve_ce_matmul_dtype
 
     if (args.dataset, args.model) not in RECIPES:
         p.error(f"no {args.model} recipe for {args.dataset}: one of {sorted(RECIPES)}")
@@ -148,6 +150,7 @@ def main(argv=None) -> int:
         overrides.append(f"model.max_seq_len={args.max_len}")
     cfg = load_recipe(recipe, overrides)
     max_len = cfg.max_seq_len
+    resolve_ce_matmul_dtype(cfg, torch.device("cpu"))  # "auto" (Beauty recipes): what our run will use
     ce_dtype = cfg.loss.ce_matmul_dtype
     python = ensure_recbole()
     def run_ours() -> dict:

@@ -41,7 +41,9 @@ class LossConfig:
     l2_normalize: bool = False
     gbce_t: float = 0.75
     ce_chunk_size: int = 128  # ce: positions per logits block (bounds memory, keeps blocks in cache)
-    ce_matmul_dtype: Literal["float32", "bfloat16"] = "float32"  # ce: dtype of the logit GEMMs
+    # ce: dtype of the logit GEMMs; "auto" = bfloat16 where bf16 products run on bf16 units (CUDA, CPUs
+    # with AVX512-BF16 / AMX), float32 elsewhere (emulated bf16 was 27x slower than fp32 there)
+    ce_matmul_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     ce_item_chunk_size: int = 0  # ce: items per logits block (online log-sum-exp); 0 = whole catalogue
     # sampled_softmax: this many of the batch's own targets as extra negatives, shared by every position
     # (drawn uniformly among the batch's targets, i.e. by item popularity: "mixed negative sampling")

@@ -117,6 +117,20 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
+def resolve_ce_matmul_dtype(cfg: RunConfig, device: torch.device) -> bool:
+    """``loss.ce_matmul_dtype = "auto"`` becomes "bfloat16" where bf16 products run on bf16 units and
+    "float32" elsewhere, in ``cfg`` itself (the run's saved config says what ran). On a CPU without bf16
+    units the full CE at Beauty's shape (720 positions x 54,542 items, forward + backward) took 8.5-10 s
+    in bf16 against 0.30-0.36 s in fp32. Returns whether it changed anything."""
+    if cfg.loss.ce_matmul_dtype != "auto":
+        return False
+    cfg.loss.ce_matmul_dtype = "bfloat16" if native_bf16(device) else "float32"
+    if distributed.is_main() and cfg.loss.name == "ce":
+        why = "bf16 units" if cfg.loss.ce_matmul_dtype == "bfloat16" else "no bf16 units"
+        print(f"loss.ce_matmul_dtype=auto: {cfg.loss.ce_matmul_dtype} ({device.type} with {why})", file=sys.stderr)
+    return True
+
+
 def warn_if_bf16_emulated(cfg: RunConfig, device: torch.device) -> bool:
     """Print a warning (main process only) when the run asks for bf16 products (``loss.ce_matmul_dtype``,
     ``train.precision``) on a device without bf16 units: they are emulated there, so the speed they are
@@ -130,7 +144,7 @@ def warn_if_bf16_emulated(cfg: RunConfig, device: torch.device) -> bool:
     if not asked or native_bf16(device) or not distributed.is_main():
         return False
     print(f"warning: {' and '.join(asked)} asked for, but this {device.type} has no bf16 units: bf16 products "
-          f"are emulated here and may be slower than fp32 (--set loss.ce_matmul_dtype=float32 / "
+          f"are emulated here, ~27x slower than fp32 for the full CE (--set loss.ce_matmul_dtype=auto or float32 / "
           f"train.precision=fp32)", file=sys.stderr)
     return True
 
@@ -314,6 +328,7 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         if self.device.type == "cpu":
             retain_freed_memory()
+        resolve_ce_matmul_dtype(cfg, self.device)
         warn_if_bf16_emulated(cfg, self.device)
         warn_if_compile_on_cpu(cfg, self.device)
         if getattr(cfg.model, "use_time_bias", False) and not self.split.data.has_timestamps and distributed.is_main():

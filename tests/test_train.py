@@ -195,6 +195,28 @@ def test_bf16_products_on_a_device_without_bf16_units_are_warned_about(monkeypat
     assert not train.warn_if_bf16_emulated(cfg, cpu)
 
 
+def test_auto_ce_matmul_dtype_takes_bf16_only_on_bf16_units(monkeypatch, capsys):
+    from recsys import train
+    from recsys.config import load_recipe
+
+    cpu = torch.device("cpu")
+    for native, expected in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(train, "native_bf16", lambda device, native=native: native)
+        cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["loss.name=ce", "loss.ce_matmul_dtype=auto"])
+        assert train.resolve_ce_matmul_dtype(cfg, cpu)
+        assert cfg.loss.ce_matmul_dtype == expected
+        assert f"auto: {expected}" in capsys.readouterr().err
+        assert not train.warn_if_bf16_emulated(cfg, cpu)  # auto never picks emulated bf16
+        assert not train.resolve_ce_matmul_dtype(cfg, cpu)  # already resolved: nothing changes
+
+
+def test_beauty_recipes_pick_their_logit_dtype_by_the_hardware():
+    from recsys.config import load_recipe
+
+    for name in ("sasrec_ce", "bert4rec", "hstu"):
+        assert load_recipe(REPO / f"recipes/beauty/{name}.toml").loss.ce_matmul_dtype == "auto"
+
+
 def test_compile_on_cpu_is_warned_about(capsys):
     from recsys import train
     from recsys.config import load_recipe
