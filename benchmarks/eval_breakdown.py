@@ -13,7 +13,8 @@ the machine hit both alike:
   replaced by a copy of its queries. The user vectors are then wrong (metrics not reported): this is
   a timing bound, what the evaluation would take with an attention kernel that costs nothing.
 
-Prints the median seconds of each part and users per second. With ``--log-results`` one
+Prints the median seconds of each part and users per second, and the floating-point operations of
+the products and attention one evaluation executed (counted, ``benchmarks/flops.py``). With ``--log-results`` one
 "eval_breakdown" record goes to benchmarks/results.jsonl (RESULTS.md is built from it).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 import recsys.evaluation as evaluation
 import recsys.models.sasrec as sasrec
+from flops import count_flops  # benchmarks/ is the script's folder: on sys.path
 from recsys.config import load_recipe
 from recsys.results import append_record, benchmark_command, make_record
 from recsys.train import Trainer, prepare_data
@@ -114,6 +116,8 @@ def main(argv=None) -> int:
                 runs[name].append(parts)
                 if name == "as is":
                     metrics = {k: out[k] for k in ("ndcg@10", "hr@10", "num_users")}
+        # the products and attention of one more (untimed) evaluation as is, counted (benchmarks/flops.py)
+        _, flops = count_flops(trainer.evaluate, "test")
     if not calls[0]:
         p.error(f"{cfg.model_name}: its evaluation calls none of {ATTENTION_FUNCTIONS}; nothing to skip")
 
@@ -131,6 +135,8 @@ def main(argv=None) -> int:
         print(f"| {name} | {med['total']:.3f} ({spread[0]:.3f}-{spread[1]:.3f}) | {med['encoder']:.3f} "
               f"| {med['batches']:.3f} | {med['rest']:.3f} | {users / med['total']:,.0f} |")
     bound = rows[0]["total_seconds"] / rows[1]["total_seconds"]
+    print(f"\nproducts and attention executed by one evaluation: {flops / 1e9:.2f} GFLOP, "
+          f"{flops / 1e9 / rows[0]['total_seconds']:.1f} GFLOP/s at the median time as is")
     print(f"\nan attention that cost nothing would make this evaluation at most {bound:.2f}x faster "
           f"(test NDCG@10 as is: {metrics['ndcg@10']:.4f})")
     if args.log_results:
@@ -138,7 +144,7 @@ def main(argv=None) -> int:
             "eval_breakdown", command=benchmark_command("eval_breakdown", argv), recipe=args.recipe,
             dataset=cfg.data.dataset, model=cfg.model_name, max_seq_len=cfg.max_seq_len, ranks=cfg.eval.ranks,
             threads=torch.get_num_threads(), repeats=args.repeats, num_users=users, metrics=metrics,
-            rows=rows, attention_free_bound=bound), args.log_results)
+            rows=rows, attention_free_bound=bound, eval_flops=flops), args.log_results)
     return 0
 
 

@@ -84,7 +84,7 @@ def write_atomic(seq, folder: Path, name: str) -> None:
 
 def ours(recipe: str, overrides: list[str], threads: int) -> dict:
     code = f"""
-import json, resource, torch
+import json, resource, sys, torch
 torch.set_num_threads({threads})
 from recsys.config import load_recipe
 from recsys.train import Trainer, prepare_data
@@ -95,11 +95,14 @@ with tempfile.TemporaryDirectory() as run_dir:
     trainer = Trainer(cfg, run_dir, data=data, progress=False)
     out = trainer.fit()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sys.path.insert(0, "benchmarks")
+    from flops import count_flops
+    _, eval_flops = count_flops(trainer.evaluate, "test")  # the timed evaluation's products and attention
     trainer.cfg.eval.ranks = "all"  # the same test set with every exact rank (uncut MRR), for the record
     every_rank = trainer.evaluate("test")
 print(json.dumps({{"test": out["test"], "test_every_rank": every_rank, "epochs_run": out["epochs_run"],
                   "train_seconds": out["train_seconds"], "train_targets": sum(h["train_targets"] for h in trainer.history),
-                  "peak_rss_mb": peak_rss_mb}}))
+                  "peak_rss_mb": peak_rss_mb, "eval_flops": eval_flops}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="beauty", choices=sorted({d for d, _ in RECIPES}))
     p.add_argument("--mask-prob", type=float, default=0.2, help="BERT4Rec: masking probability on both sides")
     p.add_argument("--ce-dtype", default=None, choices=["float32", "bfloat16"],
-                   help="ours: logit GEMM dtype (default: the recipe's; the Beauty recipes use bfloat16)")
+                   help="ours: logit GEMM dtype (default: the recipe's; the Beauty recipes use auto: bfloat16 on bf16 units)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.001, help="our learning rate (RecBole's default is 0.001)")
     p.add_argument("--recbole-lr", type=float, default=0.001, help="RecBole's learning rate")
@@ -186,6 +189,10 @@ def main(argv=None) -> int:
         "evaluation users / s": (mine["test"]["num_users"] / mine["test"]["seconds"], their_users_per_second),
         "evaluation users / s, every exact rank": (
             mine["test_every_rank"]["num_users"] / mine["test_every_rank"]["seconds"], their_users_per_second),
+        # products and attention that the test evaluation executed (benchmarks/flops.py), and per second
+        "evaluation GFLOP (counted)": (mine["eval_flops"] / 1e9, theirs["eval_flops"] / 1e9),
+        "evaluation GFLOP/s": (mine["eval_flops"] / 1e9 / mine["test"]["seconds"],
+                               theirs["eval_flops"] / 1e9 / theirs["eval_seconds"]),
         "peak RSS (MB)": (mine["peak_rss_mb"], theirs["peak_rss_mb"]),
         "test NDCG@10": (mine["test"]["ndcg@10"], theirs["ndcg@10"]),
         "test HR@10": (mine["test"]["hr@10"], theirs["hr@10"]),

@@ -5,7 +5,8 @@
 Builds RecBole's dataset from the atomic file the parent wrote, trains its SASRec or BERT4Rec (full CE)
 for the given epochs (or batches, or until a number of training targets), evaluates the test split with full ranking, and prints one JSON line:
 training targets (SASRec: one per prefix sample; BERT4Rec: the masked positions), seconds, test NDCG@10 / Hit@10,
-evaluation seconds and users, and the process's peak RSS.
+evaluation seconds and users, the process's peak RSS, and the floating-point operations of the
+evaluation's products and attention (a second, untimed evaluation under benchmarks/flops.py's counter).
 
 Evaluation batches hold 128 users: of 64, 128, 256 and 512, 128 evaluated fastest here (ML-1M,
 2 threads: 1.1-1.7 s against 1.4-2.8 s at 256); RecBole's default 4,096 took 8-13 s where 256 took
@@ -66,12 +67,16 @@ def main() -> int:
     start = time.perf_counter()
     result = trainer.evaluate(test, load_best_model=False, show_progress=False)
     eval_s = time.perf_counter() - start
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the counting pass
+    # the same evaluation again, counting its products and attention (benchmarks/flops.py: this script's folder)
+    from flops import count_flops
+    _, eval_flops = count_flops(trainer.evaluate, test, load_best_model=False, show_progress=False)
     print(json.dumps({
         "train_targets": targets, "train_seconds": train_s, "targets_per_second": targets / train_s,
         "train_samples_per_epoch": len(train.dataset), "build_seconds": build_s,
         "eval_users": len(test.dataset) if hasattr(test, "dataset") else None, "eval_seconds": eval_s,
         "ndcg@10": float(result["ndcg@10"]), "hr@10": float(result["hit@10"]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb, "eval_flops": eval_flops,
     }))
     return 0
 

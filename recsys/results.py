@@ -290,8 +290,11 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             low, high = row["total_seconds_range"]
             out.append(f"| {row['variant']} | {row['total_seconds']:.3f} ({low:.3f}-{high:.3f}) | {row['encoder_seconds']:.3f} "
                        f"| {row['batches_seconds']:.3f} | {row['rest_seconds']:.3f} | {row['users_per_second']:,.0f} |")
-        out += ["", f"An attention costing nothing would make this evaluation at most {r['attention_free_bound']:.2f}x faster.",
-                "", _command(r), ""]
+        flops = (f" One evaluation executed {r['eval_flops'] / 1e9:.2f} GFLOP of products and attention (counted), "
+                 f"{r['eval_flops'] / 1e9 / r['rows'][0]['total_seconds']:.1f} GFLOP/s at the median time as is."
+                 if r.get("eval_flops") else "")
+        out += ["", f"An attention costing nothing would make this evaluation at most {r['attention_free_bound']:.2f}x faster."
+                + flops, "", _command(r), ""]
     for r in (r for r in records if r["kind"] == "cold_start"):
         out += [f"## Cold start: {r['dataset']}, {r['cold_items']:,} items held out of training ({r['fraction']:.0%}, "
                 f"seed {r['seed']}) — {r['date']}, commit {r['commit']}", "",

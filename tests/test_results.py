@@ -44,14 +44,14 @@ def test_every_record_kind_renders():
              "fwdbwd_tflops": 100.0, "fwdbwd_peak_mb": 1000.0},
             {"N": 8192, "batch": 16, "impl": "reference", "error": "out of memory"}]),
         _rec("eval_breakdown", recipe="r.toml", dataset="ml-1m", model="sasrec", max_seq_len=200, ranks="cutoff",
-             threads=2, repeats=5, num_users=2999, metrics={}, attention_free_bound=1.71, rows=[
+             threads=2, repeats=5, num_users=2999, metrics={}, attention_free_bound=1.71, eval_flops=17.9e9, rows=[
                  {"variant": "as is", "total_seconds": 0.231, "encoder_seconds": 0.212, "batches_seconds": 0.004,
                   "rest_seconds": 0.014, "total_seconds_range": [0.227, 0.233], "users_per_second": 12977.0}]),
     ]
     md = render_markdown(records, {"recipes/beauty/sasrec_ce.toml": {"hr@10": 0.0533, "ndcg@10": 0.0327, "source": "paper"}},
                          plots=[("beauty", "learning_curves_beauty.png")])
     for expected in ("0.0321", "0.0327 (paper)", "a remark", "learning_curves_beauty.png", "2.80 s", "0.970",
-                     "0.5000 ± 0.5000", "9.00 ms", "32.5 s (after epoch 34)", "190.7 GB", "20,000,000", "out of memory", "150.0", "at most 1.71x", "0.227-0.233", "| 0.16 s | 480 MB |"):
+                     "0.5000 ± 0.5000", "9.00 ms", "32.5 s (after epoch 34)", "190.7 GB", "20,000,000", "out of memory", "150.0", "at most 1.71x", "0.227-0.233", "17.90 GFLOP", "77.5 GFLOP/s", "| 0.16 s | 480 MB |"):
         assert expected in md, expected
 
 
