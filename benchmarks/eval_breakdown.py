@@ -3,15 +3,17 @@
     python benchmarks/eval_breakdown.py RECIPE [--set ...] [--repeats 7] [--log-results]
 
 Trains the recipe's model for one epoch (a trained model's cut-off pass decides users as it would in a
-run), then evaluates the test split ``--repeats`` times in two variants, interleaved so that drifts of
+run), then evaluates the test split ``--repeats`` times in three variants, interleaved so that drifts of
 the machine hit both alike:
 
 - ``as is``: the evaluator, timed in parts: the encoder (``recsys.evaluation.user_vectors``), the
   batches (histories gathered from the jagged log) and the rest (scores against the catalogue, seen
   items, ranks, metric sums);
-- ``attention skipped``: the same with every all-position attention of SASRec / BERT4Rec blocks
-  replaced by a copy of its queries. The user vectors are then wrong (metrics not reported): this is
-  a timing bound, what the evaluation would take with an attention kernel that costs nothing.
+- ``PyTorch path``: the same with the fused CPU encoder off (``model.fused_cpu_inference = False``:
+  the models' PyTorch ops, the kernel's reference), same metrics to fp32 rounding;
+- ``PyTorch path, attention skipped``: that path with every all-position attention of SASRec /
+  BERT4Rec blocks replaced by a copy of its queries. The user vectors are then wrong (metrics not
+  reported): a timing bound, what that path would take with an attention that costs nothing.
 
 Prints the median seconds of each part and users per second, and the floating-point operations of
 the products and attention one evaluation executed (counted, ``benchmarks/flops.py``). With ``--log-results`` one
@@ -69,6 +71,17 @@ def timed_parts(parts: dict[str, float]):
 
 
 @contextlib.contextmanager
+def pytorch_path(model):
+    """The model's PyTorch ops instead of the fused CPU encoder while active."""
+    saved = getattr(model, "fused_cpu_inference", False)
+    model.fused_cpu_inference = False
+    try:
+        yield
+    finally:
+        model.fused_cpu_inference = saved
+
+
+@contextlib.contextmanager
 def attention_skipped(calls: list[int]):
     """Every all-position attention returns a copy of its queries ([B, H, L, d]); counts the calls."""
     saved = {name: getattr(sasrec, name) for name in ATTENTION_FUNCTIONS}
@@ -103,7 +116,15 @@ def main(argv=None) -> int:
         trainer.train_epoch()
         trainer.evaluate("test")  # warm-up: allocations, thread pool, oneDNN's kernels
         calls = [0]
-        variants = {"as is": contextlib.nullcontext, "attention skipped": lambda: attention_skipped(calls)}
+        model = trainer.model
+
+        @contextlib.contextmanager
+        def pytorch_path_attention_skipped():
+            with pytorch_path(model), attention_skipped(calls):
+                yield
+
+        variants = {"as is": contextlib.nullcontext, "PyTorch path": lambda: pytorch_path(model),
+                    "PyTorch path, attention skipped": pytorch_path_attention_skipped}
         runs: dict[str, list[dict]] = {name: [] for name in variants}
         metrics = None
         for _ in range(args.repeats):
@@ -134,11 +155,12 @@ def main(argv=None) -> int:
                      "total_seconds_range": spread, "users_per_second": users / med["total"]})
         print(f"| {name} | {med['total']:.3f} ({spread[0]:.3f}-{spread[1]:.3f}) | {med['encoder']:.3f} "
               f"| {med['batches']:.3f} | {med['rest']:.3f} | {users / med['total']:,.0f} |")
-    bound = rows[0]["total_seconds"] / rows[1]["total_seconds"]
+    bound = rows[1]["total_seconds"] / rows[2]["total_seconds"]
     print(f"\nproducts and attention executed by one evaluation: {flops / 1e9:.2f} GFLOP, "
           f"{flops / 1e9 / rows[0]['total_seconds']:.1f} GFLOP/s at the median time as is")
-    print(f"\nan attention that cost nothing would make this evaluation at most {bound:.2f}x faster "
-          f"(test NDCG@10 as is: {metrics['ndcg@10']:.4f})")
+    print(f"\nthe fused CPU encoder: {rows[1]['total_seconds'] / rows[0]['total_seconds']:.2f}x the PyTorch "
+          f"path's users/s; on that path an attention that cost nothing would make the evaluation at most "
+          f"{bound:.2f}x faster (test NDCG@10 as is: {metrics['ndcg@10']:.4f})")
     if args.log_results:
         append_record(make_record(
             "eval_breakdown", command=benchmark_command("eval_breakdown", argv), recipe=args.recipe,

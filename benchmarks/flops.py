@@ -1,13 +1,16 @@
 """The floating-point operations a piece of work executed: matrix products and attention, counted by
 torch's ``FlopCounterMode`` as each op is dispatched (work that ran, not a formula of the model), plus
 formulas for two CPU ops it does not know: oneDNN's linear (``mkldnn::_linear_pointwise``, what
-``recsys.kernels.onednn`` runs) and SDPA's CPU flash kernel. Elementwise work (softmax, LayerNorm,
-GELU) is not counted, on either side of a comparison.
+``recsys.kernels.onednn`` runs) and SDPA's CPU flash kernel, plus what our fused CPU kernels
+(``recsys.kernels.cpu_encoder``, outside torch's dispatcher) count of their own loops. Elementwise work
+(softmax, LayerNorm, GELU) is not counted, on either side of a comparison.
 
-Imports torch only, so RecBole's side of ``benchmarks/peer_recbole.py`` counts with it too.
+Needs torch only (recsys where it is importable), so RecBole's side of ``benchmarks/peer_recbole.py``
+counts with it too.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -44,7 +47,11 @@ def _register() -> None:
 def count_flops(fn, *args, **kwargs):
     """(fn's result, the floating-point operations its products and attention executed)."""
     _register()
+    try:
+        from recsys.kernels.cpu_encoder import counting_flops
+    except ImportError:  # RecBole's environment: no recsys there
+        counting_flops = None
     mode = flop_counter.FlopCounterMode(display=False)
-    with mode:
+    with mode, (counting_flops() if counting_flops else contextlib.nullcontext([0])) as kernels:
         out = fn(*args, **kwargs)
-    return out, mode.get_total_flops()
+    return out, mode.get_total_flops() + kernels[0]

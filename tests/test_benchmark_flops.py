@@ -36,6 +36,7 @@ def test_an_encoder_counts_the_same_through_onednn_and_torch(monkeypatch, use_on
     from recsys.models.sasrec import SASRec, SASRecConfig
 
     model = SASRec(SASRecConfig(max_seq_len=20, hidden_dim=32, ffn_dim=64), num_items=50).eval()
+    model.fused_cpu_inference = False  # the PyTorch path's ops (the fused kernel counts its own: below)
     ids = torch.randint(1, 50, (4, 20), generator=torch.Generator().manual_seed(1))
     ids[0, :5] = 0  # left padding
     with torch.no_grad():
@@ -45,3 +46,22 @@ def test_an_encoder_counts_the_same_through_onednn_and_torch(monkeypatch, use_on
         monkeypatch.setattr(onednn, "_fused_usable", use_onednn and onednn._check_fused())
         flops = count_flops(model, ids, last_only=True)[1]
     assert flops == expected > 0
+
+
+def test_the_fused_cpu_kernels_count_their_own_products():
+    from recsys.kernels import cpu_encoder
+    from recsys.models.sasrec import SASRec, SASRecConfig
+
+    if not cpu_encoder.available():
+        pytest.skip("no fused CPU kernel on this machine")
+    model = SASRec(SASRecConfig(max_seq_len=20, hidden_dim=16, ffn_dim=24, num_blocks=1, num_heads=1), 50).eval()
+    with torch.no_grad():
+        model(torch.tensor([[0, 0, 7]]), last_only=True)  # first call: the folded attention weights
+        _, flops = count_flops(model, torch.tensor([[0, 0, 7]]), last_only=True)
+    # one block, one item, folded attention: query and output products (2 x 2 D^2), the feed-forward
+    # (2 x 2 F D), scores over 8 keys (1 real, rounded up to 8: 2 x 8 x D) and the weighted sum (2 D)
+    assert flops == 2 * 2 * 16 * 16 + 2 * 2 * 24 * 16 + 2 * 8 * 16 + 2 * 16
+    ranker = cpu_encoder.ItemRanker(torch.randn(40, 16), 40)
+    with cpu_encoder.counting_flops() as counted:
+        ranker.ranks(torch.randn(3, 16), torch.tensor([1, 2, 3]), None, "optimistic")
+    assert counted[0] == 3 * 2 * 16 * (48 + 16)  # 40 items in 48 columns, and the target's 16

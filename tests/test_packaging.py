@@ -20,3 +20,9 @@ def test_without_a_repository_the_cards_come_from_the_package(monkeypatch, tmp_p
     assert cards.cards_dir() == Path(cards.__file__).resolve().parents[1] / "_cards"
     monkeypatch.setattr(cards, "REPO_ROOT", REPO)
     assert cards.cards_dir() == REPO / "datasets"
+
+
+def test_the_fused_cpu_encoder_source_is_in_the_wheel_list():
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "*.c" in setup["package-data"]["recsys.kernels"]
+    assert (REPO / "recsys" / "kernels" / "cpu_encoder.c").exists()

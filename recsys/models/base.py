@@ -31,6 +31,11 @@ class SequentialEncoder(nn.Module):
     # forward(item_ids [B, L] (0 = left padding), timestamps [B, L] | None,
     #         next_timestamps [B, L] | None (time of the item to predict)) -> hidden [B, L, D]
 
+    def fused_inference(self) -> bool:
+        """True when :meth:`user_vectors` runs through a fused kernel now (eval mode, no gradients; CPU
+        SASRec / BERT4Rec): it keeps no per-position intermediates, so callers need not slice batches."""
+        return False
+
     def item_vectors(self) -> torch.Tensor:
         """[V, D] vectors that hidden states are scored against (row 0 is padding)."""
         return self.item_embedding.weight

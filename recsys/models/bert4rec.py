@@ -33,7 +33,7 @@ from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .sasrec import Block, SASRecConfig, grid_inputs, run_blocks
+from .sasrec import Block, SASRecConfig, fused_inference_ready, fused_last_hidden, grid_inputs, run_blocks
 
 
 @dataclass
@@ -52,6 +52,11 @@ class BERT4RecConfig:
 class BERT4Rec(SequentialEncoder):
     causal = False
     objective = "cloze"
+    #: evaluation / export on CPU through the fused kernel (:func:`recsys.models.sasrec.fused_last_hidden`)
+    fused_cpu_inference = True
+
+    def fused_inference(self) -> bool:
+        return fused_inference_ready(self)
 
     def __init__(self, cfg: BERT4RecConfig, num_items: int):
         super().__init__()
@@ -78,6 +83,8 @@ class BERT4Rec(SequentialEncoder):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
         last block)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
+        if last_only and (fused := fused_last_hidden(self, item_ids, causal=False)) is not None:
+            return fused[:, None]
         grid, not_pad, item_ids, positions = grid_inputs(last_only, not_pad, item_ids, positions)
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import cpu_encoder
 from ..kernels.onednn import Linear, feed_forward, linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout, dropout
@@ -472,10 +473,68 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, not_pad: torch.Tensor, ca
     return x[:, None] if last_only else packing.unpack(x)
 
 
+def _fused_block_weights(block: Block) -> tuple[tuple[torch.Tensor, ...], bool]:
+    """One block's weights as :mod:`recsys.kernels.cpu_encoder` reads them (matrices [in, out]) and
+    whether its attention is folded (one head: :meth:`CausalSelfAttention.folded`)."""
+    attn = block.attn
+    folded = attn.fold_inference and attn.num_heads == 1
+    if folded:
+        w_qkv, b_qkv, w_out, b_out = attn.folded()
+    else:
+        w_qkv, b_qkv, w_out, b_out = attn.qkv.weight, attn.qkv.bias, attn.out.weight, attn.out.bias
+    first, second = block.ffn[0], block.ffn[3]
+    weights = (block.ln_attn.weight, block.ln_attn.bias, w_qkv.t(), b_qkv, w_out.t(), b_out,
+               block.ln_ffn.weight, block.ln_ffn.bias, first.weight.t(), first.bias, second.weight.t(), second.bias)
+    return tuple(t.detach().contiguous() for t in weights), folded
+
+
+def fused_inference_ready(model: nn.Module) -> bool:
+    """Whether ``model``'s (SASRec / BERT4Rec) inference on CPU runs through the fused kernel of
+    :mod:`recsys.kernels.cpu_encoder`: eval mode, no gradients, fp32, standard blocks (no DARE-style
+    decoupling), a kernel built on this machine, not exporting. ``model.fused_cpu_inference = False``
+    turns it off for one model (tests compare both paths)."""
+    if not (getattr(model, "fused_cpu_inference", False) and model.item_embedding.weight.dtype == torch.float32
+            and model.item_embedding.weight.device.type == "cpu" and not model.training
+            and not torch.is_grad_enabled() and not getattr(model.cfg, "attention_table_dim", None)
+            and not exporting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):
+        return False
+    norms = [model.final_ln] + [ln for b in model.blocks for ln in (b.ln_attn, b.ln_ffn)]
+    if any(ln.eps != model.final_ln.eps or ln.weight is None or ln.bias is None for ln in norms):
+        return False
+    if any(not isinstance(b.ffn[1], nn.GELU) or b.ffn[1].approximate != "none" for b in model.blocks):
+        return False
+    attentions = [b.attn for b in model.blocks]
+    if len({a.fold_inference and a.num_heads == 1 for a in attentions}) != 1:  # folded in every block or none
+        return False
+    return cpu_encoder.available()
+
+
+def fused_last_hidden(model: nn.Module, item_ids: torch.Tensor, causal: bool) -> torch.Tensor | None:
+    """[B, D]: the final hidden state at each row's last position by the fused CPU kernel, or None where
+    it does not apply (:func:`fused_inference_ready`; ids on another device; a row without items or
+    not left-padded): the caller runs its PyTorch path, the kernel's reference."""
+    if item_ids.device.type != "cpu" or not fused_inference_ready(model):
+        return None
+    counts = cpu_encoder.left_padded_counts(item_ids)
+    if counts is None:
+        return None
+    blocks = [_fused_block_weights(b) for b in model.blocks]
+    weights = cpu_encoder.EncoderWeights(
+        model.item_embedding.weight.detach(), model.position_embedding.weight.detach(),
+        model.final_ln.weight.detach(), model.final_ln.bias.detach(), [w for w, _ in blocks],
+        model.blocks[0].attn.num_heads, causal, blocks[0][1], model.final_ln.eps, math.sqrt(model.cfg.hidden_dim))
+    return cpu_encoder.encode_last(item_ids, weights, counts)
+
+
 @register("sasrec", SASRecConfig)
 class SASRec(SequentialEncoder):
     causal = True
     last_only_forward = True
+    #: evaluation / export on CPU through the fused kernel (:func:`fused_last_hidden`) where it applies
+    fused_cpu_inference = True
+
+    def fused_inference(self) -> bool:
+        return fused_inference_ready(self)
 
     def __init__(self, cfg: SASRecConfig, num_items: int):
         super().__init__()
@@ -498,6 +557,8 @@ class SASRec(SequentialEncoder):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
         last block)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
+        if last_only and (fused := fused_last_hidden(self, item_ids, causal=True)) is not None:
+            return fused[:, None]
         grid, not_pad, item_ids, positions = grid_inputs(last_only, not_pad, item_ids, positions)
         x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad  # [B, L, D]

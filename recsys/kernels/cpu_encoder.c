@@ -1,0 +1,469 @@
+/* Fused inference of a pre-LayerNorm transformer encoder (SASRec / BERT4Rec blocks) on CPU, one
+ * sequence at a time: the last position's hidden state of every row of a left-padded batch.
+ *
+ * Built on first use by recsys/kernels/cpu_encoder.py with the system C compiler (cc -O3
+ * -march=native); the PyTorch path of the models is the reference it is tested against. Per sequence
+ * (n items, n <= L) every intermediate lives in a per-thread scratch of a few hundred KB that stays in
+ * the core's L2 cache, where the PyTorch path streams each [tokens, D] tensor through memory once per op:
+ *
+ *   x = E[id] * emb_scale + P[n - t]                       (t = 0 .. n-1, oldest first)
+ *   per block:  u = LN1(x);  q, k, v = u Wqkv^T + b  (folded: q = u Wq^T + b, k = v = u)
+ *               a = softmax(q k^T * scale [+ causal mask]) v      per head
+ *               x = x + a Wo^T + bo;  x = x + GELU(LN2(x) W1^T + b1) W2^T + b2
+ *   the last block computes the last query, its output and feed-forward only; then the final LN.
+ *
+ * Products are register-blocked (6 rows x 16 columns of FMAs, GCC vector extensions); exp and erf are
+ * vectorised polynomials (exp: Cephes' degree-5, ~1 ulp; erf: Abramowitz & Stegun 7.1.26, |err| <
+ * 1.5e-7). Rows are shared among threads through an atomic counter. Weights come transposed ([in, out],
+ * row-major) so that every product reads its right operand row by row. */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8 ld(const float *p) { v8 v; __builtin_memcpy(&v, p, sizeof v); return v; }
+static inline void st(float *p, v8 v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline v8 bc(float x) { return (v8){x, x, x, x, x, x, x, x}; }
+static inline v8i bits_of(v8 v) { v8i i; __builtin_memcpy(&i, &v, sizeof i); return i; }
+static inline v8 from_bits(v8i i) { v8 v; __builtin_memcpy(&v, &i, sizeof v); return v; }
+/* where mask (all bits of a lane set) a, else b */
+static inline v8 vsel(v8i mask, v8 a, v8 b) { return from_bits((bits_of(a) & mask) | (bits_of(b) & ~mask)); }
+static inline v8 vmax(v8 a, v8 b) { return vsel(a > b, a, b); }
+static inline v8 vmin(v8 a, v8 b) { return vsel(a < b, a, b); }
+static inline float hsum(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+static inline float hmax(v8 v) {
+    float m = v[0];
+    for (int i = 1; i < 8; i++) m = v[i] > m ? v[i] : m;
+    return m;
+}
+
+/* e^x for x in [-87, 88] (clamped): x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' polynomial, 2^n by
+ * the exponent bits. n is rounded with the 1.5 * 2^23 trick (no rounding instruction needed). */
+static inline v8 vexp(v8 x) {
+    x = vmin(vmax(x, bc(-87.0f)), bc(88.0f));
+    v8 n = (x * bc(1.44269504088896341f) + bc(12582912.0f)) - bc(12582912.0f);
+    v8 r = x - n * bc(0.693359375f) + n * bc(2.12194440e-4f);
+    v8 p = bc(1.9875691500e-4f);
+    p = p * r + bc(1.3981999507e-3f);
+    p = p * r + bc(8.3334519073e-3f);
+    p = p * r + bc(4.1665795894e-2f);
+    p = p * r + bc(1.6666665459e-1f);
+    p = p * r + bc(5.0000001201e-1f);
+    p = p * r * r + r + bc(1.0f);
+    return p * from_bits((__builtin_convertvector(n, v8i) + 127) << 23);
+}
+
+static inline float sexp(float x) {
+    v8 v = vexp(bc(x));
+    return v[0];
+}
+
+/* erf(x) (Abramowitz & Stegun 7.1.26) and GELU(x) = x / 2 (1 + erf(x / sqrt 2)) */
+static inline v8 verf(v8 x) {
+    v8i sign = bits_of(x) & (int32_t)0x80000000;
+    v8 ax = from_bits(bits_of(x) ^ sign);
+    v8 t = bc(1.0f) / (bc(1.0f) + bc(0.3275911f) * ax);
+    v8 y = bc(1.061405429f);
+    y = y * t + bc(-1.453152027f);
+    y = y * t + bc(1.421413741f);
+    y = y * t + bc(-0.284496736f);
+    y = y * t + bc(0.254829592f);
+    y = bc(1.0f) - y * t * vexp(-ax * ax);
+    return from_bits(bits_of(y) ^ sign);
+}
+
+static void gelu_rows(float *x, long count) {
+    long i = 0;
+    for (; i + 8 <= count; i += 8) {
+        v8 v = ld(x + i);
+        st(x + i, bc(0.5f) * v * (bc(1.0f) + verf(v * bc(0.70710678118654752f))));
+    }
+    for (; i < count; i++) {
+        v8 v = verf(bc(x[i] * 0.70710678118654752f));
+        x[i] = 0.5f * x[i] * (1.0f + v[0]);
+    }
+}
+
+/* keeps a loaded vector in a register: without it GCC re-reads B from memory in every FMA (a memory
+ * operand per row), which makes the kernel load-bound */
+#define IN_REGISTER(v) __asm__("" : "+x"(v))
+
+/* C[R, j .. j + 16) (+)= A[R, K] B[K, j .. j + 16) (+ bias), R <= 6 rows kept in 2 R accumulators */
+static inline __attribute__((always_inline)) void tile16(const int R, int K, const float *A, int lda,
+                                                         const float *B, int ldb, const float *bias, float *C,
+                                                         int ldc, int accumulate) {
+    v8 s[6][2];
+    for (int r = 0; r < R; r++) s[r][0] = s[r][1] = (v8){0};
+    for (int k = 0; k < K; k++, B += ldb) {
+        v8 b0 = ld(B), b1 = ld(B + 8);
+        IN_REGISTER(b0);
+        IN_REGISTER(b1);
+        for (int r = 0; r < R; r++) {
+            v8 x = bc(A[(long)r * lda + k]);
+            s[r][0] += x * b0;
+            s[r][1] += x * b1;
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float *c = C + (long)r * ldc;
+        if (bias) { s[r][0] += ld(bias); s[r][1] += ld(bias + 8); }
+        if (accumulate) { s[r][0] += ld(c); s[r][1] += ld(c + 8); }
+        st(c, s[r][0]);
+        st(c + 8, s[r][1]);
+    }
+}
+
+/* the same for 8 columns */
+static inline __attribute__((always_inline)) void tile8(const int R, int K, const float *A, int lda,
+                                                        const float *B, int ldb, const float *bias, float *C,
+                                                        int ldc, int accumulate) {
+    v8 s[6];
+    for (int r = 0; r < R; r++) s[r] = (v8){0};
+    for (int k = 0; k < K; k++, B += ldb) {
+        v8 b0 = ld(B);
+        IN_REGISTER(b0);
+        for (int r = 0; r < R; r++) s[r] += bc(A[(long)r * lda + k]) * b0;
+    }
+    for (int r = 0; r < R; r++) {
+        float *c = C + (long)r * ldc;
+        if (bias) s[r] += ld(bias);
+        if (accumulate) s[r] += ld(c);
+        st(c, s[r]);
+    }
+}
+
+/* C[R, N] (+)= A[R, K] B[K, N] (+ bias) for R <= 6 rows: 16 columns at a time, then 8, then one */
+static inline __attribute__((always_inline)) void rows(const int R, int N, int K, const float *A, int lda,
+                                                       const float *B, int ldb, const float *bias, float *C,
+                                                       int ldc, int accumulate) {
+    int j = 0;
+    for (; j + 16 <= N; j += 16)
+        tile16(R, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, accumulate);
+    for (; j + 8 <= N; j += 8)
+        tile8(R, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, accumulate);
+    for (; j < N; j++)
+        for (int r = 0; r < R; r++) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; k++) acc += A[(long)r * lda + k] * B[(long)k * ldb + j];
+            float *c = C + (long)r * ldc + j;
+            *c = (accumulate ? *c : 0.0f) + acc + (bias ? bias[j] : 0.0f);
+        }
+}
+
+static void rows6(int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias, float *C,
+                  int ldc, int accumulate) {
+    rows(6, N, K, A, lda, B, ldb, bias, C, ldc, accumulate);
+}
+
+static void rows_tail(int R, int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias,
+                      float *C, int ldc, int accumulate) {
+    switch (R) {
+    case 5: rows(5, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
+    case 4: rows(4, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
+    case 3: rows(3, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
+    case 2: rows(2, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
+    case 1: rows(1, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
+    default: break;
+    }
+}
+
+/* C[M, N] (+)= A[M, K] B[K, N] (+ bias), row strides lda, ldb, ldc */
+static void gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias,
+                 float *C, int ldc, int accumulate) {
+    int i = 0;
+    for (; i + 6 <= M; i += 6) rows6(N, K, A + (long)i * lda, lda, B, ldb, bias, C + (long)i * ldc, ldc, accumulate);
+    if (i < M) rows_tail(M - i, N, K, A + (long)i * lda, lda, B, ldb, bias, C + (long)i * ldc, ldc, accumulate);
+}
+
+static void layer_norm(int rows, int D, const float *x, int ldx, const float *g, const float *b, float eps,
+                       float *y, int ldy) {
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (long)r * ldx;
+        float *yr = y + (long)r * ldy;
+        v8 acc = {0};
+        int d = 0;
+        float sum = 0.0f;
+        for (; d + 8 <= D; d += 8) acc += ld(xr + d);
+        sum = hsum(acc);
+        for (; d < D; d++) sum += xr[d];
+        float mean = sum / D;
+        v8 m = bc(mean);
+        acc = (v8){0};
+        float sq = 0.0f;
+        for (d = 0; d + 8 <= D; d += 8) { v8 c = ld(xr + d) - m; acc += c * c; }
+        sq = hsum(acc);
+        for (; d < D; d++) { float c = xr[d] - mean; sq += c * c; }
+        float inv = 1.0f / sqrtf(sq / D + eps);
+        v8 vi = bc(inv);
+        for (d = 0; d + 8 <= D; d += 8) st(yr + d, (ld(xr + d) - m) * vi * ld(g + d) + ld(b + d));
+        for (; d < D; d++) yr[d] = (xr[d] - mean) * inv * g[d] + b[d];
+    }
+}
+
+/* in place: s[0 .. valid) <- softmax(s * scale), s[valid .. width) <- 0 */
+static void softmax_row(float *s, int valid, int width, float scale) {
+    int j = 0;
+    v8 m8 = bc(-INFINITY);
+    for (; j + 8 <= valid; j += 8) m8 = vmax(m8, ld(s + j));
+    float m = hmax(m8);
+    for (; j < valid; j++) m = s[j] > m ? s[j] : m;
+    v8 vm = bc(m), vs = bc(scale), acc = {0};
+    for (j = 0; j + 8 <= valid; j += 8) {
+        v8 e = vexp((ld(s + j) - vm) * vs);
+        st(s + j, e);
+        acc += e;
+    }
+    float sum = hsum(acc);
+    for (; j < valid; j++) { s[j] = sexp((s[j] - m) * scale); sum += s[j]; }
+    v8 inv = bc(1.0f / sum);
+    for (j = 0; j + 8 <= valid; j += 8) st(s + j, ld(s + j) * inv);
+    for (; j < valid; j++) s[j] *= 1.0f / sum;
+    for (; j < width; j++) s[j] = 0.0f;
+}
+
+#define QUERY_TILE 6
+
+static inline int padded_length(int L) { return (L + 7) & ~7; }
+
+typedef struct {
+    const float *ln1_g, *ln1_b, *w_qkv, *b_qkv, *w_out, *b_out, *ln2_g, *ln2_b, *w1, *b1, *w2, *b2;
+} BlockParams;
+
+typedef struct {
+    int batch, length, dim, heads, ffn, num_blocks, causal, folded, num_threads;
+    float eps, emb_scale, attn_scale;
+    const int64_t *ids;    /* [B, L] */
+    const int64_t *start;  /* [B] first item's column */
+    const int64_t *count;  /* [B] items per row */
+    const float *item_table, *position_table, *final_g, *final_b;
+    const BlockParams *blocks;
+    float *out;            /* [B, D] */
+    int next_row;          /* shared counter */
+} Job;
+
+typedef struct {
+    float *x, *u, *qkv, *att, *ffn, *kt, *scores;
+} Scratch;
+
+/* attention of queries [q0, q0 + m) of one sequence of n tokens, every head:
+ * q: row stride ldq; k, v: row stride ldkv; out: row stride ldo (columns h * dh .. (h + 1) * dh) */
+static void attention(const Job *job, Scratch *s, int n, int q0, int m, const float *q, int ldq,
+                      const float *k, const float *v, int ldkv, float *out, int ldo) {
+    int D = job->dim, H = job->heads, dh = D / H, Lp = padded_length(job->length);
+    for (int h = 0; h < H; h++) {
+        /* K^T [dh, n] of this head, row stride Lp */
+        for (int j = 0; j < n; j++) {
+            const float *kr = k + (long)j * ldkv + h * dh;
+            for (int d = 0; d < dh; d++) s->kt[(long)d * Lp + j] = kr[d];
+        }
+        for (int i0 = q0; i0 < q0 + m; i0 += QUERY_TILE) {
+            int rows = q0 + m - i0 < QUERY_TILE ? q0 + m - i0 : QUERY_TILE;
+            int keys = job->causal ? i0 + rows : n; /* keys any of these queries sees */
+            /* scores for a multiple of 8 keys: no scalar column tail; the columns past n read finite
+             * leftovers of K^T (zeroed scratch or an earlier row) and are set to 0 by the softmax */
+            gemm(rows, (keys + 7) & ~7, dh, q + (long)(i0 - q0) * ldq + h * dh, ldq, s->kt, Lp, NULL,
+                 s->scores, Lp, 0);
+            for (int r = 0; r < rows; r++)
+                softmax_row(s->scores + (long)r * Lp, job->causal ? i0 + r + 1 : n, keys, job->attn_scale);
+            gemm(rows, dh, keys, s->scores, Lp, v + h * dh, ldkv, NULL, out + (long)(i0 - q0) * ldo + h * dh, ldo, 0);
+        }
+    }
+}
+
+static void encode_row(const Job *job, Scratch *s, int row) {
+    int D = job->dim, F = job->ffn, L = job->length, n = (int)job->count[row];
+    int qkv_width = job->folded ? D : 3 * D;
+    const int64_t *ids = job->ids + (long)row * L + job->start[row];
+    for (int t = 0; t < n; t++) {
+        const float *e = job->item_table + ids[t] * D, *p = job->position_table + (long)(n - t) * D;
+        float *xr = s->x + (long)t * D;
+        for (int d = 0; d < D; d++) xr[d] = e[d] * job->emb_scale + p[d];
+    }
+    for (int bi = 0; bi < job->num_blocks; bi++) {
+        const BlockParams *b = job->blocks + bi;
+        int last = bi == job->num_blocks - 1;
+        layer_norm(n, D, s->x, D, b->ln1_g, b->ln1_b, job->eps, s->u, D);
+        const float *keys, *values;
+        int ldkv;
+        if (job->folded) { /* keys and values are the normalised inputs themselves */
+            keys = values = s->u;
+            ldkv = D;
+        } else {           /* [q | k | v] per row */
+            int first = last ? n - 1 : 0;
+            gemm(n, 2 * D, D, s->u, D, b->w_qkv + D, 3 * D, b->b_qkv + D, s->qkv + D, 3 * D, 0);
+            gemm(n - first, D, D, s->u + (long)first * D, D, b->w_qkv, 3 * D, b->b_qkv,
+                 s->qkv + (long)first * 3 * D, 3 * D, 0);
+            keys = s->qkv + D;
+            values = s->qkv + 2 * D;
+            ldkv = 3 * D;
+        }
+        int q0 = last ? n - 1 : 0, m = n - q0;
+        const float *queries;
+        if (job->folded) {
+            gemm(m, D, D, s->u + (long)q0 * D, D, b->w_qkv, D, b->b_qkv, s->qkv, qkv_width, 0);
+            queries = s->qkv;
+        } else {
+            queries = s->qkv + (long)q0 * 3 * D;
+        }
+        attention(job, s, n, q0, m, queries, qkv_width, keys, values, ldkv, s->att, D);
+        float *x = s->x + (long)q0 * D; /* the rows this block still computes */
+        gemm(m, D, D, s->att, D, b->w_out, D, b->b_out, x, D, 1);
+        layer_norm(m, D, x, D, b->ln2_g, b->ln2_b, job->eps, s->u, D);
+        gemm(m, F, D, s->u, D, b->w1, F, b->b1, s->ffn, F, 0);
+        gelu_rows(s->ffn, (long)m * F);
+        gemm(m, D, F, s->ffn, F, b->w2, D, b->b2, x, D, 1);
+    }
+    layer_norm(1, D, s->x + (long)(n - 1) * D, D, job->final_g, job->final_b, job->eps,
+               job->out + (long)row * D, D);
+}
+
+static void *worker(void *arg) {
+    Job *job = (Job *)arg;
+    long L = job->length, Lp = padded_length(job->length), D = job->dim, F = job->ffn;
+    Scratch s;
+    float *mem = calloc(L * D * 3 + L * 3 * D + L * F + D * Lp + QUERY_TILE * Lp + 64, sizeof(float));
+    if (!mem) return (void *)1;
+    s.x = mem; s.u = s.x + L * D; s.att = s.u + L * D; s.qkv = s.att + L * D;
+    s.ffn = s.qkv + L * 3 * D; s.kt = s.ffn + L * F; s.scores = s.kt + D * Lp;
+    for (;;) {
+        int row = __atomic_fetch_add(&job->next_row, 1, __ATOMIC_RELAXED);
+        if (row >= job->batch) break;
+        encode_row(job, &s, row);
+    }
+    free(mem);
+    return NULL;
+}
+
+/* Returns 0 on success. config: batch, length, dim, heads, ffn, num_blocks, causal, folded, num_threads;
+ * scalars: eps, emb_scale, attn_scale; tables: item, position, final LN weight, final LN bias;
+ * blocks: 12 pointers per block (BlockParams order). */
+int recsys_encode_last(const int32_t *config, const float *scalars, const int64_t *ids, const int64_t *start,
+                       const int64_t *count, const float *const *tables, const float *const *blocks, float *out) {
+    Job job;
+    job.batch = config[0]; job.length = config[1]; job.dim = config[2]; job.heads = config[3];
+    job.ffn = config[4]; job.num_blocks = config[5]; job.causal = config[6]; job.folded = config[7];
+    job.num_threads = config[8] < 1 ? 1 : config[8];
+    job.eps = scalars[0]; job.emb_scale = scalars[1]; job.attn_scale = scalars[2];
+    job.ids = ids; job.start = start; job.count = count;
+    job.item_table = tables[0]; job.position_table = tables[1]; job.final_g = tables[2]; job.final_b = tables[3];
+    job.out = out; job.next_row = 0;
+    if (job.dim % job.heads || job.num_blocks < 1) return 2;
+    for (int r = 0; r < job.batch; r++)
+        if (count[r] < 1 || count[r] > job.length || start[r] < 0 || start[r] + count[r] > job.length) return 3;
+    BlockParams *params = malloc(sizeof(BlockParams) * job.num_blocks);
+    if (!params) return 1;
+    for (int b = 0; b < job.num_blocks; b++) memcpy(&params[b], blocks + 12 * b, sizeof(BlockParams));
+    job.blocks = params;
+    int threads = job.num_threads < job.batch ? job.num_threads : job.batch;
+    pthread_t tids[64];
+    if (threads > 64) threads = 64;
+    int failed = 0, started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tids[t], NULL, worker, &job) != 0) break;
+        started = t;
+    }
+    if (worker(&job) != NULL) failed = 1;
+    for (int t = 1; t <= started; t++) {
+        void *ret;
+        pthread_join(tids[t], &ret);
+        if (ret != NULL) failed = 1;
+    }
+    free(params);
+    return failed;
+}
+
+/* ---- exact full-ranking counts -------------------------------------------------------------------
+ * For each user b: how many items v in [1, num_items) score above the target (strictly, or >= with
+ * the target itself not counted: pessimistic), seen items (CSR seen_offsets / seen_items) never
+ * counted. score(v, b) = items[v] . users[b], each a chain of FMAs over the D dimensions in order, the
+ * same arithmetic for every (v, b) whatever its tile or lane, so the target's own score (computed
+ * first, by the same tile code) is bit-identical to its entry in the scored chunk. */
+#define RANK_CHUNK 1024
+
+typedef struct {
+    int num_users, dim, num_items, items_stride, pessimistic, num_threads;
+    const float *users, *items_t;   /* [B, D]; items transposed [D, items_stride] */
+    const int64_t *targets, *seen_offsets, *seen_items;
+    int64_t *counts;
+    int next_tile;
+} RankJob;
+
+static void *rank_worker(void *arg) {
+    RankJob *job = (RankJob *)arg;
+    int D = job->dim, V = job->num_items, ld = job->items_stride;
+    float *scores = malloc(sizeof(float) * QUERY_TILE * RANK_CHUNK);
+    float one[16];
+    if (!scores) return (void *)1;
+    for (;;) {
+        int tile = __atomic_fetch_add(&job->next_tile, 1, __ATOMIC_RELAXED);
+        int b0 = tile * QUERY_TILE;
+        if (b0 >= job->num_users) break;
+        int rows = job->num_users - b0 < QUERY_TILE ? job->num_users - b0 : QUERY_TILE;
+        const float *users = job->users + (long)b0 * D;
+        float target_score[QUERY_TILE];
+        int64_t count[QUERY_TILE] = {0};
+        for (int r = 0; r < rows; r++) { /* the target's 16-column block, one row: the same lane arithmetic */
+            int64_t t = job->targets[b0 + r], block = t & ~15L;
+            rows_tail(1, 16, D, users + (long)r * D, D, job->items_t + block, ld, NULL, one, 16, 0);
+            target_score[r] = one[t - block];
+        }
+        for (int c0 = 0; c0 < V; c0 += RANK_CHUNK) {
+            int width = V - c0 < RANK_CHUNK ? V - c0 : RANK_CHUNK;
+            int cols = (width + 15) & ~15; /* items_stride is a multiple of 16 with zero columns past V */
+            gemm(rows, cols, D, users, D, job->items_t + c0, ld, NULL, scores, RANK_CHUNK, 0);
+            for (int r = 0; r < rows; r++) {
+                float *s = scores + (long)r * RANK_CHUNK;
+                int64_t b = b0 + r, t = job->targets[b];
+                for (int64_t i = job->seen_offsets[b]; i < job->seen_offsets[b + 1]; i++) {
+                    int64_t v = job->seen_items[i] - c0;
+                    if (v >= 0 && v < width) s[v] = -INFINITY;
+                }
+                if (c0 == 0) s[0] = -INFINITY; /* the padding id */
+                if (job->pessimistic && t >= c0 && t < c0 + width) s[t - c0] = -INFINITY;
+                float ts = target_score[r];
+                int64_t n = 0;
+                if (job->pessimistic)
+                    for (int j = 0; j < width; j++) n += s[j] >= ts;
+                else
+                    for (int j = 0; j < width; j++) n += s[j] > ts;
+                count[r] += n;
+            }
+        }
+        for (int r = 0; r < rows; r++) job->counts[b0 + r] = count[r];
+    }
+    free(scores);
+    return NULL;
+}
+
+/* Returns 0 on success. config: num_users, dim, num_items, items_stride, pessimistic, num_threads. */
+int recsys_rank_counts(const int32_t *config, const float *users, const float *items_t, const int64_t *targets,
+                       const int64_t *seen_offsets, const int64_t *seen_items, int64_t *counts) {
+    RankJob job;
+    job.num_users = config[0]; job.dim = config[1]; job.num_items = config[2]; job.items_stride = config[3];
+    job.pessimistic = config[4]; job.num_threads = config[5] < 1 ? 1 : config[5];
+    job.users = users; job.items_t = items_t; job.targets = targets;
+    job.seen_offsets = seen_offsets; job.seen_items = seen_items; job.counts = counts; job.next_tile = 0;
+    if (job.items_stride % 16 || job.items_stride < job.num_items) return 2;
+    for (int b = 0; b < job.num_users; b++)
+        if (targets[b] < 0 || targets[b] >= job.num_items) return 3;
+    int tiles = (job.num_users + QUERY_TILE - 1) / QUERY_TILE;
+    int threads = job.num_threads < tiles ? job.num_threads : tiles;
+    pthread_t tids[64];
+    if (threads > 64) threads = 64;
+    int failed = 0, started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tids[t], NULL, rank_worker, &job) != 0) break;
+        started = t;
+    }
+    if (rank_worker(&job) != NULL) failed = 1;
+    for (int t = 1; t <= started; t++) {
+        void *ret;
+        pthread_join(tids[t], &ret);
+        if (ret != NULL) failed = 1;
+    }
+    return failed;
+}

@@ -1,0 +1,197 @@
+"""The fused CPU encoder kernel against its PyTorch reference and against the models' own PyTorch path."""
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from recsys.kernels import cpu_encoder
+from recsys.models.base import build_model
+from tests.conftest import REPO, needs_data
+
+pytestmark = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kernel_state(monkeypatch):
+    # every test decides availability anew (its own RECSYS_CACHE, its own environment)
+    monkeypatch.setattr(cpu_encoder, "_state", None)
+    monkeypatch.setattr(cpu_encoder, "_library", None)
+
+
+def _left_padded(counts: torch.Tensor, length: int, num_items: int, gen: torch.Generator) -> torch.Tensor:
+    ids = torch.randint(1, num_items, (len(counts), length), generator=gen)
+    return ids * (torch.arange(length) >= length - counts[:, None])
+
+
+@pytest.mark.parametrize("causal,folded,heads", [(True, True, 1), (True, False, 1), (True, False, 4),
+                                                 (False, False, 2), (False, True, 1)])
+@pytest.mark.parametrize("dim,ffn", [(32, 48), (20, 20)])  # 20: widths that are no multiple of 8 or 16
+def test_kernel_equals_the_reference(causal, folded, heads, dim, ffn):
+    assert cpu_encoder.available()
+    gen = torch.Generator().manual_seed(dim + heads)
+    if dim % heads:
+        pytest.skip("heads must divide the width")
+    weights = cpu_encoder.random_weights(60, 40, dim, heads, ffn, 3, causal, folded, gen)
+    counts = torch.tensor([1, 2, 5, 6, 7, 13, 40, 39, 40, 17, 3])  # query tiles of 6: every remainder
+    ids = _left_padded(counts, 40, 60, gen)
+    got = cpu_encoder.encode_last(ids, weights, counts, num_threads=2)
+    torch.testing.assert_close(got, cpu_encoder.reference_encode_last(ids, weights), rtol=1e-4, atol=1e-4)
+    # one thread or three: each row is computed by one thread alone, so the bits do not change
+    assert torch.equal(cpu_encoder.encode_last(ids, weights, counts, num_threads=1), got)
+    assert torch.equal(cpu_encoder.encode_last(ids, weights, counts, num_threads=3), got)
+
+
+def test_a_row_does_not_depend_on_its_batch_or_padding():
+    assert cpu_encoder.available()
+    gen = torch.Generator().manual_seed(3)
+    weights = cpu_encoder.random_weights(60, 30, 16, 1, 16, 2, True, True, gen)
+    counts = torch.tensor([4, 30, 9])
+    ids = _left_padded(counts, 30, 60, gen)
+    batch = cpu_encoder.encode_last(ids, weights, counts)
+    alone = cpu_encoder.encode_last(ids[2:, -9:], weights, counts[2:])  # the same history, no padding
+    assert torch.equal(batch[2:], alone)
+
+
+def test_left_padded_counts():
+    assert cpu_encoder.left_padded_counts(torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])).tolist() == [2, 4]
+    assert cpu_encoder.left_padded_counts(torch.tensor([[0, 3, 0, 4]])) is None  # padding between items
+    assert cpu_encoder.left_padded_counts(torch.tensor([[0, 0, 0, 0], [1, 2, 3, 4]])) is None  # an empty row
+    assert cpu_encoder.left_padded_counts(torch.zeros(0, 4, dtype=torch.long)) is None
+
+
+def test_the_library_is_built_into_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_CACHE", str(tmp_path))
+    assert cpu_encoder.available()
+    built = list((tmp_path / "kernels").glob("cpu_encoder-*.so"))
+    assert len(built) == 1 and not list((tmp_path / "kernels").glob("*.tmp"))
+
+
+def test_switched_off_or_without_a_compiler_the_models_use_pytorch(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_CPU_ENCODER", "torch")
+    assert not cpu_encoder.available()
+    monkeypatch.delenv("RECSYS_CPU_ENCODER")
+    monkeypatch.setattr(cpu_encoder, "_state", None)
+    monkeypatch.setenv("RECSYS_CACHE", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    with pytest.warns(RuntimeWarning, match="fused CPU encoder unavailable"):
+        assert not cpu_encoder.available()
+    m = build_model("sasrec", {"max_seq_len": 8, "hidden_dim": 16, "num_heads": 1, "dropout": 0.0}, 30).eval()
+    ids = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(m.user_vectors(ids), m(ids)[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def _spread_weights(model):
+    torch.manual_seed(1)
+    for p in model.parameters():  # away from the small initialisation, so every term matters
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("sasrec", {"num_heads": 1}), ("sasrec", {"num_heads": 2, "num_blocks": 3}),
+    ("bert4rec", {"num_heads": 2, "ffn_dim": 64}), ("bert4rec", {"num_heads": 1}),
+])
+def test_models_user_vectors_equal_their_pytorch_path(name, kw):
+    assert cpu_encoder.available()
+    torch.manual_seed(0)
+    m = _spread_weights(build_model(name, {"max_seq_len": 20, "hidden_dim": 16, "dropout": 0.3, **kw}, 50)).eval()
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.tensor([1, 3, 19, 20, 7, 12])
+    ids = _left_padded(counts, 20, 50, gen)
+    calls = []
+    original = cpu_encoder.encode_last
+    with torch.no_grad():
+        cpu_encoder.encode_last = lambda *a, **k: calls.append(1) or original(*a, **k)
+        try:
+            fused = m.user_vectors(ids)
+        finally:
+            cpu_encoder.encode_last = original
+        m.fused_cpu_inference = False
+        plain = m.user_vectors(ids)
+    assert calls, "the kernel did not run"
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_training_gradients_and_decoupled_tables_keep_the_pytorch_path():
+    m = build_model("sasrec", {"max_seq_len": 8, "hidden_dim": 16, "num_heads": 1, "dropout": 0.0}, 30)
+    ids = torch.tensor([[0, 0, 3, 4, 5]])
+    from recsys.models.sasrec import fused_last_hidden
+
+    assert fused_last_hidden(m, ids, True) is None  # training mode
+    m.eval()
+    assert fused_last_hidden(m, ids, True) is None  # gradients enabled
+    with torch.no_grad():
+        assert fused_last_hidden(m, ids, True) is not None
+        assert fused_last_hidden(m, torch.tensor([[0, 3, 0, 5]]), True) is None  # not left-padded
+        d = build_model("sasrec", {"max_seq_len": 8, "hidden_dim": 16, "attention_table_dim": 8}, 30).eval()
+        assert fused_last_hidden(d, ids, True) is None  # DARE-style decoupling
+
+
+@needs_data("ml-1m")
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_ml1m_test_metrics_are_the_same_through_the_kernel(tmp_path, name):
+    """The real ML-1M log (histories up to 200), one epoch of training: the test metrics through the
+    kernel equal the PyTorch path's (a near-tie may flip a rank), and the user vectors agree."""
+    from recsys.config import load_recipe
+    from recsys.evaluation import iter_eval_batches
+    from recsys.train import Trainer, prepare_data
+
+    assert cpu_encoder.available()
+    cfg = load_recipe(REPO / f"recipes/ml-1m/{name}.toml", [
+        "model.hidden_dim=32", "train.epochs=1", "train.num_threads=2"])
+    trainer = Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
+    trainer.train_epoch()
+    fused = trainer.evaluate("test")
+    trainer.model.fused_cpu_inference = False
+    plain = trainer.evaluate("test")
+    users = plain["num_users"]
+    assert fused["num_users"] == users > 2000
+    for key in ("hr@10", "ndcg@10", "mrr", "hr@20"):
+        assert fused[key] == pytest.approx(plain[key], abs=2 / users), key
+    assert plain["hr@10"] > 0.01  # it learned something (a random ranking: 10 / 3,600 items)
+    batch = next(iter_eval_batches(trainer.split, trainer.split.test, cfg.max_seq_len, 64))
+    model = trainer.model.eval()
+    with torch.no_grad():
+        model.fused_cpu_inference = True
+        a = model.user_vectors(batch.item_ids)
+        model.fused_cpu_inference = False
+        b = model.user_vectors(batch.item_ids)
+    assert batch.item_ids.shape[1] > 100  # long real histories
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about on a machine with a compiler
+        assert cpu_encoder.available()
+
+
+@pytest.mark.parametrize("tie_policy", ["optimistic", "pessimistic"])
+def test_ranker_equals_the_score_matrix_ranks(tie_policy):
+    """Integer-valued vectors make every score exact on both sides, ties (duplicated items) included."""
+    from recsys.metrics import ranks_from_item_scores
+
+    assert cpu_encoder.available()
+    gen = torch.Generator().manual_seed(0)
+    V, D, B = 2500, 12, 23  # more than two chunks of 1,024 items; a width that is no multiple of 8
+    items = torch.randint(-3, 4, (V, D), generator=gen).float()
+    items[100:140] = items[7]  # ties with item 7
+    users = torch.randint(-2, 3, (B, D), generator=gen).float()
+    targets = torch.randint(1, V, (B,), generator=gen)
+    targets[:3] = 7
+    rows = torch.randint(0, B, (400,), generator=gen)
+    seen = torch.randint(0, V, (400,), generator=gen)
+    seen[:2] = targets[rows[:2]]  # a target that was also seen is still ranked
+    padded = torch.cat([items, torch.randn(12, D)])  # alignment rows past the catalogue: never ranked
+    scores = padded @ users.T
+    scores[0] = float("-inf")
+    scores[V:] = float("-inf")
+    expected = ranks_from_item_scores(scores, targets, (rows, seen), tie_policy)
+    ranker = cpu_encoder.ItemRanker(padded, V)
+    assert torch.equal(ranker.ranks(users, targets, (rows, seen), tie_policy), expected)
+    order = torch.argsort(rows, stable=True)  # the same pairs sorted by user
+    assert torch.equal(ranker.ranks(users, targets, (rows[order], seen[order]), tie_policy, num_threads=1), expected)
+    scores = padded @ users.T
+    scores[0] = float("-inf")
+    scores[V:] = float("-inf")
+    assert torch.equal(ranker.ranks(users, targets, None, tie_policy),
+                       ranks_from_item_scores(scores, targets, None, tie_policy))
