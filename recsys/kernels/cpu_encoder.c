@@ -252,6 +252,44 @@ typedef struct {
     float *x, *u, *qkv, *att, *ffn, *kt, *scores;
 } Scratch;
 
+/* out[d, j] = in[j, d] for j < rows, d < cols (row strides ld_in, ld_out): 8 x 8 blocks transposed
+ * in registers (unpack / shuffle), scalar edges */
+static void transpose(const float *in, int ld_in, int rows, int cols, float *out, int ld_out) {
+    int j = 0;
+    for (; j + 8 <= rows; j += 8) {
+        int d = 0;
+        for (; d + 8 <= cols; d += 8) {
+            const float *p = in + (long)j * ld_in + d;
+            v8 r0 = ld(p), r1 = ld(p + ld_in), r2 = ld(p + 2L * ld_in), r3 = ld(p + 3L * ld_in),
+               r4 = ld(p + 4L * ld_in), r5 = ld(p + 5L * ld_in), r6 = ld(p + 6L * ld_in), r7 = ld(p + 7L * ld_in);
+            const v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+            v8 t0 = __builtin_shuffle(r0, r1, lo), t1 = __builtin_shuffle(r0, r1, hi);
+            v8 t2 = __builtin_shuffle(r2, r3, lo), t3 = __builtin_shuffle(r2, r3, hi);
+            v8 t4 = __builtin_shuffle(r4, r5, lo), t5 = __builtin_shuffle(r4, r5, hi);
+            v8 t6 = __builtin_shuffle(r6, r7, lo), t7 = __builtin_shuffle(r6, r7, hi);
+            const v8i even = {0, 1, 8, 9, 4, 5, 12, 13}, odd = {2, 3, 10, 11, 6, 7, 14, 15};
+            v8 u0 = __builtin_shuffle(t0, t2, even), u1 = __builtin_shuffle(t0, t2, odd);
+            v8 u2 = __builtin_shuffle(t1, t3, even), u3 = __builtin_shuffle(t1, t3, odd);
+            v8 u4 = __builtin_shuffle(t4, t6, even), u5 = __builtin_shuffle(t4, t6, odd);
+            v8 u6 = __builtin_shuffle(t5, t7, even), u7 = __builtin_shuffle(t5, t7, odd);
+            const v8i first = {0, 1, 2, 3, 8, 9, 10, 11}, second = {4, 5, 6, 7, 12, 13, 14, 15};
+            float *q = out + (long)d * ld_out + j;
+            st(q, __builtin_shuffle(u0, u4, first));
+            st(q + ld_out, __builtin_shuffle(u1, u5, first));
+            st(q + 2L * ld_out, __builtin_shuffle(u2, u6, first));
+            st(q + 3L * ld_out, __builtin_shuffle(u3, u7, first));
+            st(q + 4L * ld_out, __builtin_shuffle(u0, u4, second));
+            st(q + 5L * ld_out, __builtin_shuffle(u1, u5, second));
+            st(q + 6L * ld_out, __builtin_shuffle(u2, u6, second));
+            st(q + 7L * ld_out, __builtin_shuffle(u3, u7, second));
+        }
+        for (; d < cols; d++)
+            for (int i = j; i < j + 8; i++) out[(long)d * ld_out + i] = in[(long)i * ld_in + d];
+    }
+    for (; j < rows; j++)
+        for (int d = 0; d < cols; d++) out[(long)d * ld_out + j] = in[(long)j * ld_in + d];
+}
+
 /* attention of queries [q0, q0 + m) of one sequence of n tokens, every head:
  * q: row stride ldq; k, v: row stride ldkv; out: row stride ldo (columns h * dh .. (h + 1) * dh) */
 static void attention(const Job *job, Scratch *s, int n, int q0, int m, const float *q, int ldq,
@@ -259,11 +297,7 @@ static void attention(const Job *job, Scratch *s, int n, int q0, int m, const fl
     int D = job->dim, H = job->heads, dh = D / H, Lp = padded_length(job->length);
     for (int h = 0; h < H; h++) {
         /* K^T [dh, n] of this head, row stride Lp */
-        for (int d = 0; d < dh; d++) { /* contiguous stores; each key's row is read in order */
-            const float *kc = k + h * dh + d;
-            float *row = s->kt + (long)d * Lp;
-            for (int j = 0; j < n; j++) row[j] = kc[(long)j * ldkv];
-        }
+        transpose(k + h * dh, ldkv, n, dh, s->kt, Lp);
         for (int i0 = q0; i0 < q0 + m; i0 += QUERY_TILE) {
             int rows = q0 + m - i0 < QUERY_TILE ? q0 + m - i0 : QUERY_TILE;
             int keys = job->causal ? i0 + rows : n; /* keys any of these queries sees */
@@ -292,6 +326,8 @@ static void encode_row(const Job *job, Scratch *s, int row) {
     int qkv_width = job->folded ? D : 3 * D;
     const int64_t *ids = job->ids + (long)row * L + job->start[row];
     for (int t = 0; t < n; t++) {
+        if (t + 4 < n) /* the item rows are scattered over the table: fetch ahead */
+            for (int d = 0; d < D; d += 16) __builtin_prefetch(job->item_table + ids[t + 4] * D + d);
         const float *e = job->item_table + ids[t] * D, *p = job->position_table + (long)(n - t) * D;
         float *xr = s->x + (long)t * D;
         for (int d = 0; d < D; d++) xr[d] = e[d] * job->emb_scale + p[d];
