@@ -18,6 +18,9 @@
  * row-major) so that every product reads its right operand row by row. */
 #include <math.h>
 #include <pthread.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,17 +79,12 @@ static inline v8 verf(v8 x) {
     return from_bits(bits_of(y) ^ sign);
 }
 
-static void gelu_rows(float *x, long count) {
-    long i = 0;
-    for (; i + 8 <= count; i += 8) {
-        v8 v = ld(x + i);
-        st(x + i, bc(0.5f) * v * (bc(1.0f) + verf(v * bc(0.70710678118654752f))));
-    }
-    for (; i < count; i++) {
-        v8 v = verf(bc(x[i] * 0.70710678118654752f));
-        x[i] = 0.5f * x[i] * (1.0f + v[0]);
-    }
-}
+static inline v8 vgelu(v8 v) { return bc(0.5f) * v * (bc(1.0f) + verf(v * bc(0.70710678118654752f))); }
+static inline float sgelu(float x) { return vgelu(bc(x))[0]; }
+
+/* what a product does with its result (the "accumulate" argument): add it to C, or pass it through GELU */
+#define ACCUMULATE 1
+#define GELU 2
 
 /* keeps a loaded vector in a register: without it GCC re-reads B from memory in every FMA (a memory
  * operand per row), which makes the kernel load-bound */
@@ -112,7 +110,8 @@ static inline __attribute__((always_inline)) void tile16(const int R, int K, con
     for (int r = 0; r < R; r++) {
         float *c = C + (long)r * ldc;
         if (bias) { s[r][0] += ld(bias); s[r][1] += ld(bias + 8); }
-        if (accumulate) { s[r][0] += ld(c); s[r][1] += ld(c + 8); }
+        if (accumulate & ACCUMULATE) { s[r][0] += ld(c); s[r][1] += ld(c + 8); }
+        if (accumulate & GELU) { s[r][0] = vgelu(s[r][0]); s[r][1] = vgelu(s[r][1]); }
         st(c, s[r][0]);
         st(c + 8, s[r][1]);
     }
@@ -133,7 +132,8 @@ static inline __attribute__((always_inline)) void tile8(const int R, int K, cons
     for (int r = 0; r < R; r++) {
         float *c = C + (long)r * ldc;
         if (bias) s[r] += ld(bias);
-        if (accumulate) s[r] += ld(c);
+        if (accumulate & ACCUMULATE) s[r] += ld(c);
+        if (accumulate & GELU) s[r] = vgelu(s[r]);
         st(c, s[r]);
     }
 }
@@ -152,7 +152,8 @@ static inline __attribute__((always_inline)) void rows(const int R, int N, int K
             float acc = 0.0f;
             for (int k = 0; k < K; k++) acc += A[(long)r * lda + k] * B[(long)k * ldb + j];
             float *c = C + (long)r * ldc + j;
-            *c = (accumulate ? *c : 0.0f) + acc + (bias ? bias[j] : 0.0f);
+            float y = ((accumulate & ACCUMULATE) ? *c : 0.0f) + acc + (bias ? bias[j] : 0.0f);
+            *c = (accumulate & GELU) ? sgelu(y) : y;
         }
 }
 
@@ -362,20 +363,41 @@ static void encode_row(const Job *job, Scratch *s, int row) {
         float *x = s->x + (long)q0 * D; /* the rows this block still computes */
         gemm(m, D, D, s->att, D, b->w_out, D, b->b_out, x, D, 1);
         layer_norm(m, D, x, D, b->ln2_g, b->ln2_b, job->eps, s->u, D);
-        gemm(m, F, D, s->u, D, b->w1, F, b->b1, s->ffn, F, 0);
-        gelu_rows(s->ffn, (long)m * F);
+        gemm(m, F, D, s->u, D, b->w1, F, b->b1, s->ffn, F, GELU);
         gemm(m, D, F, s->ffn, F, b->w2, D, b->b2, x, D, 1);
     }
     layer_norm(1, D, s->x + (long)(n - 1) * D, D, job->final_g, job->final_b, job->eps,
                job->out + (long)row * D, D);
 }
 
+/* Denormal results (attention weights near exp(-87) times small values) take microcode assists that
+ * cost ~100 cycles each; flushed to zero they change nothing at fp32 resolution. Set for this thread
+ * while it works, restored after (the calling thread is Python's). */
+static unsigned flush_denormals(void) {
+#if defined(__SSE__)
+    unsigned saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8040); /* FTZ | DAZ */
+    return saved;
+#else
+    return 0;
+#endif
+}
+
+static void restore_denormals(unsigned saved) {
+#if defined(__SSE__)
+    _mm_setcsr(saved);
+#else
+    (void)saved;
+#endif
+}
+
 static void *worker(void *arg) {
     Job *job = (Job *)arg;
+    unsigned csr = flush_denormals();
     long L = job->length, Lp = padded_length(job->length), D = job->dim, F = job->ffn;
     Scratch s;
     float *mem = calloc(L * D * 3 + L * 3 * D + L * F + D * Lp + QUERY_TILE * Lp + 64, sizeof(float));
-    if (!mem) return (void *)1;
+    if (!mem) { restore_denormals(csr); return (void *)1; }
     s.x = mem; s.u = s.x + L * D; s.att = s.u + L * D; s.qkv = s.att + L * D;
     s.ffn = s.qkv + L * 3 * D; s.kt = s.ffn + L * F; s.scores = s.kt + D * Lp;
     for (;;) {
@@ -384,6 +406,7 @@ static void *worker(void *arg) {
         encode_row(job, &s, row);
     }
     free(mem);
+    restore_denormals(csr);
     return NULL;
 }
 
@@ -443,10 +466,11 @@ typedef struct {
 
 static void *rank_worker(void *arg) {
     RankJob *job = (RankJob *)arg;
+    unsigned csr = flush_denormals();
     int D = job->dim, V = job->num_items, ld = job->items_stride;
     float *scores = malloc(sizeof(float) * QUERY_TILE * RANK_CHUNK);
     float one[16];
-    if (!scores) return (void *)1;
+    if (!scores) { restore_denormals(csr); return (void *)1; }
     for (;;) {
         int tile = __atomic_fetch_add(&job->next_tile, 1, __ATOMIC_RELAXED);
         int b0 = tile * QUERY_TILE;
@@ -485,6 +509,7 @@ static void *rank_worker(void *arg) {
         for (int r = 0; r < rows; r++) job->counts[b0 + r] = count[r];
     }
     free(scores);
+    restore_denormals(csr);
     return NULL;
 }
 

@@ -19,6 +19,9 @@ What differs from the paper:
 - Inference with one head (evaluation, export) folds the key projection into the query's and the value
   projection into the output's (:meth:`CausalSelfAttention.folded`): the same function to fp32 rounding
   at half the per-position products (ML-1M test evaluation 0.258 -> 0.209 s, same ranks).
+- Inference on CPU (evaluation, export of user vectors, the API) goes through a fused C kernel,
+  one history at a time in cache (:func:`fused_last_hidden`, :mod:`recsys.kernels.cpu_encoder`), where it
+  is built; the PyTorch path below is its reference and runs everywhere else.
 - Positions count from the end of the history (the most recent item always has the same position
   embedding), as left padding makes natural; padding has its own zero position.
 - Embeddings start at N(0, 0.02) instead of N(0, 1): a plain SASRec learned ~5x slower with the latter.
