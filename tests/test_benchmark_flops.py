@@ -61,6 +61,12 @@ def test_the_fused_cpu_kernels_count_their_own_products():
     # one block, one item, folded attention: query and output products (2 x 2 D^2), the feed-forward
     # (2 x 2 F D), scores over 8 keys (1 real, rounded up to 8: 2 x 8 x D) and the weighted sum (2 D)
     assert flops == 2 * 2 * 16 * 16 + 2 * 2 * 24 * 16 + 2 * 8 * 16 + 2 * 16
+    # two heads (not folded): the last block's query, per head Wk_h^T q_h (2 D dh), the scores (2 x 8 x D),
+    # sum_j p_j u_j (2 D) and Wv_h of it (2 D dh); then the output product and the feed-forward
+    model = SASRec(SASRecConfig(max_seq_len=20, hidden_dim=16, ffn_dim=24, num_blocks=1, num_heads=2), 50).eval()
+    with torch.no_grad():
+        _, flops = count_flops(model, torch.tensor([[0, 0, 7]]), last_only=True)
+    assert flops == 2 * 16 * 16 + 2 * (2 * 16 * 8 + 2 * 8 * 16 + 2 * 16 + 2 * 16 * 8) + 2 * 16 * 16 + 2 * 2 * 24 * 16
     ranker = cpu_encoder.ItemRanker(torch.randn(40, 16), 40)
     with cpu_encoder.counting_flops() as counted:
         ranker.ranks(torch.randn(3, 16), torch.tensor([1, 2, 3]), None, "optimistic")

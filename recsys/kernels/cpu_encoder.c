@@ -322,9 +322,34 @@ static void attention(const Job *job, Scratch *s, int n, int q0, int m, const fl
     }
 }
 
+/* The last block's one query (row n - 1 of s->u, the normalised inputs) with its key and value
+ * projections folded per head, as :meth:`CausalSelfAttention.folded` does for one head: scores
+ * q_h . (Wk_h u_j + bk_h) = (Wk_h^T q_h) . u_j + a constant that softmax cancels, and the weighted
+ * values sum_j p_j (Wv_h u_j + bv_h) = Wv_h (sum_j p_j u_j) + bv_h (the p_j sum to 1). So no key or
+ * value is projected at the n positions: per head one D-vector meets the u_j themselves. Output: s->att[0, :D]. */
+static void last_query_attention(const Job *job, Scratch *s, int n, const BlockParams *b) {
+    int D = job->dim, H = job->heads, dh = D / H, Lp = padded_length(job->length), W = 3 * D;
+    float *q = s->qkv, *qk = s->qkv + D, *y = s->qkv + 2 * D, *scores = s->scores;
+    const float *u = s->u;
+    gemm(1, D, D, u + (long)(n - 1) * D, D, b->w_qkv, W, b->b_qkv, q, D, 0); /* the query [D] */
+    transpose(u, D, n, D, s->kt, Lp);                                        /* u^T [D, n] */
+    for (int h = 0; h < H; h++) {
+        const float *wk = b->w_qkv + D + h * dh, *wv = b->w_qkv + 2 * D + h * dh; /* columns of this head */
+        for (int d = 0; d < D; d++) { /* qk = Wk_h^T q_h: row d of Wk^T is w_qkv[d, D + h dh ...] */
+            float acc = 0.0f;
+            for (int e = 0; e < dh; e++) acc += wk[(long)d * W + e] * q[h * dh + e];
+            qk[d] = acc;
+        }
+        gemm(1, (n + 7) & ~7, D, qk, D, s->kt, Lp, NULL, scores, Lp, 0);
+        float inv = 1.0f / softmax_row(scores, n, n, job->attn_scale);
+        gemm(1, D, n, scores, Lp, u, D, NULL, y, D, 0); /* sum_j p_j u_j (unnormalised) */
+        for (int d = 0; d < D; d++) y[d] *= inv;
+        gemm(1, dh, D, y, D, wv, W, b->b_qkv + 2 * D + h * dh, s->att + h * dh, D, 0);
+    }
+}
+
 static void encode_row(const Job *job, Scratch *s, int row) {
     int D = job->dim, F = job->ffn, L = job->length, n = (int)job->count[row];
-    int qkv_width = job->folded ? D : 3 * D;
     const int64_t *ids = job->ids + (long)row * L + job->start[row];
     for (int t = 0; t < n; t++) {
         if (t + 4 < n) /* the item rows are scattered over the table: fetch ahead */
@@ -337,29 +362,16 @@ static void encode_row(const Job *job, Scratch *s, int row) {
         const BlockParams *b = job->blocks + bi;
         int last = bi == job->num_blocks - 1;
         layer_norm(n, D, s->x, D, b->ln1_g, b->ln1_b, job->eps, s->u, D);
-        const float *keys, *values;
-        int ldkv;
-        if (job->folded) { /* keys and values are the normalised inputs themselves */
-            keys = values = s->u;
-            ldkv = D;
-        } else {           /* [q | k | v] per row */
-            int first = last ? n - 1 : 0;
-            gemm(n, 2 * D, D, s->u, D, b->w_qkv + D, 3 * D, b->b_qkv + D, s->qkv + D, 3 * D, 0);
-            gemm(n - first, D, D, s->u + (long)first * D, D, b->w_qkv, 3 * D, b->b_qkv,
-                 s->qkv + (long)first * 3 * D, 3 * D, 0);
-            keys = s->qkv + D;
-            values = s->qkv + 2 * D;
-            ldkv = 3 * D;
-        }
         int q0 = last ? n - 1 : 0, m = n - q0;
-        const float *queries;
-        if (job->folded) {
-            gemm(m, D, D, s->u + (long)q0 * D, D, b->w_qkv, D, b->b_qkv, s->qkv, qkv_width, 0);
-            queries = s->qkv;
-        } else {
-            queries = s->qkv + (long)q0 * 3 * D;
+        if (job->folded) { /* keys and values are the normalised inputs themselves */
+            gemm(m, D, D, s->u + (long)q0 * D, D, b->w_qkv, D, b->b_qkv, s->qkv, D, 0);
+            attention(job, s, n, q0, m, s->qkv, D, s->u, s->u, D, s->att, D);
+        } else if (last) {
+            last_query_attention(job, s, n, b);
+        } else { /* [q | k | v] per row */
+            gemm(n, 3 * D, D, s->u, D, b->w_qkv, 3 * D, b->b_qkv, s->qkv, 3 * D, 0);
+            attention(job, s, n, 0, n, s->qkv, 3 * D, s->qkv + D, s->qkv + 2 * D, 3 * D, s->att, D);
         }
-        attention(job, s, n, q0, m, queries, qkv_width, keys, values, ldkv, s->att, D);
         float *x = s->x + (long)q0 * D; /* the rows this block still computes */
         gemm(m, D, D, s->att, D, b->w_out, D, b->b_out, x, D, 1);
         layer_norm(m, D, x, D, b->ln2_g, b->ln2_b, job->eps, s->u, D);

@@ -92,9 +92,13 @@ def encoder_flops(counts: torch.Tensor, weights: "EncoderWeights") -> int:
         keys = i0 + r if weights.causal else np.full_like(i0, length)
         attn[length] = H * int((2 * r * _round_up(keys, 8) * dh + 2 * r * dh * keys).sum())
     total += (nb - 1) * attn[n]
-    # the last block: keys / values of every position (unless folded), one query, its output and FFN
-    total += (0 if weights.folded else n * 2 * 2 * D * D) + 2 * D * D + 2 * D * D + ffn
-    total += H * (2 * _round_up(n, 8) * dh + 2 * dh * n)
+    # the last block: one query, its output and FFN; its attention over the normalised inputs u_j
+    # themselves (folded: one head; otherwise per head Wk_h^T q_h, the scores, sum_j p_j u_j, Wv_h of it)
+    total += 2 * D * D + 2 * D * D + ffn
+    if weights.folded:
+        total += 2 * _round_up(n, 8) * D + 2 * D * n
+    else:
+        total += H * (2 * D * dh + 2 * _round_up(n, 8) * D + 2 * D * n + 2 * D * dh)
     return int(total.sum())
 
 
