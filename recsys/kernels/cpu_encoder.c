@@ -422,6 +422,25 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* fn(job) on `threads` threads (at most 64), the calling thread one of them (work is shared through
+ * the job's atomic counter, so fewer threads than asked still do all of it); 1 if any failed */
+static int run_threads(void *(*fn)(void *), void *job, int threads) {
+    pthread_t tids[64];
+    if (threads > 64) threads = 64;
+    int failed = 0, started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tids[t], NULL, fn, job) != 0) break;
+        started = t;
+    }
+    if (fn(job) != NULL) failed = 1;
+    for (int t = 1; t <= started; t++) {
+        void *ret;
+        pthread_join(tids[t], &ret);
+        if (ret != NULL) failed = 1;
+    }
+    return failed;
+}
+
 /* Returns 0 on success. config: batch, length, dim, heads, ffn, num_blocks, causal, folded, num_threads;
  * scalars: eps, emb_scale, attn_scale; tables: item, position, final LN weight, final LN bias;
  * blocks: 12 pointers per block (BlockParams order). */
@@ -442,20 +461,7 @@ int recsys_encode_last(const int32_t *config, const float *scalars, const int64_
     if (!params) return 1;
     for (int b = 0; b < job.num_blocks; b++) memcpy(&params[b], blocks + 12 * b, sizeof(BlockParams));
     job.blocks = params;
-    int threads = job.num_threads < job.batch ? job.num_threads : job.batch;
-    pthread_t tids[64];
-    if (threads > 64) threads = 64;
-    int failed = 0, started = 0;
-    for (int t = 1; t < threads; t++) {
-        if (pthread_create(&tids[t], NULL, worker, &job) != 0) break;
-        started = t;
-    }
-    if (worker(&job) != NULL) failed = 1;
-    for (int t = 1; t <= started; t++) {
-        void *ret;
-        pthread_join(tids[t], &ret);
-        if (ret != NULL) failed = 1;
-    }
+    int failed = run_threads(worker, &job, job.num_threads < job.batch ? job.num_threads : job.batch);
     free(params);
     return failed;
 }
@@ -537,19 +543,5 @@ int recsys_rank_counts(const int32_t *config, const float *users, const float *i
     for (int b = 0; b < job.num_users; b++)
         if (targets[b] < 0 || targets[b] >= job.num_items) return 3;
     int tiles = (job.num_users + QUERY_TILE - 1) / QUERY_TILE;
-    int threads = job.num_threads < tiles ? job.num_threads : tiles;
-    pthread_t tids[64];
-    if (threads > 64) threads = 64;
-    int failed = 0, started = 0;
-    for (int t = 1; t < threads; t++) {
-        if (pthread_create(&tids[t], NULL, rank_worker, &job) != 0) break;
-        started = t;
-    }
-    if (rank_worker(&job) != NULL) failed = 1;
-    for (int t = 1; t <= started; t++) {
-        void *ret;
-        pthread_join(tids[t], &ret);
-        if (ret != NULL) failed = 1;
-    }
-    return failed;
+    return run_threads(rank_worker, &job, job.num_threads < tiles ? job.num_threads : tiles);
 }
