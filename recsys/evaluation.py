@@ -86,9 +86,10 @@ def exact_ranks(
     ranker: cpu_encoder.ItemRanker | None = None,
 ) -> torch.Tensor:
     """Every user's exact rank. With ``ranker`` (the CPU kernel, see :func:`item_ranker`) scores are
-    made and counted in cache-sized tiles, each score independent of its block. Otherwise: one GEMM [V_pad, D] x [D, B] (torch's, into ``out`` when given; else a
-    fresh output from oneDNN, which falls back to torch's product where it is not usable), the padding
-    item and the alignment rows set to -inf, then :func:`recsys.metrics.ranks_from_item_scores`.
+    made and counted in cache-sized tiles, each score independent of its block. Otherwise: one GEMM
+    [V_pad, D] x [D, B] (torch's, into ``out`` when given; else a fresh output from oneDNN, which falls
+    back to torch's product where it is not usable), the padding item and the alignment rows set to
+    -inf, then :func:`recsys.metrics.ranks_from_item_scores`.
 
     ``eval.ranks`` "all" and "cutoff" give identical @k metrics only if an (item, user) score does not
     depend on the block it was computed in: B is kept >= 16 (callers pad), as torch's (MKL's) product

@@ -82,7 +82,7 @@ static inline v8 verf(v8 x) {
 static inline v8 vgelu(v8 v) { return bc(0.5f) * v * (bc(1.0f) + verf(v * bc(0.70710678118654752f))); }
 static inline float sgelu(float x) { return vgelu(bc(x))[0]; }
 
-/* what a product does with its result (the "accumulate" argument): add it to C, or pass it through GELU */
+/* what a product does with its result (its "mode" argument): add it to C, or pass it through GELU */
 #define ACCUMULATE 1
 #define GELU 2
 
@@ -93,7 +93,7 @@ static inline float sgelu(float x) { return vgelu(bc(x))[0]; }
 /* C[R, j .. j + 16) (+)= A[R, K] B[K, j .. j + 16) (+ bias), R <= 6 rows kept in 2 R accumulators */
 static inline __attribute__((always_inline)) void tile16(const int R, int K, const float *A, int lda,
                                                          const float *B, int ldb, const float *bias, float *C,
-                                                         int ldc, int accumulate) {
+                                                         int ldc, int mode) {
     v8 s[6][2];
     for (int r = 0; r < R; r++) s[r][0] = s[r][1] = (v8){0};
 #pragma GCC unroll 4
@@ -110,8 +110,8 @@ static inline __attribute__((always_inline)) void tile16(const int R, int K, con
     for (int r = 0; r < R; r++) {
         float *c = C + (long)r * ldc;
         if (bias) { s[r][0] += ld(bias); s[r][1] += ld(bias + 8); }
-        if (accumulate & ACCUMULATE) { s[r][0] += ld(c); s[r][1] += ld(c + 8); }
-        if (accumulate & GELU) { s[r][0] = vgelu(s[r][0]); s[r][1] = vgelu(s[r][1]); }
+        if (mode & ACCUMULATE) { s[r][0] += ld(c); s[r][1] += ld(c + 8); }
+        if (mode & GELU) { s[r][0] = vgelu(s[r][0]); s[r][1] = vgelu(s[r][1]); }
         st(c, s[r][0]);
         st(c + 8, s[r][1]);
     }
@@ -120,7 +120,7 @@ static inline __attribute__((always_inline)) void tile16(const int R, int K, con
 /* the same for 8 columns */
 static inline __attribute__((always_inline)) void tile8(const int R, int K, const float *A, int lda,
                                                         const float *B, int ldb, const float *bias, float *C,
-                                                        int ldc, int accumulate) {
+                                                        int ldc, int mode) {
     v8 s[6];
     for (int r = 0; r < R; r++) s[r] = (v8){0};
 #pragma GCC unroll 4
@@ -132,8 +132,8 @@ static inline __attribute__((always_inline)) void tile8(const int R, int K, cons
     for (int r = 0; r < R; r++) {
         float *c = C + (long)r * ldc;
         if (bias) s[r] += ld(bias);
-        if (accumulate & ACCUMULATE) s[r] += ld(c);
-        if (accumulate & GELU) s[r] = vgelu(s[r]);
+        if (mode & ACCUMULATE) s[r] += ld(c);
+        if (mode & GELU) s[r] = vgelu(s[r]);
         st(c, s[r]);
     }
 }
@@ -141,45 +141,41 @@ static inline __attribute__((always_inline)) void tile8(const int R, int K, cons
 /* C[R, N] (+)= A[R, K] B[K, N] (+ bias) for R <= 6 rows: 16 columns at a time, then 8, then one */
 static inline __attribute__((always_inline)) void rows(const int R, int N, int K, const float *A, int lda,
                                                        const float *B, int ldb, const float *bias, float *C,
-                                                       int ldc, int accumulate) {
+                                                       int ldc, int mode) {
     int j = 0;
     for (; j + 16 <= N; j += 16)
-        tile16(R, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, accumulate);
+        tile16(R, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, mode);
     for (; j + 8 <= N; j += 8)
-        tile8(R, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, accumulate);
+        tile8(R, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, mode);
     for (; j < N; j++)
         for (int r = 0; r < R; r++) {
             float acc = 0.0f;
             for (int k = 0; k < K; k++) acc += A[(long)r * lda + k] * B[(long)k * ldb + j];
             float *c = C + (long)r * ldc + j;
-            float y = ((accumulate & ACCUMULATE) ? *c : 0.0f) + acc + (bias ? bias[j] : 0.0f);
-            *c = (accumulate & GELU) ? sgelu(y) : y;
+            float y = ((mode & ACCUMULATE) ? *c : 0.0f) + acc + (bias ? bias[j] : 0.0f);
+            *c = (mode & GELU) ? sgelu(y) : y;
         }
 }
 
-static void rows6(int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias, float *C,
-                  int ldc, int accumulate) {
-    rows(6, N, K, A, lda, B, ldb, bias, C, ldc, accumulate);
-}
-
-static void rows_tail(int R, int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias,
-                      float *C, int ldc, int accumulate) {
+/* rows() for R = 1 .. 6 rows, each R compiled with its accumulators in registers */
+static void rows_of(int R, int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias,
+                    float *C, int ldc, int mode) {
     switch (R) {
-    case 5: rows(5, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
-    case 4: rows(4, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
-    case 3: rows(3, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
-    case 2: rows(2, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
-    case 1: rows(1, N, K, A, lda, B, ldb, bias, C, ldc, accumulate); break;
+    case 6: rows(6, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
+    case 5: rows(5, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
+    case 4: rows(4, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
+    case 3: rows(3, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
+    case 2: rows(2, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
+    case 1: rows(1, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
     default: break;
     }
 }
 
-/* C[M, N] (+)= A[M, K] B[K, N] (+ bias), row strides lda, ldb, ldc */
+/* C[M, N] (+)= A[M, K] B[K, N] (+ bias), row strides lda, ldb, ldc; mode: ACCUMULATE and / or GELU */
 static void gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias,
-                 float *C, int ldc, int accumulate) {
-    int i = 0;
-    for (; i + 6 <= M; i += 6) rows6(N, K, A + (long)i * lda, lda, B, ldb, bias, C + (long)i * ldc, ldc, accumulate);
-    if (i < M) rows_tail(M - i, N, K, A + (long)i * lda, lda, B, ldb, bias, C + (long)i * ldc, ldc, accumulate);
+                 float *C, int ldc, int mode) {
+    for (int i = 0; i < M; i += 6)
+        rows_of(M - i < 6 ? M - i : 6, N, K, A + (long)i * lda, lda, B, ldb, bias, C + (long)i * ldc, ldc, mode);
 }
 
 static void layer_norm(int rows, int D, const float *x, int ldx, const float *g, const float *b, float eps,
@@ -499,7 +495,7 @@ static void *rank_worker(void *arg) {
         int64_t count[QUERY_TILE] = {0};
         for (int r = 0; r < rows; r++) { /* the target's 16-column block, one row: the same lane arithmetic */
             int64_t t = job->targets[b0 + r], block = t & ~15L;
-            rows_tail(1, 16, D, users + (long)r * D, D, job->items_t + block, ld, NULL, one, 16, 0);
+            rows_of(1, 16, D, users + (long)r * D, D, job->items_t + block, ld, NULL, one, 16, 0);
             target_score[r] = one[t - block];
         }
         for (int c0 = 0; c0 < V; c0 += RANK_CHUNK) {

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 SOURCE = Path(__file__).with_name("cpu_encoder.c")
 FLAGS = ["-O3", "-ffp-contract=fast", "-fPIC", "-shared", "-pthread"]
 PARAMS_PER_BLOCK = 12
+W1 = 8  # a block's first feed-forward matrix [D, F] in EncoderWeights.blocks
 
 _library: ctypes.CDLL | None = None
 _state: str | None = None  # None: not tried yet; "ok", "off", "failed"
@@ -76,7 +77,7 @@ def encoder_flops(counts: torch.Tensor, weights: "EncoderWeights") -> int:
     """The products and attention :func:`encode_last` executes for rows of ``counts`` items: the same
     loops as the C code (query tiles of 6, score widths rounded up to 8, the last block's one query)."""
     D, H = weights.item_table.shape[1], weights.heads
-    dh, F_dim, nb = D // H, weights.blocks[0][8].shape[1], len(weights.blocks)
+    dh, F_dim, nb = D // H, weights.blocks[0][W1].shape[1], len(weights.blocks)
     n = counts.to(torch.int64).numpy()
     total = np.zeros(len(n), dtype=np.int64)
     ffn = 2 * 2 * F_dim * D
@@ -208,7 +209,7 @@ def encode_last(item_ids: torch.Tensor, weights: EncoderWeights, counts: torch.T
     ids = item_ids.contiguous().to(torch.int64)
     B, L = ids.shape
     D = weights.item_table.shape[1]
-    F_dim = weights.blocks[0][8].shape[1]
+    F_dim = weights.blocks[0][W1].shape[1]
     if L >= weights.position_table.shape[0]:
         raise ValueError(f"sequence length {L} exceeds the position table ({weights.position_table.shape[0] - 1})")
     counts = counts.to(torch.int64).contiguous()
@@ -220,6 +221,8 @@ def encode_last(item_ids: torch.Tensor, weights: EncoderWeights, counts: torch.T
                                   int(weights.folded), threads)
     scalars = (ctypes.c_float * 3)(weights.eps, weights.emb_scale, 1.0 if weights.folded else dh**-0.5)
     tables = [weights.item_table, weights.position_table, weights.final_weight, weights.final_bias]
+    if any(len(block) != PARAMS_PER_BLOCK for block in weights.blocks):  # the C code reads 12 per block
+        raise ValueError(f"each block needs {PARAMS_PER_BLOCK} weight tensors (EncoderWeights)")
     flat = [t for block in weights.blocks for t in block]
     for t in tables + flat:
         if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":

@@ -33,7 +33,7 @@ from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .sasrec import Block, SASRecConfig, fused_inference_ready, fused_last_hidden, grid_inputs, run_blocks
+from .sasrec import Block, FusedCPUInference, SASRecConfig, fused_last_hidden, grid_inputs, run_blocks
 
 
 @dataclass
@@ -49,14 +49,9 @@ class BERT4RecConfig:
 
 
 @register("bert4rec", BERT4RecConfig)
-class BERT4Rec(SequentialEncoder):
+class BERT4Rec(FusedCPUInference, SequentialEncoder):
     causal = False
     objective = "cloze"
-    #: evaluation / export on CPU through the fused kernel (:func:`recsys.models.sasrec.fused_last_hidden`)
-    fused_cpu_inference = True
-
-    def fused_inference(self) -> bool:
-        return fused_inference_ready(self)
 
     def __init__(self, cfg: BERT4RecConfig, num_items: int):
         super().__init__()

@@ -327,6 +327,10 @@ class CausalSelfAttention(nn.Module):
         self.out = Linear(dim, dim)
         self.dropout = dropout
 
+    def folds_at_inference(self) -> bool:
+        """Whether inference (eval mode, no gradients) runs through :meth:`folded` weights: one head."""
+        return self.fold_inference and self.num_heads == 1
+
     def folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Inference weights of one head with the key and output projections folded in (exact algebra).
 
@@ -393,7 +397,7 @@ class CausalSelfAttention(nn.Module):
         """Packed [T, D] -> [T, D] (T: :class:`Packing`'s rows), or [B, D] for each row's last query only
         (``last_only``: keys and values still come from every position). ``causal``: a query sees its
         own and earlier positions (SASRec), otherwise every position of its row (BERT4Rec)."""
-        if (self.fold_inference and self.num_heads == 1 and attention_input is None and not self.training
+        if (self.folds_at_inference() and attention_input is None and not self.training
                 and not torch.is_grad_enabled() and not torch.jit.is_tracing()
                 and not torch.compiler.is_compiling()):
             return self._folded_forward(x, packing, last_only, causal)
@@ -476,19 +480,18 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, not_pad: torch.Tensor, ca
     return x[:, None] if last_only else packing.unpack(x)
 
 
-def _fused_block_weights(block: Block) -> tuple[tuple[torch.Tensor, ...], bool]:
-    """One block's weights as :mod:`recsys.kernels.cpu_encoder` reads them (matrices [in, out]) and
-    whether its attention is folded (one head: :meth:`CausalSelfAttention.folded`)."""
+def _fused_block_weights(block: Block) -> tuple[torch.Tensor, ...]:
+    """One block's weights as :mod:`recsys.kernels.cpu_encoder` reads them (matrices [in, out]); a
+    one-head attention gives its :meth:`CausalSelfAttention.folded` weights."""
     attn = block.attn
-    folded = attn.fold_inference and attn.num_heads == 1
-    if folded:
+    if attn.folds_at_inference():
         w_qkv, b_qkv, w_out, b_out = attn.folded()
     else:
         w_qkv, b_qkv, w_out, b_out = attn.qkv.weight, attn.qkv.bias, attn.out.weight, attn.out.bias
     first, second = block.ffn[0], block.ffn[3]
     weights = (block.ln_attn.weight, block.ln_attn.bias, w_qkv.t(), b_qkv, w_out.t(), b_out,
                block.ln_ffn.weight, block.ln_ffn.bias, first.weight.t(), first.bias, second.weight.t(), second.bias)
-    return tuple(t.detach().contiguous() for t in weights), folded
+    return tuple(t.detach().contiguous() for t in weights)
 
 
 def fused_inference_ready(model: nn.Module) -> bool:
@@ -506,8 +509,7 @@ def fused_inference_ready(model: nn.Module) -> bool:
         return False
     if any(not isinstance(b.ffn[1], nn.GELU) or b.ffn[1].approximate != "none" for b in model.blocks):
         return False
-    attentions = [b.attn for b in model.blocks]
-    if len({a.fold_inference and a.num_heads == 1 for a in attentions}) != 1:  # folded in every block or none
+    if len({b.attn.folds_at_inference() for b in model.blocks}) != 1:  # folded in every block or none
         return False
     return cpu_encoder.available()
 
@@ -521,23 +523,30 @@ def fused_last_hidden(model: nn.Module, item_ids: torch.Tensor, causal: bool) ->
     counts = cpu_encoder.left_padded_counts(item_ids)
     if counts is None:
         return None
-    blocks = [_fused_block_weights(b) for b in model.blocks]
+    attn = model.blocks[0].attn
     weights = cpu_encoder.EncoderWeights(
         model.item_embedding.weight.detach(), model.position_embedding.weight.detach(),
-        model.final_ln.weight.detach(), model.final_ln.bias.detach(), [w for w, _ in blocks],
-        model.blocks[0].attn.num_heads, causal, blocks[0][1], model.final_ln.eps, math.sqrt(model.cfg.hidden_dim))
+        model.final_ln.weight.detach(), model.final_ln.bias.detach(),
+        [_fused_block_weights(b) for b in model.blocks], attn.num_heads, causal, attn.folds_at_inference(),
+        model.final_ln.eps, math.sqrt(model.cfg.hidden_dim))
     return cpu_encoder.encode_last(item_ids, weights, counts)
 
 
-@register("sasrec", SASRecConfig)
-class SASRec(SequentialEncoder):
-    causal = True
-    last_only_forward = True
-    #: evaluation / export on CPU through the fused kernel (:func:`fused_last_hidden`) where it applies
+class FusedCPUInference:
+    """For encoders of :class:`Block` s (SASRec, BERT4Rec): evaluation / export on CPU through the fused
+    kernel (:func:`fused_last_hidden`) where it applies; ``fused_cpu_inference = False`` on a model
+    keeps its PyTorch path."""
+
     fused_cpu_inference = True
 
     def fused_inference(self) -> bool:
         return fused_inference_ready(self)
+
+
+@register("sasrec", SASRecConfig)
+class SASRec(FusedCPUInference, SequentialEncoder):
+    causal = True
+    last_only_forward = True
 
     def __init__(self, cfg: SASRecConfig, num_items: int):
         super().__init__()
