@@ -399,24 +399,45 @@ static void restore_denormals(unsigned saved) {
 #endif
 }
 
-static void *worker(void *arg) {
-    Job *job = (Job *)arg;
-    unsigned csr = flush_denormals();
-    long L = job->length, Lp = padded_length(job->length), D = job->dim, F = job->ffn;
-    Scratch s;
-    float *mem = calloc(L * D * 3 + L * 3 * D + L * F + D * Lp + QUERY_TILE * Lp + 64, sizeof(float));
-    if (!mem) { restore_denormals(csr); return (void *)1; }
-    s.x = mem; s.u = s.x + L * D; s.att = s.u + L * D; s.qkv = s.att + L * D;
-    s.ffn = s.qkv + L * 3 * D; s.kt = s.ffn + L * F; s.scores = s.kt + D * Lp;
-    for (;;) {
-        int row = __atomic_fetch_add(&job->next_row, 1, __ATOMIC_RELAXED);
-        if (row >= job->batch) break;
-        encode_row(job, &s, row);
+/* Threads and their scratch. Built with OpenMP (recsys/kernels/cpu_encoder.py links the OpenMP
+ * runtime torch itself loaded), the work runs on torch's own thread pool: its workers, which spin a
+ * while after each torch op, pick it up at once instead of competing for the cores with threads of
+ * ours, and each keeps its scratch from one call to the next. Without OpenMP, pthreads started per
+ * call and scratch allocated per call. */
+#ifdef _OPENMP
+int omp_get_max_threads(void);
+/* the OpenMP runtime this library calls into (the loader compares it with torch's); NULL without */
+void *recsys_openmp_runtime(void) { return (void *)&omp_get_max_threads; }
+
+static __thread float *cached_scratch[2];
+static __thread size_t cached_floats[2];
+
+/* `floats` zeroed floats in this thread's scratch `slot` (0: encoder, 1: ranking), reused across calls */
+static float *scratch_acquire(int slot, size_t floats) {
+    if (floats > cached_floats[slot]) {
+        free(cached_scratch[slot]);
+        cached_scratch[slot] = malloc(floats * sizeof(float));
+        cached_floats[slot] = cached_scratch[slot] ? floats : 0;
     }
-    free(mem);
-    restore_denormals(csr);
-    return NULL;
+    if (cached_scratch[slot]) memset(cached_scratch[slot], 0, floats * sizeof(float));
+    return cached_scratch[slot];
 }
+static void scratch_release(float *mem) { (void)mem; }
+
+/* fn(job) on `threads` threads of the OpenMP team (work is shared through the job's atomic counter, so
+ * a smaller team still does all of it); 1 if any failed */
+static int run_threads(void *(*fn)(void *), void *job, int threads) {
+    int failed = 0;
+    if (threads <= 1) return fn(job) != NULL;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    failed |= fn(job) != NULL;
+    return failed;
+}
+#else
+void *recsys_openmp_runtime(void) { return NULL; }
+
+static float *scratch_acquire(int slot, size_t floats) { (void)slot; return calloc(floats, sizeof(float)); }
+static void scratch_release(float *mem) { free(mem); }
 
 /* fn(job) on `threads` threads (at most 64), the calling thread one of them (work is shared through
  * the job's atomic counter, so fewer threads than asked still do all of it); 1 if any failed */
@@ -435,6 +456,26 @@ static int run_threads(void *(*fn)(void *), void *job, int threads) {
         if (ret != NULL) failed = 1;
     }
     return failed;
+}
+#endif
+
+static void *worker(void *arg) {
+    Job *job = (Job *)arg;
+    unsigned csr = flush_denormals();
+    long L = job->length, Lp = padded_length(job->length), D = job->dim, F = job->ffn;
+    Scratch s;
+    float *mem = scratch_acquire(0, L * D * 3 + L * 3 * D + L * F + D * Lp + QUERY_TILE * Lp + 64);
+    if (!mem) { restore_denormals(csr); return (void *)1; }
+    s.x = mem; s.u = s.x + L * D; s.att = s.u + L * D; s.qkv = s.att + L * D;
+    s.ffn = s.qkv + L * 3 * D; s.kt = s.ffn + L * F; s.scores = s.kt + D * Lp;
+    for (;;) {
+        int row = __atomic_fetch_add(&job->next_row, 1, __ATOMIC_RELAXED);
+        if (row >= job->batch) break;
+        encode_row(job, &s, row);
+    }
+    scratch_release(mem);
+    restore_denormals(csr);
+    return NULL;
 }
 
 /* Returns 0 on success. config: batch, length, dim, heads, ffn, num_blocks, causal, folded, num_threads;
@@ -482,7 +523,7 @@ static void *rank_worker(void *arg) {
     RankJob *job = (RankJob *)arg;
     unsigned csr = flush_denormals();
     int D = job->dim, V = job->num_items, ld = job->items_stride;
-    float *scores = malloc(sizeof(float) * QUERY_TILE * RANK_CHUNK);
+    float *scores = scratch_acquire(1, QUERY_TILE * RANK_CHUNK);
     float one[16];
     if (!scores) { restore_denormals(csr); return (void *)1; }
     for (;;) {
@@ -522,7 +563,7 @@ static void *rank_worker(void *arg) {
         }
         for (int r = 0; r < rows; r++) job->counts[b0 + r] = count[r];
     }
-    free(scores);
+    scratch_release(scores);
     restore_denormals(csr);
     return NULL;
 }

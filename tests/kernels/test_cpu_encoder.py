@@ -67,6 +67,34 @@ def test_the_library_is_built_into_the_cache_folder(tmp_path, monkeypatch):
     assert len(built) == 1 and not list((tmp_path / "kernels").glob("*.tmp"))
 
 
+@pytest.mark.skipif(cpu_encoder._openmp_runtime() is None, reason="torch runs no libgomp thread pool here")
+def test_the_kernels_run_on_torchs_own_thread_pool():
+    assert cpu_encoder.available() and cpu_encoder.uses_torch_threads()
+
+
+def test_the_pthreads_build_computes_the_same_bits(tmp_path, monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    weights = cpu_encoder.random_weights(70, 24, 32, 2, 40, 2, False, False, gen)
+    counts = torch.tensor([24, 1, 7, 13, 6])
+    ids = _left_padded(counts, 24, 70, gen)
+    users = torch.randn(9, 32, generator=gen)
+    targets, seen = torch.randint(1, 70, (9,), generator=gen), (torch.tensor([0, 0, 4]), torch.tensor([3, 9, 1]))
+
+    def outputs():
+        assert cpu_encoder.available()
+        ranker = cpu_encoder.ItemRanker(weights.item_table, 70)
+        return (cpu_encoder.encode_last(ids, weights, counts, num_threads=2),
+                ranker.ranks(users, targets, seen, "optimistic", num_threads=2))
+
+    first = outputs()
+    monkeypatch.setattr(cpu_encoder, "_openmp_runtime", lambda: None)
+    monkeypatch.setattr(cpu_encoder, "_state", None)
+    monkeypatch.setenv("RECSYS_CACHE", str(tmp_path))
+    second = outputs()
+    assert not cpu_encoder.uses_torch_threads()
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
 def test_switched_off_or_without_a_compiler_the_models_use_pytorch(tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_CPU_ENCODER", "torch")
     assert not cpu_encoder.available()
