@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .kernels import onednn
+from .kernels import cpu_encoder, onednn
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
 # fp32 full-CE logit blocks through oneDNN hold at most this many values (14 MB): 64 positions of
@@ -94,6 +94,18 @@ def _column_sums(e: torch.Tensor) -> torch.Tensor:
 _SMALLEST_SUM = 2.0**-60
 
 
+def _cpu_kernel_usable(hidden: torch.Tensor, table: torch.Tensor) -> bool:
+    """Whether the full CE can run in the fused C kernel: fp32 CPU operands, outside autocast,
+    torch.compile and tracing (which need torch's own ops), the kernel built and checked."""
+    if hidden.device.type != "cpu" or table.device.type != "cpu":
+        return False
+    if hidden.dtype != torch.float32 or table.dtype != torch.float32 or hidden.shape[0] == 0:
+        return False
+    if onednn._autocast_on() or onednn._compiling() or torch.jit.is_tracing():
+        return False
+    return cpu_encoder.available()
+
+
 def _sums_in_range(col_sum: torch.Tensor) -> bool:
     return bool(((col_sum >= _SMALLEST_SUM) & (col_sum <= torch.finfo(torch.float32).max)).all())
 
@@ -122,6 +134,10 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     <= 0.32% on a 54,542-item block, the order of the bf16 exponentials' own rounding; a reduction
     with an fp32 result converts the whole block first and takes ~5x longer). Tested against fp32 CE
     of the bf16-rounded operands: loss within 0.2%, gradients within 2% of their max.
+
+    fp32 on CPU, where the C kernels are built (``recsys.kernels.cpu_encoder.softmax_ce``), the whole
+    loss runs there instead: the same value and gradients to float rounding, faster than this path's
+    oneDNN products and with no [V, c] block at all (tested against both PyTorch paths).
     """
 
     @staticmethod
@@ -132,6 +148,19 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         # zero-filled [V + 1, D] copy for a slice's backward
         items, targets = table[1:], table_targets - 1
         P, V = hidden.shape[0], items.shape[0]
+        if compute_dtype is None and _cpu_kernel_usable(hidden, table):
+            # the fused C kernel (recsys.kernels.cpu_encoder.softmax_ce): loss and both gradients from
+            # 48 x 48 tiles of logits in cache, memory independent of the catalogue like item_chunk's
+            want = any(ctx.needs_input_grad[:2])
+            grad_table = torch.empty(table.shape, dtype=torch.float32) if want else None
+            if want:
+                grad_table[0] = 0.0  # the padding row; the kernel writes every other row
+            losses_per_position, grad_hidden, _ = cpu_encoder.softmax_ce(
+                hidden, items, targets, want, grad_items_out=grad_table[1:] if want else None)
+            ctx.fused, ctx.dtypes = True, (hidden.dtype, table.dtype)
+            if want:
+                ctx.save_for_backward(grad_hidden, grad_table)
+            return losses_per_position.mean()
         item_chunk = item_chunk if 0 < item_chunk < V else V
         h = hidden.to(compute_dtype) if compute_dtype else hidden
         w = items
@@ -251,8 +280,11 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         if ctx.fused:  # scaled in place: a second backward through this graph fails on the version check
             grad_hidden, grad_items = ctx.saved_tensors
-            return (grad_hidden.mul_(grad_out).to(ctx.dtypes[0]), grad_items.mul_(grad_out).to(ctx.dtypes[1]),
-                    None, None, None, None, None)
+            if grad_out.device.type != "cpu" or grad_out.numel() != 1 or float(grad_out) != 1.0:
+                grad_hidden, grad_items = grad_hidden.mul_(grad_out), grad_items.mul_(grad_out)
+            # else loss.backward() itself: the stored gradients are the answer (no pass over [V, D]),
+            # still correct for a later backward through a retained graph
+            return grad_hidden.to(ctx.dtypes[0]), grad_items.to(ctx.dtypes[1]), None, None, None, None, None
         hidden, table, table_targets, lse = ctx.saved_tensors
         items, targets = table[1:], table_targets - 1
         P, V = hidden.shape[0], items.shape[0]

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recsys import losses
 from recsys.losses import LossConfig, full_softmax_ce, next_item_loss
 
 
@@ -15,11 +16,27 @@ def _setup(B=3, L=5, D=8, V=30, seed=0):
     return hidden, items, targets
 
 
-@pytest.fixture(params=["onednn", "torch"])
-def gemm(request, monkeypatch):
-    """Both fp32 GEMM paths of the loss: oneDNN (where this torch has it) and torch.mm."""
-    from recsys.kernels import onednn
+def _kernel_off(monkeypatch):
+    monkeypatch.setattr(losses, "_cpu_kernel_usable", lambda hidden, table: False)
 
+
+@pytest.fixture(autouse=True)
+def _pytorch_path_unless_asked(request, monkeypatch):
+    """The full CE's PyTorch path, whose blocks these tests look into, unless a test takes ``gemm``."""
+    if "gemm" not in request.fixturenames:
+        _kernel_off(monkeypatch)
+
+
+@pytest.fixture(params=["kernel", "onednn", "torch"])
+def gemm(request, monkeypatch):
+    """Every fp32 path of the full CE on CPU: the fused C kernel (recsys.kernels.cpu_encoder, where a
+    C compiler is there), and the PyTorch path with oneDNN (where this torch has it) or torch.mm."""
+    from recsys.kernels import cpu_encoder, onednn
+
+    if request.param == "kernel" and not cpu_encoder.available():
+        pytest.skip("no fused CPU kernels here (no C compiler)")
+    if request.param != "kernel":
+        _kernel_off(monkeypatch)
     if request.param == "torch":
         monkeypatch.setattr(onednn, "_usable", False)
     return request.param
@@ -246,7 +263,7 @@ def test_no_targets_gives_zero_loss_with_grad():
 
 
 @pytest.mark.parametrize("item_chunk", [0, 7])  # one pass (gradients in the forward) and recomputed slices
-def test_chunked_ce_scaled_loss_and_no_grad(item_chunk):
+def test_chunked_ce_scaled_loss_and_no_grad(item_chunk, gemm):
     hidden, items, targets = _setup(seed=3)
     mask = targets > 0
     ref = 2.5 * F.cross_entropy(hidden[mask] @ items[1:].T, targets[mask] - 1)
@@ -310,12 +327,17 @@ def test_l2_normalize_equals_f_normalize_with_gradients():
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_ce_refuses_a_second_backward_through_the_same_graph():
-    # the fused pass scales its stored gradients in place: a retained graph must not silently reuse them
+def test_fused_ce_refuses_a_second_backward_through_the_same_graph(gemm):
+    # the fused pass scales its stored gradients in place when the loss is scaled: a retained graph
+    # must then not silently reuse them; an unscaled backward leaves them as they are (still right)
     hidden, items, targets = _setup()
     mask = targets > 0
     loss = full_softmax_ce(hidden[mask], items, targets[mask])
-    loss.backward(retain_graph=True)
+    once = [g.clone() for g in torch.autograd.grad(loss, (hidden, items), retain_graph=True)]
+    again = torch.autograd.grad(loss, (hidden, items), retain_graph=True)
+    assert all(torch.equal(a, b) for a, b in zip(once, again))
+    scaled = torch.autograd.grad(2 * loss, (hidden, items), retain_graph=True)
+    assert all(torch.equal(2 * a, b) for a, b in zip(once, scaled))
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()
 

@@ -90,8 +90,11 @@ static inline float sgelu(float x) { return vgelu(bc(x))[0]; }
  * operand per row), which makes the kernel load-bound */
 #define IN_REGISTER(v) __asm__("" : "+x"(v))
 
+/* A[r, k] of a row-major A (a_t 0) or of one stored column-major, i.e. read from its transpose (a_t 1) */
+#define A_AT(r, k) (a_t ? A[(long)(k) * lda + (r)] : A[(long)(r) * lda + (k)])
+
 /* C[R, j .. j + 16) (+)= A[R, K] B[K, j .. j + 16) (+ bias), R <= 6 rows kept in 2 R accumulators */
-static inline __attribute__((always_inline)) void tile16(const int R, int K, const float *A, int lda,
+static inline __attribute__((always_inline)) void tile16(const int R, const int a_t, int K, const float *A, int lda,
                                                          const float *B, int ldb, const float *bias, float *C,
                                                          int ldc, int mode) {
     v8 s[6][2];
@@ -102,7 +105,7 @@ static inline __attribute__((always_inline)) void tile16(const int R, int K, con
         IN_REGISTER(b0);
         IN_REGISTER(b1);
         for (int r = 0; r < R; r++) {
-            v8 x = bc(A[(long)r * lda + k]);
+            v8 x = bc(A_AT(r, k));
             s[r][0] += x * b0;
             s[r][1] += x * b1;
         }
@@ -118,7 +121,7 @@ static inline __attribute__((always_inline)) void tile16(const int R, int K, con
 }
 
 /* the same for 8 columns */
-static inline __attribute__((always_inline)) void tile8(const int R, int K, const float *A, int lda,
+static inline __attribute__((always_inline)) void tile8(const int R, const int a_t, int K, const float *A, int lda,
                                                         const float *B, int ldb, const float *bias, float *C,
                                                         int ldc, int mode) {
     v8 s[6];
@@ -127,7 +130,7 @@ static inline __attribute__((always_inline)) void tile8(const int R, int K, cons
     for (int k = 0; k < K; k++, B += ldb) {
         v8 b0 = ld(B);
         IN_REGISTER(b0);
-        for (int r = 0; r < R; r++) s[r] += bc(A[(long)r * lda + k]) * b0;
+        for (int r = 0; r < R; r++) s[r] += bc(A_AT(r, k)) * b0;
     }
     for (int r = 0; r < R; r++) {
         float *c = C + (long)r * ldc;
@@ -139,43 +142,54 @@ static inline __attribute__((always_inline)) void tile8(const int R, int K, cons
 }
 
 /* C[R, N] (+)= A[R, K] B[K, N] (+ bias) for R <= 6 rows: 16 columns at a time, then 8, then one */
-static inline __attribute__((always_inline)) void rows(const int R, int N, int K, const float *A, int lda,
+static inline __attribute__((always_inline)) void rows(const int R, const int a_t, int N, int K, const float *A, int lda,
                                                        const float *B, int ldb, const float *bias, float *C,
                                                        int ldc, int mode) {
     int j = 0;
     for (; j + 16 <= N; j += 16)
-        tile16(R, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, mode);
+        tile16(R, a_t, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, mode);
     for (; j + 8 <= N; j += 8)
-        tile8(R, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, mode);
+        tile8(R, a_t, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, mode);
     for (; j < N; j++)
         for (int r = 0; r < R; r++) {
             float acc = 0.0f;
-            for (int k = 0; k < K; k++) acc += A[(long)r * lda + k] * B[(long)k * ldb + j];
+            for (int k = 0; k < K; k++) acc += A_AT(r, k) * B[(long)k * ldb + j];
             float *c = C + (long)r * ldc + j;
             float y = ((mode & ACCUMULATE) ? *c : 0.0f) + acc + (bias ? bias[j] : 0.0f);
             *c = (mode & GELU) ? sgelu(y) : y;
         }
 }
 
-/* rows() for R = 1 .. 6 rows, each R compiled with its accumulators in registers */
-static void rows_of(int R, int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias,
-                    float *C, int ldc, int mode) {
-    switch (R) {
-    case 6: rows(6, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
-    case 5: rows(5, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
-    case 4: rows(4, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
-    case 3: rows(3, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
-    case 2: rows(2, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
-    case 1: rows(1, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;
-    default: break;
+/* rows() for R = 1 .. 6 rows, each R compiled with its accumulators in registers; rows_of reads a
+ * row-major A, rows_of_t an A stored transposed ([K, R] with row stride lda) */
+#define ROWS_OF(name, a_t)                                                                                   \
+    static void name(int R, int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias, \
+                     float *C, int ldc, int mode) {                                                          \
+        switch (R) {                                                                                         \
+        case 6: rows(6, a_t, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;                               \
+        case 5: rows(5, a_t, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;                               \
+        case 4: rows(4, a_t, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;                               \
+        case 3: rows(3, a_t, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;                               \
+        case 2: rows(2, a_t, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;                               \
+        case 1: rows(1, a_t, N, K, A, lda, B, ldb, bias, C, ldc, mode); break;                               \
+        default: break;                                                                                      \
+        }                                                                                                    \
     }
-}
+ROWS_OF(rows_of, 0)
+ROWS_OF(rows_of_t, 1)
 
 /* C[M, N] (+)= A[M, K] B[K, N] (+ bias), row strides lda, ldb, ldc; mode: ACCUMULATE and / or GELU */
 static void gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias,
                  float *C, int ldc, int mode) {
     for (int i = 0; i < M; i += 6)
         rows_of(M - i < 6 ? M - i : 6, N, K, A + (long)i * lda, lda, B, ldb, bias, C + (long)i * ldc, ldc, mode);
+}
+
+/* the same with A stored transposed: A^T is [K, M], row stride lda */
+static void gemm_t(int M, int N, int K, const float *A_t, int lda, const float *B, int ldb, float *C, int ldc,
+                   int mode) {
+    for (int i = 0; i < M; i += 6)
+        rows_of_t(M - i < 6 ? M - i : 6, N, K, A_t + i, lda, B, ldb, NULL, C + (long)i * ldc, ldc, mode);
 }
 
 static void layer_norm(int rows, int D, const float *x, int ldx, const float *g, const float *b, float eps,
@@ -399,21 +413,24 @@ static void restore_denormals(unsigned saved) {
 #endif
 }
 
-/* Threads and their scratch. Built with OpenMP (recsys/kernels/cpu_encoder.py links the OpenMP
- * runtime torch itself loaded), the work runs on torch's own thread pool: its workers, which spin a
- * while after each torch op, pick it up at once instead of competing for the cores with threads of
- * ours, and each keeps its scratch from one call to the next. Without OpenMP, pthreads started per
- * call and scratch allocated per call. */
-#ifdef _OPENMP
-int omp_get_max_threads(void);
-/* the OpenMP runtime this library calls into (the loader compares it with torch's); NULL without */
-void *recsys_openmp_runtime(void) { return (void *)&omp_get_max_threads; }
+/* Threads and their scratch. recsys/kernels/cpu_encoder.py hands over GOMP_parallel of the OpenMP
+ * runtime (GNU libgomp) that torch runs its thread pool on, where there is one: the work then runs on
+ * torch's own threads, whose workers, spinning a while after each torch op, pick it up at once instead
+ * of competing for the cores with threads of ours, and each keeps its scratch from one call to the
+ * next. Otherwise pthreads are started per call and scratch is allocated per call. */
+typedef void (*ParallelFn)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
+static ParallelFn pool_parallel = NULL; /* libgomp's GOMP_parallel (its ABI since GCC 4.9) or NULL */
 
-static __thread float *cached_scratch[2];
-static __thread size_t cached_floats[2];
+void recsys_use_thread_pool(void *gomp_parallel) { pool_parallel = (ParallelFn)gomp_parallel; }
+int recsys_uses_thread_pool(void) { return pool_parallel != NULL; }
 
-/* `floats` zeroed floats in this thread's scratch `slot` (0: encoder, 1: ranking), reused across calls */
+static __thread float *cached_scratch[3];
+static __thread size_t cached_floats[3];
+
+/* `floats` zeroed floats of scratch: on the pool, this thread's `slot` (0: encoder, 1: ranking, 2:
+ * cross-entropy), kept across calls; on threads of ours, allocated (scratch_release frees it) */
 static float *scratch_acquire(int slot, size_t floats) {
+    if (!pool_parallel) return calloc(floats, sizeof(float));
     if (floats > cached_floats[slot]) {
         free(cached_scratch[slot]);
         cached_scratch[slot] = malloc(floats * sizeof(float));
@@ -422,26 +439,30 @@ static float *scratch_acquire(int slot, size_t floats) {
     if (cached_scratch[slot]) memset(cached_scratch[slot], 0, floats * sizeof(float));
     return cached_scratch[slot];
 }
-static void scratch_release(float *mem) { (void)mem; }
-
-/* fn(job) on `threads` threads of the OpenMP team (work is shared through the job's atomic counter, so
- * a smaller team still does all of it); 1 if any failed */
-static int run_threads(void *(*fn)(void *), void *job, int threads) {
-    int failed = 0;
-    if (threads <= 1) return fn(job) != NULL;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-    failed |= fn(job) != NULL;
-    return failed;
+static void scratch_release(float *mem) {
+    if (!pool_parallel) free(mem);
 }
-#else
-void *recsys_openmp_runtime(void) { return NULL; }
 
-static float *scratch_acquire(int slot, size_t floats) { (void)slot; return calloc(floats, sizeof(float)); }
-static void scratch_release(float *mem) { free(mem); }
+typedef struct {
+    void *(*fn)(void *);
+    void *job;
+    int failed;
+} PoolTask;
 
-/* fn(job) on `threads` threads (at most 64), the calling thread one of them (work is shared through
- * the job's atomic counter, so fewer threads than asked still do all of it); 1 if any failed */
+static void pool_task(void *arg) {
+    PoolTask *task = (PoolTask *)arg;
+    if (task->fn(task->job) != NULL) __atomic_store_n(&task->failed, 1, __ATOMIC_RELAXED);
+}
+
+/* fn(job) on `threads` threads (at most 64 of ours), the calling thread one of them (work is shared
+ * through the job's atomic counter, so fewer threads than asked still do all of it); 1 if any failed */
 static int run_threads(void *(*fn)(void *), void *job, int threads) {
+    if (threads <= 1) return fn(job) != NULL;
+    if (pool_parallel) {
+        PoolTask task = {fn, job, 0};
+        pool_parallel(pool_task, &task, (unsigned)threads, 0);
+        return task.failed;
+    }
     pthread_t tids[64];
     if (threads > 64) threads = 64;
     int failed = 0, started = 0;
@@ -457,7 +478,6 @@ static int run_threads(void *(*fn)(void *), void *job, int threads) {
     }
     return failed;
 }
-#endif
 
 static void *worker(void *arg) {
     Job *job = (Job *)arg;
@@ -581,4 +601,205 @@ int recsys_rank_counts(const int32_t *config, const float *users, const float *i
         if (targets[b] < 0 || targets[b] >= job.num_items) return 3;
     int tiles = (job.num_users + QUERY_TILE - 1) / QUERY_TILE;
     return run_threads(rank_worker, &job, job.num_threads < tiles ? job.num_threads : tiles);
+}
+
+/* ---- full-softmax cross-entropy: loss and both gradients ----------------------------------------
+ * Logits l[v, p] = items[v] . hidden[p] over every item v < V for positions p < P (positions padded
+ * to a multiple of CE_POSITIONS with zero rows), never stored beyond one tile in cache:
+ *
+ *   phase 1, work units of CE_POSITIONS positions x one slice of the catalogue, shared among threads:
+ *     the slice in tiles of CE_ITEMS items; online log-sum-exp per position (running max m_p,
+ *     S_p = sum exp(l - m_p)) and G_p = sum_v exp(l[v, p] - m_p) items[v], both rescaled when m_p
+ *     grows (as flash attention does). The slices of a position block are then merged:
+ *     lse_p = m_p + log S_p, loss_p = lse_p - l[target_p, p], grad_hidden[p] = scale (G_p / S_p - items[target_p]);
+ *   phase 2, items shared among threads in blocks of CE_POSITIONS: the logits recomputed tile by tile
+ *     (CE_ITEMS positions at a time), g[v, p] = scale (exp(l[v, p] - lse_p) - [v == target_p]) and
+ *     grad_items[v] = sum_p g[v, p] hidden[p].
+ *
+ * Four products instead of three (phase 2 recomputes the logits) for no [V, P] block in memory: every
+ * operand of a tile is in L1 / L2 cache, and each unit owns the rows it writes (no atomics; the result
+ * does not depend on the number of threads). Slices keep phase 1 balanced when there are few position
+ * blocks (720 positions: 15 blocks, 45 units). */
+#ifndef CE_POSITIONS
+#define CE_POSITIONS 48
+#endif
+#ifndef CE_ITEMS
+#define CE_ITEMS 96
+#endif
+#define CE_MAX_SLICES 8
+
+typedef struct {
+    int positions, padded, dim, num_items, num_threads, want_grads, slices;
+    float scale;                 /* gradient scale (1 / positions for the mean) */
+    const float *hidden;         /* [padded, D], zero rows past `positions` */
+    const float *hidden_t;       /* [D, padded] */
+    const float *items;          /* [V, D] */
+    const int64_t *targets;      /* [positions], in [0, V) */
+    float *partial;              /* per unit: m [48], S [48], G [48, D] */
+    float *loss, *lse;           /* [padded] */
+    float *grad_hidden;          /* [positions, D] */
+    float *grad_items;           /* [V, D] */
+    int next;
+} CEJob;
+
+static inline long ce_partial_floats(int D) { return (long)CE_POSITIONS * (D + 2); }
+
+/* items [first, last) of slice `slice` of `slices`, split at multiples of CE_ITEMS */
+static void ce_slice(int V, int slices, int slice, int *first, int *last) {
+    int tiles = (V + CE_ITEMS - 1) / CE_ITEMS;
+    *first = (int)((long)tiles * slice / slices) * CE_ITEMS;
+    *last = (int)((long)tiles * (slice + 1) / slices) * CE_ITEMS;
+    if (*last > V) *last = V;
+}
+
+static void *ce_positions_worker(void *arg) {
+    CEJob *job = (CEJob *)arg;
+    unsigned csr = flush_denormals();
+    const int D = job->dim, V = job->num_items, Pp = job->padded, units = Pp / CE_POSITIONS * job->slices;
+    float *tile = scratch_acquire(2, CE_ITEMS * CE_POSITIONS + CE_POSITIONS);
+    if (!tile) { restore_denormals(csr); return (void *)1; }
+    float *tile_max = tile + CE_ITEMS * CE_POSITIONS;
+    for (;;) {
+        int unit = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (unit >= units) break;
+        int p0 = unit / job->slices * CE_POSITIONS, first, last;
+        ce_slice(V, job->slices, unit % job->slices, &first, &last);
+        float *m = job->partial + unit * ce_partial_floats(D), *S = m + CE_POSITIONS, *G = S + CE_POSITIONS;
+        for (int j = 0; j < CE_POSITIONS; j++) { m[j] = -INFINITY; S[j] = 0.0f; }
+        if (job->want_grads) memset(G, 0, sizeof(float) * CE_POSITIONS * D);
+        for (int v0 = first; v0 < last; v0 += CE_ITEMS) {
+            int nv = last - v0 < CE_ITEMS ? last - v0 : CE_ITEMS;
+            const float *w = job->items + (long)v0 * D;
+            gemm(nv, CE_POSITIONS, D, w, D, job->hidden_t + p0, Pp, NULL, tile, CE_POSITIONS, 0); /* [nv, 48] */
+            v8 mx[CE_POSITIONS / 8], sum[CE_POSITIONS / 8]; /* rows outer: one chain per 8 positions */
+            for (int j = 0; j < CE_POSITIONS / 8; j++) mx[j] = ld(tile + 8 * j);
+            for (int r = 1; r < nv; r++)
+                for (int j = 0; j < CE_POSITIONS / 8; j++) mx[j] = vmax(mx[j], ld(tile + (long)r * CE_POSITIONS + 8 * j));
+            for (int j = 0; j < CE_POSITIONS / 8; j++) st(tile_max + 8 * j, mx[j]);
+            for (int j = 0; j < CE_POSITIONS; j++) {
+                if (tile_max[j] <= m[j]) continue;
+                float factor = m[j] == -INFINITY ? 0.0f : sexp(m[j] - tile_max[j]);
+                S[j] *= factor;
+                if (job->want_grads)
+                    for (int d = 0; d < D; d++) G[(long)j * D + d] *= factor;
+                m[j] = tile_max[j];
+            }
+            for (int j = 0; j < CE_POSITIONS / 8; j++) sum[j] = (v8){0};
+            for (int r = 0; r < nv; r++) /* exp in place, summed per position */
+                for (int j = 0; j < CE_POSITIONS / 8; j++) {
+                    float *t = tile + (long)r * CE_POSITIONS + 8 * j;
+                    v8 e = vexp(ld(t) - ld(m + 8 * j));
+                    st(t, e);
+                    sum[j] += e;
+                }
+            for (int j = 0; j < CE_POSITIONS / 8; j++) st(S + 8 * j, ld(S + 8 * j) + sum[j]);
+            if (job->want_grads) /* G[48, D] += tile^T [48, nv] items[nv, D], tile read transposed */
+                gemm_t(CE_POSITIONS, D, nv, tile, CE_POSITIONS, w, D, G, D, ACCUMULATE);
+        }
+    }
+    restore_denormals(csr);
+    return NULL;
+}
+
+/* the slices of each position block merged: log-sum-exp, loss, hidden-state gradient */
+static void ce_merge(CEJob *job) {
+    const int D = job->dim, slices = job->slices;
+    for (int p = 0; p < job->padded; p++) {
+        int j = p % CE_POSITIONS;
+        const float *first = job->partial + (long)(p / CE_POSITIONS) * slices * ce_partial_floats(D);
+        float mx = -INFINITY, total = 0.0f, factor[CE_MAX_SLICES];
+        for (int s = 0; s < slices; s++) {
+            float ms = first[s * ce_partial_floats(D) + j];
+            mx = ms > mx ? ms : mx;
+        }
+        for (int s = 0; s < slices; s++) {
+            const float *part = first + s * ce_partial_floats(D);
+            factor[s] = part[j] == -INFINITY ? 0.0f : sexp(part[j] - mx);
+            total += part[CE_POSITIONS + j] * factor[s];
+        }
+        float lse = mx + logf(total);
+        job->lse[p] = lse;
+        if (p >= job->positions) { job->loss[p] = 0.0f; continue; }
+        const float *h = job->hidden + (long)p * D, *wt = job->items + job->targets[p] * D;
+        float target_logit = 0.0f;
+        for (int d = 0; d < D; d++) target_logit += h[d] * wt[d];
+        job->loss[p] = lse - target_logit;
+        if (!job->want_grads) continue;
+        float *g = job->grad_hidden + (long)p * D, inv = job->scale / total;
+        for (int d = 0; d < D; d++) {
+            float acc = 0.0f;
+            for (int s = 0; s < slices; s++)
+                acc += first[s * ce_partial_floats(D) + 2 * CE_POSITIONS + (long)j * D + d] * factor[s];
+            g[d] = acc * inv - job->scale * wt[d];
+        }
+    }
+}
+
+static void *ce_items_worker(void *arg) {
+    CEJob *job = (CEJob *)arg;
+    unsigned csr = flush_denormals();
+    const int D = job->dim, V = job->num_items, Pp = job->padded;
+    float *tile = scratch_acquire(2, CE_POSITIONS * CE_ITEMS + CE_ITEMS);
+    if (!tile) { restore_denormals(csr); return (void *)1; }
+    float *factor = tile + CE_POSITIONS * CE_ITEMS;
+    for (;;) {
+        int v0 = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED) * CE_POSITIONS;
+        if (v0 >= V) break;
+        int nv = V - v0 < CE_POSITIONS ? V - v0 : CE_POSITIONS;
+        const float *w = job->items + (long)v0 * D;
+        float *gw = job->grad_items + (long)v0 * D;
+        memset(gw, 0, sizeof(float) * nv * D);
+        for (int p0 = 0; p0 < Pp; p0 += CE_ITEMS) {
+            int np = Pp - p0 < CE_ITEMS ? Pp - p0 : CE_ITEMS; /* a multiple of 16 */
+            for (int j = 0; j < np; j++) factor[j] = p0 + j < job->positions ? job->scale : 0.0f;
+            gemm(nv, np, D, w, D, job->hidden_t + p0, Pp, NULL, tile, CE_ITEMS, 0); /* [nv, np] */
+            for (int r = 0; r < nv; r++) {
+                float *t = tile + (long)r * CE_ITEMS;
+                for (int j = 0; j < np; j += 8) st(t + j, vexp(ld(t + j) - ld(job->lse + p0 + j)) * ld(factor + j));
+            }
+            int end = job->positions - p0 < np ? job->positions - p0 : np;
+            for (int j = 0; j < end; j++) {
+                int64_t t = job->targets[p0 + j] - v0;
+                if (t >= 0 && t < nv) tile[t * CE_ITEMS + j] -= job->scale;
+            }
+            gemm(nv, D, np, tile, CE_ITEMS, job->hidden + (long)p0 * D, D, NULL, gw, D, ACCUMULATE);
+        }
+    }
+    restore_denormals(csr);
+    return NULL;
+}
+
+/* Returns 0 on success. config: positions, padded (a multiple of CE_POSITIONS), dim, num_items,
+ * num_threads, want_grads; scale: the gradients' factor. grad_hidden / grad_items are written only
+ * with want_grads. */
+int recsys_softmax_ce(const int32_t *config, const float *scale, const float *hidden, const float *hidden_t,
+                      const float *items, const int64_t *targets, float *loss, float *lse, float *grad_hidden,
+                      float *grad_items) {
+    CEJob job;
+    job.positions = config[0]; job.padded = config[1]; job.dim = config[2]; job.num_items = config[3];
+    job.num_threads = config[4] < 1 ? 1 : config[4]; job.want_grads = config[5];
+    job.scale = scale[0]; job.hidden = hidden; job.hidden_t = hidden_t; job.items = items;
+    job.targets = targets; job.loss = loss; job.lse = lse; job.grad_hidden = grad_hidden;
+    job.grad_items = grad_items;
+    if (job.padded % CE_POSITIONS || job.padded < job.positions || job.num_items < 1) return 2;
+    for (int p = 0; p < job.positions; p++)
+        if (targets[p] < 0 || targets[p] >= job.num_items) return 3;
+    /* slices: at least 32 units where the catalogue has the tiles for it, whatever the number of
+     * threads (which then does not change the result) */
+    int blocks = job.padded / CE_POSITIONS, tiles = (job.num_items + CE_ITEMS - 1) / CE_ITEMS;
+    int slices = (32 + blocks - 1) / blocks;
+    if (slices > CE_MAX_SLICES) slices = CE_MAX_SLICES;
+    if (slices > tiles) slices = tiles;
+    job.slices = slices;
+    job.partial = malloc(sizeof(float) * blocks * slices * ce_partial_floats(job.dim));
+    if (!job.partial) return 1;
+    job.next = 0;
+    int units = blocks * slices;
+    int failed = run_threads(ce_positions_worker, &job, job.num_threads < units ? job.num_threads : units);
+    if (!failed) ce_merge(&job);
+    free(job.partial);
+    if (failed || !job.want_grads) return failed;
+    int item_blocks = (job.num_items + CE_POSITIONS - 1) / CE_POSITIONS;
+    job.next = 0;
+    return run_threads(ce_items_worker, &job, job.num_threads < item_blocks ? job.num_threads : item_blocks);
 }

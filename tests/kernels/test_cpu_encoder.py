@@ -72,7 +72,8 @@ def test_the_kernels_run_on_torchs_own_thread_pool():
     assert cpu_encoder.available() and cpu_encoder.uses_torch_threads()
 
 
-def test_the_pthreads_build_computes_the_same_bits(tmp_path, monkeypatch):
+def test_threads_of_its_own_compute_the_same_bits(tmp_path, monkeypatch):
+    """The fallback where torch runs no OpenMP pool: pthreads started per call (a fresh library copy)."""
     gen = torch.Generator().manual_seed(5)
     weights = cpu_encoder.random_weights(70, 24, 32, 2, 40, 2, False, False, gen)
     counts = torch.tensor([24, 1, 7, 13, 6])
@@ -223,3 +224,60 @@ def test_ranker_equals_the_score_matrix_ranks(tie_policy):
     scores[V:] = float("-inf")
     assert torch.equal(ranker.ranks(users, targets, None, tie_policy),
                        ranks_from_item_scores(scores, targets, None, tie_policy))
+
+
+@pytest.mark.parametrize("P,V,D", [(1, 1, 8), (47, 5, 20), (49, 48, 16), (97, 101, 64), (48, 200, 33)])
+@pytest.mark.parametrize("logit_scale", [1.0, 40.0])  # 40: logits ~ +-300, the running max must shift
+def test_softmax_ce_equals_torch_cross_entropy(P, V, D, logit_scale):
+    """Every remainder of the 48-position and 48-item tiles, widths that are no multiple of 8."""
+    assert cpu_encoder.available()
+    gen = torch.Generator().manual_seed(P + V)
+    hidden = (torch.randn(P, D, generator=gen) * logit_scale / D**0.5).requires_grad_()
+    items = torch.randn(V, D, generator=gen).requires_grad_()
+    targets = torch.randint(0, V, (P,), generator=gen)
+    ref = torch.nn.functional.cross_entropy(hidden @ items.T, targets)
+    ref_grads = torch.autograd.grad(ref, (hidden, items))
+    losses, grad_hidden, grad_items = cpu_encoder.softmax_ce(hidden, items, targets, True, num_threads=2)
+    assert losses.shape == (P,) and torch.isfinite(losses).all()
+    assert losses.mean().item() == pytest.approx(ref.item(), rel=2e-6, abs=1e-6 * logit_scale)
+    torch.testing.assert_close(grad_hidden, ref_grads[0], rtol=1e-5, atol=1e-6 * logit_scale)
+    torch.testing.assert_close(grad_items, ref_grads[1], rtol=1e-5, atol=1e-6 * logit_scale)
+    # each output row is one thread's alone: the same bits with 1 or 3 threads; the value alone without
+    # gradients is the same number
+    one = cpu_encoder.softmax_ce(hidden, items, targets, True, num_threads=1)
+    three = cpu_encoder.softmax_ce(hidden, items, targets, True, num_threads=3)
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(one, three, (losses, grad_hidden, grad_items)))
+    value, none_h, none_w = cpu_encoder.softmax_ce(hidden, items, targets, False)
+    assert torch.equal(value, losses) and none_h is None and none_w is None
+
+
+def test_softmax_ce_checks_its_targets():
+    assert cpu_encoder.available()
+    with pytest.raises(RuntimeError, match="code 3"):
+        cpu_encoder.softmax_ce(torch.randn(3, 8), torch.randn(5, 8), torch.tensor([0, 5, 1]), True)
+
+
+def test_training_loss_and_gradients_through_the_kernel_equal_the_pytorch_path(monkeypatch):
+    """A SASRec training step's full CE (padding row, masked positions) with the kernel and without."""
+    from recsys import losses
+
+    assert cpu_encoder.available()
+    model = build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 24, "num_heads": 1, "dropout": 0.0}, 130)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 130, (6, 12), generator=gen)
+    ids[:3, :4] = 0
+    targets = torch.roll(ids, -1, dims=1)
+    targets[:, -1] = 0
+
+    def step():
+        model.zero_grad()
+        loss = losses.next_item_loss(losses.LossConfig(name="ce"), model(ids), targets, model.item_embedding.weight)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    kernel = step()
+    monkeypatch.setattr(losses, "_cpu_kernel_usable", lambda hidden, table: False)
+    pytorch = step()
+    assert kernel[0].item() == pytest.approx(pytorch[0].item(), rel=1e-6)
+    for a, b in zip(kernel[1], pytorch[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
