@@ -121,7 +121,8 @@ def resolve_ce_matmul_dtype(cfg: RunConfig, device: torch.device) -> bool:
     """``loss.ce_matmul_dtype = "auto"`` becomes "bfloat16" where bf16 products run on bf16 units and
     "float32" elsewhere, in ``cfg`` itself (the run's saved config says what ran). On a CPU without bf16
     units the full CE at Beauty's shape (720 positions x 54,542 items, forward + backward) took 8.5-10 s
-    in bf16 against 0.30-0.36 s in fp32. Returns whether it changed anything."""
+    in bf16 against 0.30-0.36 s in fp32 (0.15-0.17 s in the fused C kernel, 2026-12-03). Returns whether
+    it changed anything."""
     if cfg.loss.ce_matmul_dtype != "auto":
         return False
     cfg.loss.ce_matmul_dtype = "bfloat16" if native_bf16(device) else "float32"

@@ -530,58 +530,70 @@ int recsys_encode_last(const int32_t *config, const float *scalars, const int64_
  * same arithmetic for every (v, b) whatever its tile or lane, so the target's own score (computed
  * first, by the same tile code) is bit-identical to its entry in the scored chunk. */
 #define RANK_CHUNK 1024
+#define RANK_GROUP 8 /* at most this many tiles of users share a pass over the items */
 
 typedef struct {
     int num_users, dim, num_items, items_stride, pessimistic, num_threads;
     const float *users, *items_t;   /* [B, D]; items transposed [D, items_stride] */
     const int64_t *targets, *seen_offsets, *seen_items;
     int64_t *counts;
+    int group;      /* tiles per unit of work */
     int next_tile;
 } RankJob;
 
 static void *rank_worker(void *arg) {
     RankJob *job = (RankJob *)arg;
     unsigned csr = flush_denormals();
-    int D = job->dim, V = job->num_items, ld = job->items_stride;
+    int D = job->dim, V = job->num_items, ld = job->items_stride, G = job->group;
     float *scores = scratch_acquire(1, QUERY_TILE * RANK_CHUNK);
-    float one[16];
+    float one[16], target_score[RANK_GROUP][QUERY_TILE];
+    int64_t count[RANK_GROUP][QUERY_TILE];
     if (!scores) { restore_denormals(csr); return (void *)1; }
-    for (;;) {
-        int tile = __atomic_fetch_add(&job->next_tile, 1, __ATOMIC_RELAXED);
-        int b0 = tile * QUERY_TILE;
-        if (b0 >= job->num_users) break;
-        int rows = job->num_users - b0 < QUERY_TILE ? job->num_users - b0 : QUERY_TILE;
-        const float *users = job->users + (long)b0 * D;
-        float target_score[QUERY_TILE];
-        int64_t count[QUERY_TILE] = {0};
-        for (int r = 0; r < rows; r++) { /* the target's 16-column block, one row: the same lane arithmetic */
-            int64_t t = job->targets[b0 + r], block = t & ~15L;
-            rows_of(1, 16, D, users + (long)r * D, D, job->items_t + block, ld, NULL, one, 16, 0);
-            target_score[r] = one[t - block];
+    for (;;) { /* a unit: G tiles of 6 users, which share each chunk of items while it is in L2 */
+        int first = __atomic_fetch_add(&job->next_tile, G, __ATOMIC_RELAXED);
+        if (first * QUERY_TILE >= job->num_users) break;
+        int tiles = 0;
+        for (int g = 0; g < G && (first + g) * QUERY_TILE < job->num_users; g++, tiles++) {
+            int b0 = (first + g) * QUERY_TILE;
+            int rows = job->num_users - b0 < QUERY_TILE ? job->num_users - b0 : QUERY_TILE;
+            for (int r = 0; r < rows; r++) { /* the target's 16-column block, one row: the same lane arithmetic */
+                int64_t t = job->targets[b0 + r], block = t & ~15L;
+                rows_of(1, 16, D, job->users + (long)(b0 + r) * D, D, job->items_t + block, ld, NULL, one, 16, 0);
+                target_score[g][r] = one[t - block];
+                count[g][r] = 0;
+            }
         }
         for (int c0 = 0; c0 < V; c0 += RANK_CHUNK) {
             int width = V - c0 < RANK_CHUNK ? V - c0 : RANK_CHUNK;
             int cols = (width + 15) & ~15; /* items_stride is a multiple of 16 with zero columns past V */
-            gemm(rows, cols, D, users, D, job->items_t + c0, ld, NULL, scores, RANK_CHUNK, 0);
-            for (int r = 0; r < rows; r++) {
-                float *s = scores + (long)r * RANK_CHUNK;
-                int64_t b = b0 + r, t = job->targets[b];
-                for (int64_t i = job->seen_offsets[b]; i < job->seen_offsets[b + 1]; i++) {
-                    int64_t v = job->seen_items[i] - c0;
-                    if (v >= 0 && v < width) s[v] = -INFINITY;
+            for (int g = 0; g < tiles; g++) {
+                int b0 = (first + g) * QUERY_TILE;
+                int rows = job->num_users - b0 < QUERY_TILE ? job->num_users - b0 : QUERY_TILE;
+                gemm(rows, cols, D, job->users + (long)b0 * D, D, job->items_t + c0, ld, NULL, scores, RANK_CHUNK, 0);
+                for (int r = 0; r < rows; r++) {
+                    float *s = scores + (long)r * RANK_CHUNK;
+                    int64_t b = b0 + r, t = job->targets[b];
+                    for (int64_t i = job->seen_offsets[b]; i < job->seen_offsets[b + 1]; i++) {
+                        int64_t v = job->seen_items[i] - c0;
+                        if (v >= 0 && v < width) s[v] = -INFINITY;
+                    }
+                    if (c0 == 0) s[0] = -INFINITY; /* the padding id */
+                    if (job->pessimistic && t >= c0 && t < c0 + width) s[t - c0] = -INFINITY;
+                    float ts = target_score[g][r];
+                    int64_t n = 0;
+                    if (job->pessimistic)
+                        for (int j = 0; j < width; j++) n += s[j] >= ts;
+                    else
+                        for (int j = 0; j < width; j++) n += s[j] > ts;
+                    count[g][r] += n;
                 }
-                if (c0 == 0) s[0] = -INFINITY; /* the padding id */
-                if (job->pessimistic && t >= c0 && t < c0 + width) s[t - c0] = -INFINITY;
-                float ts = target_score[r];
-                int64_t n = 0;
-                if (job->pessimistic)
-                    for (int j = 0; j < width; j++) n += s[j] >= ts;
-                else
-                    for (int j = 0; j < width; j++) n += s[j] > ts;
-                count[r] += n;
             }
         }
-        for (int r = 0; r < rows; r++) job->counts[b0 + r] = count[r];
+        for (int g = 0; g < tiles; g++) {
+            int b0 = (first + g) * QUERY_TILE;
+            int rows = job->num_users - b0 < QUERY_TILE ? job->num_users - b0 : QUERY_TILE;
+            for (int r = 0; r < rows; r++) job->counts[b0 + r] = count[g][r];
+        }
     }
     scratch_release(scores);
     restore_denormals(csr);
@@ -600,7 +612,12 @@ int recsys_rank_counts(const int32_t *config, const float *users, const float *i
     for (int b = 0; b < job.num_users; b++)
         if (targets[b] < 0 || targets[b] >= job.num_items) return 3;
     int tiles = (job.num_users + QUERY_TILE - 1) / QUERY_TILE;
-    return run_threads(rank_worker, &job, job.num_threads < tiles ? job.num_threads : tiles);
+    /* up to RANK_GROUP tiles per unit (each chunk of items read from memory once per unit, not per
+     * tile), with at least ~4 units per thread; the group does not change any score's arithmetic */
+    job.group = tiles / (4 * job.num_threads);
+    job.group = job.group < 1 ? 1 : job.group > RANK_GROUP ? RANK_GROUP : job.group;
+    int units = (tiles + job.group - 1) / job.group;
+    return run_threads(rank_worker, &job, job.num_threads < units ? job.num_threads : units);
 }
 
 /* ---- full-softmax cross-entropy: loss and both gradients ----------------------------------------

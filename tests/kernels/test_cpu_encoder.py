@@ -201,14 +201,16 @@ def test_ranker_equals_the_score_matrix_ranks(tie_policy):
 
     assert cpu_encoder.available()
     gen = torch.Generator().manual_seed(0)
-    V, D, B = 2500, 12, 23  # more than two chunks of 1,024 items; a width that is no multiple of 8
+    # more than two chunks of 1,024 items; a width that is no multiple of 8; 203 users: 34 tiles of 6,
+    # shared by units of 4 tiles with 2 threads and of 8 with one (the last unit and tile partial)
+    V, D, B = 2500, 12, 203
     items = torch.randint(-3, 4, (V, D), generator=gen).float()
     items[100:140] = items[7]  # ties with item 7
     users = torch.randint(-2, 3, (B, D), generator=gen).float()
     targets = torch.randint(1, V, (B,), generator=gen)
     targets[:3] = 7
-    rows = torch.randint(0, B, (400,), generator=gen)
-    seen = torch.randint(0, V, (400,), generator=gen)
+    rows = torch.randint(0, B, (3000,), generator=gen)
+    seen = torch.randint(0, V, (3000,), generator=gen)
     seen[:2] = targets[rows[:2]]  # a target that was also seen is still ranked
     padded = torch.cat([items, torch.randn(12, D)])  # alignment rows past the catalogue: never ranked
     scores = padded @ users.T
