@@ -187,7 +187,8 @@ def _compile() -> ctypes.CDLL:
         else:
             raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {errors[-1]}")
     lib = ctypes.CDLL(str(target))
-    for name, args in (("recsys_encode_last", 8), ("recsys_rank_counts", 7), ("recsys_softmax_ce", 10)):
+    for name, args in (("recsys_encode_last", 8), ("recsys_rank_counts", 7), ("recsys_softmax_ce", 10),
+                       ("recsys_keep_mask", 6), ("recsys_gelu", 5)):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * args
@@ -365,6 +366,48 @@ def softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
     if _flop_counters:  # the logits once, and with gradients: recomputed, and the two gradient products
         _add_flops((4 if want_grads else 1) * 2 * padded * V * D)
     return loss[:P], grad_h, grad_w
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], threshold: int, scale: float,
+              num_threads: int | None = None) -> torch.Tensor:
+    """fp32 dropout mask of ``shape``: ``scale`` where an element's 16 random bits are >= ``threshold``
+    (so dropped with probability threshold / 65,536), else 0; the bits come from a counter-based
+    generator (splitmix64) seeded by one draw of torch's global generator, so ``torch.manual_seed``
+    makes masks reproducible and the number of threads does not change them."""
+    if _library is None:
+        raise RuntimeError("the fused CPU kernels are not loaded (call available() first)")
+    out = torch.empty(shape, dtype=torch.float32)
+    seed = int(torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64)) % 2**64
+    config = (ctypes.c_int32 * 1)(num_threads or torch.get_num_threads())
+    n, thr = (ctypes.c_int64 * 1)(out.numel()), (ctypes.c_int64 * 1)(threshold)
+    seed_arg, scale_arg = (ctypes.c_uint64 * 1)(seed), (ctypes.c_float * 1)(scale)
+    rc = _library.recsys_keep_mask(ctypes.addressof(config), ctypes.addressof(n), ctypes.addressof(thr),
+                                   ctypes.addressof(seed_arg), ctypes.addressof(scale_arg), out.data_ptr())
+    if rc != 0:
+        raise RuntimeError(f"fused CPU dropout mask failed (code {rc})")
+    return out
+
+
+def gelu(x: torch.Tensor, grad: torch.Tensor | None = None, num_threads: int | None = None) -> torch.Tensor:
+    """Exact (erf) GELU of a contiguous fp32 CPU tensor, or with ``grad`` its backward ``grad * GELU'(x)``,
+    in one multi-threaded pass (erf and exp by the kernels' polynomials, within ~2e-7 of torch's)."""
+    if _library is None:
+        raise RuntimeError("the fused CPU kernels are not loaded (call available() first)")
+    x = x.contiguous()
+    if grad is not None:
+        grad = grad.contiguous()
+        if grad.shape != x.shape or grad.dtype != torch.float32:
+            raise ValueError("grad must be fp32 of the input's shape")
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError("the kernel's GELU takes fp32 CPU tensors")
+    out = torch.empty_like(x)
+    config = (ctypes.c_int32 * 1)(num_threads or torch.get_num_threads())
+    n = (ctypes.c_int64 * 1)(x.numel())
+    rc = _library.recsys_gelu(ctypes.addressof(config), ctypes.addressof(n), x.data_ptr(),
+                              grad.data_ptr() if grad is not None else None, out.data_ptr())
+    if rc != 0:
+        raise RuntimeError(f"fused CPU GELU failed (code {rc})")
+    return out
 
 
 def reference_encode_last(item_ids: torch.Tensor, weights: EncoderWeights) -> torch.Tensor:

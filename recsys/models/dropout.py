@@ -19,13 +19,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import cpu_encoder
+
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype = torch.float32,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-    """1.0 (keep) with probability ``1 - round(p * 65536) / 65536``, else 0.0, of ``shape`` and ``dtype``."""
+              device: torch.device | str = "cpu", scale: float = 1.0) -> torch.Tensor:
+    """``scale`` (keep) with probability ``1 - round(p * 65536) / 65536``, else 0.0, of ``shape`` and
+    ``dtype``. fp32 on CPU where the C kernels are built: in one multi-threaded pass
+    (:func:`recsys.kernels.cpu_encoder.keep_mask`, a counter-based generator seeded from torch's);
+    otherwise from torch's generator, four elements per 64-bit draw."""
+    if dtype == torch.float32 and torch.device(device).type == "cpu" and _kernels_ready():
+        return cpu_encoder.keep_mask(tuple(shape), round(p * 65536), scale)
     n = math.prod(shape)
     words = torch.empty(-(-n // 4), dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
-    return (words.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768).to(dtype)
+    keep = (words.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768).to(dtype)
+    return keep if scale == 1.0 else keep.mul_(scale)
+
+
+def _kernels_ready() -> bool:
+    return not torch.jit.is_tracing() and cpu_encoder.available()
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True, rescale: bool = True) -> torch.Tensor:
@@ -38,8 +50,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, rescale: bool = Tr
         if not rescale:
             raise ValueError("rescale=False is for CPU dropout with p < 1")
         return F.dropout(x, p, training)
-    keep = keep_mask(x.shape, p, x.dtype, x.device)
-    return x * (keep.mul_(1.0 / (1.0 - p)) if rescale else keep)
+    return x * keep_mask(x.shape, p, x.dtype, x.device, 1.0 / (1.0 - p) if rescale else 1.0)
 
 
 class Dropout(nn.Module):

@@ -43,6 +43,7 @@ from ..kernels import cpu_encoder
 from ..kernels.onednn import Linear, feed_forward, linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout, dropout
+from .gelu import GELU
 
 
 @dataclass
@@ -447,7 +448,7 @@ class Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(dim)
         ffn = cfg.ffn_dim or dim
         inner_dropout = Dropout(cfg.dropout) if cfg.ffn_inner_dropout else nn.Identity()
-        self.ffn = nn.Sequential(Linear(dim, ffn), nn.GELU(), inner_dropout, Linear(ffn, dim))
+        self.ffn = nn.Sequential(Linear(dim, ffn), GELU(), inner_dropout, Linear(ffn, dim))
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None = None,

@@ -3,7 +3,19 @@ import math
 import pytest
 import torch
 
-from recsys.models.dropout import Dropout, dropout
+from recsys.kernels import cpu_encoder
+from recsys.models import dropout as dropout_module
+from recsys.models.dropout import Dropout, dropout, keep_mask
+
+
+@pytest.fixture(autouse=True, params=["kernel", "torch generator"])
+def mask_path(request, monkeypatch):
+    """Every test on both mask paths: the C kernel (where it builds) and torch's generator."""
+    if request.param == "kernel" and not cpu_encoder.available():
+        pytest.skip("no fused CPU kernels here (no C compiler)")
+    if request.param != "kernel":
+        monkeypatch.setattr(dropout_module, "_kernels_ready", lambda: False)
+    return request.param
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5])
@@ -45,3 +57,20 @@ def test_seeded_like_torch():
     torch.manual_seed(8)
     c = Dropout(0.5).train()(x)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_mask_bits_are_independent_and_do_not_depend_on_the_threads(mask_path):
+    torch.manual_seed(3)
+    keep = keep_mask((4, 100_003), 0.5)  # an odd size: a last word of 4 elements only partly used
+    flat = keep.flatten() - 0.5
+    n = flat.numel()
+    for lag in (1, 2, 3, 4, 5):  # within one 64-bit word (1-3) and across words
+        corr = float((flat[:-lag] * flat[lag:]).mean() / 0.25)
+        assert abs(corr) < 5 / math.sqrt(n), lag
+    assert set(keep.unique().tolist()) == {0.0, 1.0}
+    if mask_path == "kernel":
+        torch.manual_seed(3)
+        one = cpu_encoder.keep_mask((4, 100_003), 32768, 1.0, num_threads=1)
+        torch.manual_seed(3)
+        assert torch.equal(one, cpu_encoder.keep_mask((4, 100_003), 32768, 1.0, num_threads=3))
+        assert torch.equal(one, keep)
