@@ -1,7 +1,8 @@
 """Full-softmax cross-entropy over a large catalogue: chunked (ours) vs the plain logits matrix.
 
     python benchmarks/full_ce.py [--items 1000000] [--positions 25600] [--dim 64] [--plain-items 20000]
-                                 [--impls plain chunked chunked-bf16 item-chunked gemms gemms-bf16] [--item-chunk 65536]
+                                 [--impls plain chunked chunked-bf16 item-chunked kernel gemms gemms-bf16]
+                                 [--item-chunk 65536]
 
 One forward + backward of the mean CE of ``positions`` hidden states (128 sequences x 200 positions by
 default) against ``items`` item vectors. The plain version materialises [positions, items] logits (and
@@ -9,7 +10,10 @@ their gradient): at 10^6 items that is ~100 GB, so it is timed at ``--plain-item
 the chunked version at the same size, and the chunked version alone at the full size. Prints seconds and
 peak RSS, each implementation in its own process; their losses agree (gradients: tests/test_losses.py).
 "chunked" blocks 128 positions x the whole catalogue; "item-chunked" blocks 128 positions x
-``--item-chunk`` items with an online log-sum-exp, so its block does not grow with the catalogue.
+``--item-chunk`` items with an online log-sum-exp, so its block does not grow with the catalogue (both
+the loss's PyTorch path). "kernel" is what fp32 training on CPU runs where the C kernels build: the
+fused loss and gradients of ``recsys.kernels.cpu_encoder.softmax_ce`` (48 x 96 tiles of logits in cache,
+four products: its GFLOP/s below still counts three).
 "gemms" / "gemms-bf16" time only the three GEMMs a forward + backward of full CE needs (logits, then the
 gradients of hidden states and items; same blocks, same product routines as the loss, no softmax): the
 floor for any exact full CE built on these products. GFLOP/s counts those GEMMs' 6 x positions x items x
@@ -27,7 +31,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from recsys.kernels import onednn
+from recsys import losses
+from recsys.kernels import cpu_encoder, onednn
 from recsys.losses import LossConfig, full_softmax_ce
 
 CHUNK = LossConfig().ce_chunk_size  # positions per block, as in training
@@ -65,6 +70,10 @@ def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
     elif impl == "plain":
         loss = F.cross_entropy(hidden @ items[1:].T, targets - 1)
     else:
+        if impl == "kernel" and not cpu_encoder.available():
+            raise RuntimeError("the fused CPU kernels are not available here (no C compiler?)")
+        if impl != "kernel":  # the loss's PyTorch path
+            losses._cpu_kernel_usable = lambda hidden, table: False
         loss = full_softmax_ce(hidden, items, targets, CHUNK, torch.bfloat16 if impl == "chunked-bf16" else None,
                                item_chunk if impl == "item-chunked" else 0)
     if loss.requires_grad:
@@ -82,8 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--positions", type=int, default=25_600)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--plain-items", type=int, default=20_000)
-    p.add_argument("--impls", nargs="+", default=["plain", "chunked", "chunked-bf16", "item-chunked"],
-                   help="plain chunked chunked-bf16 item-chunked gemms gemms-bf16")
+    p.add_argument("--impls", nargs="+", default=["plain", "chunked", "chunked-bf16", "item-chunked", "kernel"],
+                   help="plain chunked chunked-bf16 item-chunked kernel gemms gemms-bf16")
     p.add_argument("--item-chunk", type=int, default=65_536)
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
@@ -92,7 +101,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.positions, args.dim, args.item_chunk)))
         return 0
     rows = []
-    impls = ["chunked", "chunked-bf16", "item-chunked", "gemms", "gemms-bf16"]
+    impls = ["chunked", "chunked-bf16", "item-chunked", "kernel", "gemms", "gemms-bf16"]
     plan = [(args.plain_items, "plain")] + [(args.plain_items, i) for i in impls] + [(args.items, i) for i in impls]
     plan = [(V, impl) for V, impl in plan if impl in args.impls and V > 0]
     for V, impl in plan:  # each in a fresh process, so its peak memory is its own
