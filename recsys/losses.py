@@ -137,7 +137,8 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
 
     fp32 on CPU, where the C kernels are built (``recsys.kernels.cpu_encoder.softmax_ce``), the whole
     loss runs there instead: the same value and gradients to float rounding, faster than this path's
-    oneDNN products and with no [V, c] block at all (tested against both PyTorch paths).
+    oneDNN products, in three products where the exponentials of a group of positions fit in 48 MB
+    (Beauty's catalogue: 192 positions at a time), else four (tested against both PyTorch paths).
     """
 
     @staticmethod
@@ -150,7 +151,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         P, V = hidden.shape[0], items.shape[0]
         if compute_dtype is None and _cpu_kernel_usable(hidden, table):
             # the fused C kernel (recsys.kernels.cpu_encoder.softmax_ce): loss and both gradients from
-            # 48 x 48 tiles of logits in cache, memory independent of the catalogue like item_chunk's
+            # 48 x 96 tiles of logits in cache, at most 48 MB of exponentials kept
             want = any(ctx.needs_input_grad[:2])
             grad_table = torch.empty(table.shape, dtype=torch.float32) if want else None
             if want:

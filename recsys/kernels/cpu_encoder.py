@@ -2,9 +2,9 @@
 BERT4Rec: each history's last hidden state, one sequence at a time in cache-sized scratch), exact
 full-ranking counts (:class:`ItemRanker`) and the full-softmax cross-entropy with both gradients
 (:func:`softmax_ce`, what ``recsys.losses`` trains with on CPU: 48 x 96 tiles of logits in cache, an
-online log-sum-exp, the logits recomputed for the item gradient; on BERT4Rec's Beauty shape, 720
-positions x 54,542 items, 0.15-0.17 s per step on 2 Zen 3 cores against 0.26-0.29 s for the PyTorch
-path through oneDNN).
+online log-sum-exp, the exponentials of up to 48 MB of positions kept for the item gradient, else the
+logits recomputed; on BERT4Rec's Beauty shape, 720 positions x 54,542 items, 0.13-0.14 s per step on
+2 Zen 3 cores against 0.16-0.17 s recomputing and 0.26-0.29 s for the PyTorch path through oneDNN).
 
 The triple every kernel here has:
 
@@ -55,7 +55,8 @@ W1 = 8  # a block's first feed-forward matrix [D, F] in EncoderWeights.blocks
 
 _library: ctypes.CDLL | None = None
 _state: str | None = None  # None: not tried yet; "ok", "off", "failed"
-QUERY_TILE, RANK_CHUNK, CE_POSITIONS = 6, 1024, 48  # as in cpu_encoder.c
+QUERY_TILE, RANK_CHUNK, CE_POSITIONS, CE_ITEMS = 6, 1024, 48, 96  # as in cpu_encoder.c
+CE_KEPT_FLOATS, CE_KEPT_MIN = 12 << 20, 192  # as in cpu_encoder.c
 _flop_counters: list[list[int]] = []  # active count_flops() contexts
 
 
@@ -330,14 +331,27 @@ class ItemRanker:
         return counts + 1
 
 
+def ce_keeps_exponentials(padded: int, num_items: int, kept_floats: int | None = None) -> bool:
+    """Whether :func:`softmax_ce` with gradients keeps its exponentials (three products) rather than
+    recomputing the logits (four), as recsys_softmax_ce decides: a group of positions, at least
+    CE_KEPT_MIN of them (or all), must fit in ``kept_floats`` (default CE_KEPT_FLOATS) x [items rounded
+    to CE_ITEMS]."""
+    budget = CE_KEPT_FLOATS if kept_floats is None or kept_floats < 0 else kept_floats
+    rows = -(-num_items // CE_ITEMS) * CE_ITEMS
+    group = budget // rows // CE_POSITIONS * CE_POSITIONS
+    return group >= min(CE_KEPT_MIN, padded)
+
+
 def softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, want_grads: bool,
                num_threads: int | None = None, grad_items_out: torch.Tensor | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+               kept_floats: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Full-softmax cross-entropy of ``hidden @ items.T`` against ``targets`` by the kernel
     (``recsys_softmax_ce``): hidden [P, D], items [V, D] (every row a candidate), targets [P] in [0, V).
     Returns the per-position losses [P] and, with ``want_grads``, the gradients of their mean with
     respect to hidden [P, D] and items [V, D] (written into ``grad_items_out`` if given: a contiguous
-    fp32 [V, D]); no [P, V] logits exist (tiles of 48 x 96 in cache)."""
+    fp32 [V, D]); no [P, V] logits exist (tiles of 48 x 96 in cache), only, with gradients, the
+    exponentials of one group of positions at a time, at most ``kept_floats`` of them (default
+    CE_KEPT_FLOATS, 48 MB; 0 always recomputes the logits instead: see :func:`ce_keeps_exponentials`)."""
     if _library is None:
         raise RuntimeError("the fused CPU kernels are not loaded (call available() first)")
     P, D = hidden.shape
@@ -355,7 +369,8 @@ def softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
         grad_w = torch.empty(V, D) if grad_items_out is None else grad_items_out
         if grad_w.shape != (V, D) or grad_w.dtype != torch.float32 or not grad_w.is_contiguous():
             raise ValueError("grad_items_out must be a contiguous fp32 tensor of the items' shape")
-    config = (ctypes.c_int32 * 6)(P, padded, D, V, num_threads or torch.get_num_threads(), int(want_grads))
+    config = (ctypes.c_int32 * 7)(P, padded, D, V, num_threads or torch.get_num_threads(), int(want_grads),
+                                  -1 if kept_floats is None else kept_floats)
     scale = (ctypes.c_float * 1)(1.0 / max(P, 1))
     rc = _library.recsys_softmax_ce(ctypes.addressof(config), ctypes.addressof(scale), h.data_ptr(),
                                     h_t.data_ptr(), w.data_ptr(), t.data_ptr(), loss.data_ptr(), lse.data_ptr(),
@@ -363,8 +378,10 @@ def softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
                                     grad_w.data_ptr() if want_grads else None)
     if rc != 0:
         raise RuntimeError(f"fused CPU cross-entropy failed (code {rc})")
-    if _flop_counters:  # the logits once, and with gradients: recomputed, and the two gradient products
-        _add_flops((4 if want_grads else 1) * 2 * padded * V * D)
+    if _flop_counters:  # the logits once, and with gradients the two gradient products (and, where no
+        # exponentials are kept, the logits recomputed)
+        products = 1 if not want_grads else 3 if ce_keeps_exponentials(padded, V, kept_floats) else 4
+        _add_flops(products * 2 * padded * V * D)
     return loss[:P], grad_h, grad_w
 
 

@@ -253,6 +253,40 @@ def test_softmax_ce_equals_torch_cross_entropy(P, V, D, logit_scale):
     assert torch.equal(value, losses) and none_h is None and none_w is None
 
 
+@pytest.mark.parametrize("kept_floats", [0, 192 * 192, 192 * 288, -1])
+def test_softmax_ce_in_position_groups_or_recomputed(kept_floats):
+    """The kept exponentials in groups of positions (11 blocks of 48: 192 x 192 floats fit 4 blocks, so
+    groups of 4 + 4 + 3; 192 x 288 fit 6: 6 + 5; the default: one group) and the recomputing path (0):
+    each equals torch's cross-entropy, and the other path to rounding, with the same bits for any
+    number of threads."""
+    assert cpu_encoder.available()
+    P, V, D = 500, 101, 24  # 528 padded positions = 11 blocks; 101 items = 2 tiles = 192 rows
+    assert cpu_encoder.ce_keeps_exponentials(528, V, kept_floats) == (kept_floats != 0)
+    gen = torch.Generator().manual_seed(3)
+    hidden = (torch.randn(P, D, generator=gen) * 3.0).requires_grad_()
+    items = torch.randn(V, D, generator=gen).requires_grad_()
+    targets = torch.randint(0, V, (P,), generator=gen)
+    ref = torch.nn.functional.cross_entropy(hidden @ items.T, targets)
+    ref_grads = torch.autograd.grad(ref, (hidden, items))
+    got = cpu_encoder.softmax_ce(hidden, items, targets, True, num_threads=2, kept_floats=kept_floats)
+    assert got[0].mean().item() == pytest.approx(ref.item(), rel=2e-6)
+    torch.testing.assert_close(got[1], ref_grads[0], rtol=1e-5, atol=3e-6)
+    torch.testing.assert_close(got[2], ref_grads[1], rtol=1e-5, atol=3e-6)
+    for threads in (1, 3):
+        other = cpu_encoder.softmax_ce(hidden, items, targets, True, num_threads=threads, kept_floats=kept_floats)
+        assert all(torch.equal(a, b) for a, b in zip(got, other))
+    recomputed = cpu_encoder.softmax_ce(hidden, items, targets, True, kept_floats=0)
+    assert torch.equal(recomputed[0], got[0])  # phase 1 is the same either way
+    torch.testing.assert_close(recomputed[2], got[2], rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_ce_keeps_exponentials_only_where_a_group_fits():
+    # Beauty's shape keeps them by default; 10^6 items would need 384 MB for 96 positions: recomputed
+    assert cpu_encoder.ce_keeps_exponentials(720, 54542) and not cpu_encoder.ce_keeps_exponentials(25600, 10**6)
+    assert cpu_encoder.ce_keeps_exponentials(96, 10**5)  # fewer positions than CE_KEPT_MIN: all of them
+    assert not cpu_encoder.ce_keeps_exponentials(720, 54542, kept_floats=0)
+
+
 def test_softmax_ce_checks_its_targets():
     assert cpu_encoder.available()
     with pytest.raises(RuntimeError, match="code 3"):
