@@ -655,8 +655,8 @@ int recsys_rank_counts(const int32_t *config, const float *users, const float *i
  *     so phase 2 is one product reading the kept values as they are; the targets' -scale hidden[p]
  *     is added to row target_p at the end. The kept buffer stays allocated between calls (page
  *     faults on 40 MB each step cost ~15 ms). Beauty's shape (720 positions x 54,542 items): groups of
- *     192 positions (144 the last), 42 MB kept, 0.13-0.14 s per step on 2 Zen 3 cores against
- *     0.16-0.17 s recomputing;
+ *     192 positions (144 the last), 42 MB kept, 0.135-0.138 s per step on 2 Zen 3 cores against
+ *     0.160-0.167 s recomputing (interleaved A/B pairs);
  *   - or recomputed (four products, for catalogues too large to keep CE_KEPT_MIN positions): in
  *     blocks of CE_POSITIONS items, the logits recomputed tile by tile (CE_ITEMS positions at a time)
  *     and g formed in cache.
@@ -893,6 +893,27 @@ static void kept_release(float *buffer, int owned) {
     else pthread_mutex_unlock(&kept_lock);
 }
 
+/* Three products instead of four where the exponentials of a group of positions fit in `budget`
+ * floats (CE_KEPT_FLOATS where negative; a function of the sizes alone, never of the threads): groups
+ * of at least CE_KEPT_MIN positions (or all of them), as even as they can be. Returns whether they are
+ * kept; blocks of CE_POSITIONS per group in *group_blocks (all of them when not kept). */
+static int ce_plan(int padded, int num_items, long budget, int *group_blocks) {
+    int blocks = padded / CE_POSITIONS, tiles = (num_items + CE_ITEMS - 1) / CE_ITEMS;
+    long fit = (budget < 0 ? CE_KEPT_FLOATS : budget) / ((long)tiles * CE_ITEMS) / CE_POSITIONS;
+    int keep = fit * CE_POSITIONS >= (blocks < CE_KEPT_MIN / CE_POSITIONS ? blocks * CE_POSITIONS : CE_KEPT_MIN);
+    int per_group = keep && fit < blocks ? (int)fit : blocks;
+    int groups = (blocks + per_group - 1) / per_group;
+    *group_blocks = (blocks + groups - 1) / groups;
+    return keep;
+}
+
+/* sizes: padded positions, num_items, kept floats at most (-1: CE_KEPT_FLOATS). Whether
+ * recsys_softmax_ce with gradients keeps its exponentials (1) or recomputes the logits (0). */
+int recsys_ce_keeps_exponentials(const int64_t *sizes) {
+    int group_blocks;
+    return ce_plan((int)sizes[0], (int)sizes[1], (long)sizes[2], &group_blocks);
+}
+
 /* Returns 0 on success. config: positions, padded (a multiple of CE_POSITIONS), dim, num_items,
  * num_threads, want_grads, kept floats at most (-1: CE_KEPT_FLOATS, 0: four products); scale: the
  * gradients' factor. grad_hidden / grad_items are written only
@@ -909,16 +930,11 @@ int recsys_softmax_ce(const int32_t *config, const float *scale, const float *hi
     if (job.padded % CE_POSITIONS || job.padded < job.positions || job.num_items < 1) return 2;
     for (int p = 0; p < job.positions; p++)
         if (targets[p] < 0 || targets[p] >= job.num_items) return 3;
-    /* Three products instead of four where the exponentials of a group of positions fit in
-     * CE_KEPT_FLOATS (a function of the sizes alone, never of the threads): groups of at least
-     * CE_KEPT_MIN positions, each run through phase 1 keeping its exponentials, then phase 2 from them */
-    int blocks = job.padded / CE_POSITIONS, tiles = (job.num_items + CE_ITEMS - 1) / CE_ITEMS;
-    long budget = config[6] < 0 ? CE_KEPT_FLOATS : config[6];
-    long fit = budget / ((long)tiles * CE_ITEMS) / CE_POSITIONS; /* blocks per group */
-    int keep = job.want_grads && fit * CE_POSITIONS >= (blocks < CE_KEPT_MIN / CE_POSITIONS ? blocks * CE_POSITIONS : CE_KEPT_MIN);
-    int group_blocks = keep ? (fit < blocks ? (int)fit : blocks) : blocks;
+    /* each group runs phase 1 (keeping its exponentials), then phase 2 from them */
+    int blocks = job.padded / CE_POSITIONS, tiles = (job.num_items + CE_ITEMS - 1) / CE_ITEMS, group_blocks;
+    int keep = ce_plan(job.padded, job.num_items, config[6], &group_blocks) && job.want_grads;
+    if (!keep) group_blocks = blocks;
     int groups = (blocks + group_blocks - 1) / group_blocks;
-    group_blocks = (blocks + groups - 1) / groups; /* groups as even as they can be */
     /* slices: at least 32 units per group where the catalogue has the tiles for it */
     int slices = (32 + group_blocks - 1) / group_blocks;
     if (slices > CE_MAX_SLICES) slices = CE_MAX_SLICES;
@@ -957,8 +973,6 @@ int recsys_softmax_ce(const int32_t *config, const float *scale, const float *hi
             for (int d = 0; d < job.dim; d++) g[d] -= job.scale * h[d];
         }
     if (failed || !job.want_grads || keep) return failed;
-    job.group_first = 0;
-    job.group_size = job.padded;
     job.next = 0;
     return run_threads(ce_items_worker, &job, job.num_threads < item_blocks ? job.num_threads : item_blocks);
 }

@@ -3,8 +3,8 @@ BERT4Rec: each history's last hidden state, one sequence at a time in cache-size
 full-ranking counts (:class:`ItemRanker`) and the full-softmax cross-entropy with both gradients
 (:func:`softmax_ce`, what ``recsys.losses`` trains with on CPU: 48 x 96 tiles of logits in cache, an
 online log-sum-exp, the exponentials of up to 48 MB of positions kept for the item gradient, else the
-logits recomputed; on BERT4Rec's Beauty shape, 720 positions x 54,542 items, 0.13-0.14 s per step on
-2 Zen 3 cores against 0.16-0.17 s recomputing and 0.26-0.29 s for the PyTorch path through oneDNN).
+logits recomputed; on BERT4Rec's Beauty shape, 720 positions x 54,542 items, 0.135-0.138 s per step on
+2 Zen 3 cores against 0.160-0.167 s recomputing (interleaved pairs) and 0.26-0.29 s for the PyTorch path through oneDNN).
 
 The triple every kernel here has:
 
@@ -55,8 +55,7 @@ W1 = 8  # a block's first feed-forward matrix [D, F] in EncoderWeights.blocks
 
 _library: ctypes.CDLL | None = None
 _state: str | None = None  # None: not tried yet; "ok", "off", "failed"
-QUERY_TILE, RANK_CHUNK, CE_POSITIONS, CE_ITEMS = 6, 1024, 48, 96  # as in cpu_encoder.c
-CE_KEPT_FLOATS, CE_KEPT_MIN = 12 << 20, 192  # as in cpu_encoder.c
+QUERY_TILE, RANK_CHUNK, CE_POSITIONS = 6, 1024, 48  # as in cpu_encoder.c
 _flop_counters: list[list[int]] = []  # active count_flops() contexts
 
 
@@ -189,7 +188,7 @@ def _compile() -> ctypes.CDLL:
             raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {errors[-1]}")
     lib = ctypes.CDLL(str(target))
     for name, args in (("recsys_encode_last", 8), ("recsys_rank_counts", 7), ("recsys_softmax_ce", 10),
-                       ("recsys_keep_mask", 6), ("recsys_gelu", 5)):
+                       ("recsys_keep_mask", 6), ("recsys_gelu", 5), ("recsys_ce_keeps_exponentials", 1)):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * args
@@ -332,14 +331,14 @@ class ItemRanker:
 
 
 def ce_keeps_exponentials(padded: int, num_items: int, kept_floats: int | None = None) -> bool:
-    """Whether :func:`softmax_ce` with gradients keeps its exponentials (three products) rather than
-    recomputing the logits (four), as recsys_softmax_ce decides: a group of positions, at least
-    CE_KEPT_MIN of them (or all), must fit in ``kept_floats`` (default CE_KEPT_FLOATS) x [items rounded
-    to CE_ITEMS]."""
-    budget = CE_KEPT_FLOATS if kept_floats is None or kept_floats < 0 else kept_floats
-    rows = -(-num_items // CE_ITEMS) * CE_ITEMS
-    group = budget // rows // CE_POSITIONS * CE_POSITIONS
-    return group >= min(CE_KEPT_MIN, padded)
+    """Whether :func:`softmax_ce` with gradients, for ``padded`` positions (a multiple of 48), keeps its
+    exponentials (three products) rather than recomputing the logits (four): the kernel's own decision
+    (a group of at least CE_KEPT_MIN = 192 positions, or all, must fit in ``kept_floats``, default
+    CE_KEPT_FLOATS = 48 MB, x the items rounded up to 96)."""
+    if _library is None:
+        raise RuntimeError("the fused CPU kernels are not loaded (call available() first)")
+    sizes = (ctypes.c_int64 * 3)(padded, num_items, -1 if kept_floats is None else kept_floats)
+    return bool(_library.recsys_ce_keeps_exponentials(ctypes.addressof(sizes)))
 
 
 def softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, want_grads: bool,

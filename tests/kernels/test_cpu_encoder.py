@@ -281,6 +281,7 @@ def test_softmax_ce_in_position_groups_or_recomputed(kept_floats):
 
 
 def test_softmax_ce_keeps_exponentials_only_where_a_group_fits():
+    assert cpu_encoder.available()
     # Beauty's shape keeps them by default; 10^6 items would need 384 MB for 96 positions: recomputed
     assert cpu_encoder.ce_keeps_exponentials(720, 54542) and not cpu_encoder.ce_keeps_exponentials(25600, 10**6)
     assert cpu_encoder.ce_keeps_exponentials(96, 10**5)  # fewer positions than CE_KEPT_MIN: all of them
