@@ -436,6 +436,10 @@ class Trainer:
             total=steps, desc=f"epoch {self.epoch + 1}", disable=not self.progress, leave=False,
         )
         cloze = getattr(self.model, "objective", "next_item") == "cloze"
+        # full CE scores the positions with a target and nothing else: an encoder that can compute the real
+        # positions alone (SASRec) skips the padding (a batch where a padding input has a target does not)
+        packed_training = (not cloze and cfg.loss.name == "ce" and not cfg.train.compile
+                           and getattr(self.model, "packed_forward_available", False))
         for step, batch in enumerate(bar):
             if cloze:  # masked-item training (BERT4Rec): inputs with [mask] tokens, targets at the masks
                 item_ids, target_ids = cloze_inputs(
@@ -447,9 +451,14 @@ class Trainer:
                 timestamps = batch.timestamps.to(self.device)
                 next_timestamps = batch.target_timestamps.to(self.device)
             targets += int(target_ids.count_nonzero())  # counted on the CPU copy: no device sync
+            packed = packed_training and not bool(((target_ids > 0) & (item_ids == 0)).any())  # (CPU copies)
             target_ids = target_ids.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-                hidden = self.train_forward(item_ids.to(self.device), timestamps, next_timestamps)
+                if packed:  # the real positions alone: hidden [1, T, D], their targets [1, T]
+                    hidden, index = self.train_forward(item_ids.to(self.device), packed=True)
+                    hidden, target_ids = hidden[None], target_ids.reshape(-1)[index][None]
+                else:
+                    hidden = self.train_forward(item_ids.to(self.device), timestamps, next_timestamps)
             items = self.model.item_vectors()
             if self.candidates is not None:  # cold start: held-out items are not even negatives in training
                 items, target_ids = items[self.candidates], self.candidate_index[target_ids]

@@ -276,3 +276,23 @@ def test_item_frequencies_for_logq_count_training_events_only():
     frequency = training_item_frequency(make_split(seq, "leave_one_out", verbose=False))
     by_raw = {int(seq.item_raw_ids[i]): float(frequency[i]) for i in range(1, seq.num_items)}
     assert by_raw == pytest.approx({1: 2 / 3, 2: 1 / 3, 3: 0.0, 4: 0.0, 5: 0.0})
+
+
+@needs_data("ml-100k")
+def test_packed_training_forward_gives_the_padded_epoch(tmp_path):
+    """Full-CE SASRec trains on the real positions alone (``forward(packed=True)``): without dropout an
+    epoch from the same start has the same loss and targets as the padded forward's, to fp32 rounding,
+    so the trainer lines the packed hidden states up with their targets."""
+    from recsys.config import load_recipe
+    from recsys.train import Trainer, prepare_data
+
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", [*SMALL, "train.epochs=1", "model.dropout=0.0"])
+    data = prepare_data(cfg.data, verbose=False)
+    epochs = {}
+    for packed in (True, False):
+        trainer = Trainer(cfg, tmp_path / str(packed), data=data, progress=False)
+        assert trainer.model.packed_forward_available
+        trainer.model.packed_forward_available = packed
+        epochs[packed] = trainer.train_epoch()
+    assert epochs[True]["train_targets"] == epochs[False]["train_targets"] > 0
+    assert epochs[True]["train_loss"] == pytest.approx(epochs[False]["train_loss"], rel=1e-4)

@@ -27,6 +27,9 @@ class SequentialEncoder(nn.Module):
     objective: str = "next_item"
     #: True when ``forward(..., last_only=True)`` gives [B, 1, D], the last position alone (cheaper)
     last_only_forward: bool = False
+    #: True when ``forward(item_ids, packed=True)`` gives (hidden [T, D], index [T]): the T real (non-padding)
+    #: positions alone and their flat indices into [B * L] (next-item training with full CE uses it)
+    packed_forward_available: bool = False
 
     # forward(item_ids [B, L] (0 = left padding), timestamps [B, L] | None,
     #         next_timestamps [B, L] | None (time of the item to predict)) -> hidden [B, L, D]

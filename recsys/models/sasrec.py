@@ -548,6 +548,7 @@ class FusedCPUInference:
 class SASRec(FusedCPUInference, SequentialEncoder):
     causal = True
     last_only_forward = True
+    packed_forward_available = True
 
     def __init__(self, cfg: SASRecConfig, num_items: int):
         super().__init__()
@@ -566,9 +567,12 @@ class SASRec(FusedCPUInference, SequentialEncoder):
             nn.init.normal_(emb.weight, std=cfg.init_std)
             emb.weight.data[0].zero_()
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
+    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False,
+                packed: bool = False):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
-        last block)."""
+        last block); ``packed``: (hidden [T, D], index [T]), see :meth:`packed_forward`."""
+        if packed:
+            return self.packed_forward(item_ids)
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         if last_only and (fused := fused_last_hidden(self, item_ids, causal=True)) is not None:
             return fused[:, None]
@@ -580,3 +584,23 @@ class SASRec(FusedCPUInference, SequentialEncoder):
             attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)
             attention_input = self.emb_dropout(attention_input + self.attention_position(positions)) * not_pad
         return self.final_ln(run_blocks(self.blocks, x, not_pad, True, attention_input, last_only, grid))
+
+    def packed_forward(self, item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training's forward on the real positions alone: left-padded [B, L] ids -> (hidden [T, D], index
+        [T]), the hidden states of the T real positions in row-major order and their flat indices into
+        [B * L] (``target_ids.view(-1)[index]`` are their targets; ``hidden[not_pad]`` of the padded
+        forward, same values). The padded forward embeds, drops out and normalises all B x L positions
+        and packs / unpacks around the blocks; here the embeddings are looked up for the packed rows
+        only, so none of that touches padding (on Beauty's batches 1 position in 7 is real)."""
+        not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
+        packing = Packing(not_pad)
+        ids, positions = item_ids.reshape(-1)[packing.rows], positions.reshape(-1)[packing.rows]  # [T_bucket]
+        x = self.emb_dropout(self.item_embedding(ids) * math.sqrt(self.cfg.hidden_dim)
+                             + self.position_embedding(positions))  # [T_bucket, D]
+        attention_input = None
+        if self.cfg.attention_table_dim:  # [T_bucket, attention_table_dim]
+            attention_input = self.attention_embedding(ids) * math.sqrt(self.cfg.attention_table_dim)
+            attention_input = self.emb_dropout(attention_input + self.attention_position(positions))
+        for block in self.blocks:
+            x = block(x, packing, attention_input, False, True)
+        return self.final_ln(x[: packing.num_real]), packing.index  # [T, D], [T]

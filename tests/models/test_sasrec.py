@@ -415,3 +415,28 @@ def test_bidirectional_training_attention_dropout_is_unbiased():
         mean = sum(attn(x, packing, causal=False) for _ in range(4000)) / 4000
         torch.testing.assert_close(mean, expected, atol=0.03, rtol=0.0)
         assert not torch.allclose(attn(x, packing, causal=False), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("kw, train", [({}, True), ({}, False), ({"attention_table_dim": 8}, True)])
+def test_packed_forward_equals_the_padded_one_at_real_positions_with_gradients(kw, train):
+    """forward(packed=True): the real positions' hidden states (row-major) and their flat indices, equal
+    to the padded forward's there, with the same full-CE loss and parameter gradients (dropout 0, so
+    both draw nothing); rows of every length, an empty one included."""
+    model = _model(**kw).train(train)
+    torch.manual_seed(1)
+    lengths = torch.tensor([0, 1, 3, 12, 7, 12, 5, 2])
+    ids = torch.randint(1, 40, (8, 12)) * (torch.arange(12) >= 12 - lengths[:, None])  # left-padded
+    targets = torch.randint(1, 40, (8, 12)) * (ids > 0)
+    targets[2, -1] = 0  # a real position without a target
+    hidden = model(ids)  # [B, L, D]
+    packed, index = model(ids, packed=True)  # [T, D], [T]
+    real = ids > 0
+    assert torch.equal(index, real.reshape(-1).nonzero().squeeze(1))
+    torch.testing.assert_close(packed, hidden[real], rtol=1e-5, atol=1e-6)
+    cfg = LossConfig(name="ce")
+    params = [p for p in model.parameters()]
+    loss = next_item_loss(cfg, hidden, targets, model.item_vectors())
+    packed_loss = next_item_loss(cfg, packed[None], targets.reshape(-1)[index][None], model.item_vectors())
+    torch.testing.assert_close(packed_loss, loss)
+    for got, want in zip(torch.autograd.grad(packed_loss, params), torch.autograd.grad(loss, params)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
