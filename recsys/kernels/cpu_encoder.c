@@ -157,11 +157,74 @@ static inline __attribute__((always_inline)) void tile8(const int R, const int a
     }
 }
 
-/* C[R, N] (+)= A[R, K] B[K, N] (+ bias) for R <= 6 rows: 16 columns at a time, then 8, then one */
+#if defined(__AVX512F__)
+/* With AVX-512: the same tiles in 16-lane vectors, 32 columns (two per row, 12 accumulators) or 16
+ * (one per row): half the FMA instructions of the 8-lane tiles, and twice their throughput on cores
+ * with full-width 512-bit FMA units. */
+typedef float v16 __attribute__((vector_size(64)));
+static inline v16 ld16(const float *p) { v16 v; __builtin_memcpy(&v, p, sizeof v); return v; }
+static inline void st16(float *p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline v16 bc16(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+#define IN_ZMM(v) __asm__("" : "+v"(v))
+
+/* the epilogue of a 16-column piece of row r: bias, accumulate, GELU (in 8-lane halves), store */
+static inline __attribute__((always_inline)) void finish16(v16 s, const float *bias, float *c, int mode) {
+    if (bias) s += ld16(bias);
+    if (mode & ACCUMULATE) s += ld16(c);
+    st16(c, s);
+    if (mode & GELU) { st(c, vgelu(ld(c))); st(c + 8, vgelu(ld(c + 8))); }
+}
+
+static inline __attribute__((always_inline)) void tile32w(const int R, const int a_t, int K, const float *A, int lda,
+                                                          const float *B, int ldb, const float *bias, float *C,
+                                                          int ldc, int mode) {
+    v16 s[6][2];
+    for (int r = 0; r < R; r++) s[r][0] = s[r][1] = (v16){0};
+#pragma GCC unroll 4
+    for (int k = 0; k < K; k++, B += ldb) {
+        v16 b0 = ld16(B), b1 = ld16(B + 16);
+        IN_ZMM(b0);
+        IN_ZMM(b1);
+        for (int r = 0; r < R; r++) {
+            v16 x = bc16(A_AT(r, k));
+            s[r][0] += x * b0;
+            s[r][1] += x * b1;
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float *c = C + (long)r * ldc;
+        finish16(s[r][0], bias, c, mode);
+        finish16(s[r][1], bias ? bias + 16 : NULL, c + 16, mode);
+    }
+}
+
+static inline __attribute__((always_inline)) void tile16w(const int R, const int a_t, int K, const float *A, int lda,
+                                                          const float *B, int ldb, const float *bias, float *C,
+                                                          int ldc, int mode) {
+    v16 s[6];
+    for (int r = 0; r < R; r++) s[r] = (v16){0};
+#pragma GCC unroll 4
+    for (int k = 0; k < K; k++, B += ldb) {
+        v16 b0 = ld16(B);
+        IN_ZMM(b0);
+        for (int r = 0; r < R; r++) s[r] += bc16(A_AT(r, k)) * b0;
+    }
+    for (int r = 0; r < R; r++) finish16(s[r], bias, C + (long)r * ldc, mode);
+}
+#endif
+
+/* C[R, N] (+)= A[R, K] B[K, N] (+ bias) for R <= 6 rows: 16 columns at a time (32 with AVX-512), then
+ * 8, then one */
 static inline __attribute__((always_inline)) void rows(const int R, const int a_t, int N, int K, const float *A, int lda,
                                                        const float *B, int ldb, const float *bias, float *C,
                                                        int ldc, int mode) {
     int j = 0;
+#if defined(__AVX512F__)
+    for (; j + 32 <= N; j += 32)
+        tile32w(R, a_t, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, mode);
+    for (; j + 16 <= N; j += 16)
+        tile16w(R, a_t, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, mode);
+#endif
     for (; j + 16 <= N; j += 16)
         tile16(R, a_t, K, A, lda, B + j, ldb, bias ? bias + j : NULL, C + j, ldc, mode);
     for (; j + 8 <= N; j += 8)
