@@ -12,10 +12,11 @@
  *               x = x + a Wo^T + bo;  x = x + GELU(LN2(x) W1^T + b1) W2^T + b2
  *   the last block computes the last query, its output and feed-forward only; then the final LN.
  *
- * Products are register-blocked (6 rows x 16 columns of FMAs, GCC vector extensions); exp and erf are
- * vectorised polynomials (exp: Cephes' degree-5, ~1 ulp; erf: Abramowitz & Stegun 7.1.26, |err| <
- * 1.5e-7). Rows are shared among threads through an atomic counter. Weights come transposed ([in, out],
- * row-major) so that every product reads its right operand row by row. */
+ * Products are register-blocked (6 rows x 16 columns of FMAs; 6 x 32 in 16-lane vectors where the CPU
+ * has AVX-512; GCC vector extensions); exp and erf are vectorised polynomials (exp: Cephes' degree-5,
+ * ~1 ulp; erf: Abramowitz & Stegun 7.1.26, |err| < 1.5e-7). Rows are shared among threads through an
+ * atomic counter. Weights come transposed ([in, out], row-major) so that every product reads its right
+ * operand row by row. */
 #include <math.h>
 #include <pthread.h>
 #if defined(__SSE__)

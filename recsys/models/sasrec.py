@@ -16,6 +16,9 @@ What differs from the paper:
   in training on groups of rows of similar length gathered from the packed rows
   (:func:`grouped_packed_attention`: an ML-1M epoch 5.04-5.32 -> 4.38-4.83 s), and the linear layers'
   fp32 products go through oneDNN (:mod:`recsys.kernels.onednn`).
+- Training with full CE runs the real positions alone from the embedding lookup on
+  (:meth:`SASRec.packed_forward`: no embedding, dropout or final LayerNorm of padding, same values);
+  the trainer scores its packed hidden states directly.
 - Inference with one head (evaluation, export) folds the key projection into the query's and the value
   projection into the output's (:meth:`CausalSelfAttention.folded`): the same function to fp32 rounding
   at half the per-position products (ML-1M test evaluation 0.258 -> 0.209 s, same ranks).
