@@ -104,8 +104,14 @@ static inline float sgelu(float x) { return vgelu(bc(x))[0]; }
 #define GELU 2
 
 /* keeps a loaded vector in a register: without it GCC re-reads B from memory in every FMA (a memory
- * operand per row), which makes the kernel load-bound */
+ * operand per row), which makes the kernel load-bound. x86 with AVX only (32-byte registers); elsewhere
+ * (x86 without AVX, ARM) an 8-lane vector spans two registers and the hint is left out, so the kernels
+ * still build there */
+#if defined(__AVX__)
 #define IN_REGISTER(v) __asm__("" : "+x"(v))
+#else
+#define IN_REGISTER(v) ((void)0)
+#endif
 
 /* A[r, k] of a row-major A (a_t 0) or of one stored column-major, i.e. read from its transpose (a_t 1) */
 #define A_AT(r, k) (a_t ? A[(long)(k) * lda + (r)] : A[(long)(r) * lda + (k)])

@@ -1,5 +1,6 @@
 """The fused CPU encoder kernel against its PyTorch reference and against the models' own PyTorch path."""
 import shutil
+import sys
 import warnings
 
 import pytest
@@ -94,6 +95,38 @@ def test_threads_of_its_own_compute_the_same_bits(tmp_path, monkeypatch):
     second = outputs()
     assert not cpu_encoder.uses_torch_threads()
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_built_without_native_instructions_the_kernels_agree(tmp_path, monkeypatch):
+    """The build's fallback target (no -march=native: x86-64's SSE2 baseline, no AVX or FMA; also what
+    other targets get where -march=native is refused) compiles, passes the load-time check and gives
+    the native build's results to float rounding."""
+    gen = torch.Generator().manual_seed(6)
+    weights = cpu_encoder.random_weights(70, 24, 32, 2, 40, 2, False, False, gen)
+    counts = torch.tensor([24, 1, 7, 13, 6])
+    ids = _left_padded(counts, 24, 70, gen)
+    hidden, items = torch.randn(50, 32, generator=gen), torch.randn(70, 32, generator=gen) * 0.3
+    targets = torch.randint(0, 70, (50,), generator=gen)
+
+    def outputs():
+        assert cpu_encoder.available()
+        loss, grad_hidden, grad_items = cpu_encoder.softmax_ce(hidden, items, targets, True)
+        return cpu_encoder.encode_last(ids, weights, counts, num_threads=2), loss, grad_hidden, grad_items
+
+    native = outputs()
+    wrapper = tmp_path / "cc-baseline"  # the system compiler with -march=native dropped
+    wrapper.write_text(f"#!{sys.executable}\nimport os, shutil, sys\n"
+                       "args = [a for a in sys.argv[1:] if a != '-march=native']\n"
+                       f"os.execv({shutil.which('cc')!r}, ['cc', *args])\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    monkeypatch.setenv("RECSYS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu_encoder, "_state", None)
+    baseline = outputs()
+    assert list((tmp_path / "cache" / "kernels").glob("cpu_encoder-*.so"))
+    for got, want in zip(baseline, native):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_switched_off_or_without_a_compiler_the_models_use_pytorch(tmp_path, monkeypatch):
