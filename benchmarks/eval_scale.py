@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from recsys.data.splits import make_split
-    from recsys.evaluation import EvalConfig, evaluate, item_ranker
+    from recsys.evaluation import EvalConfig, evaluate, ranks_in_kernel
     from recsys.evaluation import block_users as eval_block_users
     from recsys.models.base import build_model
 
@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     result = evaluate(model, split, split.test, args.max_len, cfg, progress=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     dense_gb = args.users * data.num_items * 4 / 2**30
-    ranked_in_kernel = item_ranker(model.item_vectors().detach(), data.num_items) is not None
-    block_users = eval_block_users(cfg, data.num_items + (-data.num_items) % 255, ranked_in_kernel)
+    block_users = eval_block_users(cfg, data.num_items + (-data.num_items) % 255,
+                                   ranks_in_kernel(model.item_vectors()))
     print("\n| users | items | d | seconds | users/s | user block | peak RSS | one dense score matrix |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {args.users:,} | {data.num_items - 1:,} | {args.dim} | {result['seconds']:.1f} "

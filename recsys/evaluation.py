@@ -6,8 +6,8 @@ padding item and (with ``exclude_seen``) every item of the user's whole history 
 rank is one plus the number of items scored strictly higher (see
 :func:`recsys.metrics.ranks_from_item_scores`). No sort; memory is one reused [V, b] block, with b
 shrunk for large catalogues so the block stays under ``max_block_mb`` (on CPU the ranking kernel
-computes the same counts in cache-sized tiles, with no [V, b] block at all: :func:`block_users`). Under torchrun each rank takes a
-share of the users and the metric sums are all-reduced.
+computes the same counts in cache-sized tiles, with no [V, b] block at all: :func:`block_users`).
+Under torchrun each rank takes a share of the users and the metric sums are all-reduced.
 
 ``ranks="cutoff"`` gives the same cut-off metrics (HR/NDCG/MRR@k for every k in ``ks``) several
 times faster: a user is first scored against the catalogue's most frequent items only, and one with
@@ -271,9 +271,12 @@ def item_ranker(items: torch.Tensor, num_items: int) -> cpu_encoder.ItemRanker |
     """The CPU ranking kernel for fp32 item vectors on CPU where it is built (None elsewhere: the GEMM
     path). On ML-1M's 2,999 test users x 3,706 items it replaces a [V, 512] product per block, the
     -inf writes for seen items and a comparison pass over the block by one pass in cache."""
-    if items.device.type != "cpu" or items.dtype != torch.float32 or not cpu_encoder.available():
-        return None
-    return cpu_encoder.ItemRanker(items, num_items)
+    return cpu_encoder.ItemRanker(items, num_items) if ranks_in_kernel(items) else None
+
+
+def ranks_in_kernel(items: torch.Tensor) -> bool:
+    """Whether evaluation against these item vectors ranks through the CPU kernel (:func:`item_ranker`)."""
+    return items.device.type == "cpu" and items.dtype == torch.float32 and cpu_encoder.available()
 
 
 def block_users(cfg: EvalConfig, padded_items: int, ranked_in_kernel: bool) -> int:

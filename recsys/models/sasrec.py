@@ -580,13 +580,23 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         if last_only and (fused := fused_last_hidden(self, item_ids, causal=True)) is not None:
             return fused[:, None]
         grid, not_pad, item_ids, positions = grid_inputs(last_only, not_pad, item_ids, positions)
-        x = self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
-        x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad  # [B, L, D]
-        attention_input = None
-        if self.cfg.attention_table_dim:  # [B, L, attention_table_dim], the same for every block
-            attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)
-            attention_input = self.emb_dropout(attention_input + self.attention_position(positions)) * not_pad
+        x, attention_input = self.embed(item_ids, positions)  # [B, L, D], [B, L, A] or None
+        x = x * not_pad
+        if attention_input is not None:
+            attention_input = attention_input * not_pad
         return self.final_ln(run_blocks(self.blocks, x, not_pad, True, attention_input, last_only, grid))
+
+    def embed(self, item_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The blocks' input for ids and positions of any shape [...]: item embedding x sqrt(D) plus position
+        embedding, dropped out [..., D]; with ``attention_table_dim``, the attention stream the same way
+        from its own tables [..., A] (the same for every block), else None."""
+        x = self.emb_dropout(self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
+                             + self.position_embedding(positions))
+        attention_input = None
+        if self.cfg.attention_table_dim:
+            attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)
+            attention_input = self.emb_dropout(attention_input + self.attention_position(positions))
+        return x, attention_input
 
     def packed_forward(self, item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training's forward on the real positions alone: left-padded [B, L] ids -> (hidden [T, D], index
@@ -598,12 +608,7 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         packing = Packing(not_pad)
         ids, positions = item_ids.reshape(-1)[packing.rows], positions.reshape(-1)[packing.rows]  # [T_bucket]
-        x = self.emb_dropout(self.item_embedding(ids) * math.sqrt(self.cfg.hidden_dim)
-                             + self.position_embedding(positions))  # [T_bucket, D]
-        attention_input = None
-        if self.cfg.attention_table_dim:  # [T_bucket, attention_table_dim]
-            attention_input = self.attention_embedding(ids) * math.sqrt(self.cfg.attention_table_dim)
-            attention_input = self.emb_dropout(attention_input + self.attention_position(positions))
+        x, attention_input = self.embed(ids, positions)  # [T_bucket, D], [T_bucket, A] or None
         for block in self.blocks:
             x = block(x, packing, attention_input, False, True)
         return self.final_ln(x[: packing.num_real]), packing.index  # [T, D], [T]
