@@ -83,13 +83,20 @@ def _block_logits(w: torch.Tensor, hc: torch.Tensor, buffer: torch.Tensor | None
     return torch.mm(w, hc.T, out=buffer[: w.shape[0] * hc.shape[0]].view(w.shape[0], hc.shape[0]))
 
 
-def _column_sums(e: torch.Tensor) -> torch.Tensor:
-    """[c] fp32 sums of a [V, c] block of exponentials; a bf16 block by a bf16 reduction (see
-    :class:`ChunkedSoftmaxCE`)."""
+def _exp_column_sums(e: torch.Tensor, col_max: torch.Tensor | None) -> torch.Tensor:
+    """``e`` [V, c] of logits replaced in place by ``exp(e - col_max)`` (no shift where ``col_max`` is
+    None); returns the [c] fp32 column sums. A bf16 CPU block goes through the C kernels in one pass
+    (fp32 sums of the unrounded exponentials); otherwise torch's exp and a reduction, bf16 for a bf16
+    block (see :class:`ChunkedSoftmaxCE`)."""
+    if e.dtype == torch.bfloat16 and e.device.type == "cpu" and e.is_contiguous() and cpu_encoder.available():
+        return cpu_encoder.bf16_exp_column_sums(e, col_max)
+    if col_max is not None:
+        e.sub_(col_max)
+    e.exp_()
     return e.sum(dim=0).float() if e.dtype == torch.bfloat16 else e.sum(dim=0)
 
 
-# an unshifted block is kept when every column sum lies in [2^-60, fp32 max): then no exponential
+# an unshifted block is kept when every column sum lies in [2^-60, 2^120): then no exponential
 # overflowed, and those that underflowed (< 2^-126 each) add up to < V 2^-66 of their column's sum
 _SMALLEST_SUM = 2.0**-60
 
@@ -107,7 +114,8 @@ def _cpu_kernel_usable(hidden: torch.Tensor, table: torch.Tensor) -> bool:
 
 
 def _sums_in_range(col_sum: torch.Tensor) -> bool:
-    return bool(((col_sum >= _SMALLEST_SUM) & (col_sum <= torch.finfo(torch.float32).max)).all())
+    # below the C kernel's clamp (a sum that large may hold a clamped e^88: redone shifted, as an overflow)
+    return bool(((col_sum >= _SMALLEST_SUM) & (col_sum < cpu_encoder.BF16_EXP_LARGEST_SUM)).all())
 
 
 class ChunkedSoftmaxCE(torch.autograd.Function):
@@ -189,7 +197,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # fp32's largest value and e^-bound above its smallest normal. Past the bound (soon in
             # training: a trained Beauty SASRec's bound was 621, its largest logit 14) a CPU block is
             # still exponentiated unshifted, and redone with its columns' maxima subtracted only when a
-            # column sum came out outside [2^-60, fp32 max) (_sums_in_range). CPU only: both checks sync.
+            # column sum came out outside [2^-60, 2^120) (_sums_in_range). CPU only: both checks sync.
             on_cpu = hidden.device.type == "cpu"
             bounded = on_cpu and (
                 float(hidden.detach().norm(dim=1).max() * items.detach().norm(dim=1).max()) * 1.01
@@ -233,14 +241,11 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 if low is None:
                     target_logits[rows] = e[tc, cols]
                 col_max = None if on_cpu else e.amax(dim=0)  # CPU: shifted only if redone below; GPU: always
-                if col_max is not None:
-                    e.sub_(col_max)
-                e.exp_()
-                col_sum = _column_sums(e)
+                col_sum = _exp_column_sums(e, col_max)
                 if not bounded and col_max is None and not _sums_in_range(col_sum):  # redo it shifted
                     e = _block_logits(w, hc, logits_buffer, dnn)
                     col_max = e.amax(dim=0)
-                    col_sum = _column_sums(e.sub_(col_max).exp_())
+                    col_sum = _exp_column_sums(e, col_max)
                 lse[rows] = col_sum.log() if col_max is None else col_max.float() + col_sum.log()
                 scale = (1.0 / (col_sum * P))[:, None]  # [c, 1]; padded rows of hc are zero: no gradient
                 if dnn:  # [D, V] @ [V, c] by oneDNN (its fast layout); the item gradient accumulates in

@@ -52,8 +52,20 @@ static inline v8i bits_of(v8 v) { v8i i; __builtin_memcpy(&i, &v, sizeof i); ret
 static inline v8 from_bits(v8i i) { v8 v; __builtin_memcpy(&v, &i, sizeof v); return v; }
 /* where mask (all bits of a lane set) a, else b */
 static inline v8 vsel(v8i mask, v8 a, v8 b) { return from_bits((bits_of(a) & mask) | (bits_of(b) & ~mask)); }
-static inline v8 vmax(v8 a, v8 b) { return vsel(a > b, a, b); }
-static inline v8 vmin(v8 a, v8 b) { return vsel(a < b, a, b); }
+static inline v8 vmax(v8 a, v8 b) {
+#if defined(__AVX__)
+    return (v8)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+    return vsel(a > b, a, b);
+#endif
+}
+static inline v8 vmin(v8 a, v8 b) {
+#if defined(__AVX__)
+    return (v8)_mm256_min_ps((__m256)a, (__m256)b);
+#else
+    return vsel(a < b, a, b);
+#endif
+}
 static inline float hsum(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 static inline float hmax(v8 v) {
     float m = v[0];
@@ -62,20 +74,27 @@ static inline float hmax(v8 v) {
 }
 
 /* e^x for x in [-87, 88] (clamped): x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' polynomial, 2^n by
- * the exponent bits. n is rounded with the 1.5 * 2^23 trick (no rounding instruction needed). */
-static inline v8 vexp(v8 x) {
-    x = vmin(vmax(x, bc(-87.0f)), bc(88.0f));
-    v8 n = (x * bc(1.44269504088896341f) + bc(12582912.0f)) - bc(12582912.0f);
-    v8 r = x - n * bc(0.693359375f) + n * bc(2.12194440e-4f);
-    v8 p = bc(1.9875691500e-4f);
-    p = p * r + bc(1.3981999507e-3f);
-    p = p * r + bc(8.3334519073e-3f);
-    p = p * r + bc(4.1665795894e-2f);
-    p = p * r + bc(1.6666665459e-1f);
-    p = p * r + bc(5.0000001201e-1f);
-    p = p * r * r + r + bc(1.0f);
-    return p * from_bits((__builtin_convertvector(n, v8i) + 127) << 23);
-}
+ * the exponent bits. n is rounded with the 1.5 * 2^23 trick (no rounding instruction needed). One
+ * definition for every vector width (VF floats, VI their int32 lanes, BC a broadcast). */
+#define DEFINE_VEXP(NAME, VF, VI, BC, MAX, MIN)                                                         \
+    static inline VF NAME(VF x) {                                                                       \
+        VI ni;                                                                                          \
+        x = MIN(MAX(x, BC(-87.0f)), BC(88.0f));                                                         \
+        VF n = (x * BC(1.44269504088896341f) + BC(12582912.0f)) - BC(12582912.0f);                     \
+        VF r = x - n * BC(0.693359375f) + n * BC(2.12194440e-4f);                                       \
+        VF p = BC(1.9875691500e-4f);                                                                    \
+        p = p * r + BC(1.3981999507e-3f);                                                               \
+        p = p * r + BC(8.3334519073e-3f);                                                               \
+        p = p * r + BC(4.1665795894e-2f);                                                               \
+        p = p * r + BC(1.6666665459e-1f);                                                               \
+        p = p * r + BC(5.0000001201e-1f);                                                               \
+        p = p * r * r + r + BC(1.0f);                                                                   \
+        ni = (__builtin_convertvector(n, VI) + 127) << 23;                                              \
+        VF scale;                                                                                       \
+        __builtin_memcpy(&scale, &ni, sizeof scale);                                                    \
+        return p * scale;                                                                               \
+    }
+DEFINE_VEXP(vexp, v8, v8i, bc, vmax, vmin)
 
 static inline float sexp(float x) {
     v8 v = vexp(bc(x));
@@ -1141,4 +1160,128 @@ int recsys_gelu(const int32_t *config, const int64_t *n, const float *x, const f
     long chunks = (job.n + GELU_CHUNK - 1) / GELU_CHUNK;
     int threads = config[0] < 1 ? 1 : config[0];
     return run_threads(gelu_worker, &job, threads < chunks ? threads : (int)(chunks < 1 ? 1 : chunks));
+}
+
+/* ---- bf16 full CE on CPUs with bf16 units: the elementwise pass between the products ----------------
+ * The bf16 path of recsys.losses.ChunkedSoftmaxCE leaves the three products to oneDNN (AMX / AVX512-BF16
+ * there); between them each [V, c] block of bf16 logits was exponentiated by one torch op and summed per
+ * column by another, two passes over the block that cost more than the three products together (Beauty,
+ * 720 positions x 54,542 items on 2 AMX cores: 29 ms of exp and sums against 16 ms of products per step).
+ * Here it is one pass: each value widened to fp32, shifted (by its column's max, where one is given),
+ * exponentiated, rounded to bf16 in place (to nearest, ties to even) and added to its column's fp32 sum
+ * (the unrounded value: a more exact sum than the bf16 reduction it replaces). Rows go in chunks of
+ * BF16_ROWS with a partial sum each, added in chunk order afterwards: the same bits for any number of
+ * threads. Inputs above 88 are clamped (e^88 ~ 2^127): a column whose sum reaches 2^120 is reported as
+ * such and the caller redoes it shifted. */
+#define BF16_ROWS 256
+
+/* the pass runs in 16-lane vectors where the CPU has AVX-512, else 8 */
+#if defined(__AVX512F__)
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint16_t bf_vh __attribute__((vector_size(32)));
+typedef v16 bf_vf;
+typedef v16i bf_vi;
+#define BF_LANES 16
+#define bf_ld ld16
+#define bf_st st16
+static inline v16 vmax16(v16 a, v16 b) { return (v16)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline v16 vmin16(v16 a, v16 b) { return (v16)_mm512_min_ps((__m512)a, (__m512)b); }
+DEFINE_VEXP(bf_exp, v16, v16i, bc16, vmax16, vmin16)
+#else
+typedef uint16_t bf_vh __attribute__((vector_size(16)));
+typedef v8 bf_vf;
+typedef v8i bf_vi;
+#define BF_LANES 8
+#define bf_ld ld
+#define bf_st st
+#define bf_exp vexp
+#endif
+
+static inline bf_vf bf16_widen(const uint16_t *p) {
+#if BF_LANES == 16
+    return (v16)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+#else
+    bf_vh h;
+    bf_vf v;
+    __builtin_memcpy(&h, p, sizeof h);
+    bf_vi w = __builtin_convertvector(h, bf_vi) << 16;
+    __builtin_memcpy(&v, &w, sizeof v);
+    return v;
+#endif
+}
+
+static inline void bf16_store(uint16_t *p, bf_vf v) {
+#if BF_LANES == 16 && defined(__AVX512BF16__)
+    _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh((__m512)v)); /* to nearest, ties to even */
+#else
+    bf_vi b;
+    __builtin_memcpy(&b, &v, sizeof b);
+    b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16; /* to nearest, ties to even (no NaN reaches here) */
+    bf_vh h = __builtin_convertvector(b, bf_vh);
+    __builtin_memcpy(p, &h, sizeof h);
+#endif
+}
+
+static inline uint16_t bf16_of(float x) {
+    uint32_t b;
+    __builtin_memcpy(&b, &x, sizeof b);
+    return (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+}
+
+typedef struct {
+    long rows, cols;
+    uint16_t *block;    /* [rows, cols] bf16, exponentiated in place */
+    const float *shift; /* [cols] or NULL */
+    float *partial;     /* [chunks, cols] */
+    long next;
+} Bf16ExpJob;
+
+static void *bf16_exp_worker(void *arg) {
+    Bf16ExpJob *job = (Bf16ExpJob *)arg;
+    unsigned csr = flush_denormals();
+    const long C = job->cols, CV = C / BF_LANES * BF_LANES;
+    for (;;) {
+        long chunk = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED), r0 = chunk * BF16_ROWS;
+        if (r0 >= job->rows) break;
+        long r1 = job->rows - r0 < BF16_ROWS ? job->rows : r0 + BF16_ROWS;
+        float *sum = job->partial + chunk * C;
+        memset(sum, 0, sizeof(float) * C);
+        for (long r = r0; r < r1; r++) {
+            uint16_t *row = job->block + r * C;
+            long j = 0;
+            for (; j < CV; j += BF_LANES) {
+                bf_vf x = bf16_widen(row + j);
+                if (job->shift) x -= bf_ld(job->shift + j);
+                bf_vf e = bf_exp(x);
+                bf16_store(row + j, e);
+                bf_st(sum + j, bf_ld(sum + j) + e);
+            }
+            for (; j < C; j++) {
+                uint32_t b = (uint32_t)row[j] << 16;
+                float x;
+                __builtin_memcpy(&x, &b, sizeof x);
+                float e = sexp(job->shift ? x - job->shift[j] : x);
+                row[j] = bf16_of(e);
+                sum[j] += e;
+            }
+        }
+    }
+    restore_denormals(csr);
+    return NULL;
+}
+
+/* Returns 0 on success. config: rows, cols, num_threads; col_sum [cols] is written. */
+int recsys_bf16_exp_colsum(const int64_t *config, uint16_t *block, const float *shift, float *col_sum) {
+    Bf16ExpJob job = {config[0], config[1], block, shift, NULL, 0};
+    if (job.rows < 1 || job.cols < 1) return 2;
+    long chunks = (job.rows + BF16_ROWS - 1) / BF16_ROWS;
+    job.partial = malloc(sizeof(float) * chunks * job.cols);
+    if (!job.partial) return 1;
+    int threads = config[2] < 1 ? 1 : (int)config[2];
+    int failed = run_threads(bf16_exp_worker, &job, threads < chunks ? threads : (int)chunks);
+    for (long j = 0; j < job.cols; j++) col_sum[j] = 0.0f;
+    for (long c = 0; c < chunks; c++)
+        for (long j = 0; j < job.cols; j++) col_sum[j] += job.partial[c * job.cols + j];
+    free(job.partial);
+    return failed;
 }

@@ -188,7 +188,8 @@ def _compile() -> ctypes.CDLL:
             raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {errors[-1]}")
     lib = ctypes.CDLL(str(target))
     for name, args in (("recsys_encode_last", 8), ("recsys_rank_counts", 7), ("recsys_softmax_ce", 10),
-                       ("recsys_keep_mask", 6), ("recsys_gelu", 5), ("recsys_ce_keeps_exponentials", 1)):
+                       ("recsys_keep_mask", 6), ("recsys_gelu", 5), ("recsys_ce_keeps_exponentials", 1),
+                       ("recsys_bf16_exp_colsum", 4)):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * args
@@ -424,6 +425,37 @@ def gelu(x: torch.Tensor, grad: torch.Tensor | None = None, num_threads: int | N
     if rc != 0:
         raise RuntimeError(f"fused CPU GELU failed (code {rc})")
     return out
+
+
+# a column sum at or above this came from a clamped input (e^88 ~ 2^127): the caller redoes it shifted
+BF16_EXP_LARGEST_SUM = 2.0**120
+
+
+def bf16_exp_column_sums(block: torch.Tensor, shift: torch.Tensor | None = None,
+                         num_threads: int | None = None) -> torch.Tensor:
+    """``block`` [V, c] bf16 (contiguous, CPU) replaced by ``exp(block - shift)`` rounded to bf16 (to nearest,
+    ties to even), in one multi-threaded pass; returns the [c] fp32 column sums of the unrounded
+    exponentials (the same bits for any number of threads). ``shift``: [c] fp32 per column, or None.
+    Inputs are clamped to [-87, 88]: a sum >= ``BF16_EXP_LARGEST_SUM`` means a clamped value, redo shifted.
+    The reference is ``(block.float() - shift).exp()`` (tests)."""
+    if _library is None:
+        raise RuntimeError("the fused CPU kernels are not loaded (call available() first)")
+    if block.dtype != torch.bfloat16 or block.device.type != "cpu" or block.dim() != 2 or not block.is_contiguous():
+        raise ValueError("the kernel's bf16 exponentials take a contiguous 2-D bf16 CPU tensor")
+    rows, cols = block.shape
+    col_sum = torch.empty(cols, dtype=torch.float32)
+    if rows == 0 or cols == 0:
+        return col_sum.zero_()
+    if shift is not None:
+        shift = shift.to(torch.float32).contiguous()
+        if shift.shape != (cols,):
+            raise ValueError(f"shift must hold one value per column ({cols}), got {tuple(shift.shape)}")
+    config = (ctypes.c_int64 * 3)(rows, cols, num_threads or torch.get_num_threads())
+    rc = _library.recsys_bf16_exp_colsum(ctypes.addressof(config), block.data_ptr(),
+                                         shift.data_ptr() if shift is not None else None, col_sum.data_ptr())
+    if rc != 0:
+        raise RuntimeError(f"fused CPU bf16 exponentials failed (code {rc})")
+    return col_sum
 
 
 def reference_encode_last(item_ids: torch.Tensor, weights: EncoderWeights) -> torch.Tensor:

@@ -109,10 +109,16 @@ def test_built_without_native_instructions_the_kernels_agree(tmp_path, monkeypat
     hidden, items = torch.randn(50, 32, generator=gen), torch.randn(70, 32, generator=gen) * 0.3
     targets = torch.randint(0, 70, (50,), generator=gen)
 
+    logits = (torch.randn(64, 37, generator=gen) * 4).bfloat16()  # the bf16 CE's exponentials (8 lanes, no
+    # AVX512-BF16 conversion there)
+
     def outputs():
         assert cpu_encoder.available()
         loss, grad_hidden, grad_items = cpu_encoder.softmax_ce(hidden, items, targets, True)
-        return cpu_encoder.encode_last(ids, weights, counts, num_threads=2), loss, grad_hidden, grad_items
+        block = logits.clone()
+        sums = cpu_encoder.bf16_exp_column_sums(block)
+        return (cpu_encoder.encode_last(ids, weights, counts, num_threads=2), loss, grad_hidden, grad_items,
+                block.float(), sums)
 
     native = outputs()
     wrapper = tmp_path / "cc-baseline"  # the system compiler with -march=native dropped
@@ -351,3 +357,69 @@ def test_training_loss_and_gradients_through_the_kernel_equal_the_pytorch_path(m
     assert kernel[0].item() == pytest.approx(pytorch[0].item(), rel=1e-6)
     for a, b in zip(kernel[1], pytorch[1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (300, 37), (700, 384), (257, 16)])  # every lane remainder
+@pytest.mark.parametrize("shifted", [False, True])
+def test_bf16_exp_column_sums_equal_torch(rows, cols, shifted):
+    """The bf16 CE's elementwise pass: exp(x - shift) rounded to bf16 in place, fp32 column sums of the
+    unrounded values; the same as torch's exp of the widened values (rounded the same way, to the last
+    bit but for an fp32 rounding that lands on a bf16 tie), the same bits for 1 or 3 threads."""
+    assert cpu_encoder.available()
+    gen = torch.Generator().manual_seed(rows + cols)
+    x = (torch.randn(rows, cols, generator=gen) * 4).bfloat16()
+    shift = x.float().amax(dim=0) if shifted else None
+    exact = (x.double() - (shift.double() if shifted else 0)).exp()
+    block = x.clone()
+    sums = cpu_encoder.bf16_exp_column_sums(block, shift, num_threads=2)
+    want = exact.float().bfloat16()
+    assert (block != want).float().mean() <= 1e-3
+    torch.testing.assert_close(block.float(), want.float(), rtol=2**-8, atol=0)
+    torch.testing.assert_close(sums.double(), exact.sum(dim=0), rtol=1e-5, atol=0)
+    for threads in (1, 3):
+        again = x.clone()
+        assert torch.equal(cpu_encoder.bf16_exp_column_sums(again, shift, num_threads=threads), sums)
+        assert torch.equal(again, block)
+
+
+def test_bf16_exp_column_sums_report_clamped_inputs():
+    """Inputs past 88 are clamped (e^88 ~ 2^127): their column's sum reaches BF16_EXP_LARGEST_SUM, which
+    the loss takes as an overflow and redoes with the column's max subtracted."""
+    assert cpu_encoder.available()
+    x = torch.zeros(40, 20).bfloat16()
+    x[3, 5] = 95.0
+    sums = cpu_encoder.bf16_exp_column_sums(x.clone())
+    assert sums[5] >= cpu_encoder.BF16_EXP_LARGEST_SUM and torch.isfinite(sums).all()
+    assert (sums[torch.arange(20) != 5] == 40).all()
+    with pytest.raises(ValueError, match="bf16"):
+        cpu_encoder.bf16_exp_column_sums(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="one value per column"):
+        cpu_encoder.bf16_exp_column_sums(x.clone(), torch.zeros(3))
+
+
+@pytest.mark.parametrize("logit_scale", [1.0, 30.0])  # 30: sums overflow, each block redone shifted
+def test_bf16_ce_through_the_kernel_equals_its_pytorch_path(monkeypatch, logit_scale):
+    """The bf16 full CE with its elementwise pass in the kernel and in torch ops (exp, bf16 reduction):
+    the same loss and gradients to the bf16 rounding of the column sums (the kernel's are fp32)."""
+    from recsys import losses
+
+    assert cpu_encoder.available()
+    gen = torch.Generator().manual_seed(4)
+    hidden = (torch.randn(90, 32, generator=gen) * logit_scale / 32**0.5).requires_grad_()
+    table = torch.randn(301, 32, generator=gen).requires_grad_()
+    targets = torch.randint(1, 301, (90,), generator=gen)
+
+    def run():
+        loss = losses.full_softmax_ce(hidden, table, targets, chunk=32, compute_dtype=torch.bfloat16)
+        return (loss, *torch.autograd.grad(loss, (hidden, table)))
+
+    calls = []
+    kernel_sums = cpu_encoder.bf16_exp_column_sums
+    monkeypatch.setattr(cpu_encoder, "bf16_exp_column_sums", lambda *a, **k: calls.append(1) or kernel_sums(*a, **k))
+    fused = run()
+    assert len(calls) == (3 if logit_scale == 1.0 else 6)  # 3 blocks of 32 positions (twice each: redone)
+    monkeypatch.setattr(cpu_encoder, "available", lambda: False)
+    plain = run()
+    assert fused[0].item() == pytest.approx(plain[0].item(), rel=2e-3)
+    for a, b in zip(fused[1:], plain[1:]):
+        assert (a - b).abs().max() <= 0.01 * b.abs().max()
