@@ -178,10 +178,14 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             w.copy_(items)
         ctx.chunk, ctx.compute_dtype, ctx.item_chunk = chunk, compute_dtype, item_chunk
         if item_chunk == V and any(ctx.needs_input_grad[:2]):  # one pass: loss and both gradients
-            # positions padded to a multiple of 16 with zero rows (their columns are dropped): the last
-            # block's width takes one of 8 values, not any of 128 -- oneDNN compiles and caches a GEMM
-            # kernel per shape, and new widths (with the encoder's new shapes) grew the process every step
-            P_pad = P + (-P) % 16
+            # the last block padded with zero rows (their columns are dropped) to a multiple of 64 positions
+            # (16 on GPU; never past the chunk): its width takes one of chunk / 64 values, not any of
+            # chunk. oneDNN compiles and caches a GEMM kernel per shape, and every new width grew the
+            # process: Beauty SASRec (blocks of 384, bf16), RSS after an epoch 600 MB with widths rounded
+            # to 16 vs 538 MB with 128, for ~4% more logits on average
+            quantum = min(chunk, 64 if hidden.device.type == "cpu" else 16)
+            rest = P % chunk
+            P_pad = P - rest + (min(chunk, rest + (-rest) % quantum) if rest else 0)
             h = F.pad(h, (0, 0, 0, P_pad - P))
             targets = F.pad(targets, (0, P_pad - P))
             lse = torch.empty(P_pad, device=hidden.device, dtype=torch.float32)
