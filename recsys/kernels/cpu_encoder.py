@@ -4,7 +4,9 @@ full-ranking counts (:class:`ItemRanker`) and the full-softmax cross-entropy wit
 (:func:`softmax_ce`, what ``recsys.losses`` trains with on CPU: 48 x 96 tiles of logits in cache, an
 online log-sum-exp, the exponentials of up to 48 MB of positions kept for the item gradient, else the
 logits recomputed; on BERT4Rec's Beauty shape, 720 positions x 54,542 items, 0.135-0.138 s per step on
-2 Zen 3 cores against 0.160-0.167 s recomputing (interleaved pairs) and 0.26-0.29 s for the PyTorch path through oneDNN).
+2 Zen 3 cores against 0.160-0.167 s recomputing (interleaved pairs) and 0.26-0.29 s for the PyTorch path through oneDNN),
+and the elementwise pass of the bf16 full CE (:func:`bf16_exp_column_sums`: a bf16 logits block
+exponentiated in place with fp32 column sums, between oneDNN's bf16 products).
 
 The triple every kernel here has:
 
