@@ -101,19 +101,28 @@ static inline float sexp(float x) {
     return v[0];
 }
 
-/* erf(x) (Abramowitz & Stegun 7.1.26) and GELU(x) = x / 2 (1 + erf(x / sqrt 2)) */
-static inline v8 verf(v8 x) {
-    v8i sign = bits_of(x) & (int32_t)0x80000000;
-    v8 ax = from_bits(bits_of(x) ^ sign);
-    v8 t = bc(1.0f) / (bc(1.0f) + bc(0.3275911f) * ax);
-    v8 y = bc(1.061405429f);
-    y = y * t + bc(-1.453152027f);
-    y = y * t + bc(1.421413741f);
-    y = y * t + bc(-0.284496736f);
-    y = y * t + bc(0.254829592f);
-    y = bc(1.0f) - y * t * vexp(-ax * ax);
-    return from_bits(bits_of(y) ^ sign);
-}
+/* erf(x) (Abramowitz & Stegun 7.1.26) and GELU(x) = x / 2 (1 + erf(x / sqrt 2)), for every width */
+#define DEFINE_VERF(NAME, VF, VI, BC, EXP)                                                              \
+    static inline VF NAME(VF x) {                                                                       \
+        VI xi, sign;                                                                                    \
+        __builtin_memcpy(&xi, &x, sizeof xi);                                                           \
+        sign = xi & (int32_t)0x80000000;                                                                \
+        xi ^= sign;                                                                                     \
+        VF ax;                                                                                          \
+        __builtin_memcpy(&ax, &xi, sizeof ax);                                                          \
+        VF t = BC(1.0f) / (BC(1.0f) + BC(0.3275911f) * ax);                                             \
+        VF y = BC(1.061405429f);                                                                        \
+        y = y * t + BC(-1.453152027f);                                                                  \
+        y = y * t + BC(1.421413741f);                                                                   \
+        y = y * t + BC(-0.284496736f);                                                                  \
+        y = y * t + BC(0.254829592f);                                                                   \
+        y = BC(1.0f) - y * t * EXP(-ax * ax);                                                           \
+        __builtin_memcpy(&xi, &y, sizeof xi);                                                           \
+        xi ^= sign;                                                                                     \
+        __builtin_memcpy(&y, &xi, sizeof y);                                                            \
+        return y;                                                                                       \
+    }
+DEFINE_VERF(verf, v8, v8i, bc, vexp)
 
 static inline v8 vgelu(v8 v) { return bc(0.5f) * v * (bc(1.0f) + verf(v * bc(0.70710678118654752f))); }
 static inline float sgelu(float x) { return vgelu(bc(x))[0]; }
@@ -192,13 +201,19 @@ static inline v16 ld16(const float *p) { v16 v; __builtin_memcpy(&v, p, sizeof v
 static inline void st16(float *p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
 static inline v16 bc16(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 #define IN_ZMM(v) __asm__("" : "+v"(v))
+typedef int32_t v16i __attribute__((vector_size(64)));
+static inline v16 vmax16(v16 a, v16 b) { return (v16)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline v16 vmin16(v16 a, v16 b) { return (v16)_mm512_min_ps((__m512)a, (__m512)b); }
+DEFINE_VEXP(vexp16, v16, v16i, bc16, vmax16, vmin16)
+DEFINE_VERF(verf16, v16, v16i, bc16, vexp16)
+static inline v16 vgelu16(v16 v) { return bc16(0.5f) * v * (bc16(1.0f) + verf16(v * bc16(0.70710678118654752f))); }
 
-/* the epilogue of a 16-column piece of row r: bias, accumulate, GELU (in 8-lane halves), store */
+/* the epilogue of a 16-column piece of row r: bias, accumulate, GELU, store */
 static inline __attribute__((always_inline)) void finish16(v16 s, const float *bias, float *c, int mode) {
     if (bias) s += ld16(bias);
     if (mode & ACCUMULATE) s += ld16(c);
+    if (mode & GELU) s = vgelu16(s);
     st16(c, s);
-    if (mode & GELU) { st(c, vgelu(ld(c))); st(c + 8, vgelu(ld(c + 8))); }
 }
 
 static inline __attribute__((always_inline)) void tile32w(const int R, const int a_t, int K, const float *A, int lda,
@@ -302,22 +317,38 @@ static void layer_norm(int rows, int D, const float *x, int ldx, const float *g,
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (long)r * ldx;
         float *yr = y + (long)r * ldy;
-        v8 acc = {0};
         int d = 0;
-        float sum = 0.0f;
+        float sum = 0.0f, sq = 0.0f;
+#if defined(__AVX512F__) /* 16 lanes first where there are 512-bit registers */
+        v16 acc16 = {0};
+        for (; d + 16 <= D; d += 16) acc16 += ld16(xr + d);
+        sum = _mm512_reduce_add_ps((__m512)acc16);
+#endif
+        v8 acc = {0};
         for (; d + 8 <= D; d += 8) acc += ld(xr + d);
-        sum = hsum(acc);
+        sum += hsum(acc);
         for (; d < D; d++) sum += xr[d];
         float mean = sum / D;
+        d = 0;
+#if defined(__AVX512F__)
+        v16 m16 = bc16(mean);
+        acc16 = (v16){0};
+        for (; d + 16 <= D; d += 16) { v16 c = ld16(xr + d) - m16; acc16 += c * c; }
+        sq = _mm512_reduce_add_ps((__m512)acc16);
+#endif
         v8 m = bc(mean);
         acc = (v8){0};
-        float sq = 0.0f;
-        for (d = 0; d + 8 <= D; d += 8) { v8 c = ld(xr + d) - m; acc += c * c; }
-        sq = hsum(acc);
+        for (; d + 8 <= D; d += 8) { v8 c = ld(xr + d) - m; acc += c * c; }
+        sq += hsum(acc);
         for (; d < D; d++) { float c = xr[d] - mean; sq += c * c; }
         float inv = 1.0f / sqrtf(sq / D + eps);
+        d = 0;
+#if defined(__AVX512F__)
+        v16 vi16 = bc16(inv);
+        for (; d + 16 <= D; d += 16) st16(yr + d, (ld16(xr + d) - m16) * vi16 * ld16(g + d) + ld16(b + d));
+#endif
         v8 vi = bc(inv);
-        for (d = 0; d + 8 <= D; d += 8) st(yr + d, (ld(xr + d) - m) * vi * ld(g + d) + ld(b + d));
+        for (; d + 8 <= D; d += 8) st(yr + d, (ld(xr + d) - m) * vi * ld(g + d) + ld(b + d));
         for (; d < D; d++) yr[d] = (xr[d] - mean) * inv * g[d] + b[d];
     }
 }
@@ -326,17 +357,33 @@ static void layer_norm(int rows, int D, const float *x, int ldx, const float *g,
  * caller divides the weighted values by it: one pass over the scores fewer) */
 static float softmax_row(float *s, int valid, int width, float scale) {
     int j = 0;
-    v8 m8 = bc(-INFINITY);
+    float m = -INFINITY, sum = 0.0f;
+#if defined(__AVX512F__) /* 16 lanes first where there are 512-bit registers */
+    v16 m16 = bc16(-INFINITY);
+    for (; j + 16 <= valid; j += 16) m16 = vmax16(m16, ld16(s + j));
+    m = _mm512_reduce_max_ps((__m512)m16);
+#endif
+    v8 m8 = bc(m);
     for (; j + 8 <= valid; j += 8) m8 = vmax(m8, ld(s + j));
-    float m = hmax(m8);
+    m = hmax(m8);
     for (; j < valid; j++) m = s[j] > m ? s[j] : m;
+    j = 0;
+#if defined(__AVX512F__)
+    v16 vm16 = bc16(m), vs16 = bc16(scale), acc16 = {0};
+    for (; j + 16 <= valid; j += 16) {
+        v16 e = vexp16((ld16(s + j) - vm16) * vs16);
+        st16(s + j, e);
+        acc16 += e;
+    }
+    sum = _mm512_reduce_add_ps((__m512)acc16);
+#endif
     v8 vm = bc(m), vs = bc(scale), acc = {0};
-    for (j = 0; j + 8 <= valid; j += 8) {
+    for (; j + 8 <= valid; j += 8) {
         v8 e = vexp((ld(s + j) - vm) * vs);
         st(s + j, e);
         acc += e;
     }
-    float sum = hsum(acc);
+    sum += hsum(acc);
     for (; j < valid; j++) { s[j] = sexp((s[j] - m) * scale); sum += s[j]; }
     for (; j < width; j++) s[j] = 0.0f;
     return sum;
@@ -1177,16 +1224,13 @@ int recsys_gelu(const int32_t *config, const int64_t *n, const float *x, const f
 
 /* the pass runs in 16-lane vectors where the CPU has AVX-512, else 8 */
 #if defined(__AVX512F__)
-typedef int32_t v16i __attribute__((vector_size(64)));
 typedef uint16_t bf_vh __attribute__((vector_size(32)));
 typedef v16 bf_vf;
 typedef v16i bf_vi;
 #define BF_LANES 16
 #define bf_ld ld16
 #define bf_st st16
-static inline v16 vmax16(v16 a, v16 b) { return (v16)_mm512_max_ps((__m512)a, (__m512)b); }
-static inline v16 vmin16(v16 a, v16 b) { return (v16)_mm512_min_ps((__m512)a, (__m512)b); }
-DEFINE_VEXP(bf_exp, v16, v16i, bc16, vmax16, vmin16)
+#define bf_exp vexp16
 #else
 typedef uint16_t bf_vh __attribute__((vector_size(16)));
 typedef v8 bf_vf;
