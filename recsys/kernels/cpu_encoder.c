@@ -73,12 +73,11 @@ static inline float hmax(v8 v) {
     return m;
 }
 
-/* e^x for x in [-87, 88] (clamped): x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' polynomial, 2^n by
- * the exponent bits. n is rounded with the 1.5 * 2^23 trick (no rounding instruction needed). One
- * definition for every vector width (VF floats, VI their int32 lanes, BC a broadcast). */
-#define DEFINE_VEXP(NAME, VF, VI, BC, MAX, MIN)                                                         \
+/* e^x for x in [-87, 88] (clamped): x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' polynomial, times
+ * 2^n (TIMES_POW2). n is rounded with the 1.5 * 2^23 trick (no rounding instruction needed). One
+ * definition for every vector width (VF floats, BC a broadcast). */
+#define DEFINE_VEXP(NAME, VF, BC, MAX, MIN, TIMES_POW2)                                                 \
     static inline VF NAME(VF x) {                                                                       \
-        VI ni;                                                                                          \
         x = MIN(MAX(x, BC(-87.0f)), BC(88.0f));                                                         \
         VF n = (x * BC(1.44269504088896341f) + BC(12582912.0f)) - BC(12582912.0f);                     \
         VF r = x - n * BC(0.693359375f) + n * BC(2.12194440e-4f);                                       \
@@ -89,12 +88,11 @@ static inline float hmax(v8 v) {
         p = p * r + BC(1.6666665459e-1f);                                                               \
         p = p * r + BC(5.0000001201e-1f);                                                               \
         p = p * r * r + r + BC(1.0f);                                                                   \
-        ni = (__builtin_convertvector(n, VI) + 127) << 23;                                              \
-        VF scale;                                                                                       \
-        __builtin_memcpy(&scale, &ni, sizeof scale);                                                    \
-        return p * scale;                                                                               \
+        return TIMES_POW2(p, n);                                                                        \
     }
-DEFINE_VEXP(vexp, v8, v8i, bc, vmax, vmin)
+/* p 2^n for integral n in [-126, 127]: the exponent bits built from n */
+static inline v8 times_pow2(v8 p, v8 n) { return p * from_bits((__builtin_convertvector(n, v8i) + 127) << 23); }
+DEFINE_VEXP(vexp, v8, bc, vmax, vmin, times_pow2)
 
 static inline float sexp(float x) {
     v8 v = vexp(bc(x));
@@ -204,7 +202,9 @@ static inline v16 bc16(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, 
 typedef int32_t v16i __attribute__((vector_size(64)));
 static inline v16 vmax16(v16 a, v16 b) { return (v16)_mm512_max_ps((__m512)a, (__m512)b); }
 static inline v16 vmin16(v16 a, v16 b) { return (v16)_mm512_min_ps((__m512)a, (__m512)b); }
-DEFINE_VEXP(vexp16, v16, v16i, bc16, vmax16, vmin16)
+/* AVX-512 scales by 2^n in one instruction (scalef): the same value as building the exponent bits */
+static inline v16 times_pow2_16(v16 p, v16 n) { return (v16)_mm512_scalef_ps((__m512)p, (__m512)n); }
+DEFINE_VEXP(vexp16, v16, bc16, vmax16, vmin16, times_pow2_16)
 DEFINE_VERF(verf16, v16, v16i, bc16, vexp16)
 static inline v16 vgelu16(v16 v) { return bc16(0.5f) * v * (bc16(1.0f) + verf16(v * bc16(0.70710678118654752f))); }
 
