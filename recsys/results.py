@@ -350,6 +350,8 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
                 + ("Our evaluation ranks exactly up to rank 20 (`eval.ranks=cutoff`, the same @k metrics); the "
                    "'every exact rank' row evaluates the same test set again with `eval.ranks=all`. "
                    if "evaluation users / s, every exact rank" in r["rows"] else "")
+                + (f"Evaluation times are the median of {r['eval_repeats']} evaluations on each side. "
+                   if r.get("eval_repeats", 1) > 1 else "")
                 + (f"Ours trained {r['epochs']} epoch(s) first, RecBole stopped once it had trained as many targets "
                    "(to the batch): quality compared at equal targets." if r.get("equal_targets") else
                    f"RecBole trained {partial} batches (an epoch would take too long), ours {r['epochs']} epoch(s): "
