@@ -13,8 +13,8 @@ Evaluation batches hold 128 users: of 64, 128, 256 and 512, 128 evaluated fastes
 2.8-4.9 s (measured with a 4x wider feed-forward layer).
 """
 import json
-import statistics
 import resource
+import statistics
 import sys
 import time
 

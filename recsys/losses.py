@@ -183,7 +183,8 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # (16 on GPU; never past the chunk): its width takes one of chunk / 64 values, not any of
             # chunk. oneDNN compiles and caches a GEMM kernel per shape, and every new width grew the
             # process: Beauty SASRec (blocks of 384, bf16), RSS after an epoch 600 MB with widths rounded
-            # to 16 vs 538 MB with 128, for ~4% more logits on average
+            # to 16, 528 MB with 64, for at most 63 padded positions per batch (~720 real ones); steps
+            # 69.5-70.8 vs 69.6-70.1 ms interleaved
             quantum = min(chunk, 64 if hidden.device.type == "cpu" else 16)
             rest = P % chunk
             P_pad = P - rest + (min(chunk, rest + (-rest) % quantum) if rest else 0)

@@ -1254,14 +1254,16 @@ static inline bf_vf bf16_widen(const uint16_t *p) {
 #endif
 }
 
+/* fp32 bits -> bf16 bits, to nearest, ties to even (no NaN reaches here); scalar or vector lanes */
+#define BF16_ROUND(b) (((b) + 0x7FFF + (((b) >> 16) & 1)) >> 16)
+
 static inline void bf16_store(uint16_t *p, bf_vf v) {
 #if BF_LANES == 16 && defined(__AVX512BF16__)
     _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh((__m512)v)); /* to nearest, ties to even */
 #else
     bf_vi b;
     __builtin_memcpy(&b, &v, sizeof b);
-    b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16; /* to nearest, ties to even (no NaN reaches here) */
-    bf_vh h = __builtin_convertvector(b, bf_vh);
+    bf_vh h = __builtin_convertvector(BF16_ROUND(b), bf_vh);
     __builtin_memcpy(p, &h, sizeof h);
 #endif
 }
@@ -1269,7 +1271,7 @@ static inline void bf16_store(uint16_t *p, bf_vf v) {
 static inline uint16_t bf16_of(float x) {
     uint32_t b;
     __builtin_memcpy(&b, &x, sizeof b);
-    return (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+    return (uint16_t)BF16_ROUND(b);
 }
 
 typedef struct {
