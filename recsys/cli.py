@@ -30,11 +30,28 @@ def print_metrics_table(title: str, metrics: dict, ks) -> None:
     print(f"\n{title}  ({metrics.get('num_users', '?'):,} users, {metrics.get('seconds', 0):.2f} s)")
     if "protocol" in metrics:  # sampled metrics: say so before any number
         print(f"  {metrics['protocol']}")
+    if "tie_policy" in metrics:
+        print(f"  ties: {metrics['tie_policy']}" + (" (expectation over a random order of tied items)"
+                                                     if metrics["tie_policy"] == "expected" else ""))
+    repeats = metrics.get("repeat_targets")
+    if repeats:
+        what = {"exclude": "excluded with the rest of the history (counted as misses)",
+                "keep": "kept as candidates while the rest of the history is excluded",
+                "apart": "reported apart (ranked against every item, history included)"}[repeats["policy"]]
+        print(f"  targets that repeat a history item: {repeats['users']:,}, {what}")
     for m in METRIC_ORDER:
         row = "  ".join(f"{m}@{k}={metrics[f'{m}@{k}']:.4f}" for k in ks)
         print(f"  {row}")
     if "mrr" in metrics:  # not under eval.ranks="cutoff"
         print(f"  {'mrr':<{width}} = {metrics['mrr']:.4f}")
+    if repeats and "metrics_if_kept" in repeats:
+        kept = repeats["metrics_if_kept"]
+        row = "  ".join(f"{m}@{k}={kept[f'{m}@{k}']:.4f}" for m in ("hr", "ndcg") for k in ks)
+        print(f"  with those targets kept (eval.repeat_targets=keep): {row}")
+    if repeats and "metrics" in repeats:
+        rep = repeats["metrics"]
+        row = "  ".join(f"{m}@{k}={rep[f'{m}@{k}']:.4f}" for m in ("hr", "ndcg") for k in ks)
+        print(f"  the {repeats['users']:,} repeat-target users: {row}")
     if "fully_ranked_users" in metrics:
         print(f"  ranks cut at {max(ks)}: {metrics['fully_ranked_users']:,} users ranked against every item")
 

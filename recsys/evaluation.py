@@ -16,6 +16,19 @@ users (those whose rank may be <= max(ks): 1.6-8.7% of Beauty's test users in ou
 against the whole catalogue, as in the default ``ranks="all"``. When the popular items would be a
 quarter of the catalogue or more, every user is ranked exactly instead (faster there). The uncut MRR
 needs every user's exact rank and is therefore not reported in this mode (see :func:`cutoff_ranks`).
+
+Ties: the evaluator counts, per user, the items strictly above the target and those tied with it;
+``eval.tie_policy`` turns the two counts into metrics (:mod:`recsys.metrics`; by default the expectation
+over a random order of the tied items, so a constant scorer scores like a random one). Scores must be
+finite: NaN or infinite user or item vectors, or vectors whose products could overflow, are an error
+that names the evaluation and the number of users affected.
+
+Repeat targets: with ``exclude_seen`` every item of the user's history is removed from the candidates.
+When the target itself is one of them, keeping it (``repeat_targets = "keep"``) while removing the rest
+tells the model which history item is the answer; the default ``"exclude"`` removes it too (the user
+is a miss, as in RecBole), ``"apart"`` ranks those users against every item, history included, and
+reports them separately. How many targets repeat a history item is always reported, and under
+``"exclude"`` the metrics with those targets kept as well, where they differ.
 """
 from __future__ import annotations
 
@@ -33,7 +46,12 @@ from .data.readers import DataError
 from .data.splits import EvalSet, Split
 from .kernels import cpu_encoder, onednn
 from . import distributed
-from .metrics import count_true_per_column, metric_names, ranking_metric_sums, ranks_from_item_scores
+from .metrics import (
+    NonFiniteScoresError, count_true_per_column, metric_names, rank_counts_from_item_scores,
+    ranking_metric_sums, ranks_under_policy,
+)
+
+REPEAT_TARGET_POLICIES = ("exclude", "keep", "apart")
 
 
 @dataclass
@@ -42,7 +60,14 @@ class EvalConfig:
     exclude_seen: bool = True
     block_size: int = 512  # users per GEMM block (fewer when the catalogue is large, see max_block_mb)
     max_block_mb: int = 512  # bound on one block of scores [items, users]: memory does not grow with the catalogue
-    tie_policy: Literal["optimistic", "pessimistic"] = "optimistic"
+    # how items scored exactly like the target count (recsys.metrics): "expected" averages over a random
+    # order of them; "optimistic" / "pessimistic" put the target first / last among them
+    tie_policy: Literal["expected", "optimistic", "pessimistic"] = "expected"
+    # with exclude_seen, a target that repeats an item of the user's history (docstring):
+    # "exclude": it is excluded like every seen item, so the user counts as a miss (RecBole's protocol);
+    # "keep": it stays a candidate while the rest of the history is removed (tells the model the answer);
+    # "apart": such users are ranked against every item, history included, and reported on their own
+    repeat_targets: Literal["exclude", "keep", "apart"] = "exclude"
     early_stopping_metric: str = "ndcg@10"
     # "all": every user's exact rank, every metric; "cutoff": exact ranks up to max(ks) only, found from
     # the most frequent items first: the same @k metrics, no uncut MRR, several times faster (docstring)
@@ -76,31 +101,30 @@ def popular_first(split: Split, num_items: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.argsort(-counts, kind="stable")[: min(size, num_items - 1)].copy())
 
 
-def exact_ranks(
+def exact_rank_counts(
     items: torch.Tensor,
     users: torch.Tensor,
     target_ids: torch.Tensor,
     num_items: int,
     exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
-    tie_policy: str,
     out: torch.Tensor | None = None,
     ranker: cpu_encoder.ItemRanker | None = None,
-) -> torch.Tensor:
-    """Every user's exact rank. With ``ranker`` (the CPU kernel, see :func:`item_ranker`) scores are
-    made and counted in cache-sized tiles, each score independent of its block. Otherwise: one GEMM
-    [V_pad, D] x [D, B] (torch's, into ``out`` when given; else a fresh output from oneDNN, which falls
-    back to torch's product where it is not usable), the padding item and the alignment rows set to
-    -inf, then :func:`recsys.metrics.ranks_from_item_scores`.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every user's exact (above, ties) counts. With ``ranker`` (the CPU kernel, see :func:`item_ranker`)
+    scores are made and counted in cache-sized tiles, each score independent of its block. Otherwise:
+    one GEMM [V_pad, D] x [D, B] (torch's, into ``out`` when given; else a fresh output from oneDNN,
+    which falls back to torch's product where it is not usable), the padding item and the alignment
+    rows set to -inf, then :func:`recsys.metrics.rank_counts_from_item_scores`.
 
     ``eval.ranks`` "all" and "cutoff" give identical @k metrics only if an (item, user) score does not
     depend on the block it was computed in: B is kept >= 16 (callers pad), as torch's (MKL's) product
     of 8 columns rounded differently here; from 16 columns on both products gave the same bits (test)."""
     if ranker is not None:
-        return ranker.ranks(users, target_ids, exclude_index, tie_policy)
+        return ranker.counts(users, target_ids, exclude_index)
     scores_t = onednn.mm(items, users.T) if out is None else torch.mm(items, users.T, out=out)  # [V_pad, B]
     scores_t[0] = float("-inf")  # padding id is never a candidate
     scores_t[num_items:] = float("-inf")  # nor are the rows added for alignment
-    return ranks_from_item_scores(scores_t, target_ids, exclude_index=exclude_index, tie_policy=tie_policy)
+    return rank_counts_from_item_scores(scores_t, target_ids, exclude_index=exclude_index)
 
 
 def _position_of(selected: torch.Tensor, size: int) -> torch.Tensor:
@@ -118,12 +142,12 @@ def cutoff_ranks(
     num_items: int,
     k_max: int,
     exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
-    tie_policy: str,
     max_item_norm: float,
     num_real: int | None = None,
     ranker: cpu_encoder.ItemRanker | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Ranks exact wherever they are <= k_max and > k_max elsewhere; and how many users were fully ranked.
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(above, ties) exact wherever above < k_max; above >= k_max (ties 0) elsewhere, where every cut-off
+    metric is 0 whatever the ties; and how many users were fully ranked.
     Only the first ``num_real`` users (default all) are ranked: the rest are padding columns.
 
     items: [V_pad, D] (rows >= num_items are padding); popular_ids: [P] item ids scored first; users:
@@ -148,7 +172,8 @@ def cutoff_ranks(
     target_scores = (items[target_ids] * users).sum(1)  # [B]
     tolerance = 2 * dim * 2.0**-24 * max_item_norm * users.norm(dim=1)  # [B]
     surely_above = count_true_per_column(scores_t > target_scores + tolerance)  # [B]
-    ranks = surely_above + 1  # > k_max wherever surely_above >= k_max; exact below
+    above = surely_above.clone()  # >= k_max wherever the user is decided; exact below
+    ties = torch.zeros_like(above)
     undecided = (surely_above[:num_real] < k_max).nonzero().squeeze(1)  # users whose rank may be <= k_max
     n = undecided.numel()
     if n:
@@ -160,9 +185,9 @@ def cutoff_ranks(
             cols = _position_of(undecided, B)[exclude_index[0]]
             keep = cols >= 0
             sub_exclude = (cols[keep], exclude_index[1][keep])
-        ranks[undecided] = exact_ranks(items, sub_users, sub_targets, num_items, sub_exclude, tie_policy,
-                                       ranker=ranker)[:n]
-    return ranks, n
+        sub_above, sub_ties = exact_rank_counts(items, sub_users, sub_targets, num_items, sub_exclude, ranker=ranker)
+        above[undecided], ties[undecided] = sub_above[:n], sub_ties[:n]
+    return above, ties, n
 
 
 def _hash_uniform(user_ids: torch.Tensor, draws: torch.Tensor, seed: int) -> torch.Tensor:
@@ -243,14 +268,14 @@ def sampled_ranks(
     num_negatives: int,
     cdf: torch.Tensor | None,
     seed: int,
-    tie_policy: str,
     max_gathered: int = 1 << 24,
-) -> torch.Tensor:
-    """Legacy sampled ranks: 1 + the number of the user's :func:`sample_negatives` that outscore its
-    target (ties as ``tie_policy``). items: [V, D] (row 0 padding); users: [B, D]; target_ids, user_ids:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Legacy sampled (above, ties): how many of the user's :func:`sample_negatives` outscore its
+    target, and how many score the same. items: [V, D] (row 0 padding); users: [B, D]; target_ids, user_ids:
     [B]. Users go in chunks whose gathered negative vectors [rows, N, D] stay under ``max_gathered``."""
     B, (V, D) = users.shape[0], items.shape
-    ranks = torch.empty(B, dtype=torch.long)
+    above = torch.empty(B, dtype=torch.long)
+    ties = torch.empty(B, dtype=torch.long)
     step = max(1, max_gathered // (num_negatives * D))
     for start in range(0, B, step):
         rows = slice(start, min(start + step, B))
@@ -262,9 +287,9 @@ def sampled_ranks(
         user_block = users[rows]  # [r, D]
         target_scores = (items[target_ids[rows]] * user_block).sum(1, keepdim=True)  # [r, 1]
         negative_scores = torch.einsum("rnd,rd->rn", items[negatives], user_block)  # [r, N]
-        above = negative_scores > target_scores if tie_policy == "optimistic" else negative_scores >= target_scores
-        ranks[rows] = above.sum(1) + 1
-    return ranks
+        above[rows] = (negative_scores > target_scores).sum(1)
+        ties[rows] = (negative_scores == target_scores).sum(1)
+    return above, ties
 
 
 def item_ranker(items: torch.Tensor, num_items: int) -> cpu_encoder.ItemRanker | None:
@@ -302,6 +327,28 @@ def user_vectors(model, batch, device: str | torch.device, max_tokens: int) -> t
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def repeat_target_rows(seen: tuple[torch.Tensor, torch.Tensor], target_ids: torch.Tensor) -> torch.Tensor:
+    """[b] bool: whether each user's target is one of its history items (``seen``: (row, item) pairs)."""
+    rows, items = seen
+    repeats = torch.zeros(len(target_ids), dtype=torch.bool)
+    repeats[rows[items == target_ids[rows]]] = True
+    return repeats
+
+
+def _check_scores_finite(items: torch.Tensor, label: str, num_users: int) -> float:
+    """Raise unless every real item vector (rows 1..) is finite; returns the largest item norm."""
+    real = items[1:]
+    if not bool(torch.isfinite(real).all()):
+        bad = int((~torch.isfinite(real)).any(1).sum())
+        raise NonFiniteScoresError(f"{label}: {bad:,} of {real.shape[0]:,} item vectors hold NaN or infinite values, "
+                                   f"so all {num_users:,} users' scores are non-finite (did training diverge?)")
+    return float(real.norm(dim=1).max()) if real.numel() else 0.0
+
+
+# |score| <= |u| |w| (Cauchy-Schwarz): below this product a fp32 score cannot overflow, whatever its rounding
+SCORE_BOUND = 1e37
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -313,10 +360,14 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = False,
     return_ranks: bool = False,
+    label: str = "evaluation",
 ) -> dict:
-    """Mean ranking metrics over ``eval_set`` (plus ``num_users`` and ``seconds``).
+    """Mean ranking metrics over ``eval_set`` (plus ``num_users``, ``seconds`` and ``repeat_targets``).
 
     normalize: score with cosine (L2-normalised user and item vectors), matching an L2-normalised loss.
+    label: names the run and split in errors. return_ranks: adds ``ranks`` (above + 1) and ``ties`` [n]
+    in ``eval_set``'s order. Raises :class:`recsys.metrics.NonFiniteScoresError` where scores would be
+    NaN or infinite.
     """
     was_training = model.training
     model.eval()
@@ -325,6 +376,8 @@ def evaluate(
     if normalize:
         items = F.normalize(items, dim=-1)
     num_items = items.shape[0]
+    n = len(eval_set)
+    max_item_norm = _check_scores_finite(items, label, n)
     # item-major scores [V_pad, b]: the layout whose GEMM and counting are fastest on CPU;
     # V_pad a multiple of 255 and b of 8 let metrics.count_true_per_column count by machine words
     padded_items = F.pad(items, (0, 0, 0, (-num_items) % 255))  # [V_pad, D]
@@ -335,8 +388,7 @@ def evaluate(
     if cutoff and return_ranks:
         raise ValueError("return_ranks needs every exact rank: use eval.ranks='all'")
     # the popular-items pass pays off when it scores a small share of the catalogue (Beauty: 2,040 of
-    # 54,542 items); from a quarter on (ML-1M: 2,040 of 3,615) ranking every user exactly was faster
-    # (0.256 vs 0.277 s), with the same @k metrics
+    # 54,542 items); from a quarter on (ML-1M) ranking every user exactly was as fast, same @k metrics
     prefilter = cutoff and not sampled and 4 * min(cfg.popular_items, num_items - 1) < num_items
     cdf = None
     items_cpu = items.cpu() if sampled else None  # sampled metrics are scored on the CPU
@@ -344,23 +396,23 @@ def evaluate(
         cdf = torch.from_numpy(np.cumsum(item_counts(split, num_items)[1:]).astype(np.float64))
     if prefilter:
         popular_ids = popular_first(split, num_items, cfg.popular_items).to(device)  # [P]
-        max_item_norm = float(items.norm(dim=1).max())
     elif not sampled:
-        # oneDNN's fp32 products ran 2-2.5x faster than torch.mm on these [V, D] x [D, b] shapes (BLAS
-        # 161-210 GFLOP/s, oneDNN 366-440 on 2 cores) but write a fresh output: used where a block's
-        # scores fit onednn.MAX_OUTPUT_BYTES (ML-1M, S3-Rec's Beauty at 512 users), otherwise torch's
+        # oneDNN's fp32 products where a block's scores fit onednn.MAX_OUTPUT_BYTES, otherwise torch's
         # product into one reused buffer. The blocks stay as they are: a block's users go through the
         # encoder together, and other batches would change the user vectors' rounding ("all" vs "cutoff")
-        columns = max(block, 16)  # a block's padded width (exact_ranks)
+        columns = max(block, 16)  # a block's padded width (exact_rank_counts)
         dnn = onednn.usable(padded_items, padded_items.shape[0] * columns)
         if not dnn and ranker is None:
             buffer = torch.empty(padded_items.shape[0] * columns, device=device)  # [V_pad * columns] scores
     fully_ranked = 0
-    sums: dict[str, float] = {}
-    all_ranks = []
+    nonfinite_users = 0
+    repeats_policy = cfg.repeat_targets if cfg.exclude_seen else "keep"  # nothing is excluded otherwise
+    sums_new: dict[str, float] = {}  # users whose target is not in their history
+    sums_repeat: dict[str, float] = {}  # users whose target repeats a history item
+    num_repeat = 0
+    all_above, all_ties = [], []
     # users in order of history length: each block is only as wide as its longest history;
     # under torchrun each rank takes every world-th user of that order and the sums are all-reduced
-    n = len(eval_set)
     order = np.argsort(np.minimum(eval_set.history_lengths, max_len), kind="stable")
     if distributed.world_size() > 1:
         if return_ranks:
@@ -374,22 +426,31 @@ def evaluate(
         if normalize:
             users = F.normalize(users, dim=-1)
         b = users.shape[0]
-        b_pad = max(16, b + (-b) % 8)  # >= 16 columns: see exact_ranks
+        user_norms = users.norm(dim=1)  # NaN / inf for a non-finite vector
+        bad = ~torch.isfinite(user_norms) | (user_norms * max_item_norm > SCORE_BOUND)
+        if bool(bad.any()):  # counted over every block, then reported at once
+            nonfinite_users += int(bad.sum())
+            continue
+        b_pad = max(16, b + (-b) % 8)  # >= 16 columns: see exact_rank_counts
         users = F.pad(users, (0, 0, 0, b_pad - b))  # [b_pad, D]
         targets = F.pad(batch.target_ids.to(device), (0, b_pad - b), value=1)
         seen = exclude = None
+        repeat = torch.zeros(b, dtype=torch.bool)
         if cfg.exclude_seen:
             seen = seen_items_csr(split, eval_set, batch.rows)  # (rows, items) on the CPU
+            repeat = repeat_target_rows(seen, batch.target_ids.cpu())
+            if repeats_policy == "apart" and bool(repeat.any()):  # their history stays among the candidates
+                keep = ~repeat[seen[0]]
+                seen = (seen[0][keep], seen[1][keep])
             exclude = tuple(t.to(device) for t in seen)
         if sampled:
             user_ids = torch.from_numpy(np.asarray(eval_set.users[batch.rows], dtype=np.int64))
-            ranks = sampled_ranks(items_cpu, users[:b].cpu(), batch.target_ids.cpu(), user_ids, seen,
-                                  cfg.sampled_negatives, cdf, cfg.negative_seed, cfg.tie_policy)
+            above, ties = sampled_ranks(items_cpu, users[:b].cpu(), batch.target_ids.cpu(), user_ids, seen,
+                                        cfg.sampled_negatives, cdf, cfg.negative_seed)
             fully_ranked += b
         elif prefilter:
-            ranks, block_fully_ranked = cutoff_ranks(padded_items, popular_ids, users, targets, num_items,
-                                                     max(cfg.ks), exclude, cfg.tie_policy, max_item_norm, b,
-                                                     ranker=ranker)
+            above, ties, block_fully_ranked = cutoff_ranks(padded_items, popular_ids, users, targets, num_items,
+                                                           max(cfg.ks), exclude, max_item_norm, b, ranker=ranker)
             fully_ranked += block_fully_ranked
         else:
             fully_ranked += b
@@ -398,30 +459,59 @@ def evaluate(
             scores_t = None
             if ranker is None and not dnn:
                 scores_t = buffer[: padded_items.shape[0] * b_pad].view(padded_items.shape[0], b_pad)
-            ranks = exact_ranks(padded_items, users, targets, num_items, exclude, cfg.tie_policy, out=scores_t,
-                                ranker=ranker)
-        ranks = ranks[:b]
-        for name, value in ranking_metric_sums(ranks, cfg.ks).items():
-            sums[name] = sums.get(name, 0.0) + value
+            above, ties = exact_rank_counts(padded_items, users, targets, num_items, exclude, out=scores_t,
+                                            ranker=ranker)
+        above, ties = above[:b].cpu(), ties[:b].cpu()
+        ranks, tied = ranks_under_policy(above, ties, cfg.tie_policy)
+        num_repeat += int(repeat.sum())
+        for mask, sums in ((~repeat, sums_new), (repeat, sums_repeat)):
+            if bool(mask.any()):
+                part = ranking_metric_sums(ranks[mask], cfg.ks, None if tied is None else tied[mask])
+                for name, value in part.items():
+                    sums[name] = sums.get(name, 0.0) + value
         if return_ranks:
-            all_ranks.append(ranks.cpu())
+            all_above.append(above)
+            all_ties.append(ties)
     names = metric_names(cfg.ks)
     if cutoff:
         names.remove("mrr")  # needs every exact rank
-    totals = distributed.all_reduce_sum(torch.tensor([sums.get(k, 0.0) for k in names], dtype=torch.float64,
-                                                     device=device))
-    out = {name: float(total) / n for name, total in zip(names, totals)}
-    out["num_users"] = n
+    totals = distributed.all_reduce_sum(torch.tensor(
+        [sums_new.get(k, 0.0) for k in names] + [sums_repeat.get(k, 0.0) for k in names]
+        + [num_repeat, nonfinite_users, fully_ranked], dtype=torch.float64, device=device))
+    new_totals, repeat_totals = totals[: len(names)], totals[len(names) : 2 * len(names)]
+    num_repeat, nonfinite_users, fully_ranked = (int(x) for x in totals[2 * len(names) :])
+    if nonfinite_users:
+        raise NonFiniteScoresError(
+            f"{label}: {nonfinite_users:,} of {n:,} users have NaN or infinite user vectors (or vectors so large "
+            "that their scores overflow); a model with non-finite outputs cannot be ranked (did training diverge?)")
+    kept = {name: float(a + r) / n for name, a, r in zip(names, new_totals, repeat_totals)}
+    if repeats_policy == "keep":
+        out = dict(kept)
+    elif repeats_policy == "exclude":  # an excluded target is a miss: 0 for every metric
+        out = {name: float(a) / n for name, a in zip(names, new_totals)}
+    else:  # apart: the headline over the users whose target is new
+        out = {name: float(a) / max(n - num_repeat, 1) for name, a in zip(names, new_totals)}
+    out["num_users"] = n - num_repeat if repeats_policy == "apart" else n
     out["seconds"] = time.perf_counter() - start
+    out["tie_policy"] = cfg.tie_policy
+    if cfg.exclude_seen:
+        repeat_info: dict = {"users": num_repeat, "policy": repeats_policy}
+        if num_repeat and repeats_policy == "exclude":
+            repeat_info["metrics_if_kept"] = kept
+        if num_repeat and repeats_policy == "apart":  # ranked against every item, history included
+            repeat_info["metrics"] = {name: float(r) / num_repeat for name, r in zip(names, repeat_totals)}
+        out["repeat_targets"] = repeat_info
     if cutoff and not sampled:  # users ranked against the whole catalogue
-        out["fully_ranked_users"] = int(distributed.all_reduce_sum(torch.tensor([fully_ranked], device=device)))
+        out["fully_ranked_users"] = fully_ranked
     if sampled:
         out["protocol"] = (f"sampled metrics (legacy): each target ranked against {cfg.sampled_negatives} "
                            f"{cfg.negative_sampling}-sampled {'unseen ' if cfg.exclude_seen else ''}items, "
                            "not the whole catalogue")
     if return_ranks:  # back in the caller's order
-        ranks = torch.empty(n, dtype=torch.long)
-        ranks[torch.from_numpy(order)] = torch.cat(all_ranks)
-        out["ranks"] = ranks
+        position = torch.from_numpy(order)
+        out["ranks"] = torch.empty(n, dtype=torch.long)
+        out["ranks"][position] = torch.cat(all_above) + 1
+        out["ties"] = torch.empty(n, dtype=torch.long)
+        out["ties"][position] = torch.cat(all_ties)
     model.train(was_training)
     return out

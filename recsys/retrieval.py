@@ -33,7 +33,7 @@ import torch
 from .data.batching import seen_items_csr
 from .data.readers import DataError
 from .export import eval_set_windows, read_manifest, user_vectors_for
-from .metrics import ranking_metric_sums
+from .metrics import check_finite, ranking_metric_sums, ranks_under_policy
 
 INDEX_TYPES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
 DEFAULTS = {
@@ -80,6 +80,7 @@ def build_index(vectors: np.ndarray, kind: str = "flat", params: dict | None = N
     faiss = _faiss()
     p = index_params(kind, params)
     x = np.ascontiguousarray(vectors, dtype=np.float32)
+    check_finite(torch.from_numpy(x), "item vectors to index")
     n, d = x.shape
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
@@ -211,28 +212,45 @@ def evaluate_through_index(trainer, index, which: str = "test", ks: Sequence[int
     """HR@k / NDCG@k / MRR@k of a run's model when items come from ``index`` instead of the exact GEMM.
 
     Rank = position of the target in the index's top-K (K = max ks), or "beyond K" when it is missing:
-    every @k metric with k <= K is exact for the index's ranking. Compare with the exact evaluator to see
-    what approximate search costs.
+    every @k metric with k <= K is exact for the index's ranking. Items the index scores exactly like the
+    target count as the run's ``eval.tie_policy`` says, and targets that repeat a history item as its
+    ``eval.repeat_targets`` says (as in the exact evaluator). Non-finite user or item vectors are an
+    error. Compare with the exact evaluator to see what approximate search costs.
     """
-    split = trainer.split
+    split, cfg = trainer.split, trainer.cfg.eval
     eval_set = split.test if which == "test" else split.valid
     windows, timestamps, query_times = eval_set_windows(trainer, eval_set)
     queries = user_vectors_for(trainer, windows, timestamps=timestamps, query_times=query_times)
+    check_finite(torch.as_tensor(queries), f"run {trainer.run_dir}, {which} split through the index: user vectors")
+    repeat = np.zeros(len(eval_set), dtype=bool)
     exclude = None
+    policy = cfg.repeat_targets if exclude_seen else "keep"
     if exclude_seen:
         _, seen = seen_items_csr(split, eval_set, slice(0, len(eval_set)))
         exclude = np.split(seen.numpy() - 1, np.cumsum(eval_set.history_lengths)[:-1])
-        # the target's own row stays a candidate even when it was seen (as in the exact evaluator)
-        exclude = [e[e != t - 1] for e, t in zip(exclude, eval_set.targets)]
+        repeat = np.array([bool((e == t - 1).any()) for e, t in zip(exclude, eval_set.targets)], dtype=bool)
+        # the target's own row stays a candidate; "apart": a repeat user's history stays one too
+        exclude = [e[e != t - 1] if not (r and policy == "apart") else e[:0]
+                   for e, t, r in zip(exclude, eval_set.targets, repeat)]
     K = max(ks)
     start = time.perf_counter()
-    _, rows = search(index, queries, K, exclude=exclude)
+    scores, rows = search(index, queries, K, exclude=exclude)
     seconds = time.perf_counter() - start
     hit = rows == (eval_set.targets[:, None] - 1)  # [E, K]
-    ranks = np.where(hit.any(1), hit.argmax(1) + 1, K + 1)
-    sums = ranking_metric_sums(torch.from_numpy(ranks), ks)
-    out = {name: value / len(eval_set) for name, value in sums.items() if "@" in name}
-    out.update(num_users=len(eval_set), search_seconds=seconds, queries_per_second=len(eval_set) / seconds)
+    found = hit.any(1)
+    target_scores = np.where(found, scores[np.arange(len(rows)), hit.argmax(1)], np.inf)  # [E]
+    listed = rows >= 0
+    above = np.where(found, (listed & (scores > target_scores[:, None])).sum(1), K)
+    ties = np.where(found, (listed & (scores == target_scores[:, None])).sum(1) - 1, 0)
+    ranks, tied = ranks_under_policy(torch.from_numpy(above), torch.from_numpy(ties), cfg.tie_policy)
+    new = torch.from_numpy(~repeat)
+    if policy == "keep":
+        new = torch.ones_like(new)
+    sums = ranking_metric_sums(ranks[new], ks, None if tied is None else tied[new])
+    users = int(new.sum()) if policy == "apart" else len(eval_set)
+    out = {name: value / max(users, 1) for name, value in sums.items() if "@" in name}
+    out.update(num_users=users, search_seconds=seconds, queries_per_second=len(eval_set) / seconds,
+               tie_policy=cfg.tie_policy, repeat_targets={"users": int(repeat.sum()), "policy": policy})
     return out
 
 

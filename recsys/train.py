@@ -498,6 +498,7 @@ class Trainer:
         return evaluate(
             self.model, self.split, eval_set, self.cfg.max_seq_len, self.cfg.eval,
             normalize=self.cfg.loss.l2_normalize, device=self.device, progress=progress, return_ranks=return_ranks,
+            label=f"run {self.run_dir}, {which} split",
         )
 
     # -- the loop

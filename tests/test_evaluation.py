@@ -113,7 +113,7 @@ CUT_METRICS = [f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("hr", "recall", "ndc
 
 
 @pytest.mark.parametrize("exclude_seen", [True, False])
-@pytest.mark.parametrize("tie_policy", ["optimistic", "pessimistic"])
+@pytest.mark.parametrize("tie_policy", ["expected", "optimistic", "pessimistic"])
 @pytest.mark.parametrize("popular_items", [1, 20, 60, 1000])  # 60: under a quarter of the ~290 items
 def test_cutoff_ranks_give_the_same_cut_metrics(exclude_seen, tie_policy, popular_items):
     split = _split(n_users=120, seed=3)
@@ -188,6 +188,7 @@ def test_cutoff_ranks_on_a_trained_ml100k_model(tmp_path):
 def test_cutoff_ranks_at_the_boundary():
     """Scores i / 64 for item i: exact counts at rank k_max, a tie with the target, an excluded item."""
     from recsys.evaluation import cutoff_ranks
+    from recsys.metrics import ranks_under_policy
 
     V = 64
     items = torch.zeros(V, 2)
@@ -202,7 +203,8 @@ def test_cutoff_ranks_at_the_boundary():
     exact = {"optimistic": [34, 29, 34], "pessimistic": [35, 30, 34]}  # users 0, 1, 2, by hand
     for policy, expected in exact.items():
         for k_max in (28, 29, 30, 33, 34, 35):
-            ranks, _ = cutoff_ranks(items, popular, users, targets, V, k_max, exclude, policy, 1.0)
+            above, ties, _ = cutoff_ranks(items, popular, users, targets, V, k_max, exclude, 1.0)
+            ranks = ranks_under_policy(above, ties, policy)[0]
             for user, rank in enumerate(expected):
                 if rank <= k_max:
                     assert int(ranks[user]) == rank, (policy, k_max, user)
@@ -240,11 +242,12 @@ def test_sampled_negatives_are_distinct_unseen_and_the_same_however_users_are_ba
     assert torch.equal(alone, negatives[30:])
     assert not torch.equal(sample_negatives(user_ids, targets, None, V, N, None, seed=4), negatives)
     items, users = torch.randn(V, 8), torch.randn(40, 8)
-    whole = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3, "optimistic")
-    chunked = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3, "optimistic",
-                            max_gathered=7 * N * 8)  # chunks of 7 users
-    assert torch.equal(whole, chunked)
-    expected = 1 + ((items[negatives] @ users[:, :, None]).squeeze(-1) > (items[targets] * users).sum(1, keepdim=True)).sum(1)
+    whole, whole_ties = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3)
+    chunked, chunked_ties = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3,
+                                          max_gathered=7 * N * 8)  # chunks of 7 users
+    assert torch.equal(whole, chunked) and torch.equal(whole_ties, chunked_ties)
+    assert int(whole_ties.sum()) == 0  # random vectors: no ties
+    expected = ((items[negatives] @ users[:, :, None]).squeeze(-1) > (items[targets] * users).sum(1, keepdim=True)).sum(1)
     assert torch.equal(whole, expected)
 
 
@@ -269,3 +272,132 @@ def test_sampled_metrics_refuse_cut_ranks():
 
     with pytest.raises(ConfigError, match="eval.ranks must be 'all' with eval.sampled_negatives"):
         load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["eval.sampled_negatives=100", "eval.ranks=cutoff"])
+
+
+class FixedScorer(torch.nn.Module):
+    """Given item vectors; a user's vector is ``user_fn(item_ids)`` of its history window."""
+
+    def __init__(self, items: torch.Tensor, user_fn):
+        super().__init__()
+        self.items, self.user_fn = items, user_fn
+
+    def item_vectors(self):
+        return self.items
+
+    def user_vectors(self, item_ids, timestamps=None, target_timestamps=None):
+        return self.user_fn(item_ids)
+
+
+def _random_order_expectation(split, eval_set, ks, exclude_seen):
+    """Mean metrics when every candidate scores the same: the target's rank uniform over 1..C, C the
+    user's candidates (every item but padding and, with exclude_seen, the history other than the target)."""
+    totals = {}
+    for u, n, target in zip(eval_set.users, eval_set.history_lengths, eval_set.targets):
+        seen = set(split.data.sequence(u)[:n].tolist()) - {int(target)} if exclude_seen else set()
+        candidates = split.data.num_items - 1 - len(seen)
+        ranks = np.arange(1, candidates + 1)
+        for k in ks:
+            totals[f"hr@{k}"] = totals.get(f"hr@{k}", 0) + (ranks <= k).mean()
+            totals[f"ndcg@{k}"] = totals.get(f"ndcg@{k}", 0) + ((ranks <= k) / np.log2(ranks + 1)).mean()
+            totals[f"mrr@{k}"] = totals.get(f"mrr@{k}", 0) + ((ranks <= k) / ranks).mean()
+        totals["mrr"] = totals.get("mrr", 0) + (1 / ranks).mean()
+    return {k: v / len(eval_set) for k, v in totals.items()}
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+@pytest.mark.parametrize("path", ["kernel", "gemm", "cutoff"])
+def test_a_constant_scorer_gets_exactly_the_random_order_expectation(monkeypatch, exclude_seen, path):
+    """Every item scored alike: the default tie policy gives a random ranking's metrics, not 1.0."""
+    import recsys.evaluation as evaluation
+
+    split = _split(n_users=40, seed=5)
+    if path == "gemm":
+        monkeypatch.setattr(evaluation, "item_ranker", lambda items, num_items: None)
+    model = FixedScorer(torch.zeros(split.data.num_items, 8), lambda ids: torch.ones(ids.shape[0], 8))
+    ks = (1, 5, 10)
+    kw = dict(ks=ks, exclude_seen=exclude_seen, block_size=16)
+    if path == "cutoff":
+        kw.update(ranks="cutoff", popular_items=20)
+    out = evaluate(model, split, split.test, 8, EvalConfig(**kw))
+    expected = _random_order_expectation(split, split.test, ks, exclude_seen)
+    assert out["tie_policy"] == "expected"
+    for name, value in expected.items():
+        if name in out:
+            assert out[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
+    assert out["hr@10"] < 0.1  # about 10 of ~200 candidates
+    optimistic = evaluate(model, split, split.test, 8, EvalConfig(**kw, tie_policy="optimistic"))
+    pessimistic = evaluate(model, split, split.test, 8, EvalConfig(**kw, tie_policy="pessimistic"))
+    assert optimistic["hr@1"] == 1.0 and pessimistic["hr@10"] == 0.0
+
+
+def test_sampled_metrics_of_a_constant_scorer_are_the_random_order_expectation():
+    split = _split(n_users=30, seed=6)
+    model = FixedScorer(torch.zeros(split.data.num_items, 4), lambda ids: torch.ones(ids.shape[0], 4))
+    out = evaluate(model, split, split.test, 8, EvalConfig(ks=(1, 10), sampled_negatives=19, block_size=16,
+                                                          repeat_targets="keep"))
+    assert out["hr@1"] == pytest.approx(1 / 20) and out["hr@10"] == pytest.approx(10 / 20)
+
+
+def test_non_finite_scores_are_an_error_naming_the_evaluation_and_the_users():
+    from recsys.metrics import NonFiniteScoresError
+
+    split = _split(n_users=40, seed=7)
+    items = torch.randn(split.data.num_items, 8)
+
+    def users(ids):  # NaN for every history that ends in an even item id
+        out = torch.randn(ids.shape[0], 8)
+        out[ids[:, -1] % 2 == 0] = float("nan")
+        return out
+
+    bad = int(sum(split.data.sequence(u)[n - 1] % 2 == 0 for u, n in zip(split.test.users, split.test.history_lengths)))
+    assert 0 < bad < 40
+    with pytest.raises(NonFiniteScoresError, match=rf"run X, test split: {bad} of 40 users"):
+        evaluate(FixedScorer(items, users), split, split.test, 8, EvalConfig(block_size=8), label="run X, test split")
+    items[5, 2] = float("inf")
+    with pytest.raises(NonFiniteScoresError, match="1 of .* item vectors .* all 40 users"):
+        evaluate(FixedScorer(items, lambda ids: torch.ones(ids.shape[0], 8)), split, split.test, 8, EvalConfig())
+    huge = FixedScorer(torch.full((split.data.num_items, 8), 1e30), lambda ids: torch.full((ids.shape[0], 8), 1e30))
+    with pytest.raises(NonFiniteScoresError, match="overflow"):
+        evaluate(huge, split, split.test, 8, EvalConfig())
+
+
+def _repeat_split():
+    """12 users; the test target of users 0, 3, 6, 9 repeats an item of their history."""
+    rows = []
+    for u in range(12):
+        history = [1 + (u * 7 + j) % 40 for j in range(6)]
+        target = history[2] if u % 3 == 0 else 41 + u
+        rows += [(u, i, t) for t, i in enumerate(history + [50 + u, target])]
+    df = pl.DataFrame({"u": [r[0] for r in rows], "i": [r[1] for r in rows], "t": [r[2] for r in rows]})
+    seq = prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+    return make_split(seq, "leave_one_out", verbose=False)
+
+
+def test_repeat_targets_are_counted_and_never_leak_by_default():
+    split = _repeat_split()
+    raw = split.data.item_raw_ids
+    gen = torch.Generator().manual_seed(0)
+    items = torch.randn(split.data.num_items, 6, generator=gen)
+    model = FixedScorer(items, lambda ids: items[ids].sum(1))  # likes its own history: repeats rank high
+    ks = (1, 5, 10)
+    keep = evaluate(model, split, split.test, 8, EvalConfig(ks=ks, repeat_targets="keep"), return_ranks=True)
+    exclude = evaluate(model, split, split.test, 8, EvalConfig(ks=ks))  # the default
+    apart = evaluate(model, split, split.test, 8, EvalConfig(ks=ks, repeat_targets="apart"))
+    repeat = np.array([int(raw[t]) <= 40 for t in split.test.targets])  # the repeated items are ids 1..40
+    assert repeat.sum() == 4
+    for out in (keep, exclude, apart):
+        assert out["repeat_targets"]["users"] == 4
+    assert exclude["repeat_targets"]["policy"] == "exclude"
+    ranks = keep["ranks"].numpy()
+    new = ranking_metrics(ranks[~repeat], ks=ks)
+    for name in ("hr@10", "ndcg@10", "mrr"):
+        assert exclude[name] == pytest.approx(new[name] * 8 / 12)  # repeat targets are misses
+        assert apart[name] == pytest.approx(new[name])  # the headline: the 8 new targets alone
+        assert keep[name] == pytest.approx(ranking_metrics(ranks, ks=ks)[name])
+        assert exclude["repeat_targets"]["metrics_if_kept"][name] == pytest.approx(keep[name])
+    assert apart["num_users"] == 8 and exclude["num_users"] == keep["num_users"] == 12
+    # apart: the repeat users ranked with their history among the candidates (no exclusion)
+    off = evaluate(model, split, split.test, 8, EvalConfig(ks=ks, exclude_seen=False), return_ranks=True)
+    assert apart["repeat_targets"]["metrics"]["mrr"] == pytest.approx(
+        ranking_metrics(off["ranks"].numpy()[repeat], ks=ks)["mrr"])
+    assert "users" not in off.get("repeat_targets", {})  # nothing excluded, nothing to leak

@@ -112,3 +112,52 @@ def test_mean_and_spread_equal_the_statistics_module():
     assert mean == pytest.approx(statistics.fmean(values), abs=1e-15)
     assert spread == pytest.approx(statistics.stdev(values), abs=1e-15)
     assert mean_and_spread([0.3]) == (0.3, 0.0)
+
+
+def test_expected_tie_metrics_hand_computed():
+    """g = 1 item above, e = 2 tied: rank uniform over {2, 3, 4}."""
+    m = ranking_metrics([2], ks=(1, 3, 10), ties=[2])
+    assert m["hr@1"] == 0.0
+    assert m["hr@3"] == pytest.approx(2 / 3)
+    assert m["hr@10"] == pytest.approx(1.0)
+    assert m["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 3)
+    assert m["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4) + 1 / math.log2(5)) / 3)
+    assert m["mrr"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
+    assert m["mrr@3"] == pytest.approx((1 / 2 + 1 / 3) / 3)
+    # no ties: the plain formulas bit for bit
+    assert ranking_metrics([3, 7], ks=(5,), ties=[0, 0]) == ranking_metrics([3, 7], ks=(5,))
+
+
+def test_expected_tie_metrics_equal_the_mean_over_every_order():
+    """Brute force: average the integer-rank metrics over ranks g+1 .. g+e+1."""
+    for g, e in [(0, 0), (0, 7), (4, 3), (9, 1), (12, 5), (0, 60_000), (3, 1000)]:
+        brute = ranking_metrics(list(range(g + 1, g + e + 2)), ks=(1, 5, 10))
+        got = ranking_metrics([g + 1], ks=(1, 5, 10), ties=[e])
+        for name, value in brute.items():
+            assert got[name] == pytest.approx(value, rel=1e-10, abs=1e-14), (g, e, name)
+
+
+def test_rank_counts_and_policies():
+    from recsys.metrics import rank_counts_from_scores, ranks_under_policy
+
+    scores = torch.tensor([[0.0, 5.0, 3.0, 5.0, 5.0, 1.0]])
+    above, ties = rank_counts_from_scores(scores, torch.tensor([3]))
+    assert above.item() == 0 and ties.item() == 2  # items 1 and 4 tie with target 3
+    assert ranks_under_policy(above, ties, "optimistic")[0].item() == 1
+    assert ranks_under_policy(above, ties, "pessimistic")[0].item() == 3
+    ranks, tied = ranks_under_policy(above, ties, "expected")
+    assert ranks.item() == 1 and tied.item() == 2
+    with pytest.raises(ValueError, match="tie_policy"):
+        ranks_under_policy(above, ties, "random")
+
+
+def test_click_metrics_refuse_non_finite_scores():
+    from recsys.metrics import NonFiniteScoresError
+
+    with pytest.raises(NonFiniteScoresError, match="AUC: 1 of 4"):
+        auc([0, 1, 0, 1], [0.1, float("nan"), 0.3, 0.4])
+    with pytest.raises(NonFiniteScoresError, match="GAUC"):
+        gauc([1, 1, 2, 2], [0, 1, 0, 1], [0.1, float("inf"), 0.3, 0.4])
+    with pytest.raises(NonFiniteScoresError, match="log loss"):
+        logloss([0, 1], [0.5, float("nan")])
+    assert auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5  # ties count one half

@@ -189,7 +189,7 @@ def _compile() -> ctypes.CDLL:
         else:
             raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {errors[-1]}")
     lib = ctypes.CDLL(str(target))
-    for name, args in (("recsys_encode_last", 8), ("recsys_rank_counts", 7), ("recsys_softmax_ce", 10),
+    for name, args in (("recsys_encode_last", 8), ("recsys_rank_counts", 8), ("recsys_softmax_ce", 10),
                        ("recsys_keep_mask", 6), ("recsys_gelu", 5), ("recsys_ce_keeps_exponentials", 1),
                        ("recsys_bf16_exp_colsum", 4)):
         fn = getattr(lib, name)
@@ -300,13 +300,11 @@ class ItemRanker:
         self.items_t = torch.zeros(self.dim, stride)  # [D, V rounded up to 16], zero columns past V
         self.items_t[:, :num_items] = items[:num_items].detach().to(torch.float32).T
 
-    def ranks(self, users: torch.Tensor, target_ids: torch.Tensor,
-              exclude_index: tuple[torch.Tensor, torch.Tensor] | None, tie_policy: str,
-              num_threads: int | None = None) -> torch.Tensor:
-        """[B] 1-based ranks, as :func:`recsys.metrics.ranks_from_item_scores` defines them.
+    def counts(self, users: torch.Tensor, target_ids: torch.Tensor,
+               exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
+               num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(above, ties) [B] each, as :func:`recsys.metrics.rank_counts_from_item_scores` defines them.
         exclude_index: (user rows, items) pairs that never outrank the target (seen items)."""
-        if tie_policy not in ("optimistic", "pessimistic"):
-            raise ValueError(f"tie_policy must be 'optimistic' or 'pessimistic', got {tie_policy!r}")
         users = users.detach().to(torch.float32).contiguous()
         B = users.shape[0]
         targets = target_ids.to(torch.int64).contiguous()
@@ -320,17 +318,29 @@ class ItemRanker:
             offsets = torch.zeros(B + 1, dtype=torch.int64)
             offsets[1:] = torch.bincount(rows, minlength=B).cumsum(0)
             seen = seen.contiguous() if seen.numel() else torch.zeros(1, dtype=torch.int64)
-        counts = torch.empty(B, dtype=torch.int64)
-        config = (ctypes.c_int32 * 6)(B, self.dim, self.num_items, self.items_t.shape[1],
-                                      int(tie_policy == "pessimistic"), num_threads or torch.get_num_threads())
+        above = torch.empty(B, dtype=torch.int64)
+        ties = torch.empty(B, dtype=torch.int64)
+        config = (ctypes.c_int32 * 5)(B, self.dim, self.num_items, self.items_t.shape[1],
+                                      num_threads or torch.get_num_threads())
         rc = _library.recsys_rank_counts(ctypes.addressof(config), users.data_ptr(), self.items_t.data_ptr(),
-                                         targets.data_ptr(), offsets.data_ptr(), seen.data_ptr(), counts.data_ptr())
+                                         targets.data_ptr(), offsets.data_ptr(), seen.data_ptr(), above.data_ptr(),
+                                         ties.data_ptr())
         if rc != 0:
             raise RuntimeError(f"fused CPU ranking failed (code {rc})")
         if _flop_counters:  # per user: every chunk's columns rounded up to 16, and the target's 16 columns
             chunks = np.minimum(RANK_CHUNK, self.num_items - np.arange(0, self.num_items, RANK_CHUNK))
             _add_flops(B * 2 * self.dim * (int(_round_up(chunks, 16).sum()) + 16))
-        return counts + 1
+        return above, ties
+
+    def ranks(self, users: torch.Tensor, target_ids: torch.Tensor,
+              exclude_index: tuple[torch.Tensor, torch.Tensor] | None, tie_policy: str,
+              num_threads: int | None = None) -> torch.Tensor:
+        """[B] 1-based integer ranks (optimistic or pessimistic, :func:`recsys.metrics.ranks_under_policy`)."""
+        from ..metrics import ranks_under_policy
+
+        if tie_policy not in ("optimistic", "pessimistic"):
+            raise ValueError(f"integer ranks need tie_policy 'optimistic' or 'pessimistic', got {tie_policy!r}")
+        return ranks_under_policy(*self.counts(users, target_ids, exclude_index, num_threads), tie_policy)[0]
 
 
 def ce_keeps_exponentials(padded: int, num_items: int, kept_floats: int | None = None) -> bool:

@@ -423,3 +423,25 @@ def test_bf16_ce_through_the_kernel_equals_its_pytorch_path(monkeypatch, logit_s
     assert fused[0].item() == pytest.approx(plain[0].item(), rel=2e-3)
     for a, b in zip(fused[1:], plain[1:]):
         assert (a - b).abs().max() <= 0.01 * b.abs().max()
+
+
+def test_ranker_counts_ties_as_the_score_matrix_does():
+    """(above, ties) by the kernel: integer-valued vectors make every score exact, so ties are exact too."""
+    from recsys.metrics import rank_counts_from_item_scores
+
+    assert cpu_encoder.available()
+    gen = torch.Generator().manual_seed(1)
+    V, D, B = 2100, 8, 50
+    items = torch.randint(-1, 2, (V, D), generator=gen).float()  # few distinct vectors: many ties
+    users = torch.randint(-1, 2, (B, D), generator=gen).float()
+    targets = torch.randint(1, V, (B,), generator=gen)
+    rows = torch.randint(0, B, (500,), generator=gen)
+    seen = torch.randint(0, V, (500,), generator=gen)
+    padded = torch.cat([items, torch.zeros(12, D)])
+    scores = padded @ users.T
+    scores[0] = float("-inf")
+    scores[V:] = float("-inf")
+    above, ties = rank_counts_from_item_scores(scores, targets, (rows, seen))
+    assert int(ties.sum()) > 1000
+    got_above, got_ties = cpu_encoder.ItemRanker(padded, V).counts(users, targets, (rows, seen))
+    assert torch.equal(got_above, above) and torch.equal(got_ties, ties)
