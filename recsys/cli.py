@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_recipe
 from .data.readers import DataError
+from .errors import RecsysError
 
 METRIC_ORDER = ("hr", "ndcg", "mrr")
 
@@ -89,8 +90,8 @@ def cmd_train(args) -> int:
 
     if Path(args.recipe).exists() and is_click_recipe(args.recipe):
         return cmd_train_click(args)
-    from .results import append_record, git_commit, make_record
-    from .train import Trainer, peak_memory_mb, prepare_data
+    from .files import RunLock, RunLog
+    from .results import git_commit
 
     if distributed.init_from_env() and not distributed.is_main():
         args.quiet, args.log_results = True, None  # rank 0 speaks and writes for all
@@ -111,22 +112,42 @@ def cmd_train(args) -> int:
     # --seeds N: N runs with train.seed, train.seed + 1, ... in RUN_DIR/seed-S, then their mean and spread
     seeds = [cfg.train.seed + i for i in range(args.seeds)] if args.seeds else [cfg.train.seed]
     run_dirs = [run_dir / f"seed-{seed}" for seed in seeds] if args.seeds else [run_dir]
+    if not distributed.is_main():  # rank 0 locks, logs and writes for all
+        return _train_runs(args, cfg, seeds, run_dirs, commit)
+    # one writer per run folder, taken before anything is read; everything printed also goes to train.log
+    with RunLock(run_dir), RunLog(run_dir / "train.log", muted=args.quiet) as log:
+        try:
+            return _train_runs(args, cfg, seeds, run_dirs, commit, log)
+        except Exception as err:  # the terminal gets it from main(); the log keeps it too
+            log.file.write(f"error: {type(err).__name__}: {err}\n")
+            raise
+
+
+def _train_runs(args, cfg, seeds, run_dirs, commit, log=None) -> int:
+    from .results import append_record, make_record
+    from .train import Trainer, peak_memory_mb, prepare_data
+
     for folder in run_dirs:
         if args.resume and not (folder / "last.pt").exists():
             print(f"note: nothing to resume in {folder}; starting a new run there")
         if not args.resume and ((folder / "last.pt").exists() or (folder / "final_metrics.json").exists()):
             # the trainer refuses this too; said here before any data is read
             raise FileExistsError(f"{folder} already holds a run; use --resume or another --run-dir")
-    data = prepare_data(cfg.data, verbose=not args.quiet)
+    data = prepare_data(cfg.data, verbose=log is not None)  # the counts of dropped rows: in the log always
     info = data.info
-    print(f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, {info['interactions']:,} interactions; "
+    say = log.say if log is not None else print
+    say(f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, {info['interactions']:,} interactions; "
           f"split {cfg.data.split}")
     tests = []
     for seed, folder in zip(seeds, run_dirs):
         cfg.train.seed = seed
-        print(f"run directory: {folder}")
-        trainer = Trainer(cfg, folder, data=data, progress=not args.quiet)
+        say(f"run directory: {folder}")
+        trainer = Trainer(cfg, folder, data=data, progress=not args.quiet, verbose=log is not None)
+        if log is not None:
+            log.muted = args.quiet  # the epochs: in the log, on the terminal unless --quiet
         out = trainer.fit(resume=args.resume)
+        if log is not None:
+            log.muted = False  # the results reach the terminal under --quiet too
         tests.append(out["test"])
         if "valid" in out:
             print_metrics_table("validation (best epoch)", out["valid"], cfg.eval.ks)
@@ -459,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ImportError) as err:
+    except (RecsysError, FileExistsError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import RecsysError
 from .evaluation import EvalConfig
 from .losses import LossConfig
 from .models.base import model_config_class
 
 
-class ConfigError(ValueError):
+class ConfigError(RecsysError, ValueError):
     """A recipe or override that does not fit the configuration schema."""
 
 
@@ -59,6 +60,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the encoder (GPU: flash / mem-efficient SDPA)
     compile: bool = False  # torch.compile the encoder for training (CUDA; on CPU it warns: slower there)
+    # a NaN or infinite loss or gradient: "stop" the run with an error naming the epoch and step, or
+    # "skip" the step (no update; counted in the epoch's record and log)
+    nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass

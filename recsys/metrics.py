@@ -18,7 +18,7 @@ Click metrics: AUC (Mann-Whitney with mid-ranks for ties), GAUC (per-user AUC av
 user's number of impressions as weight, users with only one class skipped) and log loss; non-finite
 scores are an error there too.
 
-This module imports nothing else from the package.
+This module imports only recsys.errors from the package.
 """
 from __future__ import annotations
 
@@ -29,11 +29,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .errors import RecsysError
+
 RANKING_METRICS = ("hr", "recall", "ndcg", "mrr")
 TIE_POLICIES = ("expected", "optimistic", "pessimistic")
 
 
-class NonFiniteScoresError(ValueError):
+class NonFiniteScoresError(RecsysError, ValueError):
     """Scores (or the vectors they are made from) hold NaN or infinite values."""
 
 

@@ -33,9 +33,13 @@ from . import distributed
 from .config import ConfigError, DataConfig, RunConfig, config_from_dict
 from .data.batching import cloze_inputs, iter_train_batches, jagged_take, train_users
 from .data.cards import cache_dir, check_counts, locate_dataset, sha256_of
+from .files import (
+    IntegrityError, RunLock, atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint, read_json,
+)
 from .data.prepare import SequenceData, prepare_sequences
 from .data.readers import READERS, DataError, Interactions, read_table
 from .data.splits import EvalSet, Split, hold_out_items, make_split
+from .errors import RecsysError
 from .evaluation import evaluate
 from .losses import Workspace, next_item_loss
 from .models.base import SequentialEncoder, build_model
@@ -44,38 +48,11 @@ from .optim import AdamW
 MIN_EVENTS = {"leave_one_out": 3, "hstu": 2, "temporal": 1}
 
 
+class TrainingDivergedError(RecsysError, RuntimeError):
+    """A training step produced a NaN or infinite loss or gradient."""
+
+
 # ----------------------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # truncated or foreign file
-        raise DataError(f"{path}: not a readable recsys checkpoint ({type(err).__name__}: {err})") from None
 
 
 def peak_memory_mb() -> float:
@@ -302,6 +279,18 @@ def _without_runtime(config: dict) -> dict:
     return {**config, "train": {k: v for k, v in config["train"].items() if k not in RUNTIME_KEYS}}
 
 
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Each key whose value differs between two config dicts, as "key: old -> new"."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(unset)"), new.get(key, "(unset)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -318,10 +307,13 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, data: PreparedData | None = None, progress: bool = True):
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, data: PreparedData | None = None, progress: bool = True,
+                 verbose: bool | None = None):
+        """progress: progress bars; verbose (default: as progress): a line per epoch."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.progress = progress
+        self.verbose = progress if verbose is None else verbose
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.data = data or prepare_data(cfg.data, verbose=progress)
@@ -407,9 +399,10 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         # a checkpoint from before a setting existed reads as having that setting's default
         stored = config_from_dict(state["config"]).to_dict()
-        if _without_runtime(stored) != _without_runtime(self.cfg.to_dict()):
-            raise ConfigError(f"{self.run_dir}: the checkpoint was written with another configuration; "
-                              "resume with the same recipe and overrides")
+        changed = config_changes(_without_runtime(stored), _without_runtime(self.cfg.to_dict()))
+        if changed:
+            raise ConfigError(f"{self.run_dir}: the checkpoint was written with another configuration: "
+                              + "; ".join(changed) + ". Resume with the same recipe and overrides")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
@@ -440,6 +433,7 @@ class Trainer:
         # positions alone (SASRec) skips the padding (a batch where a padding input has a target does not)
         packed_training = (not cloze and cfg.loss.name == "ce" and not cfg.train.compile
                            and getattr(self.model, "packed_forward_available", False))
+        skipped = 0  # steps with a non-finite loss or gradient (train.nonfinite = "skip")
         for step, batch in enumerate(bar):
             if cloze:  # masked-item training (BERT4Rec): inputs with [mask] tokens, targets at the masks
                 item_ids, target_ids = cloze_inputs(
@@ -465,9 +459,19 @@ class Trainer:
             loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items, workspace=self.loss_workspace,
                                   item_frequency=self.item_frequency)
             self.optimizer.zero_grad(set_to_none=True)
+            # the loss alone is checked on one process: under DDP a skip must be every rank's (the gradient norm
+            # below is, as it is computed after the all-reduce)
+            if world == 1 and not self._finite(loss.detach(), "loss", step, steps):
+                skipped += 1
+                continue
             loss.backward()
-            if cfg.train.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+            # the gradients' norm (clipped to max_grad_norm when set): one number that is NaN or infinite
+            # as soon as any gradient is
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm or math.inf)
+            if not self._finite(norm, "gradient", step, steps):
+                self.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
             self.optimizer.step()
             total_loss += loss.detach()
             if self.progress and step % 20 == 0:
@@ -477,9 +481,28 @@ class Trainer:
         totals = distributed.all_reduce_sum(torch.stack([total_loss.double(), torch.tensor(
             float(targets), dtype=torch.float64, device=self.device)]))
         targets = int(totals[1])
-        return {"train_loss": float(totals[0]) / max(steps * world, 1), "train_seconds": seconds,
+        if skipped >= steps:
+            raise TrainingDivergedError(f"run {self.run_dir}: every step of epoch {self.epoch + 1} had a non-finite "
+                                        "loss or gradient (train.nonfinite=skip); lower train.lr or set "
+                                        "train.max_grad_norm")
+        if skipped:
+            print(f"epoch {self.epoch + 1}: {skipped} of {steps} steps skipped (non-finite loss or gradient)",
+                  file=sys.stderr)
+        return {"train_loss": float(totals[0]) / max((steps - skipped) * world, 1), "train_seconds": seconds,
+                "skipped_steps": skipped,
                 "train_targets": targets, "targets_per_second": targets / seconds,
                 "train_sequences": n_users * world, "sequences_per_second": n_users * world / seconds}
+
+    def _finite(self, value: torch.Tensor, what: str, step: int, steps: int) -> bool:
+        """Whether a step's loss or gradient norm is finite; if not, raise under train.nonfinite = "stop"."""
+        if bool(torch.isfinite(value)):
+            return True
+        if self.cfg.train.nonfinite == "stop":
+            raise TrainingDivergedError(
+                f"run {self.run_dir}: the {what} became {float(value)} at epoch {self.epoch + 1}, step {step + 1} of "
+                f"{steps} (train.lr={self.cfg.train.lr}); lower train.lr, set train.max_grad_norm, or "
+                "--set train.nonfinite=skip to skip such steps")
+        return False
 
     def evaluate(self, which: str = "valid", progress: bool = False, return_ranks: bool = False) -> dict:
         """which: valid, test, or (with held-out items) test_cold / test_warm."""
@@ -503,6 +526,14 @@ class Trainer:
 
     # -- the loop
     def fit(self, resume: bool = False) -> dict:
+        """Train (or, with ``resume``, go on from ``last.pt``) to the end, then :meth:`finish`. The run folder is
+        locked for the whole time (:class:`recsys.files.RunLock`): a second writer fails at once."""
+        if not distributed.is_main():
+            return self._fit(resume)
+        with RunLock(self.run_dir):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         last = self.run_dir / "last.pt"
@@ -515,6 +546,7 @@ class Trainer:
         main = distributed.is_main()
         if main:
             atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
+            atomic_write_json(self.run_dir / "env.json", run_environment(cfg, self.data.info, self.device))
         metric = cfg.eval.early_stopping_metric
         has_valid = self.split.valid is not None and len(self.split.valid) > 0
         stopped_early = False
@@ -527,6 +559,9 @@ class Trainer:
             if has_valid and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs):
                 valid = self.evaluate("valid")
                 record["valid"] = {k: v for k, v in valid.items() if k != "num_users"}
+                if not math.isfinite(valid[metric]):  # never "best"; the evaluator refuses NaN scores already
+                    raise TrainingDivergedError(f"run {self.run_dir}: validation {metric} is {valid[metric]} "
+                                                f"after epoch {self.epoch}")
                 if valid[metric] > self.best_metric:
                     self.best_metric, self.best_epoch, self.bad_epochs = valid[metric], self.epoch, 0
                     self._save_best()
@@ -539,7 +574,7 @@ class Trainer:
             if main:
                 self._write_log()
                 atomic_torch_save(self._state(), last)
-                if self.progress:
+                if self.verbose:
                     self._print_epoch(record, metric)
             distributed.barrier()  # every rank sees this epoch's files before going on
         if has_valid and cfg.train.patience and self.bad_epochs >= cfg.train.patience:
@@ -593,6 +628,34 @@ class Trainer:
         return out
 
 
+def run_environment(cfg: RunConfig, data_info: dict, device: torch.device) -> dict:
+    """What a run ran on: recsys version and commit, torch / Python / OS / CPU / GPU, threads, the data's
+    checksum and counts, and the resolved configuration (``env.json``)."""
+    import platform
+    from importlib import metadata
+
+    from .results import git_commit, machine
+
+    try:
+        version = metadata.version("recsys")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "recsys": {"version": version, "commit": git_commit()},
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "os": platform.platform(),
+        "machine": machine(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "data": data_info,
+        "config": cfg.to_dict(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "argv": sys.argv,
+    }
+
+
 def plot_learning_curves(history: list[dict], path: Path, metric: str) -> None:
     import matplotlib
 
@@ -636,7 +699,7 @@ def load_run(
         if not (key.startswith("eval.") or key in ("train.num_threads", "train.device")):
             raise ConfigError(f"--set {key}: a finished run's model and data are fixed; only eval.* settings, "
                               "train.num_threads and train.device can be changed")
-    cfg = config_from_dict(apply_overrides(json.loads(cfg_path.read_text()), list(overrides)))
+    cfg = config_from_dict(apply_overrides(read_json(cfg_path, "run configuration"), list(overrides)))
     if data_dir:
         cfg.data.data_dir = data_dir
     if data is None and cfg.data.dataset == "custom" and not cfg.data.path:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ..files import sha256_of
 from .readers import READERS, DataError, Interactions, read_item_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,14 +80,6 @@ def load_card(name: str) -> Card:
         raise DataError(f"{path}: field 'reader' must be one of {sorted(READERS)}, got {raw.get('reader')!r}")
     variants = [Variant(**v) for v in raw.pop("variants")]
     return Card(variants=variants, path=path, **raw)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_blob_of(path: Path) -> str:

@@ -18,8 +18,10 @@ from typing import Sequence
 
 import polars as pl
 
+from ..errors import RecsysError
 
-class DataError(ValueError):
+
+class DataError(RecsysError, ValueError):
     """Bad input data; the message names the file, line and field."""
 
 
