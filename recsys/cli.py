@@ -236,7 +236,14 @@ def cmd_data_info(args) -> int:
         else:
             interactions = READERS[reader](path)
         title, digest, note = f"{path.name} (reader {reader})", sha256_of(path), ""
+    elif Path(dataset).is_dir():
+        raise DataError(f"{dataset}: is a folder; give a file (with --reader) or a dataset card name "
+                        "(recsys data list)")
     else:
+        from .data.cards import list_cards
+
+        if dataset not in list_cards() and ("/" in dataset or "\\" in dataset or Path(dataset).suffix):
+            raise DataError(f"{dataset}: file not found (nor is it a dataset card name: recsys data list)")
         loaded = load_dataset(dataset, args.data_dir)
         card = load_card(dataset)
         interactions, path, digest, note = loaded.interactions, loaded.file, loaded.sha256, loaded.variant.note

@@ -14,6 +14,7 @@ The export folder holds
                           variants all capture. An encoder it could not capture would be written as
                           TorchScript ``encoder.pt`` instead (torch 2.13 deprecates it); the manifest's
                           ``encoder`` names the format
+- ``model.safetensors``   the model's weights (state_dict) as safetensors: plain tensors, no code runs on load
 - ``manifest.json``       model, dataset, dimension, similarity (dot or cosine), whether vectors are
                           normalised, recsys version, and the sha256 and row count of every file.
 
@@ -38,6 +39,8 @@ import torch.nn.functional as F
 from . import __version__
 from .data.batching import padded_windows, seen_items_csr
 from .data.cards import sha256_of
+from .files import read_json
+from .metrics import check_finite
 from .data.readers import DataError, read_text
 from .train import Trainer
 
@@ -182,7 +185,13 @@ def export_run(
             items = model.item_vectors()[1 : data.num_items].detach().cpu()
             if normalize:
                 items = F.normalize(items, dim=-1)
+        check_finite(items, f"{trainer.run_dir}: item vectors to export")
         np.save(stage / "item_embeddings.npy", items.numpy().astype(np.float32))
+        # the weights as safetensors: tensors only, read without unpickling anything
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(stage / "model.safetensors"), metadata={"model": cfg.model_name})
         raw = data.item_raw_ids[1:]
         id_frame = pl.DataFrame({"row": np.arange(len(raw)), "item_id": pl.Series([str(x) for x in raw])})
         if item_text is not None:
@@ -260,7 +269,9 @@ def read_manifest(export_dir: str | Path, verify: bool = True) -> dict:
     path = export_dir / MANIFEST
     if not path.exists():
         raise DataError(f"{export_dir}: no {MANIFEST}; not a recsys export (or an unfinished one)")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, "export manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise DataError(f"{path}: key 'files' missing; not a recsys export manifest")
     if verify:
         for name, spec in manifest["files"].items():
             f = export_dir / name

@@ -33,6 +33,7 @@ import torch
 from .data.batching import seen_items_csr
 from .data.readers import DataError
 from .export import eval_set_windows, read_manifest, user_vectors_for
+from .files import IntegrityError, read_json, sha256_of
 from .metrics import check_finite, ranking_metric_sums, ranks_under_policy
 
 INDEX_TYPES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
@@ -176,6 +177,7 @@ def save_index(index, kind: str, params: dict, export_dir: str | Path, out_dir: 
             "dimension": manifest["dimension"],
             "num_items": manifest["num_items"],
             "item_embeddings_sha256": manifest["files"]["item_embeddings.npy"]["sha256"],
+            "index_sha256": sha256_of(stage / "index.faiss"),  # checked before FAISS reads the file
         }
         (stage / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(stage, out_dir)
@@ -192,7 +194,15 @@ def load_index(index_dir: str | Path, export_dir: str | Path | None = None):
     meta_path = index_dir / "index.json"
     if not meta_path.exists():
         raise DataError(f"{index_dir}: no index.json; not a recsys index folder")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "index description")
+    missing = [k for k in ("type", "params", "export_dir", "model", "num_items", "item_embeddings_sha256",
+                           "index_sha256") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise DataError(f"{meta_path}: key {missing[0]!r} missing (an index from an older recsys: build it again)")
+    index_file = index_dir / "index.faiss"
+    if not index_file.is_file() or sha256_of(index_file) != meta["index_sha256"]:
+        raise IntegrityError(f"{index_file}: does not match the checksum recorded when the index was built "
+                             "(changed, truncated or missing): build it again")
     export_dir = Path(export_dir) if export_dir else (index_dir.parent / meta["export_dir"])
     manifest = read_manifest(export_dir)
     if manifest["files"]["item_embeddings.npy"]["sha256"] != meta["item_embeddings_sha256"]:

@@ -212,11 +212,15 @@ def _cached_sequences(name: str, settings: list, read, cfg: DataConfig, verbose:
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "prepared" / f"{name}-{key}"
     if (folder / "meta.json").exists():
-        seq = SequenceData.load(folder, mmap=True)
-        for line in seq.log:
-            if verbose:
-                print(line)
-        return seq
+        try:
+            seq = SequenceData.load(folder, mmap=True)
+        except (IntegrityError, DataError) as err:  # a cache: say so, then build it again from the source file
+            print(f"note: the prepared-data cache is not usable ({err}); preparing the data again", file=sys.stderr)
+        else:
+            for line in seq.log:
+                if verbose:
+                    print(line)
+            return seq
     seq = prepare_sequences(read(), min_rating=cfg.min_rating, dedupe=cfg.dedupe,
                             k_core_threshold=cfg.k_core, min_seq_len=MIN_EVENTS[cfg.split], verbose=verbose)
     try:

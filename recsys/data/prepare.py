@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ..files import sha256_of
 from .readers import SUBSECOND_ORDER, DataError, Interactions
 
 
@@ -69,7 +70,9 @@ class SequenceData:
                 np.save(stage / f"{name}.npy", getattr(self, name))
             pl.DataFrame({"user_id": self.user_raw_ids}).write_parquet(stage / "users.parquet")
             pl.DataFrame({"item_id": self.item_raw_ids[1:].tolist()}).write_parquet(stage / "items.parquet")
-            (stage / "meta.json").write_text(json.dumps({"has_timestamps": self.has_timestamps, "log": self.log}))
+            files = {f.name: sha256_of(f) for f in sorted(stage.iterdir())}  # checked by load()
+            (stage / "meta.json").write_text(json.dumps({"has_timestamps": self.has_timestamps, "log": self.log,
+                                                         "sha256": files}))
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(stage, folder)
@@ -79,10 +82,23 @@ class SequenceData:
 
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = True) -> "SequenceData":
-        """Read what :meth:`save` wrote; with ``mmap`` the arrays stay on disk and pages load on demand."""
+        """Read what :meth:`save` wrote, after checking every file against the sha256 recorded then
+        (:class:`recsys.files.IntegrityError` otherwise); with ``mmap`` the arrays stay on disk and pages
+        load on demand."""
+        from ..files import IntegrityError, read_json
+
         folder = Path(folder)
         mode = "r" if mmap else None
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = read_json(folder / "meta.json", "prepared-data cache")
+        recorded = meta.get("sha256") if isinstance(meta, dict) else None
+        if not isinstance(recorded, dict) or set(recorded) != {"item_ids.npy", "timestamps.npy", "seq_offsets.npy",
+                                                               "users.parquet", "items.parquet"}:
+            raise IntegrityError(f"{folder}: the cache records no checksums for its files")
+        for name, digest in recorded.items():
+            path = folder / name
+            if not path.is_file() or sha256_of(path) != digest:
+                raise IntegrityError(f"{path}: does not match the checksum recorded when the cache was written "
+                                     "(changed, truncated or missing)")
         items = pl.read_parquet(folder / "items.parquet")["item_id"].to_numpy().astype(object)
         return cls(
             item_ids=np.load(folder / "item_ids.npy", mmap_mode=mode),
@@ -155,6 +171,13 @@ def prepare_sequences(
         line = df.filter(pl.col("timestamp").is_null())["line"][0]
         raise DataError(f"{interactions.source}, line {line}: field 'timestamp' is empty")
     df = df.sort(sort_keys, maintain_order=True)
+
+    if interactions.has_timestamps:  # without times, two equal lines are two events in file order
+        exact = df.height - df.select(pl.struct("user_id", "item_id", "timestamp", "rating").n_unique()).item()
+        if exact:
+            what = "kept" if dedupe == "none" else f"dropped by dedupe={dedupe} below"
+            _say(log, f"{exact:,} exact duplicate rows (same user, item, time and rating): {what} "
+                      "(data.dedupe = 'first' keeps one of each repeated (user, item) pair)", verbose)
 
     if dedupe in ("first", "last"):
         before = df.height

@@ -159,6 +159,10 @@ def _finish(df: pl.DataFrame, source: str) -> Interactions:
         if df[col].null_count():
             line = df.filter(pl.col(col).is_null())["line"][0]
             raise DataError(f"{source}, line {line}: field '{col}' is empty")
+        if df[col].dtype.is_integer() and df.height and df[col].min() < 0:
+            bad = df.filter(pl.col(col) < 0)
+            raise DataError(f"{source}, line {bad['line'][0]}: field '{col}' is {bad[col][0]}: integer ids must be >= 0 "
+                            f"(a negative id usually marks a missing value; {bad.height:,} such lines)")
     return Interactions(frame=df, source=source, has_timestamps=has_ts)
 
 
@@ -339,6 +343,15 @@ def _parse_datetimes(out: pl.DataFrame, as_int: pl.Series, source: str, timestam
     except pl.exceptions.PolarsError:  # no format fits the values polars inferred it from: none is a date-time
         as_dt = pl.Series("timestamp", [None] * len(ts), dtype=pl.Datetime)
     neither = ts.is_not_null() & as_int.is_null() & as_dt.is_null()
+    # a UTC offset (Z, +02:00, -0500) at the end of some date-times and not of others: one kind per column
+    offset = ts.str.strip_chars().str.contains(r"(Z|[+-]\d{2}:?\d{2})$") & as_int.is_null()
+    if neither.any() and offset.any() and (~offset & as_int.is_null() & ts.is_not_null()).any():
+        line_offset = out.filter(offset)["line"][0]
+        line_naive = out.filter(~offset & as_int.is_null() & ts.is_not_null())["line"][0]
+        raise DataError(f"{source}, line {line_offset}: field 'timestamp' has a UTC offset "
+                        f"({out.filter(offset)['timestamp'][0]!r}) where line {line_naive} has none "
+                        f"({out.filter(pl.col('line') == line_naive)['timestamp'][0]!r}): give every time an offset, "
+                        "or none")
     if neither.any():
         row = out.filter(neither).row(0, named=True)
         raise DataError(f"{source}, line {row['line']}: field 'timestamp' is neither an integer nor a date-time: "

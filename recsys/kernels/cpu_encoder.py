@@ -40,6 +40,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -137,6 +138,44 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("RECSYS_CACHE", Path.home() / ".cache" / "recsys")) / "kernels"
 
 
+def _private_dir(folder: Path) -> Path:
+    """``folder``, created private (mode 700) if missing; refused (RuntimeError) unless it is a real folder
+    owned by this user that nobody else can write, and its parent either the same or sticky (like /tmp):
+    a library loaded from a folder others can write would run their code."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    for path, own in ((folder, True), (folder.parent, False)):
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            raise RuntimeError(f"{path} is not a folder")
+        writable_by_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if own and (info.st_uid != os.getuid() or writable_by_others):
+            raise RuntimeError(f"{path} is not a private folder of this user (owner uid {info.st_uid}, mode "
+                               f"{stat.S_IMODE(info.st_mode):o}); compiled kernels are only loaded from one "
+                               "(chmod 700 it, or set RECSYS_CACHE elsewhere)")
+        if not own and writable_by_others and not info.st_mode & stat.S_ISVTX:
+            raise RuntimeError(f"{path} can be written by other users, who could replace {folder.name}/; "
+                               "compiled kernels are not loaded from under it (set RECSYS_CACHE elsewhere)")
+    return folder
+
+
+def _hash_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _verified(target: Path) -> bool:
+    """Whether ``target`` exists and matches the sha256 recorded when it was built."""
+    from ..files import sha256_of
+
+    try:
+        return _hash_file(target).read_text().strip() == sha256_of(target)
+    except OSError:
+        return False
+
+
 def _cpu_signature() -> str:
     """The CPU's identity for the cache key (-march=native code must not run on another CPU)."""
     try:
@@ -172,9 +211,11 @@ def _compile() -> ctypes.CDLL:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, compiler.encode(), version.encode(), " ".join(FLAGS).encode(),
                                      platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"cpu_encoder-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
+    target = _private_dir(_cache_dir()) / f"cpu_encoder-{key}.so"
+    if target.exists() and not _verified(target):
+        warnings.warn(f"recsys: {target} does not match the hash recorded when it was built (damaged or "
+                      "replaced); rebuilding it", RuntimeWarning, stacklevel=3)
+    if not _verified(target):
         errors = []
         for arch in (["-march=native"], []):  # some compilers / targets have no -march=native
             fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
@@ -182,12 +223,19 @@ def _compile() -> ctypes.CDLL:
             result = subprocess.run([compiler, *FLAGS, *arch, "-o", tmp, str(SOURCE), "-lm"],
                                     capture_output=True, text=True, timeout=300)
             if result.returncode == 0:
-                os.replace(tmp, target)  # atomic: a concurrent process sees the old state or the whole file
+                # the hash first, then the library (each renamed atomically): a library is loaded only when
+                # it matches the hash recorded for it
+                from ..files import atomic_write_bytes, sha256_of
+
+                atomic_write_bytes(_hash_file(target), (sha256_of(Path(tmp)) + "\n").encode())
+                os.replace(tmp, target)
                 break
             os.unlink(tmp)
             errors.append(result.stderr.strip()[-2000:])
         else:
             raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {errors[-1]}")
+    if not _verified(target):  # changed between the build and now
+        raise RuntimeError(f"{target} does not match the hash recorded when it was built")
     lib = ctypes.CDLL(str(target))
     for name, args in (("recsys_encode_last", 8), ("recsys_rank_counts", 8), ("recsys_softmax_ce", 10),
                        ("recsys_keep_mask", 6), ("recsys_gelu", 5), ("recsys_ce_keeps_exponentials", 1),
