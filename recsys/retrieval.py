@@ -222,8 +222,8 @@ def evaluate_through_index(trainer, index, which: str = "test", ks: Sequence[int
     """HR@k / NDCG@k / MRR@k of a run's model when items come from ``index`` instead of the exact GEMM.
 
     Rank = position of the target in the index's top-K (K = max ks), or "beyond K" when it is missing:
-    every @k metric with k <= K is exact for the index's ranking. Items the index scores exactly like the
-    target count as the run's ``eval.tie_policy`` says, and targets that repeat a history item as its
+    every @k metric with k <= K is exact for the index's ranking. Listed items the index scores exactly
+    like the target count as the run's ``eval.tie_policy`` says (ties beyond the K listed are not seen), and targets that repeat a history item as its
     ``eval.repeat_targets`` says (as in the exact evaluator). Non-finite user or item vectors are an
     error. Compare with the exact evaluator to see what approximate search costs.
     """

@@ -262,3 +262,41 @@ def test_an_encoder_torch_export_cannot_capture_is_written_as_torchscript(monkey
     ids[0, -3:], ids[1] = torch.tensor([1, 2, 3]), torch.arange(5, 15)
     with torch.no_grad():
         torch.testing.assert_close(load_encoder(tmp_path, {"encoder": "torchscript"})(ids), model.user_vectors(ids))
+
+
+def test_an_altered_or_truncated_index_is_refused(trained, tmp_path, capsys):
+    """A shuffled index.faiss returned wrong items silently, a truncated one ended in a FAISS traceback."""
+    from safetensors.torch import load_file
+
+    from recsys.files import IntegrityError
+
+    model, _, _ = trained
+    export_dir = export_run(model.trainer, tmp_path / "export", users="none", encoder=False)
+    weights = load_file(str(export_dir / "model.safetensors"))  # plain tensors: nothing is unpickled
+    assert torch.equal(weights["item_embedding.weight"], model.model.item_embedding.weight.detach())
+    assert main(["index", "build", str(export_dir), "--type", "flat"]) == 0
+    index_file = export_dir / "index-flat" / "index.faiss"
+    original = index_file.read_bytes()
+    vectors = np.load(export_dir / "item_embeddings.npy")
+    faiss = pytest.importorskip("faiss")
+    shuffled = build_index(vectors[np.random.default_rng(0).permutation(len(vectors))], "flat")
+    for damaged in (faiss.serialize_index(shuffled).tobytes(), original[: len(original) // 2]):
+        index_file.write_bytes(damaged)
+        with pytest.raises(IntegrityError, match="does not match the checksum"):
+            load_index(export_dir / "index-flat")
+        assert main(["retrieve", str(export_dir / "index-flat"), "--history", "i1,i2", "-k", "3"]) == 2
+        assert "index.faiss: does not match" in capsys.readouterr().err
+    index_file.write_bytes(original)
+    load_index(export_dir / "index-flat")
+
+
+def test_the_index_path_counts_ties_and_refuses_non_finite_vectors(trained):
+    model, _, _ = trained
+    trainer = model.trainer
+    vectors = np.zeros((40, 16), np.float32)  # every item scored alike
+    out = evaluate_through_index(trainer, build_index(vectors, "flat"), "test", ks=(1, 10), exclude_seen=False)
+    # the index lists 10 items, all tied: a listed target's rank is uniform over 1..10, not 1
+    assert 0 < out["hr@10"] < 1 and out["hr@1"] == pytest.approx(out["hr@10"] / 10)
+    assert out["tie_policy"] == "expected"
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        build_index(np.full((40, 16), np.nan, np.float32), "flat")

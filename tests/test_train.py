@@ -142,6 +142,7 @@ def test_resume_may_change_the_schedule_but_not_the_model(tmp_path):
     assert json.loads((tmp_path / "r" / "final_metrics.json").read_text())["epochs_run"] == 2
     other = _run(_train_cmd(tmp_path / "r", ["--resume"]) + ["--set", "model.hidden_dim=8"])
     assert other.returncode == 2 and "another configuration" in other.stderr
+    assert "model.hidden_dim: 16 -> 8" in other.stderr  # each changed key, old and new
 
 
 @needs_data("ml-100k")
@@ -296,3 +297,92 @@ def test_packed_training_forward_gives_the_padded_epoch(tmp_path):
         epochs[packed] = trainer.train_epoch()
     assert epochs[True]["train_targets"] == epochs[False]["train_targets"] > 0
     assert epochs[True]["train_loss"] == pytest.approx(epochs[False]["train_loss"], rel=1e-4)
+
+
+@needs_data("ml-100k")
+def test_a_diverging_run_stops_naming_epoch_and_step(tmp_path):
+    """lr = 1e6 made the loss NaN; before, the run went on and reported HR@10 = 1.0 with exit code 0."""
+    run = _run(_train_cmd(tmp_path / "r") + ["--set", "train.lr=1e6", "--set", "train.epochs=2"])
+    assert run.returncode == 2, run.stderr
+    assert "became nan at epoch 1, step" in run.stderr or "became inf at epoch 1, step" in run.stderr
+    assert not (tmp_path / "r" / "final_metrics.json").exists()
+    log = (tmp_path / "r" / "train.log").read_text()  # the error is in the run's own record too
+    assert "TrainingDivergedError" in log
+
+
+@needs_data("ml-100k")
+def test_skipping_non_finite_steps_is_an_option(tmp_path, monkeypatch):
+    from recsys import train
+    from recsys.config import load_recipe
+
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", SMALL + ["train.epochs=1", "train.nonfinite=skip"])
+    trainer = train.Trainer(cfg, tmp_path / "r", data=train.prepare_data(cfg.data, verbose=False), progress=False)
+    real_loss, calls = train.next_item_loss, []
+
+    def sometimes_nan(*args, **kwargs):  # every third step's loss is NaN
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) % 3 == 0 else loss
+
+    monkeypatch.setattr(train, "next_item_loss", sometimes_nan)
+    record = trainer.train_epoch()
+    assert record["skipped_steps"] == len(calls) // 3 and record["skipped_steps"] > 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert np.isfinite(record["train_loss"])
+    cfg.train.nonfinite = "stop"
+    calls.clear()
+    with pytest.raises(train.TrainingDivergedError, match=r"epoch 1, step 3 of"):
+        trainer.train_epoch()
+
+
+@needs_data("ml-100k")
+def test_a_run_keeps_its_log_and_environment_under_quiet(tmp_path):
+    run = _run(_train_cmd(tmp_path / "r") + ["--set", "train.epochs=1"])
+    assert run.returncode == 0, run.stderr
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "epoch   1" in log and "test (best epoch 1 of 1)" in log and "ties: expected" in log
+    assert "epoch   1" not in run.stdout  # --quiet silenced the terminal, not the log
+    env = json.loads((tmp_path / "r" / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["data"]["sha256"] and env["config"]["train"]["epochs"] == 1
+    assert env["threads"] == 1 and "python" in env and "machine" in env
+
+
+@needs_data("ml-100k")
+def test_a_damaged_best_checkpoint_is_refused_by_evaluate(tmp_path):
+    from recsys.cli import main
+
+    run = _run(_train_cmd(tmp_path / "r") + ["--set", "train.epochs=1"])
+    assert run.returncode == 0, run.stderr
+    best = tmp_path / "r" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    state["model"]["item_embedding.weight"].zero_()  # the digest kept, the table zeroed
+    torch.save(state, best)
+    ev = _run([sys.executable, "-m", "recsys.cli", "evaluate", str(tmp_path / "r")])
+    assert ev.returncode == 2 and "does not match the hash recorded" in ev.stderr
+    (tmp_path / "r" / "config.json").write_text("{not json")
+    assert main(["evaluate", str(tmp_path / "r")]) == 2
+
+
+@needs_data("ml-100k")
+def test_a_damaged_prepared_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, capsys):
+    from recsys import train
+    from recsys.config import DataConfig
+
+    monkeypatch.setenv("RECSYS_CACHE", str(tmp_path / "cache"))
+    cfg = DataConfig(dataset="ml-100k")
+    first = train.prepare_data(cfg, verbose=False)
+    (folder,) = (tmp_path / "cache" / "prepared").iterdir()
+    items = folder / "item_ids.npy"
+    for damage in ("truncate", "alter"):
+        data = bytearray(items.read_bytes())
+        if damage == "truncate":
+            items.write_bytes(bytes(data[: len(data) // 2]))
+        else:
+            data[-8:] = (7).to_bytes(8, "little")  # the last event's item id changed
+            items.write_bytes(bytes(data))
+        capsys.readouterr()
+        again = train.prepare_data(cfg, verbose=False)
+        assert "prepared-data cache is not usable" in capsys.readouterr().err
+        assert np.array_equal(np.asarray(again.split.data.item_ids), np.asarray(first.split.data.item_ids))
+    train.prepare_data(cfg, verbose=False)  # rebuilt: read quietly from the cache again
+    assert "not usable" not in capsys.readouterr().err

@@ -213,8 +213,9 @@ def _compile() -> ctypes.CDLL:
                                      platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
     target = _private_dir(_cache_dir()) / f"cpu_encoder-{key}.so"
     if target.exists() and not _verified(target):
-        warnings.warn(f"recsys: {target} does not match the hash recorded when it was built (damaged or "
-                      "replaced); rebuilding it", RuntimeWarning, stacklevel=3)
+        why = ("does not match the hash recorded when it was built (damaged or replaced)"
+               if _hash_file(target).exists() else "has no recorded hash")
+        warnings.warn(f"recsys: {target} {why}; rebuilding it", RuntimeWarning, stacklevel=3)
     if not _verified(target):
         errors = []
         for arch in (["-march=native"], []):  # some compilers / targets have no -march=native

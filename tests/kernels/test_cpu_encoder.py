@@ -1,4 +1,5 @@
 """The fused CPU encoder kernel against its PyTorch reference and against the models' own PyTorch path."""
+import os
 import shutil
 import sys
 import warnings
@@ -445,3 +446,42 @@ def test_ranker_counts_ties_as_the_score_matrix_does():
     assert int(ties.sum()) > 1000
     got_above, got_ties = cpu_encoder.ItemRanker(padded, V).counts(users, targets, (rows, seen))
     assert torch.equal(got_above, above) and torch.equal(got_ties, ties)
+
+
+CHECK = "from recsys.kernels import cpu_encoder; print('kernel', cpu_encoder.available())"
+
+
+def _kernel_run(cache):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "RECSYS_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-W", "always", "-c", CHECK], capture_output=True, text=True, cwd=REPO,
+                           env=env, timeout=600)
+
+
+def test_a_truncated_compiled_kernel_is_rebuilt_not_loaded(tmp_path):
+    """A truncated library in the cache killed every command with a bus error; now its hash is checked first."""
+    import shutil
+
+    assert cpu_encoder.available()
+    built = sorted(cpu_encoder._cache_dir().glob("cpu_encoder-*.so"))
+    assert built and all(cpu_encoder._verified(p) for p in built)
+    shutil.copytree(cpu_encoder._cache_dir(), tmp_path / "kernels")
+    for so in (tmp_path / "kernels").glob("*.so"):
+        so.write_bytes(so.read_bytes()[:4096])
+    run = _kernel_run(tmp_path)
+    assert run.returncode == 0 and "kernel True" in run.stdout, run.stderr
+    assert "does not match the hash recorded" in run.stderr and "rebuilding" in run.stderr
+    assert all(cpu_encoder._verified(p) for p in (tmp_path / "kernels").glob("*.so"))
+
+
+def test_kernels_are_never_loaded_from_a_folder_others_can_write(tmp_path):
+    (tmp_path / "kernels").mkdir(mode=0o700)
+    os.chmod(tmp_path / "kernels", 0o777)
+    run = _kernel_run(tmp_path)
+    assert run.returncode == 0 and "kernel False" in run.stdout
+    assert "not a private folder" in run.stderr and "using the PyTorch path" in run.stderr
+    assert not list((tmp_path / "kernels").glob("*.so"))
