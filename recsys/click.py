@@ -29,7 +29,7 @@ from .data.ctr import CTRData, CTRSamples, build_ctr_data, ctr_batch, item_categ
 from .data.prepare import prepare_sequences
 from .metrics import auc, gauc, logloss, mean_and_spread
 from .models.ctr_base import CTR_MODELS, build_ctr_model, click_loss
-from .train import atomic_write_json
+from .train import TrainingDivergedError, atomic_write_json
 
 
 @dataclass
@@ -168,6 +168,10 @@ def train_one_seed(cfg: ClickRunConfig, ctr: CTRData, seed: int, progress: bool 
             batch = ctr_batch(ctr, ctr.train, order[b : b + cfg.train.batch_size])
             logits, _ = model(batch["history"], batch["history_categories"], batch["target"], batch["target_category"])
             loss = click_loss(logits, batch["label"])
+            if not bool(torch.isfinite(loss.detach())):  # a diverged run stops; it never reports numbers
+                raise TrainingDivergedError(f"{cfg.model_name}, seed {seed}: the loss became {float(loss)} at epoch "
+                                            f"{epoch}, step {b // cfg.train.batch_size + 1} of {len(steps)} "
+                                            f"(train.lr={cfg.train.lr}); lower train.lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 
 import numpy as np
 import polars as pl
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .data.cards import cache_dir
 from .data.prepare import SequenceData
+from .files import atomic_write_bytes, sha256_of
 
 ATTRIBUTES = ("title", "genres", "brand", "category")  # in this order, where the catalogue has them
 
@@ -51,8 +53,15 @@ def encode_sentences(sentences: list[str | None], batch_size: int = 256, max_tok
     """[N, 384] MiniLM sentence vectors (zeros for None), cached by content."""
     key = hashlib.sha256(json.dumps([sentences, max_tokens, "all-MiniLM-L6-v2"]).encode()).hexdigest()[:20]
     path = cache_dir() / "text" / f"{key}.npy"
+    digest_path = path.with_name(path.name + ".sha256")  # written with the vectors, checked before use
     if path.exists():
-        return np.load(path)
+        try:
+            if digest_path.read_text().strip() == sha256_of(path):
+                return np.load(path)
+        except (OSError, ValueError):
+            pass
+        print(f"note: the cached text vectors {path} do not match their recorded checksum; encoding again",
+              file=sys.stderr)
     from .models.minilm import load_minilm
 
     model, tokenizer = load_minilm()
@@ -69,6 +78,7 @@ def encode_sentences(sentences: list[str | None], batch_size: int = 256, max_tok
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npy")
     np.save(tmp, out)
+    atomic_write_bytes(digest_path, (sha256_of(tmp) + "\n").encode())
     tmp.replace(path)
     return out
 
