@@ -361,6 +361,23 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             ratio = "—" if (partial and name.startswith("test")) else f"{v['ours'] / v['recbole']:.2f}x"
             out.append(f"| {name} | {v['ours']:,.4g} | {v['recbole']:,.4g} | {ratio} |")
         out += ["", _command(r), ""]
+    policies = [r for r in records if r["kind"] == "tie_policy"]
+    if policies:
+        out += ["## Tie and repeat-target policies on trained models (one checkpoint, test split)", "",
+                "The same best checkpoint evaluated under each `eval.tie_policy` and `eval.repeat_targets`; "
+                "the defaults are expected / exclude. \"users with ties\": test users with at least one item "
+                "scored exactly like their target.", "",
+                "| date | dataset | model | ties | repeat targets | HR@10 | NDCG@10 | MRR | users with ties (in top 10) "
+                "| repeat targets | machine | commit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in policies:
+            for row in r["rows"]:
+                ties = (f"{row['users_with_ties']:,} ({row['users_with_ties_in_top10']:,})"
+                        if "users_with_ties" in row else "")
+                out.append(f"| {r['date']} | {r['dataset']['dataset']} | {r['model']} | {row['tie_policy']} | "
+                           f"{row['repeat_targets']} | {row['hr@10']:.6f} | {row['ndcg@10']:.6f} | {row['mrr']:.6f} | "
+                           f"{ties} | {r['repeat_targets']:,} of {r['num_users']:,} | {_machine_short(r['machine'])} | "
+                           f"{r['commit']} |")
+        out += [""] + [_command(r) for r in policies] + [""]
     scale = [r for r in records if r["kind"] == "eval_scale"]
     if scale:
         out += ["## Full-ranking evaluation at catalogue scale", "",
