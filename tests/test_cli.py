@@ -220,3 +220,10 @@ def test_a_log_filtered_to_nothing_says_which_filter(tmp_path, capsys):
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run2"), "--quiet",
                  "--set", "eval.sampled_negatives=5"]) == 2
     assert "eval.sampled_negatives=5: the catalogue has 3 items" in capsys.readouterr().err
+
+
+def test_data_info_on_a_missing_path_or_a_folder_says_so(tmp_path, capsys):
+    assert main(["data", "info", str(tmp_path / "events.csv")]) == 2
+    assert "events.csv: file not found" in capsys.readouterr().err
+    assert main(["data", "info", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -386,3 +386,18 @@ def test_a_damaged_prepared_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, 
         assert np.array_equal(np.asarray(again.split.data.item_ids), np.asarray(first.split.data.item_ids))
     train.prepare_data(cfg, verbose=False)  # rebuilt: read quietly from the cache again
     assert "not usable" not in capsys.readouterr().err
+
+
+def test_a_second_train_on_the_same_run_dir_fails_at_once(tmp_path):
+    hold = ("import sys, time\nfrom recsys.files import RunLock\nwith RunLock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "r")], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = _run(_train_cmd(tmp_path / "r"))
+        assert second.returncode == 2 and f"in use by pid {holder.pid}" in second.stderr
+        assert not (tmp_path / "r" / "config.json").exists()  # nothing of the second run was written
+    finally:
+        holder.kill()
+        holder.wait()

@@ -82,3 +82,13 @@ def test_save_and_memory_mapped_load(tmp_path):
         assert np.array_equal(getattr(again, name), getattr(seq, name))
     assert list(again.item_raw_ids) == list(seq.item_raw_ids) and list(again.user_raw_ids) == [1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]  # no temporary folder left
+
+
+def test_exact_duplicate_rows_are_counted_not_silently_kept(capsys):
+    df = pl.DataFrame({"u": [1, 1, 1, 1, 2, 2], "i": [5, 6, 6, 6, 5, 7], "t": [1, 2, 2, 2, 1, 3]})
+    seq = prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}))
+    assert "2 exact duplicate rows (same user, item, time and rating): kept" in capsys.readouterr().out
+    assert seq.num_interactions == 6 and any("exact duplicate" in line for line in seq.log)
+    prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), dedupe="first")
+    out = capsys.readouterr().out
+    assert "dropped by dedupe=first" in out and "dropped 2 repeated (user, item) pairs" in out

@@ -242,3 +242,17 @@ def test_scientific_item_text_has_every_attribute():
     assert items["brand"].null_count() == 0 and items["category"].null_count() == 0
     # named by UniSRec's item index (Scientific.item2index), as the sequences name them
     assert sorted(items["item_id"].cast(int).to_list()) == list(range(4385))
+
+
+def test_negative_integer_ids_are_an_error_naming_the_line(tmp_path):
+    p = tmp_path / "u.data"
+    p.write_text("1\t10\t5\t100\n-3\t11\t4\t101\n2\t12\t3\t102\n")
+    with pytest.raises(DataError, match=r"u.data, line 2: field 'user_id' is -3: integer ids must be >= 0"):
+        read_movielens_100k(p)
+
+
+def test_mixed_utc_offsets_and_naive_times_are_named(tmp_path):
+    p = tmp_path / "log.csv"
+    p.write_text("u,i,t\na,x,2024-01-01T10:00:00+02:00\na,y,2024-01-01T11:00:00+02:00\nb,x,2024-01-01 12:00:00\n")
+    with pytest.raises(DataError, match=r"log.csv, line 2: field 'timestamp' has a UTC offset .* where line 4 has none"):
+        read_table(p, {"user_id": "u", "item_id": "i", "timestamp": "t"})
