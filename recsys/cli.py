@@ -119,7 +119,7 @@ def cmd_train(args) -> int:
         try:
             return _train_runs(args, cfg, seeds, run_dirs, commit, log)
         except Exception as err:  # the terminal gets it from main(); the log keeps it too
-            log.file.write(f"error: {type(err).__name__}: {err}\n")
+            log.write(f"error: {type(err).__name__}: {err}\n")
             raise
 
 

@@ -213,11 +213,11 @@ class _Tee(io.TextIOBase):
     """Writes to the terminal stream (unless muted) and to the log; progress-bar redraws (carriage
     returns, terminal escapes) go to the terminal only."""
 
-    def __init__(self, terminal: TextIO, log: TextIO, owner: "RunLog"):
+    def __init__(self, terminal: TextIO, log: TextIO, owner: "RunLog | None"):
         self.terminal, self.log, self.owner = terminal, log, owner
 
     def write(self, text: str) -> int:
-        if not self.owner.muted:
+        if self.owner is None or not self.owner.muted:
             self.terminal.write(text)
         if "\r" not in text and "\x1b[" not in text:
             self.log.write(text)
@@ -235,25 +235,47 @@ class _Tee(io.TextIOBase):
         return self.terminal.fileno()
 
 
+_logging: set[Path] = set()  # the run logs open in this process
+
+
 class RunLog:
     """Inside ``with RunLog(path, muted=...)``, what is printed to stdout and stderr is appended to
-    ``path`` too; ``muted`` silences the terminal only (``--quiet``), and can be changed on the way."""
+    ``path`` too; ``muted`` silences stdout on the terminal only (``--quiet``; warnings on stderr still
+    show), and can be changed on the way. Opening a log that is already open in this process does
+    nothing (``active`` is then False); logs of different paths nest, the inner one writing through
+    the outer."""
 
     def __init__(self, path: str | Path, muted: bool = False):
         self.path, self.muted = Path(path), muted
+        self.active = False
 
     def __enter__(self) -> "RunLog":
+        key = self.path.resolve()
+        if key in _logging:
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.path, "a", encoding="utf-8")
         self.file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {' '.join(sys.argv)}\n")
         self.saved = sys.stdout, sys.stderr
         sys.stdout = _Tee(self.saved[0], self.file, self)
-        sys.stderr = _Tee(self.saved[1], self.file, self)
+        sys.stderr = _Tee(self.saved[1], self.file, None)
+        _logging.add(key)
+        self.active = True
         return self
 
     def __exit__(self, *exc) -> None:
+        if not self.active:
+            return
         sys.stdout, sys.stderr = self.saved
         self.file.close()
+        _logging.discard(self.path.resolve())
+        self.active = False
+
+    def write(self, text: str) -> None:
+        """Into the log only."""
+        if self.active:
+            self.file.write(text)
+            self.file.flush()
 
     def say(self, *args, **kwargs) -> None:
         """``print`` to the terminal even when muted (and to the log)."""

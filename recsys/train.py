@@ -34,7 +34,7 @@ from .config import ConfigError, DataConfig, RunConfig, config_from_dict
 from .data.batching import cloze_inputs, iter_train_batches, jagged_take, train_users
 from .data.cards import cache_dir, check_counts, locate_dataset, sha256_of
 from .files import (
-    IntegrityError, RunLock, atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint, read_json,
+    IntegrityError, RunLock, RunLog, atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint, read_json,
 )
 from .data.prepare import SequenceData, prepare_sequences
 from .data.readers import READERS, DataError, Interactions, read_table
@@ -534,8 +534,19 @@ class Trainer:
         locked for the whole time (:class:`recsys.files.RunLock`): a second writer fails at once."""
         if not distributed.is_main():
             return self._fit(resume)
-        with RunLock(self.run_dir):
-            return self._fit(resume)
+        # the run's own train.log: what it prints, the terminal muted unless verbose (the CLI's log of the
+        # same folder, when it has one open, already holds the data preparation's lines)
+        with RunLock(self.run_dir), RunLog(self.run_dir / "train.log", muted=not self.verbose) as log:
+            if log.active:
+                info = self.data.info
+                log.write("".join(f"{line}\n" for line in self.split.data.log)
+                          + f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, "
+                            f"{info['interactions']:,} interactions; split {self.cfg.data.split}\n")
+            try:
+                return self._fit(resume)
+            except Exception as err:
+                log.write(f"error: {type(err).__name__}: {err}\n")
+                raise
 
     def _fit(self, resume: bool) -> dict:
         cfg = self.cfg
@@ -578,8 +589,7 @@ class Trainer:
             if main:
                 self._write_log()
                 atomic_torch_save(self._state(), last)
-                if self.verbose:
-                    self._print_epoch(record, metric)
+                self._print_epoch(record, metric)  # to train.log; to the terminal unless muted
             distributed.barrier()  # every rank sees this epoch's files before going on
         if has_valid and cfg.train.patience and self.bad_epochs >= cfg.train.patience:
             stopped_early = True

@@ -97,7 +97,11 @@ def test_the_run_log_keeps_what_a_muted_terminal_does_not_show(tmp_path, capsys)
         print("warning: something", file=sys.stderr)
         sys.stderr.write("\rbar 10%")  # a progress-bar redraw: terminal only
         log.say("results")
+        with RunLog(tmp_path / "train.log") as again:  # already open: nothing is written twice
+            assert not again.active
+            print("once")
     out = capsys.readouterr()
-    assert out.out == "results\n" and "warning" not in out.err
+    assert out.out == "results\n" and "warning: something" in out.err  # muted: stdout only
     text = (tmp_path / "train.log").read_text()
     assert "dropped 3 users" in text and "warning: something" in text and "results" in text and "bar 10%" not in text
+    assert text.count("once") == 1

@@ -401,3 +401,17 @@ def test_a_second_train_on_the_same_run_dir_fails_at_once(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+@needs_data("ml-100k")
+def test_a_python_api_run_keeps_its_log_too(tmp_path, capsys):
+    from recsys import train
+    from recsys.config import load_recipe
+
+    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", SMALL + ["train.epochs=1"])
+    trainer = train.Trainer(cfg, tmp_path / "r", data=train.prepare_data(cfg.data, verbose=False), progress=False)
+    trainer.fit()
+    assert "epoch   1" not in capsys.readouterr().out  # quiet on the terminal
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "epoch   1  loss" in log and "ml-100k: 943 users, 1,682 items" in log  # the epochs and the data
+    assert (tmp_path / "r" / "env.json").exists()
