@@ -1,5 +1,5 @@
 """Causal softmax attention on CPU: SDPA (its flash kernel, ``is_causal``) against full masked attention
-and ``recsys.models.sasrec.chunked_causal_attention`` (what SASRec uses on CPU), forward, no gradient.
+and ``recsys.models.layers.attention.chunked_causal_attention`` (what SASRec uses on CPU), forward, no gradient.
 
     python benchmarks/attention_cpu.py [--threads 2] [--log-results]
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cpu_gemm import median_seconds  # benchmarks/ is the script's folder: on sys.path
-from recsys.models.sasrec import chunked_causal_attention
+from recsys.models.layers.attention import chunked_causal_attention
 from recsys.results import append_record, benchmark_command, make_record
 
 

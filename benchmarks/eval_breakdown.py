@@ -31,7 +31,7 @@ import time
 import torch
 
 import recsys.evaluation as evaluation
-import recsys.models.sasrec as sasrec
+import recsys.models.layers.attention as attention_module
 from flops import count_flops  # benchmarks/ is the script's folder: on sys.path
 from recsys.config import load_recipe
 from recsys.results import append_record, benchmark_command, make_record
@@ -84,19 +84,19 @@ def pytorch_path(model):
 @contextlib.contextmanager
 def attention_skipped(calls: list[int]):
     """Every all-position attention returns a copy of its queries ([B, H, L, d]); counts the calls."""
-    saved = {name: getattr(sasrec, name) for name in ATTENTION_FUNCTIONS}
+    saved = {name: getattr(attention_module, name) for name in ATTENTION_FUNCTIONS}
 
     def skip(q, *args, **kwargs):
         calls[0] += 1
         return q.clone()
 
     for name in ATTENTION_FUNCTIONS:
-        setattr(sasrec, name, skip)
+        setattr(attention_module, name, skip)
     try:
         yield
     finally:
         for name, fn in saved.items():
-            setattr(sasrec, name, fn)
+            setattr(attention_module, name, fn)
 
 
 def main(argv=None) -> int:

@@ -12,14 +12,14 @@ history and its hidden state scores the next item.
 What differs from the paper:
 - The loss is the recipe's (full cross-entropy by default, as in the paper and in Klenitskiy &
   Vasilev 2023); scores use the item embeddings (tied output, no extra output bias or projection).
-- Pre-LayerNorm blocks shared with our SASRec (GELU feed-forward), positions counted from the end;
+- Pre-LayerNorm blocks (:mod:`recsys.models.layers`, GELU feed-forward), positions counted from the end;
   as in BERT (and the paper's code) no dropout between the feed-forward network's two layers, only
   after it, after attention and on the attention weights.
   On CPU the attention runs in groups of rows of similar length, each on its own square
-  (:func:`recsys.models.sasrec.grouped_bidirectional_attention`; exact): with ML-1M's lengths of
+  (:func:`recsys.models.layers.attention.grouped_bidirectional_attention`; exact): with ML-1M's lengths of
   20-200 in one batch that halves the scores, softmax and dropout draws of the full [L, L] grid. In
   training each group is gathered from the packed rows and written back to them
-  (:func:`recsys.models.sasrec.grouped_packed_attention`): ML-1M epoch 4.05-4.15 -> 3.70-3.87 s.
+  (:func:`recsys.models.layers.attention.grouped_packed_attention`), which skips the padding.
 - The masking lives in the data pipeline (:func:`recsys.data.batching.cloze_inputs`), seeded per epoch
   like the rest of the training data, so runs are reproducible and resumable.
 """
@@ -33,7 +33,7 @@ from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .sasrec import Block, FusedCPUInference, SASRecConfig, fused_last_hidden, grid_inputs, run_blocks
+from .layers import Block, FusedCPUInference, fused_last_hidden, grid_inputs, run_blocks
 
 
 @dataclass
@@ -61,11 +61,9 @@ class BERT4Rec(FusedCPUInference, SequentialEncoder):
         self.item_embedding = nn.Embedding(num_items + 1, cfg.hidden_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         self.emb_dropout = Dropout(cfg.dropout)
-        block_cfg = SASRecConfig(
-            max_seq_len=cfg.max_seq_len, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
-            ffn_dim=cfg.ffn_dim or 4 * cfg.hidden_dim, dropout=cfg.dropout, ffn_inner_dropout=False,
-        )
-        self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.num_blocks))
+        # BERT's blocks: a feed-forward network 4x wide, no dropout between its two layers
+        self.blocks = nn.ModuleList(Block(cfg.hidden_dim, cfg.num_heads, cfg.dropout, cfg.ffn_dim or 4 * cfg.hidden_dim,
+                                          inner_dropout=False) for _ in range(cfg.num_blocks))
         self.final_ln = nn.LayerNorm(cfg.hidden_dim)
         for emb in (self.item_embedding, self.position_embedding):
             nn.init.normal_(emb.weight, std=cfg.init_std)

@@ -45,7 +45,7 @@ from torch import nn
 from ..kernels.hstu_attention import hstu_attention, hstu_attention_last, time_buckets
 from ..kernels.onednn import Linear
 from .base import SequentialEncoder, padding_and_positions, register
-from .sasrec import exporting
+from .layers import exporting
 from .dropout import Dropout
 
 NUM_TIME_BUCKETS = 129

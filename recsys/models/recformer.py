@@ -25,7 +25,7 @@ from torch import nn
 
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .sasrec import Block, SASRecConfig, grid_inputs, run_blocks
+from .layers import Block, grid_inputs, run_blocks
 
 
 @dataclass
@@ -55,9 +55,7 @@ class Recformer(SequentialEncoder):
         self.item_position = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         nn.init.normal_(self.item_position.weight, std=cfg.init_std)
         self.emb_dropout = Dropout(cfg.dropout)
-        block_cfg = SASRecConfig(max_seq_len=cfg.max_seq_len, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
-                                 dropout=cfg.dropout)
-        self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.num_blocks))
+        self.blocks = nn.ModuleList(Block(cfg.hidden_dim, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_blocks))
         self.final_ln = nn.LayerNorm(cfg.hidden_dim)
 
     def set_item_text(self, vectors: torch.Tensor) -> None:

@@ -186,7 +186,7 @@ def test_models_user_vectors_equal_their_pytorch_path(name, kw):
 def test_training_gradients_and_decoupled_tables_keep_the_pytorch_path():
     m = build_model("sasrec", {"max_seq_len": 8, "hidden_dim": 16, "num_heads": 1, "dropout": 0.0}, 30)
     ids = torch.tensor([[0, 0, 3, 4, 5]])
-    from recsys.models.sasrec import fused_last_hidden
+    from recsys.models.layers import fused_last_hidden
 
     assert fused_last_hidden(m, ids, True) is None  # training mode
     m.eval()

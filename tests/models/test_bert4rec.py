@@ -70,12 +70,12 @@ def test_overfits_eight_sequences_by_cloze():
 
 @pytest.mark.parametrize("dense", [False, True])  # dense: computed in the grid layout (GridRows)
 def test_user_vectors_of_a_padded_batch_equal_the_full_forward(dense):
-    from recsys.models import sasrec
+    from recsys.models.layers import packing
 
     m = _model()
     ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 7]])
     if dense:
         ids = torch.tensor([[0, 5, 3, 4], [1, 2, 3, 4], [9, 8, 6, 7], [0, 1, 2, 3]])
     with_mask = torch.cat([ids, torch.full((len(ids), 1), 30)], dim=1)
-    assert ((with_mask != 0).sum() >= sasrec.GRID_MIN_REAL_SHARE * with_mask.numel()) == dense
+    assert ((with_mask != 0).sum() >= packing.GRID_MIN_REAL_SHARE * with_mask.numel()) == dense
     torch.testing.assert_close(m.user_vectors(ids), m(with_mask)[:, -1], rtol=1e-5, atol=1e-6)

@@ -101,7 +101,7 @@ def test_decoupled_attention_table_only_steers_attention():
 
 @pytest.mark.parametrize("length,chunk", [(70, 32), (64, 32), (5, 32), (33, 1)])
 def test_chunked_causal_attention_equals_sdpa_with_gradients(length, chunk):
-    from recsys.models.sasrec import chunked_causal_attention
+    from recsys.models.layers.attention import chunked_causal_attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 2, length, 8, requires_grad=True) for _ in range(3))  # [B, H, L, d]
@@ -112,7 +112,7 @@ def test_chunked_causal_attention_equals_sdpa_with_gradients(length, chunk):
 
 
 def test_training_attention_dropout_is_unbiased_and_causal():
-    from recsys.models.sasrec import CausalSelfAttention, Packing
+    from recsys.models.layers import CausalSelfAttention, Packing
 
     torch.manual_seed(0)
     attn = CausalSelfAttention(16, 2, dropout=0.5)
@@ -140,7 +140,7 @@ def test_training_attention_dropout_is_unbiased_and_causal():
 @pytest.mark.parametrize("kw", [{}, {"attention_table_dim": 8}, {"num_blocks": 3}])
 @pytest.mark.parametrize("dense", [False, True])  # dense: computed in the grid layout (GridRows)
 def test_user_vectors_compute_the_last_block_for_the_last_position_only(kw, dense):
-    from recsys.models import sasrec
+    from recsys.models.layers import packing
 
     torch.manual_seed(0)
     cfg = SASRecConfig(**{"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.0, **kw})
@@ -148,14 +148,14 @@ def test_user_vectors_compute_the_last_block_for_the_last_position_only(kw, dens
     ids = torch.tensor([[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9]])
     if dense:
         ids = torch.tensor([[0, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6], [8, 9, 10, 11, 12, 13], [0, 0, 2, 4, 6, 8]])
-    grid = (ids != 0).sum() >= sasrec.GRID_MIN_REAL_SHARE * ids.numel()
+    grid = (ids != 0).sum() >= packing.GRID_MIN_REAL_SHARE * ids.numel()
     assert grid == dense
     torch.testing.assert_close(m.user_vectors(ids), m(ids)[:, -1], rtol=1e-5, atol=1e-6)
     assert m(ids, last_only=True).shape == (len(ids), 1, 16)
 
 
 def test_grid_rows_layout():
-    from recsys.models.sasrec import GridRows, Packing, items_first_order
+    from recsys.models.layers.packing import GridRows, Packing, items_first_order
 
     item_ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0], [0, 0, 0, 7]])
     not_pad = (item_ids != 0)[..., None]
@@ -171,7 +171,7 @@ def test_grid_rows_layout():
 
 
 def test_packing_round_trip_and_last_rows():
-    from recsys.models.sasrec import Packing
+    from recsys.models.layers import Packing
 
     item_ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0], [0, 0, 0, 7]])
     not_pad = (item_ids != 0)[..., None]
@@ -188,7 +188,7 @@ def test_packing_round_trip_and_last_rows():
 
 
 def test_packing_rounds_rows_up_to_few_sizes():
-    from recsys.models.sasrec import Packing, bucket_size
+    from recsys.models.layers.packing import Packing, bucket_size
 
     sizes = [bucket_size(n) for n in range(1, 5000)]
     assert all(n <= b <= max(16, n * 1.125) for n, b in zip(range(1, 5000), sizes))
@@ -208,7 +208,7 @@ def test_packing_rounds_rows_up_to_few_sizes():
 
 
 def test_packing_without_padding_is_a_view():
-    from recsys.models.sasrec import Packing
+    from recsys.models.layers import Packing
 
     item_ids = torch.arange(1, 13).view(3, 4)
     packing = Packing((item_ids != 0)[..., None])
@@ -257,7 +257,7 @@ def test_a_padded_row_equals_the_same_history_alone(name):
 
 
 def test_packing_attention_grid_puts_items_first():
-    from recsys.models.sasrec import Packing
+    from recsys.models.layers import Packing
 
     item_ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0], [0, 0, 0, 7]])
     packing = Packing((item_ids != 0)[..., None])
@@ -363,8 +363,9 @@ def test_grouped_packed_attention_equals_the_grid_version_with_gradients(groups,
     """Training's attention straight from the packed rows equals the grid version (to_grid, then
     grouped_bidirectional_attention or chunked_causal_attention, from_grid) in values and gradients,
     an empty row included."""
-    from recsys.models.sasrec import (Packing, chunked_causal_attention, grouped_bidirectional_attention,
-                                      grouped_packed_attention)
+    from recsys.models.layers.attention import (
+        Packing, chunked_causal_attention, grouped_bidirectional_attention, grouped_packed_attention,
+    )
 
     torch.manual_seed(0)
     B, L, H, d = 5, 9, 2, 4
@@ -386,7 +387,7 @@ def test_grouped_packed_attention_equals_the_grid_version_with_gradients(groups,
 
 
 def test_grouped_bidirectional_attention_equals_masked_attention_with_gradients():
-    from recsys.models.sasrec import grouped_bidirectional_attention
+    from recsys.models.layers.attention import grouped_bidirectional_attention
 
     torch.manual_seed(0)
     counts = torch.tensor([7, 0, 3, 12, 1, 12, 5, 9, 2])  # an empty row, full rows, groups of 3 rows
@@ -402,7 +403,7 @@ def test_grouped_bidirectional_attention_equals_masked_attention_with_gradients(
 
 
 def test_bidirectional_training_attention_dropout_is_unbiased():
-    from recsys.models.sasrec import CausalSelfAttention, Packing
+    from recsys.models.layers import CausalSelfAttention, Packing
 
     torch.manual_seed(0)
     attn = CausalSelfAttention(16, 2, dropout=0.5)
