@@ -29,7 +29,8 @@ from .data.ctr import CTRData, CTRSamples, build_ctr_data, ctr_batch, item_categ
 from .data.prepare import prepare_sequences
 from .metrics import auc, gauc, logloss, mean_and_spread
 from .models.ctr_base import CTR_MODELS, build_ctr_model, click_loss
-from .train import TrainingDivergedError, atomic_write_json
+from .files import atomic_write_json
+from .train import TrainingDivergedError
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import torch
 
-from .errors import RecsysError
+from .errors import DataError, RecsysError
 
 
 class IntegrityError(RecsysError, ValueError):
@@ -63,10 +63,8 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
-    """A JSON file's content, or a :class:`recsys.data.readers.DataError`-like ValueError naming the file
+    """A JSON file's content, or a :class:`recsys.errors.DataError` naming the file
     and the line where it stops being JSON."""
-    from .data.readers import DataError
-
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -121,8 +119,6 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint written by :func:`atomic_torch_save` (``weights_only``: no code runs), after checking
     its content against the digest it carries."""
-    from .data.readers import DataError
-
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

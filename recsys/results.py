@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .data.readers import DataError
-from .train import atomic_write_bytes
+from .files import atomic_write_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results.jsonl"

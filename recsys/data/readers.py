@@ -18,11 +18,7 @@ from typing import Sequence
 
 import polars as pl
 
-from ..errors import RecsysError
-
-
-class DataError(RecsysError, ValueError):
-    """Bad input data; the message names the file, line and field."""
+from ..errors import DataError  # noqa: F401  (re-exported: recsys.data.readers.DataError)
 
 
 @dataclass
