@@ -75,10 +75,8 @@ class EvalConfig:
     popular_items: int = 2040  # items every user is scored against first under ranks="cutoff"
     # history positions per encoder call (a block's users go through the encoder in slices of at most
     # this many [users x length] positions): the encoder's intermediates stay small and are reused from
-    # the heap; on ML-1M (length 200) one call per block of 512 users was 1.3-1.6x slower (0.42-0.52 vs 0.32 s).
-    # The best value depends on the CPU: on one without AVX-512 (AMD Zen 3, 2 threads) 32768 was faster
-    # (medians of 7 interleaved ML-1M test evaluations, same metrics: SASRec 0.758 -> 0.661 s, BERT4Rec
-    # 1.603 -> 1.469 s; 65536: 0.637 s and 1.800 s)
+    # the heap (one call per block of 512 users at length 200 was slower); the best value depends on the
+    # CPU (a larger one suited a CPU without AVX-512); the metrics do not depend on it
     encoder_tokens: int = 8192
     # legacy sampled metrics (as in BERT4Rec's paper), off by default: > 0 ranks each target against this
     # many sampled items instead of the whole catalogue; results are labelled (``protocol``)
@@ -162,7 +160,7 @@ def cutoff_ranks(
     """
     B, dim = users.shape
     popular = items[popular_ids]  # [P, D]
-    # oneDNN where it is faster (fp32 on CPU: 0.32 vs 0.83 ms for 2,040 x 512 here): these scores only
+    # oneDNN where it is faster (fp32 products on CPU): these scores only
     # decide which users are surely past k_max, by more than the rounding of any product
     scores_t = onednn.mm(popular, users.T)  # [P, B]
     if exclude_index is not None:

@@ -42,7 +42,7 @@ class LossConfig:
     gbce_t: float = 0.75
     ce_chunk_size: int = 128  # ce: positions per logits block (bounds memory, keeps blocks in cache)
     # ce: dtype of the logit GEMMs; "auto" = bfloat16 where bf16 products run on bf16 units (CUDA, CPUs
-    # with AVX512-BF16 / AMX), float32 elsewhere (emulated bf16 was 27x slower than fp32 there)
+    # with AVX512-BF16 / AMX), float32 elsewhere (emulated bf16 is many times slower than fp32 there)
     ce_matmul_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     ce_item_chunk_size: int = 0  # ce: items per logits block (online log-sum-exp); 0 = whole catalogue
     # sampled_softmax: this many of the batch's own targets as extra negatives, shared by every position
@@ -134,12 +134,11 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     log-sum-exp and target logit, and the backward recomputes each block's logits and turns them into
     ``softmax - onehot`` in place. Same value and gradients as ``F.cross_entropy(hidden @ items.T,
     targets)`` to float rounding (tested). ``compute_dtype=torch.bfloat16`` runs the three GEMMs in
-    bf16 with fp32 accumulation (the whole loss 0.41 vs 0.72 s at Beauty's shape on a CPU with bf16
-    units, against fp32 through oneDNN); the gradients are summed in fp32. The logit block stays bf16
+    bf16 with fp32 accumulation (faster than fp32 through oneDNN on a CPU with bf16 units); the gradients are summed in fp32. The logit block stays bf16
     (a max-shift, where one is needed, subtracts two bf16 values); the exponentials are computed in
     fp32 and stored in bf16, the precision the gradient GEMMs read them in. On CPU, where the C kernels
     are built, that is one pass over the block (``cpu_encoder.bf16_exp_column_sums``: exp, rounding
-    and fp32 column sums of the unrounded exponentials; Beauty's step 65 -> 40 ms on 2 AMX cores);
+    and fp32 column sums of the unrounded exponentials);
     elsewhere torch's exp and a bf16 reduction for the sums (relative error measured <= 0.32% on a
     54,542-item block, the order of the bf16 exponentials' own rounding). Tested against fp32 CE
     of the bf16-rounded operands: loss within 0.2%, gradients within 2% of their max.
@@ -182,9 +181,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # the last block padded with zero rows (their columns are dropped) to a multiple of 64 positions
             # (16 on GPU; never past the chunk): its width takes one of chunk / 64 values, not any of
             # chunk. oneDNN compiles and caches a GEMM kernel per shape, and every new width grew the
-            # process: Beauty SASRec (blocks of 384, bf16), RSS after an epoch 600 MB with widths rounded
-            # to 16, 528 MB with 64, for at most 63 padded positions per batch (~720 real ones); steps
-            # 69.5-70.8 vs 69.6-70.1 ms interleaved
+            # process, while at most 63 padded positions per batch cost no measurable step time
             quantum = min(chunk, 64 if hidden.device.type == "cpu" else 16)
             rest = P % chunk
             P_pad = P - rest + (min(chunk, rest + (-rest) % quantum) if rest else 0)
@@ -215,11 +212,11 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # the gradient GEMMs read anyway; column sums as below); a max-shift subtracts two bf16 values
             # (exact near the max, where the exponentials that matter are)
             low = _buffer(workspace, "block_low", V * chunk, compute_dtype, hidden.device) if compute_dtype else None
-            # fp32 on CPU: the three GEMMs through oneDNN (recsys.kernels.onednn: ~2x torch.mm here),
+            # fp32 on CPU: the three GEMMs through oneDNN (recsys.kernels.onednn: faster than torch.mm),
             # which writes each [V, c] block itself (no out=), so there is no block buffer to reuse. Its
             # blocks hold at most DNN_BLOCK_VALUES logits (64 positions of Beauty's 54,542 items):
-            # oneDNN allocates outputs and scratch space per call, and with 128 positions a Beauty
-            # training process peaked ~80 MB higher (662-672 vs 582-593 MB) for a 5% faster step
+            # oneDNN allocates outputs and scratch space per call, and larger blocks raised a Beauty
+            # training process's peak memory more than they shortened its step
             dnn_chunk = max(16, DNN_BLOCK_VALUES // V // 16 * 16)
             dnn = low is None and onednn.usable(w, V * min(chunk, dnn_chunk))
             if dnn:
@@ -229,7 +226,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             logits_buffer = low if low is not None else block  # None with oneDNN (fresh blocks)
             # bf16 blocks: the target logits from the bf16-rounded operands in fp32 (what the GEMM adds up,
             # before its output is rounded), and the item table transposed once: [D, V] @ [V, c] is the
-            # fastest layout for the hidden-state gradient on CPU (~1.5x over [V, c].T @ [V, D])
+            # fastest layout for the hidden-state gradient on CPU (faster than [V, c].T @ [V, D])
             if low is not None or dnn:
                 w_t = _buffer(workspace, "items_t", w.numel(), w.dtype, w.device).view(w.shape[1], V)
                 w_t.copy_(w.T)  # [D, V]
@@ -256,8 +253,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 scale = (1.0 / (col_sum * P))[:, None]  # [c, 1]; padded rows of hc are zero: no gradient
                 if dnn:  # [D, V] @ [V, c] by oneDNN (its fast layout); the item gradient accumulates in
                     # place (addmm_): oneDNN's fresh [V, D] product plus an addition per block cost more
-                    # memory and time (Beauty, 100 steps on a CPU without AVX-512, 3 interleaved runs each:
-                    # peak 557-657 -> 496-515 MB, 28.2-31.4 -> 26.0-28.7 s)
+                    # memory and time
                     torch.mul(onednn.mm(w_t, e).T, scale, out=grad_hidden[rows])
                     grad_items.addmm_(e, hc * scale)
                 elif e.dtype == torch.float32:
@@ -337,8 +333,8 @@ class L2Normalize(torch.autograd.Function):
 
     Autograd's backward of ``x / |x|.clamp_min(eps)`` goes through the division's and the norm's
     gradients separately; this one is a handful of elementwise ops. It runs on the whole item table
-    every step of a cosine-scored model (HSTU): forward + backward ~40 -> ~13 ms for Beauty's
-    54,542 x 64 on one thread. Rows whose norm is under
+    every step of a cosine-scored model (HSTU), where autograd's version was several times slower.
+    Rows whose norm is under
     ``eps`` get ``g / eps``, as ``F.normalize`` gives them (tested)."""
 
     @staticmethod

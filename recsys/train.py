@@ -65,10 +65,8 @@ def retain_freed_memory() -> bool:
 
     Every CPU training step allocates and frees [items, D] tensors (the item table's gradients). By
     default glibc can hand such blocks back and map them fresh, so each reuse costs a page fault per
-    4 KiB: on Beauty (SASRec+, bf16 logits) ~2,500 faults per step and ~4% of its time, measured with
-    ru_minflt, now that the loss's blocks and the optimizer no longer allocate per step (~12,000
-    before). Kept in the heap they are reused without faults; peak memory was unchanged (534 vs 532
-    MB). Returns whether the settings were applied: not on other C libraries, nor when the user set
+    4 KiB (thousands of faults per step on Beauty, counted with ru_minflt). Kept in the heap they are
+    reused without faults, and peak memory stayed the same. Returns whether the settings were applied: not on other C libraries, nor when the user set
     MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (theirs win).
     """
     if sys.platform != "linux" or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
@@ -96,10 +94,8 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_ce_matmul_dtype(cfg: RunConfig, device: torch.device) -> bool:
     """``loss.ce_matmul_dtype = "auto"`` becomes "bfloat16" where bf16 products run on bf16 units and
-    "float32" elsewhere, in ``cfg`` itself (the run's saved config says what ran). On a CPU without bf16
-    units the full CE at Beauty's shape (720 positions x 54,542 items, forward + backward) took 8.5-10 s
-    in bf16 against 0.30-0.36 s in fp32 (0.15-0.17 s in the fused C kernel, 2026-12-03). Returns whether
-    it changed anything."""
+    "float32" elsewhere, in ``cfg`` itself (the run's saved config says what ran): on a CPU without bf16
+    units bf16 products are emulated, many times slower than fp32. Returns whether it changed anything."""
     if cfg.loss.ce_matmul_dtype != "auto":
         return False
     cfg.loss.ce_matmul_dtype = "bfloat16" if native_bf16(device) else "float32"
@@ -112,8 +108,7 @@ def resolve_ce_matmul_dtype(cfg: RunConfig, device: torch.device) -> bool:
 def warn_if_bf16_emulated(cfg: RunConfig, device: torch.device) -> bool:
     """Print a warning (main process only) when the run asks for bf16 products (``loss.ce_matmul_dtype``,
     ``train.precision``) on a device without bf16 units: they are emulated there, so the speed they are
-    chosen for may not come (on our CPU with bf16 units a trained Beauty SASRec epoch took 19.7 s with
-    bf16 logit GEMMs, 32.1 s with fp32). Returns whether it warned."""
+    chosen for does not come. Returns whether it warned."""
     asked = []
     if cfg.loss.name == "ce" and cfg.loss.ce_matmul_dtype == "bfloat16":
         asked.append("loss.ce_matmul_dtype=bfloat16")
@@ -122,7 +117,7 @@ def warn_if_bf16_emulated(cfg: RunConfig, device: torch.device) -> bool:
     if not asked or native_bf16(device) or not distributed.is_main():
         return False
     print(f"warning: {' and '.join(asked)} asked for, but this {device.type} has no bf16 units: bf16 products "
-          f"are emulated here, ~27x slower than fp32 for the full CE (--set loss.ce_matmul_dtype=auto or float32 / "
+          f"are emulated here, many times slower than fp32 for the full CE (--set loss.ce_matmul_dtype=auto or float32 / "
           f"train.precision=fp32)", file=sys.stderr)
     return True
 
@@ -142,8 +137,7 @@ def warn_if_compile_on_cpu(cfg: RunConfig, device: torch.device) -> bool:
     it warned. The encoders' CPU paths (oneDNN products, chunked attention, 16-bit dropout masks,
     packing on the real positions) are eager code with data-dependent shapes: torch.compile splits
     SASRec's training forward into 26 graphs there (25 breaks, ``torch._dynamo.explain``) and the ops
-    stay the same ones, so losses came out identical while epochs got slower (ML-100K SASRec, 3 epochs,
-    2 threads: 9.2, 4.5, 1.3 s compiled vs 1.0 s each eager). It is meant for CUDA."""
+    stay the same ones, so losses came out identical while epochs got slower. It is meant for CUDA."""
     if not cfg.train.compile or device.type != "cpu" or not distributed.is_main():
         return False
     print("warning: train.compile=true on CPU: the encoders' CPU paths are already fused eager code that "

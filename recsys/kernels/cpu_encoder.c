@@ -797,9 +797,8 @@ int recsys_rank_counts(const int32_t *config, const float *users, const float *i
  *     factor scale exp(m_p - lse_p) goes onto the group's hidden rows (a [group, D] copy in cache),
  *     so phase 2 is one product reading the kept values as they are; the targets' -scale hidden[p]
  *     is added to row target_p at the end. The kept buffer stays allocated between calls (page
- *     faults on 40 MB each step cost ~15 ms). Beauty's shape (720 positions x 54,542 items): groups of
- *     192 positions (144 the last), 42 MB kept, 0.135-0.138 s per step on 2 Zen 3 cores against
- *     0.160-0.167 s recomputing (interleaved A/B pairs);
+ *     faults on tens of MB each step are not free). Beauty's shape (720 positions x 54,542 items):
+ *     groups of 192 positions (144 the last), 42 MB kept, faster than recomputing;
  *   - or recomputed (four products, for catalogues too large to keep CE_KEPT_MIN positions): in
  *     blocks of CE_POSITIONS items, the logits recomputed tile by tile (CE_ITEMS positions at a time)
  *     and g formed in cache.
@@ -1219,8 +1218,8 @@ int recsys_gelu(const int32_t *config, const int64_t *n, const float *x, const f
 /* ---- bf16 full CE on CPUs with bf16 units: the elementwise pass between the products ----------------
  * The bf16 path of recsys.losses.ChunkedSoftmaxCE leaves the three products to oneDNN (AMX / AVX512-BF16
  * there); between them each [V, c] block of bf16 logits was exponentiated by one torch op and summed per
- * column by another, two passes over the block that cost more than the three products together (Beauty,
- * 720 positions x 54,542 items on 2 AMX cores: 29 ms of exp and sums against 16 ms of products per step).
+ * column by another, two passes over the block that cost more than the three products together at
+ * Beauty's shape on bf16 hardware.
  * Here it is one pass: each value widened to fp32, shifted (by its column's max, where one is given),
  * exponentiated, rounded to bf16 in place (to nearest, ties to even) and added to its column's fp32 sum
  * (the unrounded value: a more exact sum than the bf16 reduction it replaces). Rows go in chunks of

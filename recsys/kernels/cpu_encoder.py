@@ -3,8 +3,7 @@ BERT4Rec: each history's last hidden state, one sequence at a time in cache-size
 full-ranking counts (:class:`ItemRanker`) and the full-softmax cross-entropy with both gradients
 (:func:`softmax_ce`, what ``recsys.losses`` trains with on CPU: 48 x 96 tiles of logits in cache, an
 online log-sum-exp, the exponentials of up to 48 MB of positions kept for the item gradient, else the
-logits recomputed; on BERT4Rec's Beauty shape, 720 positions x 54,542 items, 0.135-0.138 s per step on
-2 Zen 3 cores against 0.160-0.167 s recomputing (interleaved pairs) and 0.26-0.29 s for the PyTorch path through oneDNN),
+logits recomputed: faster than recomputing and than the PyTorch path through oneDNN at Beauty's shape),
 and the elementwise pass of the bf16 full CE (:func:`bf16_exp_column_sums`: a bf16 logits block
 exponentiated in place with fp32 column sums, between oneDNN's bf16 products).
 
@@ -18,8 +17,7 @@ The triple every kernel here has:
   torch headers. Where torch parallelises with GNU OpenMP (its Linux wheels), the kernels run on
   torch's own thread pool: they are handed ``GOMP_parallel`` of the very libgomp torch loaded (no
   OpenMP at build time); with threads of their own (pthreads, the fallback) they competed for the cores
-  with torch's workers, which spin a while after every torch op (2 cores, ML-1M test evaluation, three
-  alternating pairs of 15-run medians: 0.229-0.246 s on the pool vs 0.255-0.353 s);
+  with torch's workers, which spin a while after every torch op, and ran slower;
 - dispatcher: :func:`available` - the kernel where it compiled and passed a check against the
   reference on first use; otherwise (no compiler, ``RECSYS_CPU_ENCODER=torch``, a failed check) the
   models run their PyTorch path, with one warning when a compiler was there but the build or the

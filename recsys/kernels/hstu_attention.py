@@ -32,8 +32,8 @@ def time_buckets(delta: torch.Tensor, num_buckets: int) -> torch.Tensor:
 
 class _GatherRows(torch.autograd.Function):
     """``table[index]`` whose backward adds the gradient rows up with ``index_add_``: torch's own backward
-    of advanced indexing (an accumulating ``index_put_``) took 79 ms on CPU for 5M scores gathered from
-    a 129-entry bias table against 4 ms here, and was the largest item (28%) of an HSTU-large step."""
+    of advanced indexing (an accumulating ``index_put_``) is many times slower on CPU for millions of
+    scores gathered from a small bias table, and was the largest item of an HSTU-large step."""
 
     @staticmethod
     def forward(ctx, table, index):

@@ -1,11 +1,10 @@
 """fp32 matrix products through oneDNN on CPU, where torch's own fp32 GEMM is slow.
 
 ``torch.mm`` and ``F.linear`` compute fp32 products with the BLAS torch was built with (MKL in the
-official x86 wheels). On the 2-core AMD EPYC of our benchmarks MKL reached 100-220 GFLOP/s for the
-shapes of the encoders' linear layers and of the full CE, and oneDNN, which torch ships as well (and
-already uses for bf16 products), 340-500 GFLOP/s on the same fp32 products (``python
-benchmarks/cpu_gemm.py`` prints the table; run it to see what your CPU does, Intel CPUs were not
-measured). The results are fp32 products like torch's (they differ by summation order only; tests
+official x86 wheels). On the CPUs of our benchmarks oneDNN, which torch ships as well (and already
+uses for bf16 products), ran the encoders' linear layers and the full CE's fp32 products several times
+faster (``python benchmarks/cpu_gemm.py`` prints the table for your CPU; figures in
+benchmarks/RESULTS.md). The results are fp32 products like torch's (they differ by summation order only; tests
 compare).
 
 The entry point is ``torch.ops.mkldnn._linear_pointwise`` (``x @ w.T + b``, the op torch.compile's
@@ -135,9 +134,8 @@ def _check_fused() -> bool:
 def feed_forward(x: torch.Tensor, first: nn.Linear, second: nn.Linear, residual: torch.Tensor) -> torch.Tensor | None:
     """Inference ``residual + second(gelu(first(x)))`` for 2-D fp32 CPU tensors, with the GELU (erf) and
     the addition done by oneDNN inside the two products (post-ops): no pass of their own over the
-    [rows, ffn] and [rows, D] activations. Measured on ML-1M's test evaluation after one epoch (2
-    threads, 8 interleaved runs each, two states of the machine): BERT4Rec (ffn 256) medians 0.50 ->
-    0.46 s and 0.415 -> 0.404 s, SASRec (ffn 64) within noise; identical metrics. None where it does not
+    [rows, ffn] and [rows, D] activations (it pays off for wide feed-forward networks such as BERT4Rec's;
+    identical metrics). None where it does not
     apply (gradients, autocast, other dtypes or devices, a first call whose check against torch's ops
     failed): the caller computes it with torch's ops then."""
     global _fused_usable

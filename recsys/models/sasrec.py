@@ -27,7 +27,7 @@ What differs from the paper:
   is built; the PyTorch path below is its reference and runs everywhere else.
 - Positions count from the end of the history (the most recent item always has the same position
   embedding), as left padding makes natural; padding has its own zero position.
-- Embeddings start at N(0, 0.02) instead of N(0, 1): a plain SASRec learned ~5x slower with the latter.
+- Embeddings start at N(0, 0.02) instead of N(0, 1): a plain SASRec learned much slower with the latter.
 - ``attention_table_dim`` turns on DARE-style decoupling (Feng et al. 2025): queries and keys of every block
   come from a separate (smaller) item table, values and scores from the item table.
 - The loss is chosen by the recipe (BCE with one negative as in the paper, full CE = "SASRec+",

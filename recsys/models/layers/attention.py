@@ -18,9 +18,9 @@ def chunked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
     Queries ``s .. e`` see keys ``0 .. e`` only: one batched GEMM for their scores, the upper triangle of
     the last ``chunk`` x ``chunk`` square masked, softmax, dropout, one GEMM with the values. The work is
-    the causal half plus the chunks' diagonal squares, in batched GEMMs. With 1 head of 64 and L of 50,
-    92 and 200 this was 1.5-1.7x faster on 2 CPU cores than SDPA's flash kernel with ``is_causal`` and
-    1.2-3.4x faster than full masked attention, to fp32 rounding (``benchmarks/attention_cpu.py``).
+    the causal half plus the chunks' diagonal squares, in batched GEMMs: on CPU faster than SDPA's flash
+    kernel with ``is_causal`` and than full masked attention, to fp32 rounding
+    (``benchmarks/attention_cpu.py`` measures it).
     ``scale`` multiplies the scores (default d ** -0.5, as SDPA); 1.0 skips the multiplication.
     """
     B, H, L, d = q.shape
@@ -236,8 +236,8 @@ class CausalSelfAttention(nn.Module):
             y = chunked_causal_attention(q, k, v, p)
         elif x.device.type == "cpu" and not last_only and not exporting():  # bidirectional (BERT4Rec)
             # SDPA's CPU path with dropout is the full [B, H, L, L] math with a bernoulli_ mask; without
-            # dropout its flash kernel took 154 ms of BERT4Rec's 0.41 s ML-1M test evaluation (2 heads,
-            # length 200), these batched GEMMs and softmax 76 + 33 ms (evaluation 0.37 s, 4 runs each)
+            # dropout its flash kernel was slower than these batched GEMMs and softmax over groups of rows
+            # of similar length
             y = grouped_bidirectional_attention(q, k, v, packing.counts, p)
         elif p > 0 and x.device.type == "cpu":  # last query only, with dropout
             weights = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # [B, H, L_q, L]

@@ -130,7 +130,7 @@ def items_first_order(not_pad: torch.Tensor) -> torch.Tensor:
 
 
 # at least this share of real positions in a last-position batch: compute it in the grid layout
-# (GridRows) instead of packing (ML-1M test evaluation, SASRec at length 200, interleaved runs: 0.28 -> 0.265 s)
+# (GridRows) instead of packing: with little padding to skip, packing costs more than it saves
 GRID_MIN_REAL_SHARE = 0.75
 
 
