@@ -12,7 +12,7 @@ export RECSYS_DATA
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test results clean
+.PHONY: setup train test lint results clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check recsys tests benchmarks
+	$(VENV)/bin/ruff format --check recsys tests benchmarks
 
 results: $(STAMP)
 	$(VENV)/bin/recsys results benchmarks/results.jsonl --out benchmarks/RESULTS.md

@@ -7,6 +7,7 @@ Shapes: SASRec's evaluation blocks on ML-1M (1 head of 64, histories of 200 and 
 positions per call as the evaluator slices them) and a training batch of Beauty (128 x 50, 1 head).
 Prints milliseconds (median of 9), the speed-up over SDPA and the largest difference from SDPA's output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
-
 from cpu_gemm import median_seconds  # benchmarks/ is the script's folder: on sys.path
+
 from recsys.models.layers.attention import chunked_causal_attention
 from recsys.results import append_record, benchmark_command, make_record
 
@@ -35,25 +36,40 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     rows = []
-    print(f"| batch x heads x length x dim ({args.threads} threads) | implementation | ms | vs SDPA | max abs. difference |")
+    print(
+        f"| batch x heads x length x dim ({args.threads} threads) | implementation | ms | vs SDPA | max abs. difference |"
+    )
     print("|---|---|---|---|---|")
     for B, H, L, d in [(40, 1, 200, 64), (89, 1, 92, 64), (128, 1, 50, 64)]:
         q, k, v = (torch.randn(B, H, L, d, generator=g) for _ in range(3))
         reference = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        impls = {"SDPA is_causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-                 "full masked": lambda: masked(q, k, v),
-                 "chunked (32 queries)": lambda: chunked_causal_attention(q, k, v)}
+        impls = {
+            "SDPA is_causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+            "full masked": lambda: masked(q, k, v),
+            "chunked (32 queries)": lambda: chunked_causal_attention(q, k, v),
+        }
         sdpa_ms = None
         for name, fn in impls.items():
             ms = median_seconds(fn) * 1e3
             sdpa_ms = sdpa_ms or ms
             diff = float((fn() - reference).abs().max())
-            rows.append({"shape": f"{B} x {H} x {L} x {d}", "impl": name, "ms": ms, "speedup": sdpa_ms / ms,
-                         "max_abs_diff": diff})
+            rows.append(
+                {
+                    "shape": f"{B} x {H} x {L} x {d}",
+                    "impl": name,
+                    "ms": ms,
+                    "speedup": sdpa_ms / ms,
+                    "max_abs_diff": diff,
+                }
+            )
             print(f"| {B} x {H} x {L} x {d} | {name} | {ms:.2f} | {sdpa_ms / ms:.2f}x | {diff:.1e} |", flush=True)
     if args.log_results:
-        append_record(make_record("attention_cpu", command=benchmark_command("attention_cpu", argv), threads=args.threads, rows=rows),
-            args.log_results)
+        append_record(
+            make_record(
+                "attention_cpu", command=benchmark_command("attention_cpu", argv), threads=args.threads, rows=rows
+            ),
+            args.log_results,
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ AUC / GAUC: mean and spread over seeds (test split at the best validation epoch)
 alone (scores of every behaviour against the target with the attention embeddings, then top-k) for a
 batch of 256 histories of ``--history`` behaviours, median of 20 runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,13 +59,24 @@ def main(argv=None) -> int:
         model = build_ctr_model("dare", cfg.model, 100_000, 1000)
         ms = stage1_ms(model, 100_000, 1000, args.history)
         rows.append({"attention_dim": dim, "stage1_ms": ms, **s})
-        print(f"{dim:>14} {s['test_auc_mean']:.4f} ± {s['test_auc_std']:.4f} {s['test_gauc_mean']:.4f} ± "
-              f"{s['test_gauc_std']:.4f} {ms:11.2f}", flush=True)
+        print(
+            f"{dim:>14} {s['test_auc_mean']:.4f} ± {s['test_auc_std']:.4f} {s['test_gauc_mean']:.4f} ± "
+            f"{s['test_gauc_std']:.4f} {ms:11.2f}",
+            flush=True,
+        )
     if args.log_results:
-        append_record(make_record("dare_sweep", commit=commit, recipe=args.recipe, seeds=args.seeds,
-                                  history=args.history, rows=rows,
-                                  command=benchmark_command("dare_sweep", argv)),
-                      args.log_results)
+        append_record(
+            make_record(
+                "dare_sweep",
+                commit=commit,
+                recipe=args.recipe,
+                seeds=args.seeds,
+                history=args.history,
+                rows=rows,
+                command=benchmark_command("dare_sweep", argv),
+            ),
+            args.log_results,
+        )
     return 0
 
 

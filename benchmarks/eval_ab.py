@@ -9,6 +9,7 @@ Prints the median seconds, every time, and the test metrics. ``--set`` overrides
 older version may not know newer keys: the run's config.json is read with keys it does not know
 dropped, ``--drop eval.repeat_targets``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,18 @@ def main() -> None:
         for _ in range(args.repeats):
             metrics = trainer.evaluate("test")
             times.append(metrics["seconds"])
-    print(json.dumps({"code": str(Path(recsys.__file__).parent), "median_seconds": statistics.median(times),
-                      "seconds": [round(t, 4) for t in times],
-                      "metrics": {k: v for k, v in metrics.items() if "@" in k or k in ("mrr", "num_users")},
-                      "tie_policy": trainer.cfg.eval.tie_policy}, indent=1))
+    print(
+        json.dumps(
+            {
+                "code": str(Path(recsys.__file__).parent),
+                "median_seconds": statistics.median(times),
+                "seconds": [round(t, 4) for t in times],
+                "metrics": {k: v for k, v in metrics.items() if "@" in k or k in ("mrr", "num_users")},
+                "tie_policy": trainer.cfg.eval.tie_policy,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Prints the median seconds of each part and users per second, and the floating-po
 the products and attention one evaluation executed (counted, ``benchmarks/flops.py``). With ``--log-results`` one
 "eval_breakdown" record goes to benchmarks/results.jsonl (RESULTS.md is built from it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,10 @@ import tempfile
 import time
 
 import torch
+from flops import count_flops  # benchmarks/ is the script's folder: on sys.path
 
 import recsys.evaluation as evaluation
 import recsys.models.layers.attention as attention_module
-from flops import count_flops  # benchmarks/ is the script's folder: on sys.path
 from recsys.config import load_recipe
 from recsys.results import append_record, benchmark_command, make_record
 from recsys.train import Trainer, prepare_data
@@ -123,8 +124,11 @@ def main(argv=None) -> int:
             with pytorch_path(model), attention_skipped(calls):
                 yield
 
-        variants = {"as is": contextlib.nullcontext, "PyTorch path": lambda: pytorch_path(model),
-                    "PyTorch path, attention skipped": pytorch_path_attention_skipped}
+        variants = {
+            "as is": contextlib.nullcontext,
+            "PyTorch path": lambda: pytorch_path(model),
+            "PyTorch path, attention skipped": pytorch_path_attention_skipped,
+        }
         runs: dict[str, list[dict]] = {name: [] for name in variants}
         metrics = None
         for _ in range(args.repeats):
@@ -144,29 +148,57 @@ def main(argv=None) -> int:
 
     users = metrics["num_users"]
     rows = []
-    print(f"\n| {cfg.data.dataset}, {cfg.model_name}, length {cfg.max_seq_len}, {users:,} test users, "
-          f"{torch.get_num_threads()} threads, eval.ranks={cfg.eval.ranks} (median of {args.repeats}) "
-          f"| evaluation s | encoder s | batches s | scores + ranks s | users/s |")
+    print(
+        f"\n| {cfg.data.dataset}, {cfg.model_name}, length {cfg.max_seq_len}, {users:,} test users, "
+        f"{torch.get_num_threads()} threads, eval.ranks={cfg.eval.ranks} (median of {args.repeats}) "
+        f"| evaluation s | encoder s | batches s | scores + ranks s | users/s |"
+    )
     print("|---|---|---|---|---|---|")
     for name, parts in runs.items():
         med = {k: statistics.median(r[k] for r in parts) for k in ("total", "encoder", "batches", "rest")}
         spread = (min(r["total"] for r in parts), max(r["total"] for r in parts))
-        rows.append({"variant": name, **{f"{k}_seconds": v for k, v in med.items()},
-                     "total_seconds_range": spread, "users_per_second": users / med["total"]})
-        print(f"| {name} | {med['total']:.3f} ({spread[0]:.3f}-{spread[1]:.3f}) | {med['encoder']:.3f} "
-              f"| {med['batches']:.3f} | {med['rest']:.3f} | {users / med['total']:,.0f} |")
+        rows.append(
+            {
+                "variant": name,
+                **{f"{k}_seconds": v for k, v in med.items()},
+                "total_seconds_range": spread,
+                "users_per_second": users / med["total"],
+            }
+        )
+        print(
+            f"| {name} | {med['total']:.3f} ({spread[0]:.3f}-{spread[1]:.3f}) | {med['encoder']:.3f} "
+            f"| {med['batches']:.3f} | {med['rest']:.3f} | {users / med['total']:,.0f} |"
+        )
     bound = rows[1]["total_seconds"] / rows[2]["total_seconds"]
-    print(f"\nproducts and attention executed by one evaluation: {flops / 1e9:.2f} GFLOP, "
-          f"{flops / 1e9 / rows[0]['total_seconds']:.1f} GFLOP/s at the median time as is")
-    print(f"\nthe fused CPU encoder: {rows[1]['total_seconds'] / rows[0]['total_seconds']:.2f}x the PyTorch "
-          f"path's users/s; on that path an attention that cost nothing would make the evaluation at most "
-          f"{bound:.2f}x faster (test NDCG@10 as is: {metrics['ndcg@10']:.4f})")
+    print(
+        f"\nproducts and attention executed by one evaluation: {flops / 1e9:.2f} GFLOP, "
+        f"{flops / 1e9 / rows[0]['total_seconds']:.1f} GFLOP/s at the median time as is"
+    )
+    print(
+        f"\nthe fused CPU encoder: {rows[1]['total_seconds'] / rows[0]['total_seconds']:.2f}x the PyTorch "
+        f"path's users/s; on that path an attention that cost nothing would make the evaluation at most "
+        f"{bound:.2f}x faster (test NDCG@10 as is: {metrics['ndcg@10']:.4f})"
+    )
     if args.log_results:
-        append_record(make_record(
-            "eval_breakdown", command=benchmark_command("eval_breakdown", argv), recipe=args.recipe,
-            dataset=cfg.data.dataset, model=cfg.model_name, max_seq_len=cfg.max_seq_len, ranks=cfg.eval.ranks,
-            threads=torch.get_num_threads(), repeats=args.repeats, num_users=users, metrics=metrics,
-            rows=rows, attention_free_bound=bound, eval_flops=flops), args.log_results)
+        append_record(
+            make_record(
+                "eval_breakdown",
+                command=benchmark_command("eval_breakdown", argv),
+                recipe=args.recipe,
+                dataset=cfg.data.dataset,
+                model=cfg.model_name,
+                max_seq_len=cfg.max_seq_len,
+                ranks=cfg.eval.ranks,
+                threads=torch.get_num_threads(),
+                repeats=args.repeats,
+                num_users=users,
+                metrics=metrics,
+                rows=rows,
+                attention_free_bound=bound,
+                eval_flops=flops,
+            ),
+            args.log_results,
+        )
     return 0
 
 

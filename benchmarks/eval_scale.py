@@ -10,6 +10,7 @@ random weights: the cost of ranking does not depend on what the model learned) w
 seen items excluded, strict ranks) on the test targets and prints seconds, users/s, the evaluator's
 user block and the process's peak RSS next to what one [items x users] score matrix would take.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,14 @@ def skewed_sequences(num_users: int, num_items: int, seed: int = 0):
     ranks = np.searchsorted(zipf_cdf(num_items, 1.05), rng.random(int(offsets[-1])))  # popularity rank
     item_ids = rng.permutation(num_items)[np.minimum(ranks, num_items - 1)] + 1  # ids 1..num_items
     times = np.arange(int(offsets[-1]), dtype=np.int64)
-    return SequenceData(item_ids=item_ids, timestamps=times, seq_offsets=offsets,
-                        user_raw_ids=np.arange(num_users), item_raw_ids=np.arange(num_items + 1).astype(object),
-                        has_timestamps=False)
+    return SequenceData(
+        item_ids=item_ids,
+        timestamps=times,
+        seq_offsets=offsets,
+        user_raw_ids=np.arange(num_users),
+        item_raw_ids=np.arange(num_items + 1).astype(object),
+        has_timestamps=False,
+    )
 
 
 def main(argv=None) -> int:
@@ -57,30 +63,45 @@ def main(argv=None) -> int:
     data = skewed_sequences(args.users, args.items)
     split = make_split(data, "leave_one_out", verbose=False)
     torch.manual_seed(0)
-    model = build_model("sasrec", {"max_seq_len": args.max_len, "hidden_dim": args.dim, "num_blocks": 2,
-                                   "num_heads": 1}, data.num_items)
-    print(f"{args.users:,} users, {data.num_items - 1:,} items, {data.num_interactions:,} events "
-          f"(built in {time.perf_counter() - t0:.1f} s); torch threads {torch.get_num_threads()}")
+    model = build_model(
+        "sasrec", {"max_seq_len": args.max_len, "hidden_dim": args.dim, "num_blocks": 2, "num_heads": 1}, data.num_items
+    )
+    print(
+        f"{args.users:,} users, {data.num_items - 1:,} items, {data.num_interactions:,} events "
+        f"(built in {time.perf_counter() - t0:.1f} s); torch threads {torch.get_num_threads()}"
+    )
     cfg = EvalConfig(ks=(1, 5, 10, 20), exclude_seen=True, max_block_mb=args.max_block_mb)
     result = evaluate(model, split, split.test, args.max_len, cfg, progress=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     dense_gb = args.users * data.num_items * 4 / 2**30
-    block_users = eval_block_users(cfg, data.num_items + (-data.num_items) % 255,
-                                   ranks_in_kernel(model.item_vectors()))
+    block_users = eval_block_users(cfg, data.num_items + (-data.num_items) % 255, ranks_in_kernel(model.item_vectors()))
     print("\n| users | items | d | seconds | users/s | user block | peak RSS | one dense score matrix |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.users:,} | {data.num_items - 1:,} | {args.dim} | {result['seconds']:.1f} "
-          f"| {args.users / result['seconds']:,.0f} | {block_users} | {peak_mb:,.0f} MB | {dense_gb:,.0f} GB |")
+    print(
+        f"| {args.users:,} | {data.num_items - 1:,} | {args.dim} | {result['seconds']:.1f} "
+        f"| {args.users / result['seconds']:,.0f} | {block_users} | {peak_mb:,.0f} MB | {dense_gb:,.0f} GB |"
+    )
     print(f"(NDCG@10 of the untrained model: {result['ndcg@10']:.5f}; it only shows the ranks were computed)")
     if args.log_results:
         from recsys.results import append_record, benchmark_command, make_record
 
-        append_record(make_record(
-            "eval_scale", command=benchmark_command("eval_scale", argv),
-            users=args.users, items=data.num_items - 1, dim=args.dim, seconds=result["seconds"],
-            users_per_second=args.users / result["seconds"], block_users=block_users, peak_rss_mb=peak_mb,
-            dense_scores_gb=dense_gb, max_block_mb=args.max_block_mb, threads=torch.get_num_threads()),
-            args.log_results)
+        append_record(
+            make_record(
+                "eval_scale",
+                command=benchmark_command("eval_scale", argv),
+                users=args.users,
+                items=data.num_items - 1,
+                dim=args.dim,
+                seconds=result["seconds"],
+                users_per_second=args.users / result["seconds"],
+                block_users=block_users,
+                peak_rss_mb=peak_mb,
+                dense_scores_gb=dense_gb,
+                max_block_mb=args.max_block_mb,
+                threads=torch.get_num_threads(),
+            ),
+            args.log_results,
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ formulas for two CPU ops it does not know: oneDNN's linear (``mkldnn::_linear_po
 Needs torch only (recsys where it is importable), so RecBole's side of ``benchmarks/peer_recbole.py``
 counts with it too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,10 @@ def _register() -> None:
     cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_flash is not None and cpu_flash not in known:
         flop_counter.register_flop_formula(cpu_flash)(
-            lambda q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs:
-            flop_counter.sdpa_flop_count(q_shape, k_shape, v_shape))
+            lambda q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(
+                q_shape, k_shape, v_shape
+            )
+        )
 
 
 def count_flops(fn, *args, **kwargs):
@@ -52,6 +55,6 @@ def count_flops(fn, *args, **kwargs):
     except ImportError:  # RecBole's environment: no recsys there
         counting_flops = None
     mode = flop_counter.FlopCounterMode(display=False)
-    with mode, (counting_flops() if counting_flops else contextlib.nullcontext([0])) as kernels:
+    with mode, counting_flops() if counting_flops else contextlib.nullcontext([0]) as kernels:
         out = fn(*args, **kwargs)
     return out, mode.get_total_flops() + kernels[0]

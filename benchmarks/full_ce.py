@@ -19,6 +19,7 @@ gradients of hidden states and items; same blocks, same product routines as the 
 floor for any exact full CE built on these products. GFLOP/s counts those GEMMs' 6 x positions x items x
 dim floating-point operations for every implementation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,10 @@ import torch.nn.functional as F
 from recsys import losses
 from recsys.kernels import cpu_encoder, onednn
 from recsys.losses import LossConfig, full_softmax_ce
-
-CHUNK = LossConfig().ce_chunk_size  # positions per block, as in training
 from recsys.results import append_record, benchmark_command, git_commit, make_record
 from recsys.train import retain_freed_memory
+
+CHUNK = LossConfig().ce_chunk_size  # positions per block, as in training
 
 
 def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
@@ -74,15 +75,30 @@ def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
             raise RuntimeError("the fused CPU kernels are not available here (no C compiler?)")
         if impl != "kernel":  # the loss's PyTorch path
             losses._cpu_kernel_usable = lambda hidden, table: False
-        loss = full_softmax_ce(hidden, items, targets, CHUNK, torch.bfloat16 if impl == "chunked-bf16" else None,
-                               item_chunk if impl == "item-chunked" else 0)
+        loss = full_softmax_ce(
+            hidden,
+            items,
+            targets,
+            CHUNK,
+            torch.bfloat16 if impl == "chunked-bf16" else None,
+            item_chunk if impl == "item-chunked" else 0,
+        )
     if loss.requires_grad:
         loss.backward()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"items": V, "positions": positions, "dim": dim, "impl": impl, "seconds": seconds, "loss": loss.item(),
-            "peak_rss_mb": peak, "rss_growth_mb": peak - base,
-            "gflops": 6 * positions * V * dim / seconds / 1e9, "plain_logits_gb": positions * V * 4 * 2 / 2**30}
+    return {
+        "items": V,
+        "positions": positions,
+        "dim": dim,
+        "impl": impl,
+        "seconds": seconds,
+        "loss": loss.item(),
+        "peak_rss_mb": peak,
+        "rss_growth_mb": peak - base,
+        "gflops": 6 * positions * V * dim / seconds / 1e9,
+        "plain_logits_gb": positions * V * 4 * 2 / 2**30,
+    }
 
 
 def main(argv=None) -> int:
@@ -91,8 +107,12 @@ def main(argv=None) -> int:
     p.add_argument("--positions", type=int, default=25_600)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--plain-items", type=int, default=20_000)
-    p.add_argument("--impls", nargs="+", default=["plain", "chunked", "chunked-bf16", "item-chunked", "kernel"],
-                   help="plain chunked chunked-bf16 item-chunked kernel gemms gemms-bf16")
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        default=["plain", "chunked", "chunked-bf16", "item-chunked", "kernel"],
+        help="plain chunked chunked-bf16 item-chunked kernel gemms gemms-bf16",
+    )
     p.add_argument("--item-chunk", type=int, default=65_536)
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
@@ -105,21 +125,47 @@ def main(argv=None) -> int:
     plan = [(args.plain_items, "plain")] + [(args.plain_items, i) for i in impls] + [(args.items, i) for i in impls]
     plan = [(V, impl) for V, impl in plan if impl in args.impls and V > 0]
     for V, impl in plan:  # each in a fresh process, so its peak memory is its own
-        done = subprocess.run([sys.executable, __file__, "--child", impl, str(V), "--positions", str(args.positions),
-                               "--dim", str(args.dim), "--item-chunk", str(args.item_chunk)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                impl,
+                str(V),
+                "--positions",
+                str(args.positions),
+                "--dim",
+                str(args.dim),
+                "--item-chunk",
+                str(args.item_chunk),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             print(done.stderr[-2000:])
             return done.returncode
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
-        extra = f"  (the plain logits + gradient would need {row['plain_logits_gb']:,.1f} GB)" if V == args.items else ""
-        print(f"items {V:>9,}  {impl:13s} {row['seconds']:8.2f} s  {row['gflops']:6.1f} GFLOP/s  peak RSS {row['peak_rss_mb']:8.0f} MB "
-              f"(+{row['rss_growth_mb']:.0f})  loss {row['loss']:.5f}{extra}", flush=True)
+        extra = (
+            f"  (the plain logits + gradient would need {row['plain_logits_gb']:,.1f} GB)" if V == args.items else ""
+        )
+        print(
+            f"items {V:>9,}  {impl:13s} {row['seconds']:8.2f} s  {row['gflops']:6.1f} GFLOP/s  peak RSS {row['peak_rss_mb']:8.0f} MB "
+            f"(+{row['rss_growth_mb']:.0f})  loss {row['loss']:.5f}{extra}",
+            flush=True,
+        )
     if args.log_results:
-        append_record(make_record("full_ce", commit=git_commit(), rows=rows, item_chunk=args.item_chunk,
-                                  command=benchmark_command("full_ce", argv)),
-                      args.log_results)
+        append_record(
+            make_record(
+                "full_ce",
+                commit=git_commit(),
+                rows=rows,
+                item_chunk=args.item_chunk,
+                command=benchmark_command("full_ce", argv),
+            ),
+            args.log_results,
+        )
     return 0
 
 

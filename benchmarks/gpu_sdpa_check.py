@@ -6,6 +6,7 @@ Restricts SDPA to the flash and memory-efficient backends (no math fallback): if
 could not use a fused kernel, SDPA raises instead of silently materialising the attention matrix.
 Prints the forward+backward time per batch for each model. Needs a CUDA GPU.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,8 +29,9 @@ def main() -> int:
     item_ids[torch.arange(L)[None, :] < (L - lengths)[:, None]] = 0  # left padding, as the batcher makes
     item_ids = item_ids.cuda()
     for name in ("sasrec", "bert4rec"):
-        model = build_model(name, {"max_seq_len": L, "hidden_dim": 64, "num_blocks": 2, "num_heads": 2},
-                            num_items).cuda()
+        model = build_model(
+            name, {"max_seq_len": L, "hidden_dim": 64, "num_blocks": 2, "num_heads": 2}, num_items
+        ).cuda()
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
             for step in range(6):
                 if step == 1:
@@ -40,8 +42,10 @@ def main() -> int:
                 out.float().square().mean().backward()
             torch.cuda.synchronize()
         ms = (time.perf_counter() - start) / 5 * 1e3
-        print(f"{name}: bf16 autocast, SDPA restricted to flash / memory-efficient: ok, "
-              f"{ms:.1f} ms per forward+backward of {B} x {L}")
+        print(
+            f"{name}: bf16 autocast, SDPA restricted to flash / memory-efficient: ok, "
+            f"{ms:.1f} ms per forward+backward of {B} x {L}"
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ remap, jagged arrays), and saves them as memory-mappable arrays. Prints seconds 
 Then, as a run would, reads the same log as a custom dataset (``recsys.train.prepare_data``) twice in
 fresh processes with an empty cache: the first run parses and caches it, the next maps the cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,19 @@ def child(path: str, out: str) -> None:
     t2 = time.perf_counter()
     seq.save(out)
     t3 = time.perf_counter()
-    print(json.dumps({"read_seconds": t1 - t0, "prepare_seconds": t2 - t1, "save_seconds": t3 - t2,
-                      "users": seq.num_users, "items": seq.num_items - 1, "events": seq.num_interactions,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "read_seconds": t1 - t0,
+                "prepare_seconds": t2 - t1,
+                "save_seconds": t3 - t2,
+                "users": seq.num_users,
+                "items": seq.num_items - 1,
+                "events": seq.num_interactions,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def child_prepare(path: str, cache: str) -> None:
@@ -47,12 +58,23 @@ def child_prepare(path: str, cache: str) -> None:
     from recsys.config import DataConfig
     from recsys.train import prepare_data
 
-    cfg = DataConfig(dataset="custom", path=path, reader="table",
-                     columns={"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"})
+    cfg = DataConfig(
+        dataset="custom",
+        path=path,
+        reader="table",
+        columns={"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"},
+    )
     t0 = time.perf_counter()
     data = prepare_data(cfg, verbose=False)
-    print(json.dumps({"seconds": time.perf_counter() - t0, "events": data.info["interactions"],
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - t0,
+                "events": data.info["interactions"],
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def run_child(*args: str) -> dict:
@@ -86,7 +108,9 @@ def main(argv=None) -> int:
     if not log.exists():
         t = time.perf_counter()
         info = generate_log(log, args.events, num_items=args.items, seed=args.seed)
-        print(f"generated {info['events']:,} events of {info['users']:,} users in {time.perf_counter() - t:.1f} s: {log}")
+        print(
+            f"generated {info['events']:,} events of {info['users']:,} users in {time.perf_counter() - t:.1f} s: {log}"
+        )
     out = folder / f"prepared-{args.events}"
     t = time.perf_counter()
     stats = run_child("--child", str(log), str(out))
@@ -94,21 +118,30 @@ def main(argv=None) -> int:
     # the same log as a custom dataset of a run: parsed and cached by the first run, mapped by the next
     with tempfile.TemporaryDirectory() as cache:
         first, cached = (run_child("--child-prepare", str(log), cache) for _ in range(2))
-    stats.update(custom_first_seconds=first["seconds"], custom_first_peak_rss_mb=first["peak_rss_mb"],
-                 custom_cached_seconds=cached["seconds"], custom_cached_peak_rss_mb=cached["peak_rss_mb"])
+    stats.update(
+        custom_first_seconds=first["seconds"],
+        custom_first_peak_rss_mb=first["peak_rss_mb"],
+        custom_cached_seconds=cached["seconds"],
+        custom_cached_peak_rss_mb=cached["peak_rss_mb"],
+    )
     stats["file_mb"] = log.stat().st_size / 2**20
-    print(f"{stats['events']:,} events, {stats['users']:,} users, {stats['items']:,} items "
-          f"(Parquet {stats['file_mb']:.0f} MB)")
+    print(
+        f"{stats['events']:,} events, {stats['users']:,} users, {stats['items']:,} items "
+        f"(Parquet {stats['file_mb']:.0f} MB)"
+    )
     for k in ("read_seconds", "prepare_seconds", "save_seconds", "total_seconds"):
         print(f"  {k:16s} {stats[k]:8.1f}")
     print(f"  peak memory      {stats['peak_rss_mb']:8.0f} MB")
-    print(f"as a run's custom dataset (prepare_data, split included): first run {first['seconds']:.1f} s, "
-          f"peak {first['peak_rss_mb']:,.0f} MB; next run, from the cache: {cached['seconds']:.2f} s, "
-          f"peak {cached['peak_rss_mb']:,.0f} MB")
+    print(
+        f"as a run's custom dataset (prepare_data, split included): first run {first['seconds']:.1f} s, "
+        f"peak {first['peak_rss_mb']:,.0f} MB; next run, from the cache: {cached['seconds']:.2f} s, "
+        f"peak {cached['peak_rss_mb']:,.0f} MB"
+    )
     if args.log_results:
-        append_record(make_record("ingest", commit=git_commit(),
-                                  command=benchmark_command("ingest", argv),
-                                  **stats), args.log_results)
+        append_record(
+            make_record("ingest", commit=git_commit(), command=benchmark_command("ingest", argv), **stats),
+            args.log_results,
+        )
     return 0
 
 

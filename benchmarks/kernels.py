@@ -13,6 +13,7 @@ same batch padded to N (the speed a user gets for ordinary attention; its TFLOP/
 pairs it computes). Parity of the kernel with the reference is checked first on the same batch.
 Needs a CUDA GPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,12 @@ def make_batch(N: int, tokens: int, H: int, D: int, dtype, seed: int = 0):
     T = int(lengths.sum())
     q, k, v = (torch.randn(T, H, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     times = torch.cumsum(torch.randint(0, 3600, (T,), generator=g), 0).cuda()
-    bias = dict(position_bias=(0.1 * torch.randn(N, generator=g)).cuda().requires_grad_(True),
-                time_bias=(0.1 * torch.randn(129, generator=g)).cuda().requires_grad_(True),
-                key_times=times, query_times=times + 60)
+    bias = dict(
+        position_bias=(0.1 * torch.randn(N, generator=g)).cuda().requires_grad_(True),
+        time_bias=(0.1 * torch.randn(129, generator=g)).cuda().requires_grad_(True),
+        key_times=times,
+        query_times=times + 60,
+    )
     return lengths, offsets, q, k, v, bias
 
 
@@ -66,10 +70,17 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
-    p.add_argument("--budget-s", type=float, default=360.0,
-                   help="skip torch.compile of the reference once this many seconds have passed")
-    p.add_argument("--snapshot", default=None,
-                   help="rewrite this file with the record so far after each N (a short GPU rental may end mid-run)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=360.0,
+        help="skip torch.compile of the reference once this many seconds have passed",
+    )
+    p.add_argument(
+        "--snapshot",
+        default=None,
+        help="rewrite this file with the record so far after each N (a short GPU rental may end mid-run)",
+    )
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -82,13 +93,25 @@ def main(argv=None) -> int:
     rows = []
     started = time.perf_counter()
     command = "python benchmarks/kernels.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--snapshot"))
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--snapshot")
+    )
 
     def record() -> dict:
-        return make_record("kernels", commit=git_commit(), command=command, dtype=args.dtype, heads=args.heads,
-                           dim=args.dim, tokens=args.tokens, rows=rows)
-    print(f"GPU: {torch.cuda.get_device_name(0)}; heads {args.heads}, dim {args.dim}, {args.dtype}, "
-          f"~{args.tokens:,} tokens per batch")
+        return make_record(
+            "kernels",
+            commit=git_commit(),
+            command=command,
+            dtype=args.dtype,
+            heads=args.heads,
+            dim=args.dim,
+            tokens=args.tokens,
+            rows=rows,
+        )
+
+    print(
+        f"GPU: {torch.cuda.get_device_name(0)}; heads {args.heads}, dim {args.dim}, {args.dtype}, "
+        f"~{args.tokens:,} tokens per batch"
+    )
     print(f"{'N':>6} {'impl':>14} {'fwd ms':>9} {'fwd TF/s':>9} {'f+b ms':>9} {'f+b TF/s':>9} {'peak MB':>9}")
     for N in args.lengths:
         lengths, offsets, q, k, v, bias = make_batch(N, args.tokens, args.heads, args.dim, dtype)
@@ -101,7 +124,9 @@ def main(argv=None) -> int:
             del out, ref
         grad = torch.randn_like(q)
         B = len(lengths)
-        dense = [torch.randn(B, args.heads, N, args.dim, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)]
+        dense = [
+            torch.randn(B, args.heads, N, args.dim, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)
+        ]
         impls = {
             "triton": lambda: hstu_attention_triton(q, k, v, offsets, N, max_len=N, **bias),
             "triton no bias": lambda: hstu_attention_triton(q, k, v, offsets, N, max_len=N),
@@ -121,12 +146,18 @@ def main(argv=None) -> int:
                     row["fwd_ms"], row["fwd_peak_mb"] = bench(fn)
                 g = grad if name != "sdpa softmax" else torch.randn_like(dense[0])
                 row["fwdbwd_ms"], row["fwdbwd_peak_mb"] = bench(lambda: fn().backward(g))
-                flops = fwd_flops if name != "sdpa softmax" else attention_flops(
-                    torch.full((B,), N), args.heads, args.dim, args.dim, causal=True)
+                flops = (
+                    fwd_flops
+                    if name != "sdpa softmax"
+                    else attention_flops(torch.full((B,), N), args.heads, args.dim, args.dim, causal=True)
+                )
                 row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
                 row["fwdbwd_tflops"] = 3.5 * flops / row["fwdbwd_ms"] / 1e9
-                print(f"{N:>6} {name:>14} {row['fwd_ms']:9.2f} {row['fwd_tflops']:9.1f} {row['fwdbwd_ms']:9.2f} "
-                      f"{row['fwdbwd_tflops']:9.1f} {row['fwdbwd_peak_mb']:9.0f}", flush=True)
+                print(
+                    f"{N:>6} {name:>14} {row['fwd_ms']:9.2f} {row['fwd_tflops']:9.1f} {row['fwdbwd_ms']:9.2f} "
+                    f"{row['fwdbwd_tflops']:9.1f} {row['fwdbwd_peak_mb']:9.0f}",
+                    flush=True,
+                )
             except torch.OutOfMemoryError:
                 row["error"] = "out of memory"
                 print(f"{N:>6} {name:>14}   out of memory", flush=True)
@@ -135,8 +166,11 @@ def main(argv=None) -> int:
                 print(f"{N:>6} {name:>14}   failed: {row['error']}", flush=True)
             torch.cuda.empty_cache()
             rows.append(row)
-        print(f"{N:>6} triton vs fp32 reference, max relative error: "
-              + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()), flush=True)
+        print(
+            f"{N:>6} triton vs fp32 reference, max relative error: "
+            + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()),
+            flush=True,
+        )
         if args.snapshot:
             tmp = Path(args.snapshot + ".tmp")  # write then rename: a killed run leaves the last whole record
             tmp.write_text(json.dumps(record()) + "\n")
@@ -146,8 +180,10 @@ def main(argv=None) -> int:
     print(f"{'N':>6} {'impl':>14} {'fwd ms':>9} {'fwd TF/s':>9} {'f+b ms':>9} {'f+b TF/s':>9} {'peak MB':>9}")
     for row in sorted(rows, key=lambda r: r["N"]):
         if "fwdbwd_ms" in row:
-            print(f"{row['N']:>6} {row['impl']:>14} {row['fwd_ms']:9.2f} {row['fwd_tflops']:9.1f} "
-                  f"{row['fwdbwd_ms']:9.2f} {row['fwdbwd_tflops']:9.1f} {row['fwdbwd_peak_mb']:9.0f}")
+            print(
+                f"{row['N']:>6} {row['impl']:>14} {row['fwd_ms']:9.2f} {row['fwd_tflops']:9.1f} "
+                f"{row['fwdbwd_ms']:9.2f} {row['fwdbwd_tflops']:9.1f} {row['fwdbwd_peak_mb']:9.0f}"
+            )
         else:
             print(f"{row['N']:>6} {row['impl']:>14}   {row.get('error', '')}")
     if args.log_results:

@@ -40,6 +40,7 @@ sides (SASRec: one target per position on our side, per prefix sample on RecBole
 or ``--equal-targets``, which runs ours first and stops RecBole once it has trained as many targets
 (BERT4Rec: RecBole's prefix samples hold ~5x the masked positions of our epoch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-recbole"
 RECBOLE_PINS = ["recbole==1.2.1", "numpy==1.26.4", "pandas==2.2.3", "scipy<1.14"]
-RECIPES = {("beauty", "sasrec"): "recipes/beauty/sasrec_ce.toml", ("ml-1m", "sasrec"): "recipes/ml-1m/sasrec.toml",
-           ("beauty", "bert4rec"): "recipes/beauty/bert4rec.toml", ("ml-1m", "bert4rec"): "recipes/ml-1m/bert4rec.toml",
-           ("s3rec-beauty", "sasrec"): "recipes/s3rec-beauty/sasrec_ce.toml"}
+RECIPES = {
+    ("beauty", "sasrec"): "recipes/beauty/sasrec_ce.toml",
+    ("ml-1m", "sasrec"): "recipes/ml-1m/sasrec.toml",
+    ("beauty", "bert4rec"): "recipes/beauty/bert4rec.toml",
+    ("ml-1m", "bert4rec"): "recipes/ml-1m/bert4rec.toml",
+    ("s3rec-beauty", "sasrec"): "recipes/s3rec-beauty/sasrec_ce.toml",
+}
 # the model shape both sides use: heads, feed-forward width (x hidden), dropout
 SHAPES = {"sasrec": (1, 1, 0.5), "bert4rec": (2, 4, 0.2)}
 
@@ -81,8 +86,9 @@ def write_atomic(seq, folder: Path, name: str) -> None:
     user = np.repeat(np.arange(seq.num_users), lengths)
     index = np.arange(seq.num_interactions) - np.repeat(seq.seq_offsets[:-1], lengths)
     (folder / name).mkdir(parents=True, exist_ok=True)
-    frame = pl.DataFrame({"user_id:token": user, "item_id:token": np.asarray(seq.item_ids),
-                          "timestamp:float": index.astype(np.float64)})
+    frame = pl.DataFrame(
+        {"user_id:token": user, "item_id:token": np.asarray(seq.item_ids), "timestamp:float": index.astype(np.float64)}
+    )
     frame.write_csv(folder / name / f"{name}.inter", separator="\t")
 
 
@@ -125,21 +131,38 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="sasrec", choices=sorted(SHAPES))
     p.add_argument("--dataset", default="beauty", choices=sorted({d for d, _ in RECIPES}))
     p.add_argument("--mask-prob", type=float, default=0.2, help="BERT4Rec: masking probability on both sides")
-    p.add_argument("--ce-dtype", default=None, choices=["float32", "bfloat16"],
-                   help="ours: logit GEMM dtype (default: the recipe's; the Beauty recipes use auto: bfloat16 on bf16 units)")
+    p.add_argument(
+        "--ce-dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="ours: logit GEMM dtype (default: the recipe's; the Beauty recipes use auto: bfloat16 on bf16 units)",
+    )
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.001, help="our learning rate (RecBole's default is 0.001)")
     p.add_argument("--recbole-lr", type=float, default=0.001, help="RecBole's learning rate")
-    p.add_argument("--recbole-batches", type=int, default=0, help="stop RecBole after this many batches (0: whole epochs)")
-    p.add_argument("--equal-targets", action="store_true",
-                   help="run ours first, then stop RecBole once it has trained as many targets (NDCG compared)")
-    p.add_argument("--our-batch-size", type=int, default=128,
-                   help="our batch in sequences (RecBole's stays 128 prefix samples = 128 targets)")
+    p.add_argument(
+        "--recbole-batches", type=int, default=0, help="stop RecBole after this many batches (0: whole epochs)"
+    )
+    p.add_argument(
+        "--equal-targets",
+        action="store_true",
+        help="run ours first, then stop RecBole once it has trained as many targets (NDCG compared)",
+    )
+    p.add_argument(
+        "--our-batch-size",
+        type=int,
+        default=128,
+        help="our batch in sequences (RecBole's stays 128 prefix samples = 128 targets)",
+    )
     p.add_argument("--max-len", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--eval-repeats", type=int, default=3,
-                   help="time each side's test evaluation this many times and report the median (one ~0.15 s "
-                        "evaluation varied by half between runs on a 2-core VM)")
+    p.add_argument(
+        "--eval-repeats",
+        type=int,
+        default=3,
+        help="time each side's test evaluation this many times and report the median (one ~0.15 s "
+        "evaluation varied by half between runs on a 2-core VM)",
+    )
     p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -153,11 +176,22 @@ def main(argv=None) -> int:
     recipe = RECIPES[args.dataset, args.model]
     hidden = 64
     heads, ffn_mult, dropout = SHAPES[args.model]
-    overrides = [f"model.hidden_dim={hidden}", "model.num_blocks=2",
-                 f"model.num_heads={heads}", f"model.dropout={dropout}", "loss.name=ce", "loss.l2_normalize=false",
-                 "loss.temperature=1.0", "data.split=leave_one_out",
-                 f"train.batch_size={args.our_batch_size}", f"train.lr={args.lr}", f"train.epochs={args.epochs}", "train.patience=0",
-                 f"train.num_threads={args.threads}", "eval.ranks=cutoff"]
+    overrides = [
+        f"model.hidden_dim={hidden}",
+        "model.num_blocks=2",
+        f"model.num_heads={heads}",
+        f"model.dropout={dropout}",
+        "loss.name=ce",
+        "loss.l2_normalize=false",
+        "loss.temperature=1.0",
+        "data.split=leave_one_out",
+        f"train.batch_size={args.our_batch_size}",
+        f"train.lr={args.lr}",
+        f"train.epochs={args.epochs}",
+        "train.patience=0",
+        f"train.num_threads={args.threads}",
+        "eval.ranks=cutoff",
+    ]
     if args.model == "bert4rec":
         overrides += [f"model.mask_prob={args.mask_prob}", f"model.ffn_dim={ffn_mult * hidden}"]
     if args.ce_dtype:
@@ -169,6 +203,7 @@ def main(argv=None) -> int:
     resolve_ce_matmul_dtype(cfg, torch.device("cpu"))  # "auto" (Beauty recipes): what our run will use
     ce_dtype = cfg.loss.ce_matmul_dtype
     python = ensure_recbole()
+
     def run_ours() -> dict:
         print(f"ours on {args.dataset} ...", flush=True)
         return ours(recipe, overrides, args.threads, args.eval_repeats)
@@ -178,16 +213,38 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         seq = prepare_data(cfg.data, verbose=False).split.data
         write_atomic(seq, Path(tmp), args.dataset)
-        child_args = {"model": args.model, "data_path": tmp, "dataset": args.dataset, "hidden_dim": hidden,
-                      "ffn_dim": ffn_mult * hidden, "num_blocks": 2, "num_heads": heads, "dropout": dropout,
-                      "mask_prob": args.mask_prob, "max_len": max_len, "batch_size": 128, "lr": args.recbole_lr,
-                      "epochs": args.epochs, "seed": 42, "max_batches": args.recbole_batches,
-                      "max_targets": mine["train_targets"] if mine else 0, "eval_repeats": args.eval_repeats}
+        child_args = {
+            "model": args.model,
+            "data_path": tmp,
+            "dataset": args.dataset,
+            "hidden_dim": hidden,
+            "ffn_dim": ffn_mult * hidden,
+            "num_blocks": 2,
+            "num_heads": heads,
+            "dropout": dropout,
+            "mask_prob": args.mask_prob,
+            "max_len": max_len,
+            "batch_size": 128,
+            "lr": args.recbole_lr,
+            "epochs": args.epochs,
+            "seed": 42,
+            "max_batches": args.recbole_batches,
+            "max_targets": mine["train_targets"] if mine else 0,
+            "eval_repeats": args.eval_repeats,
+        }
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-        print(f"RecBole 1.2.1 {args.model} on {args.dataset} ({seq.num_users:,} users, {seq.num_items - 1:,} items), "
-              f"max length {max_len}, {args.threads} threads ...", flush=True)
-        done = subprocess.run([python, str(ROOT / "benchmarks" / "peer_recbole_child.py"), json.dumps(child_args)],
-                              capture_output=True, text=True, env=env, cwd=tmp)
+        print(
+            f"RecBole 1.2.1 {args.model} on {args.dataset} ({seq.num_users:,} users, {seq.num_items - 1:,} items), "
+            f"max length {max_len}, {args.threads} threads ...",
+            flush=True,
+        )
+        done = subprocess.run(
+            [python, str(ROOT / "benchmarks" / "peer_recbole_child.py"), json.dumps(child_args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp,
+        )
         if done.returncode:
             print(done.stderr[-3000:])
             return done.returncode
@@ -201,35 +258,59 @@ def main(argv=None) -> int:
         "training targets / s": (our_targets / mine["train_seconds"], theirs["targets_per_second"]),
         "evaluation users / s": (mine["test"]["num_users"] / mine["test"]["seconds"], their_users_per_second),
         "evaluation users / s, every exact rank": (
-            mine["test_every_rank"]["num_users"] / mine["test_every_rank"]["seconds"], their_users_per_second),
+            mine["test_every_rank"]["num_users"] / mine["test_every_rank"]["seconds"],
+            their_users_per_second,
+        ),
         # products and attention that the test evaluation executed (benchmarks/flops.py), and per second
         "evaluation GFLOP (counted)": (mine["eval_flops"] / 1e9, theirs["eval_flops"] / 1e9),
-        "evaluation GFLOP/s": (mine["eval_flops"] / 1e9 / mine["test"]["seconds"],
-                               theirs["eval_flops"] / 1e9 / theirs["eval_seconds"]),
+        "evaluation GFLOP/s": (
+            mine["eval_flops"] / 1e9 / mine["test"]["seconds"],
+            theirs["eval_flops"] / 1e9 / theirs["eval_seconds"],
+        ),
         "peak RSS (MB)": (mine["peak_rss_mb"], theirs["peak_rss_mb"]),
         "test NDCG@10": (mine["test"]["ndcg@10"], theirs["ndcg@10"]),
         "test HR@10": (mine["test"]["hr@10"], theirs["hr@10"]),
     }
-    print(f"\n| {args.dataset}, {args.model} full CE ({ce_dtype} GEMMs ours), len {max_len}, batch "
-          f"{args.our_batch_size} sequences ours / 128 samples RecBole, lr {args.lr} ours, "
-          f"{args.recbole_lr} RecBole | ours | RecBole 1.2.1 | ours / RecBole |")
+    print(
+        f"\n| {args.dataset}, {args.model} full CE ({ce_dtype} GEMMs ours), len {max_len}, batch "
+        f"{args.our_batch_size} sequences ours / 128 samples RecBole, lr {args.lr} ours, "
+        f"{args.recbole_lr} RecBole | ours | RecBole 1.2.1 | ours / RecBole |"
+    )
     print("|---|---|---|---|")
     for name, (a, b) in rows.items():
         if name.startswith("test") and args.recbole_batches and not args.equal_targets:  # unequal training
-            print(f"| {name} | {a:,.4g} | {b:,.4g} | not comparable (RecBole stopped after "
-                  f"{args.recbole_batches} batches) |")
+            print(
+                f"| {name} | {a:,.4g} | {b:,.4g} | not comparable (RecBole stopped after "
+                f"{args.recbole_batches} batches) |"
+            )
             continue
         print(f"| {name} | {a:,.4g} | {b:,.4g} | {a / b:.2f}x |")
     if args.log_results:
         from recsys.results import append_record, benchmark_command, make_record
 
-        append_record(make_record(
-            "peer_recbole", command=benchmark_command("peer_recbole", argv), dataset=args.dataset, model=args.model,
-            ce_dtype=ce_dtype, lr=args.lr, recbole_lr=args.recbole_lr,
-            mask_prob=args.mask_prob if args.model == "bert4rec" else None, max_len=max_len, epochs=args.epochs,
-            our_batch_size=args.our_batch_size, recbole_batches=args.recbole_batches, equal_targets=args.equal_targets, threads=args.threads,
-            eval_repeats=args.eval_repeats,
-            rows={k: {"ours": a, "recbole": b} for k, (a, b) in rows.items()}, ours=mine, recbole=theirs), args.log_results)
+        append_record(
+            make_record(
+                "peer_recbole",
+                command=benchmark_command("peer_recbole", argv),
+                dataset=args.dataset,
+                model=args.model,
+                ce_dtype=ce_dtype,
+                lr=args.lr,
+                recbole_lr=args.recbole_lr,
+                mask_prob=args.mask_prob if args.model == "bert4rec" else None,
+                max_len=max_len,
+                epochs=args.epochs,
+                our_batch_size=args.our_batch_size,
+                recbole_batches=args.recbole_batches,
+                equal_targets=args.equal_targets,
+                threads=args.threads,
+                eval_repeats=args.eval_repeats,
+                rows={k: {"ours": a, "recbole": b} for k, (a, b) in rows.items()},
+                ours=mine,
+                recbole=theirs,
+            ),
+            args.log_results,
+        )
     return 0
 
 

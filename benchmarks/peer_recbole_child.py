@@ -12,6 +12,7 @@ Evaluation batches hold 128 users: of 64, 128, 256 and 512, 128 evaluated fastes
 2 threads: 1.1-1.7 s against 1.4-2.8 s at 256); RecBole's default 4,096 took 8-13 s where 256 took
 2.8-4.9 s (measured with a 4x wider feed-forward layer).
 """
+
 import json
 import resource
 import statistics
@@ -29,18 +30,39 @@ def main() -> int:
 
     bert = args.get("model") == "bert4rec"
     extra = {"mask_ratio": args["mask_prob"]} if bert else {}
-    cfg = Config(model="BERT4Rec" if bert else "SASRec", dataset=args["dataset"], config_dict={**extra,
-        "data_path": args["data_path"], "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "loss_type": "CE", "train_neg_sample_args": None,
-        "hidden_size": args["hidden_dim"], "inner_size": args["ffn_dim"], "n_layers": args["num_blocks"],
-        "n_heads": args["num_heads"], "hidden_dropout_prob": args["dropout"], "attn_dropout_prob": args["dropout"],
-        "MAX_ITEM_LIST_LENGTH": args["max_len"], "train_batch_size": args["batch_size"], "eval_batch_size": 128,
-        "learning_rate": args["lr"], "epochs": args["epochs"], "seed": args["seed"],
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
-        "metrics": ["NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10", "use_gpu": False,
-        "show_progress": False, "checkpoint_dir": args["data_path"] + "/ckpt", "worker": 0,
-        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
-    })
+    cfg = Config(
+        model="BERT4Rec" if bert else "SASRec",
+        dataset=args["dataset"],
+        config_dict={
+            **extra,
+            "data_path": args["data_path"],
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+            "loss_type": "CE",
+            "train_neg_sample_args": None,
+            "hidden_size": args["hidden_dim"],
+            "inner_size": args["ffn_dim"],
+            "n_layers": args["num_blocks"],
+            "n_heads": args["num_heads"],
+            "hidden_dropout_prob": args["dropout"],
+            "attn_dropout_prob": args["dropout"],
+            "MAX_ITEM_LIST_LENGTH": args["max_len"],
+            "train_batch_size": args["batch_size"],
+            "eval_batch_size": 128,
+            "learning_rate": args["lr"],
+            "epochs": args["epochs"],
+            "seed": args["seed"],
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+            "metrics": ["NDCG", "Hit"],
+            "topk": [10],
+            "valid_metric": "NDCG@10",
+            "use_gpu": False,
+            "show_progress": False,
+            "checkpoint_dir": args["data_path"] + "/ckpt",
+            "worker": 0,
+            "user_inter_num_interval": "[0,inf)",
+            "item_inter_num_interval": "[0,inf)",
+        },
+    )
     init_seed(cfg["seed"], True)
     t = time.perf_counter()
     dataset = create_dataset(cfg)
@@ -76,15 +98,26 @@ def main() -> int:
     eval_s = statistics.median(eval_each)
     # the same evaluation again, counting its products and attention (benchmarks/flops.py: this script's folder)
     from flops import count_flops
+
     _, eval_flops = count_flops(trainer.evaluate, test, load_best_model=False, show_progress=False)
-    print(json.dumps({
-        "train_targets": targets, "train_seconds": train_s, "targets_per_second": targets / train_s,
-        "train_samples_per_epoch": len(train.dataset), "build_seconds": build_s,
-        "eval_users": len(test.dataset) if hasattr(test, "dataset") else None, "eval_seconds": eval_s,
-        "eval_seconds_each": eval_each,
-        "ndcg@10": float(result["ndcg@10"]), "hr@10": float(result["hit@10"]),
-        "peak_rss_mb": peak_rss_mb, "eval_flops": eval_flops,
-    }))
+    print(
+        json.dumps(
+            {
+                "train_targets": targets,
+                "train_seconds": train_s,
+                "targets_per_second": targets / train_s,
+                "train_samples_per_epoch": len(train.dataset),
+                "build_seconds": build_s,
+                "eval_users": len(test.dataset) if hasattr(test, "dataset") else None,
+                "eval_seconds": eval_s,
+                "eval_seconds_each": eval_each,
+                "ndcg@10": float(result["ndcg@10"]),
+                "hr@10": float(result["hit@10"]),
+                "peak_rss_mb": peak_rss_mb,
+                "eval_flops": eval_flops,
+            }
+        )
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ on real histories, and encoding users for evaluation. Prints the measured second
 they add up to (one step per ``batch-size`` users, one re-encoding), next to the two-level variant's
 measured epoch time when a result for it is given with --two-level-epoch-seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,18 @@ def main(argv=None) -> int:
 
     data = prepare_data(DataConfig(dataset=args.dataset), verbose=False)
     split, seq = data.split, data.split.data
-    cfg = RecformerTokensConfig(tokens_per_item=args.tokens_per_item, max_items=args.max_items,
-                                max_tokens=min(512, 1 + args.max_items * args.tokens_per_item))
+    cfg = RecformerTokensConfig(
+        tokens_per_item=args.tokens_per_item,
+        max_items=args.max_items,
+        max_tokens=min(512, 1 + args.max_items * args.tokens_per_item),
+    )
     model = build(seq, load_item_text(args.dataset), cfg)
     tokens = (model.token_ids > 0).sum(1).float()
-    print(f"{args.dataset}: {seq.num_users:,} users, {seq.num_items - 1:,} items; tokens per item: mean "
-          f"{tokens[1:].mean():.1f}, cut at {cfg.tokens_per_item}; history: {cfg.max_items} items, <= {cfg.max_tokens} tokens; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.dataset}: {seq.num_users:,} users, {seq.num_items - 1:,} items; tokens per item: mean "
+        f"{tokens[1:].mean():.1f}, cut at {cfg.tokens_per_item}; history: {cfg.max_items} items, <= {cfg.max_tokens} tokens; "
+        f"torch threads {torch.get_num_threads()}"
+    )
     # re-encoding the catalogue (timed on a slice, scaled by the catalogue size)
     n = min(args.encode_items, seq.num_items - 1)
     t = time.perf_counter()
@@ -81,20 +87,36 @@ def main(argv=None) -> int:
     epoch_s = steps_per_epoch * per_step + encode_s
     print("| what | measured | per epoch |")
     print("|---|---|---|")
-    print(f"| training step, {args.batch_size} histories (mean {np.mean(history_tokens):.0f} tokens) | {per_step:.2f} s "
-          f"| {steps_per_epoch:,} steps = {steps_per_epoch * per_step / 60:.1f} min |")
+    print(
+        f"| training step, {args.batch_size} histories (mean {np.mean(history_tokens):.0f} tokens) | {per_step:.2f} s "
+        f"| {steps_per_epoch:,} steps = {steps_per_epoch * per_step / 60:.1f} min |"
+    )
     print(f"| re-encode the catalogue ({seq.num_items - 1:,} items) | {encode_s:.1f} s | once |")
-    print(f"| encode one user for evaluation | {user_s * 1e3:.0f} ms | {len(split.test):,} users = {user_s * len(split.test) / 60:.1f} min |")
+    print(
+        f"| encode one user for evaluation | {user_s * 1e3:.0f} ms | {len(split.test):,} users = {user_s * len(split.test) / 60:.1f} min |"
+    )
     print(f"| stage-1 epoch, total | | {epoch_s / 60:.1f} min |")
     if args.log_results:
         from recsys.results import append_record, benchmark_command, make_record
 
-        append_record(make_record(
-            "recformer_tokens", command=benchmark_command("recformer_tokens", argv), dataset=args.dataset,
-            batch_size=args.batch_size, max_items=cfg.max_items, tokens_per_item=cfg.tokens_per_item,
-            mean_history_tokens=float(np.mean(history_tokens)), step_seconds=per_step, steps_per_epoch=steps_per_epoch,
-            encode_catalogue_seconds=encode_s, user_encode_ms=user_s * 1e3, epoch_seconds=epoch_s,
-            threads=torch.get_num_threads()), args.log_results)
+        append_record(
+            make_record(
+                "recformer_tokens",
+                command=benchmark_command("recformer_tokens", argv),
+                dataset=args.dataset,
+                batch_size=args.batch_size,
+                max_items=cfg.max_items,
+                tokens_per_item=cfg.tokens_per_item,
+                mean_history_tokens=float(np.mean(history_tokens)),
+                step_seconds=per_step,
+                steps_per_epoch=steps_per_epoch,
+                encode_catalogue_seconds=encode_s,
+                user_encode_ms=user_s * 1e3,
+                epoch_seconds=epoch_s,
+                threads=torch.get_num_threads(),
+            ),
+            args.log_results,
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ random vectors are the worst case for every ANN index), normalised to unit lengt
 copies of random items. For an export, recall is measured with the export's user vectors as queries,
 and, given the run, the model's test NDCG@10 / HR@10 through each index next to the exact evaluator's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,10 +67,21 @@ def measure(items: np.ndarray, queries: np.ndarray, k: int = 10) -> list[dict]:
             exact_rows, exact_qps = found, len(queries) / seconds
         recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(found, exact_rows)]))
         qps = len(queries) / seconds
-        rows.append({"index": kind, "params": params, "build_seconds": build, "queries_per_second": qps,
-                     "speedup_vs_exact": qps / exact_qps, "recall@10": recall})
-        print(f"  {kind:9s} {str(params):55s} build {build:7.2f} s  {qps:10,.0f} q/s  "
-              f"x{qps / exact_qps:6.1f}  recall@10 {recall:.3f}", flush=True)
+        rows.append(
+            {
+                "index": kind,
+                "params": params,
+                "build_seconds": build,
+                "queries_per_second": qps,
+                "speedup_vs_exact": qps / exact_qps,
+                "recall@10": recall,
+            }
+        )
+        print(
+            f"  {kind:9s} {str(params):55s} build {build:7.2f} s  {qps:10,.0f} q/s  "
+            f"x{qps / exact_qps:6.1f}  recall@10 {recall:.3f}",
+            flush=True,
+        )
     return rows
 
 
@@ -89,8 +101,12 @@ def main(argv=None) -> int:
         items, queries = synthetic(n, args.dim, args.queries)
         rows = measure(items, queries)
         if args.log_results:
-            append_record(make_record("retrieval", command=command, commit=commit, catalogue=f"synthetic {n:,} x {args.dim}",
-                                      rows=rows), args.log_results)
+            append_record(
+                make_record(
+                    "retrieval", command=command, commit=commit, catalogue=f"synthetic {n:,} x {args.dim}", rows=rows
+                ),
+                args.log_results,
+            )
     if args.export:
         items = np.load(Path(args.export) / "item_embeddings.npy")
         queries = np.load(Path(args.export) / "user_embeddings.npy")
@@ -106,10 +122,14 @@ def main(argv=None) -> int:
             for row in rows:
                 through = evaluate_through_index(trainer, build_index(items, row["index"], row["params"]), ks=(10,))
                 row.update({"ndcg@10": through["ndcg@10"], "hr@10": through["hr@10"]})
-                print(f"  {row['index']:9s} {str(row['params']):55s} NDCG@10 {through['ndcg@10']:.4f}  HR@10 {through['hr@10']:.4f}")
+                print(
+                    f"  {row['index']:9s} {str(row['params']):55s} NDCG@10 {through['ndcg@10']:.4f}  HR@10 {through['hr@10']:.4f}"
+                )
         if args.log_results:
-            append_record(make_record("retrieval", command=command, commit=commit, catalogue=f"export {args.export}",
-                                      rows=rows), args.log_results)
+            append_record(
+                make_record("retrieval", command=command, commit=commit, catalogue=f"export {args.export}", rows=rows),
+                args.log_results,
+            )
     return 0
 
 

@@ -11,6 +11,7 @@ users, as a straightforward implementation would allocate; the evaluator reuses 
 fresh): later epochs can cost more than the first (e.g. the full CE's logits outgrow its no-shift bound).
 With --log-results one "timing" record goes to benchmarks/results.jsonl (RESULTS.md is built from it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,16 +67,28 @@ def main(argv=None) -> int:
     after = f" after epoch {start_epoch}" if start_epoch else ""  # timed from a trained model
     rows = [
         ("dataset", f"{info['dataset']} ({info.get('file', '?')}): {info['users']:,} users, {info['items']:,} items"),
-        ("model / loss", f"{cfg.model_name} / {cfg.loss.name}, max_seq_len {cfg.max_seq_len}, batch {cfg.train.batch_size}"),
+        (
+            "model / loss",
+            f"{cfg.model_name} / {cfg.loss.name}, max_seq_len {cfg.max_seq_len}, batch {cfg.train.batch_size}",
+        ),
         ("torch threads", str(torch.get_num_threads())),
         ("load + prepare", f"{load_seconds:.2f} s"),
-        ("train epoch", f"{epoch['train_seconds']:.1f} s{after}  ({epoch['train_sequences']:,} sequences, "
-                        f"{epoch['sequences_per_second']:,.0f} sequences/s; {epoch['train_targets']:,} targets, "
-                        f"{epoch['targets_per_second']:,.0f} targets/s)"),
-        ("full evaluation", f"{ev['seconds']:.2f} s  ({ev['num_users']:,} users x {info['items']:,} items, "
-                            f"{ev['num_users'] / ev['seconds']:,.0f} users/s)"),
-        ("evaluation, ranks cut", f"{cut['seconds']:.2f} s  ({cut['num_users'] / cut['seconds']:,.0f} users/s; "
-                                  f"{cut['fully_ranked_users']:,} users ranked against every item)"),
+        (
+            "train epoch",
+            f"{epoch['train_seconds']:.1f} s{after}  ({epoch['train_sequences']:,} sequences, "
+            f"{epoch['sequences_per_second']:,.0f} sequences/s; {epoch['train_targets']:,} targets, "
+            f"{epoch['targets_per_second']:,.0f} targets/s)",
+        ),
+        (
+            "full evaluation",
+            f"{ev['seconds']:.2f} s  ({ev['num_users']:,} users x {info['items']:,} items, "
+            f"{ev['num_users'] / ev['seconds']:,.0f} users/s)",
+        ),
+        (
+            "evaluation, ranks cut",
+            f"{cut['seconds']:.2f} s  ({cut['num_users'] / cut['seconds']:,.0f} users/s; "
+            f"{cut['fully_ranked_users']:,} users ranked against every item)",
+        ),
         ("naive scoring GEMMs", f"{gemm_seconds:.2f} s  (fresh output per block, no ranking)"),
         ("peak memory", f"{peak_memory_mb():,.0f} MB"),
     ]
@@ -89,14 +102,26 @@ def main(argv=None) -> int:
                 "timing",
                 commit=commit,
                 command=benchmark_command("speed", argv),
-                recipe=args.recipe, dataset=info, model=cfg.model_name, loss=cfg.loss.name,
-                max_seq_len=cfg.max_seq_len, batch_size=cfg.train.batch_size, from_epoch=start_epoch,
-                train_epoch_seconds=epoch["train_seconds"], train_targets=epoch["train_targets"],
-                targets_per_second=epoch["targets_per_second"], train_sequences=epoch["train_sequences"],
-                sequences_per_second=epoch["sequences_per_second"], eval_seconds=ev["seconds"],
-                eval_users=ev["num_users"], eval_users_per_second=ev["num_users"] / ev["seconds"],
-                cutoff_eval_seconds=cut["seconds"], cutoff_fully_ranked_users=cut["fully_ranked_users"],
-                gemm_seconds=gemm_seconds, load_seconds=load_seconds, peak_memory_mb=peak_memory_mb(),
+                recipe=args.recipe,
+                dataset=info,
+                model=cfg.model_name,
+                loss=cfg.loss.name,
+                max_seq_len=cfg.max_seq_len,
+                batch_size=cfg.train.batch_size,
+                from_epoch=start_epoch,
+                train_epoch_seconds=epoch["train_seconds"],
+                train_targets=epoch["train_targets"],
+                targets_per_second=epoch["targets_per_second"],
+                train_sequences=epoch["train_sequences"],
+                sequences_per_second=epoch["sequences_per_second"],
+                eval_seconds=ev["seconds"],
+                eval_users=ev["num_users"],
+                eval_users_per_second=ev["num_users"] / ev["seconds"],
+                cutoff_eval_seconds=cut["seconds"],
+                cutoff_fully_ranked_users=cut["fully_ranked_users"],
+                gemm_seconds=gemm_seconds,
+                load_seconds=load_seconds,
+                peak_memory_mb=peak_memory_mb(),
             ),
             args.log_results,
         )

@@ -9,6 +9,7 @@ from the target's own text, and evaluated on the target's test split (leave-one-
 seen items excluded) with no training on the target. Printed next to popularity (counts of the
 target's training events: knowledge the zero-shot model does not have) and random scores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,20 +35,27 @@ def main(argv=None) -> int:
     state = load_checkpoint(Path(args.run_dir) / "best.pt")
     cfg = config_from_dict(state["config"])
     if not cfg.model_name.startswith("recformer"):
-        raise SystemExit(f"{args.run_dir}: a {cfg.model_name} model has per-item parameters; zero-shot needs a text model")
+        raise SystemExit(
+            f"{args.run_dir}: a {cfg.model_name} model has per-item parameters; zero-shot needs a text model"
+        )
     source = cfg.data.dataset
     data = prepare_data(DataConfig(dataset=args.target, split="leave_one_out"), verbose=True)
     split = data.split
     model = build_model(cfg.model_name, cfg.model, split.data.num_items)
     model.set_item_text(item_text_vectors(split.data, load_item_text(args.target)))
     model.load_state_dict(state["model"])  # no tensor depends on the catalogue: the weights carry over as they are
-    results = {"zero-shot " + source: evaluate(model, split, split.test, cfg.max_seq_len, cfg.eval,
-                                               normalize=cfg.loss.l2_normalize)}
+    results = {
+        "zero-shot " + source: evaluate(
+            model, split, split.test, cfg.max_seq_len, cfg.eval, normalize=cfg.loss.l2_normalize
+        )
+    }
     seq = split.data
     results["popularity"] = evaluate(popularity_scorer(split), split, split.test, cfg.max_seq_len, cfg.eval)
     results["random"] = evaluate(random_scorer(seq.num_items), split, split.test, cfg.max_seq_len, cfg.eval)
-    print(f"\ntrained on {source}, evaluated on {args.target} ({len(split.test):,} test users, "
-          f"{seq.num_items - 1:,} items) without training there")
+    print(
+        f"\ntrained on {source}, evaluated on {args.target} ({len(split.test):,} test users, "
+        f"{seq.num_items - 1:,} items) without training there"
+    )
     print("| scorer | NDCG@10 | HR@10 |")
     print("|---|---|---|")
     for name, r in results.items():
@@ -55,11 +63,20 @@ def main(argv=None) -> int:
     if args.log_results:
         from recsys.results import append_record, benchmark_command, make_record
 
-        append_record(make_record(
-            "zero_shot", command=benchmark_command("zero_shot", argv), source=source, target=args.target,
-            model=cfg.model_name, test_users=len(split.test), items=seq.num_items - 1,
-            rows={k: {m: v[m] for m in ("ndcg@10", "hr@10")} for k, v in results.items()},
-            source_run=json.loads((Path(args.run_dir) / "final_metrics.json").read_text())["test"]), args.log_results)
+        append_record(
+            make_record(
+                "zero_shot",
+                command=benchmark_command("zero_shot", argv),
+                source=source,
+                target=args.target,
+                model=cfg.model_name,
+                test_users=len(split.test),
+                items=seq.num_items - 1,
+                rows={k: {m: v[m] for m in ("ndcg@10", "hr@10")} for k, v in results.items()},
+                source_run=json.loads((Path(args.run_dir) / "final_metrics.json").read_text())["test"],
+            ),
+            args.log_results,
+        )
     return 0
 
 

@@ -3,6 +3,7 @@
 The notebook API (``from_frame``, ``fit``, ``load``) lives in :mod:`recsys.api`; it is imported
 lazily so ``import recsys`` stays light.
 """
+
 __version__ = "0.1.0"
 
 __all__ = ["from_frame", "fit", "load", "__version__"]

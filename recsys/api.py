@@ -1,12 +1,13 @@
 """Python API mirroring the CLI, for notebooks.
 
-    import recsys
-    data = recsys.from_frame(df, user="user_id", item="item_id", time="ts")   # pandas or polars
-    model = recsys.fit(data, "recipes/ml-100k/sasrec.toml", overrides=["train.epochs=5"], run_dir="runs/nb")
-    model.evaluate("test")["ndcg@10"]
-    model.recommend(["i1", "i7", "i3"], k=10)       # raw item ids and scores
-    model = recsys.load("runs/nb")                     # a finished run, back from disk
+import recsys
+data = recsys.from_frame(df, user="user_id", item="item_id", time="ts")   # pandas or polars
+model = recsys.fit(data, "recipes/ml-100k/sasrec.toml", overrides=["train.epochs=5"], run_dir="runs/nb")
+model.evaluate("test")["ndcg@10"]
+model.recommend(["i1", "i7", "i3"], k=10)       # raw item ids and scores
+model = recsys.load("runs/nb")                     # a finished run, back from disk
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,14 @@ from .data.readers import DataError, Interactions, frame_to_interactions
 from .train import Trainer, load_run, prepare_data
 
 
-def from_frame(df, user: str = "user_id", item: str = "item_id", time: str | None = None,
-               rating: str | None = None, time_format: str | None = None) -> Interactions:
+def from_frame(
+    df,
+    user: str = "user_id",
+    item: str = "item_id",
+    time: str | None = None,
+    rating: str | None = None,
+    time_format: str | None = None,
+) -> Interactions:
     """Canonical interactions from a pandas / polars DataFrame, naming its columns. ``time_format``:
     the strftime format of text timestamps (default: integers, or date-times polars can infer)."""
     columns = {"user_id": user, "item_id": item}
@@ -48,8 +55,12 @@ class Recommender:
         return self.trainer.evaluate(split)
 
     @torch.no_grad()
-    def score(self, histories: Sequence[Sequence], times: Sequence[Sequence[int]] | None = None,
-              at: Sequence[int] | None = None) -> torch.Tensor:
+    def score(
+        self,
+        histories: Sequence[Sequence],
+        times: Sequence[Sequence[int]] | None = None,
+        at: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Scores [len(histories), V] of every item (column i = internal id i; column 0 is padding = -inf)
         for histories of raw item ids (oldest first). Models that read time (HSTU's time bias) need
         ``times``: each item's timestamp (seconds, as in the training log), and ``at``: the time each
@@ -61,17 +72,19 @@ class Recommender:
         if any(len(r) == 0 for r in rows):
             raise DataError("every history needs at least one item")
         if times is None and getattr(self.model.cfg, "use_time_bias", False):
-            raise DataError("this model reads time (time bias): pass times= (each item's timestamp) and "
-                            "optionally at= (the time of the request)")
+            raise DataError(
+                "this model reads time (time bias): pass times= (each item's timestamp) and "
+                "optionally at= (the time of the request)"
+            )
         if times is not None and [len(t) for t in times] != [len(h) for h in histories]:
             raise DataError("times= needs one timestamp per item of each history")
         width = max(len(r) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         stamps = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):  # one row per history, not per interaction
-            ids[i, width - len(r):] = torch.from_numpy(r)
+            ids[i, width - len(r) :] = torch.from_numpy(r)
             if times is not None:
-                stamps[i, width - len(r):] = torch.tensor(list(times[i])[-len(r):], dtype=torch.long)
+                stamps[i, width - len(r) :] = torch.tensor(list(times[i])[-len(r) :], dtype=torch.long)
         self.model.eval()
         device = self.trainer.device
         extra = ()
@@ -86,8 +99,14 @@ class Recommender:
         scores[:, 0] = float("-inf")
         return scores
 
-    def recommend(self, history: Sequence, k: int = 10, exclude_seen: bool = True, times: Sequence[int] | None = None,
-                  at: int | None = None) -> list[tuple[object, float]]:
+    def recommend(
+        self,
+        history: Sequence,
+        k: int = 10,
+        exclude_seen: bool = True,
+        times: Sequence[int] | None = None,
+        at: int | None = None,
+    ) -> list[tuple[object, float]]:
         """Top-k (raw item id, score) for one history of raw item ids: fewer when the catalogue (less the
         history, with ``exclude_seen``) holds fewer than k items. ``times`` / ``at``: as in :meth:`score`."""
         if k < 0:
@@ -99,8 +118,14 @@ class Recommender:
         return [(self.data.item_raw_ids[i], float(s)) for i, s in zip(top.indices.tolist(), top.values.tolist())]
 
 
-def fit(data: Interactions | str, recipe: str | Path | None = None, overrides: Sequence[str] = (),
-          run_dir: str | Path = "runs/api", resume: bool = False, progress: bool = True) -> Recommender:
+def fit(
+    data: Interactions | str,
+    recipe: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    run_dir: str | Path = "runs/api",
+    resume: bool = False,
+    progress: bool = True,
+) -> Recommender:
     """Train on interactions (or a dataset card's name) with a recipe's settings (defaults without one)."""
     cfg = load_recipe(recipe, list(overrides)) if recipe else config_from_dict(_overrides_only(overrides))
     interactions = None

@@ -5,6 +5,7 @@ Both implement ``item_vectors()`` and ``user_vectors(item_ids, ...)`` as the enc
 strict ranks). Popularity counts only the events training sees, so it knows nothing of a held-out
 item or of the validation and test targets.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,14 +1,15 @@
 """Command line: ``recsys train | evaluate | data | export | index | retrieve | results``.
 
-    recsys train recipes/ml-100k/sasrec.toml [--set model.num_blocks=4 ...] [--run-dir DIR] [--resume]
-    recsys evaluate RUN_DIR [--split test|valid] [--set eval.exclude_seen=false]
-    recsys data info DATASET        users, items, interactions, sequence-length percentiles
-    recsys data list                the dataset cards
-    recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, the encoder program, manifest
-    recsys index build DIR --type hnsw      a FAISS index over an export
-    recsys retrieve INDEX_DIR --history "i1,i2" -k 10 | --users FILE
-    recsys results benchmarks/results.jsonl --out benchmarks/RESULTS.md
+recsys train recipes/ml-100k/sasrec.toml [--set model.num_blocks=4 ...] [--run-dir DIR] [--resume]
+recsys evaluate RUN_DIR [--split test|valid] [--set eval.exclude_seen=false]
+recsys data info DATASET        users, items, interactions, sequence-length percentiles
+recsys data list                the dataset cards
+recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, the encoder program, manifest
+recsys index build DIR --type hnsw      a FAISS index over an export
+recsys retrieve INDEX_DIR --history "i1,i2" -k 10 | --users FILE
+recsys results benchmarks/results.jsonl --out benchmarks/RESULTS.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,17 @@ def print_metrics_table(title: str, metrics: dict, ks) -> None:
     if "protocol" in metrics:  # sampled metrics: say so before any number
         print(f"  {metrics['protocol']}")
     if "tie_policy" in metrics:
-        print(f"  ties: {metrics['tie_policy']}" + (" (expectation over a random order of tied items)"
-                                                     if metrics["tie_policy"] == "expected" else ""))
+        print(
+            f"  ties: {metrics['tie_policy']}"
+            + (" (expectation over a random order of tied items)" if metrics["tie_policy"] == "expected" else "")
+        )
     repeats = metrics.get("repeat_targets")
     if repeats:
-        what = {"exclude": "excluded with the rest of the history (counted as misses)",
-                "keep": "kept as candidates while the rest of the history is excluded",
-                "apart": "reported apart (ranked against every item, history included)"}[repeats["policy"]]
+        what = {
+            "exclude": "excluded with the rest of the history (counted as misses)",
+            "keep": "kept as candidates while the rest of the history is excluded",
+            "apart": "reported apart (ranked against every item, history included)",
+        }[repeats["policy"]]
         print(f"  targets that repeat a history item: {repeats['users']:,}, {what}")
     for m in METRIC_ORDER:
         row = "  ".join(f"{m}@{k}={metrics[f'{m}@{k}']:.4f}" for k in ks)
@@ -66,8 +71,11 @@ def cmd_train_click(args) -> int:
     cfg = load_click_recipe(args.recipe, overrides)
     if args.data_dir:
         cfg.data.data_dir = str(Path(args.data_dir).resolve())  # the run's config.json works from anywhere
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
-        f"{cfg.data.dataset}-{cfg.model_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    run_dir = (
+        Path(args.run_dir)
+        if args.run_dir
+        else Path("runs") / (f"{cfg.data.dataset}-{cfg.model_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    )
     out = run_click(cfg, run_dir, progress=not args.quiet)
     s = out["summary"]
     print(f"\n{cfg.model_name} on {cfg.data.dataset}, {cfg.train.seeds} seed(s), test at the best validation epoch:")
@@ -75,12 +83,21 @@ def cmd_train_click(args) -> int:
         print(f"  {metric:8s} {s[f'test_{metric}_mean']:.4f} ± {s[f'test_{metric}_std']:.4f}")
     print(f"run directory: {run_dir}")
     if args.log_results:
-        append_record(make_record("click", commit=commit,
-                                  command="recsys " + " ".join(shlex.quote(a) for a in args.argv),
-                                  recipe=str(args.recipe), dataset=cfg.data.dataset, model=cfg.model_name,
-                                  config=out["config"], samples=out["samples"], summary=s,
-                                  per_seed=[{k: r[k] for k in ("seed", "epoch", "valid", "test")} for r in out["per_seed"]]),
-                      args.log_results)
+        append_record(
+            make_record(
+                "click",
+                commit=commit,
+                command="recsys " + " ".join(shlex.quote(a) for a in args.argv),
+                recipe=str(args.recipe),
+                dataset=cfg.data.dataset,
+                model=cfg.model_name,
+                config=out["config"],
+                samples=out["samples"],
+                summary=s,
+                per_seed=[{k: r[k] for k in ("seed", "epoch", "valid", "test")} for r in out["per_seed"]],
+            ),
+            args.log_results,
+        )
     return 0
 
 
@@ -104,8 +121,11 @@ def cmd_train(args) -> int:
     cfg = load_recipe(args.recipe, args.set)
     if args.data_dir:
         cfg.data.data_dir = str(Path(args.data_dir).resolve())  # the run's config.json works from anywhere
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
-        f"{cfg.data.dataset}-{cfg.model_name}-{cfg.loss.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (
+        Path(args.run_dir)
+        if args.run_dir
+        else Path("runs")
+        / (f"{cfg.data.dataset}-{cfg.model_name}-{cfg.loss.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     )
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
@@ -136,8 +156,10 @@ def _train_runs(args, cfg, seeds, run_dirs, commit, log=None) -> int:
     data = prepare_data(cfg.data, verbose=log is not None)  # the counts of dropped rows: in the log always
     info = data.info
     say = log.say if log is not None else print
-    say(f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, {info['interactions']:,} interactions; "
-          f"split {cfg.data.split}")
+    say(
+        f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, {info['interactions']:,} interactions; "
+        f"split {cfg.data.split}"
+    )
     tests = []
     for seed, folder in zip(seeds, run_dirs):
         cfg.train.seed = seed
@@ -154,7 +176,9 @@ def _train_runs(args, cfg, seeds, run_dirs, commit, log=None) -> int:
         print_metrics_table(f"test (best epoch {out['best_epoch']} of {out['epochs_run']})", out["test"], cfg.eval.ks)
         for part, title in (("test_cold", "held-out (cold) items"), ("test_warm", "items seen in training")):
             if out.get(part, {}).get("num_users"):
-                print_metrics_table(f"test targets that are {title}: {out[part]['num_users']:,} users", out[part], cfg.eval.ks)
+                print_metrics_table(
+                    f"test targets that are {title}: {out[part]['num_users']:,} users", out[part], cfg.eval.ks
+                )
         print(f"\nrun directory: {folder}")
         if args.log_results:
             record = make_record(
@@ -166,14 +190,29 @@ def _train_runs(args, cfg, seeds, run_dirs, commit, log=None) -> int:
                 dataset=info,
                 model=cfg.model_name,
                 loss=cfg.loss.name,
-                protocol={"split": cfg.data.split, "exclude_seen": cfg.eval.exclude_seen, "tie_policy": cfg.eval.tie_policy,
-                          "max_seq_len": cfg.max_seq_len, "early_stopping": cfg.eval.early_stopping_metric},
+                protocol={
+                    "split": cfg.data.split,
+                    "exclude_seen": cfg.eval.exclude_seen,
+                    "tie_policy": cfg.eval.tie_policy,
+                    "max_seq_len": cfg.max_seq_len,
+                    "early_stopping": cfg.eval.early_stopping_metric,
+                },
                 config=cfg.to_dict(),
                 metrics=out,
                 timings={"train_seconds": out["train_seconds"], "epochs": out["epochs_run"]},
-                history=[{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_seconds": r["train_seconds"],
-                          **({cfg.eval.early_stopping_metric: r["valid"][cfg.eval.early_stopping_metric]} if "valid" in r else {})}
-                         for r in trainer.history],
+                history=[
+                    {
+                        "epoch": r["epoch"],
+                        "train_loss": r["train_loss"],
+                        "train_seconds": r["train_seconds"],
+                        **(
+                            {cfg.eval.early_stopping_metric: r["valid"][cfg.eval.early_stopping_metric]}
+                            if "valid" in r
+                            else {}
+                        ),
+                    }
+                    for r in trainer.history
+                ],
                 peak_memory_mb=peak_memory_mb(),
                 **({"note": args.note} if args.note else {}),
             )
@@ -231,14 +270,19 @@ def cmd_data_info(args) -> int:
             raise ConfigError(f"{dataset} is a file: give --reader, one of {sorted(READERS)}")
         path = Path(dataset)
         if reader == "table":
-            interactions = read_table(path, columns or {"user_id": "user_id", "item_id": "item_id"},
-                                      separator=separator, timestamp_format=timestamp_format)
+            interactions = read_table(
+                path,
+                columns or {"user_id": "user_id", "item_id": "item_id"},
+                separator=separator,
+                timestamp_format=timestamp_format,
+            )
         else:
             interactions = READERS[reader](path)
         title, digest, note = f"{path.name} (reader {reader})", sha256_of(path), ""
     elif Path(dataset).is_dir():
-        raise DataError(f"{dataset}: is a folder; give a file (with --reader) or a dataset card name "
-                        "(recsys data list)")
+        raise DataError(
+            f"{dataset}: is a folder; give a file (with --reader) or a dataset card name (recsys data list)"
+        )
     else:
         from .data.cards import list_cards
 
@@ -256,8 +300,11 @@ def cmd_data_info(args) -> int:
     print(f"interactions  {seq.num_interactions:,}")
     print(f"timestamps    {'yes' if seq.has_timestamps else 'no (file order is time order)'}")
     pct = length_percentiles(seq.lengths)
-    print("sequence length percentiles: " + "  ".join(f"{k}={v:g}" for k, v in pct.items())
-          + f"  mean={seq.lengths.mean():.1f}")
+    print(
+        "sequence length percentiles: "
+        + "  ".join(f"{k}={v:g}" for k, v in pct.items())
+        + f"  mean={seq.lengths.mean():.1f}"
+    )
     return 0
 
 
@@ -280,8 +327,9 @@ def cmd_export(args) -> int:
     if trainer.cfg.data.dataset != "custom":
         text = load_item_text(trainer.cfg.data.dataset, trainer.cfg.data.data_dir)
     users = None if args.users == "none" else args.users
-    out = export_run(trainer, args.out, users=users, histories=args.histories, encoder=not args.no_encoder,
-                     item_text=text)
+    out = export_run(
+        trainer, args.out, users=users, histories=args.histories, encoder=not args.no_encoder, item_text=text
+    )
     print(f"exported {args.run_dir} to {out}")
     return 0
 
@@ -341,14 +389,16 @@ def cmd_retrieve(args) -> int:
         unknown = [x for x in raw if x not in lookup]
         if unknown or not raw:
             raise DataError(f"--history: unknown item id(s) {unknown[:10]}" if unknown else "--history is empty")
-        rows = [lookup[x] for x in raw][-manifest["max_seq_len"]:]
+        rows = [lookup[x] for x in raw][-manifest["max_seq_len"] :]
         window = torch.zeros(1, manifest["max_seq_len"], dtype=torch.long)
-        window[0, -len(rows):] = torch.tensor(rows) + 1
+        window[0, -len(rows) :] = torch.tensor(rows) + 1
         inputs = (window,)
         if "timestamps" in (manifest.get("encoder_inputs") or []):  # a model that reads time
             if args.times is None:
-                raise ConfigError("this export's encoder reads time: give --times (one timestamp per history "
-                                  "item, seconds) and optionally --at (the request time; default: the last)")
+                raise ConfigError(
+                    "this export's encoder reads time: give --times (one timestamp per history "
+                    "item, seconds) and optionally --at (the request time; default: the last)"
+                )
             try:
                 times = [int(float(t)) for t in args.times.split(",") if t.strip()]
             except ValueError:
@@ -356,7 +406,7 @@ def cmd_retrieve(args) -> int:
             if len(times) != len(raw):
                 raise ConfigError(f"--times gives {len(times)} timestamps for {len(raw)} history items")
             stamps = torch.zeros_like(window)
-            stamps[0, -len(rows):] = torch.tensor(times[-len(rows):])
+            stamps[0, -len(rows) :] = torch.tensor(times[-len(rows) :])
             inputs = (window, stamps, torch.tensor([args.at if args.at is not None else times[-1]]))
         elif args.times is not None or args.at is not None:
             raise ConfigError("--times / --at: this export's encoder does not read time")
@@ -384,8 +434,11 @@ def cmd_retrieve(args) -> int:
         candidates = items.height - (0 if args.include_seen else len(set(seen_rows)))
         found = int((item_row >= 0).sum())
         if found < min(args.k, candidates):  # graph / cluster search need not reach every item
-            print(f"warning: {key}: the {meta['type']} index returned {found} of the "
-                  f"{min(args.k, candidates)} items asked for; a flat index lists every item", file=sys.stderr)
+            print(
+                f"warning: {key}: the {meta['type']} index returned {found} of the "
+                f"{min(args.k, candidates)} items asked for; a flat index lists every item",
+                file=sys.stderr,
+            )
         print(f"{key}:")
         for rank, (score, row) in enumerate(zip(score_row, item_row), start=1):
             if row < 0:
@@ -413,12 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
     t.add_argument("--data-dir", help="folder holding the dataset folders (default: $RECSYS_DATA)")
-    t.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None,
-                   metavar="JSONL", help="append a result record (default file: benchmarks/results.jsonl)")
+    t.add_argument(
+        "--log-results",
+        nargs="?",
+        const="benchmarks/results.jsonl",
+        default=None,
+        metavar="JSONL",
+        help="append a result record (default file: benchmarks/results.jsonl)",
+    )
     t.add_argument("--precision", choices=["fp32", "bf16"], help="same as --set train.precision=...")
     t.add_argument("--compile", action="store_true", help="same as --set train.compile=true")
-    t.add_argument("--seeds", type=int, help="train this many seeds (train.seed, +1, ...; sequential recipes: "
-                   "one run each in RUN_DIR/seed-S) and report mean and spread")
+    t.add_argument(
+        "--seeds",
+        type=int,
+        help="train this many seeds (train.seed, +1, ...; sequential recipes: "
+        "one run each in RUN_DIR/seed-S) and report mean and spread",
+    )
     t.add_argument("--note", help="a remark stored with the result record (shown in RESULTS.md)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -436,7 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("dataset", help="a dataset card's name, a recipe (.toml: its [data]), or a file (with --reader)")
     di.add_argument("--data-dir")
     di.add_argument("--reader", help="reader for a file of one's own (e.g. user_item_lines, table)")
-    di.add_argument("--columns", help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts")
+    di.add_argument(
+        "--columns", help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts"
+    )
     di.set_defaults(func=cmd_data_info)
     dl = dsub.add_parser("list", help="the dataset cards")
     dl.set_defaults(func=cmd_data_list)
@@ -444,8 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export item / user embeddings and the encoder of a run")
     x.add_argument("run_dir")
     x.add_argument("--out", required=True)
-    x.add_argument("--users", choices=["test", "valid", "none"], default="test",
-                   help="export the user vectors of this split's users (their history up to the target)")
+    x.add_argument(
+        "--users",
+        choices=["test", "valid", "none"],
+        default="test",
+        help="export the user vectors of this split's users (their history up to the target)",
+    )
     x.add_argument("--histories", help="or of these histories: lines 'user<TAB>item,item,...' (raw ids)")
     x.add_argument("--no-encoder", action="store_true")
     x.add_argument("--data-dir")

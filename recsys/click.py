@@ -10,6 +10,7 @@ A recipe with ``task = "click"`` is trained here instead of by the next-item tra
 Each seed trains with BCE, keeps the epoch with the best validation AUC and reports test AUC, GAUC
 (per user, impression-weighted) and log loss. Samples come from :mod:`recsys.data.ctr`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,9 +28,9 @@ from .config import ConfigError, apply_overrides, build_section, read_recipe_fil
 from .data.cards import load_dataset, load_item_text
 from .data.ctr import CTRData, CTRSamples, build_ctr_data, ctr_batch, item_categories
 from .data.prepare import prepare_sequences
+from .files import atomic_write_json
 from .metrics import auc, gauc, logloss, mean_and_spread
 from .models.ctr_base import CTR_MODELS, build_ctr_model, click_loss
-from .files import atomic_write_json
 from .train import TrainingDivergedError
 
 
@@ -65,11 +66,16 @@ class ClickRunConfig:
     train: ClickTrainConfig = field(default_factory=ClickTrainConfig)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps({
-            "task": "click", "data": dataclasses.asdict(self.data),
-            "model": {"name": self.model_name, **dataclasses.asdict(self.model)},
-            "train": dataclasses.asdict(self.train),
-        }))
+        return json.loads(
+            json.dumps(
+                {
+                    "task": "click",
+                    "data": dataclasses.asdict(self.data),
+                    "model": {"name": self.model_name, **dataclasses.asdict(self.model)},
+                    "train": dataclasses.asdict(self.train),
+                }
+            )
+        )
 
 
 def is_click_recipe(path: str | Path) -> bool:
@@ -105,12 +111,17 @@ def load_click_recipe(path: str | Path, overrides=()) -> ClickRunConfig:
 def _check_click_ranges(cfg: ClickRunConfig) -> None:
     d, t, m = cfg.data, cfg.train, cfg.model
     checks = [
-        ("train.epochs", t.epochs >= 1, ">= 1"), ("train.batch_size", t.batch_size >= 1, ">= 1"),
-        ("train.lr", t.lr > 0, "> 0"), ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
-        ("train.seeds", t.seeds >= 1, ">= 1"), ("train.num_threads", t.num_threads >= 0, ">= 0"),
-        ("data.max_history", d.max_history >= 1, ">= 1"), ("data.stride", d.stride >= 1, ">= 1"),
+        ("train.epochs", t.epochs >= 1, ">= 1"),
+        ("train.batch_size", t.batch_size >= 1, ">= 1"),
+        ("train.lr", t.lr > 0, "> 0"),
+        ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
+        ("train.seeds", t.seeds >= 1, ">= 1"),
+        ("train.num_threads", t.num_threads >= 0, ">= 0"),
+        ("data.max_history", d.max_history >= 1, ">= 1"),
+        ("data.stride", d.stride >= 1, ">= 1"),
         ("data.min_history", 1 <= d.min_history <= d.max_history, "in [1, data.max_history]"),
-        ("data.negatives", d.negatives >= 0, ">= 0"), ("data.min_events", d.min_events >= 2, ">= 2"),
+        ("data.negatives", d.negatives >= 0, ">= 0"),
+        ("data.min_events", d.min_events >= 2, ">= 2"),
         ("model.dropout", 0 <= getattr(m, "dropout", 0.0) < 1, "in [0, 1)"),
     ]
     for key, ok, what in checks:
@@ -129,11 +140,22 @@ def load_click_data(cfg: ClickDataConfig, verbose: bool = True) -> CTRData:
         text = load_item_text(cfg.dataset, cfg.data_dir)
         if text is not None and text["genres"].null_count() < text.height:
             text = text.filter(pl.col("item_id").is_in(list(seq.item_raw_ids[1:])))
-            cats = item_categories(seq, text["item_id"].to_list(), text["genres"].str.split("|").list.first().to_numpy())
+            cats = item_categories(
+                seq, text["item_id"].to_list(), text["genres"].str.split("|").list.first().to_numpy()
+            )
         else:
             cats = None
-    return build_ctr_data(seq, cats, cfg.min_events, cfg.max_history, cfg.stride, cfg.min_history,
-                          cfg.negatives, cfg.sample_seed, verbose=verbose)
+    return build_ctr_data(
+        seq,
+        cats,
+        cfg.min_events,
+        cfg.max_history,
+        cfg.stride,
+        cfg.min_history,
+        cfg.negatives,
+        cfg.sample_seed,
+        verbose=verbose,
+    )
 
 
 @torch.no_grad()
@@ -148,8 +170,11 @@ def predict(model, ctr: CTRData, samples: CTRSamples, batch_size: int = 1024) ->
 
 
 def click_metrics(samples: CTRSamples, probabilities: np.ndarray) -> dict:
-    return {"auc": auc(samples.labels, probabilities), "gauc": gauc(samples.users, samples.labels, probabilities),
-            "logloss": logloss(samples.labels, probabilities)}
+    return {
+        "auc": auc(samples.labels, probabilities),
+        "gauc": gauc(samples.users, samples.labels, probabilities),
+        "logloss": logloss(samples.labels, probabilities),
+    }
 
 
 def train_one_seed(cfg: ClickRunConfig, ctr: CTRData, seed: int, progress: bool = True) -> dict:
@@ -170,16 +195,24 @@ def train_one_seed(cfg: ClickRunConfig, ctr: CTRData, seed: int, progress: bool 
             logits, _ = model(batch["history"], batch["history_categories"], batch["target"], batch["target_category"])
             loss = click_loss(logits, batch["label"])
             if not bool(torch.isfinite(loss.detach())):  # a diverged run stops; it never reports numbers
-                raise TrainingDivergedError(f"{cfg.model_name}, seed {seed}: the loss became {float(loss)} at epoch "
-                                            f"{epoch}, step {b // cfg.train.batch_size + 1} of {len(steps)} "
-                                            f"(train.lr={cfg.train.lr}); lower train.lr")
+                raise TrainingDivergedError(
+                    f"{cfg.model_name}, seed {seed}: the loss became {float(loss)} at epoch "
+                    f"{epoch}, step {b // cfg.train.batch_size + 1} of {len(steps)} "
+                    f"(train.lr={cfg.train.lr}); lower train.lr"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.detach()
         valid = click_metrics(ctr.valid, predict(model, ctr, ctr.valid))
-        history.append({"epoch": epoch, "train_loss": float(total) / len(steps), "seconds": time.perf_counter() - start,
-                        "valid": valid})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(total) / len(steps),
+                "seconds": time.perf_counter() - start,
+                "valid": valid,
+            }
+        )
         if valid["auc"] > best["valid"]["auc"]:  # model selection on validation only
             best = {"epoch": epoch, "valid": valid, "test": click_metrics(ctr.test, predict(model, ctr, ctr.test))}
     return {"seed": seed, **best, "history": history}
@@ -190,7 +223,8 @@ def summarize(per_seed: list[dict]) -> dict:
     for split in ("valid", "test"):
         for metric in ("auc", "gauc", "logloss"):
             out[f"{split}_{metric}_mean"], out[f"{split}_{metric}_std"] = mean_and_spread(
-                [r[split][metric] for r in per_seed])
+                [r[split][metric] for r in per_seed]
+            )
     return out
 
 
@@ -198,10 +232,14 @@ def run_click(cfg: ClickRunConfig, run_dir: str | Path, progress: bool = True) -
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     ctr = load_click_data(cfg.data, verbose=progress)
-    per_seed = [train_one_seed(cfg, ctr, cfg.train.first_seed + s, progress)
-                for s in range(cfg.train.seeds)]
-    out = {"config": cfg.to_dict(), "samples": {"train": len(ctr.train), "valid": len(ctr.valid), "test": len(ctr.test)},
-           "data_log": ctr.log, "per_seed": per_seed, "summary": summarize(per_seed)}
+    per_seed = [train_one_seed(cfg, ctr, cfg.train.first_seed + s, progress) for s in range(cfg.train.seeds)]
+    out = {
+        "config": cfg.to_dict(),
+        "samples": {"train": len(ctr.train), "valid": len(ctr.valid), "test": len(ctr.test)},
+        "data_log": ctr.log,
+        "per_seed": per_seed,
+        "summary": summarize(per_seed),
+    }
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "final_metrics.json", out)

@@ -5,6 +5,7 @@ encoder's config fields), ``[loss]``, ``[train]`` and ``[eval]``. Every key and 
 the dataclass field it sets: an unknown key or a bad value is a :class:`ConfigError` that names the key
 and what is allowed. Nothing is evaluated as code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -218,10 +219,16 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("loss.temperature", cfg.loss.temperature > 0, "> 0"),
         ("loss.ce_chunk_size", cfg.loss.ce_chunk_size >= 1, ">= 1"),
         ("loss.in_batch_negatives", cfg.loss.in_batch_negatives >= 0, ">= 0"),
-        ("loss.in_batch_negatives", cfg.loss.in_batch_negatives == 0 or cfg.loss.name == "sampled_softmax",
-         "0 unless loss.name = 'sampled_softmax'"),
-        ("loss.logq_correction", not cfg.loss.logq_correction or cfg.loss.name == "sampled_softmax",
-         "false unless loss.name = 'sampled_softmax'"),
+        (
+            "loss.in_batch_negatives",
+            cfg.loss.in_batch_negatives == 0 or cfg.loss.name == "sampled_softmax",
+            "0 unless loss.name = 'sampled_softmax'",
+        ),
+        (
+            "loss.logq_correction",
+            not cfg.loss.logq_correction or cfg.loss.name == "sampled_softmax",
+            "false unless loss.name = 'sampled_softmax'",
+        ),
         ("loss.ce_item_chunk_size", cfg.loss.ce_item_chunk_size >= 0, ">= 0 (0: the whole catalogue)"),
         ("loss.gbce_t", 0 <= cfg.loss.gbce_t <= 1, "in [0, 1]"),
         ("train.seed", 0 <= cfg.train.seed < 2**32, "in [0, 2**32)"),
@@ -235,8 +242,11 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("eval.popular_items", cfg.eval.popular_items >= 1, ">= 1"),
         ("eval.encoder_tokens", cfg.eval.encoder_tokens >= 1, ">= 1"),
         ("eval.sampled_negatives", cfg.eval.sampled_negatives >= 0, ">= 0 (0: full ranking)"),
-        ("eval.ranks", cfg.eval.sampled_negatives == 0 or cfg.eval.ranks == "all",
-         "'all' with eval.sampled_negatives (sampled metrics rank a few items, nothing to cut)"),
+        (
+            "eval.ranks",
+            cfg.eval.sampled_negatives == 0 or cfg.eval.ranks == "all",
+            "'all' with eval.sampled_negatives (sampled metrics rank a few items, nothing to cut)",
+        ),
         ("model.max_seq_len", getattr(cfg.model, "max_seq_len", 1) >= 1, ">= 1"),
         ("model.hidden_dim", getattr(cfg.model, "hidden_dim", 1) >= 1, ">= 1"),
         ("model.num_heads", getattr(cfg.model, "num_heads", 1) >= 1, ">= 1"),
@@ -244,8 +254,10 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("model.ffn_dim", getattr(cfg.model, "ffn_dim", None) is None or cfg.model.ffn_dim >= 1, ">= 1 (or unset)"),
         ("model.dropout", 0 <= getattr(cfg.model, "dropout", 0.0) < 1, "in [0, 1)"),
         ("model.mask_prob", 0 < getattr(cfg.model, "mask_prob", 0.5) <= 1, "in (0, 1]"),
-        *((f"model.{k}", getattr(cfg.model, k, None) is None or getattr(cfg.model, k) >= 1, ">= 1 (or unset)")
-          for k in ("qk_dim", "v_dim", "attention_table_dim")),
+        *(
+            (f"model.{k}", getattr(cfg.model, k, None) is None or getattr(cfg.model, k) >= 1, ">= 1 (or unset)")
+            for k in ("qk_dim", "v_dim", "attention_table_dim")
+        ),
         ("train.num_threads", cfg.train.num_threads >= 0, ">= 0 (0: torch's default)"),
         ("data.k_core", cfg.data.k_core >= 0, ">= 0"),
         ("data.cold_item_fraction", 0 <= cfg.data.cold_item_fraction < 1, "in [0, 1)"),

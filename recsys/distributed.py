@@ -9,6 +9,7 @@ gloo on CPUs. Each rank trains on its own shard of every epoch's shuffled users 
 world size x batch_size), evaluates a shard of the users and the metric sums are all-reduced, so the
 metrics equal a single-process evaluation; rank 0 alone writes files.
 """
+
 from __future__ import annotations
 
 import os

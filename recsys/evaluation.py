@@ -30,6 +30,7 @@ is a miss, as in RecBole), ``"apart"`` ranks those users against every item, his
 reports them separately. How many targets repeat a history item is always reported, and under
 ``"exclude"`` the metrics with those targets kept as well, where they differ.
 """
+
 from __future__ import annotations
 
 import time
@@ -41,14 +42,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data.batching import iter_eval_batches, seen_items_csr
 from .data.readers import DataError
 from .data.splits import EvalSet, Split
 from .kernels import cpu_encoder, onednn
-from . import distributed
 from .metrics import (
-    NonFiniteScoresError, count_true_per_column, metric_names, rank_counts_from_item_scores,
-    ranking_metric_sums, ranks_under_policy,
+    NonFiniteScoresError,
+    count_true_per_column,
+    metric_names,
+    rank_counts_from_item_scores,
+    ranking_metric_sums,
+    ranks_under_policy,
 )
 
 REPEAT_TARGET_POLICIES = ("exclude", "keep", "apart")
@@ -228,8 +233,10 @@ def sample_negatives(
         positive = torch.cat([torch.zeros(1, dtype=torch.bool), cdf.diff(prepend=cdf.new_zeros(1)) > 0])  # [V]
         available = int(positive.sum()) - torch.bincount(taken_rows[positive[taken_items]], minlength=B)
     if bool((available < N).any()):
-        raise DataError(f"eval.sampled_negatives={N}: a user has only {int(available.min())} items to sample from "
-                        "(unseen, other than its target)")
+        raise DataError(
+            f"eval.sampled_negatives={N}: a user has only {int(available.min())} items to sample from "
+            "(unseen, other than its target)"
+        )
     negatives = torch.zeros(B, N, dtype=torch.long)
     filled = torch.zeros(B, dtype=torch.long)
     todo = rows  # users still short of N negatives
@@ -319,9 +326,12 @@ def user_vectors(model, batch, device: str | torch.device, max_tokens: int) -> t
     rows = max(1, max_tokens // max(batch.item_ids.shape[1], 1))
     if torch.device(device).type == "cpu" and getattr(model, "fused_inference", lambda: False)():
         rows = batch.item_ids.shape[0]  # a fused kernel holds one history's intermediates at a time
-    parts = [model.user_vectors(*(t[start : start + rows].to(device)
-                                  for t in (batch.item_ids, batch.timestamps, batch.target_timestamps)))
-             for start in range(0, batch.item_ids.shape[0], rows)]
+    parts = [
+        model.user_vectors(
+            *(t[start : start + rows].to(device) for t in (batch.item_ids, batch.timestamps, batch.target_timestamps))
+        )
+        for start in range(0, batch.item_ids.shape[0], rows)
+    ]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -338,8 +348,10 @@ def _check_scores_finite(items: torch.Tensor, label: str, num_users: int) -> flo
     real = items[1:]
     if not bool(torch.isfinite(real).all()):
         bad = int((~torch.isfinite(real)).any(1).sum())
-        raise NonFiniteScoresError(f"{label}: {bad:,} of {real.shape[0]:,} item vectors hold NaN or infinite values, "
-                                   f"so all {num_users:,} users' scores are non-finite (did training diverge?)")
+        raise NonFiniteScoresError(
+            f"{label}: {bad:,} of {real.shape[0]:,} item vectors hold NaN or infinite values, "
+            f"so all {num_users:,} users' scores are non-finite (did training diverge?)"
+        )
     return float(real.norm(dim=1).max()) if real.numel() else 0.0
 
 
@@ -443,12 +455,30 @@ def evaluate(
             exclude = tuple(t.to(device) for t in seen)
         if sampled:
             user_ids = torch.from_numpy(np.asarray(eval_set.users[batch.rows], dtype=np.int64))
-            above, ties = sampled_ranks(items_cpu, users[:b].cpu(), batch.target_ids.cpu(), user_ids, seen,
-                                        cfg.sampled_negatives, cdf, cfg.negative_seed)
+            above, ties = sampled_ranks(
+                items_cpu,
+                users[:b].cpu(),
+                batch.target_ids.cpu(),
+                user_ids,
+                seen,
+                cfg.sampled_negatives,
+                cdf,
+                cfg.negative_seed,
+            )
             fully_ranked += b
         elif prefilter:
-            above, ties, block_fully_ranked = cutoff_ranks(padded_items, popular_ids, users, targets, num_items,
-                                                           max(cfg.ks), exclude, max_item_norm, b, ranker=ranker)
+            above, ties, block_fully_ranked = cutoff_ranks(
+                padded_items,
+                popular_ids,
+                users,
+                targets,
+                num_items,
+                max(cfg.ks),
+                exclude,
+                max_item_norm,
+                b,
+                ranker=ranker,
+            )
             fully_ranked += block_fully_ranked
         else:
             fully_ranked += b
@@ -457,8 +487,9 @@ def evaluate(
             scores_t = None
             if ranker is None and not dnn:
                 scores_t = buffer[: padded_items.shape[0] * b_pad].view(padded_items.shape[0], b_pad)
-            above, ties = exact_rank_counts(padded_items, users, targets, num_items, exclude, out=scores_t,
-                                            ranker=ranker)
+            above, ties = exact_rank_counts(
+                padded_items, users, targets, num_items, exclude, out=scores_t, ranker=ranker
+            )
         above, ties = above[:b].cpu(), ties[:b].cpu()
         ranks, tied = ranks_under_policy(above, ties, cfg.tie_policy)
         num_repeat += int(repeat.sum())
@@ -473,15 +504,22 @@ def evaluate(
     names = metric_names(cfg.ks)
     if cutoff:
         names.remove("mrr")  # needs every exact rank
-    totals = distributed.all_reduce_sum(torch.tensor(
-        [sums_new.get(k, 0.0) for k in names] + [sums_repeat.get(k, 0.0) for k in names]
-        + [num_repeat, nonfinite_users, fully_ranked], dtype=torch.float64, device=device))
+    totals = distributed.all_reduce_sum(
+        torch.tensor(
+            [sums_new.get(k, 0.0) for k in names]
+            + [sums_repeat.get(k, 0.0) for k in names]
+            + [num_repeat, nonfinite_users, fully_ranked],
+            dtype=torch.float64,
+            device=device,
+        )
+    )
     new_totals, repeat_totals = totals[: len(names)], totals[len(names) : 2 * len(names)]
     num_repeat, nonfinite_users, fully_ranked = (int(x) for x in totals[2 * len(names) :])
     if nonfinite_users:
         raise NonFiniteScoresError(
             f"{label}: {nonfinite_users:,} of {n:,} users have NaN or infinite user vectors (or vectors so large "
-            "that their scores overflow); a model with non-finite outputs cannot be ranked (did training diverge?)")
+            "that their scores overflow); a model with non-finite outputs cannot be ranked (did training diverge?)"
+        )
     kept = {name: float(a + r) / n for name, a, r in zip(names, new_totals, repeat_totals)}
     if repeats_policy == "keep":
         out = dict(kept)
@@ -502,9 +540,11 @@ def evaluate(
     if cutoff and not sampled:  # users ranked against the whole catalogue
         out["fully_ranked_users"] = fully_ranked
     if sampled:
-        out["protocol"] = (f"sampled metrics (legacy): each target ranked against {cfg.sampled_negatives} "
-                           f"{cfg.negative_sampling}-sampled {'unseen ' if cfg.exclude_seen else ''}items, "
-                           "not the whole catalogue")
+        out["protocol"] = (
+            f"sampled metrics (legacy): each target ranked against {cfg.sampled_negatives} "
+            f"{cfg.negative_sampling}-sampled {'unseen ' if cfg.exclude_seen else ''}items, "
+            "not the whole catalogue"
+        )
     if return_ranks:  # back in the caller's order
         position = torch.from_numpy(order)
         out["ranks"] = torch.empty(n, dtype=torch.long)

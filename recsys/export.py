@@ -22,6 +22,7 @@ Cosine models (trained with ``loss.l2_normalize``) are exported with unit-norm v
 index ranks exactly as the evaluator does. Everything is written into a temporary folder beside ``DIR``
 and renamed at the end: a crash never leaves a half export that looks whole.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,9 @@ import torch.nn.functional as F
 from . import __version__
 from .data.batching import padded_windows, seen_items_csr
 from .data.cards import sha256_of
+from .data.readers import DataError, read_text
 from .files import read_json
 from .metrics import check_finite
-from .data.readers import DataError, read_text
 from .train import Trainer
 
 MANIFEST = "manifest.json"
@@ -57,8 +58,9 @@ class _UserEncoder(torch.nn.Module):
         self.normalize = normalize
         self.timed = bool(getattr(model.cfg, "use_time_bias", False))
 
-    def forward(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None = None,
-                query_time: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, item_ids: torch.Tensor, timestamps: torch.Tensor | None = None, query_time: torch.Tensor | None = None
+    ) -> torch.Tensor:
         users = self.model.user_vectors(item_ids, timestamps, query_time)
         return F.normalize(users, dim=-1) if self.normalize else users
 
@@ -74,14 +76,21 @@ def save_encoder(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> st
     example_ids = torch.zeros(2, max_seq_len, dtype=torch.long)
     example_ids[:, -3:] = torch.tensor([1, 2, 3])
     check_ids = torch.zeros(3, max_seq_len, dtype=torch.long)  # another batch size, other lengths
-    check_ids[0, -1:], check_ids[1, -min(7, max_seq_len):], check_ids[2] = 2, 3, 1
+    check_ids[0, -1:], check_ids[1, -min(7, max_seq_len) :], check_ids[2] = 2, 3, 1
     example, check = (example_ids,), (check_ids,)
     if wrapped.timed:  # times an hour apart; the request a day after the last
-        example, check = ((ids, torch.arange(max_seq_len).expand_as(ids) * 3600 * (ids != 0), torch.full(
-            (len(ids),), max_seq_len * 3600 + 86400)) for ids in (example_ids, check_ids))
+        example, check = (
+            (
+                ids,
+                torch.arange(max_seq_len).expand_as(ids) * 3600 * (ids != 0),
+                torch.full((len(ids),), max_seq_len * 3600 + 86400),
+            )
+            for ids in (example_ids, check_ids)
+        )
     try:
-        program = torch.export.export(wrapped, example, dynamic_shapes=tuple({0: torch.export.Dim.AUTO} for _ in example),
-                                      strict=False)
+        program = torch.export.export(
+            wrapped, example, dynamic_shapes=tuple({0: torch.export.Dim.AUTO} for _ in example), strict=False
+        )
         if not torch.allclose(program.module()(*check), wrapped(*check), rtol=1e-4, atol=1e-5):
             raise RuntimeError("the captured program differs from the module on another batch")
         torch.export.save(program, str(folder / ENCODER_FILES["torch.export"]))
@@ -110,8 +119,13 @@ def load_encoder(export_dir: str | Path, manifest: dict) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def user_vectors_for(trainer: Trainer, item_windows: np.ndarray, batch_size: int = 1024,
-                     timestamps: np.ndarray | None = None, query_times: np.ndarray | None = None) -> np.ndarray:
+def user_vectors_for(
+    trainer: Trainer,
+    item_windows: np.ndarray,
+    batch_size: int = 1024,
+    timestamps: np.ndarray | None = None,
+    query_times: np.ndarray | None = None,
+) -> np.ndarray:
     """User vectors [N, D] for left-padded id windows [N, max_seq_len]; ``timestamps`` (the windows'
     times, [N, max_seq_len]) and ``query_times`` ([N], the time each vector is for) where the model reads
     time (HSTU's time bias)."""
@@ -119,13 +133,21 @@ def user_vectors_for(trainer: Trainer, item_windows: np.ndarray, batch_size: int
     out = []
     for b in range(0, len(item_windows), batch_size):
         ids = torch.from_numpy(item_windows[b : b + batch_size]).to(trainer.device)
-        times = () if timestamps is None else tuple(torch.from_numpy(np.ascontiguousarray(t[b : b + batch_size])).to(trainer.device)
-                                                    for t in (timestamps, query_times))
+        times = (
+            ()
+            if timestamps is None
+            else tuple(
+                torch.from_numpy(np.ascontiguousarray(t[b : b + batch_size])).to(trainer.device)
+                for t in (timestamps, query_times)
+            )
+        )
         users = model.user_vectors(ids, *times)
         if trainer.cfg.loss.l2_normalize:
             users = F.normalize(users, dim=-1)
         out.append(users.cpu())
-    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.item_vectors().shape[1]), np.float32)
+    return (
+        torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.item_vectors().shape[1]), np.float32)
+    )
 
 
 def eval_set_windows(trainer: Trainer, eval_set) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,8 +156,11 @@ def eval_set_windows(trainer: Trainer, eval_set) -> tuple[np.ndarray, np.ndarray
     data, width = trainer.split.data, trainer.cfg.max_seq_len
     starts = data.seq_offsets[eval_set.users]
     ends = starts + eval_set.history_lengths
-    return (padded_windows(data.item_ids, starts, ends, width), padded_windows(data.timestamps, starts, ends, width),
-            np.asarray(data.timestamps[ends]))
+    return (
+        padded_windows(data.item_ids, starts, ends, width),
+        padded_windows(data.timestamps, starts, ends, width),
+        np.asarray(data.timestamps[ends]),
+    )
 
 
 def read_histories(path: str | Path, trainer: Trainer) -> tuple[list[str], np.ndarray]:
@@ -159,7 +184,7 @@ def read_histories(path: str | Path, trainer: Trainer) -> tuple[list[str], np.nd
         windows.append(ids[-max_len:])
     out = np.zeros((len(windows), max_len), dtype=np.int64)
     for row, ids in enumerate(windows):  # one row per user
-        out[row, max_len - len(ids):] = ids
+        out[row, max_len - len(ids) :] = ids
     return keys, out
 
 
@@ -190,8 +215,11 @@ def export_run(
         # the weights as safetensors: tensors only, read without unpickling anything
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(stage / "model.safetensors"), metadata={"model": cfg.model_name})
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            str(stage / "model.safetensors"),
+            metadata={"model": cfg.model_name},
+        )
         raw = data.item_raw_ids[1:]
         id_frame = pl.DataFrame({"row": np.arange(len(raw)), "item_id": pl.Series([str(x) for x in raw])})
         if item_text is not None:
@@ -203,8 +231,10 @@ def export_run(
         timestamps = query_times = None
         if histories is not None:
             if getattr(model.cfg, "use_time_bias", False):
-                raise DataError(f"{histories}: this model reads time (time bias) and a histories file has none; "
-                                "export the users of a split instead (--users test or valid)")
+                raise DataError(
+                    f"{histories}: this model reads time (time bias) and a histories file has none; "
+                    "export the users of a split instead (--users test or valid)"
+                )
             user_keys, windows = read_histories(histories, trainer)
             seen = [w[w > 0] - 1 for w in windows]  # item rows of each (window of) history
         elif users in ("test", "valid"):
@@ -216,11 +246,16 @@ def export_run(
             _, seen_items = seen_items_csr(trainer.split, eval_set, slice(0, len(eval_set)))
             seen = np.split(seen_items.numpy() - 1, np.cumsum(eval_set.history_lengths)[:-1])
         if user_keys:
-            np.save(stage / "user_embeddings.npy", user_vectors_for(trainer, windows, timestamps=timestamps,
-                                                                    query_times=query_times))
+            np.save(
+                stage / "user_embeddings.npy",
+                user_vectors_for(trainer, windows, timestamps=timestamps, query_times=query_times),
+            )
             pl.DataFrame(
-                {"row": np.arange(len(user_keys)), "user_id": user_keys,
-                 "seen_rows": pl.Series([s.tolist() for s in seen], dtype=pl.List(pl.Int64))}
+                {
+                    "row": np.arange(len(user_keys)),
+                    "user_id": user_keys,
+                    "seen_rows": pl.Series([s.tolist() for s in seen], dtype=pl.List(pl.Int64)),
+                }
             ).write_parquet(stage / "user_ids.parquet")
 
         encoder_format, encoder_inputs = None, None

@@ -13,6 +13,7 @@ the run's own log.
 - :class:`RunLog`: everything a run prints goes to its ``train.log`` as well, also when the terminal
   is silenced.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -127,12 +128,16 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as err:  # truncated or foreign file
         raise DataError(f"{path}: not a readable recsys checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or "sha256" not in state:
-        raise IntegrityError(f"{path}: the checkpoint carries no content hash (not written by recsys, or "
-                             "written by a version before checkpoints were hashed); refusing to trust it")
+        raise IntegrityError(
+            f"{path}: the checkpoint carries no content hash (not written by recsys, or "
+            "written by a version before checkpoints were hashed); refusing to trust it"
+        )
     recorded = state.pop("sha256")
     if content_digest(state) != recorded:
-        raise IntegrityError(f"{path}: the checkpoint's content does not match the hash recorded when it was "
-                             "written (the file was changed or damaged after it was saved)")
+        raise IntegrityError(
+            f"{path}: the checkpoint's content does not match the hash recorded when it was "
+            "written (the file was changed or damaged after it was saved)"
+        )
     return state
 
 
@@ -165,17 +170,22 @@ class RunLock:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise RunLockedError(f"{self.path.parent} is in use by {holder}; wait for it to finish or use "
-                                 "another --run-dir") from None
+            raise RunLockedError(
+                f"{self.path.parent} is in use by {holder}; wait for it to finish or use another --run-dir"
+            ) from None
         f.seek(0)
         previous = f.read().strip()
         if previous:
-            print(f"note: {self.path.parent}: taking over the lock left by {previous} (no longer running)",
-                  file=sys.stderr)
+            print(
+                f"note: {self.path.parent}: taking over the lock left by {previous} (no longer running)",
+                file=sys.stderr,
+            )
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} ({' '.join(sys.argv[:4])[:200]})\n")
+        f.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} ({' '.join(sys.argv[:4])[:200]})\n"
+        )
         f.flush()
         _held[self.path] = [f, 1]
         self.acquired = True

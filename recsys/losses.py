@@ -15,6 +15,7 @@ item vectors [V, D] (row 0 = padding, never a candidate) and returns the mean ov
 - ``gbce``: generalised BCE of gSASRec (Petrov & Macdonald 2023): N negatives and the positive's
   probability raised to beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = N / (V - 1).
 """
+
 from __future__ import annotations
 
 import math
@@ -150,8 +151,16 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, table, table_targets, chunk: int, compute_dtype=None, item_chunk: int = 0,
-                workspace: Workspace | None = None):
+    def forward(
+        ctx,
+        hidden,
+        table,
+        table_targets,
+        chunk: int,
+        compute_dtype=None,
+        item_chunk: int = 0,
+        workspace: Workspace | None = None,
+    ):
         # row 0 of the table is padding, never a candidate: the softmax runs over items = table[1:]. The
         # gradient is written into a full-table tensor (row 0 stays zero), so autograd needs no
         # zero-filled [V + 1, D] copy for a slice's backward
@@ -165,7 +174,8 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             if want:
                 grad_table[0] = 0.0  # the padding row; the kernel writes every other row
             losses_per_position, grad_hidden, _ = cpu_encoder.softmax_ce(
-                hidden, items, targets, want, grad_items_out=grad_table[1:] if want else None)
+                hidden, items, targets, want, grad_items_out=grad_table[1:] if want else None
+            )
             ctx.fused, ctx.dtypes = True, (hidden.dtype, table.dtype)
             if want:
                 ctx.save_for_backward(grad_hidden, grad_table)
@@ -193,8 +203,11 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             grad_table = torch.zeros(table.shape, device=items.device, dtype=torch.float32)
             grad_items = grad_table[1:]  # [V, D] view
             # the [V, c] @ [c, D] gradient products land in a reused buffer before they are added up
-            product = _buffer(workspace, "grad_items_low", items.numel(), compute_dtype, items.device).view(
-                items.shape) if compute_dtype else None
+            product = (
+                _buffer(workspace, "grad_items_low", items.numel(), compute_dtype, items.device).view(items.shape)
+                if compute_dtype
+                else None
+            )
             # |logit| <= |h| max|w|: when that bound is small, exp needs no max-shift (softmax does not
             # change with the shift), which saves two passes over every block; e^bound x V stays below
             # fp32's largest value and e^-bound above its smallest normal. Past the bound (soon in
@@ -203,8 +216,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             # column sum came out outside [2^-60, 2^120) (_sums_in_range). CPU only: both checks sync.
             on_cpu = hidden.device.type == "cpu"
             bounded = on_cpu and (
-                float(hidden.detach().norm(dim=1).max() * items.detach().norm(dim=1).max()) * 1.01
-                <= 80.0 - math.log(V)
+                float(hidden.detach().norm(dim=1).max() * items.detach().norm(dim=1).max()) * 1.01 <= 80.0 - math.log(V)
             )
             # one [V, chunk] block buffer for the whole batch (a smaller last block is a contiguous view
             # of its front): a fresh block per chunk costs page faults and leaves the heap fragmented.
@@ -221,8 +233,9 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             dnn = low is None and onednn.usable(w, V * min(chunk, dnn_chunk))
             if dnn:
                 chunk = min(chunk, dnn_chunk)
-            block = None if low is not None or dnn else _buffer(workspace, "block", V * chunk, torch.float32,
-                                                                hidden.device)
+            block = (
+                None if low is not None or dnn else _buffer(workspace, "block", V * chunk, torch.float32, hidden.device)
+            )
             logits_buffer = low if low is not None else block  # None with oneDNN (fresh blocks)
             # bf16 blocks: the target logits from the bf16-rounded operands in fp32 (what the GEMM adds up,
             # before its output is rounded), and the item table transposed once: [D, V] @ [V, c] is the
@@ -319,9 +332,15 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         return grad_hidden.to(hidden.dtype), grad_table.to(table.dtype), None, None, None, None, None
 
 
-def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int = 128,
-                    compute_dtype: torch.dtype | None = None, item_chunk: int = 0,
-                    workspace: Workspace | None = None) -> torch.Tensor:
+def full_softmax_ce(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int = 128,
+    compute_dtype: torch.dtype | None = None,
+    item_chunk: int = 0,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
     """Cross-entropy over all real items: hidden [P, D], items [V, D] (row 0 = padding, excluded), targets [P].
     ``item_chunk`` > 0 walks the catalogue in slices of that many items (online log-sum-exp); ``workspace``
     keeps the large buffers from one call to the next (a training loop passes the same one every step)."""
@@ -467,7 +486,9 @@ def next_item_loss(
     if cfg.name == "sampled_softmax":
         m = cfg.in_batch_negatives
         if m:  # the batch's own targets: m drawn among the P scored positions, shared by all of them
-            batch_negatives = targets[torch.randint(0, targets.shape[0], (m,), generator=generator, device=targets.device)]
+            batch_negatives = targets[
+                torch.randint(0, targets.shape[0], (m,), generator=generator, device=targets.device)
+            ]
             neg_logits = torch.cat([neg_logits, scored @ w[batch_negatives].T], dim=-1)  # [P, N + m]
             negatives = torch.cat([negatives, batch_negatives.expand(targets.shape[0], m)], dim=-1)
             collide = negatives == targets[:, None]

@@ -20,6 +20,7 @@ scores are an error there too.
 
 This module imports only recsys.errors from the package.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,9 +47,11 @@ def check_finite(values: torch.Tensor, what: str) -> None:
     if bool(finite.all()):
         return
     bad_rows = int((~finite.reshape(finite.shape[0], -1)).any(1).sum()) if values.dim() else 1
-    raise NonFiniteScoresError(f"{what}: {bad_rows:,} of {values.shape[0] if values.dim() else 1:,} rows hold "
-                               "NaN or infinite values; a model with non-finite outputs cannot be ranked "
-                               "(did training diverge?)")
+    raise NonFiniteScoresError(
+        f"{what}: {bad_rows:,} of {values.shape[0] if values.dim() else 1:,} rows hold "
+        "NaN or infinite values; a model with non-finite outputs cannot be ranked "
+        "(did training diverge?)"
+    )
 
 
 def count_true_per_column(mask: torch.Tensor) -> torch.Tensor:
@@ -60,8 +63,9 @@ def count_true_per_column(mask: torch.Tensor) -> torch.Tensor:
     255 items so no byte can overflow into its neighbour, and the bytes are split out at the end.
     """
     V, B = mask.shape
-    if not (mask.is_contiguous() and V % 255 == 0 and B % 8 == 0 and mask.device.type == "cpu"
-            and sys.byteorder == "little"):
+    if not (
+        mask.is_contiguous() and V % 255 == 0 and B % 8 == 0 and mask.device.type == "cpu" and sys.byteorder == "little"
+    ):
         return mask.sum(0)
     words = mask.view(torch.int64).view(V // 255, 255, B // 8).sum(1)  # [V/255, B/8], byte lanes <= 255
     shifts = torch.arange(0, 64, 8, device=mask.device)  # byte k of a word = user 8j + k
@@ -91,8 +95,9 @@ def rank_counts_from_item_scores(
     return above, ties
 
 
-def ranks_under_policy(above: torch.Tensor, ties: torch.Tensor, tie_policy: str
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def ranks_under_policy(
+    above: torch.Tensor, ties: torch.Tensor, tie_policy: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(1-based ranks, ties left to average): optimistic -> (above + 1, None), pessimistic ->
     (above + ties + 1, None), expected -> (above + 1, ties), the form :func:`ranking_metric_sums` takes."""
     if tie_policy == "optimistic":
@@ -176,8 +181,12 @@ def ranking_metric_sums(ranks: torch.Tensor, ks: Sequence[int], ties: torch.Tens
         width = e + 1.0
         k_max = max(ks)
         # D[n] = sum_{r=1}^{n} 1 / log2(r + 1) for n <= k_max: the NDCG@k partial sums
-        discounts = torch.cat([torch.zeros(1, dtype=torch.float64),
-                               torch.cumsum(1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64)), 0)])
+        discounts = torch.cat(
+            [
+                torch.zeros(1, dtype=torch.float64),
+                torch.cumsum(1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64)), 0),
+            ]
+        )
     for k in ks:
         hit = (r <= k).double()
         ndcg = hit / torch.log2(r + 1.0)
@@ -201,8 +210,11 @@ def ranking_metric_sums(ranks: torch.Tensor, ks: Sequence[int], ties: torch.Tens
     return out
 
 
-def ranking_metrics(ranks: torch.Tensor | np.ndarray | Iterable[int], ks: Sequence[int] = (10,),
-                    ties: torch.Tensor | np.ndarray | Iterable[int] | None = None) -> dict[str, float]:
+def ranking_metrics(
+    ranks: torch.Tensor | np.ndarray | Iterable[int],
+    ks: Sequence[int] = (10,),
+    ties: torch.Tensor | np.ndarray | Iterable[int] | None = None,
+) -> dict[str, float]:
     """Mean HR@k / Recall@k / NDCG@k / MRR@k / MRR over 1-based ranks (with ``ties``: the expectation
     over a random order of the tied items, :func:`ranking_metric_sums`)."""
     if not isinstance(ranks, torch.Tensor):

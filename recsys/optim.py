@@ -8,6 +8,7 @@ moments, ``eps`` added to the corrected second-moment root) with torch's fused A
 ``torch.optim.AdamW(fused=True)`` calls; ``torch._foreach_*`` ops where it is missing), and reads and
 writes the same ``state_dict`` layout, so checkpoints move freely between the two.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,10 +66,19 @@ class AdamW:
         for (device, _), group in by_device.items():
             steps = [torch.tensor(float(self.steps[i]), device=device) for i in group]
             torch._fused_adamw_(
-                [self.params[i] for i in group], [self.params[i].grad for i in group],
-                [self.exp_avg[i] for i in group], [self.exp_avg_sq[i] for i in group], [], steps,
-                lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=self.weight_decay, eps=self.eps,
-                amsgrad=False, maximize=False,
+                [self.params[i] for i in group],
+                [self.params[i].grad for i in group],
+                [self.exp_avg[i] for i in group],
+                [self.exp_avg_sq[i] for i in group],
+                [],
+                steps,
+                lr=self.lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=self.weight_decay,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
             )
 
     def _foreach_step(self, live: list[int]) -> None:
@@ -94,29 +104,49 @@ class AdamW:
     # -- the layout of torch.optim's state_dict, so checkpoints written by either load in the other
     def state_dict(self) -> dict:
         state = {
-            i: {"step": torch.tensor(float(self.steps[i])), "exp_avg": self.exp_avg[i], "exp_avg_sq": self.exp_avg_sq[i]}
+            i: {
+                "step": torch.tensor(float(self.steps[i])),
+                "exp_avg": self.exp_avg[i],
+                "exp_avg_sq": self.exp_avg_sq[i],
+            }
             for i in self.steps
         }
-        group = {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
-                 "amsgrad": False, "maximize": False, "params": list(range(len(self.params)))}
+        group = {
+            "lr": self.lr,
+            "betas": self.betas,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "amsgrad": False,
+            "maximize": False,
+            "params": list(range(len(self.params))),
+        }
         return {"state": state, "param_groups": [group]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         groups = state_dict["param_groups"]
         if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
-            raise ValueError(f"optimizer state has {[len(g['params']) for g in groups]} parameters per group; "
-                             f"this optimizer has one group of {len(self.params)}")
+            raise ValueError(
+                f"optimizer state has {[len(g['params']) for g in groups]} parameters per group; "
+                f"this optimizer has one group of {len(self.params)}"
+            )
         if groups[0].get("amsgrad"):
             raise ValueError("optimizer state was written with amsgrad, which this AdamW does not implement")
         group = groups[0]
-        self.lr, self.betas, self.eps, self.weight_decay = group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"]
+        self.lr, self.betas, self.eps, self.weight_decay = (
+            group["lr"],
+            tuple(group["betas"]),
+            group["eps"],
+            group["weight_decay"],
+        )
         self.steps, self.exp_avg, self.exp_avg_sq = {}, {}, {}
         for key, entry in state_dict["state"].items():
             i = int(key)
             p = self.params[i]
             if entry["exp_avg"].shape != p.shape:
-                raise ValueError(f"optimizer state for parameter {i} has shape {tuple(entry['exp_avg'].shape)}, "
-                                 f"the parameter {tuple(p.shape)}")
+                raise ValueError(
+                    f"optimizer state for parameter {i} has shape {tuple(entry['exp_avg'].shape)}, "
+                    f"the parameter {tuple(p.shape)}"
+                )
             self.steps[i] = int(float(entry["step"]))
             self.exp_avg[i] = entry["exp_avg"].to(device=p.device, dtype=p.dtype).clone()
             self.exp_avg_sq[i] = entry["exp_avg_sq"].to(device=p.device, dtype=p.dtype).clone()

@@ -5,6 +5,7 @@ file (and its sha256), under which protocol, what was measured (metrics, timings
 ``benchmarks/RESULTS.md`` is generated from these lines only, so no figure in it is typed by hand;
 published reference numbers come from ``benchmarks/references.toml`` and are labelled as such.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -28,12 +29,25 @@ DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results.jsonl"
 
 def git_commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
         # the results log itself is not code: a run appended to it earlier must not mark later runs dirty
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results.jsonl", ":(exclude)benchmarks/RESULTS.md"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)benchmarks/results.jsonl",
+                ":(exclude)benchmarks/RESULTS.md",
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -57,8 +71,13 @@ def machine() -> dict:
     except OSError:
         pass
     cpu = fields.get("model name", cpu)
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     if "cpu family" in fields and "model" in fields:
         info["cpu_family_model"] = f"{fields['cpu family']}/{fields['model']}"
     capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
@@ -124,7 +143,9 @@ def _fmt(x, digits: int = 4) -> str:
 
 def _machine_short(m: dict) -> str:
     isa = f" ({m['cpu_isa']})" if m.get("cpu_isa") else ""  # records before 2026-12 did not say
-    return f"{m.get('cpu', '?')}{isa}, {m.get('torch_threads', '?')} threads" + (f", {m['gpu']}" if m.get("gpu") else "")
+    return f"{m.get('cpu', '?')}{isa}, {m.get('torch_threads', '?')} threads" + (
+        f", {m['gpu']}" if m.get("gpu") else ""
+    )
 
 
 def plot_learning_curves(records: list[dict], folder: Path) -> list[tuple[str, str]]:
@@ -227,215 +248,339 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
     if retrieval:
         out += ["## Retrieval: FAISS indexes against exact search", ""]
         for r in retrieval:
-            out += [f"{r['catalogue']} — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}", "",
-                    "| index | parameters | build | queries/s | speed-up vs exact | recall@10 | NDCG@10 |",
-                    "|---|---|---|---|---|---|---|"]
+            out += [
+                f"{r['catalogue']} — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}",
+                "",
+                "| index | parameters | build | queries/s | speed-up vs exact | recall@10 | NDCG@10 |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for row in r["rows"]:
-                out.append(f"| {row['index']} | {row['params']} | {row['build_seconds']:.2f} s "
-                           f"| {row['queries_per_second']:,.0f} | {row['speedup_vs_exact']:.1f}x "
-                           f"| {row['recall@10']:.3f} | {_fmt(row.get('ndcg@10'))} |")
+                out.append(
+                    f"| {row['index']} | {row['params']} | {row['build_seconds']:.2f} s "
+                    f"| {row['queries_per_second']:,.0f} | {row['speedup_vs_exact']:.1f}x "
+                    f"| {row['recall@10']:.3f} | {_fmt(row.get('ndcg@10'))} |"
+                )
             out += ["", _command(r), ""]
     click = [r for r in records if r["kind"] == "click"]
     if click:
-        out += ["## Click prediction (test split at the best validation epoch; mean ± std over seeds)", "",
-                "| date | dataset | recipe | model | seeds | AUC | GAUC | log loss | samples (train / test) | machine | commit |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "## Click prediction (test split at the best validation epoch; mean ± std over seeds)",
+            "",
+            "| date | dataset | recipe | model | seeds | AUC | GAUC | log loss | samples (train / test) | machine | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in click:
             s_ = r["summary"]
             cell = lambda m: f"{s_[f'test_{m}_mean']:.4f} ± {s_[f'test_{m}_std']:.4f}"  # noqa: E731
-            out.append(f"| {r['date']} | {r['dataset']} | `{r['recipe']}` | {r['model']} | {len(r['per_seed'])} "
-                       f"| {cell('auc')} | {cell('gauc')} | {cell('logloss')} "
-                       f"| {r['samples']['train']:,} / {r['samples']['test']:,} | {_machine_short(r['machine'])} | {r['commit']} |")
+            out.append(
+                f"| {r['date']} | {r['dataset']} | `{r['recipe']}` | {r['model']} | {len(r['per_seed'])} "
+                f"| {cell('auc')} | {cell('gauc')} | {cell('logloss')} "
+                f"| {r['samples']['train']:,} / {r['samples']['test']:,} | {_machine_short(r['machine'])} | {r['commit']} |"
+            )
         out += ["", "Commands:", ""] + ["- " + _command(r) for r in click] + [""]
     for r in (r for r in records if r["kind"] == "dare_sweep"):
-        out += [f"### DARE attention-dimension sweep — `{r['recipe']}`, {r['seeds']} seeds, {r['date']}, commit {r['commit']}", "",
-                f"Stage-1 search: 256 histories of {r['history']:,} behaviours, median ms on {_machine_short(r['machine'])}.", "",
-                "| attention dim | test AUC | test GAUC | stage-1 search |", "|---|---|---|---|"]
+        out += [
+            f"### DARE attention-dimension sweep — `{r['recipe']}`, {r['seeds']} seeds, {r['date']}, commit {r['commit']}",
+            "",
+            f"Stage-1 search: 256 histories of {r['history']:,} behaviours, median ms on {_machine_short(r['machine'])}.",
+            "",
+            "| attention dim | test AUC | test GAUC | stage-1 search |",
+            "|---|---|---|---|",
+        ]
         for row in r["rows"]:
-            out.append(f"| {row['attention_dim']} | {row['test_auc_mean']:.4f} ± {row['test_auc_std']:.4f} "
-                       f"| {row['test_gauc_mean']:.4f} ± {row['test_gauc_std']:.4f} | {row['stage1_ms']:.2f} ms |")
+            out.append(
+                f"| {row['attention_dim']} | {row['test_auc_mean']:.4f} ± {row['test_auc_std']:.4f} "
+                f"| {row['test_gauc_mean']:.4f} ± {row['test_gauc_std']:.4f} | {row['stage1_ms']:.2f} ms |"
+            )
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "full_ce"):
-        out += [f"## Full-softmax CE, one forward + backward — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}", "",
-                "| items | positions x dim | implementation | seconds | GFLOP/s (3 GEMMs) | peak RSS | plain logits + grad would need |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            f"## Full-softmax CE, one forward + backward — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}",
+            "",
+            "| items | positions x dim | implementation | seconds | GFLOP/s (3 GEMMs) | peak RSS | plain logits + grad would need |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for row in r["rows"]:
             gflops = 6 * row["positions"] * row["items"] * row["dim"] / row["seconds"] / 1e9
-            out.append(f"| {row['items']:,} | {row['positions']:,} x {row['dim']} | {row['impl']} | {row['seconds']:.2f} "
-                       f"| {gflops:,.1f} | {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |")
+            out.append(
+                f"| {row['items']:,} | {row['positions']:,} x {row['dim']} | {row['impl']} | {row['seconds']:.2f} "
+                f"| {gflops:,.1f} | {row['peak_rss_mb']:,.0f} MB | {row['plain_logits_gb']:,.1f} GB |"
+            )
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "cpu_gemm"):
-        out += [f"## fp32 products on CPU: torch vs oneDNN — {r['date']}, {r['machine'].get('cpu', '?')}, "
-                f"{r['threads']} threads, commit {r['commit']}", "",
-                "| product | torch GFLOP/s | oneDNN GFLOP/s | oneDNN / torch | max rel. difference |", "|---|---|---|---|---|"]
+        out += [
+            f"## fp32 products on CPU: torch vs oneDNN — {r['date']}, {r['machine'].get('cpu', '?')}, "
+            f"{r['threads']} threads, commit {r['commit']}",
+            "",
+            "| product | torch GFLOP/s | oneDNN GFLOP/s | oneDNN / torch | max rel. difference |",
+            "|---|---|---|---|---|",
+        ]
         for row in r["rows"]:
-            out.append(f"| {row['product']} | {row['torch_gflops']:.0f} | {row['onednn_gflops']:.0f} "
-                       f"| {row['onednn_gflops'] / row['torch_gflops']:.2f}x | {row['max_rel_diff']:.1e} |")
+            out.append(
+                f"| {row['product']} | {row['torch_gflops']:.0f} | {row['onednn_gflops']:.0f} "
+                f"| {row['onednn_gflops'] / row['torch_gflops']:.2f}x | {row['max_rel_diff']:.1e} |"
+            )
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "attention_cpu"):
-        out += [f"## Causal attention on CPU — {r['date']}, {r['machine'].get('cpu', '?')}, {r['threads']} threads, "
-                f"commit {r['commit']}", "",
-                "| batch x heads x length x dim | implementation | ms | vs SDPA | max abs. difference |", "|---|---|---|---|---|"]
+        out += [
+            f"## Causal attention on CPU — {r['date']}, {r['machine'].get('cpu', '?')}, {r['threads']} threads, "
+            f"commit {r['commit']}",
+            "",
+            "| batch x heads x length x dim | implementation | ms | vs SDPA | max abs. difference |",
+            "|---|---|---|---|---|",
+        ]
         for row in r["rows"]:
-            out.append(f"| {row['shape']} | {row['impl']} | {row['ms']:.1f} | {row['speedup']:.2f}x | {row['max_abs_diff']:.1e} |")
+            out.append(
+                f"| {row['shape']} | {row['impl']} | {row['ms']:.1f} | {row['speedup']:.2f}x | {row['max_abs_diff']:.1e} |"
+            )
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "eval_breakdown"):
-        out += [f"## Evaluation time by part: {r['dataset']} {r['model']}, length {r['max_seq_len']}, "
-                f"{r['num_users']:,} test users — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}", "",
-                f"eval.ranks = {r['ranks']}, median of {r['repeats']} interleaved runs; \"attention skipped\" replaces "
-                "every all-position attention by a copy of its queries (wrong vectors, timing only).", "",
-                "| variant | evaluation s (range) | encoder s | batches s | scores + ranks s | users/s |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            f"## Evaluation time by part: {r['dataset']} {r['model']}, length {r['max_seq_len']}, "
+            f"{r['num_users']:,} test users — {r['date']}, {_machine_short(r['machine'])}, commit {r['commit']}",
+            "",
+            f'eval.ranks = {r["ranks"]}, median of {r["repeats"]} interleaved runs; "attention skipped" replaces '
+            "every all-position attention by a copy of its queries (wrong vectors, timing only).",
+            "",
+            "| variant | evaluation s (range) | encoder s | batches s | scores + ranks s | users/s |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in r["rows"]:
             low, high = row["total_seconds_range"]
-            out.append(f"| {row['variant']} | {row['total_seconds']:.3f} ({low:.3f}-{high:.3f}) | {row['encoder_seconds']:.3f} "
-                       f"| {row['batches_seconds']:.3f} | {row['rest_seconds']:.3f} | {row['users_per_second']:,.0f} |")
-        flops = (f" One evaluation executed {r['eval_flops'] / 1e9:.2f} GFLOP of products and attention (counted), "
-                 f"{r['eval_flops'] / 1e9 / r['rows'][0]['total_seconds']:.1f} GFLOP/s at the median time as is."
-                 if r.get("eval_flops") else "")
+            out.append(
+                f"| {row['variant']} | {row['total_seconds']:.3f} ({low:.3f}-{high:.3f}) | {row['encoder_seconds']:.3f} "
+                f"| {row['batches_seconds']:.3f} | {row['rest_seconds']:.3f} | {row['users_per_second']:,.0f} |"
+            )
+        flops = (
+            f" One evaluation executed {r['eval_flops'] / 1e9:.2f} GFLOP of products and attention (counted), "
+            f"{r['eval_flops'] / 1e9 / r['rows'][0]['total_seconds']:.1f} GFLOP/s at the median time as is."
+            if r.get("eval_flops")
+            else ""
+        )
         if len(r["rows"]) == 3:  # as is (fused CPU encoder), its PyTorch path, that path without attention
-            summary = (f"The fused CPU encoder made this evaluation {r['rows'][1]['total_seconds'] / r['rows'][0]['total_seconds']:.2f}x "
-                       f"faster than the PyTorch path, on which an attention costing nothing would have made it at most "
-                       f"{r['attention_free_bound']:.2f}x faster.")
+            summary = (
+                f"The fused CPU encoder made this evaluation {r['rows'][1]['total_seconds'] / r['rows'][0]['total_seconds']:.2f}x "
+                f"faster than the PyTorch path, on which an attention costing nothing would have made it at most "
+                f"{r['attention_free_bound']:.2f}x faster."
+            )
         else:
             summary = f"An attention costing nothing would make this evaluation at most {r['attention_free_bound']:.2f}x faster."
         out += ["", summary + flops, "", _command(r), ""]
     for r in (r for r in records if r["kind"] == "cold_start"):
-        out += [f"## Cold start: {r['dataset']}, {r['cold_items']:,} items held out of training ({r['fraction']:.0%}, "
-                f"seed {r['seed']}) — {r['date']}, commit {r['commit']}", "",
-                f"{r['cold_targets']:,} of {r['test_targets']:,} test targets are held-out items. Leave-one-out, all items "
-                "ranked, seen items excluded; the ID model's held-out items keep their untrained embeddings.", "",
-                "| model | held-out targets NDCG@10 | HR@10 | seen-item targets NDCG@10 | HR@10 | epochs (best) | s / epoch |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            f"## Cold start: {r['dataset']}, {r['cold_items']:,} items held out of training ({r['fraction']:.0%}, "
+            f"seed {r['seed']}) — {r['date']}, commit {r['commit']}",
+            "",
+            f"{r['cold_targets']:,} of {r['test_targets']:,} test targets are held-out items. Leave-one-out, all items "
+            "ranked, seen items excluded; the ID model's held-out items keep their untrained embeddings.",
+            "",
+            "| model | held-out targets NDCG@10 | HR@10 | seen-item targets NDCG@10 | HR@10 | epochs (best) | s / epoch |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for row in r["rows"]:
             ep = f"{row['epochs_run']} ({row['best_epoch']})" if "epochs_run" in row else ""
             spe = f"{row['seconds_per_epoch']:.1f}" if "seconds_per_epoch" in row else ""
-            out.append(f"| {row['model']} | {row['cold']['ndcg@10']:.4f} | {row['cold']['hr@10']:.4f} "
-                       f"| {row['warm']['ndcg@10']:.4f} | {row['warm']['hr@10']:.4f} | {ep} | {spe} |")
+            out.append(
+                f"| {row['model']} | {row['cold']['ndcg@10']:.4f} | {row['cold']['hr@10']:.4f} "
+                f"| {row['warm']['ndcg@10']:.4f} | {row['warm']['hr@10']:.4f} | {ep} | {spe} |"
+            )
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "zero_shot"):
-        out += [f"## Zero-shot: {r['model']} trained on {r['source']}, evaluated on {r['target']} — {r['date']}, "
-                f"commit {r['commit']}", "",
-                f"No training on {r['target']}: its {r['items']:,} items are scored from their own text "
-                f"({r['test_users']:,} test users, leave-one-out, all items ranked, seen items excluded). "
-                f"On its own test split the model had NDCG@10 {r['source_run']['ndcg@10']:.4f}.", "",
-                "| scorer | NDCG@10 | HR@10 |", "|---|---|---|"]
+        out += [
+            f"## Zero-shot: {r['model']} trained on {r['source']}, evaluated on {r['target']} — {r['date']}, "
+            f"commit {r['commit']}",
+            "",
+            f"No training on {r['target']}: its {r['items']:,} items are scored from their own text "
+            f"({r['test_users']:,} test users, leave-one-out, all items ranked, seen items excluded). "
+            f"On its own test split the model had NDCG@10 {r['source_run']['ndcg@10']:.4f}.",
+            "",
+            "| scorer | NDCG@10 | HR@10 |",
+            "|---|---|---|",
+        ]
         out += [f"| {k} | {v['ndcg@10']:.4f} | {v['hr@10']:.4f} |" for k, v in r["rows"].items()]
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "recformer_tokens"):
-        out += [f"## Token-level Recformer on CPU: {r['dataset']} — {r['date']}, {_machine_short(r['machine'])}, "
-                f"commit {r['commit']}", "",
-                f"Histories of up to {r['max_items']} items x {r['tokens_per_item']} tokens (MiniLM, 6 layers); "
-                f"batches of {r['batch_size']} histories (mean {r['mean_history_tokens']:.0f} tokens).", "",
-                "| what | measured | per epoch |", "|---|---|---|",
-                f"| training step | {r['step_seconds']:.2f} s | {r['steps_per_epoch']:,} steps = "
-                f"{r['steps_per_epoch'] * r['step_seconds'] / 60:.1f} min |",
-                f"| re-encode the catalogue | {r['encode_catalogue_seconds']:.1f} s | once per stage-1 epoch |",
-                f"| encode one user (evaluation) | {r['user_encode_ms']:.0f} ms | |",
-                f"| stage-1 epoch | | {r['epoch_seconds'] / 60:.1f} min |", "",
-                _command(r), ""]
+        out += [
+            f"## Token-level Recformer on CPU: {r['dataset']} — {r['date']}, {_machine_short(r['machine'])}, "
+            f"commit {r['commit']}",
+            "",
+            f"Histories of up to {r['max_items']} items x {r['tokens_per_item']} tokens (MiniLM, 6 layers); "
+            f"batches of {r['batch_size']} histories (mean {r['mean_history_tokens']:.0f} tokens).",
+            "",
+            "| what | measured | per epoch |",
+            "|---|---|---|",
+            f"| training step | {r['step_seconds']:.2f} s | {r['steps_per_epoch']:,} steps = "
+            f"{r['steps_per_epoch'] * r['step_seconds'] / 60:.1f} min |",
+            f"| re-encode the catalogue | {r['encode_catalogue_seconds']:.1f} s | once per stage-1 epoch |",
+            f"| encode one user (evaluation) | {r['user_encode_ms']:.0f} ms | |",
+            f"| stage-1 epoch | | {r['epoch_seconds'] / 60:.1f} min |",
+            "",
+            _command(r),
+            "",
+        ]
     for r in (r for r in records if r["kind"] == "peer_recbole"):
         partial = r.get("recbole_batches")
         model = {"sasrec": "SASRec", "bert4rec": "BERT4Rec"}[r.get("model", "sasrec")]
         details = (f"; ours with {r['ce_dtype']} logit GEMMs" if r.get("ce_dtype", "float32") != "float32" else "") + (
-            f"; mask probability {r['mask_prob']} on both sides" if r.get("mask_prob") is not None else "")
-        out += [f"## Peer: RecBole 1.2.1 {model} vs ours — {r['dataset']}, max length {r['max_len']}, {r['date']}, "
-                f"{_machine_short(r['machine'])}, commit {r['commit']}", "",
-                ("Same data order, leave-one-out split, full-CE loss, model size and max length; batch "
-                 f"{r['our_batch_size']} sequences ours (about RecBole's targets per update), 128 prefix samples "
-                 "(128 targets) RecBole; " if r.get("our_batch_size", 128) != 128 else
-                 "Same data order, leave-one-out split, full-CE loss, model size, max length and batch size; ")
-                + (f"learning rate {r['lr']} ours, {r['recbole_lr']} RecBole" if "lr" in r else "learning rate 0.001")
-                + "; each side in its own process, one after the other, " + f"{r['threads']} threads{details}. "
-                + ("Our evaluation ranks exactly up to rank 20 (`eval.ranks=cutoff`, the same @k metrics); the "
-                   "'every exact rank' row evaluates the same test set again with `eval.ranks=all`. "
-                   if "evaluation users / s, every exact rank" in r["rows"] else "")
-                + (f"Evaluation times are the median of {r['eval_repeats']} evaluations on each side. "
-                   if r.get("eval_repeats", 1) > 1 else "")
-                + (f"Ours trained {r['epochs']} epoch(s) first, RecBole stopped once it had trained as many targets "
-                   "(to the batch): quality compared at equal targets." if r.get("equal_targets") else
-                   f"RecBole trained {partial} batches (an epoch would take too long), ours {r['epochs']} epoch(s): "
-                   "throughput only, quality not comparable." if partial else f"Both trained {r['epochs']} epoch(s)."), "",
-                "| | ours | RecBole | ours / RecBole |", "|---|---|---|---|"]
+            f"; mask probability {r['mask_prob']} on both sides" if r.get("mask_prob") is not None else ""
+        )
+        out += [
+            f"## Peer: RecBole 1.2.1 {model} vs ours — {r['dataset']}, max length {r['max_len']}, {r['date']}, "
+            f"{_machine_short(r['machine'])}, commit {r['commit']}",
+            "",
+            (
+                "Same data order, leave-one-out split, full-CE loss, model size and max length; batch "
+                f"{r['our_batch_size']} sequences ours (about RecBole's targets per update), 128 prefix samples "
+                "(128 targets) RecBole; "
+                if r.get("our_batch_size", 128) != 128
+                else "Same data order, leave-one-out split, full-CE loss, model size, max length and batch size; "
+            )
+            + (f"learning rate {r['lr']} ours, {r['recbole_lr']} RecBole" if "lr" in r else "learning rate 0.001")
+            + "; each side in its own process, one after the other, "
+            + f"{r['threads']} threads{details}. "
+            + (
+                "Our evaluation ranks exactly up to rank 20 (`eval.ranks=cutoff`, the same @k metrics); the "
+                "'every exact rank' row evaluates the same test set again with `eval.ranks=all`. "
+                if "evaluation users / s, every exact rank" in r["rows"]
+                else ""
+            )
+            + (
+                f"Evaluation times are the median of {r['eval_repeats']} evaluations on each side. "
+                if r.get("eval_repeats", 1) > 1
+                else ""
+            )
+            + (
+                f"Ours trained {r['epochs']} epoch(s) first, RecBole stopped once it had trained as many targets "
+                "(to the batch): quality compared at equal targets."
+                if r.get("equal_targets")
+                else f"RecBole trained {partial} batches (an epoch would take too long), ours {r['epochs']} epoch(s): "
+                "throughput only, quality not comparable."
+                if partial
+                else f"Both trained {r['epochs']} epoch(s)."
+            ),
+            "",
+            "| | ours | RecBole | ours / RecBole |",
+            "|---|---|---|---|",
+        ]
         for name, v in r["rows"].items():
             ratio = "—" if (partial and name.startswith("test")) else f"{v['ours'] / v['recbole']:.2f}x"
             out.append(f"| {name} | {v['ours']:,.4g} | {v['recbole']:,.4g} | {ratio} |")
         out += ["", _command(r), ""]
     policies = [r for r in records if r["kind"] == "tie_policy"]
     if policies:
-        out += ["## Tie and repeat-target policies on trained models (one checkpoint, test split)", "",
-                "The same best checkpoint evaluated under each `eval.tie_policy` and `eval.repeat_targets`; "
-                "the defaults are expected / exclude. \"users with ties\": test users with at least one item "
-                "scored exactly like their target.", "",
-                "| date | dataset | model | ties | repeat targets | HR@10 | NDCG@10 | MRR | users with ties (in top 10) "
-                "| repeat targets | machine | commit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "## Tie and repeat-target policies on trained models (one checkpoint, test split)",
+            "",
+            "The same best checkpoint evaluated under each `eval.tie_policy` and `eval.repeat_targets`; "
+            'the defaults are expected / exclude. "users with ties": test users with at least one item '
+            "scored exactly like their target.",
+            "",
+            "| date | dataset | model | ties | repeat targets | HR@10 | NDCG@10 | MRR | users with ties (in top 10) "
+            "| repeat targets | machine | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in policies:
             for row in r["rows"]:
-                ties = (f"{row['users_with_ties']:,} ({row['users_with_ties_in_top10']:,})"
-                        if "users_with_ties" in row else "")
-                out.append(f"| {r['date']} | {r['dataset']['dataset']} | {r['model']} | {row['tie_policy']} | "
-                           f"{row['repeat_targets']} | {row['hr@10']:.6f} | {row['ndcg@10']:.6f} | {row['mrr']:.6f} | "
-                           f"{ties} | {r['repeat_targets']:,} of {r['num_users']:,} | {_machine_short(r['machine'])} | "
-                           f"{r['commit']} |")
+                ties = (
+                    f"{row['users_with_ties']:,} ({row['users_with_ties_in_top10']:,})"
+                    if "users_with_ties" in row
+                    else ""
+                )
+                out.append(
+                    f"| {r['date']} | {r['dataset']['dataset']} | {r['model']} | {row['tie_policy']} | "
+                    f"{row['repeat_targets']} | {row['hr@10']:.6f} | {row['ndcg@10']:.6f} | {row['mrr']:.6f} | "
+                    f"{ties} | {r['repeat_targets']:,} of {r['num_users']:,} | {_machine_short(r['machine'])} | "
+                    f"{r['commit']} |"
+                )
         out += [""] + [_command(r) for r in policies] + [""]
     scale = [r for r in records if r["kind"] == "eval_scale"]
     if scale:
-        out += ["## Full-ranking evaluation at catalogue scale", "",
-                "Every user against every item (seen items excluded, strict ranks) through the shared evaluator, "
-                "in blocks of users whose [items x users] scores stay under `eval.max_block_mb`.", "",
-                "| date | users | items | d | threads | seconds | users/s | user block | peak RSS | one dense score matrix | commit |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "## Full-ranking evaluation at catalogue scale",
+            "",
+            "Every user against every item (seen items excluded, strict ranks) through the shared evaluator, "
+            "in blocks of users whose [items x users] scores stay under `eval.max_block_mb`.",
+            "",
+            "| date | users | items | d | threads | seconds | users/s | user block | peak RSS | one dense score matrix | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in scale:
-            out.append(f"| {r['date']} | {r['users']:,} | {r['items']:,} | {r['dim']} | {r['threads']} | {r['seconds']:.1f} "
-                       f"| {r['users_per_second']:,.0f} | {r['block_users']} | {r['peak_rss_mb']:,.0f} MB "
-                       f"| {r['dense_scores_gb']:,.0f} GB | {r['commit']} |")
+            out.append(
+                f"| {r['date']} | {r['users']:,} | {r['items']:,} | {r['dim']} | {r['threads']} | {r['seconds']:.1f} "
+                f"| {r['users_per_second']:,.0f} | {r['block_users']} | {r['peak_rss_mb']:,.0f} MB "
+                f"| {r['dense_scores_gb']:,.0f} GB | {r['commit']} |"
+            )
         out += ["", "Commands:", ""] + ["- " + _command(r) for r in scale] + [""]
     ingest = [r for r in records if r["kind"] == "ingest"]
     if ingest:
-        out += ["## Ingest: a synthetic log to jagged, memory-mappable sequences", "",
-                "| date | events | users | items | Parquet | read | prepare | save | total | peak memory | machine | commit |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "## Ingest: a synthetic log to jagged, memory-mappable sequences",
+            "",
+            "| date | events | users | items | Parquet | read | prepare | save | total | peak memory | machine | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in ingest:
-            out.append(f"| {r['date']} | {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['file_mb']:.0f} MB "
-                       f"| {r['read_seconds']:.1f} s | {r['prepare_seconds']:.1f} s | {r['save_seconds']:.1f} s "
-                       f"| {r['total_seconds']:.1f} s | {r['peak_rss_mb']:,.0f} MB | {_machine_short(r['machine'])} "
-                       f"| {r['commit']} |")
+            out.append(
+                f"| {r['date']} | {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['file_mb']:.0f} MB "
+                f"| {r['read_seconds']:.1f} s | {r['prepare_seconds']:.1f} s | {r['save_seconds']:.1f} s "
+                f"| {r['total_seconds']:.1f} s | {r['peak_rss_mb']:,.0f} MB | {_machine_short(r['machine'])} "
+                f"| {r['commit']} |"
+            )
         cached = [r for r in ingest if "custom_cached_seconds" in r]
         if cached:
-            out += ["", "The same log as a run's custom dataset (`prepare_data`, split included), first run and next run:", "",
-                    "| date | events | first run | its peak memory | next run (cache) | its peak memory | commit |",
-                    "|---|---|---|---|---|---|---|"]
-            out += [f"| {r['date']} | {r['events']:,} | {r['custom_first_seconds']:.1f} s | {r['custom_first_peak_rss_mb']:,.0f} MB "
-                    f"| {r['custom_cached_seconds']:.2f} s | {r['custom_cached_peak_rss_mb']:,.0f} MB | {r['commit']} |" for r in cached]
+            out += [
+                "",
+                "The same log as a run's custom dataset (`prepare_data`, split included), first run and next run:",
+                "",
+                "| date | events | first run | its peak memory | next run (cache) | its peak memory | commit |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            out += [
+                f"| {r['date']} | {r['events']:,} | {r['custom_first_seconds']:.1f} s | {r['custom_first_peak_rss_mb']:,.0f} MB "
+                f"| {r['custom_cached_seconds']:.2f} s | {r['custom_cached_peak_rss_mb']:,.0f} MB | {r['commit']} |"
+                for r in cached
+            ]
         out += ["", "Commands:", ""] + ["- " + _command(r) for r in ingest] + [""]
     kernels = [r for r in records if r["kind"] == "kernels"]
     for r in kernels:
-        out += [f"## HSTU attention kernels — {r['machine'].get('gpu', '?')}, {r['date']}, commit {r['commit']}", "",
-                f"{r['dtype']}, heads {r['heads']}, head dim {r['dim']}, ~{r['tokens']:,} tokens per batch; "
-                "TFLOP/s count causal pairs only, backward = 2.5x forward.", "",
-                "| N | batch | implementation | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak MB |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"## HSTU attention kernels — {r['machine'].get('gpu', '?')}, {r['date']}, commit {r['commit']}",
+            "",
+            f"{r['dtype']}, heads {r['heads']}, head dim {r['dim']}, ~{r['tokens']:,} tokens per batch; "
+            "TFLOP/s count causal pairs only, backward = 2.5x forward.",
+            "",
+            "| N | batch | implementation | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak MB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for row in sorted(r["rows"], key=lambda row: row["N"]):
             err = row.get("max_rel_error_vs_reference")
             parity = f" (max rel. error vs fp32 reference {err:.1e})" if err is not None else ""
             if "error" in row:
                 out.append(f"| {row['N']} | {row['batch']} | {row['impl']} | {row['error']} | | | | |")
             else:
-                out.append(f"| {row['N']} | {row['batch']} | {row['impl']}{parity} | {row['fwd_ms']:.2f} "
-                           f"| {row['fwd_tflops']:.1f} | {row['fwdbwd_ms']:.2f} | {row['fwdbwd_tflops']:.1f} "
-                           f"| {row['fwdbwd_peak_mb']:.0f} |")
+                out.append(
+                    f"| {row['N']} | {row['batch']} | {row['impl']}{parity} | {row['fwd_ms']:.2f} "
+                    f"| {row['fwd_tflops']:.1f} | {row['fwdbwd_ms']:.2f} | {row['fwdbwd_tflops']:.1f} "
+                    f"| {row['fwdbwd_peak_mb']:.0f} |"
+                )
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "gpu_check"):
-        out += [f"## GPU check — {r['machine'].get('gpu', '?')}, {r['date']}, commit {r['commit']}", "",
-                f"- Kernel parity tests on the GPU (`{r['parity_command']}`): {r['parity_result']}",
-                *[f"- SDPA backends: {line}" for line in r["sdpa"]],
-                f"- {r['training_title']}:", "",
-                "| backend | train loss per epoch | seconds per epoch | test HR@10 | test NDCG@10 |",
-                "|---|---|---|---|---|"]
+        out += [
+            f"## GPU check — {r['machine'].get('gpu', '?')}, {r['date']}, commit {r['commit']}",
+            "",
+            f"- Kernel parity tests on the GPU (`{r['parity_command']}`): {r['parity_result']}",
+            *[f"- SDPA backends: {line}" for line in r["sdpa"]],
+            f"- {r['training_title']}:",
+            "",
+            "| backend | train loss per epoch | seconds per epoch | test HR@10 | test NDCG@10 |",
+            "|---|---|---|---|---|",
+        ]
         for backend, run in r["training"].items():
-            out.append(f"| {backend} | {', '.join(f'{x:.5f}' for x in run['train_loss'])} "
-                       f"| {', '.join(f'{x:.1f}' for x in run['train_seconds'])} | {run['hr@10']:.4f} "
-                       f"| {run['ndcg@10']:.4f} |")
+            out.append(
+                f"| {backend} | {', '.join(f'{x:.5f}' for x in run['train_loss'])} "
+                f"| {', '.join(f'{x:.1f}' for x in run['train_seconds'])} | {run['hr@10']:.4f} "
+                f"| {run['ndcg@10']:.4f} |"
+            )
         out += ["", _command(r), ""]
     return "\n".join(out)
 

@@ -16,6 +16,7 @@ An index folder holds ``index.faiss`` and ``index.json`` (type, parameters, and 
 identity: model, dimension, item count and the item embeddings' checksum), so an index is never
 searched with another model's ids or vectors.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,15 @@ DEFAULTS = {
 
 
 # what FAISS accepts without misbehaving (a negative M made it allocate until the process was killed)
-PARAM_RANGES = {"M": (2, 512), "ef_construction": (1, 1 << 20), "ef_search": (1, 1 << 20), "nlist": (1, 1 << 24),
-                "nprobe": (1, 1 << 24), "m": (1, 4096), "nbits": (1, 16)}
+PARAM_RANGES = {
+    "M": (2, 512),
+    "ef_construction": (1, 1 << 20),
+    "ef_search": (1, 1 << 20),
+    "nlist": (1, 1 << 24),
+    "nprobe": (1, 1 << 24),
+    "m": (1, 4096),
+    "nbits": (1, 16),
+}
 
 
 def _faiss():
@@ -70,7 +78,12 @@ def index_params(kind: str, params: dict | None = None) -> dict:
         if value is None and key == "nlist":  # chosen from the item count at build time
             continue
         low, high = PARAM_RANGES[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value != int(value)
+            or not low <= value <= high
+        ):
             raise ValueError(f"index parameter {key} must be an integer in [{low}, {high}], got {value!r}")
         merged[key] = int(value)
     return merged
@@ -119,8 +132,9 @@ def set_search_params(index, kind: str, params: dict) -> None:
         index.nprobe = int(params["nprobe"])
 
 
-def search(index, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None,
-           batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores [Q, k], rows [Q, k]) per query; rows in ``exclude[q]`` are never returned.
 
     Over-fetches k + (the largest exclusion list) per batch, drops excluded rows, keeps the first k.
@@ -157,7 +171,9 @@ def search(index, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] 
     return out_scores, out_rows
 
 
-def save_index(index, kind: str, params: dict, export_dir: str | Path, out_dir: str | Path, build_seconds: float) -> Path:
+def save_index(
+    index, kind: str, params: dict, export_dir: str | Path, out_dir: str | Path, build_seconds: float
+) -> Path:
     """Write ``index.faiss`` + ``index.json`` into ``out_dir`` atomically (temp folder, then rename)."""
     faiss = _faiss()
     manifest = read_manifest(export_dir)
@@ -195,30 +211,40 @@ def load_index(index_dir: str | Path, export_dir: str | Path | None = None):
     if not meta_path.exists():
         raise DataError(f"{index_dir}: no index.json; not a recsys index folder")
     meta = read_json(meta_path, "index description")
-    missing = [k for k in ("type", "params", "export_dir", "model", "num_items", "item_embeddings_sha256",
-                           "index_sha256") if not isinstance(meta, dict) or k not in meta]
+    missing = [
+        k
+        for k in ("type", "params", "export_dir", "model", "num_items", "item_embeddings_sha256", "index_sha256")
+        if not isinstance(meta, dict) or k not in meta
+    ]
     if missing:
         raise DataError(f"{meta_path}: key {missing[0]!r} missing (an index from an older recsys: build it again)")
     index_file = index_dir / "index.faiss"
     if not index_file.is_file() or sha256_of(index_file) != meta["index_sha256"]:
-        raise IntegrityError(f"{index_file}: does not match the checksum recorded when the index was built "
-                             "(changed, truncated or missing): build it again")
+        raise IntegrityError(
+            f"{index_file}: does not match the checksum recorded when the index was built "
+            "(changed, truncated or missing): build it again"
+        )
     export_dir = Path(export_dir) if export_dir else (index_dir.parent / meta["export_dir"])
     manifest = read_manifest(export_dir)
     if manifest["files"]["item_embeddings.npy"]["sha256"] != meta["item_embeddings_sha256"]:
-        raise DataError(f"{index_dir} was built for other item embeddings than {export_dir} holds "
-                        f"(model {meta['model']}, {meta['num_items']} items)")
+        raise DataError(
+            f"{index_dir} was built for other item embeddings than {export_dir} holds "
+            f"(model {meta['model']}, {meta['num_items']} items)"
+        )
     index = faiss.read_index(str(index_dir / "index.faiss"))
     dims = (manifest["dimension"], manifest["dimension"] + 1) if meta["type"] == "hnsw" else (manifest["dimension"],)
     if index.ntotal != manifest["num_items"] or index.d not in dims:
-        raise DataError(f"{index_dir}: the index holds {index.ntotal} x {index.d}, the export "
-                        f"{manifest['num_items']} x {manifest['dimension']}")
+        raise DataError(
+            f"{index_dir}: the index holds {index.ntotal} x {index.d}, the export "
+            f"{manifest['num_items']} x {manifest['dimension']}"
+        )
     set_search_params(index, meta["type"], meta["params"])
     return index, meta, manifest, export_dir
 
 
-def evaluate_through_index(trainer, index, which: str = "test", ks: Sequence[int] = (1, 5, 10, 20),
-                           exclude_seen: bool = True) -> dict:
+def evaluate_through_index(
+    trainer, index, which: str = "test", ks: Sequence[int] = (1, 5, 10, 20), exclude_seen: bool = True
+) -> dict:
     """HR@k / NDCG@k / MRR@k of a run's model when items come from ``index`` instead of the exact GEMM.
 
     Rank = position of the target in the index's top-K (K = max ks), or "beyond K" when it is missing:
@@ -240,8 +266,10 @@ def evaluate_through_index(trainer, index, which: str = "test", ks: Sequence[int
         exclude = np.split(seen.numpy() - 1, np.cumsum(eval_set.history_lengths)[:-1])
         repeat = np.array([bool((e == t - 1).any()) for e, t in zip(exclude, eval_set.targets)], dtype=bool)
         # the target's own row stays a candidate; "apart": a repeat user's history stays one too
-        exclude = [e[e != t - 1] if not (r and policy == "apart") else e[:0]
-                   for e, t, r in zip(exclude, eval_set.targets, repeat)]
+        exclude = [
+            e[e != t - 1] if not (r and policy == "apart") else e[:0]
+            for e, t, r in zip(exclude, eval_set.targets, repeat)
+        ]
     K = max(ks)
     start = time.perf_counter()
     scores, rows = search(index, queries, K, exclude=exclude)
@@ -259,8 +287,13 @@ def evaluate_through_index(trainer, index, which: str = "test", ks: Sequence[int
     sums = ranking_metric_sums(ranks[new], ks, None if tied is None else tied[new])
     users = int(new.sum()) if policy == "apart" else len(eval_set)
     out = {name: value / max(users, 1) for name, value in sums.items() if "@" in name}
-    out.update(num_users=users, search_seconds=seconds, queries_per_second=len(eval_set) / seconds,
-               tie_policy=cfg.tie_policy, repeat_targets={"users": int(repeat.sum()), "policy": policy})
+    out.update(
+        num_users=users,
+        search_seconds=seconds,
+        queries_per_second=len(eval_set) / seconds,
+        tie_policy=cfg.tie_policy,
+        repeat_targets={"users": int(repeat.sum()), "policy": policy},
+    )
     return out
 
 

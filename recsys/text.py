@@ -6,6 +6,7 @@ text), each attribute cut to ``max_words_per_attribute`` words. Vectors are
 the packaged MiniLM's mean-pooled sentence embeddings, computed once per (catalogue text, settings) and
 cached as .npy in RECSYS_CACHE/text/; items without text get a zero vector (and a printed count).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,9 @@ from .files import atomic_write_bytes, sha256_of
 ATTRIBUTES = ("title", "genres", "brand", "category")  # in this order, where the catalogue has them
 
 
-def item_attributes(data: SequenceData, text: pl.DataFrame,
-                    max_words_per_attribute: int = 24) -> list[list[tuple[str, str]] | None]:
+def item_attributes(
+    data: SequenceData, text: pl.DataFrame, max_words_per_attribute: int = 24
+) -> list[list[tuple[str, str]] | None]:
     """Per internal item id, its (key, value) attributes with each value cut to
     ``max_words_per_attribute`` words (index 0 = padding = None; None where the catalogue has no text)."""
     rows = {str(r["item_id"]): r for r in text.iter_rows(named=True)}  # one row per catalogue item
@@ -43,13 +45,16 @@ def item_attributes(data: SequenceData, text: pl.DataFrame,
 
 def item_sentences(data: SequenceData, text: pl.DataFrame, max_words_per_attribute: int = 24) -> list[str | None]:
     """One flattened ``key: value key: value`` sentence per internal item id (None: no text)."""
-    return [" ".join(f"{k}: {v}" for k, v in attrs) if attrs else None
-            for attrs in item_attributes(data, text, max_words_per_attribute)]
+    return [
+        " ".join(f"{k}: {v}" for k, v in attrs) if attrs else None
+        for attrs in item_attributes(data, text, max_words_per_attribute)
+    ]
 
 
 @torch.no_grad()
-def encode_sentences(sentences: list[str | None], batch_size: int = 256, max_tokens: int = 64,
-                     progress: bool = True) -> np.ndarray:
+def encode_sentences(
+    sentences: list[str | None], batch_size: int = 256, max_tokens: int = 64, progress: bool = True
+) -> np.ndarray:
     """[N, 384] MiniLM sentence vectors (zeros for None), cached by content."""
     key = hashlib.sha256(json.dumps([sentences, max_tokens, "all-MiniLM-L6-v2"]).encode()).hexdigest()[:20]
     path = cache_dir() / "text" / f"{key}.npy"
@@ -60,8 +65,10 @@ def encode_sentences(sentences: list[str | None], batch_size: int = 256, max_tok
                 return np.load(path)
         except (OSError, ValueError):
             pass
-        print(f"note: the cached text vectors {path} do not match their recorded checksum; encoding again",
-              file=sys.stderr)
+        print(
+            f"note: the cached text vectors {path} do not match their recorded checksum; encoding again",
+            file=sys.stderr,
+        )
     from .models.minilm import load_minilm
 
     model, tokenizer = load_minilm()

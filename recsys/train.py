@@ -12,6 +12,7 @@ checkpoint under a real name; checkpoints are read with ``torch.load(weights_onl
 Resuming replays from the last completed epoch with the same data order, dropout and negative
 samples, so a resumed run ends with exactly the metrics of an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,14 +34,21 @@ from . import distributed
 from .config import ConfigError, DataConfig, RunConfig, config_from_dict
 from .data.batching import cloze_inputs, iter_train_batches, jagged_take, train_users
 from .data.cards import cache_dir, check_counts, locate_dataset, sha256_of
-from .files import (
-    IntegrityError, RunLock, RunLog, atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint, read_json,
-)
 from .data.prepare import SequenceData, prepare_sequences
 from .data.readers import READERS, DataError, Interactions, read_table
 from .data.splits import EvalSet, Split, hold_out_items, make_split
 from .errors import RecsysError
 from .evaluation import evaluate
+from .files import (
+    IntegrityError,
+    RunLock,
+    RunLog,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    read_json,
+)
 from .losses import Workspace, next_item_loss
 from .models.base import SequentialEncoder, build_model
 from .optim import AdamW
@@ -116,9 +124,12 @@ def warn_if_bf16_emulated(cfg: RunConfig, device: torch.device) -> bool:
         asked.append("train.precision=bf16")
     if not asked or native_bf16(device) or not distributed.is_main():
         return False
-    print(f"warning: {' and '.join(asked)} asked for, but this {device.type} has no bf16 units: bf16 products "
-          f"are emulated here, many times slower than fp32 for the full CE (--set loss.ce_matmul_dtype=auto or float32 / "
-          f"train.precision=fp32)", file=sys.stderr)
+    print(
+        f"warning: {' and '.join(asked)} asked for, but this {device.type} has no bf16 units: bf16 products "
+        f"are emulated here, many times slower than fp32 for the full CE (--set loss.ce_matmul_dtype=auto or float32 / "
+        f"train.precision=fp32)",
+        file=sys.stderr,
+    )
     return True
 
 
@@ -140,9 +151,12 @@ def warn_if_compile_on_cpu(cfg: RunConfig, device: torch.device) -> bool:
     stay the same ones, so losses came out identical while epochs got slower. It is meant for CUDA."""
     if not cfg.train.compile or device.type != "cpu" or not distributed.is_main():
         return False
-    print("warning: train.compile=true on CPU: the encoders' CPU paths are already fused eager code that "
-          "torch.compile breaks into many small graphs; it costs compile time and made epochs slower here, "
-          "with the same losses (--set train.compile=false; it is meant for CUDA)", file=sys.stderr)
+    print(
+        "warning: train.compile=true on CPU: the encoders' CPU paths are already fused eager code that "
+        "torch.compile breaks into many small graphs; it costs compile time and made epochs slower here, "
+        "with the same losses (--set train.compile=false; it is meant for CUDA)",
+        file=sys.stderr,
+    )
     return True
 
 
@@ -215,8 +229,14 @@ def _cached_sequences(name: str, settings: list, read, cfg: DataConfig, verbose:
                 if verbose:
                     print(line)
             return seq
-    seq = prepare_sequences(read(), min_rating=cfg.min_rating, dedupe=cfg.dedupe,
-                            k_core_threshold=cfg.k_core, min_seq_len=MIN_EVENTS[cfg.split], verbose=verbose)
+    seq = prepare_sequences(
+        read(),
+        min_rating=cfg.min_rating,
+        dedupe=cfg.dedupe,
+        k_core_threshold=cfg.k_core,
+        min_seq_len=MIN_EVENTS[cfg.split],
+        verbose=verbose,
+    )
     try:
         seq.save(folder)
     except OSError as err:  # a read-only or full cache only costs the next run a re-parse
@@ -305,8 +325,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, data: PreparedData | None = None, progress: bool = True,
-                 verbose: bool | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        data: PreparedData | None = None,
+        progress: bool = True,
+        verbose: bool | None = None,
+    ):
         """progress: progress bars; verbose (default: as progress): a line per epoch."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -323,13 +349,18 @@ class Trainer:
         warn_if_bf16_emulated(cfg, self.device)
         warn_if_compile_on_cpu(cfg, self.device)
         if getattr(cfg.model, "use_time_bias", False) and not self.split.data.has_timestamps and distributed.is_main():
-            print(f"warning: model.use_time_bias with {cfg.data.dataset}, which has no timestamps: the times are "
-                  "positions in file order (--set model.use_time_bias=false)", file=sys.stderr)
+            print(
+                f"warning: model.use_time_bias with {cfg.data.dataset}, which has no timestamps: the times are "
+                "positions in file order (--set model.use_time_bias=false)",
+                file=sys.stderr,
+            )
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         if cfg.eval.sampled_negatives > self.split.data.num_items - 2:  # said before any training
-            raise ConfigError(f"eval.sampled_negatives={cfg.eval.sampled_negatives}: the catalogue has "
-                              f"{self.split.data.num_items - 1} items, one of them the target")
+            raise ConfigError(
+                f"eval.sampled_negatives={cfg.eval.sampled_negatives}: the catalogue has "
+                f"{self.split.data.num_items - 1} items, one of them the target"
+            )
         try:
             self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)
         except ValueError as err:  # a combination of model settings the encoder refuses (e.g. heads vs width)
@@ -337,8 +368,9 @@ class Trainer:
         except RuntimeError as err:  # e.g. tables larger than this machine's memory
             if "allocate" not in str(err):
                 raise
-            raise ConfigError(f"model ({cfg.model_name}) does not fit in memory here: "
-                              f"{str(err).strip().splitlines()[0][:200]}") from None
+            raise ConfigError(
+                f"model ({cfg.model_name}) does not fit in memory here: {str(err).strip().splitlines()[0][:200]}"
+            ) from None
         if getattr(self.model, "needs_item_text", False):  # text-based items: the catalogue's text vectors
             from .data.cards import load_item_text
             from .text import item_text_vectors
@@ -399,8 +431,11 @@ class Trainer:
         stored = config_from_dict(state["config"]).to_dict()
         changed = config_changes(_without_runtime(stored), _without_runtime(self.cfg.to_dict()))
         if changed:
-            raise ConfigError(f"{self.run_dir}: the checkpoint was written with another configuration: "
-                              + "; ".join(changed) + ". Resume with the same recipe and overrides")
+            raise ConfigError(
+                f"{self.run_dir}: the checkpoint was written with another configuration: "
+                + "; ".join(changed)
+                + ". Resume with the same recipe and overrides"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
@@ -422,15 +457,23 @@ class Trainer:
         targets = 0
         start = time.perf_counter()
         bar = tqdm(
-            iter_train_batches(self.split, cfg.max_seq_len, cfg.train.batch_size, gen,
-                               rank=distributed.rank(), world_size=world),
-            total=steps, desc=f"epoch {self.epoch + 1}", disable=not self.progress, leave=False,
+            iter_train_batches(
+                self.split, cfg.max_seq_len, cfg.train.batch_size, gen, rank=distributed.rank(), world_size=world
+            ),
+            total=steps,
+            desc=f"epoch {self.epoch + 1}",
+            disable=not self.progress,
+            leave=False,
         )
         cloze = getattr(self.model, "objective", "next_item") == "cloze"
         # full CE scores the positions with a target and nothing else: an encoder that can compute the real
         # positions alone (SASRec) skips the padding (a batch where a padding input has a target does not)
-        packed_training = (not cloze and cfg.loss.name == "ce" and not cfg.train.compile
-                           and getattr(self.model, "packed_forward_available", False))
+        packed_training = (
+            not cloze
+            and cfg.loss.name == "ce"
+            and not cfg.train.compile
+            and getattr(self.model, "packed_forward_available", False)
+        )
         skipped = 0  # steps with a non-finite loss or gradient (train.nonfinite = "skip")
         for step, batch in enumerate(bar):
             if cloze:  # masked-item training (BERT4Rec): inputs with [mask] tokens, targets at the masks
@@ -454,8 +497,14 @@ class Trainer:
             items = self.model.item_vectors()
             if self.candidates is not None:  # cold start: held-out items are not even negatives in training
                 items, target_ids = items[self.candidates], self.candidate_index[target_ids]
-            loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items, workspace=self.loss_workspace,
-                                  item_frequency=self.item_frequency)
+            loss = next_item_loss(
+                cfg.loss,
+                hidden.float(),
+                target_ids,
+                items,
+                workspace=self.loss_workspace,
+                item_frequency=self.item_frequency,
+            )
             self.optimizer.zero_grad(set_to_none=True)
             # the loss alone is checked on one process: under DDP a skip must be every rank's (the gradient norm
             # below is, as it is computed after the all-reduce)
@@ -476,20 +525,30 @@ class Trainer:
                 bar.set_postfix(loss=f"{total_loss.item() / (step + 1):.4f}")
         seconds = time.perf_counter() - start
         # loss and target count over all ranks (one reduction per epoch, not per step)
-        totals = distributed.all_reduce_sum(torch.stack([total_loss.double(), torch.tensor(
-            float(targets), dtype=torch.float64, device=self.device)]))
+        totals = distributed.all_reduce_sum(
+            torch.stack([total_loss.double(), torch.tensor(float(targets), dtype=torch.float64, device=self.device)])
+        )
         targets = int(totals[1])
         if skipped >= steps:
-            raise TrainingDivergedError(f"run {self.run_dir}: every step of epoch {self.epoch + 1} had a non-finite "
-                                        "loss or gradient (train.nonfinite=skip); lower train.lr or set "
-                                        "train.max_grad_norm")
+            raise TrainingDivergedError(
+                f"run {self.run_dir}: every step of epoch {self.epoch + 1} had a non-finite "
+                "loss or gradient (train.nonfinite=skip); lower train.lr or set "
+                "train.max_grad_norm"
+            )
         if skipped:
-            print(f"epoch {self.epoch + 1}: {skipped} of {steps} steps skipped (non-finite loss or gradient)",
-                  file=sys.stderr)
-        return {"train_loss": float(totals[0]) / max((steps - skipped) * world, 1), "train_seconds": seconds,
-                "skipped_steps": skipped,
-                "train_targets": targets, "targets_per_second": targets / seconds,
-                "train_sequences": n_users * world, "sequences_per_second": n_users * world / seconds}
+            print(
+                f"epoch {self.epoch + 1}: {skipped} of {steps} steps skipped (non-finite loss or gradient)",
+                file=sys.stderr,
+            )
+        return {
+            "train_loss": float(totals[0]) / max((steps - skipped) * world, 1),
+            "train_seconds": seconds,
+            "skipped_steps": skipped,
+            "train_targets": targets,
+            "targets_per_second": targets / seconds,
+            "train_sequences": n_users * world,
+            "sequences_per_second": n_users * world / seconds,
+        }
 
     def _finite(self, value: torch.Tensor, what: str, step: int, steps: int) -> bool:
         """Whether a step's loss or gradient norm is finite; if not, raise under train.nonfinite = "stop"."""
@@ -499,7 +558,8 @@ class Trainer:
             raise TrainingDivergedError(
                 f"run {self.run_dir}: the {what} became {float(value)} at epoch {self.epoch + 1}, step {step + 1} of "
                 f"{steps} (train.lr={self.cfg.train.lr}); lower train.lr, set train.max_grad_norm, or "
-                "--set train.nonfinite=skip to skip such steps")
+                "--set train.nonfinite=skip to skip such steps"
+            )
         return False
 
     def evaluate(self, which: str = "valid", progress: bool = False, return_ranks: bool = False) -> dict:
@@ -517,8 +577,15 @@ class Trainer:
         if len(eval_set) == 0:
             return {"num_users": 0}
         return evaluate(
-            self.model, self.split, eval_set, self.cfg.max_seq_len, self.cfg.eval,
-            normalize=self.cfg.loss.l2_normalize, device=self.device, progress=progress, return_ranks=return_ranks,
+            self.model,
+            self.split,
+            eval_set,
+            self.cfg.max_seq_len,
+            self.cfg.eval,
+            normalize=self.cfg.loss.l2_normalize,
+            device=self.device,
+            progress=progress,
+            return_ranks=return_ranks,
             label=f"run {self.run_dir}, {which} split",
         )
 
@@ -533,9 +600,11 @@ class Trainer:
         with RunLock(self.run_dir), RunLog(self.run_dir / "train.log", muted=not self.verbose) as log:
             if log.active:
                 info = self.data.info
-                log.write("".join(f"{line}\n" for line in self.split.data.log)
-                          + f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, "
-                            f"{info['interactions']:,} interactions; split {self.cfg.data.split}\n")
+                log.write(
+                    "".join(f"{line}\n" for line in self.split.data.log)
+                    + f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, "
+                    f"{info['interactions']:,} interactions; split {self.cfg.data.split}\n"
+                )
             try:
                 return self._fit(resume)
             except Exception as err:
@@ -569,8 +638,9 @@ class Trainer:
                 valid = self.evaluate("valid")
                 record["valid"] = {k: v for k, v in valid.items() if k != "num_users"}
                 if not math.isfinite(valid[metric]):  # never "best"; the evaluator refuses NaN scores already
-                    raise TrainingDivergedError(f"run {self.run_dir}: validation {metric} is {valid[metric]} "
-                                                f"after epoch {self.epoch}")
+                    raise TrainingDivergedError(
+                        f"run {self.run_dir}: validation {metric} is {valid[metric]} after epoch {self.epoch}"
+                    )
                 if valid[metric] > self.best_metric:
                     self.best_metric, self.best_epoch, self.bad_epochs = valid[metric], self.epoch, 0
                     self._save_best()
@@ -631,7 +701,9 @@ class Trainer:
         out["world_size"] = distributed.world_size()
         if distributed.is_main():
             atomic_write_json(self.run_dir / "final_metrics.json", out)
-            plot_learning_curves(self.history, self.run_dir / "learning_curves.png", self.cfg.eval.early_stopping_metric)
+            plot_learning_curves(
+                self.history, self.run_dir / "learning_curves.png", self.cfg.eval.early_stopping_metric
+            )
         distributed.barrier()
         return out
 
@@ -705,8 +777,10 @@ def load_run(
     for override in overrides:  # the run's model and data are what its checkpoint was trained with
         key = override.split("=", 1)[0].strip()
         if not (key.startswith("eval.") or key in ("train.num_threads", "train.device")):
-            raise ConfigError(f"--set {key}: a finished run's model and data are fixed; only eval.* settings, "
-                              "train.num_threads and train.device can be changed")
+            raise ConfigError(
+                f"--set {key}: a finished run's model and data are fixed; only eval.* settings, "
+                "train.num_threads and train.device can be changed"
+            )
     cfg = config_from_dict(apply_overrides(read_json(cfg_path, "run configuration"), list(overrides)))
     if data_dir:
         cfg.data.data_dir = data_dir

@@ -1,4 +1,5 @@
 """Shared fixtures: the real datasets (RECSYS_DATA, default ../shared/datasets) and small synthetic logs."""
+
 from __future__ import annotations
 
 import os

@@ -15,9 +15,20 @@ def test_fit_from_a_dataframe_then_recommend_and_reload(tmp_path):
         rows += [(f"user{u}", f"item{(start + k) % 30}", k) for k in range(12)]
     df = pd.DataFrame(rows, columns=["who", "what", "when"])
     data = recsys.from_frame(df, user="who", item="what", time="when")
-    model = recsys.fit(data, overrides=["model.max_seq_len=10", "model.hidden_dim=32", "model.num_blocks=1",
-                                        "model.dropout=0.0", "train.epochs=40", "train.lr=0.01",
-                                        "train.patience=0"], run_dir=tmp_path / "run", progress=False)
+    model = recsys.fit(
+        data,
+        overrides=[
+            "model.max_seq_len=10",
+            "model.hidden_dim=32",
+            "model.num_blocks=1",
+            "model.dropout=0.0",
+            "train.epochs=40",
+            "train.lr=0.01",
+            "train.patience=0",
+        ],
+        run_dir=tmp_path / "run",
+        progress=False,
+    )
     test = model.evaluate("test")
     assert test["hr@1"] > 0.9  # the ring is learned
     top = model.recommend(["item3", "item4", "item5"], k=3)

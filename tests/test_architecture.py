@@ -1,4 +1,5 @@
 """The import rules of docs/architecture.md, checked on the source: a change that breaks one fails here."""
+
 import ast
 from pathlib import Path
 
@@ -22,8 +23,21 @@ ALLOWED = {
     "text": {"errors", "files", "data", "models"},
     "evaluation": {"errors", "files", "metrics", "kernels", "data", "distributed"},
     "config": {"errors", "evaluation", "losses", "models"},
-    "train": {"errors", "files", "metrics", "kernels", "data", "models", "losses", "evaluation", "config",
-              "optim", "distributed", "text", "results"},
+    "train": {
+        "errors",
+        "files",
+        "metrics",
+        "kernels",
+        "data",
+        "models",
+        "losses",
+        "evaluation",
+        "config",
+        "optim",
+        "distributed",
+        "text",
+        "results",
+    },
 }
 # shared parts under recsys/models; every other module there is one model and imports none of the others
 SHARED_MODEL_MODULES = {"base", "ctr_base", "dropout", "gelu", "minilm", "layers"}

@@ -1,4 +1,5 @@
 """benchmarks/flops.py counts what ran, whichever CPU path computed it."""
+
 import sys
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 import json
 
-
 from recsys.cli import main
 from tests.conftest import REPO, needs_data
 
@@ -43,9 +42,21 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
 def test_train_evaluate_and_log_results(tmp_path, capsys):
     run = tmp_path / "run"
     jsonl = tmp_path / "results.jsonl"
-    args = ["train", str(REPO / "recipes/ml-100k/sasrec.toml"), "--run-dir", str(run), "--quiet",
-            "--set", "train.epochs=1", "--set", "model.max_seq_len=20", "--set", "model.num_blocks=1",
-            "--log-results", str(jsonl)]
+    args = [
+        "train",
+        str(REPO / "recipes/ml-100k/sasrec.toml"),
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.max_seq_len=20",
+        "--set",
+        "model.num_blocks=1",
+        "--log-results",
+        str(jsonl),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "test (best epoch 1 of 1)" in out and "ndcg@10=" in out
@@ -76,8 +87,21 @@ def test_data_info_on_a_file_of_ones_own(tmp_path, capsys):
 @needs_data("taobao-userbehavior-sample")
 def test_click_recipe_trains_seeds_and_reports_spread(tmp_path, capsys):
     jsonl = tmp_path / "r.jsonl"
-    args = ["train", str(REPO / "recipes/taobao/dare.toml"), "--seeds", "2", "--run-dir", str(tmp_path / "run"),
-            "--quiet", "--set", "train.epochs=1", "--set", "data.max_history=30", "--log-results", str(jsonl)]
+    args = [
+        "train",
+        str(REPO / "recipes/taobao/dare.toml"),
+        "--seeds",
+        "2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.max_history=30",
+        "--log-results",
+        str(jsonl),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "dare on taobao, 2 seed(s)" in out and "auc" in out and "±" in out
@@ -101,7 +125,8 @@ def _custom_log(tmp_path, bad_line: int | None = None):
         '[data]\ndataset = "custom"\npath = "' + str(tmp_path / "events.tsv") + '"\nreader = "table"\n'
         'columns = { user_id = "visitor", item_id = "product", timestamp = "when" }\n'
         'timestamp_format = "%d/%m/%Y %H:%M"\n'
-        '[model]\nname = "sasrec"\nmax_seq_len = 10\nhidden_dim = 16\nnum_blocks = 1\n[train]\nepochs = 1\n')
+        '[model]\nname = "sasrec"\nmax_seq_len = 10\nhidden_dim = 16\nnum_blocks = 1\n[train]\nepochs = 1\n'
+    )
     return recipe
 
 
@@ -134,7 +159,10 @@ def test_a_recipe_that_is_not_toml_is_a_clear_error(tmp_path, capsys):
     recipe = tmp_path / "broken.toml"
     recipe.write_text('[data\ndataset = "ml-100k"\n')
     assert main(["train", str(recipe)]) == 2
-    assert "broken.toml: not valid TOML (Expected ']' at the end of a table declaration (at line 1" in capsys.readouterr().err
+    assert (
+        "broken.toml: not valid TOML (Expected ']' at the end of a table declaration (at line 1"
+        in capsys.readouterr().err
+    )
 
 
 def test_an_existing_run_is_refused_before_the_data_is_read(tmp_path, capsys, monkeypatch):
@@ -166,8 +194,22 @@ def test_click_recipe_ranges_are_checked(capsys):
 def test_seeds_trains_one_run_per_seed_and_reports_the_spread(tmp_path, capsys):
     recipe = _custom_log(tmp_path)
     jsonl = tmp_path / "results.jsonl"
-    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "runs"), "--seeds", "2", "--quiet",
-                 "--log-results", str(jsonl)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(recipe),
+                "--run-dir",
+                str(tmp_path / "runs"),
+                "--seeds",
+                "2",
+                "--quiet",
+                "--log-results",
+                str(jsonl),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "test over 2 seeds (42..43): mean ± standard deviation" in out
     configs = [json.loads((tmp_path / "runs" / f"seed-{s}" / "config.json").read_text()) for s in (42, 43)]
@@ -212,13 +254,19 @@ def test_a_log_filtered_to_nothing_says_which_filter(tmp_path, capsys):
     log = tmp_path / "tiny.csv"
     log.write_text("u,i,t\n1,a,1\n1,b,2\n")
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text(f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "table"\n'
-                      'columns = { user_id = "u", item_id = "i", timestamp = "t" }\n[train]\nepochs = 1\n')
+    recipe.write_text(
+        f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "table"\n'
+        'columns = { user_id = "u", item_id = "i", timestamp = "t" }\n[train]\nepochs = 1\n'
+    )
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     assert "no interactions left after filtering (dropped 1 users with fewer than 3 events" in capsys.readouterr().err
     log.write_text("u,i,t\n1,a,1\n1,b,2\n1,c,3\n")
-    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run2"), "--quiet",
-                 "--set", "eval.sampled_negatives=5"]) == 2
+    assert (
+        main(
+            ["train", str(recipe), "--run-dir", str(tmp_path / "run2"), "--quiet", "--set", "eval.sampled_negatives=5"]
+        )
+        == 2
+    )
     assert "eval.sampled_negatives=5: the catalogue has 3 items" in capsys.readouterr().err
 
 

@@ -33,7 +33,10 @@ def test_overrides_are_typed_toml():
         ("train.epochs=1.5", r"train.epochs: expected an integer"),
         ("train.epochs=0", r"train.epochs must be >= 1"),
         ("eval.exclude_seen=1", r"eval.exclude_seen: expected true or false"),
-        ("data.split=random", r"data.split: 'random' is not allowed; allowed values: \['leave_one_out', 'hstu', 'temporal'\]"),
+        (
+            "data.split=random",
+            r"data.split: 'random' is not allowed; allowed values: \['leave_one_out', 'hstu', 'temporal'\]",
+        ),
         ("eval.early_stopping_metric=ndcg@50", r"early_stopping_metric: 'ndcg@50' is not computed"),
         ("optim.lr=1", r"unknown section 'optim'"),
         ("lr=1", r"keys look like section.key"),
@@ -78,16 +81,23 @@ def test_model_settings_the_encoder_refuses_are_a_config_error(tmp_path):
     from tests.conftest import write_u_data
 
     cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["model.num_heads=3"])  # 64 is not divisible by 3
-    cfg.data.dataset, cfg.data.path, cfg.data.reader = "custom", str(write_u_data(tmp_path / "u.data")), "movielens_100k"
+    cfg.data.dataset, cfg.data.path, cfg.data.reader = (
+        "custom",
+        str(write_u_data(tmp_path / "u.data")),
+        "movielens_100k",
+    )
     with pytest.raises(ConfigError, match=r"model \(sasrec\): hidden_dim \(64\) must be divisible by num_heads \(3\)"):
         Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
 
 
-@pytest.mark.parametrize("recipe, override, message", [
-    ("recipes/ml-1m/bert4rec.toml", "model.mask_prob=1.5", r"model.mask_prob must be in \(0, 1\]"),
-    ("recipes/ml-1m/bert4rec.toml", "model.mask_prob=0", r"model.mask_prob must be in \(0, 1\]"),
-    ("recipes/ml-1m/hstu.toml", "model.qk_dim=0", r"model.qk_dim must be >= 1 \(or unset\)"),
-])
+@pytest.mark.parametrize(
+    "recipe, override, message",
+    [
+        ("recipes/ml-1m/bert4rec.toml", "model.mask_prob=1.5", r"model.mask_prob must be in \(0, 1\]"),
+        ("recipes/ml-1m/bert4rec.toml", "model.mask_prob=0", r"model.mask_prob must be in \(0, 1\]"),
+        ("recipes/ml-1m/hstu.toml", "model.qk_dim=0", r"model.qk_dim must be >= 1 \(or unset\)"),
+    ],
+)
 def test_model_specific_ranges(recipe, override, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(REPO / recipe, [override])

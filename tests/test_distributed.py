@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes (gloo): training runs end to end, and the all-reduced evaluation
 equals a single-process evaluation of the same checkpoint."""
+
 import json
 import os
 import socket
@@ -10,9 +11,17 @@ import pytest
 
 from tests.conftest import REPO, needs_data
 
-SMALL = ["model.max_seq_len=20", "model.hidden_dim=16", "model.num_blocks=1", "train.epochs=2",
-         "train.patience=0", "train.num_threads=1", "eval.ks=[1, 10]", "eval.early_stopping_metric=ndcg@10",
-         "eval.block_size=100"]
+SMALL = [
+    "model.max_seq_len=20",
+    "model.hidden_dim=16",
+    "model.num_blocks=1",
+    "train.epochs=2",
+    "train.patience=0",
+    "train.num_threads=1",
+    "eval.ks=[1, 10]",
+    "eval.early_stopping_metric=ndcg@10",
+    "eval.block_size=100",
+]
 
 
 def _free_port() -> int:
@@ -25,9 +34,22 @@ def _free_port() -> int:
 def test_two_process_gloo_training_and_reduced_metrics(tmp_path):
     run = tmp_path / "ddp"
     sets = [a for s in SMALL for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "recsys.cli", "train",
-           str(REPO / "recipes/ml-100k/sasrec.toml"), "--run-dir", str(run), "--quiet", *sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "recsys.cli",
+        "train",
+        str(REPO / "recipes/ml-100k/sasrec.toml"),
+        "--run-dir",
+        str(run),
+        "--quiet",
+        *sets,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -45,8 +67,19 @@ def test_two_process_gloo_training_and_reduced_metrics(tmp_path):
 
     # legacy sampled metrics: each user's negatives depend on its id alone, so 2 processes give the same
     sampled = ["--set", "eval.sampled_negatives=50", "--set", "eval.negative_sampling=popularity"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "recsys.cli", "evaluate", str(run), *sampled]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "recsys.cli",
+        "evaluate",
+        str(run),
+        *sampled,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sampled metrics (legacy)" in done.stdout

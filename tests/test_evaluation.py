@@ -20,7 +20,9 @@ def _split(n_users=50, n_items=300, seed=0):
         items = rng.integers(1, n_items + 1, length)  # repeats allowed: targets may be seen items
         rows += [(u, int(i), t) for t, i in enumerate(items)]
     df = pl.DataFrame({"u": [r[0] for r in rows], "i": [r[1] for r in rows], "t": [r[2] for r in rows]})
-    seq = prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+    seq = prepare_sequences(
+        frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False
+    )
     return make_split(seq, "leave_one_out", verbose=False)
 
 
@@ -169,8 +171,10 @@ def test_cutoff_ranks_on_a_trained_ml100k_model(tmp_path):
     from recsys.config import load_recipe
     from recsys.train import Trainer, prepare_data
 
-    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", [
-        "model.hidden_dim=32", "model.num_blocks=1", "train.epochs=3", "train.patience=0", "train.num_threads=1"])
+    cfg = load_recipe(
+        REPO / "recipes/ml-100k/sasrec.toml",
+        ["model.hidden_dim=32", "model.num_blocks=1", "train.epochs=3", "train.patience=0", "train.num_threads=1"],
+    )
     trainer = Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
     trainer.fit()
     full = trainer.evaluate("test")
@@ -243,11 +247,14 @@ def test_sampled_negatives_are_distinct_unseen_and_the_same_however_users_are_ba
     assert not torch.equal(sample_negatives(user_ids, targets, None, V, N, None, seed=4), negatives)
     items, users = torch.randn(V, 8), torch.randn(40, 8)
     whole, whole_ties = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3)
-    chunked, chunked_ties = sampled_ranks(items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3,
-                                          max_gathered=7 * N * 8)  # chunks of 7 users
+    chunked, chunked_ties = sampled_ranks(
+        items, users, targets, user_ids, (seen_rows, seen_items), N, None, 3, max_gathered=7 * N * 8
+    )  # chunks of 7 users
     assert torch.equal(whole, chunked) and torch.equal(whole_ties, chunked_ties)
     assert int(whole_ties.sum()) == 0  # random vectors: no ties
-    expected = ((items[negatives] @ users[:, :, None]).squeeze(-1) > (items[targets] * users).sum(1, keepdim=True)).sum(1)
+    expected = ((items[negatives] @ users[:, :, None]).squeeze(-1) > (items[targets] * users).sum(1, keepdim=True)).sum(
+        1
+    )
     assert torch.equal(whole, expected)
 
 
@@ -333,8 +340,9 @@ def test_a_constant_scorer_gets_exactly_the_random_order_expectation(monkeypatch
 def test_sampled_metrics_of_a_constant_scorer_are_the_random_order_expectation():
     split = _split(n_users=30, seed=6)
     model = FixedScorer(torch.zeros(split.data.num_items, 4), lambda ids: torch.ones(ids.shape[0], 4))
-    out = evaluate(model, split, split.test, 8, EvalConfig(ks=(1, 10), sampled_negatives=19, block_size=16,
-                                                          repeat_targets="keep"))
+    out = evaluate(
+        model, split, split.test, 8, EvalConfig(ks=(1, 10), sampled_negatives=19, block_size=16, repeat_targets="keep")
+    )
     assert out["hr@1"] == pytest.approx(1 / 20) and out["hr@10"] == pytest.approx(10 / 20)
 
 
@@ -369,7 +377,9 @@ def _repeat_split():
         target = history[2] if u % 3 == 0 else 41 + u
         rows += [(u, i, t) for t, i in enumerate(history + [50 + u, target])]
     df = pl.DataFrame({"u": [r[0] for r in rows], "i": [r[1] for r in rows], "t": [r[2] for r in rows]})
-    seq = prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+    seq = prepare_sequences(
+        frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False
+    )
     return make_split(seq, "leave_one_out", verbose=False)
 
 
@@ -399,5 +409,6 @@ def test_repeat_targets_are_counted_and_never_leak_by_default():
     # apart: the repeat users ranked with their history among the candidates (no exclusion)
     off = evaluate(model, split, split.test, 8, EvalConfig(ks=ks, exclude_seen=False), return_ranks=True)
     assert apart["repeat_targets"]["metrics"]["mrr"] == pytest.approx(
-        ranking_metrics(off["ranks"].numpy()[repeat], ks=ks)["mrr"])
+        ranking_metrics(off["ranks"].numpy()[repeat], ks=ks)["mrr"]
+    )
     assert "users" not in off.get("repeat_targets", {})  # nothing excluded, nothing to leak

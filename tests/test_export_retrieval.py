@@ -1,4 +1,5 @@
 """Round trip: train a tiny model -> export -> build index -> retrieve == the evaluator's exact top-k."""
+
 import json
 
 import numpy as np
@@ -26,8 +27,18 @@ def trained(tmp_path_factory):
         rows += [(f"u{u}", f"i{(start + step * k) % 40}", k) for k in range(10)]
     data = recsys.from_frame(pd.DataFrame(rows, columns=["user", "item", "t"]), user="user", item="item", time="t")
     run = tmp_path_factory.mktemp("run") / "run"
-    model = recsys.fit(data, overrides=["model.max_seq_len=8", "model.hidden_dim=16", "model.num_blocks=1",
-                                        "train.epochs=3", "train.patience=0"], run_dir=run, progress=False)
+    model = recsys.fit(
+        data,
+        overrides=[
+            "model.max_seq_len=8",
+            "model.hidden_dim=16",
+            "model.num_blocks=1",
+            "train.epochs=3",
+            "train.patience=0",
+        ],
+        run_dir=run,
+        progress=False,
+    )
     return model, data, run
 
 
@@ -55,18 +66,31 @@ def test_exported_encoder_gives_the_same_user_vectors(trained, tmp_path):
     out = export_run(model.trainer, tmp_path / "export", users="none")
     encoder = load_encoder(out, read_manifest(out))
     ids = torch.zeros(4, 8, dtype=torch.long)  # histories of 1, 3, 5 and 8 items, in one batch
-    for row, history in enumerate((["i7"], ["i3", "i4", "i5"], [f"i{k}" for k in range(5)], [f"i{k}" for k in range(8)])):
-        ids[row, -len(history):] = torch.from_numpy(model.data.item_index(history))
+    for row, history in enumerate(
+        (["i7"], ["i3", "i4", "i5"], [f"i{k}" for k in range(5)], [f"i{k}" for k in range(8)])
+    ):
+        ids[row, -len(history) :] = torch.from_numpy(model.data.item_index(history))
     with torch.no_grad():
         torch.testing.assert_close(encoder(ids), model.model.user_vectors(ids), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(encoder(ids[1:2]), model.model.user_vectors(ids[1:2]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, overrides, expected", [
-    ("bert4rec", {"hidden_dim": 16, "num_heads": 2, "num_blocks": 1}, "torch.export"),
-    ("hstu", {"hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "use_time_bias": False}, "torch.export"),  # its grid path
-    ("recformer", {"hidden_dim": 16, "num_heads": 2, "num_blocks": 1, "text_dim": 24, "adapter_dim": 32}, "torch.export"),
-])
+@pytest.mark.parametrize(
+    "name, overrides, expected",
+    [
+        ("bert4rec", {"hidden_dim": 16, "num_heads": 2, "num_blocks": 1}, "torch.export"),
+        (
+            "hstu",
+            {"hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "use_time_bias": False},
+            "torch.export",
+        ),  # its grid path
+        (
+            "recformer",
+            {"hidden_dim": 16, "num_heads": 2, "num_blocks": 1, "text_dim": 24, "adapter_dim": 32},
+            "torch.export",
+        ),
+    ],
+)
 def test_other_encoders_export_and_load_back(name, overrides, expected, tmp_path):
     from recsys.export import _UserEncoder
     from recsys.models import build_model, model_config_class
@@ -107,16 +131,32 @@ def test_a_time_bias_model_exports_its_users_with_their_times(trained, tmp_path)
     """HSTU with time bias reads timestamps: the exported test users are the evaluator's (same metrics
     through a flat index), and a histories file without times is refused."""
     _, data, _ = trained
-    hstu = recsys.fit(data, overrides=["model.name=hstu", "model.max_seq_len=8", "model.hidden_dim=16",
-                                       "model.num_blocks=1", "model.use_time_bias=true", "train.epochs=2",
-                                       "train.patience=0"], run_dir=tmp_path / "run", progress=False)
+    hstu = recsys.fit(
+        data,
+        overrides=[
+            "model.name=hstu",
+            "model.max_seq_len=8",
+            "model.hidden_dim=16",
+            "model.num_blocks=1",
+            "model.use_time_bias=true",
+            "train.epochs=2",
+            "train.patience=0",
+        ],
+        run_dir=tmp_path / "run",
+        progress=False,
+    )
     exact = hstu.trainer.evaluate("test")
     out = export_run(hstu.trainer, tmp_path / "export", users="test")
     manifest = read_manifest(out)
     assert manifest["files"]["user_embeddings.npy"]["rows"] == 80
-    assert manifest["encoder"] == "torch.export" and manifest["encoder_inputs"] == ["item_ids", "timestamps", "query_time"]
-    through = evaluate_through_index(hstu.trainer, build_index(np.load(out / "item_embeddings.npy"), "flat"), "test",
-                                     ks=(1, 5, 10))
+    assert manifest["encoder"] == "torch.export" and manifest["encoder_inputs"] == [
+        "item_ids",
+        "timestamps",
+        "query_time",
+    ]
+    through = evaluate_through_index(
+        hstu.trainer, build_index(np.load(out / "item_embeddings.npy"), "flat"), "test", ks=(1, 5, 10)
+    )
     for name in ("hr@1", "hr@10", "ndcg@10"):
         assert through[name] == pytest.approx(exact[name], abs=1e-9), name
     histories = tmp_path / "h.tsv"
@@ -127,15 +167,15 @@ def test_a_time_bias_model_exports_its_users_with_their_times(trained, tmp_path)
     seq, test = hstu.data, hstu.trainer.split.test
     u, n = int(test.users[0]), int(test.history_lengths[0])
     start = int(seq.seq_offsets[u])
-    history = [seq.item_raw_ids[i] for i in seq.item_ids[start:start + n]]
-    times = [int(t) for t in seq.timestamps[start:start + n]]
+    history = [seq.item_raw_ids[i] for i in seq.item_ids[start : start + n]]
+    times = [int(t) for t in seq.timestamps[start : start + n]]
     scores = hstu.score([history], [times], [int(seq.timestamps[start + n])])[0, 1:]
     exported = np.load(out / "user_embeddings.npy")[0] @ np.load(out / "item_embeddings.npy").T
     np.testing.assert_allclose(scores.numpy(), exported, rtol=1e-4, atol=1e-5)
     # and the exported encoder, given the same window, times and request time, gives that user's vector
     window, stamps = torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)
-    window[0, -min(n, 8):] = torch.from_numpy(seq.item_ids[start:start + n][-8:].astype(np.int64))
-    stamps[0, -min(n, 8):] = torch.tensor(times[-8:])
+    window[0, -min(n, 8) :] = torch.from_numpy(seq.item_ids[start : start + n][-8:].astype(np.int64))
+    stamps[0, -min(n, 8) :] = torch.tensor(times[-8:])
     with torch.no_grad():
         vector = load_encoder(out, manifest)(window, stamps, torch.tensor([int(seq.timestamps[start + n])]))
     np.testing.assert_allclose(vector[0].numpy(), np.load(out / "user_embeddings.npy")[0], rtol=1e-4, atol=1e-5)
@@ -207,7 +247,9 @@ def test_cli_round_trip_retrieve_equals_exact_topk(trained, tmp_path, capsys):
     manifest = json.loads((other / "manifest.json").read_text())
     import hashlib
 
-    manifest["files"]["item_embeddings.npy"]["sha256"] = hashlib.sha256((other / "item_embeddings.npy").read_bytes()).hexdigest()
+    manifest["files"]["item_embeddings.npy"]["sha256"] = hashlib.sha256(
+        (other / "item_embeddings.npy").read_bytes()
+    ).hexdigest()
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="built for other item embeddings"):
         load_index(index_dir, other)
@@ -219,19 +261,29 @@ def test_cli_round_trip_retrieve_equals_exact_topk(trained, tmp_path, capsys):
     assert main(["retrieve", str(index_dir), "--history", ",".join(history), "-k", "100"]) == 0
     printed = capsys.readouterr()
     assert len(printed.out.splitlines()) == 1 + 40 - len(history) and "warning" not in printed.err
-    assert main(["index", "build", str(export_dir), "--type", "ivf_flat", "--param", "nlist=4", "--param", "nprobe=1"]) == 0
+    assert (
+        main(["index", "build", str(export_dir), "--type", "ivf_flat", "--param", "nlist=4", "--param", "nprobe=1"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["retrieve", str(export_dir / "index-ivf_flat"), "--history", ",".join(history), "-k", "37"]) == 0
     assert "the ivf_flat index returned" in capsys.readouterr().err
     assert main(["index", "build", str(export_dir), "--type", "hnsw", "--param", "efs=3"]) == 2
 
 
-@pytest.mark.parametrize("kind, params, message", [
-    ("hnsw", {"M": -3}, r"index parameter M must be an integer in \[2, 512\], got -3"),  # FAISS allocated until killed
-    ("hnsw", {"ef_search": 2.5}, r"ef_search must be an integer"),
-    ("ivf_pq", {"nbits": 40}, r"nbits must be an integer in \[1, 16\]"),
-    ("ivf_flat", {"nprobe": 0}, r"nprobe must be an integer in \[1, "),
-])
+@pytest.mark.parametrize(
+    "kind, params, message",
+    [
+        (
+            "hnsw",
+            {"M": -3},
+            r"index parameter M must be an integer in \[2, 512\], got -3",
+        ),  # FAISS allocated until killed
+        ("hnsw", {"ef_search": 2.5}, r"ef_search must be an integer"),
+        ("ivf_pq", {"nbits": 40}, r"nbits must be an integer in \[1, 16\]"),
+        ("ivf_flat", {"nprobe": 0}, r"nprobe must be an integer in \[1, "),
+    ],
+)
 def test_index_parameters_out_of_range_are_refused(kind, params, message):
     from recsys.retrieval import index_params
 

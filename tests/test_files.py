@@ -1,4 +1,5 @@
 """recsys.files: checked checkpoints, one writer per run folder, the run's own log."""
+
 import subprocess
 import sys
 import time
@@ -12,9 +13,14 @@ from tests.conftest import REPO
 
 
 def _checkpoint(path):
-    state = {"model": {"item_embedding.weight": torch.randn(500, 16), "b": torch.zeros(3)}, "epoch": 4,
-             "best_metric": float("-inf"), "history": [{"epoch": 1, "valid": {"ndcg@10": 0.1}}],
-             "rng": torch.get_rng_state(), "betas": (0.9, 0.98)}
+    state = {
+        "model": {"item_embedding.weight": torch.randn(500, 16), "b": torch.zeros(3)},
+        "epoch": 4,
+        "best_metric": float("-inf"),
+        "history": [{"epoch": 1, "valid": {"ndcg@10": 0.1}}],
+        "rng": torch.get_rng_state(),
+        "betas": (0.9, 0.98),
+    }
     atomic_torch_save(state, path)
     return state
 
@@ -74,8 +80,9 @@ with RunLock(sys.argv[1]):
 
 
 def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run"), "30"], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "run"), "30"], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         start = time.perf_counter()

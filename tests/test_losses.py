@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,8 +83,10 @@ def test_bf16_ce_equals_fp32_ce_of_the_rounded_operands(chunk, logit_scale):
     hidden, items, targets = _setup(B=4, L=8, D=16, V=500)
     hidden = (hidden * logit_scale).detach().requires_grad_(True)
     mask = targets > 0
-    h16, w16 = (hidden.detach().bfloat16().float().requires_grad_(True),
-                items.detach().bfloat16().float().requires_grad_(True))
+    h16, w16 = (
+        hidden.detach().bfloat16().float().requires_grad_(True),
+        items.detach().bfloat16().float().requires_grad_(True),
+    )
     ref = F.cross_entropy(h16[mask] @ w16[1:].T, targets[mask] - 1)
     ref_grads = torch.autograd.grad(ref, (h16, w16))
     got = full_softmax_ce(hidden[mask], items, targets[mask], chunk=chunk, compute_dtype=torch.bfloat16)
@@ -163,8 +164,9 @@ def test_sampled_softmax_masks_collisions():
 @pytest.mark.parametrize("shared", ["batch", "sequence", "position"])
 def test_sampled_softmax_matches_hand_formula(shared, batch):
     hidden, items, targets = _setup(B=batch)
-    cfg = LossConfig(name="sampled_softmax", num_negatives=6, negatives_shared=shared, temperature=0.1,
-                     l2_normalize=True)
+    cfg = LossConfig(
+        name="sampled_softmax", num_negatives=6, negatives_shared=shared, temperature=0.1, l2_normalize=True
+    )
     torch.manual_seed(3)
     loss = next_item_loss(cfg, hidden, targets, items)
     torch.manual_seed(3)
@@ -190,8 +192,14 @@ def test_in_batch_negatives_with_logq_match_hand_formula():
     frequency = torch.rand(V) + 0.05
     frequency[0] = 0.0
     frequency = frequency / frequency.sum()
-    cfg = LossConfig(name="sampled_softmax", num_negatives=5, negatives_shared="batch", temperature=0.5,
-                     in_batch_negatives=4, logq_correction=True)
+    cfg = LossConfig(
+        name="sampled_softmax",
+        num_negatives=5,
+        negatives_shared="batch",
+        temperature=0.5,
+        in_batch_negatives=4,
+        logq_correction=True,
+    )
     torch.manual_seed(7)
     loss = next_item_loss(cfg, hidden, targets, items, item_frequency=frequency)
     torch.manual_seed(7)  # the same draws: 5 uniform items, then 4 of the scored positions' targets
@@ -206,7 +214,9 @@ def test_in_batch_negatives_with_logq_match_hand_formula():
             if y == 0:
                 continue
             pos = hidden[b, t] @ items[y] / 0.5 - torch.log(expected[y])
-            neg = [hidden[b, t] @ items[n] / 0.5 - torch.log(expected[n]) for n in torch.cat([uniform, in_batch]) if n != y]
+            neg = [
+                hidden[b, t] @ items[n] / 0.5 - torch.log(expected[n]) for n in torch.cat([uniform, in_batch]) if n != y
+            ]
             total += -(pos - torch.logsumexp(torch.stack([pos, *neg]), 0))
             count += 1
     assert loss.item() == pytest.approx((total / count).item(), rel=1e-5)
@@ -282,8 +292,9 @@ def test_per_position_negatives_dense_and_gathered_paths_agree(monkeypatch):
     import recsys.losses as losses
 
     hidden, items, targets = _setup(V=40, seed=5)
-    cfg = LossConfig(name="sampled_softmax", num_negatives=8, negatives_shared="position", temperature=0.05,
-                     l2_normalize=True)
+    cfg = LossConfig(
+        name="sampled_softmax", num_negatives=8, negatives_shared="position", temperature=0.05, l2_normalize=True
+    )
     results = []
     for limit in (10**6, 0):  # dense, then gathered
         monkeypatch.setattr(losses, "DENSE_NEGATIVES_MAX_ITEMS_PER_NEGATIVE", limit)
@@ -360,4 +371,6 @@ def test_ce_workspace_reused_across_calls_changes_nothing(dtype):
     from recsys.kernels import onednn
 
     fp32 = {"items_t"} if onednn.usable(items) else {"block"}  # oneDNN writes its own blocks
-    assert set(workspace._buffers) == (fp32 if dtype is None else {"items_low", "block_low", "items_t", "grad_items_low"})
+    assert set(workspace._buffers) == (
+        fp32 if dtype is None else {"items_low", "block_low", "items_t", "grad_items_low"}
+    )

@@ -6,7 +6,13 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 from recsys.metrics import (
-    auc, count_true_per_column, gauc, logloss, ranking_metrics, ranks_from_item_scores, ranks_from_scores,
+    auc,
+    count_true_per_column,
+    gauc,
+    logloss,
+    ranking_metrics,
+    ranks_from_item_scores,
+    ranks_from_scores,
 )
 
 

@@ -19,7 +19,7 @@ def _train(model, opt, steps: int, unused_from: int = 10**9) -> None:
         ids = torch.randint(0, 50, (16,), generator=gen)
         head = model[2] if step < unused_from else None  # after unused_from the last layer gets no gradient
         h = model[1](model[0](ids))
-        loss = (head(h).square().mean() if head is not None else h.square().mean())
+        loss = head(h).square().mean() if head is not None else h.square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,4 +1,5 @@
 """What an installed (not editable) package carries: every subpackage, and the dataset cards."""
+
 import tomllib
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """RESULTS.md is rendered from records of every kind the benchmarks write."""
+
 from recsys.results import make_record, render_markdown
 
 MACHINE = {"cpu": "test cpu", "torch_threads": 2}
@@ -13,45 +14,190 @@ def _rec(kind, **fields):
 def test_every_record_kind_renders():
     ds = {"dataset": "beauty", "file": "beauty.txt", "items": 54542}
     records = [
-        _rec("train", recipe="recipes/beauty/sasrec_ce.toml", dataset=ds, model="sasrec", loss="ce",
-             protocol={"split": "leave_one_out", "exclude_seen": True},
-             metrics={"test": {"hr@10": 0.0512, "ndcg@10": 0.0321}, "best_epoch": 20, "epochs_run": 30},
-             timings={"train_seconds": 1800.0}, peak_memory_mb=900.0, note="a remark",
-             history=[{"epoch": 1, "train_loss": 9.0, "ndcg@10": 0.01}, {"epoch": 2, "train_loss": 8.0, "ndcg@10": 0.02}]),
-        _rec("timing", dataset=ds, model="sasrec", loss="ce", max_seq_len=50, train_epoch_seconds=90.0,
-             targets_per_second=2500.0, eval_seconds=2.8, eval_users=40226, eval_users_per_second=14366.0,
-             peak_memory_mb=800.0),
-        _rec("timing", dataset=ds, model="sasrec", loss="ce", max_seq_len=50, train_epoch_seconds=32.5,
-             targets_per_second=7000.0, eval_seconds=2.8, eval_users=40226, eval_users_per_second=14366.0,
-             peak_memory_mb=800.0, from_epoch=34),
-        _rec("retrieval", catalogue="synthetic 1,000,000 x 64", rows=[
-            {"index": "hnsw", "params": {"M": 32}, "build_seconds": 100.0, "queries_per_second": 5000.0,
-             "speedup_vs_exact": 25.0, "recall@10": 0.97, "ndcg@10": 0.03}]),
-        _rec("click", recipe="recipes/taobao/dare.toml", dataset="taobao", model="dare",
-             samples={"train": 100, "test": 10}, per_seed=[{}, {}],
-             summary={f"test_{m}_{s}": 0.5 for m in ("auc", "gauc", "logloss") for s in ("mean", "std")}),
-        _rec("dare_sweep", recipe="r.toml", seeds=5, history=1000, rows=[
-            {"attention_dim": 8, "stage1_ms": 9.0, "test_auc_mean": 0.65, "test_auc_std": 0.01,
-             "test_gauc_mean": 0.64, "test_gauc_std": 0.02}]),
-        _rec("full_ce", rows=[{"items": 10**6, "positions": 25600, "dim": 64, "impl": "chunked", "seconds": 100.0,
-                               "peak_rss_mb": 900.0, "plain_logits_gb": 190.7}]),
-        _rec("ingest", events=20_000_000, users=300_000, items=900_000, file_mb=300.0, read_seconds=5.0,
-             prepare_seconds=10.0, save_seconds=1.0, total_seconds=20.0, peak_rss_mb=3000.0,
-             custom_first_seconds=7.5, custom_first_peak_rss_mb=3100.0, custom_cached_seconds=0.16,
-             custom_cached_peak_rss_mb=480.0),
-        _rec("kernels", dtype="bf16", heads=4, dim=128, tokens=131072, rows=[
-            {"N": 4096, "batch": 32, "impl": "triton", "fwd_ms": 1.0, "fwd_tflops": 150.0, "fwdbwd_ms": 3.0,
-             "fwdbwd_tflops": 100.0, "fwdbwd_peak_mb": 1000.0},
-            {"N": 8192, "batch": 16, "impl": "reference", "error": "out of memory"}]),
-        _rec("eval_breakdown", recipe="r.toml", dataset="ml-1m", model="sasrec", max_seq_len=200, ranks="cutoff",
-             threads=2, repeats=5, num_users=2999, metrics={}, attention_free_bound=1.71, eval_flops=17.9e9, rows=[
-                 {"variant": "as is", "total_seconds": 0.231, "encoder_seconds": 0.212, "batches_seconds": 0.004,
-                  "rest_seconds": 0.014, "total_seconds_range": [0.227, 0.233], "users_per_second": 12977.0}]),
+        _rec(
+            "train",
+            recipe="recipes/beauty/sasrec_ce.toml",
+            dataset=ds,
+            model="sasrec",
+            loss="ce",
+            protocol={"split": "leave_one_out", "exclude_seen": True},
+            metrics={"test": {"hr@10": 0.0512, "ndcg@10": 0.0321}, "best_epoch": 20, "epochs_run": 30},
+            timings={"train_seconds": 1800.0},
+            peak_memory_mb=900.0,
+            note="a remark",
+            history=[
+                {"epoch": 1, "train_loss": 9.0, "ndcg@10": 0.01},
+                {"epoch": 2, "train_loss": 8.0, "ndcg@10": 0.02},
+            ],
+        ),
+        _rec(
+            "timing",
+            dataset=ds,
+            model="sasrec",
+            loss="ce",
+            max_seq_len=50,
+            train_epoch_seconds=90.0,
+            targets_per_second=2500.0,
+            eval_seconds=2.8,
+            eval_users=40226,
+            eval_users_per_second=14366.0,
+            peak_memory_mb=800.0,
+        ),
+        _rec(
+            "timing",
+            dataset=ds,
+            model="sasrec",
+            loss="ce",
+            max_seq_len=50,
+            train_epoch_seconds=32.5,
+            targets_per_second=7000.0,
+            eval_seconds=2.8,
+            eval_users=40226,
+            eval_users_per_second=14366.0,
+            peak_memory_mb=800.0,
+            from_epoch=34,
+        ),
+        _rec(
+            "retrieval",
+            catalogue="synthetic 1,000,000 x 64",
+            rows=[
+                {
+                    "index": "hnsw",
+                    "params": {"M": 32},
+                    "build_seconds": 100.0,
+                    "queries_per_second": 5000.0,
+                    "speedup_vs_exact": 25.0,
+                    "recall@10": 0.97,
+                    "ndcg@10": 0.03,
+                }
+            ],
+        ),
+        _rec(
+            "click",
+            recipe="recipes/taobao/dare.toml",
+            dataset="taobao",
+            model="dare",
+            samples={"train": 100, "test": 10},
+            per_seed=[{}, {}],
+            summary={f"test_{m}_{s}": 0.5 for m in ("auc", "gauc", "logloss") for s in ("mean", "std")},
+        ),
+        _rec(
+            "dare_sweep",
+            recipe="r.toml",
+            seeds=5,
+            history=1000,
+            rows=[
+                {
+                    "attention_dim": 8,
+                    "stage1_ms": 9.0,
+                    "test_auc_mean": 0.65,
+                    "test_auc_std": 0.01,
+                    "test_gauc_mean": 0.64,
+                    "test_gauc_std": 0.02,
+                }
+            ],
+        ),
+        _rec(
+            "full_ce",
+            rows=[
+                {
+                    "items": 10**6,
+                    "positions": 25600,
+                    "dim": 64,
+                    "impl": "chunked",
+                    "seconds": 100.0,
+                    "peak_rss_mb": 900.0,
+                    "plain_logits_gb": 190.7,
+                }
+            ],
+        ),
+        _rec(
+            "ingest",
+            events=20_000_000,
+            users=300_000,
+            items=900_000,
+            file_mb=300.0,
+            read_seconds=5.0,
+            prepare_seconds=10.0,
+            save_seconds=1.0,
+            total_seconds=20.0,
+            peak_rss_mb=3000.0,
+            custom_first_seconds=7.5,
+            custom_first_peak_rss_mb=3100.0,
+            custom_cached_seconds=0.16,
+            custom_cached_peak_rss_mb=480.0,
+        ),
+        _rec(
+            "kernels",
+            dtype="bf16",
+            heads=4,
+            dim=128,
+            tokens=131072,
+            rows=[
+                {
+                    "N": 4096,
+                    "batch": 32,
+                    "impl": "triton",
+                    "fwd_ms": 1.0,
+                    "fwd_tflops": 150.0,
+                    "fwdbwd_ms": 3.0,
+                    "fwdbwd_tflops": 100.0,
+                    "fwdbwd_peak_mb": 1000.0,
+                },
+                {"N": 8192, "batch": 16, "impl": "reference", "error": "out of memory"},
+            ],
+        ),
+        _rec(
+            "eval_breakdown",
+            recipe="r.toml",
+            dataset="ml-1m",
+            model="sasrec",
+            max_seq_len=200,
+            ranks="cutoff",
+            threads=2,
+            repeats=5,
+            num_users=2999,
+            metrics={},
+            attention_free_bound=1.71,
+            eval_flops=17.9e9,
+            rows=[
+                {
+                    "variant": "as is",
+                    "total_seconds": 0.231,
+                    "encoder_seconds": 0.212,
+                    "batches_seconds": 0.004,
+                    "rest_seconds": 0.014,
+                    "total_seconds_range": [0.227, 0.233],
+                    "users_per_second": 12977.0,
+                }
+            ],
+        ),
     ]
-    md = render_markdown(records, {"recipes/beauty/sasrec_ce.toml": {"hr@10": 0.0533, "ndcg@10": 0.0327, "source": "paper"}},
-                         plots=[("beauty", "learning_curves_beauty.png")])
-    for expected in ("0.0321", "0.0327 (paper)", "a remark", "learning_curves_beauty.png", "2.80 s", "0.970",
-                     "0.5000 ± 0.5000", "9.00 ms", "32.5 s (after epoch 34)", "190.7 GB", "20,000,000", "out of memory", "150.0", "at most 1.71x", "0.227-0.233", "17.90 GFLOP", "77.5 GFLOP/s", "| 0.16 s | 480 MB |"):
+    md = render_markdown(
+        records,
+        {"recipes/beauty/sasrec_ce.toml": {"hr@10": 0.0533, "ndcg@10": 0.0327, "source": "paper"}},
+        plots=[("beauty", "learning_curves_beauty.png")],
+    )
+    for expected in (
+        "0.0321",
+        "0.0327 (paper)",
+        "a remark",
+        "learning_curves_beauty.png",
+        "2.80 s",
+        "0.970",
+        "0.5000 ± 0.5000",
+        "9.00 ms",
+        "32.5 s (after epoch 34)",
+        "190.7 GB",
+        "20,000,000",
+        "out of memory",
+        "150.0",
+        "at most 1.71x",
+        "0.227-0.233",
+        "17.90 GFLOP",
+        "77.5 GFLOP/s",
+        "| 0.16 s | 480 MB |",
+    ):
         assert expected in md, expected
 
 

@@ -1,4 +1,5 @@
 """Trainer: resumable after SIGKILL with identical final metrics, atomic checkpoints, run-dir files."""
+
 import json
 import os
 import signal
@@ -16,15 +17,29 @@ from recsys.train import atomic_torch_save, load_checkpoint
 from tests.conftest import REPO, needs_data
 
 SMALL = [
-    "model.max_seq_len=30", "model.hidden_dim=16", "model.num_blocks=1", "train.batch_size=8",
-    "train.epochs=4", "train.patience=0", "train.num_threads=1", "eval.ks=[10]",
+    "model.max_seq_len=30",
+    "model.hidden_dim=16",
+    "model.num_blocks=1",
+    "train.batch_size=8",
+    "train.epochs=4",
+    "train.patience=0",
+    "train.num_threads=1",
+    "eval.ks=[10]",
     "eval.early_stopping_metric=ndcg@10",
 ]
 
 
 def _train_cmd(run_dir: Path, extra=()) -> list[str]:
-    cmd = [sys.executable, "-m", "recsys.cli", "train", str(REPO / "recipes/ml-100k/sasrec.toml"),
-           "--run-dir", str(run_dir), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recsys.cli",
+        "train",
+        str(REPO / "recipes/ml-100k/sasrec.toml"),
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+    ]
     for s in SMALL:
         cmd += ["--set", s]
     return cmd + list(extra)
@@ -41,8 +56,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
     expected = json.loads((tmp_path / "ref" / "final_metrics.json").read_text())
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(run), cwd=REPO, env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(run), cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     log = run / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -101,16 +117,27 @@ def test_checkpoints_refuse_pickled_code(tmp_path):
 
 
 @needs_data("ml-100k")
-@pytest.mark.parametrize("model, extra", [
-    ("hstu", ["model.num_heads=2", "loss.name=sampled_softmax", "loss.l2_normalize=true", "loss.temperature=0.05"]),
-    ("bert4rec", ["model.num_heads=2"]),
-])
+@pytest.mark.parametrize(
+    "model, extra",
+    [
+        ("hstu", ["model.num_heads=2", "loss.name=sampled_softmax", "loss.l2_normalize=true", "loss.temperature=0.05"]),
+        ("bert4rec", ["model.num_heads=2"]),
+    ],
+)
 def test_every_encoder_trains_through_the_trainer(tmp_path, model, extra):
     from recsys.config import load_recipe
     from recsys.train import Trainer
 
-    overrides = [f"model.name={model}", "model.max_seq_len=30", "model.hidden_dim=16", "model.num_blocks=1",
-                 "train.epochs=2", "train.batch_size=128", "eval.ks=[10]", "model.dropout=0.0"] + extra
+    overrides = [
+        f"model.name={model}",
+        "model.max_seq_len=30",
+        "model.hidden_dim=16",
+        "model.num_blocks=1",
+        "train.epochs=2",
+        "train.batch_size=128",
+        "eval.ks=[10]",
+        "model.dropout=0.0",
+    ] + extra
     cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", overrides)
     out = Trainer(cfg, tmp_path / model, progress=False).fit()
     history = [json.loads(l) for l in (tmp_path / model / "metrics.jsonl").read_text().splitlines()]
@@ -123,9 +150,10 @@ def test_bf16_autocast_trains(tmp_path):
     from recsys.config import load_recipe
     from recsys.train import Trainer
 
-    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml",
-                      ["model.max_seq_len=20", "model.hidden_dim=16", "train.epochs=2", "train.precision=bf16",
-                       "train.patience=0"])
+    cfg = load_recipe(
+        REPO / "recipes/ml-100k/sasrec.toml",
+        ["model.max_seq_len=20", "model.hidden_dim=16", "train.epochs=2", "train.precision=bf16", "train.patience=0"],
+    )
     out = Trainer(cfg, tmp_path / "bf16", progress=False).fit()
     history = [json.loads(l) for l in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert history[1]["train_loss"] < history[0]["train_loss"]
@@ -153,8 +181,10 @@ def test_cold_start_items_never_trained_and_reported_apart(tmp_path):
     from recsys.config import load_recipe
     from recsys.train import Trainer, prepare_data
 
-    cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml",
-                      [*SMALL, "train.epochs=1", "data.cold_item_fraction=0.1", "data.cold_item_seed=1"])
+    cfg = load_recipe(
+        REPO / "recipes/ml-100k/sasrec.toml",
+        [*SMALL, "train.epochs=1", "data.cold_item_fraction=0.1", "data.cold_item_seed=1"],
+    )
     data = prepare_data(cfg.data, verbose=False)
     trainer = Trainer(cfg, tmp_path / "run", data=data, progress=False)
     cold = torch.from_numpy(data.cold_items)
@@ -236,7 +266,9 @@ def test_a_custom_log_is_prepared_once_and_read_again_when_it_changes(tmp_path, 
 
     log = tmp_path / "events.csv"
     log.write_text("u,i,t\n" + "".join(f"{u},{(u + k) % 7},{k}\n" for u in range(5) for k in range(4)))
-    cfg = DataConfig(dataset="custom", path=str(log), reader="table", columns={"user_id": "u", "item_id": "i", "timestamp": "t"})
+    cfg = DataConfig(
+        dataset="custom", path=str(log), reader="table", columns={"user_id": "u", "item_id": "i", "timestamp": "t"}
+    )
     first = train.prepare_data(cfg, verbose=False)
     assert first.info["sha256"] == train.sha256_of(log) and first.info["interactions"] == 20
     reads = []
@@ -258,7 +290,12 @@ def test_a_time_bias_on_a_log_without_timestamps_is_warned_about(tmp_path, capsy
     log = tmp_path / "seqs.txt"  # `user item item ...`: file order, no timestamps
     log.write_text("".join(f"{u} " + " ".join(str((u + k) % 9 + 1) for k in range(5)) + "\n" for u in range(6)))
     cfg = load_recipe(REPO / "recipes/ml-1m/hstu.toml", ["model.max_seq_len=8", "model.hidden_dim=8"])
-    cfg.data.dataset, cfg.data.path, cfg.data.reader, cfg.data.split = "custom", str(log), "user_sequence_lines", "leave_one_out"
+    cfg.data.dataset, cfg.data.path, cfg.data.reader, cfg.data.split = (
+        "custom",
+        str(log),
+        "user_sequence_lines",
+        "leave_one_out",
+    )
     Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
     assert "model.use_time_bias with custom, which has no timestamps" in capsys.readouterr().err
 
@@ -273,7 +310,9 @@ def test_item_frequencies_for_logq_count_training_events_only():
 
     # user a: 1 2 3 4 -> training 1 2, validation 3, test 4; user b: 1 1 5 -> training 1
     df = pl.DataFrame({"u": ["a"] * 4 + ["b"] * 3, "i": [1, 2, 3, 4, 1, 1, 5], "t": [0, 1, 2, 3, 0, 1, 2]})
-    seq = prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+    seq = prepare_sequences(
+        frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False
+    )
     frequency = training_item_frequency(make_split(seq, "leave_one_out", verbose=False))
     by_raw = {int(seq.item_raw_ids[i]): float(frequency[i]) for i in range(1, seq.num_items)}
     assert by_raw == pytest.approx({1: 2 / 3, 2: 1 / 3, 3: 0.0, 4: 0.0, 5: 0.0})
@@ -389,10 +428,13 @@ def test_a_damaged_prepared_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, 
 
 
 def test_a_second_train_on_the_same_run_dir_fails_at_once(tmp_path):
-    hold = ("import sys, time\nfrom recsys.files import RunLock\nwith RunLock(sys.argv[1]):\n"
-            "    print('held', flush=True)\n    time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "r")], cwd=REPO, stdout=subprocess.PIPE,
-                              text=True)
+    hold = (
+        "import sys, time\nfrom recsys.files import RunLock\nwith RunLock(sys.argv[1]):\n"
+        "    print('held', flush=True)\n    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path / "r")], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         second = _run(_train_cmd(tmp_path / "r"))

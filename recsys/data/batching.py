@@ -4,6 +4,7 @@ Sequences stay jagged (values + offsets) in memory; a batch gathers, per user, t
 last ``max_len`` events before a given end into a left-padded [B, max_len] tensor (0 = padding).
 One window per user and batch: no prefix of any sequence is ever materialised.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,13 @@ def train_users(split: Split) -> np.ndarray:
 
 
 def iter_train_batches(
-    split: Split, max_len: int, batch_size: int, generator: torch.Generator, drop_last: bool = False,
-    rank: int = 0, world_size: int = 1,
+    split: Split,
+    max_len: int,
+    batch_size: int,
+    generator: torch.Generator,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[TrainBatch]:
     """Shuffled training batches: per user the last ``max_len + 1`` training events, shifted by one.
 

@@ -8,6 +8,7 @@ optionally an official download (archive URL + members). Files are looked up in,
 ``~/.cache/recsys``) ``/datasets/<folder>/``; if none is there and the card has a download, the archive
 is fetched into the cache, checked and extracted (members only, never outside the target folder).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -161,8 +162,10 @@ def fetch_official(card: Card, target: Path) -> None:
             with urllib.request.urlopen(url, timeout=60) as resp, open(archive, "wb") as out:
                 shutil.copyfileobj(resp, out)
         except OSError as err:
-            raise DataError(f"dataset {card.name!r}: download from {url} failed ({err}); put the files under "
-                            f"RECSYS_DATA/{card.folder}/ instead") from None
+            raise DataError(
+                f"dataset {card.name!r}: download from {url} failed ({err}); put the files under "
+                f"RECSYS_DATA/{card.folder}/ instead"
+            ) from None
         if spec.get("sha256") and sha256_of(archive) != spec["sha256"]:
             raise DataError(f"{url}: checksum mismatch (expected {spec['sha256']}, got {sha256_of(archive)})")
         if "members" in spec:
@@ -204,8 +207,9 @@ class LoadedDataset:
     counts: dict[str, int]
 
 
-def locate_dataset(name: str, data_dir: str | Path | None = None, verify: bool = True,
-                   download: bool = True) -> tuple[Card, Path, Variant, str]:
+def locate_dataset(
+    name: str, data_dir: str | Path | None = None, verify: bool = True, download: bool = True
+) -> tuple[Card, Path, Variant, str]:
     """(card, file, variant, sha256) of a named dataset, its checksum verified; nothing parsed yet."""
     card = load_card(name)
     path, variant = resolve_file(card, data_dir, download=download)

@@ -8,6 +8,7 @@ positive (the clicked item) and ``negatives`` items sampled by popularity among 
 clicked. Histories are not copied: a sample stores (user, t) and batches gather the window from the
 jagged log.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -114,11 +115,16 @@ def build_ctr_data(
     out = CTRData(
         data=data,
         categories=categories if categories is not None else np.zeros(data.num_items, dtype=np.int64),
-        train=samples(k >= 2), valid=samples(k == 1), test=samples(k == 0),
-        max_history=max_history, log=log,
+        train=samples(k >= 2),
+        valid=samples(k == 1),
+        test=samples(k == 0),
+        max_history=max_history,
+        log=log,
     )
-    log.append(f"samples: train {len(out.train):,}, valid {len(out.valid):,}, test {len(out.test):,} "
-               f"({negatives} popularity negatives per click)")
+    log.append(
+        f"samples: train {len(out.train):,}, valid {len(out.valid):,}, test {len(out.test):,} "
+        f"({negatives} popularity negatives per click)"
+    )
     if verbose:
         for line in log:
             print(line)

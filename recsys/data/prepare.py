@@ -6,6 +6,7 @@ Steps, in order: rating filter -> deduplication -> k-core -> stable chronologica
 Everything is a polars expression or a numpy array operation; nothing loops over interactions.
 Each step that drops rows prints how many.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,9 @@ class SequenceData:
             pl.DataFrame({"user_id": self.user_raw_ids}).write_parquet(stage / "users.parquet")
             pl.DataFrame({"item_id": self.item_raw_ids[1:].tolist()}).write_parquet(stage / "items.parquet")
             files = {f.name: sha256_of(f) for f in sorted(stage.iterdir())}  # checked by load()
-            (stage / "meta.json").write_text(json.dumps({"has_timestamps": self.has_timestamps, "log": self.log,
-                                                         "sha256": files}))
+            (stage / "meta.json").write_text(
+                json.dumps({"has_timestamps": self.has_timestamps, "log": self.log, "sha256": files})
+            )
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(stage, folder)
@@ -91,14 +93,21 @@ class SequenceData:
         mode = "r" if mmap else None
         meta = read_json(folder / "meta.json", "prepared-data cache")
         recorded = meta.get("sha256") if isinstance(meta, dict) else None
-        if not isinstance(recorded, dict) or set(recorded) != {"item_ids.npy", "timestamps.npy", "seq_offsets.npy",
-                                                               "users.parquet", "items.parquet"}:
+        if not isinstance(recorded, dict) or set(recorded) != {
+            "item_ids.npy",
+            "timestamps.npy",
+            "seq_offsets.npy",
+            "users.parquet",
+            "items.parquet",
+        }:
             raise IntegrityError(f"{folder}: the cache records no checksums for its files")
         for name, digest in recorded.items():
             path = folder / name
             if not path.is_file() or sha256_of(path) != digest:
-                raise IntegrityError(f"{path}: does not match the checksum recorded when the cache was written "
-                                     "(changed, truncated or missing)")
+                raise IntegrityError(
+                    f"{path}: does not match the checksum recorded when the cache was written "
+                    "(changed, truncated or missing)"
+                )
         items = pl.read_parquet(folder / "items.parquet")["item_id"].to_numpy().astype(object)
         return cls(
             item_ids=np.load(folder / "item_ids.npy", mmap_mode=mode),
@@ -176,8 +185,12 @@ def prepare_sequences(
         exact = df.height - df.select(pl.struct("user_id", "item_id", "timestamp", "rating").n_unique()).item()
         if exact:
             what = "kept" if dedupe == "none" else f"dropped by dedupe={dedupe} below"
-            _say(log, f"{exact:,} exact duplicate rows (same user, item, time and rating): {what} "
-                      "(data.dedupe = 'first' keeps one of each repeated (user, item) pair)", verbose)
+            _say(
+                log,
+                f"{exact:,} exact duplicate rows (same user, item, time and rating): {what} "
+                "(data.dedupe = 'first' keeps one of each repeated (user, item) pair)",
+                verbose,
+            )
 
     if dedupe in ("first", "last"):
         before = df.height

@@ -9,6 +9,7 @@ in file order and to name the line in error messages.
 All parsing is vectorised in polars: the file is split into lines, lines into fields, fields cast;
 any line that does not fit raises :class:`DataError` naming the file, the line and the field.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -99,8 +100,7 @@ def _cast_column(path: Path, df: pl.DataFrame, name: str, dtype: pl.DataType) ->
         row = bad.row(0, named=True)
         kind = "an integer" if dtype.is_integer() else "a number"
         raise DataError(
-            f"{path}, line {row['line']}: field '{name}' must be {kind}, got {row[name]!r}"
-            f" ({bad.height} such lines)"
+            f"{path}, line {row['line']}: field '{name}' must be {kind}, got {row[name]!r} ({bad.height} such lines)"
         )
     return out.drop(name).rename({"__cast": name})
 
@@ -129,8 +129,7 @@ def read_delimited(
         found = len(row["parts"])
         raise DataError(
             f"{path}, line {row['line']}: expected {n} fields separated by {_describe_sep(separator)}, "
-            f"found {found}: {row['text'][:100]!r}"
-            + ("" if found > 1 else " (wrong separator?)")
+            f"found {found}: {row['text'][:100]!r}" + ("" if found > 1 else " (wrong separator?)")
         )
     df = parts.select(
         "line",
@@ -157,8 +156,10 @@ def _finish(df: pl.DataFrame, source: str) -> Interactions:
             raise DataError(f"{source}, line {line}: field '{col}' is empty")
         if df[col].dtype.is_integer() and df.height and df[col].min() < 0:
             bad = df.filter(pl.col(col) < 0)
-            raise DataError(f"{source}, line {bad['line'][0]}: field '{col}' is {bad[col][0]}: integer ids must be >= 0 "
-                            f"(a negative id usually marks a missing value; {bad.height:,} such lines)")
+            raise DataError(
+                f"{source}, line {bad['line'][0]}: field '{col}' is {bad[col][0]}: integer ids must be >= 0 "
+                f"(a negative id usually marks a missing value; {bad.height:,} such lines)"
+            )
     return Interactions(frame=df, source=source, has_timestamps=has_ts)
 
 
@@ -264,9 +265,9 @@ def read_unisrec_sequences(path: str | Path) -> Interactions:
     df = read_delimited(path, [("user_id", pl.Utf8), ("history", pl.Utf8), ("item_id", pl.Utf8)], "\t", header=True)
     df = df.with_columns(pl.col("history").str.extract_all(r"\S+").alias("history"))
     df = df.sort("line").group_by("user_id", maintain_order=True).last()
-    df = df.select(
-        "user_id", pl.concat_list([pl.col("history"), pl.col("item_id")]).alias("item_id")
-    ).explode("item_id")
+    df = df.select("user_id", pl.concat_list([pl.col("history"), pl.col("item_id")]).alias("item_id")).explode(
+        "item_id"
+    )
     df = df.with_row_index("line", offset=1).with_columns(pl.col("line").cast(pl.Int64))
     for col in ("user_id", "item_id"):  # the indices are integers: keep their numeric order
         as_int = df[col].cast(ID, strict=False)
@@ -284,7 +285,9 @@ def read_taobao_userbehavior(path: str | Path, events: Sequence[str] | None = ("
     unknown = df.filter(~pl.col("event").is_in(list(known)))
     if unknown.height:
         row = unknown.row(0, named=True)
-        raise DataError(f"{path}, line {row['line']}: field 'event' must be one of {sorted(known)}, got {row['event']!r}")
+        raise DataError(
+            f"{path}, line {row['line']}: field 'event' must be one of {sorted(known)}, got {row['event']!r}"
+        )
     if events is not None:
         df = df.filter(pl.col("event").is_in(list(events)))
     return _finish(df, str(path))
@@ -318,13 +321,17 @@ def read_table(
             df = pl.read_parquet(path)
             df = df.with_row_index(ROW_NUMBER, offset=1)
         else:
-            df = pl.read_csv(path, separator=separator, infer_schema_length=0, row_index_name=ROW_NUMBER,
-                             row_index_offset=2)
+            df = pl.read_csv(
+                path, separator=separator, infer_schema_length=0, row_index_name=ROW_NUMBER, row_index_offset=2
+            )
     except Exception as err:  # polars raises many kinds; show the first line of its message
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{path}: could not be parsed as {'Parquet' if path.suffix == '.parquet' else 'CSV'} ({msg})") from None
-    return frame_to_interactions(df, columns, source=str(path), timestamp_format=timestamp_format,
-                                 line_column=ROW_NUMBER)
+        raise DataError(
+            f"{path}: could not be parsed as {'Parquet' if path.suffix == '.parquet' else 'CSV'} ({msg})"
+        ) from None
+    return frame_to_interactions(
+        df, columns, source=str(path), timestamp_format=timestamp_format, line_column=ROW_NUMBER
+    )
 
 
 def _parse_datetimes(out: pl.DataFrame, as_int: pl.Series, source: str, timestamp_format: str | None) -> pl.Series:
@@ -333,7 +340,9 @@ def _parse_datetimes(out: pl.DataFrame, as_int: pl.Series, source: str, timestam
     (``timestamp_format``, else the one polars infers); a value that is neither, or a column mixing
     integers and date-times, is an error naming the line."""
     ts = out["timestamp"]
-    hint = "" if timestamp_format else " (a date-time format can be given: data.timestamp_format, e.g. '%d/%m/%Y %H:%M')"
+    hint = (
+        "" if timestamp_format else " (a date-time format can be given: data.timestamp_format, e.g. '%d/%m/%Y %H:%M')"
+    )
     try:
         as_dt = ts.str.strip_chars().str.to_datetime(format=timestamp_format, strict=False)
     except pl.exceptions.PolarsError:  # no format fits the values polars inferred it from: none is a date-time
@@ -344,19 +353,25 @@ def _parse_datetimes(out: pl.DataFrame, as_int: pl.Series, source: str, timestam
     if neither.any() and offset.any() and (~offset & as_int.is_null() & ts.is_not_null()).any():
         line_offset = out.filter(offset)["line"][0]
         line_naive = out.filter(~offset & as_int.is_null() & ts.is_not_null())["line"][0]
-        raise DataError(f"{source}, line {line_offset}: field 'timestamp' has a UTC offset "
-                        f"({out.filter(offset)['timestamp'][0]!r}) where line {line_naive} has none "
-                        f"({out.filter(pl.col('line') == line_naive)['timestamp'][0]!r}): give every time an offset, "
-                        "or none")
+        raise DataError(
+            f"{source}, line {line_offset}: field 'timestamp' has a UTC offset "
+            f"({out.filter(offset)['timestamp'][0]!r}) where line {line_naive} has none "
+            f"({out.filter(pl.col('line') == line_naive)['timestamp'][0]!r}): give every time an offset, "
+            "or none"
+        )
     if neither.any():
         row = out.filter(neither).row(0, named=True)
-        raise DataError(f"{source}, line {row['line']}: field 'timestamp' is neither an integer nor a date-time: "
-                        f"{row['timestamp']!r}{hint}")
+        raise DataError(
+            f"{source}, line {row['line']}: field 'timestamp' is neither an integer nor a date-time: "
+            f"{row['timestamp']!r}{hint}"
+        )
     if as_int.null_count() < len(ts):  # every value is one or the other, and some are integers
         line_int = out.filter(as_int.is_not_null())["line"][0]
         line_dt = out.filter(as_dt.is_not_null())["line"][0]
-        raise DataError(f"{source}, line {line_int}: field 'timestamp' is an integer where line {line_dt} has a "
-                        f"date-time: one kind per column")
+        raise DataError(
+            f"{source}, line {line_int}: field 'timestamp' is an integer where line {line_dt} has a "
+            f"date-time: one kind per column"
+        )
     return as_dt
 
 
@@ -413,11 +428,14 @@ def frame_to_interactions(
     have = [c for c in df.columns if c != line_column]
     missing = [c for c in columns.values() if c not in have]
     if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; the {'DataFrame' if source == 'DataFrame' else 'file'} has {have}")
+        raise DataError(
+            f"{source}: missing column(s) {missing}; the {'DataFrame' if source == 'DataFrame' else 'file'} has {have}"
+        )
     if df.height == 0:
         raise DataError(f"{source}: no rows")
-    out = df.select(pl.col(line_column).cast(pl.Int64).alias("line"),
-                    *[pl.col(src).alias(dst) for dst, src in columns.items()])
+    out = df.select(
+        pl.col(line_column).cast(pl.Int64).alias("line"), *[pl.col(src).alias(dst) for dst, src in columns.items()]
+    )
     for col in ("user_id", "item_id"):
         if out[col].dtype == pl.Utf8:
             as_int = out[col].str.strip_chars().cast(pl.Int64, strict=False)
@@ -479,13 +497,17 @@ def read_item_text(path: str | Path, fmt: str) -> pl.DataFrame:
             df = df.join(index, on="item_id", how="left")
             if df["index"].null_count():
                 missing = df.filter(pl.col("index").is_null())["item_id"].head(5).to_list()
-                raise DataError(f"{path}: {df['index'].null_count()} items are not in {index_file.name}, e.g. {missing}")
+                raise DataError(
+                    f"{path}: {df['index'].null_count()} items are not in {index_file.name}, e.g. {missing}"
+                )
             df = df.with_columns(pl.col("index").alias("item_id"))
         parts = pl.col("text").str.strip_chars().str.strip_chars_end(".").str.split(". ")
         n = parts.list.len()
         return df.select(
             "item_id",
-            pl.when(n >= 3).then(parts.list.slice(0, n - 2).list.join(". ")).otherwise(pl.col("text").str.strip_chars())
+            pl.when(n >= 3)
+            .then(parts.list.slice(0, n - 2).list.join(". "))
+            .otherwise(pl.col("text").str.strip_chars())
             .alias("title"),
             pl.lit(None, dtype=pl.Utf8).alias("genres"),
             pl.when(n >= 3).then(parts.list.get(-1, null_on_oob=True)).alias("brand"),

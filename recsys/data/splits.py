@@ -11,6 +11,7 @@ the history length ``n`` (history = the first n events) and the target = event n
   target is a user's first event in [valid_cut, test_cut), a test target the first event at or after
   ``test_cut``; histories hold only earlier events, so no future item can leak into them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -99,11 +100,15 @@ def make_split(
         has_test = (before_test < lengths) & (before_test > 0)
         test = _eval_set(data, users[has_test], before_test[has_test])
         if not train_lengths.any():
-            raise DataError(f"temporal split: no event before valid_cut (t={valid_t:.0f}; the log spans "
-                            f"{ts.min()}..{ts.max()}): nothing to train on")
+            raise DataError(
+                f"temporal split: no event before valid_cut (t={valid_t:.0f}; the log spans "
+                f"{ts.min()}..{ts.max()}): nothing to train on"
+            )
         if len(test) == 0:
-            raise DataError(f"temporal split: no user has events both before and after test_cut (t={test_t:.0f}; "
-                            f"the log spans {ts.min()}..{ts.max()}): nothing to test")
+            raise DataError(
+                f"temporal split: no user has events both before and after test_cut (t={test_t:.0f}; "
+                f"the log spans {ts.min()}..{ts.max()}): nothing to test"
+            )
         cold = int(((before_test < lengths) & (before_test == 0)).sum())
         log.append(
             f"temporal split at t={valid_t:.0f} / {test_t:.0f}: {len(valid):,} validation users, "
@@ -117,8 +122,9 @@ def make_split(
     return Split(name=name, data=data, train_lengths=train_lengths, valid=valid, test=test, log=log)
 
 
-def hold_out_items(data: SequenceData, fraction: float, seed: int = 0, keep_last: bool = True,
-                   min_events: int = 3) -> tuple[SequenceData, np.ndarray, list[str]]:
+def hold_out_items(
+    data: SequenceData, fraction: float, seed: int = 0, keep_last: bool = True, min_events: int = 3
+) -> tuple[SequenceData, np.ndarray, list[str]]:
     """Cold-start protocol: a random ``fraction`` of the catalogue never appears in training.
 
     Every event of a held-out item is removed, except (``keep_last``) each user's last event, which is
@@ -146,12 +152,20 @@ def hold_out_items(data: SequenceData, fraction: float, seed: int = 0, keep_last
     keep &= users_kept[user_of_event]
     users = np.flatnonzero(users_kept)
     new_offsets = np.concatenate([[0], np.cumsum(new_lengths[users])]).astype(np.int64)
-    out = SequenceData(item_ids=item_ids[keep], timestamps=np.asarray(data.timestamps)[keep],
-                       seq_offsets=new_offsets, user_raw_ids=np.asarray(data.user_raw_ids)[users],
-                       item_raw_ids=data.item_raw_ids, has_timestamps=data.has_timestamps, log=list(data.log))
+    out = SequenceData(
+        item_ids=item_ids[keep],
+        timestamps=np.asarray(data.timestamps)[keep],
+        seq_offsets=new_offsets,
+        user_raw_ids=np.asarray(data.user_raw_ids)[users],
+        item_raw_ids=data.item_raw_ids,
+        has_timestamps=data.has_timestamps,
+        log=list(data.log),
+    )
     last_targets = out.item_ids[new_offsets[1:] - 1]
-    log = [f"cold start: {len(cold):,} of {num_real:,} items held out (seed {seed}); "
-           f"{int(keep.size - keep.sum()):,} of {keep.size:,} events removed, {int((~users_kept).sum()):,} users "
-           f"left with < {min_events} events dropped; {int(is_cold[last_targets].sum()):,} of {out.num_users:,} "
-           "test targets are held-out items"]
+    log = [
+        f"cold start: {len(cold):,} of {num_real:,} items held out (seed {seed}); "
+        f"{int(keep.size - keep.sum()):,} of {keep.size:,} events removed, {int((~users_kept).sum()):,} users "
+        f"left with < {min_events} events dropped; {int(is_cold[last_targets].sum()):,} of {out.num_users:,} "
+        "test targets are held-out items"
+    ]
     return out, cold, log

@@ -7,6 +7,7 @@
 Written as Parquet (user_id, item_id, timestamp) in row groups of whole users, so generating 10^7+
 events never holds more than one chunk in memory. Vectorised numpy; deterministic for a seed.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,9 @@ def generate_log(
     written, user = 0, 0
     with pq.ParquetWriter(tmp, schema) as writer:
         while written < num_events:
-            lengths = np.maximum(min_length, rng.lognormal(np.log(median_length), sigma, users_per_chunk)).astype(np.int64)
+            lengths = np.maximum(min_length, rng.lognormal(np.log(median_length), sigma, users_per_chunk)).astype(
+                np.int64
+            )
             cum = np.cumsum(lengths)
             keep = int(np.searchsorted(cum, num_events - written, side="left")) + 1
             lengths = lengths[:keep]

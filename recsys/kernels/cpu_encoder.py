@@ -30,6 +30,7 @@ kernel keeps one sequence's intermediates in L2 cache and runs its products regi
 results equal the PyTorch path to fp32 rounding (different summation order, polynomial exp and erf;
 tests compare both).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -151,12 +152,16 @@ def _private_dir(folder: Path) -> Path:
             raise RuntimeError(f"{path} is not a folder")
         writable_by_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         if own and (info.st_uid != os.getuid() or writable_by_others):
-            raise RuntimeError(f"{path} is not a private folder of this user (owner uid {info.st_uid}, mode "
-                               f"{stat.S_IMODE(info.st_mode):o}); compiled kernels are only loaded from one "
-                               "(chmod 700 it, or set RECSYS_CACHE elsewhere)")
+            raise RuntimeError(
+                f"{path} is not a private folder of this user (owner uid {info.st_uid}, mode "
+                f"{stat.S_IMODE(info.st_mode):o}); compiled kernels are only loaded from one "
+                "(chmod 700 it, or set RECSYS_CACHE elsewhere)"
+            )
         if not own and writable_by_others and not info.st_mode & stat.S_ISVTX:
-            raise RuntimeError(f"{path} can be written by other users, who could replace {folder.name}/; "
-                               "compiled kernels are not loaded from under it (set RECSYS_CACHE elsewhere)")
+            raise RuntimeError(
+                f"{path} can be written by other users, who could replace {folder.name}/; "
+                "compiled kernels are not loaded from under it (set RECSYS_CACHE elsewhere)"
+            )
     return folder
 
 
@@ -207,20 +212,34 @@ def _compile() -> ctypes.CDLL:
         raise RuntimeError("no C compiler (cc, gcc or clang) found")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), version.encode(), " ".join(FLAGS).encode(),
-                                     platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                source,
+                compiler.encode(),
+                version.encode(),
+                " ".join(FLAGS).encode(),
+                platform.machine().encode(),
+                _cpu_signature().encode(),
+            ]
+        )
+    ).hexdigest()[:16]
     target = _private_dir(_cache_dir()) / f"cpu_encoder-{key}.so"
     if target.exists() and not _verified(target):
-        why = ("does not match the hash recorded when it was built (damaged or replaced)"
-               if _hash_file(target).exists() else "has no recorded hash")
+        why = (
+            "does not match the hash recorded when it was built (damaged or replaced)"
+            if _hash_file(target).exists()
+            else "has no recorded hash"
+        )
         warnings.warn(f"recsys: {target} {why}; rebuilding it", RuntimeWarning, stacklevel=3)
     if not _verified(target):
         errors = []
         for arch in (["-march=native"], []):  # some compilers / targets have no -march=native
             fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
             os.close(fd)
-            result = subprocess.run([compiler, *FLAGS, *arch, "-o", tmp, str(SOURCE), "-lm"],
-                                    capture_output=True, text=True, timeout=300)
+            result = subprocess.run(
+                [compiler, *FLAGS, *arch, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300
+            )
             if result.returncode == 0:
                 # the hash first, then the library (each renamed atomically): a library is loaded only when
                 # it matches the hash recorded for it
@@ -236,9 +255,15 @@ def _compile() -> ctypes.CDLL:
     if not _verified(target):  # changed between the build and now
         raise RuntimeError(f"{target} does not match the hash recorded when it was built")
     lib = ctypes.CDLL(str(target))
-    for name, args in (("recsys_encode_last", 8), ("recsys_rank_counts", 8), ("recsys_softmax_ce", 10),
-                       ("recsys_keep_mask", 6), ("recsys_gelu", 5), ("recsys_ce_keeps_exponentials", 1),
-                       ("recsys_bf16_exp_colsum", 4)):
+    for name, args in (
+        ("recsys_encode_last", 8),
+        ("recsys_rank_counts", 8),
+        ("recsys_softmax_ce", 10),
+        ("recsys_keep_mask", 6),
+        ("recsys_gelu", 5),
+        ("recsys_ce_keeps_exponentials", 1),
+        ("recsys_bf16_exp_colsum", 4),
+    ):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * args
@@ -270,12 +295,18 @@ def available() -> bool:
                 _library = _compile()
                 _state = "ok" if _self_check() else "failed"
                 if _state == "failed":
-                    warnings.warn("recsys: the fused CPU encoder disagreed with its PyTorch reference; "
-                                  "using the PyTorch path", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        "recsys: the fused CPU encoder disagreed with its PyTorch reference; using the PyTorch path",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 _state = "failed"
-                warnings.warn(f"recsys: fused CPU encoder unavailable ({err}); using the PyTorch path",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"recsys: fused CPU encoder unavailable ({err}); using the PyTorch path",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     return _state == "ok"
 
 
@@ -291,8 +322,9 @@ def left_padded_counts(item_ids: torch.Tensor) -> torch.Tensor | None:
     return counts if bool(torch.equal(not_pad, expected)) else None
 
 
-def encode_last(item_ids: torch.Tensor, weights: EncoderWeights, counts: torch.Tensor,
-                num_threads: int | None = None) -> torch.Tensor:
+def encode_last(
+    item_ids: torch.Tensor, weights: EncoderWeights, counts: torch.Tensor, num_threads: int | None = None
+) -> torch.Tensor:
     """[B, D] final hidden state at each row's last position, for left-padded ``item_ids`` [B, L] with
     ``counts`` [B] items per row (:func:`left_padded_counts`). Call :func:`available` first."""
     if _library is None:
@@ -308,8 +340,9 @@ def encode_last(item_ids: torch.Tensor, weights: EncoderWeights, counts: torch.T
     out = torch.empty(B, D, dtype=torch.float32)
     threads = num_threads or torch.get_num_threads()
     dh = D // weights.heads
-    config = (ctypes.c_int32 * 9)(B, L, D, weights.heads, F_dim, len(weights.blocks), int(weights.causal),
-                                  int(weights.folded), threads)
+    config = (ctypes.c_int32 * 9)(
+        B, L, D, weights.heads, F_dim, len(weights.blocks), int(weights.causal), int(weights.folded), threads
+    )
     scalars = (ctypes.c_float * 3)(weights.eps, weights.emb_scale, 1.0 if weights.folded else dh**-0.5)
     tables = [weights.item_table, weights.position_table, weights.final_weight, weights.final_bias]
     if any(len(block) != PARAMS_PER_BLOCK for block in weights.blocks):  # the C code reads 12 per block
@@ -320,9 +353,16 @@ def encode_last(item_ids: torch.Tensor, weights: EncoderWeights, counts: torch.T
             raise ValueError("encoder weights must be contiguous fp32 CPU tensors")
     table_ptrs = (ctypes.c_void_p * 4)(*(t.data_ptr() for t in tables))
     block_ptrs = (ctypes.c_void_p * len(flat))(*(t.data_ptr() for t in flat))
-    rc = _library.recsys_encode_last(ctypes.addressof(config), ctypes.addressof(scalars), ids.data_ptr(),
-                                     start.data_ptr(), counts.data_ptr(), ctypes.addressof(table_ptrs),
-                                     ctypes.addressof(block_ptrs), out.data_ptr())
+    rc = _library.recsys_encode_last(
+        ctypes.addressof(config),
+        ctypes.addressof(scalars),
+        ids.data_ptr(),
+        start.data_ptr(),
+        counts.data_ptr(),
+        ctypes.addressof(table_ptrs),
+        ctypes.addressof(block_ptrs),
+        out.data_ptr(),
+    )
     if rc != 0:
         raise RuntimeError(f"fused CPU encoder failed (code {rc})")
     if _flop_counters:
@@ -347,9 +387,13 @@ class ItemRanker:
         self.items_t = torch.zeros(self.dim, stride)  # [D, V rounded up to 16], zero columns past V
         self.items_t[:, :num_items] = items[:num_items].detach().to(torch.float32).T
 
-    def counts(self, users: torch.Tensor, target_ids: torch.Tensor,
-               exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
-               num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def counts(
+        self,
+        users: torch.Tensor,
+        target_ids: torch.Tensor,
+        exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
+        num_threads: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(above, ties) [B] each, as :func:`recsys.metrics.rank_counts_from_item_scores` defines them.
         exclude_index: (user rows, items) pairs that never outrank the target (seen items)."""
         users = users.detach().to(torch.float32).contiguous()
@@ -367,11 +411,19 @@ class ItemRanker:
             seen = seen.contiguous() if seen.numel() else torch.zeros(1, dtype=torch.int64)
         above = torch.empty(B, dtype=torch.int64)
         ties = torch.empty(B, dtype=torch.int64)
-        config = (ctypes.c_int32 * 5)(B, self.dim, self.num_items, self.items_t.shape[1],
-                                      num_threads or torch.get_num_threads())
-        rc = _library.recsys_rank_counts(ctypes.addressof(config), users.data_ptr(), self.items_t.data_ptr(),
-                                         targets.data_ptr(), offsets.data_ptr(), seen.data_ptr(), above.data_ptr(),
-                                         ties.data_ptr())
+        config = (ctypes.c_int32 * 5)(
+            B, self.dim, self.num_items, self.items_t.shape[1], num_threads or torch.get_num_threads()
+        )
+        rc = _library.recsys_rank_counts(
+            ctypes.addressof(config),
+            users.data_ptr(),
+            self.items_t.data_ptr(),
+            targets.data_ptr(),
+            offsets.data_ptr(),
+            seen.data_ptr(),
+            above.data_ptr(),
+            ties.data_ptr(),
+        )
         if rc != 0:
             raise RuntimeError(f"fused CPU ranking failed (code {rc})")
         if _flop_counters:  # per user: every chunk's columns rounded up to 16, and the target's 16 columns
@@ -379,9 +431,14 @@ class ItemRanker:
             _add_flops(B * 2 * self.dim * (int(_round_up(chunks, 16).sum()) + 16))
         return above, ties
 
-    def ranks(self, users: torch.Tensor, target_ids: torch.Tensor,
-              exclude_index: tuple[torch.Tensor, torch.Tensor] | None, tie_policy: str,
-              num_threads: int | None = None) -> torch.Tensor:
+    def ranks(
+        self,
+        users: torch.Tensor,
+        target_ids: torch.Tensor,
+        exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
+        tie_policy: str,
+        num_threads: int | None = None,
+    ) -> torch.Tensor:
         """[B] 1-based integer ranks (optimistic or pessimistic, :func:`recsys.metrics.ranks_under_policy`)."""
         from ..metrics import ranks_under_policy
 
@@ -401,9 +458,15 @@ def ce_keeps_exponentials(padded: int, num_items: int, kept_floats: int | None =
     return bool(_library.recsys_ce_keeps_exponentials(ctypes.addressof(sizes)))
 
 
-def softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, want_grads: bool,
-               num_threads: int | None = None, grad_items_out: torch.Tensor | None = None,
-               kept_floats: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def softmax_ce(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    want_grads: bool,
+    num_threads: int | None = None,
+    grad_items_out: torch.Tensor | None = None,
+    kept_floats: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Full-softmax cross-entropy of ``hidden @ items.T`` against ``targets`` by the kernel
     (``recsys_softmax_ce``): hidden [P, D], items [V, D] (every row a candidate), targets [P] in [0, V).
     Returns the per-position losses [P] and, with ``want_grads``, the gradients of their mean with
@@ -428,13 +491,28 @@ def softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
         grad_w = torch.empty(V, D) if grad_items_out is None else grad_items_out
         if grad_w.shape != (V, D) or grad_w.dtype != torch.float32 or not grad_w.is_contiguous():
             raise ValueError("grad_items_out must be a contiguous fp32 tensor of the items' shape")
-    config = (ctypes.c_int32 * 7)(P, padded, D, V, num_threads or torch.get_num_threads(), int(want_grads),
-                                  -1 if kept_floats is None else kept_floats)
+    config = (ctypes.c_int32 * 7)(
+        P,
+        padded,
+        D,
+        V,
+        num_threads or torch.get_num_threads(),
+        int(want_grads),
+        -1 if kept_floats is None else kept_floats,
+    )
     scale = (ctypes.c_float * 1)(1.0 / max(P, 1))
-    rc = _library.recsys_softmax_ce(ctypes.addressof(config), ctypes.addressof(scale), h.data_ptr(),
-                                    h_t.data_ptr(), w.data_ptr(), t.data_ptr(), loss.data_ptr(), lse.data_ptr(),
-                                    grad_h.data_ptr() if want_grads else None,
-                                    grad_w.data_ptr() if want_grads else None)
+    rc = _library.recsys_softmax_ce(
+        ctypes.addressof(config),
+        ctypes.addressof(scale),
+        h.data_ptr(),
+        h_t.data_ptr(),
+        w.data_ptr(),
+        t.data_ptr(),
+        loss.data_ptr(),
+        lse.data_ptr(),
+        grad_h.data_ptr() if want_grads else None,
+        grad_w.data_ptr() if want_grads else None,
+    )
     if rc != 0:
         raise RuntimeError(f"fused CPU cross-entropy failed (code {rc})")
     if _flop_counters:  # the logits once, and with gradients the two gradient products (and, where no
@@ -444,8 +522,9 @@ def softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
     return loss[:P], grad_h, grad_w
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], threshold: int, scale: float,
-              num_threads: int | None = None) -> torch.Tensor:
+def keep_mask(
+    shape: torch.Size | tuple[int, ...], threshold: int, scale: float, num_threads: int | None = None
+) -> torch.Tensor:
     """fp32 dropout mask of ``shape``: ``scale`` where an element's 16 random bits are >= ``threshold``
     (so dropped with probability threshold / 65,536), else 0; the bits come from a counter-based
     generator (splitmix64) seeded by one draw of torch's global generator, so ``torch.manual_seed``
@@ -457,8 +536,14 @@ def keep_mask(shape: torch.Size | tuple[int, ...], threshold: int, scale: float,
     config = (ctypes.c_int32 * 1)(num_threads or torch.get_num_threads())
     n, thr = (ctypes.c_int64 * 1)(out.numel()), (ctypes.c_int64 * 1)(threshold)
     seed_arg, scale_arg = (ctypes.c_uint64 * 1)(seed), (ctypes.c_float * 1)(scale)
-    rc = _library.recsys_keep_mask(ctypes.addressof(config), ctypes.addressof(n), ctypes.addressof(thr),
-                                   ctypes.addressof(seed_arg), ctypes.addressof(scale_arg), out.data_ptr())
+    rc = _library.recsys_keep_mask(
+        ctypes.addressof(config),
+        ctypes.addressof(n),
+        ctypes.addressof(thr),
+        ctypes.addressof(seed_arg),
+        ctypes.addressof(scale_arg),
+        out.data_ptr(),
+    )
     if rc != 0:
         raise RuntimeError(f"fused CPU dropout mask failed (code {rc})")
     return out
@@ -479,8 +564,13 @@ def gelu(x: torch.Tensor, grad: torch.Tensor | None = None, num_threads: int | N
     out = torch.empty_like(x)
     config = (ctypes.c_int32 * 1)(num_threads or torch.get_num_threads())
     n = (ctypes.c_int64 * 1)(x.numel())
-    rc = _library.recsys_gelu(ctypes.addressof(config), ctypes.addressof(n), x.data_ptr(),
-                              grad.data_ptr() if grad is not None else None, out.data_ptr())
+    rc = _library.recsys_gelu(
+        ctypes.addressof(config),
+        ctypes.addressof(n),
+        x.data_ptr(),
+        grad.data_ptr() if grad is not None else None,
+        out.data_ptr(),
+    )
     if rc != 0:
         raise RuntimeError(f"fused CPU GELU failed (code {rc})")
     return out
@@ -490,8 +580,9 @@ def gelu(x: torch.Tensor, grad: torch.Tensor | None = None, num_threads: int | N
 BF16_EXP_LARGEST_SUM = 2.0**120
 
 
-def bf16_exp_column_sums(block: torch.Tensor, shift: torch.Tensor | None = None,
-                         num_threads: int | None = None) -> torch.Tensor:
+def bf16_exp_column_sums(
+    block: torch.Tensor, shift: torch.Tensor | None = None, num_threads: int | None = None
+) -> torch.Tensor:
     """``block`` [V, c] bf16 (contiguous, CPU) replaced by ``exp(block - shift)`` rounded to bf16 (to nearest,
     ties to even), in one multi-threaded pass; returns the [c] fp32 column sums of the unrounded
     exponentials (the same bits for any number of threads). ``shift``: [c] fp32 per column, or None.
@@ -510,8 +601,9 @@ def bf16_exp_column_sums(block: torch.Tensor, shift: torch.Tensor | None = None,
         if shift.shape != (cols,):
             raise ValueError(f"shift must hold one value per column ({cols}), got {tuple(shift.shape)}")
     config = (ctypes.c_int64 * 3)(rows, cols, num_threads or torch.get_num_threads())
-    rc = _library.recsys_bf16_exp_colsum(ctypes.addressof(config), block.data_ptr(),
-                                         shift.data_ptr() if shift is not None else None, col_sum.data_ptr())
+    rc = _library.recsys_bf16_exp_colsum(
+        ctypes.addressof(config), block.data_ptr(), shift.data_ptr() if shift is not None else None, col_sum.data_ptr()
+    )
     if rc != 0:
         raise RuntimeError(f"fused CPU bf16 exponentials failed (code {rc})")
     return col_sum
@@ -545,20 +637,52 @@ def reference_encode_last(item_ids: torch.Tensor, weights: EncoderWeights) -> to
     return F.layer_norm(x[:, -1], (D,), weights.final_weight, weights.final_bias, weights.eps)
 
 
-def random_weights(num_items: int, max_len: int, dim: int, heads: int, ffn: int, num_blocks: int, causal: bool,
-                   folded: bool, generator: torch.Generator | None = None) -> EncoderWeights:
+def random_weights(
+    num_items: int,
+    max_len: int,
+    dim: int,
+    heads: int,
+    ffn: int,
+    num_blocks: int,
+    causal: bool,
+    folded: bool,
+    generator: torch.Generator | None = None,
+) -> EncoderWeights:
     """Random weights of the kernel's shapes (self check, tests)."""
+
     def rand(*shape, std=0.3):
         return torch.randn(*shape, generator=generator) * std
 
     blocks = []
     width = dim if folded else 3 * dim
     for _ in range(num_blocks):
-        blocks.append((1 + rand(dim, std=0.1), rand(dim, std=0.1), rand(dim, width), rand(width, std=0.1),
-                       rand(dim, dim), rand(dim, std=0.1), 1 + rand(dim, std=0.1), rand(dim, std=0.1),
-                       rand(dim, ffn), rand(ffn, std=0.1), rand(ffn, dim), rand(dim, std=0.1)))
-    return EncoderWeights(rand(num_items, dim, std=1.0), rand(max_len + 1, dim, std=1.0), 1 + rand(dim, std=0.1),
-                          rand(dim, std=0.1), blocks, heads, causal, folded, emb_scale=1.5)
+        blocks.append(
+            (
+                1 + rand(dim, std=0.1),
+                rand(dim, std=0.1),
+                rand(dim, width),
+                rand(width, std=0.1),
+                rand(dim, dim),
+                rand(dim, std=0.1),
+                1 + rand(dim, std=0.1),
+                rand(dim, std=0.1),
+                rand(dim, ffn),
+                rand(ffn, std=0.1),
+                rand(ffn, dim),
+                rand(dim, std=0.1),
+            )
+        )
+    return EncoderWeights(
+        rand(num_items, dim, std=1.0),
+        rand(max_len + 1, dim, std=1.0),
+        1 + rand(dim, std=0.1),
+        rand(dim, std=0.1),
+        blocks,
+        heads,
+        causal,
+        folded,
+        emb_scale=1.5,
+    )
 
 
 def _self_check() -> bool:

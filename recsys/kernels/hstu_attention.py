@@ -16,6 +16,7 @@ of its squared lengths, not batch x longest squared. It is what the fused Triton
 kernel (:mod:`recsys.kernels.hstu_attention_triton`) is tested against. This module imports nothing
 else from the package, and Triton only when the kernel is used.
 """
+
 from __future__ import annotations
 
 import torch
@@ -191,4 +192,3 @@ def attention_flops(lengths: torch.Tensor, heads: int, qk_dim: int, v_dim: int, 
     """Multiply-adds x 2 of QK^T and AV over the jagged batch (half of each n x n block when causal)."""
     pairs = (lengths.double() * (lengths.double() + 1) / 2) if causal else lengths.double() ** 2
     return float(2 * heads * (qk_dim + v_dim) * pairs.sum())
-

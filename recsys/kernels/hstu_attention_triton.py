@@ -17,6 +17,7 @@ run in full fp32 precision (no TF32), as torch's own fp32 matmuls do by default.
 Runs on CUDA GPUs, and on CPU tensors under ``TRITON_INTERPRET=1`` (how CI checks parity).
 Importing this module needs ``triton``; the dispatcher only imports it when it is installed.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def _configs(extra=()):
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "SKEW": 128}, num_warps=4, num_stages=2)]
     # SKEW: the width of a skewed tile (one column per diagonal), a power of two >= BLOCK_M + BLOCK_N - 1
     shapes = [(64, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2), *extra]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "SKEW": 2 * max(m, n)}, num_warps=w, num_stages=s)
-            for m, n, w, s in shapes]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "SKEW": 2 * max(m, n)}, num_warps=w, num_stages=s)
+        for m, n, w, s in shapes
+    ]
 
 
 def _dkdv_prune(configs, named_args, **kwargs):
@@ -66,8 +69,11 @@ def _program(offsets_ptr, H, LAST_FIRST: tl.constexpr):
 @triton.jit
 def _tile(ptr, seq_start, rows, seq_len, stride_t, h, stride_h, cols, dim):
     """[len(rows), len(cols)] tile of head h of a jagged [T, H, dim] tensor; zeros outside the sequence."""
-    return tl.load(ptr + (seq_start + rows)[:, None] * stride_t + h * stride_h + cols[None, :],
-                   mask=(rows[:, None] < seq_len) & (cols[None, :] < dim), other=0.0)
+    return tl.load(
+        ptr + (seq_start + rows)[:, None] * stride_t + h * stride_h + cols[None, :],
+        mask=(rows[:, None] < seq_len) & (cols[None, :] < dim),
+        other=0.0,
+    )
 
 
 @triton.jit
@@ -82,8 +88,23 @@ def _time_bucket(offs_m, offs_n, seq_start, seq_len, qt_ptr, kt_ptr, num_buckets
 
 
 @triton.jit
-def _scores(q, k, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
-            qt_ptr, kt_ptr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr):
+def _scores(
+    q,
+    k,
+    offs_m,
+    offs_n,
+    seq_start,
+    seq_len,
+    pos_ptr,
+    num_pos,
+    time_ptr,
+    num_buckets,
+    qt_ptr,
+    kt_ptr,
+    HAS_POS: tl.constexpr,
+    HAS_TIME: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """[BLOCK_M, BLOCK_N] fp32 scores q.k + relative bias, and the causal / length mask."""
     s = tl.dot(q, tl.trans(k), out_dtype=tl.float32, input_precision=PREC)
     if HAS_POS:
@@ -98,12 +119,40 @@ def _scores(q, k, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr
 
 @triton.autotune(configs=_configs(), key=["D", "DV", "N_BLOCKS_HINT", "HAS_POS", "HAS_TIME"])
 @triton.jit
-def _fwd_kernel(Q, K, V, OUT, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
-                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                num_pos, num_buckets, inv_n, H, N_BLOCKS_HINT,
-                D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-                HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKEW: tl.constexpr):
+def _fwd_kernel(
+    Q,
+    K,
+    V,
+    OUT,
+    offsets_ptr,
+    pos_ptr,
+    time_ptr,
+    qt_ptr,
+    kt_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    num_pos,
+    num_buckets,
+    inv_n,
+    H,
+    N_BLOCKS_HINT,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    D_PAD: tl.constexpr,
+    DV_PAD: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    HAS_TIME: tl.constexpr,
+    PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SKEW: tl.constexpr,
+):
     block, h, seq_start, seq_len = _program(offsets_ptr, H, True)
     start_m = block * BLOCK_M
     if start_m >= seq_len:
@@ -118,21 +167,72 @@ def _fwd_kernel(Q, K, V, OUT, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _tile(K, seq_start, offs_n, seq_len, stride_kt, h, stride_kh, offs_d, D)
         v = _tile(V, seq_start, offs_n, seq_len, stride_vt, h, stride_vh, offs_dv, DV)
-        s, mask = _scores(q, k, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
-                          qt_ptr, kt_ptr, HAS_POS, HAS_TIME, PREC)
+        s, mask = _scores(
+            q,
+            k,
+            offs_m,
+            offs_n,
+            seq_start,
+            seq_len,
+            pos_ptr,
+            num_pos,
+            time_ptr,
+            num_buckets,
+            qt_ptr,
+            kt_ptr,
+            HAS_POS,
+            HAS_TIME,
+            PREC,
+        )
         a = s * tl.sigmoid(s) * inv_n
         a = tl.where(mask, a, 0.0)
         acc += tl.dot(a.to(v.dtype), v, out_dtype=tl.float32, input_precision=PREC)
-    tl.store(OUT + (seq_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
-             acc.to(OUT.dtype.element_ty), mask=(offs_m[:, None] < seq_len) & (offs_dv[None, :] < DV))
+    tl.store(
+        OUT + (seq_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
+        acc.to(OUT.dtype.element_ty),
+        mask=(offs_m[:, None] < seq_len) & (offs_dv[None, :] < DV),
+    )
 
 
 @triton.jit
-def _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
-             qt_ptr, kt_ptr, inv_n, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr):
+def _dscores(
+    q,
+    k,
+    v,
+    do,
+    offs_m,
+    offs_n,
+    seq_start,
+    seq_len,
+    pos_ptr,
+    num_pos,
+    time_ptr,
+    num_buckets,
+    qt_ptr,
+    kt_ptr,
+    inv_n,
+    HAS_POS: tl.constexpr,
+    HAS_TIME: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """Recomputed attention a [M, N] and the gradient of the pre-activation scores ds [M, N]."""
-    s, mask = _scores(q, k, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr, num_buckets,
-                      qt_ptr, kt_ptr, HAS_POS, HAS_TIME, PREC)
+    s, mask = _scores(
+        q,
+        k,
+        offs_m,
+        offs_n,
+        seq_start,
+        seq_len,
+        pos_ptr,
+        num_pos,
+        time_ptr,
+        num_buckets,
+        qt_ptr,
+        kt_ptr,
+        HAS_POS,
+        HAS_TIME,
+        PREC,
+    )
     sig = tl.sigmoid(s)
     a = tl.where(mask, s * sig * inv_n, 0.0)
     da = tl.dot(do, tl.trans(v), out_dtype=tl.float32, input_precision=PREC)  # [M, N]
@@ -141,8 +241,9 @@ def _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, 
 
 
 @triton.jit
-def _position_bias_grad(ds, start_m, start_n, dpos_ptr, num_pos,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKEW: tl.constexpr):
+def _position_bias_grad(
+    ds, start_m, start_n, dpos_ptr, num_pos, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKEW: tl.constexpr
+):
     """Add the tile's diagonal sums of ds to the position table's gradient: one atomic add per diagonal.
     Column t of the skewed tile holds diagonal i - j = t - (BLOCK_N - 1), i.e. relative position
     start_m - start_n + t - (BLOCK_N - 1)."""
@@ -168,16 +269,51 @@ def _time_bias_grad(ds, mask, offs_m, offs_n, seq_start, seq_len, dtime_ptr, num
         tl.atomic_add(dtime_ptr + b, tl.sum(tl.where(mask & (bucket == b), ds, 0.0)))
 
 
-@triton.autotune(configs=_configs(extra=[(64, 128, 8, 2), (64, 64, 8, 2)]),
-                 key=["D", "DV", "N_BLOCKS_HINT", "HAS_POS", "HAS_TIME"], reset_to_zero=["DPOS", "DTIME"],
-                 prune_configs_by={"early_config_prune": _dkdv_prune})
+@triton.autotune(
+    configs=_configs(extra=[(64, 128, 8, 2), (64, 64, 8, 2)]),
+    key=["D", "DV", "N_BLOCKS_HINT", "HAS_POS", "HAS_TIME"],
+    reset_to_zero=["DPOS", "DTIME"],
+    prune_configs_by={"early_config_prune": _dkdv_prune},
+)
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
-                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                     num_pos, num_buckets, inv_n, H, N_BLOCKS_HINT,
-                     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-                     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKEW: tl.constexpr):
+def _bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV_,
+    DPOS,
+    DTIME,
+    offsets_ptr,
+    pos_ptr,
+    time_ptr,
+    qt_ptr,
+    kt_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    num_pos,
+    num_buckets,
+    inv_n,
+    H,
+    N_BLOCKS_HINT,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    D_PAD: tl.constexpr,
+    DV_PAD: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    HAS_TIME: tl.constexpr,
+    PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SKEW: tl.constexpr,
+):
     # natural order: the first key blocks have the most query blocks below them and start first
     block, h, seq_start, seq_len = _program(offsets_ptr, H, False)
     start_n = block * BLOCK_N
@@ -195,28 +331,81 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, offsets_ptr, pos_ptr, ti
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _tile(Q, seq_start, offs_m, seq_len, stride_qt, h, stride_qh, offs_d, D)
         do = _tile(DO, seq_start, offs_m, seq_len, stride_dot, h, stride_doh, offs_dv, DV)
-        a, ds, mask = _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr,
-                               num_buckets, qt_ptr, kt_ptr, inv_n, HAS_POS, HAS_TIME, PREC)
+        a, ds, mask = _dscores(
+            q,
+            k,
+            v,
+            do,
+            offs_m,
+            offs_n,
+            seq_start,
+            seq_len,
+            pos_ptr,
+            num_pos,
+            time_ptr,
+            num_buckets,
+            qt_ptr,
+            kt_ptr,
+            inv_n,
+            HAS_POS,
+            HAS_TIME,
+            PREC,
+        )
         dv += tl.dot(tl.trans(a).to(do.dtype), do, out_dtype=tl.float32, input_precision=PREC)
         dk += tl.dot(tl.trans(ds).to(q.dtype), q, out_dtype=tl.float32, input_precision=PREC)
         if HAS_POS:
             _position_bias_grad(ds, start_m, start_n, DPOS, num_pos, BLOCK_M, BLOCK_N, SKEW)
         if HAS_TIME:
             _time_bias_grad(ds, mask, offs_m, offs_n, seq_start, seq_len, DTIME, num_buckets, qt_ptr, kt_ptr)
-    tl.store(DK + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=(offs_n[:, None] < seq_len) & (offs_d[None, :] < D))
-    tl.store(DV_ + (seq_start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
-             dv.to(DV_.dtype.element_ty), mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < DV))
+    tl.store(
+        DK + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
+        dk.to(DK.dtype.element_ty),
+        mask=(offs_n[:, None] < seq_len) & (offs_d[None, :] < D),
+    )
+    tl.store(
+        DV_ + (seq_start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
+        dv.to(DV_.dtype.element_ty),
+        mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < DV),
+    )
 
 
 @triton.autotune(configs=_configs(), key=["D", "DV", "N_BLOCKS_HINT", "HAS_POS", "HAS_TIME"])
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_ptr,
-                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                   num_pos, num_buckets, inv_n, H, N_BLOCKS_HINT,
-                   D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-                   HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKEW: tl.constexpr):
+def _bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    offsets_ptr,
+    pos_ptr,
+    time_ptr,
+    qt_ptr,
+    kt_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    num_pos,
+    num_buckets,
+    inv_n,
+    H,
+    N_BLOCKS_HINT,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    D_PAD: tl.constexpr,
+    DV_PAD: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    HAS_TIME: tl.constexpr,
+    PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SKEW: tl.constexpr,
+):
     block, h, seq_start, seq_len = _program(offsets_ptr, H, True)
     start_m = block * BLOCK_M
     if start_m >= seq_len:
@@ -232,11 +421,32 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, pos_ptr, time_ptr, qt_ptr, kt_p
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _tile(K, seq_start, offs_n, seq_len, stride_kt, h, stride_kh, offs_d, D)
         v = _tile(V, seq_start, offs_n, seq_len, stride_vt, h, stride_vh, offs_dv, DV)
-        _, ds, _ = _dscores(q, k, v, do, offs_m, offs_n, seq_start, seq_len, pos_ptr, num_pos, time_ptr,
-                            num_buckets, qt_ptr, kt_ptr, inv_n, HAS_POS, HAS_TIME, PREC)
+        _, ds, _ = _dscores(
+            q,
+            k,
+            v,
+            do,
+            offs_m,
+            offs_n,
+            seq_start,
+            seq_len,
+            pos_ptr,
+            num_pos,
+            time_ptr,
+            num_buckets,
+            qt_ptr,
+            kt_ptr,
+            inv_n,
+            HAS_POS,
+            HAS_TIME,
+            PREC,
+        )
         dq += tl.dot(ds.to(k.dtype), k, out_dtype=tl.float32, input_precision=PREC)
-    tl.store(DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=(offs_m[:, None] < seq_len) & (offs_d[None, :] < D))
+    tl.store(
+        DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+        dq.to(DQ.dtype.element_ty),
+        mask=(offs_m[:, None] < seq_len) & (offs_d[None, :] < D),
+    )
 
 
 def _pad(dim: int) -> int:
@@ -268,11 +478,37 @@ class HSTUAttentionTriton(torch.autograd.Function):
         hint = triton.next_power_of_2(max(max_len, 1))
         if T and B:
             grid = lambda meta: (triton.cdiv(max_len, meta["BLOCK_M"]), B * H)  # noqa: E731
-            _fwd_kernel[grid](q, k, v, out, offsets, pos, tb, qt, kt,
-                              q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                              out.stride(0), out.stride(1), pos.numel(), tb.numel(), 1.0 / max_seq_len, H, hint,
-                              D=D, DV=DV, D_PAD=_pad(D), DV_PAD=_pad(DV), HAS_POS=has_pos, HAS_TIME=has_time,
-                              PREC=_precision(q))
+            _fwd_kernel[grid](
+                q,
+                k,
+                v,
+                out,
+                offsets,
+                pos,
+                tb,
+                qt,
+                kt,
+                q.stride(0),
+                q.stride(1),
+                k.stride(0),
+                k.stride(1),
+                v.stride(0),
+                v.stride(1),
+                out.stride(0),
+                out.stride(1),
+                pos.numel(),
+                tb.numel(),
+                1.0 / max_seq_len,
+                H,
+                hint,
+                D=D,
+                DV=DV,
+                D_PAD=_pad(D),
+                DV_PAD=_pad(DV),
+                HAS_POS=has_pos,
+                HAS_TIME=has_time,
+                PREC=_precision(q),
+            )
         ctx.save_for_backward(q, k, v, offsets, pos, tb, qt, kt)
         ctx.meta = (max_seq_len, max_len, has_pos, has_time)
         return out
@@ -290,27 +526,95 @@ class HSTUAttentionTriton(torch.autograd.Function):
         dtime = torch.zeros(tb.numel(), device=q.device, dtype=torch.float32)
         hint = triton.next_power_of_2(max(max_len, 1))
         if T and B:
-            common = (offsets, pos, tb, qt, kt, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                      v.stride(0), v.stride(1), dout.stride(0), dout.stride(1), pos.numel(), tb.numel(),
-                      1.0 / max_seq_len, H, hint)
+            common = (
+                offsets,
+                pos,
+                tb,
+                qt,
+                kt,
+                q.stride(0),
+                q.stride(1),
+                k.stride(0),
+                k.stride(1),
+                v.stride(0),
+                v.stride(1),
+                dout.stride(0),
+                dout.stride(1),
+                pos.numel(),
+                tb.numel(),
+                1.0 / max_seq_len,
+                H,
+                hint,
+            )
             grid_n = lambda meta: (triton.cdiv(max_len, meta["BLOCK_N"]), B * H)  # noqa: E731
-            _bwd_dkdv_kernel[grid_n](q, k, v, dout, dk, dv, dpos, dtime, *common,
-                                     D=D, DV=DV, D_PAD=_pad(D), DV_PAD=_pad(DV), HAS_POS=has_pos,
-                                     HAS_TIME=has_time, PREC=_precision(q))
+            _bwd_dkdv_kernel[grid_n](
+                q,
+                k,
+                v,
+                dout,
+                dk,
+                dv,
+                dpos,
+                dtime,
+                *common,
+                D=D,
+                DV=DV,
+                D_PAD=_pad(D),
+                DV_PAD=_pad(DV),
+                HAS_POS=has_pos,
+                HAS_TIME=has_time,
+                PREC=_precision(q),
+            )
             grid_m = lambda meta: (triton.cdiv(max_len, meta["BLOCK_M"]), B * H)  # noqa: E731
-            _bwd_dq_kernel[grid_m](q, k, v, dout, dq, *common, D=D, DV=DV, D_PAD=_pad(D), DV_PAD=_pad(DV),
-                                   HAS_POS=has_pos, HAS_TIME=has_time, PREC=_precision(q))
-        return (dq, dk, dv, None, None, dpos.to(pos.dtype) if has_pos else None,
-                dtime.to(tb.dtype) if has_time else None, None, None, None)
+            _bwd_dq_kernel[grid_m](
+                q,
+                k,
+                v,
+                dout,
+                dq,
+                *common,
+                D=D,
+                DV=DV,
+                D_PAD=_pad(D),
+                DV_PAD=_pad(DV),
+                HAS_POS=has_pos,
+                HAS_TIME=has_time,
+                PREC=_precision(q),
+            )
+        return (
+            dq,
+            dk,
+            dv,
+            None,
+            None,
+            dpos.to(pos.dtype) if has_pos else None,
+            dtime.to(tb.dtype) if has_time else None,
+            None,
+            None,
+            None,
+        )
 
 
-def hstu_attention_triton(q, k, v, seq_offsets, max_seq_len, position_bias=None, time_bias=None,
-                          key_times=None, query_times=None, causal=True, max_len=None, **_unused):
+def hstu_attention_triton(
+    q,
+    k,
+    v,
+    seq_offsets,
+    max_seq_len,
+    position_bias=None,
+    time_bias=None,
+    key_times=None,
+    query_times=None,
+    causal=True,
+    max_len=None,
+    **_unused,
+):
     """The fused kernel; same arguments as the reference (``causal`` must be True). ``max_len`` (the
     longest sequence in the batch) sizes the grid; computed from ``seq_offsets`` when not given."""
     if not causal:
         raise ValueError("the Triton HSTU kernel is causal only")
     if max_len is None:
         max_len = int((seq_offsets[1:] - seq_offsets[:-1]).max()) if seq_offsets.numel() > 1 else 0
-    return HSTUAttentionTriton.apply(q, k, v, seq_offsets, max_seq_len, position_bias, time_bias,
-                                     key_times, query_times, max_len)
+    return HSTUAttentionTriton.apply(
+        q, k, v, seq_offsets, max_seq_len, position_bias, time_bias, key_times, query_times, max_len
+    )

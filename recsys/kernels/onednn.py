@@ -15,6 +15,7 @@ here falls back to torch's own product. ``RECSYS_CPU_GEMM=torch`` turns it off (
 Only products whose first operand is row-major go through oneDNN: reading a transposed first operand
 it was slower than MKL, so a linear layer's weight gradient (``grad.T @ x``) stays ``torch.mm``.
 """
+
 from __future__ import annotations
 
 import os
@@ -108,8 +109,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     x2 = x.reshape(-1, x.shape[-1])
     if not x2.is_contiguous():
         x2 = x2.contiguous()
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
         y = _Linear.apply(x2, weight, bias)
     else:
         y = _product(x2, weight, bias)
@@ -122,8 +124,9 @@ _fused_usable: bool | None = None  # the post-op products, decided on first use
 def _check_fused() -> bool:
     try:
         gen = torch.Generator().manual_seed(1)
-        x, w1, b1, w2, b2, r = (torch.randn(*shape, generator=gen) for shape in
-                                ((37, 19), (23, 19), (23,), (19, 23), (19,), (37, 19)))
+        x, w1, b1, w2, b2, r = (
+            torch.randn(*shape, generator=gen) for shape in ((37, 19), (23, 19), (23,), (19, 23), (19,), (37, 19))
+        )
         h = torch.ops.mkldnn._linear_pointwise(x, w1, b1, "gelu", [], "none")
         y = torch.ops.mkldnn._linear_pointwise.binary(h, r, w2, b2, "add")
         return bool(torch.allclose(y, r + F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2), rtol=1e-5, atol=1e-5))
@@ -141,8 +144,10 @@ def feed_forward(x: torch.Tensor, first: nn.Linear, second: nn.Linear, residual:
     global _fused_usable
     if torch.is_grad_enabled() or x.dim() != 2 or residual.shape != x.shape[:1] + second.weight.shape[:1]:
         return None
-    if not (usable(x, x.shape[0] * max(first.weight.shape[0], second.weight.shape[0]))
-            and first.weight.dtype == second.weight.dtype == residual.dtype == x.dtype):
+    if not (
+        usable(x, x.shape[0] * max(first.weight.shape[0], second.weight.shape[0]))
+        and first.weight.dtype == second.weight.dtype == residual.dtype == x.dtype
+    ):
         return None
     if _fused_usable is None:
         _fused_usable = _check_fused()

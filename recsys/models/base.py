@@ -8,6 +8,7 @@ and exposes the item vectors its scores are computed against (``item_vectors()``
 padding). Scores are ``hidden @ item_vectors().T``; losses and the evaluator live outside the models,
 so any loss works with any encoder. A user's representation is the hidden state at the last position.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,7 +45,10 @@ class SequentialEncoder(nn.Module):
         return self.item_embedding.weight
 
     def user_vectors(
-        self, item_ids: torch.Tensor, timestamps: torch.Tensor | None = None, next_timestamps: torch.Tensor | None = None
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[B, D]: the hidden state at the last (most recent) position of each history. ``next_timestamps``
         [B] is the time of the item to predict (each position's next timestamp is the following one's)."""

@@ -23,6 +23,7 @@ What differs from the paper:
 - The masking lives in the data pipeline (:func:`recsys.data.batching.cloze_inputs`), seeded per epoch
   like the rest of the training data, so runs are reproducible and resumable.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,10 @@ class BERT4Rec(FusedCPUInference, SequentialEncoder):
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         self.emb_dropout = Dropout(cfg.dropout)
         # BERT's blocks: a feed-forward network 4x wide, no dropout between its two layers
-        self.blocks = nn.ModuleList(Block(cfg.hidden_dim, cfg.num_heads, cfg.dropout, cfg.ffn_dim or 4 * cfg.hidden_dim,
-                                          inner_dropout=False) for _ in range(cfg.num_blocks))
+        self.blocks = nn.ModuleList(
+            Block(cfg.hidden_dim, cfg.num_heads, cfg.dropout, cfg.ffn_dim or 4 * cfg.hidden_dim, inner_dropout=False)
+            for _ in range(cfg.num_blocks)
+        )
         self.final_ln = nn.LayerNorm(cfg.hidden_dim)
         for emb in (self.item_embedding, self.position_embedding):
             nn.init.normal_(emb.weight, std=cfg.init_std)
@@ -85,6 +88,6 @@ class BERT4Rec(FusedCPUInference, SequentialEncoder):
 
     def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
         """Append [mask] after the history (dropping the oldest item if the window is full)."""
-        keep = item_ids[:, -(self.cfg.max_seq_len - 1):] if self.cfg.max_seq_len > 1 else item_ids[:, :0]
+        keep = item_ids[:, -(self.cfg.max_seq_len - 1) :] if self.cfg.max_seq_len > 1 else item_ids[:, :0]
         mask = torch.full((item_ids.shape[0], 1), self.mask_token, dtype=item_ids.dtype, device=item_ids.device)
         return self(torch.cat([keep, mask], dim=1), last_only=True)[:, -1]

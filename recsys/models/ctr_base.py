@@ -4,6 +4,7 @@ two-stage search, target attention, the prediction MLP, and their registry.
 A CTR model maps (history items [B, L], history categories [B, L], target item [B], target category
 [B]) to a click logit [B]; ``forward`` also returns a dict of what it attended to (for tests/analysis).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -12,6 +12,7 @@ target: the two objectives no longer fight over one table (TWIN's problem).
 
 What differs from the paper: the MLP, dimensions and top-k are recipe settings; no extra features.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,9 @@ class DARE(nn.Module):
     def __init__(self, cfg: CTRConfig, num_items: int, num_categories: int):
         super().__init__()
         self.cfg = cfg
-        self.attention = BehaviourEmbedding(num_items, num_categories, cfg.attention_dim or cfg.embedding_dim,
-                                            cfg.init_std)
+        self.attention = BehaviourEmbedding(
+            num_items, num_categories, cfg.attention_dim or cfg.embedding_dim, cfg.init_std
+        )
         self.representation = BehaviourEmbedding(num_items, num_categories, cfg.embedding_dim, cfg.init_std)
         self.head = mlp(4 * cfg.embedding_dim, cfg.mlp_dims, cfg.dropout)
 

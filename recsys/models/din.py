@@ -9,6 +9,7 @@ paper) is the user's interest for this target; an MLP over [interest, target] gi
 What differs: no Dice activation or mini-batch-aware regularisation (ReLU, plain weight decay via the
 optimiser); one embedding table per field (item, category), concatenated.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ forward and ``grad * mask`` backward are the cheapest passes there are (a bool m
 the whole is faster than drawing a uniform float per element. Other devices keep ``F.dropout`` (fused kernels there). Seeded by torch's generator like
 ``nn.Dropout``.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,13 @@ from torch import nn
 from ..kernels import cpu_encoder
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype = torch.float32,
-              device: torch.device | str = "cpu", scale: float = 1.0) -> torch.Tensor:
+def keep_mask(
+    shape: torch.Size | tuple[int, ...],
+    p: float,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    scale: float = 1.0,
+) -> torch.Tensor:
     """``scale`` (keep) with probability ``1 - round(p * 65536) / 65536``, else 0.0, of ``shape`` and
     ``dtype``. fp32 on CPU where the C kernels are built: in one multi-threaded pass
     (:func:`recsys.kernels.cpu_encoder.keep_mask`, a counter-based generator seeded from torch's);

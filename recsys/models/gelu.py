@@ -6,6 +6,7 @@ polynomials, within ~2e-7 of torch's); everywhere else (other devices and dtypes
 tracing, autocast) torch's own. A subclass of ``nn.GELU``, so code that checks for one (the fused
 inference of SASRec / BERT4Rec) still finds it, and checkpoints are unchanged (no parameters).
 """
+
 from __future__ import annotations
 
 import torch

@@ -32,6 +32,7 @@ What differs from the paper / reference code:
 - Output L2 normalisation and the temperature belong to the loss (``loss.l2_normalize``), so the
   evaluator scores by cosine exactly as the loss trains.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,8 @@ from torch import nn
 from ..kernels.hstu_attention import hstu_attention, hstu_attention_last, time_buckets
 from ..kernels.onednn import Linear
 from .base import SequentialEncoder, padding_and_positions, register
-from .layers import exporting
 from .dropout import Dropout
+from .layers import exporting
 
 NUM_TIME_BUCKETS = 129
 
@@ -106,23 +107,41 @@ class HSTULayer(nn.Module):
             last = (seq_offsets[1:] - 1).clamp_min(0)  # [B]; an empty sequence's row is zeroed below
             nonempty = (seq_offsets[1:] > seq_offsets[:-1])[:, None]  # [B, 1]
             attn = hstu_attention_last(
-                q[last].view(-1, H, self.qk_dim), k.view(T, H, self.qk_dim), v.view(T, H, self.v_dim),
-                seq_offsets, self.cfg.max_seq_len, position_bias=self.position_bias, time_bias=self.time_bias,
-                key_times=key_times, query_times_last=None if query_times is None else query_times[last],
+                q[last].view(-1, H, self.qk_dim),
+                k.view(T, H, self.qk_dim),
+                v.view(T, H, self.v_dim),
+                seq_offsets,
+                self.cfg.max_seq_len,
+                position_bias=self.position_bias,
+                time_bias=self.time_bias,
+                key_times=key_times,
+                query_times_last=None if query_times is None else query_times[last],
             ).reshape(-1, H * self.v_dim)  # [B, H * Dv]
             y = u[last] * F.layer_norm(attn, (attn.shape[-1],))
             return (x[last] + self.out(self.dropout(y))) * nonempty  # an empty history gives zeros
         attn = hstu_attention(
-            q.view(T, H, self.qk_dim), k.view(T, H, self.qk_dim), v.view(T, H, self.v_dim), seq_offsets,
-            self.cfg.max_seq_len, position_bias=self.position_bias, time_bias=self.time_bias,
-            key_times=key_times, query_times=query_times, backend=self.cfg.attention_backend,
+            q.view(T, H, self.qk_dim),
+            k.view(T, H, self.qk_dim),
+            v.view(T, H, self.v_dim),
+            seq_offsets,
+            self.cfg.max_seq_len,
+            position_bias=self.position_bias,
+            time_bias=self.time_bias,
+            key_times=key_times,
+            query_times=query_times,
+            backend=self.cfg.attention_backend,
         ).reshape(T, H * self.v_dim)  # [T, H * Dv]
         y = u * F.layer_norm(attn, (attn.shape[-1],))
         return x + self.out(self.dropout(y))
 
-
-    def dense(self, x: torch.Tensor, real: torch.Tensor, last_only: bool = False,
-              key_times: torch.Tensor | None = None, query_times: torch.Tensor | None = None) -> torch.Tensor:
+    def dense(
+        self,
+        x: torch.Tensor,
+        real: torch.Tensor,
+        last_only: bool = False,
+        key_times: torch.Tensor | None = None,
+        query_times: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """:meth:`forward` on a left-padded [B, L, D] grid (``real`` [B, L]: not padding; key_times,
         query_times [B, L] with a time bias), every shape fixed by the input's: the path ``torch.export``
         captures (an exported encoder). Same values at the real positions (test)."""
@@ -139,7 +158,9 @@ class HSTULayer(nn.Module):
             q, u, x = q[:, :, -1:], u[:, -1:], x[:, -1:]
         scores = q @ k.transpose(-1, -2)  # [B, H, Lq, L]
         if self.position_bias is not None:  # left padding: offsets in the grid are the sequence's own
-            scores = scores + self.position_bias[(queries[:, None] - pos[None, :]).clamp(0, self.position_bias.shape[0] - 1)]
+            scores = (
+                scores + self.position_bias[(queries[:, None] - pos[None, :]).clamp(0, self.position_bias.shape[0] - 1)]
+            )
         if self.time_bias is not None:
             gap = query_times[:, queries, None] - key_times[:, None, :]  # [B, Lq, L]
             scores = scores + self.time_bias[time_buckets(gap, self.time_bias.shape[0])][:, None]
@@ -172,8 +193,9 @@ class HSTU(SequentialEncoder):
         B, L = item_ids.shape
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)
         real = not_pad.squeeze(-1)  # [B, L]; left padding, so each row's real tokens are contiguous
-        x = self.emb_dropout(self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
-                             + self.position_embedding(positions))  # [B, L, D]
+        x = self.emb_dropout(
+            self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions)
+        )  # [B, L, D]
         key_times = query_times = None  # [B, L]: each token's time, and the time its query predicts for
         if self.cfg.use_time_bias:
             if timestamps is None:

@@ -5,6 +5,7 @@ all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, mean pooling) and are read wit
 ``tokenizers``: nothing is downloaded at run time and ``transformers`` is not needed. The module is the
 standard post-LayerNorm BERT; :func:`load_minilm` maps the checkpoint's names onto it.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ class BertLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, key_ok: torch.Tensor) -> torch.Tensor:  # [B, T, d], key_ok [B, 1, 1, T]
         B, T, d = x.shape
-        q, k, v = (lin(x).view(B, T, self.heads, d // self.heads).transpose(1, 2) for lin in (self.query, self.key, self.value))
+        q, k, v = (
+            lin(x).view(B, T, self.heads, d // self.heads).transpose(1, 2) for lin in (self.query, self.key, self.value)
+        )
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok).transpose(1, 2).reshape(B, T, d)
         x = self.attn_norm(x + self.dropout(self.attn_out(y)))
         return self.out_norm(x + self.dropout(self.output(F.gelu(self.intermediate(x)))))
@@ -61,8 +64,13 @@ class BertEncoder(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, extra_embeddings: torch.Tensor | None = None):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        extra_embeddings: torch.Tensor | None = None,
+    ):
         """Token states [B, T, d]; ``extra_embeddings`` [B, T, d] are added to the input embeddings."""
         T = input_ids.shape[1]
         positions = torch.arange(T, device=input_ids.device)[None]
@@ -114,9 +122,16 @@ def load_minilm() -> tuple[BertEncoder, object]:
         "embed_norm.weight": weights["embeddings.LayerNorm.weight"],
         "embed_norm.bias": weights["embeddings.LayerNorm.bias"],
     }
-    names = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-             "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
-             "intermediate": "intermediate.dense", "output": "output.dense", "out_norm": "output.LayerNorm"}
+    names = {
+        "query": "attention.self.query",
+        "key": "attention.self.key",
+        "value": "attention.self.value",
+        "attn_out": "attention.output.dense",
+        "attn_norm": "attention.output.LayerNorm",
+        "intermediate": "intermediate.dense",
+        "output": "output.dense",
+        "out_norm": "output.LayerNorm",
+    }
     for i in range(cfg.num_hidden_layers):
         for ours, theirs in names.items():
             for p in ("weight", "bias"):

@@ -15,6 +15,7 @@ token per step: an hour per epoch on 2 CPU cores. Here the language model is fro
 catalogue, and the sequence model works on item vectors (causal, so every position trains), which is
 what fits a CPU; the token-level model is for GPUs (not built yet).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,9 @@ class Recformer(SequentialEncoder):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("text_vectors", torch.zeros(num_items, cfg.text_dim), persistent=False)
-        self.adapter = nn.Sequential(nn.Linear(cfg.text_dim, cfg.adapter_dim), nn.GELU(),
-                                     nn.Linear(cfg.adapter_dim, cfg.hidden_dim))
+        self.adapter = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.adapter_dim), nn.GELU(), nn.Linear(cfg.adapter_dim, cfg.hidden_dim)
+        )
         self.item_position = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         nn.init.normal_(self.item_position.weight, std=cfg.init_std)
         self.emb_dropout = Dropout(cfg.dropout)

@@ -22,6 +22,7 @@ pre-training on other domains (the MiniLM weights are the starting point). Cost:
 token per training step, so this model is for GPUs; ``recsys.models.recformer`` is the two-level
 variant that fits a CPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,16 +49,20 @@ class RecformerTokensConfig:
     words_per_attribute: int = 24
 
 
-def item_token_table(sentences_by_attribute: list[list[tuple[str, str]] | None], tokenizer,
-                     tokens_per_item: int) -> tuple[torch.Tensor, torch.Tensor]:
+def item_token_table(
+    sentences_by_attribute: list[list[tuple[str, str]] | None], tokenizer, tokens_per_item: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(token ids [V, T], token kinds [V, T]) for every item's (key, value) attributes; row 0 and items
     without text are all padding. Keys and values are word-piece encoded once each, without specials."""
     V, T = len(sentences_by_attribute), tokens_per_item
     ids = torch.zeros(V, T, dtype=torch.long)
     kinds = torch.full((V, T), KIND_SPECIAL, dtype=torch.long)
+
     def pieces(texts: list[str]) -> list[list[int]]:  # word pieces, without any padding the tokenizer adds
-        return [[t for t, real in zip(e.ids, e.attention_mask) if real]
-                for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return [
+            [t for t, real in zip(e.ids, e.attention_mask) if real]
+            for e in tokenizer.encode_batch(texts, add_special_tokens=False)
+        ]
 
     keys = sorted({k for attrs in sentences_by_attribute if attrs for k, _ in attrs})
     key_tokens = dict(zip(keys, pieces(keys)))
@@ -79,15 +84,23 @@ class RecformerTokens(nn.Module):
 
     causal = False
 
-    def __init__(self, cfg: RecformerTokensConfig, token_ids: torch.Tensor, token_kinds: torch.Tensor,
-                 language_model: nn.Module, cls_id: int):
+    def __init__(
+        self,
+        cfg: RecformerTokensConfig,
+        token_ids: torch.Tensor,
+        token_kinds: torch.Tensor,
+        language_model: nn.Module,
+        cls_id: int,
+    ):
         super().__init__()
         self.cfg = cfg
         self.lm = language_model
         d = language_model.cfg.hidden_size
         if cfg.max_tokens > language_model.cfg.max_position_embeddings:
-            raise ValueError(f"max_tokens {cfg.max_tokens} > the language model's "
-                             f"{language_model.cfg.max_position_embeddings} positions")
+            raise ValueError(
+                f"max_tokens {cfg.max_tokens} > the language model's "
+                f"{language_model.cfg.max_position_embeddings} positions"
+            )
         self.register_buffer("token_ids", token_ids, persistent=False)  # [V, T]
         self.register_buffer("token_kinds", token_kinds, persistent=False)  # [V, T]
         self.cls_id = cls_id
@@ -118,8 +131,12 @@ class RecformerTokens(nn.Module):
         ids, kinds, item_pos, valid = take(ids), take(kinds), take(item_pos) * take(valid), take(valid)
         cls = torch.full((B, 1), self.cls_id, dtype=ids.dtype, device=ids.device)
         zero = torch.zeros_like(cls)
-        return (torch.cat([cls, ids * valid], 1), torch.cat([zero, kinds * valid], 1),
-                torch.cat([zero, item_pos], 1), torch.cat([torch.ones_like(valid[:, :1]), valid], 1))
+        return (
+            torch.cat([cls, ids * valid], 1),
+            torch.cat([zero, kinds * valid], 1),
+            torch.cat([zero, item_pos], 1),
+            torch.cat([torch.ones_like(valid[:, :1]), valid], 1),
+        )
 
     def user_vectors(self, item_ids: torch.Tensor, *unused) -> torch.Tensor:  # [B, L] -> [B, d]
         return self._encode(*self.history_tokens(item_ids))
@@ -129,8 +146,12 @@ class RecformerTokens(nn.Module):
         cls = torch.full((len(items), 1), self.cls_id, dtype=ids.dtype, device=ids.device)
         zero = torch.zeros_like(cls)
         real = (ids > 0).long()  # item position 1 on the item's tokens, 0 on [CLS] and padding
-        return self._encode(torch.cat([cls, ids], 1), torch.cat([zero, kinds], 1), torch.cat([zero, real], 1),
-                            torch.cat([torch.ones_like(zero), real], 1))
+        return self._encode(
+            torch.cat([cls, ids], 1),
+            torch.cat([zero, kinds], 1),
+            torch.cat([zero, real], 1),
+            torch.cat([torch.ones_like(zero), real], 1),
+        )
 
     @torch.no_grad()
     def refresh_item_table(self, batch_size: int = 256, progress: bool = False) -> None:
@@ -174,9 +195,18 @@ def prefix_batch(data, starts: np.ndarray, cuts: np.ndarray, max_items: int) -> 
     return torch.from_numpy(windows), torch.from_numpy(np.asarray(data.item_ids)[starts + cuts])
 
 
-def fit(model: RecformerTokens, split, epochs_stage1: int, epochs_stage2: int = 0, batch_size: int = 16,
-        lr: float = 5e-5, seed: int = 0, max_steps_per_epoch: int | None = None, eval_fn=None,
-        progress: bool = True) -> list[dict]:
+def fit(
+    model: RecformerTokens,
+    split,
+    epochs_stage1: int,
+    epochs_stage2: int = 0,
+    batch_size: int = 16,
+    lr: float = 5e-5,
+    seed: int = 0,
+    max_steps_per_epoch: int | None = None,
+    eval_fn=None,
+    progress: bool = True,
+) -> list[dict]:
     """Two-stage fine-tuning on a split's training events; one random prefix per user per epoch.
 
     ``eval_fn(model) -> float`` (validation NDCG@10, say) picks the best stage-1 encoder, whose item
@@ -211,8 +241,14 @@ def fit(model: RecformerTokens, split, epochs_stage1: int, epochs_stage2: int = 
             opt.step()
             total += loss.detach()
         table_is_current = False
-        record = {"epoch": epoch + 1, "stage": stage, "train_loss": float(total) / max(steps, 1), "steps": steps,
-                  "train_seconds": time.perf_counter() - t0, "sequences": min(len(order), steps * batch_size)}
+        record = {
+            "epoch": epoch + 1,
+            "stage": stage,
+            "train_loss": float(total) / max(steps, 1),
+            "steps": steps,
+            "train_seconds": time.perf_counter() - t0,
+            "sequences": min(len(order), steps * batch_size),
+        }
         if eval_fn is not None:
             if stage == 1:  # score with the items as this epoch's encoder sees them (reused by the next epoch)
                 model.refresh_item_table()

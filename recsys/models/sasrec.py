@@ -33,6 +33,7 @@ What differs from the paper:
 - The loss is chosen by the recipe (BCE with one negative as in the paper, full CE = "SASRec+",
   sampled softmax, gBCE); the model only produces hidden states.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,12 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         self.item_embedding = nn.Embedding(num_items, cfg.hidden_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         self.emb_dropout = Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg.hidden_dim, cfg.num_heads, cfg.dropout, cfg.ffn_dim, cfg.attention_table_dim,
-                                          cfg.ffn_inner_dropout) for _ in range(cfg.num_blocks))
+        self.blocks = nn.ModuleList(
+            Block(
+                cfg.hidden_dim, cfg.num_heads, cfg.dropout, cfg.ffn_dim, cfg.attention_table_dim, cfg.ffn_inner_dropout
+            )
+            for _ in range(cfg.num_blocks)
+        )
         self.final_ln = nn.LayerNorm(cfg.hidden_dim)
         tables = [self.item_embedding, self.position_embedding]
         if cfg.attention_table_dim:
@@ -86,8 +91,7 @@ class SASRec(FusedCPUInference, SequentialEncoder):
             nn.init.normal_(emb.weight, std=cfg.init_std)
             emb.weight.data[0].zero_()
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False,
-                packed: bool = False):
+    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False, packed: bool = False):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
         last block); ``packed``: (hidden [T, D], index [T]), see :meth:`packed_forward`."""
         if packed:
@@ -106,8 +110,9 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         """The blocks' input for ids and positions of any shape [...]: item embedding x sqrt(D) plus position
         embedding, dropped out [..., D]; with ``attention_table_dim``, the attention stream the same way
         from its own tables [..., A] (the same for every block), else None."""
-        x = self.emb_dropout(self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim)
-                             + self.position_embedding(positions))
+        x = self.emb_dropout(
+            self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions)
+        )
         attention_input = None
         if self.cfg.attention_table_dim:
             attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)

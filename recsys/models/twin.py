@@ -11,6 +11,7 @@ both the attention (search) and the representation (aggregation) — the couplin
 ``projection = true``: attention uses linear projections of the embeddings (W_q target, W_k behaviour)
 and representation another (W_v behaviour) — decoupling by projection, which DARE shows does not work.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -77,7 +77,7 @@ reader = "movielens_100k"
 download = {{ url = "{archive.as_uri()}", members = {{ "toy/u.data" = "u.data" }} }}
 [[variants]]
 file = "u.data"
-sha256 = "{'0' * 64}"
+sha256 = "{"0" * 64}"
 '''
     monkeypatch.setenv("RECSYS_CARDS", str(_card_dir(tmp_path, body)))
     monkeypatch.setenv("RECSYS_DATA", str(tmp_path / "empty"))
@@ -101,7 +101,7 @@ def test_safe_extract_refuses_path_traversal(tmp_path):
 def test_count_mismatch_names_each_field(tmp_path, monkeypatch):
     (tmp_path / "data" / "toy").mkdir(parents=True)
     (tmp_path / "data" / "toy" / "u.data").write_bytes(_toy_bytes())
-    body = '''name = "toy"
+    body = """name = "toy"
 folder = "toy"
 reader = "movielens_100k"
 [[variants]]
@@ -109,7 +109,7 @@ file = "u.data"
 users = 3
 items = 2
 interactions = 4
-'''
+"""
     monkeypatch.setenv("RECSYS_CARDS", str(_card_dir(tmp_path, body)))
     monkeypatch.setenv("RECSYS_DATA", str(tmp_path / "data"))
     with pytest.raises(DataError, match=r"users: expected 3, found 2; interactions: expected 4, found 3"):

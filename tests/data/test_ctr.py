@@ -10,7 +10,9 @@ def _seq(lengths, n_items=50, seed=0):
     rng = np.random.default_rng(seed)
     rows = [(u, int(rng.integers(1, n_items + 1)), t) for u, n in enumerate(lengths) for t in range(n)]
     df = pl.DataFrame({"u": [r[0] for r in rows], "i": [r[1] for r in rows], "t": [r[2] for r in rows]})
-    return prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+    return prepare_sequences(
+        frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False
+    )
 
 
 def test_protocol_targets_splits_and_negatives():

@@ -5,8 +5,17 @@ import polars as pl
 import pytest
 
 from recsys.data.readers import (
-    DataError, frame_to_interactions, read_item_text, read_movielens_100k, read_movielens_csv, read_movielens_dat,
-    read_recbole_inter, read_table, read_unisrec_sequences, read_user_item_lines, read_user_sequence_lines,
+    DataError,
+    frame_to_interactions,
+    read_item_text,
+    read_movielens_100k,
+    read_movielens_csv,
+    read_movielens_dat,
+    read_recbole_inter,
+    read_table,
+    read_unisrec_sequences,
+    read_user_item_lines,
+    read_user_sequence_lines,
 )
 from tests.conftest import DATA_DIR, needs_data
 
@@ -117,7 +126,9 @@ def test_not_utf8_names_line(tmp_path):
 
 
 def test_table_with_column_mapping_csv_and_parquet(tmp_path):
-    df = pd.DataFrame({"visitor": ["a", "a", "b"], "thing": [3, 4, 3], "when": ["2020-01-02", "2020-01-01", "2020-01-03"]})
+    df = pd.DataFrame(
+        {"visitor": ["a", "a", "b"], "thing": [3, 4, 3], "when": ["2020-01-02", "2020-01-01", "2020-01-03"]}
+    )
     csv = tmp_path / "log.csv"
     df.to_csv(csv, index=False)
     inter = read_table(csv, {"user_id": "visitor", "item_id": "thing", "timestamp": "when"})
@@ -141,7 +152,9 @@ def test_table_integer_timestamps_with_one_bad_value_names_its_line(tmp_path):
     # polars finds no date-time format for such a column (it raised from deep inside before)
     csv = tmp_path / "log.csv"
     csv.write_text("u,i,t\n1,2,100\n1,3,200\n2,3,notatime\n")
-    with pytest.raises(DataError, match=r"log.csv, line 4: field 'timestamp' is neither an integer nor a date-time: 'notatime'"):
+    with pytest.raises(
+        DataError, match=r"log.csv, line 4: field 'timestamp' is neither an integer nor a date-time: 'notatime'"
+    ):
         read_table(csv, {"user_id": "u", "item_id": "i", "timestamp": "t"})
 
 
@@ -171,7 +184,9 @@ def test_a_column_called_line_is_data_and_errors_list_only_the_files_columns(tmp
     with pytest.raises(DataError, match=r"missing column\(s\) \['user'\]; the file has \['line', 'u', 'i'\]$"):
         read_table(csv, {"user_id": "user", "item_id": "i"})
     with pytest.raises(DataError, match=r"DataFrame, line 2: field 'item_id' is empty"):
-        frame_to_interactions(pd.DataFrame({"line": ["x", "y"], "u": [1, 2], "i": [5, None]}), {"user_id": "u", "item_id": "i"})
+        frame_to_interactions(
+            pd.DataFrame({"line": ["x", "y"], "u": [1, 2], "i": [5, None]}), {"user_id": "u", "item_id": "i"}
+        )
 
 
 def test_events_within_one_second_keep_their_order_in_time(tmp_path):
@@ -179,7 +194,7 @@ def test_events_within_one_second_keep_their_order_in_time(tmp_path):
 
     def first_user_items(inter):
         seq = prepare_sequences(inter, verbose=False)
-        return [seq.item_raw_ids[i] for i in seq.item_ids[seq.seq_offsets[0]:seq.seq_offsets[1]]]
+        return [seq.item_raw_ids[i] for i in seq.item_ids[seq.seq_offsets[0] : seq.seq_offsets[1]]]
 
     # the file lists them out of order within second 10: b (10.2) comes before a (10.7) in time
     csv = tmp_path / "log.csv"
@@ -190,15 +205,30 @@ def test_events_within_one_second_keep_their_order_in_time(tmp_path):
     dates = tmp_path / "dates.csv"
     dates.write_text("u,i,t\n1,a,2024-01-01 10:00:00.700\n1,b,2024-01-01 10:00:00.200\n1,c,2024-01-01 10:00:01.000\n")
     assert first_user_items(read_table(dates, {"user_id": "u", "item_id": "i", "timestamp": "t"})) == ["b", "a", "c"]
-    typed = pd.DataFrame({"u": [1, 1, 1], "i": ["a", "b", "c"],
-                          "t": pd.to_datetime(["2024-01-01 10:00:00.7", "2024-01-01 10:00:00.2", "2024-01-01 10:00:01.0"])})
-    assert first_user_items(frame_to_interactions(typed, {"user_id": "u", "item_id": "i", "timestamp": "t"})) == ["b", "a", "c"]
-    whole = frame_to_interactions(pd.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5.0, 4.0]}),
-                                  {"user_id": "u", "item_id": "i", "timestamp": "t"})
+    typed = pd.DataFrame(
+        {
+            "u": [1, 1, 1],
+            "i": ["a", "b", "c"],
+            "t": pd.to_datetime(["2024-01-01 10:00:00.7", "2024-01-01 10:00:00.2", "2024-01-01 10:00:01.0"]),
+        }
+    )
+    assert first_user_items(frame_to_interactions(typed, {"user_id": "u", "item_id": "i", "timestamp": "t"})) == [
+        "b",
+        "a",
+        "c",
+    ]
+    whole = frame_to_interactions(
+        pd.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5.0, 4.0]}), {"user_id": "u", "item_id": "i", "timestamp": "t"}
+    )
     assert "timestamp_order" not in whole.frame.columns  # whole seconds order by themselves
     with pytest.raises(DataError, match="line 2: field 'timestamp' is empty"):
-        prepare_sequences(frame_to_interactions(pd.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5.5, float("nan")]}),
-                                                {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+        prepare_sequences(
+            frame_to_interactions(
+                pd.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5.5, float("nan")]}),
+                {"user_id": "u", "item_id": "i", "timestamp": "t"},
+            ),
+            verbose=False,
+        )
 
 
 def test_frame_to_interactions_pandas_and_unknown_column():
@@ -226,12 +256,20 @@ def test_item_text_ml1m_latin1():
 def test_unisrec_text_splits_title_category_brand(tmp_path):
     """UniSRec's Amazon text is "title. category. brand. ", split from the right (titles may hold ". ")."""
     f = tmp_path / "Shop.text"
-    f.write_text("item_id:token\ttext:token_seq\n"
-                 "A1\tGrit Roll. 80 grit. Industrial Sanding Rolls. PORTER-CABLE. \n"
-                 "A2\tJust a title\n", encoding="utf-8")
+    f.write_text(
+        "item_id:token\ttext:token_seq\n"
+        "A1\tGrit Roll. 80 grit. Industrial Sanding Rolls. PORTER-CABLE. \n"
+        "A2\tJust a title\n",
+        encoding="utf-8",
+    )
     rows = read_item_text(f, "unisrec_text").to_dicts()
-    assert rows[0] == {"item_id": "A1", "title": "Grit Roll. 80 grit", "genres": None, "brand": "PORTER-CABLE",
-                       "category": "Industrial Sanding Rolls"}
+    assert rows[0] == {
+        "item_id": "A1",
+        "title": "Grit Roll. 80 grit",
+        "genres": None,
+        "brand": "PORTER-CABLE",
+        "category": "Industrial Sanding Rolls",
+    }
     assert rows[1]["title"] == "Just a title" and rows[1]["brand"] is None and rows[1]["category"] is None
 
 
@@ -254,5 +292,7 @@ def test_negative_integer_ids_are_an_error_naming_the_line(tmp_path):
 def test_mixed_utc_offsets_and_naive_times_are_named(tmp_path):
     p = tmp_path / "log.csv"
     p.write_text("u,i,t\na,x,2024-01-01T10:00:00+02:00\na,y,2024-01-01T11:00:00+02:00\nb,x,2024-01-01 12:00:00\n")
-    with pytest.raises(DataError, match=r"log.csv, line 2: field 'timestamp' has a UTC offset .* where line 4 has none"):
+    with pytest.raises(
+        DataError, match=r"log.csv, line 2: field 'timestamp' has a UTC offset .* where line 4 has none"
+    ):
         read_table(p, {"user_id": "u", "item_id": "i", "timestamp": "t"})

@@ -12,7 +12,9 @@ from recsys.data.splits import make_split
 def _data(seqs: dict[int, list[int]], times: dict[int, list[int]] | None = None):
     rows = [(u, i, (times[u][k] if times else k)) for u, items in seqs.items() for k, i in enumerate(items)]
     df = pl.DataFrame({"u": [r[0] for r in rows], "i": [r[1] for r in rows], "t": [r[2] for r in rows]})
-    return prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+    return prepare_sequences(
+        frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False
+    )
 
 
 def test_padded_windows():

@@ -17,8 +17,9 @@ def test_synthetic_log_has_the_asked_shape_and_skew(tmp_path):
     assert counts[:20].sum() > 0.1 * df.height  # a popular head
     # each user's clock only moves forward
     assert df.with_columns(d=pl.col("timestamp").diff().over("user_id")).filter(pl.col("d") <= 0).height == 0
-    seq = prepare_sequences(read_table(path, {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}),
-                            verbose=False)
+    seq = prepare_sequences(
+        read_table(path, {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}), verbose=False
+    )
     assert seq.num_interactions == 50_000 and seq.num_users == info["users"]
     assert not (tmp_path / "log.parquet.tmp").exists()
     # deterministic for a seed

@@ -1,6 +1,7 @@
 """Kernel tests run the Triton kernels in Triton's interpreter on CPU when no GPU is present.
 
 TRITON_INTERPRET must be set before the kernel module is imported (``triton.jit`` reads it then)."""
+
 import os
 
 import torch

@@ -1,4 +1,5 @@
 """The fused CPU encoder kernel against its PyTorch reference and against the models' own PyTorch path."""
+
 import os
 import shutil
 import sys
@@ -26,8 +27,9 @@ def _left_padded(counts: torch.Tensor, length: int, num_items: int, gen: torch.G
     return ids * (torch.arange(length) >= length - counts[:, None])
 
 
-@pytest.mark.parametrize("causal,folded,heads", [(True, True, 1), (True, False, 1), (True, False, 4),
-                                                 (False, False, 2), (False, True, 1)])
+@pytest.mark.parametrize(
+    "causal,folded,heads", [(True, True, 1), (True, False, 1), (True, False, 4), (False, False, 2), (False, True, 1)]
+)
 @pytest.mark.parametrize("dim,ffn", [(32, 48), (20, 20)])  # 20: widths that are no multiple of 8 or 16
 def test_kernel_equals_the_reference(causal, folded, heads, dim, ffn):
     assert cpu_encoder.available()
@@ -86,8 +88,10 @@ def test_threads_of_its_own_compute_the_same_bits(tmp_path, monkeypatch):
     def outputs():
         assert cpu_encoder.available()
         ranker = cpu_encoder.ItemRanker(weights.item_table, 70)
-        return (cpu_encoder.encode_last(ids, weights, counts, num_threads=2),
-                ranker.ranks(users, targets, seen, "optimistic", num_threads=2))
+        return (
+            cpu_encoder.encode_last(ids, weights, counts, num_threads=2),
+            ranker.ranks(users, targets, seen, "optimistic", num_threads=2),
+        )
 
     first = outputs()
     monkeypatch.setattr(cpu_encoder, "_openmp_runtime", lambda: None)
@@ -118,14 +122,22 @@ def test_built_without_native_instructions_the_kernels_agree(tmp_path, monkeypat
         loss, grad_hidden, grad_items = cpu_encoder.softmax_ce(hidden, items, targets, True)
         block = logits.clone()
         sums = cpu_encoder.bf16_exp_column_sums(block)
-        return (cpu_encoder.encode_last(ids, weights, counts, num_threads=2), loss, grad_hidden, grad_items,
-                block.float(), sums)
+        return (
+            cpu_encoder.encode_last(ids, weights, counts, num_threads=2),
+            loss,
+            grad_hidden,
+            grad_items,
+            block.float(),
+            sums,
+        )
 
     native = outputs()
     wrapper = tmp_path / "cc-baseline"  # the system compiler with -march=native dropped
-    wrapper.write_text(f"#!{sys.executable}\nimport os, shutil, sys\n"
-                       "args = [a for a in sys.argv[1:] if a != '-march=native']\n"
-                       f"os.execv({shutil.which('cc')!r}, ['cc', *args])\n")
+    wrapper.write_text(
+        f"#!{sys.executable}\nimport os, shutil, sys\n"
+        "args = [a for a in sys.argv[1:] if a != '-march=native']\n"
+        f"os.execv({shutil.which('cc')!r}, ['cc', *args])\n"
+    )
     wrapper.chmod(0o755)
     monkeypatch.setenv("CC", str(wrapper))
     monkeypatch.setenv("RECSYS_CACHE", str(tmp_path / "cache"))
@@ -158,10 +170,15 @@ def _spread_weights(model):
     return model
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("sasrec", {"num_heads": 1}), ("sasrec", {"num_heads": 2, "num_blocks": 3}),
-    ("bert4rec", {"num_heads": 2, "ffn_dim": 64}), ("bert4rec", {"num_heads": 1}),
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("sasrec", {"num_heads": 1}),
+        ("sasrec", {"num_heads": 2, "num_blocks": 3}),
+        ("bert4rec", {"num_heads": 2, "ffn_dim": 64}),
+        ("bert4rec", {"num_heads": 1}),
+    ],
+)
 def test_models_user_vectors_equal_their_pytorch_path(name, kw):
     assert cpu_encoder.available()
     torch.manual_seed(0)
@@ -208,8 +225,9 @@ def test_ml1m_test_metrics_are_the_same_through_the_kernel(tmp_path, name):
     from recsys.train import Trainer, prepare_data
 
     assert cpu_encoder.available()
-    cfg = load_recipe(REPO / f"recipes/ml-1m/{name}.toml", [
-        "model.hidden_dim=32", "train.epochs=1", "train.num_threads=2"])
+    cfg = load_recipe(
+        REPO / f"recipes/ml-1m/{name}.toml", ["model.hidden_dim=32", "train.epochs=1", "train.num_threads=2"]
+    )
     trainer = Trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
     trainer.train_epoch()
     fused = trainer.evaluate("test")
@@ -264,8 +282,9 @@ def test_ranker_equals_the_score_matrix_ranks(tie_policy):
     scores = padded @ users.T
     scores[0] = float("-inf")
     scores[V:] = float("-inf")
-    assert torch.equal(ranker.ranks(users, targets, None, tie_policy),
-                       ranks_from_item_scores(scores, targets, None, tie_policy))
+    assert torch.equal(
+        ranker.ranks(users, targets, None, tie_policy), ranks_from_item_scores(scores, targets, None, tie_policy)
+    )
 
 
 @pytest.mark.parametrize("P,V,D", [(1, 1, 8), (47, 5, 20), (49, 48, 16), (97, 101, 64), (48, 200, 33)])
@@ -288,7 +307,9 @@ def test_softmax_ce_equals_torch_cross_entropy(P, V, D, logit_scale):
     # gradients is the same number
     one = cpu_encoder.softmax_ce(hidden, items, targets, True, num_threads=1)
     three = cpu_encoder.softmax_ce(hidden, items, targets, True, num_threads=3)
-    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(one, three, (losses, grad_hidden, grad_items)))
+    assert all(
+        torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(one, three, (losses, grad_hidden, grad_items))
+    )
     value, none_h, none_w = cpu_encoder.softmax_ce(hidden, items, targets, False)
     assert torch.equal(value, losses) and none_h is None and none_w is None
 
@@ -458,8 +479,9 @@ def _kernel_run(cache):
     from tests.conftest import REPO
 
     env = {**os.environ, "RECSYS_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-W", "always", "-c", CHECK], capture_output=True, text=True, cwd=REPO,
-                           env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", CHECK], capture_output=True, text=True, cwd=REPO, env=env, timeout=600
+    )
 
 
 def test_a_truncated_compiled_kernel_is_rebuilt_not_loaded(tmp_path):

@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys.kernels.hstu_attention import (hstu_attention, hstu_attention_last, hstu_attention_reference,
-                                          time_buckets)
+from recsys.kernels.hstu_attention import hstu_attention, hstu_attention_last, hstu_attention_reference, time_buckets
 
 
 def naive(q, k, v, offsets, N, pos_bias=None, time_bias=None, key_times=None, query_times=None):
@@ -51,11 +50,24 @@ def test_reference_matches_naive_formula(lengths, with_bias):
     kwargs = {}
     if with_bias:
         g = torch.Generator().manual_seed(1)
-        kwargs = dict(position_bias=torch.randn(N, generator=g), time_bias=torch.randn(129, generator=g),
-                      key_times=times, query_times=times + 17)
+        kwargs = dict(
+            position_bias=torch.randn(N, generator=g),
+            time_bias=torch.randn(129, generator=g),
+            key_times=times,
+            query_times=times + 17,
+        )
     got = hstu_attention_reference(q, k, v, offsets, N, **kwargs)
-    want = naive(q, k, v, offsets, N, kwargs.get("position_bias"), kwargs.get("time_bias"),
-                 kwargs.get("key_times"), kwargs.get("query_times"))
+    want = naive(
+        q,
+        k,
+        v,
+        offsets,
+        N,
+        kwargs.get("position_bias"),
+        kwargs.get("time_bias"),
+        kwargs.get("key_times"),
+        kwargs.get("query_times"),
+    )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -67,8 +79,9 @@ def test_reference_gradients_match_the_naive_formula():
     pos_bias, time_bias = torch.randn(N, generator=g), torch.randn(129, generator=g)
     inputs = [t.clone().requires_grad_(True) for t in (q, k, v, pos_bias, time_bias)]
     weights = torch.randn(q.shape[0], q.shape[1], v.shape[2], generator=g)
-    got = hstu_attention_reference(*inputs[:3], offsets, N, position_bias=inputs[3], time_bias=inputs[4],
-                                   key_times=times, query_times=times + 17)
+    got = hstu_attention_reference(
+        *inputs[:3], offsets, N, position_bias=inputs[3], time_bias=inputs[4], key_times=times, query_times=times + 17
+    )
     grads = torch.autograd.grad((got * weights).sum(), inputs)
     want = naive(*inputs[:3], offsets, N, inputs[3], inputs[4], times, times + 17)
     want_grads = torch.autograd.grad((want * weights).sum(), inputs)
@@ -85,17 +98,20 @@ def test_last_query_attention_equals_the_reference_last_rows(lengths, with_bias)
     kwargs = {}
     if with_bias:
         g = torch.Generator().manual_seed(2)
-        kwargs = dict(position_bias=torch.randn(N, generator=g), time_bias=torch.randn(129, generator=g),
-                      key_times=times)
+        kwargs = dict(
+            position_bias=torch.randn(N, generator=g), time_bias=torch.randn(129, generator=g), key_times=times
+        )
     query_times = times + 17
     full = hstu_attention_reference(q, k, v, offsets, N, query_times=query_times if with_bias else None, **kwargs)
     last = (offsets[1:] - 1).clamp_min(0)
     nonempty = offsets[1:] > offsets[:-1]
+
     def at_last(x):  # each sequence's last token (zeros when there are no tokens at all)
         return x[last] if len(x) else x.new_zeros(len(last), *x.shape[1:])
 
-    got = hstu_attention_last(at_last(q), k, v, offsets, N, query_times_last=at_last(query_times) if with_bias else None,
-                              **kwargs)
+    got = hstu_attention_last(
+        at_last(q), k, v, offsets, N, query_times_last=at_last(query_times) if with_bias else None, **kwargs
+    )
     assert got.shape == (len(lengths), q.shape[1], v.shape[2])
     torch.testing.assert_close(got[nonempty], full[last[nonempty]], rtol=1e-5, atol=1e-6)
     assert (got[~nonempty] == 0).all()
@@ -117,8 +133,9 @@ def test_small_blocks_give_the_same_result_and_gradients():
 
 def test_dispatcher_override_and_unknown_backend():
     q, k, v, offsets, _ = _inputs([4])
-    torch.testing.assert_close(hstu_attention(q, k, v, offsets, 4, backend="reference"),
-                               hstu_attention_reference(q, k, v, offsets, 4))
+    torch.testing.assert_close(
+        hstu_attention(q, k, v, offsets, 4, backend="reference"), hstu_attention_reference(q, k, v, offsets, 4)
+    )
     with pytest.raises(ValueError, match="unknown HSTU attention backend"):
         hstu_attention(q, k, v, offsets, 4, backend="cuda-magic")
 
@@ -128,8 +145,12 @@ def test_bf16_inputs_with_fp32_bias_tables():
     reference must accept the mix and return the input dtype (a GPU benchmark once failed on this)."""
     q, k, v, offsets, times = _inputs([6, 3, 9], seed=5)
     g = torch.Generator().manual_seed(2)
-    bias = dict(position_bias=torch.randn(10, generator=g), time_bias=torch.randn(129, generator=g),
-                key_times=times, query_times=times + 3)
+    bias = dict(
+        position_bias=torch.randn(10, generator=g),
+        time_bias=torch.randn(129, generator=g),
+        key_times=times,
+        query_times=times + 3,
+    )
     out = hstu_attention_reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), offsets, 10, **bias)
     assert out.dtype == torch.bfloat16
     want = hstu_attention_reference(q, k, v, offsets, 10, **bias)

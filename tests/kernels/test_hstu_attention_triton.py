@@ -5,6 +5,7 @@ Error bounds: fp32 inputs are compared at rtol 1e-4 / atol 1e-5 (fp32 accumulati
 order than the reference's; the kernel's fp32 dot products run in full fp32, not TF32, on a GPU too). fp16 at 2e-2 relative:
 the inputs carry 11 significant bits and products are rounded to fp16 before the A.V product.
 """
+
 import pytest
 import torch
 
@@ -28,7 +29,8 @@ def _inputs(lengths, H, D, DV, dtype=torch.float32, seed=0, bias=True, N=40):
         kwargs = dict(
             position_bias=(torch.randn(N, generator=g) * 0.3).to(DEVICE).requires_grad_(True),
             time_bias=(torch.randn(129, generator=g) * 0.3).to(DEVICE).requires_grad_(True),
-            key_times=times, query_times=times + 7,
+            key_times=times,
+            query_times=times + 7,
         )
     return q, k, v, offsets.to(DEVICE), kwargs
 

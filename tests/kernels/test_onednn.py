@@ -64,7 +64,9 @@ def test_falls_back_to_torch_where_onednn_does_not_apply(monkeypatch):
     x = torch.randn(4, 8)
     assert not onednn.usable(x.bfloat16())  # only fp32 goes this way (bf16 products use oneDNN already)
     assert not onednn.usable(x[:0])
-    assert onednn.usable(x) and not onednn.usable(x, onednn.MAX_OUTPUT_BYTES // 4 + 1)  # a fresh output that large faults
+    assert onednn.usable(x) and not onednn.usable(
+        x, onednn.MAX_OUTPUT_BYTES // 4 + 1
+    )  # a fresh output that large faults
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not onednn.usable(x)  # autocast picks its own low-precision product
         assert onednn.linear(x, torch.randn(3, 8)).dtype == torch.bfloat16
@@ -103,7 +105,9 @@ def test_a_blocks_inference_output_is_the_same_with_the_fused_feed_forward(monke
     from recsys.models.layers import blocks
 
     torch.manual_seed(0)
-    model = sasrec.SASRec(sasrec.SASRecConfig(max_seq_len=20, hidden_dim=32, num_heads=2, ffn_dim=128, dropout=0.0), 50).eval()
+    model = sasrec.SASRec(
+        sasrec.SASRecConfig(max_seq_len=20, hidden_dim=32, num_heads=2, ffn_dim=128, dropout=0.0), 50
+    ).eval()
     ids = torch.randint(1, 50, (6, 20))
     ids[:2, :9] = 0
     with torch.no_grad():

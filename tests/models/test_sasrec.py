@@ -225,8 +225,9 @@ def test_batch_without_padding_takes_the_maskless_path_with_the_same_outputs(nam
     """No padding: no mask is built (causal SDPA / plain attention); the same rows next to a padded row
     go through the masked path and must give the same outputs (and, in training, the same gradients)."""
     torch.manual_seed(0)
-    m = build_model(name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2,
-                           "dropout": 0.0}, num_items=40).train(train)
+    m = build_model(
+        name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.0}, num_items=40
+    ).train(train)
     full = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]])
     mixed = torch.cat([full, torch.tensor([[0, 0, 0, 0, 13, 14]])])
     out_full = m(full)
@@ -245,8 +246,9 @@ def test_a_padded_row_equals_the_same_history_alone(name):
     """Left padding is moved to the right inside the attention (no mask for causal attention): a short
     history next to long ones gives what it gives alone, in training (no dropout) and evaluation."""
     torch.manual_seed(0)
-    m = build_model(name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2,
-                           "dropout": 0.0}, num_items=40).train()
+    m = build_model(
+        name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.0}, num_items=40
+    ).train()
     batch = torch.tensor([[1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 13, 14], [0, 7, 8, 9, 10, 11]])
     alone = torch.tensor([[13, 14]])
     torch.testing.assert_close(m(batch)[1, -2:], m(alone)[0], rtol=1e-5, atol=1e-6)
@@ -265,8 +267,12 @@ def test_packing_attention_grid_puts_items_first():
     grid = packing.to_grid(packed)[..., 0]
     assert grid.tolist() == [[3, 4, 0, 0], [1, 2, 3, 4], [0, 0, 0, 0], [7, 0, 0, 0]]
     torch.testing.assert_close(packing.from_grid(packing.to_grid(packed)), packed)
-    assert packing.key_mask()[:, 0, 0].tolist() == [[True, True, False, False], [True] * 4,
-                                                    [True, False, False, False], [True, False, False, False]]
+    assert packing.key_mask()[:, 0, 0].tolist() == [
+        [True, True, False, False],
+        [True] * 4,
+        [True, False, False, False],
+        [True, False, False, False],
+    ]
     assert packing.last_rows(packed)[:, 0].tolist() == [4, 4, 0, 7]  # an empty row's is zeros
 
 
@@ -276,8 +282,9 @@ def test_one_head_inference_with_folded_projections_equals_the_plain_layer(name,
     """Without gradients an eval-mode one-head layer runs with its key and output projections folded
     into the query and output weights (CausalSelfAttention.folded): same outputs to fp32 rounding."""
     torch.manual_seed(0)
-    m = build_model(name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 1, "dropout": 0.0},
-                    num_items=40).eval()
+    m = build_model(
+        name, {"max_seq_len": 12, "hidden_dim": 16, "num_blocks": 2, "num_heads": 1, "dropout": 0.0}, num_items=40
+    ).eval()
     for p in m.parameters():  # biases away from zero, so the bias terms of the folding matter
         torch.nn.init.normal_(p, std=0.3)
     m.fused_cpu_inference = False  # the PyTorch path (the fused kernel has tests of its own)
@@ -335,13 +342,15 @@ def test_training_and_multi_head_layers_do_not_fold():
             block.attn._folded_forward = lambda *a, original=original: calls.append(1) or original(*a)
         return model
 
-    m = counted(build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 1, "dropout": 0.0},
-                            num_items=40))
+    m = counted(
+        build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 1, "dropout": 0.0}, num_items=40)
+    )
     ids = torch.tensor([[0, 1, 2, 3]])
     m.train()(ids).sum().backward()  # training
     m.eval()(ids)  # gradients enabled
-    two_heads = counted(build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 2},
-                                    num_items=40).eval())
+    two_heads = counted(
+        build_model("sasrec", {"max_seq_len": 12, "hidden_dim": 16, "num_heads": 2}, num_items=40).eval()
+    )
     with torch.no_grad():
         two_heads(ids)
     assert calls == []
@@ -364,7 +373,10 @@ def test_grouped_packed_attention_equals_the_grid_version_with_gradients(groups,
     grouped_bidirectional_attention or chunked_causal_attention, from_grid) in values and gradients,
     an empty row included."""
     from recsys.models.layers.attention import (
-        Packing, chunked_causal_attention, grouped_bidirectional_attention, grouped_packed_attention,
+        Packing,
+        chunked_causal_attention,
+        grouped_bidirectional_attention,
+        grouped_packed_attention,
     )
 
     torch.manual_seed(0)
@@ -374,15 +386,18 @@ def test_grouped_packed_attention_equals_the_grid_version_with_gradients(groups,
     packing = Packing(not_pad)
     qkv = torch.randn(packing.rows.numel(), 3 * H * d, requires_grad=True)  # packed rows incl. bucket copies
     weights = torch.randn(packing.rows.numel(), H * d)
-    weights[packing.num_real:] = 0  # the bucket's copy rows are never read
+    weights[packing.num_real :] = 0  # the bucket's copy rows are never read
     out = grouped_packed_attention(qkv, packing, H, groups=groups, causal=causal)
     q, k, v = packing.to_grid(qkv).view(B, L, 3, H, d).permute(2, 0, 3, 1, 4)
-    grid = (chunked_causal_attention(q, k, v, chunk=4) if causal
-            else grouped_bidirectional_attention(q, k, v, packing.counts, groups=groups))
+    grid = (
+        chunked_causal_attention(q, k, v, chunk=4)
+        if causal
+        else grouped_bidirectional_attention(q, k, v, packing.counts, groups=groups)
+    )
     expected = packing.from_grid(grid.transpose(1, 2).reshape(B, L, H * d))
     real = slice(0, packing.num_real)
     torch.testing.assert_close(out[real], expected[real], rtol=1e-5, atol=1e-6)
-    assert (out[packing.num_real:] == 0).all()
+    assert (out[packing.num_real :] == 0).all()
     _assert_same_gradients(out, expected, (qkv,), weights)
 
 

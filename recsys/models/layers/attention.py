@@ -2,6 +2,7 @@
 kernels on GPU), on CPU chunked causal attention (exact, 32 queries at a time) and, in training, groups
 of rows of similar length; one-head inference folds the key projection into the query's and the value
 projection into the output's (:meth:`CausalSelfAttention.folded`)."""
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,15 @@ from ...kernels.onednn import Linear, linear
 from ..dropout import dropout
 from .packing import Packing, exporting
 
-def chunked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
-                             chunk: int = 32, scale: float | None = None) -> torch.Tensor:
+
+def chunked_causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float = 0.0,
+    chunk: int = 32,
+    scale: float | None = None,
+) -> torch.Tensor:
     """Causal softmax attention, [B, H, L, d] -> [B, H, L, d], ``chunk`` queries at a time (CPU).
 
     Queries ``s .. e`` see keys ``0 .. e`` only: one batched GEMM for their scores, the upper triangle of
@@ -39,8 +47,9 @@ def chunked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return (out * (1.0 / (1.0 - dropout_p)) if dropout_p > 0 else out).view(B, H, L, d)
 
 
-def grouped_bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor,
-                                    dropout_p: float = 0.0, groups: int = 4) -> torch.Tensor:
+def grouped_bidirectional_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, dropout_p: float = 0.0, groups: int = 4
+) -> torch.Tensor:
     """Softmax attention over each row's real keys (CPU), [B, H, L, d] -> [B, H, L, d], rows in groups.
 
     Row b of the grid holds its ``counts[b]`` items in columns 0 .. counts[b] - 1 (:class:`Packing`).
@@ -68,8 +77,9 @@ def length_groups(counts: torch.Tensor, groups: int) -> list[tuple[torch.Tensor,
     return [(rows, max(n, 1)) for rows, n in zip(parts, longest)]
 
 
-def _key_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row_counts: torch.Tensor,
-                          dropout_p: float) -> torch.Tensor:
+def _key_masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row_counts: torch.Tensor, dropout_p: float
+) -> torch.Tensor:
     """Softmax attention [B_g, H, n, d] -> [B_g, H, n, d] over each row's first ``row_counts`` [B_g, 1]
     keys (key 0 for an empty row, as :meth:`Packing.key_mask`); dropout's 1 / (1 - p) left to the caller."""
     n, d = q.shape[-2:]
@@ -82,8 +92,9 @@ def _key_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row
     return dropout(weights, dropout_p, rescale=False) @ v
 
 
-def grouped_packed_attention(qkv: torch.Tensor, packing: Packing, heads: int, dropout_p: float = 0.0,
-                             groups: int = 4, causal: bool = False) -> torch.Tensor:
+def grouped_packed_attention(
+    qkv: torch.Tensor, packing: Packing, heads: int, dropout_p: float = 0.0, groups: int = 4, causal: bool = False
+) -> torch.Tensor:
     """:func:`grouped_bidirectional_attention` read from and written to the packed rows (CPU training);
     ``causal``: each group through :func:`chunked_causal_attention` on its own n_g columns instead.
 
@@ -159,14 +170,20 @@ class CausalSelfAttention(nn.Module):
         epochs then ran with the first epoch's folded weights.)"""
         params = tuple(t.detach() for t in (self.qkv.weight, self.qkv.bias, self.out.weight, self.out.bias))
         source = getattr(self, "_folded_source", None)  # ~10 us to compare at D = 64, ~60 to refold
-        if source is None or not all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
-                                     and torch.equal(a, b) for a, b in zip(params, source)):
+        if source is None or not all(
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+            for a, b in zip(params, source)
+        ):
             with torch.no_grad():
                 D = self.out.weight.shape[0]
                 (w_q, w_k, w_v), (b_q, _, b_v) = self.qkv.weight.split(D), self.qkv.bias.split(D)
                 scale = D**-0.5
-                self._folded_weights = ((w_k.t() @ w_q).mul_(scale), (w_k.t() @ b_q).mul_(scale),
-                                        self.out.weight @ w_v, self.out.weight @ b_v + self.out.bias)
+                self._folded_weights = (
+                    (w_k.t() @ w_q).mul_(scale),
+                    (w_k.t() @ b_q).mul_(scale),
+                    self.out.weight @ w_v,
+                    self.out.weight @ b_v + self.out.bias,
+                )
             self._folded_source = tuple(t.clone() for t in params)
         return self._folded_weights
 
@@ -184,8 +201,9 @@ class CausalSelfAttention(nn.Module):
         else:
             q = packing.to_grid(linear(x, w_query, b_query)).view(B, 1, L, D)
             mask = None if causal else packing.key_mask()
-            y = packing.from_grid(F.scaled_dot_product_attention(q, keys, keys, attn_mask=mask,
-                                                                 is_causal=causal, scale=1.0)[:, 0])
+            y = packing.from_grid(
+                F.scaled_dot_product_attention(q, keys, keys, attn_mask=mask, is_causal=causal, scale=1.0)[:, 0]
+            )
         return linear(y, w_out, b_out)
 
     def _last_queries_keys_values(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None):
@@ -204,14 +222,25 @@ class CausalSelfAttention(nn.Module):
             v = packing.to_grid(self.v(x)).view(B, L, H, D // H).transpose(1, 2)
         return q.view(B, 1, H, D // H).transpose(1, 2), k, v
 
-    def forward(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None = None,
-                last_only: bool = False, causal: bool = True):
+    def forward(
+        self,
+        x: torch.Tensor,
+        packing: Packing,
+        attention_input: torch.Tensor | None = None,
+        last_only: bool = False,
+        causal: bool = True,
+    ):
         """Packed [T, D] -> [T, D] (T: :class:`Packing`'s rows), or [B, D] for each row's last query only
         (``last_only``: keys and values still come from every position). ``causal``: a query sees its
         own and earlier positions (SASRec), otherwise every position of its row (BERT4Rec)."""
-        if (self.folds_at_inference() and attention_input is None and not self.training
-                and not torch.is_grad_enabled() and not torch.jit.is_tracing()
-                and not torch.compiler.is_compiling()):
+        if (
+            self.folds_at_inference()
+            and attention_input is None
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+        ):
             return self._folded_forward(x, packing, last_only, causal)
         B, L, D = packing.batch, packing.length, x.shape[-1]
         H = self.num_heads
@@ -220,8 +249,9 @@ class CausalSelfAttention(nn.Module):
             q, k, v = self._last_queries_keys_values(x, packing, attention_input)
             mask, is_causal = packing.key_mask(), False
         else:
-            if (attention_input is None and self.training and x.device.type == "cpu"
-                    and type(packing) is Packing):  # packed rows in, packed rows out (no attention grid)
+            if (
+                attention_input is None and self.training and x.device.type == "cpu" and type(packing) is Packing
+            ):  # packed rows in, packed rows out (no attention grid)
                 return self.out(grouped_packed_attention(self.qkv(x), packing, H, self.dropout, causal=causal))
             if attention_input is None:
                 q, k, v = packing.to_grid(self.qkv(x)).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)

@@ -1,5 +1,6 @@
 """Transformer blocks (pre-LayerNorm) on packed rows, running them in order, and their inference on CPU
 through the fused C kernel (:mod:`recsys.kernels.cpu_encoder`), whose reference is the PyTorch path here."""
+
 from __future__ import annotations
 
 import math
@@ -14,25 +15,40 @@ from ..gelu import GELU
 from .attention import CausalSelfAttention
 from .packing import GridRows, Packing, exporting
 
+
 class Block(nn.Module):
     """A pre-LayerNorm transformer block on packed rows: x + attention(LN(x)), then x + FFN(LN(x)) with a
     GELU feed-forward network of width ``ffn_dim`` (default ``dim``). ``attention_dim``: queries and keys
     come from a separate attention stream of that width (DARE-style decoupling); ``inner_dropout``:
     dropout between the FFN's two layers (SASRec's code has it, BERT's does not)."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float, ffn_dim: int | None = None,
-                 attention_dim: int | None = None, inner_dropout: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        dropout: float,
+        ffn_dim: int | None = None,
+        attention_dim: int | None = None,
+        inner_dropout: bool = True,
+    ):
         super().__init__()
         self.ln_attn = nn.LayerNorm(dim)
         self.attn = CausalSelfAttention(dim, num_heads, dropout, attention_dim)
         self.ln_ffn = nn.LayerNorm(dim)
         ffn = ffn_dim or dim
-        self.ffn = nn.Sequential(Linear(dim, ffn), GELU(), Dropout(dropout) if inner_dropout else nn.Identity(),
-                                 Linear(ffn, dim))
+        self.ffn = nn.Sequential(
+            Linear(dim, ffn), GELU(), Dropout(dropout) if inner_dropout else nn.Identity(), Linear(ffn, dim)
+        )
         self.drop = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, packing: Packing, attention_input: torch.Tensor | None = None,
-                last_only: bool = False, causal: bool = True):
+    def forward(
+        self,
+        x: torch.Tensor,
+        packing: Packing,
+        attention_input: torch.Tensor | None = None,
+        last_only: bool = False,
+        causal: bool = True,
+    ):
         """Packed [T, D] -> [T, D]; ``last_only``: [B, D], each row's last position alone (the last
         block of an evaluation, which reads no other position: a 1 / L share of its attention and FFN)."""
         residual = packing.last_rows(x) if last_only else x
@@ -45,9 +61,15 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(h))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, not_pad: torch.Tensor, causal: bool,
-               attention_input: torch.Tensor | None = None, last_only: bool = False,
-               grid: bool = False) -> torch.Tensor:
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    not_pad: torch.Tensor,
+    causal: bool,
+    attention_input: torch.Tensor | None = None,
+    last_only: bool = False,
+    grid: bool = False,
+) -> torch.Tensor:
     """The blocks in order on the real positions only (:class:`Packing`): left-padded [B, L, D] ->
     [B, L, D] with zeros at padding, or [B, 1, D] with ``last_only`` (the last block computes the last
     position only). ``grid``: x, not_pad (and attention_input) are in the grid layout instead, each
@@ -70,8 +92,20 @@ def _fused_block_weights(block: Block) -> tuple[torch.Tensor, ...]:
     else:
         w_qkv, b_qkv, w_out, b_out = attn.qkv.weight, attn.qkv.bias, attn.out.weight, attn.out.bias
     first, second = block.ffn[0], block.ffn[3]
-    weights = (block.ln_attn.weight, block.ln_attn.bias, w_qkv.t(), b_qkv, w_out.t(), b_out,
-               block.ln_ffn.weight, block.ln_ffn.bias, first.weight.t(), first.bias, second.weight.t(), second.bias)
+    weights = (
+        block.ln_attn.weight,
+        block.ln_attn.bias,
+        w_qkv.t(),
+        b_qkv,
+        w_out.t(),
+        b_out,
+        block.ln_ffn.weight,
+        block.ln_ffn.bias,
+        first.weight.t(),
+        first.bias,
+        second.weight.t(),
+        second.bias,
+    )
     return tuple(t.detach().contiguous() for t in weights)
 
 
@@ -80,10 +114,17 @@ def fused_inference_ready(model: nn.Module) -> bool:
     :mod:`recsys.kernels.cpu_encoder`: eval mode, no gradients, fp32, standard blocks (no DARE-style
     decoupling), a kernel built on this machine, not exporting. ``model.fused_cpu_inference = False``
     turns it off for one model (tests compare both paths)."""
-    if not (getattr(model, "fused_cpu_inference", False) and model.item_embedding.weight.dtype == torch.float32
-            and model.item_embedding.weight.device.type == "cpu" and not model.training
-            and not torch.is_grad_enabled() and not getattr(model.cfg, "attention_table_dim", None)
-            and not exporting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):
+    if not (
+        getattr(model, "fused_cpu_inference", False)
+        and model.item_embedding.weight.dtype == torch.float32
+        and model.item_embedding.weight.device.type == "cpu"
+        and not model.training
+        and not torch.is_grad_enabled()
+        and not getattr(model.cfg, "attention_table_dim", None)
+        and not exporting()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    ):
         return False
     norms = [model.final_ln] + [ln for b in model.blocks for ln in (b.ln_attn, b.ln_ffn)]
     if any(ln.eps != model.final_ln.eps or ln.weight is None or ln.bias is None for ln in norms):
@@ -106,10 +147,17 @@ def fused_last_hidden(model: nn.Module, item_ids: torch.Tensor, causal: bool) ->
         return None
     attn = model.blocks[0].attn
     weights = cpu_encoder.EncoderWeights(
-        model.item_embedding.weight.detach(), model.position_embedding.weight.detach(),
-        model.final_ln.weight.detach(), model.final_ln.bias.detach(),
-        [_fused_block_weights(b) for b in model.blocks], attn.num_heads, causal, attn.folds_at_inference(),
-        model.final_ln.eps, math.sqrt(model.cfg.hidden_dim))
+        model.item_embedding.weight.detach(),
+        model.position_embedding.weight.detach(),
+        model.final_ln.weight.detach(),
+        model.final_ln.bias.detach(),
+        [_fused_block_weights(b) for b in model.blocks],
+        attn.num_heads,
+        causal,
+        attn.folds_at_inference(),
+        model.final_ln.eps,
+        math.sqrt(model.cfg.hidden_dim),
+    )
     return cpu_encoder.encode_last(item_ids, weights, counts)
 
 

@@ -1,9 +1,11 @@
 """Packing: the real (non-padding) positions of a left-padded batch as rows of one [T, F] tensor, so
 that blocks compute no padding; and the grid layout (each row's items first) that export and short
 batches use instead."""
+
 from __future__ import annotations
 
 import torch
+
 
 def exporting() -> bool:
     """Whether ``torch.export`` is tracing: the encoders then take their branch-free paths (the grid
