@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import RecsysError
-from .evaluation import EvalConfig
-from .losses import LossConfig
 from .models.base import model_config_class
 
 
@@ -44,6 +42,58 @@ class DataConfig:
     test_cut: float | None = None
     cold_item_fraction: float = 0.0  # > 0: hold this share of items out of training (cold-start test targets)
     cold_item_seed: int = 0
+
+
+@dataclass
+class LossConfig:
+    name: Literal["ce", "sampled_softmax", "bce", "gbce"] = "ce"
+    num_negatives: int = 128  # sampled_softmax / gbce (bce always uses one)
+    negatives_shared: Literal["batch", "sequence", "position"] = "sequence"
+    temperature: float = 1.0
+    l2_normalize: bool = False
+    gbce_t: float = 0.75
+    ce_chunk_size: int = 128  # ce: positions per logits block (bounds memory, keeps blocks in cache)
+    # ce: dtype of the logit GEMMs; "auto" = bfloat16 where bf16 products run on bf16 units (CUDA, CPUs
+    # with AVX512-BF16 / AMX), float32 elsewhere (emulated bf16 is many times slower than fp32 there)
+    ce_matmul_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
+    ce_item_chunk_size: int = 0  # ce: items per logits block (online log-sum-exp); 0 = whole catalogue
+    # sampled_softmax: this many of the batch's own targets as extra negatives, shared by every position
+    # (drawn uniformly among the batch's targets, i.e. by item popularity: "mixed negative sampling")
+    in_batch_negatives: int = 0
+    # sampled_softmax: subtract log(expected draws of the item) from every logit (Yi et al. 2019), so
+    # popular items that turn up often as in-batch negatives are not over-penalised
+    logq_correction: bool = False
+
+
+@dataclass
+class EvalConfig:
+    ks: tuple[int, ...] = (1, 5, 10, 20)
+    exclude_seen: bool = True
+    block_size: int = 512  # users per GEMM block (fewer when the catalogue is large, see max_block_mb)
+    max_block_mb: int = 512  # bound on one block of scores [items, users]: memory does not grow with the catalogue
+    # how items scored exactly like the target count (recsys.metrics): "expected" averages over a random
+    # order of them; "optimistic" / "pessimistic" put the target first / last among them
+    tie_policy: Literal["expected", "optimistic", "pessimistic"] = "expected"
+    # with exclude_seen, a target that repeats an item of the user's history (docstring):
+    # "exclude": it is excluded like every seen item, so the user counts as a miss (RecBole's protocol);
+    # "keep": it stays a candidate while the rest of the history is removed (tells the model the answer);
+    # "apart": such users are ranked against every item, history included, and reported on their own
+    repeat_targets: Literal["exclude", "keep", "apart"] = "exclude"
+    early_stopping_metric: str = "ndcg@10"
+    # "all": every user's exact rank, every metric; "cutoff": exact ranks up to max(ks) only, found from
+    # the most frequent items first: the same @k metrics, no uncut MRR, several times faster (docstring)
+    ranks: Literal["all", "cutoff"] = "all"
+    popular_items: int = 2040  # items every user is scored against first under ranks="cutoff"
+    # history positions per encoder call (a block's users go through the encoder in slices of at most
+    # this many [users x length] positions): the encoder's intermediates stay small and are reused from
+    # the heap (one call per block of 512 users at length 200 was slower); the best value depends on the
+    # CPU (a larger one suited a CPU without AVX-512); the metrics do not depend on it
+    encoder_tokens: int = 8192
+    # legacy sampled metrics (as in BERT4Rec's paper), off by default: > 0 ranks each target against this
+    # many sampled items instead of the whole catalogue; results are labelled (``protocol``)
+    sampled_negatives: int = 0
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"  # popularity: by the item's count in the log
+    negative_seed: int = 0
 
 
 @dataclass

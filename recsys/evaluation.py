@@ -34,8 +34,6 @@ reports them separately. How many targets repeat a history item is always report
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -43,6 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
+from .config import EvalConfig
 from .data.batching import iter_eval_batches, seen_items_csr
 from .data.readers import DataError
 from .data.splits import EvalSet, Split
@@ -55,39 +54,6 @@ from .metrics import (
     ranking_metric_sums,
     ranks_under_policy,
 )
-
-REPEAT_TARGET_POLICIES = ("exclude", "keep", "apart")
-
-
-@dataclass
-class EvalConfig:
-    ks: tuple[int, ...] = (1, 5, 10, 20)
-    exclude_seen: bool = True
-    block_size: int = 512  # users per GEMM block (fewer when the catalogue is large, see max_block_mb)
-    max_block_mb: int = 512  # bound on one block of scores [items, users]: memory does not grow with the catalogue
-    # how items scored exactly like the target count (recsys.metrics): "expected" averages over a random
-    # order of them; "optimistic" / "pessimistic" put the target first / last among them
-    tie_policy: Literal["expected", "optimistic", "pessimistic"] = "expected"
-    # with exclude_seen, a target that repeats an item of the user's history (docstring):
-    # "exclude": it is excluded like every seen item, so the user counts as a miss (RecBole's protocol);
-    # "keep": it stays a candidate while the rest of the history is removed (tells the model the answer);
-    # "apart": such users are ranked against every item, history included, and reported on their own
-    repeat_targets: Literal["exclude", "keep", "apart"] = "exclude"
-    early_stopping_metric: str = "ndcg@10"
-    # "all": every user's exact rank, every metric; "cutoff": exact ranks up to max(ks) only, found from
-    # the most frequent items first: the same @k metrics, no uncut MRR, several times faster (docstring)
-    ranks: Literal["all", "cutoff"] = "all"
-    popular_items: int = 2040  # items every user is scored against first under ranks="cutoff"
-    # history positions per encoder call (a block's users go through the encoder in slices of at most
-    # this many [users x length] positions): the encoder's intermediates stay small and are reused from
-    # the heap (one call per block of 512 users at length 200 was slower); the best value depends on the
-    # CPU (a larger one suited a CPU without AVX-512); the metrics do not depend on it
-    encoder_tokens: int = 8192
-    # legacy sampled metrics (as in BERT4Rec's paper), off by default: > 0 ranks each target against this
-    # many sampled items instead of the whole catalogue; results are labelled (``protocol``)
-    sampled_negatives: int = 0
-    negative_sampling: Literal["uniform", "popularity"] = "uniform"  # popularity: by the item's count in the log
-    negative_seed: int = 0
 
 
 def item_counts(split: Split, num_items: int) -> np.ndarray:

@@ -19,39 +19,17 @@ item vectors [V, D] (row 0 = padding, never a candidate) and returns the mean ov
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from .config import LossConfig
 from .kernels import cpu_encoder, onednn
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
 # fp32 full-CE logit blocks through oneDNN hold at most this many values (14 MB): 64 positions of
 # Beauty's 54,542 items, 128 (the default ce_chunk_size) of ML-1M's 3,615
 DNN_BLOCK_VALUES = 64 * 54_560
-
-
-@dataclass
-class LossConfig:
-    name: Literal["ce", "sampled_softmax", "bce", "gbce"] = "ce"
-    num_negatives: int = 128  # sampled_softmax / gbce (bce always uses one)
-    negatives_shared: Literal["batch", "sequence", "position"] = "sequence"
-    temperature: float = 1.0
-    l2_normalize: bool = False
-    gbce_t: float = 0.75
-    ce_chunk_size: int = 128  # ce: positions per logits block (bounds memory, keeps blocks in cache)
-    # ce: dtype of the logit GEMMs; "auto" = bfloat16 where bf16 products run on bf16 units (CUDA, CPUs
-    # with AVX512-BF16 / AMX), float32 elsewhere (emulated bf16 is many times slower than fp32 there)
-    ce_matmul_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
-    ce_item_chunk_size: int = 0  # ce: items per logits block (online log-sum-exp); 0 = whole catalogue
-    # sampled_softmax: this many of the batch's own targets as extra negatives, shared by every position
-    # (drawn uniformly among the batch's targets, i.e. by item popularity: "mixed negative sampling")
-    in_batch_negatives: int = 0
-    # sampled_softmax: subtract log(expected draws of the item) from every logit (Yi et al. 2019), so
-    # popular items that turn up often as in-batch negatives are not over-penalised
-    logq_correction: bool = False
 
 
 class Workspace:
