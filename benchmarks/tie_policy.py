@@ -42,7 +42,7 @@ def main() -> None:
         rows = []
         for tie_policy, repeats in POLICIES:
             trainer.cfg.eval.tie_policy, trainer.cfg.eval.repeat_targets = tie_policy, repeats
-            out = trainer.evaluate("test", return_ranks=tie_policy == "expected" and repeats == "keep")
+            out = trainer.evaluate("test", return_ranks=True)
             row = {
                 "tie_policy": tie_policy,
                 "repeat_targets": repeats,

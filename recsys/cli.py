@@ -1,4 +1,4 @@
-"""Command line: ``recsys train | evaluate | data | export | index | retrieve | results``.
+"""Command line: ``recsys train | evaluate | data | export | index | retrieve``.
 
 recsys train recipes/ml-100k/sasrec.toml [--set model.num_blocks=4 ...] [--run-dir DIR] [--resume]
 recsys evaluate RUN_DIR [--split test|valid] [--set eval.exclude_seen=false]
@@ -7,7 +7,6 @@ recsys data list                the dataset cards
 recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, the encoder program, manifest
 recsys index build DIR --type hnsw      a FAISS index over an export
 recsys retrieve INDEX_DIR --history "i1,i2" -k 10 | --users FILE
-recsys results benchmarks/results.jsonl --out benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -448,14 +447,6 @@ def cmd_retrieve(args) -> int:
     return 0
 
 
-def cmd_results(args) -> int:
-    from .results import write_markdown
-
-    write_markdown(args.jsonl, args.out)
-    print(f"wrote {args.out}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description="Sequential recommendation: train, evaluate, inspect data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -540,11 +531,6 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--include-seen", action="store_true", help="do not filter the items of the history")
     rt.add_argument("--export-dir", help="default: the export the index was built from")
     rt.set_defaults(func=cmd_retrieve)
-
-    r = sub.add_parser("results", help="render RESULTS.md from a results JSONL")
-    r.add_argument("jsonl")
-    r.add_argument("--out", required=True)
-    r.set_defaults(func=cmd_results)
     return p
 
 

@@ -457,3 +457,14 @@ def test_a_python_api_run_keeps_its_log_too(tmp_path, capsys):
     log = (tmp_path / "r" / "train.log").read_text()
     assert "epoch   1  loss" in log and "ml-100k: 943 users, 1,682 items" in log  # the epochs and the data
     assert (tmp_path / "r" / "env.json").exists()
+
+
+def test_learning_curves_mark_the_best_epoch_and_need_no_matplotlib(tmp_path, monkeypatch, capsys):
+    from recsys.train import plot_learning_curves
+
+    history = [{"epoch": e, "train_loss": 9 - e, "valid": {"ndcg@10": v}} for e, v in [(1, 0.1), (2, 0.3), (3, 0.2)]]
+    assert plot_learning_curves(history, tmp_path / "c.png", "ndcg@10", title="sasrec on x", best_epoch=2)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert not plot_learning_curves(history, tmp_path / "d.png", "ndcg@10")
+    assert "matplotlib is not installed" in capsys.readouterr().err and not (tmp_path / "d.png").exists()

@@ -1,6 +1,12 @@
-"""RESULTS.md is rendered from records of every kind the benchmarks write."""
+"""RESULTS.md is rendered (benchmarks/render_results.py) from records of every kind the benchmarks write."""
 
-from recsys.results import make_record, render_markdown
+import sys
+from pathlib import Path
+
+from recsys.results import make_record
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from render_results import _machine_short, render_markdown, write_markdown  # noqa: E402
 
 MACHINE = {"cpu": "test cpu", "torch_threads": 2}
 
@@ -201,20 +207,22 @@ def test_every_record_kind_renders():
         assert expected in md, expected
 
 
-def test_a_line_that_is_not_json_names_the_file_and_line(tmp_path, capsys):
-    from recsys.cli import main
+def test_a_line_that_is_not_json_names_the_file_and_line(tmp_path):
+    import pytest
+
+    from recsys.errors import DataError
 
     bad = tmp_path / "results.jsonl"
     bad.write_text('{"kind": "train"}\nnot json\n')
-    assert main(["results", str(bad), "--out", str(tmp_path / "R.md")]) == 2
-    assert "results.jsonl, line 2: not JSON" in capsys.readouterr().err
+    with pytest.raises(DataError, match="results.jsonl, line 2: not JSON"):
+        write_markdown(bad, tmp_path / "R.md")
     assert not (tmp_path / "R.md").exists()
 
 
 def test_machine_names_the_cpu_generation_and_its_vector_units():
     import torch
 
-    from recsys.results import _machine_short, machine
+    from recsys.results import machine
 
     m = machine()
     assert m["cores"] >= 1 and m["torch_threads"] == torch.get_num_threads()
