@@ -371,7 +371,7 @@ class Trainer:
             raise ConfigError(
                 f"model ({cfg.model_name}) does not fit in memory here: {str(err).strip().splitlines()[0][:200]}"
             ) from None
-        if getattr(self.model, "needs_item_text", False):  # text-based items: the catalogue's text vectors
+        if self.model.needs_item_text:  # text-based items: the catalogue's text vectors
             from .data.cards import load_item_text
             from .text import item_text_vectors
 
@@ -465,14 +465,11 @@ class Trainer:
             disable=not self.progress,
             leave=False,
         )
-        cloze = getattr(self.model, "objective", "next_item") == "cloze"
+        cloze = self.model.objective == "cloze"
         # full CE scores the positions with a target and nothing else: an encoder that can compute the real
         # positions alone (SASRec) skips the padding (a batch where a padding input has a target does not)
         packed_training = (
-            not cloze
-            and cfg.loss.name == "ce"
-            and not cfg.train.compile
-            and getattr(self.model, "packed_forward_available", False)
+            not cloze and cfg.loss.name == "ce" and not cfg.train.compile and self.model.packed_forward_available
         )
         skipped = 0  # steps with a non-finite loss or gradient (train.nonfinite = "skip")
         for step, batch in enumerate(bar):

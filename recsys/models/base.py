@@ -12,6 +12,8 @@ so any loss works with any encoder. A user's representation is the hidden state 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.metadata
 from typing import Any, Callable
 
 import torch
@@ -31,6 +33,10 @@ class SequentialEncoder(nn.Module):
     #: True when ``forward(item_ids, packed=True)`` gives (hidden [T, D], index [T]): the T real (non-padding)
     #: positions alone and their flat indices into [B * L] (next-item training with full CE uses it)
     packed_forward_available: bool = False
+    #: the id that replaces masked inputs (objective "cloze"); None for next-item models
+    mask_token: int | None = None
+    #: True when the model reads the catalogue's item text: the trainer calls ``set_item_text([V, T])`` first
+    needs_item_text: bool = False
 
     # forward(item_ids [B, L] (0 = left padding), timestamps [B, L] | None,
     #         next_timestamps [B, L] | None (time of the item to predict)) -> hidden [B, L, D]
@@ -73,27 +79,59 @@ def padding_and_positions(item_ids: torch.Tensor, max_seq_len: int) -> tuple[tor
 
 # name -> (encoder class, its config dataclass)
 MODELS: dict[str, tuple[type[SequentialEncoder], type]] = {}
+ENTRY_POINT_GROUP = "recsys.models"  # installed packages may add models under this entry-point group
 
 
 def register(name: str, config_cls: type) -> Callable[[type[SequentialEncoder]], type[SequentialEncoder]]:
+    """Class decorator: the encoder (a :class:`SequentialEncoder`) under ``name``, built from ``config_cls``
+    (a dataclass of its settings) and the catalogue size."""
+
     def wrap(cls: type[SequentialEncoder]) -> type[SequentialEncoder]:
+        if not (isinstance(cls, type) and issubclass(cls, SequentialEncoder)):
+            raise TypeError(f"@register({name!r}): {cls!r} is not a SequentialEncoder")
+        if not dataclasses.is_dataclass(config_cls):
+            raise TypeError(f"@register({name!r}): the config {config_cls!r} is not a dataclass")
         MODELS[name] = (cls, config_cls)
         return cls
 
     return wrap
 
 
-def model_config_class(name: str) -> type:
+def resolve_model(name: str) -> tuple[type[SequentialEncoder], type]:
+    """(encoder class, config class) of a model name: a built-in (imported on first use), one that an
+    installed package declares under the ``recsys.models`` entry-point group, or ``"module.path:name"``,
+    which imports ``module.path`` (it registers ``name`` with :func:`register`). KeyError otherwise."""
     _import_builtin_models()
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}")
-    return MODELS[name][1]
+    if name in MODELS:
+        return MODELS[name]
+    module, sep, registered = name.partition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise KeyError(f"model {name!r}: cannot import {module!r} ({err})") from None
+        if registered not in MODELS:
+            raise KeyError(
+                f"model {name!r}: {module!r} registers no model {registered!r}; it registers {sorted(MODELS)}"
+            )
+        MODELS[name] = MODELS[registered]
+        return MODELS[name]
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
+        entry.load()  # the module registers the model
+        if name in MODELS:
+            return MODELS[name]
+    raise KeyError(
+        f"unknown model {name!r}; registered: {sorted(MODELS)} (or 'module.path:name' for a model of your own)"
+    )
+
+
+def model_config_class(name: str) -> type:
+    return resolve_model(name)[1]
 
 
 def build_model(name: str, config: Any, num_items: int) -> SequentialEncoder:
     """Instantiate a registered encoder from its config dataclass (or a dict of its fields)."""
-    config_cls = model_config_class(name)
-    cls = MODELS[name][0]
+    cls, config_cls = resolve_model(name)
     if isinstance(config, dict):
         config = config_cls(**config)
     if not dataclasses.is_dataclass(config):
