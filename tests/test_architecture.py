@@ -21,7 +21,7 @@ ALLOWED = {
     "distributed": set(),
     "optim": set(),
     "kernels": {"errors", "files", "metrics"},
-    "data": {"errors", "files"},
+    "data": {"errors", "files", "config"},
     "losses": {"errors", "config", "kernels", "metrics"},
     "models": {"errors", "files", "metrics", "kernels", "data", "text"},
     "text": {"errors", "files", "data", "models"},

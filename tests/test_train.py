@@ -261,25 +261,25 @@ def test_compile_on_cpu_is_warned_about(capsys):
 
 
 def test_a_custom_log_is_prepared_once_and_read_again_when_it_changes(tmp_path, monkeypatch):
-    from recsys import train
     from recsys.config import DataConfig
+    from recsys.data import pipeline
 
     log = tmp_path / "events.csv"
     log.write_text("u,i,t\n" + "".join(f"{u},{(u + k) % 7},{k}\n" for u in range(5) for k in range(4)))
     cfg = DataConfig(
         dataset="custom", path=str(log), reader="table", columns={"user_id": "u", "item_id": "i", "timestamp": "t"}
     )
-    first = train.prepare_data(cfg, verbose=False)
-    assert first.info["sha256"] == train.sha256_of(log) and first.info["interactions"] == 20
+    first = pipeline.prepare_data(cfg, verbose=False)
+    assert first.info["sha256"] == pipeline.sha256_of(log) and first.info["interactions"] == 20
     reads = []
-    real_read_table = train.read_table
-    monkeypatch.setattr(train, "read_table", lambda *a, **k: reads.append(1) or real_read_table(*a, **k))
-    again = train.prepare_data(cfg, verbose=False)  # from the cache: not parsed again
+    real_read_table = pipeline.read_table
+    monkeypatch.setattr(pipeline, "read_table", lambda *a, **k: reads.append(1) or real_read_table(*a, **k))
+    again = pipeline.prepare_data(cfg, verbose=False)  # from the cache: not parsed again
     assert reads == [] and np.array_equal(np.asarray(again.split.data.item_ids), np.asarray(first.split.data.item_ids))
     log.write_text(log.read_text() + "5,1,9\n5,2,10\n5,3,11\n")  # another file: parsed again
-    assert train.prepare_data(cfg, verbose=False).info["interactions"] == 23 and reads == [1]
+    assert pipeline.prepare_data(cfg, verbose=False).info["interactions"] == 23 and reads == [1]
     cfg.columns = {"user_id": "i", "item_id": "u", "timestamp": "t"}  # other reader settings: parsed again
-    train.prepare_data(cfg, verbose=False)
+    pipeline.prepare_data(cfg, verbose=False)
     assert reads == [1, 1]
 
 
