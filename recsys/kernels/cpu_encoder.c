@@ -734,7 +734,7 @@ static void *rank_worker(void *arg) {
                     if (c0 == 0) s[0] = -INFINITY; /* the padding id */
                     if (t >= c0 && t < c0 + width) s[t - c0] = -INFINITY; /* not one of the "others" */
                     float ts = target_score[g][r];
-                    int64_t n = 0, e = 0;
+                    int32_t n = 0, e = 0; /* 32-bit lanes: both counts in one vectorised pass (width <= RANK_CHUNK) */
                     for (int j = 0; j < width; j++) {
                         n += s[j] > ts;
                         e += s[j] == ts;
