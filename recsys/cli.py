@@ -541,7 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     from . import distributed
 
     try:
-        return args.func(args)
+        code = args.func(args)
+        # under torchrun every rank reaches this point before any tears the process group down (a rank
+        # that destroyed its gloo group while another was still in it could abort at exit)
+        distributed.barrier()
+        return code
     except (RecsysError, FileExistsError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
