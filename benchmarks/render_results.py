@@ -361,6 +361,24 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             ratio = "—" if (partial and name.startswith("test")) else f"{v['ours'] / v['recbole']:.2f}x"
             out.append(f"| {name} | {v['ours']:,.4g} | {v['recbole']:,.4g} | {ratio} |")
         out += ["", _command(r), ""]
+    for r in (r for r in records if r["kind"] == "library_ab"):
+        out += [
+            f"## Hand-written parts vs their library — `{r['recipe']}`, {r['date']}, {_machine_short(r['machine'])}, "
+            f"commit {r['commit']}",
+            "",
+            f"One training epoch and one test evaluation per process, {r['rounds']} processes each, alternating; "
+            "medians. Gain = library seconds / ours - 1 (a part stays hand-written only at >= 10%).",
+            "",
+            "| part | epoch ours | epoch library | gain | evaluation ours | evaluation library | gain |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in r["rows"]:
+            out.append(
+                f"| {row['part']} | {row['ours_train_seconds']:.2f} s | {row['library_train_seconds']:.2f} s | "
+                f"{row['train_gain']:+.1%} | {row['ours_eval_seconds']:.3f} s | {row['library_eval_seconds']:.3f} s | "
+                f"{row['eval_gain']:+.1%} |"
+            )
+        out += ["", _command(r), ""]
     policies = [r for r in records if r["kind"] == "tie_policy"]
     if policies:
         out += [
