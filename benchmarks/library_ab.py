@@ -3,16 +3,15 @@ and one test evaluation per process, each part swapped for its library version a
 alternating (ours, library, ours, library, ...):
 
     python benchmarks/library_ab.py [--recipe recipes/beauty/sasrec_ce.toml] [--rounds 2] [--threads 2]
-                                    [--parts adamw dropout gelu onednn mallopt] [--log-results]
+                                    [--parts dropout onednn mallopt] [--log-results]
 
-- adamw:   recsys.optim.AdamW vs torch.optim.AdamW (its default implementation)
 - dropout: recsys.models.dropout (16-bit masks from the C kernels) vs F.dropout
-- gelu:    recsys.models.gelu (the C kernels' erf GELU) vs F.gelu
 - onednn:  fp32 products through oneDNN (recsys.kernels.onednn) vs torch's (RECSYS_CPU_GEMM=torch)
 - mallopt: glibc told to keep freed blocks (recsys.train.retain_freed_memory) vs glibc's defaults
 
 Prints the medians per part and the gain of ours (library seconds / ours - 1); a part stays hand-written
-only where that gain is at least 10% (the project's rule).
+only where that gain is at least 10% (the project's rule). A hand-written AdamW and GELU were measured
+this way (benchmarks/RESULTS.md) and replaced by torch's.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("adamw", "dropout", "gelu", "onednn", "mallopt")
+PARTS = ("dropout", "onednn", "mallopt")
 
 CHILD = r"""
 import json, sys, time, torch
@@ -35,8 +34,6 @@ torch.set_num_threads(threads)
 import torch.nn.functional as F
 from recsys import train
 from recsys.config import load_recipe
-if library and part == "adamw":
-    train.AdamW = torch.optim.AdamW
 if library and part == "dropout":
     import recsys.models.dropout as ours
     import recsys.models.layers.attention as attention
@@ -48,9 +45,6 @@ if library and part == "dropout":
         return y if rescale else y * (1.0 - p)
 
     ours.dropout = attention.dropout = library_dropout
-if library and part == "gelu":
-    import recsys.models.gelu as gelu
-    gelu._kernel_usable = lambda x: False
 if library and part == "mallopt":
     train.retain_freed_memory = lambda: False
 cfg = load_recipe(recipe, ["train.epochs=1", "train.patience=0", f"train.num_threads={threads}"])

@@ -47,7 +47,6 @@ from .files import (
 )
 from .losses import Workspace, next_item_loss
 from .models.base import SequentialEncoder, build_model
-from .optim import AdamW
 
 
 class TrainingDivergedError(RecsysError, RuntimeError):
@@ -255,9 +254,7 @@ class Trainer:
             self.train_forward = torch.nn.parallel.DistributedDataParallel(
                 self.train_forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        # recsys.optim.AdamW: torch.optim.AdamW's arithmetic and checkpoint layout, without the ~145 MB
-        # that importing torch.optim's compiler hooks costs every process
-        self.optimizer = AdamW(
+        self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
         )
         # with held-out (cold-start) items, training scores only the other items: a held-out item is

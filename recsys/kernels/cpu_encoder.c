@@ -1170,51 +1170,6 @@ int recsys_keep_mask(const int32_t *config, const int64_t *n, const int64_t *thr
     return run_threads(mask_worker, &job, threads < chunks ? threads : (int)(chunks < 1 ? 1 : chunks));
 }
 
-/* ---- exact GELU for training: y = x Phi(x) forward, dx = dy (Phi(x) + x phi(x)) backward -------------
- * Phi by the vectorised erf above (|err| < 1.5e-7), phi(x) = exp(-x^2 / 2) / sqrt(2 pi); one pass
- * over the elements in chunks shared among threads (torch's exact GELU and its backward ran ~1 ns per
- * element on this CPU's 2 cores, a third of a BERT4Rec step's elementwise time). */
-#define GELU_CHUNK 16384
-
-typedef struct {
-    long n;
-    const float *x, *grad; /* grad NULL: forward */
-    float *out;
-    long next;
-} GeluJob;
-
-static inline v8 vgelu_grad(v8 x, v8 g) {
-    v8 phi_cdf = bc(0.5f) * (bc(1.0f) + verf(x * bc(0.70710678118654752f)));
-    v8 pdf = vexp(bc(-0.5f) * x * x) * bc(0.39894228040143268f);
-    return g * (phi_cdf + x * pdf);
-}
-
-static void *gelu_worker(void *arg) {
-    GeluJob *job = (GeluJob *)arg;
-    for (;;) {
-        long e0 = __atomic_fetch_add(&job->next, GELU_CHUNK, __ATOMIC_RELAXED);
-        if (e0 >= job->n) break;
-        long e1 = job->n - e0 < GELU_CHUNK ? job->n : e0 + GELU_CHUNK, e = e0;
-        if (job->grad) {
-            for (; e + 8 <= e1; e += 8) st(job->out + e, vgelu_grad(ld(job->x + e), ld(job->grad + e)));
-            for (; e < e1; e++) job->out[e] = vgelu_grad(bc(job->x[e]), bc(job->grad[e]))[0];
-        } else {
-            for (; e + 8 <= e1; e += 8) st(job->out + e, vgelu(ld(job->x + e)));
-            for (; e < e1; e++) job->out[e] = sgelu(job->x[e]);
-        }
-    }
-    return NULL;
-}
-
-/* Returns 0 on success. config: num_threads; n elements; grad NULL for the forward. */
-int recsys_gelu(const int32_t *config, const int64_t *n, const float *x, const float *grad, float *out) {
-    GeluJob job = {n[0], x, grad, out, 0};
-    if (job.n < 0) return 2;
-    long chunks = (job.n + GELU_CHUNK - 1) / GELU_CHUNK;
-    int threads = config[0] < 1 ? 1 : config[0];
-    return run_threads(gelu_worker, &job, threads < chunks ? threads : (int)(chunks < 1 ? 1 : chunks));
-}
-
 /* ---- bf16 full CE on CPUs with bf16 units: the elementwise pass between the products ----------------
  * The bf16 path of recsys.losses.ChunkedSoftmaxCE leaves the three products to oneDNN (AMX / AVX512-BF16
  * there); between them each [V, c] block of bf16 logits was exponentiated by one torch op and summed per

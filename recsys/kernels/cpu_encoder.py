@@ -260,7 +260,6 @@ def _compile() -> ctypes.CDLL:
         ("recsys_rank_counts", 8),
         ("recsys_softmax_ce", 10),
         ("recsys_keep_mask", 6),
-        ("recsys_gelu", 5),
         ("recsys_ce_keeps_exponentials", 1),
         ("recsys_bf16_exp_colsum", 4),
     ):
@@ -546,33 +545,6 @@ def keep_mask(
     )
     if rc != 0:
         raise RuntimeError(f"fused CPU dropout mask failed (code {rc})")
-    return out
-
-
-def gelu(x: torch.Tensor, grad: torch.Tensor | None = None, num_threads: int | None = None) -> torch.Tensor:
-    """Exact (erf) GELU of a contiguous fp32 CPU tensor, or with ``grad`` its backward ``grad * GELU'(x)``,
-    in one multi-threaded pass (erf and exp by the kernels' polynomials, within ~2e-7 of torch's)."""
-    if _library is None:
-        raise RuntimeError("the fused CPU kernels are not loaded (call available() first)")
-    x = x.contiguous()
-    if grad is not None:
-        grad = grad.contiguous()
-        if grad.shape != x.shape or grad.dtype != torch.float32:
-            raise ValueError("grad must be fp32 of the input's shape")
-    if x.dtype != torch.float32 or x.device.type != "cpu":
-        raise ValueError("the kernel's GELU takes fp32 CPU tensors")
-    out = torch.empty_like(x)
-    config = (ctypes.c_int32 * 1)(num_threads or torch.get_num_threads())
-    n = (ctypes.c_int64 * 1)(x.numel())
-    rc = _library.recsys_gelu(
-        ctypes.addressof(config),
-        ctypes.addressof(n),
-        x.data_ptr(),
-        grad.data_ptr() if grad is not None else None,
-        out.data_ptr(),
-    )
-    if rc != 0:
-        raise RuntimeError(f"fused CPU GELU failed (code {rc})")
     return out
 
 

@@ -11,7 +11,6 @@ from torch import nn
 from ...kernels import cpu_encoder
 from ...kernels.onednn import Linear, feed_forward
 from ..dropout import Dropout
-from ..gelu import GELU
 from .attention import CausalSelfAttention
 from .packing import GridRows, Packing, exporting
 
@@ -37,7 +36,7 @@ class Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(dim)
         ffn = ffn_dim or dim
         self.ffn = nn.Sequential(
-            Linear(dim, ffn), GELU(), Dropout(dropout) if inner_dropout else nn.Identity(), Linear(ffn, dim)
+            Linear(dim, ffn), nn.GELU(), Dropout(dropout) if inner_dropout else nn.Identity(), Linear(ffn, dim)
         )
         self.drop = Dropout(dropout)
 
