@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short GPU session: parity of the Triton kernel on the GPU, kernel timings, SDPA backends of
+# One short GPU run: parity of the Triton kernel on the GPU, kernel timings, SDPA backends of
 # SASRec / BERT4Rec under bf16, and HSTU-large training through the kernel vs the reference path.
 #
 # Environment: benchmarks/gpu_env.sh (carry .whl with polars and .gpu_data with the ml-1m folder).
