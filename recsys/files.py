@@ -88,8 +88,8 @@ def content_digest(obj: Any) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
             digest.update(f"{path}:tensor:{t.dtype}:{tuple(t.shape)}\0".encode())
-            if t.numel():
-                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            if t.numel():  # the tensor's own bytes, no copy
+                digest.update(t.reshape(-1).view(torch.uint8).numpy())
         elif isinstance(value, dict):
             digest.update(f"{path}:dict:{len(value)}\0".encode())
             for key in sorted(value, key=repr):

@@ -33,6 +33,7 @@ import torch
 
 from .data.batching import seen_items_csr
 from .data.readers import DataError
+from .evaluation import repeat_target_rows
 from .export import eval_set_windows, read_manifest, user_vectors_for
 from .files import IntegrityError, read_json, sha256_of
 from .metrics import check_finite, ranking_metric_sums, ranks_under_policy
@@ -262,9 +263,9 @@ def evaluate_through_index(
     exclude = None
     policy = cfg.repeat_targets if exclude_seen else "keep"
     if exclude_seen:
-        _, seen = seen_items_csr(split, eval_set, slice(0, len(eval_set)))
+        rows, seen = seen_items_csr(split, eval_set, slice(0, len(eval_set)))
+        repeat = repeat_target_rows((rows, seen), torch.from_numpy(eval_set.targets)).numpy()
         exclude = np.split(seen.numpy() - 1, np.cumsum(eval_set.history_lengths)[:-1])
-        repeat = np.array([bool((e == t - 1).any()) for e, t in zip(exclude, eval_set.targets)], dtype=bool)
         # the target's own row stays a candidate; "apart": a repeat user's history stays one too
         exclude = [
             e[e != t - 1] if not (r and policy == "apart") else e[:0]

@@ -339,6 +339,10 @@ class Trainer:
             not cloze and cfg.loss.name == "ce" and not cfg.train.compile and self.model.packed_forward_available
         )
         skipped = 0  # steps with a non-finite loss or gradient (train.nonfinite = "skip")
+        # on CPU the check costs nothing; on an accelerator a per-step check would wait for the device, so a
+        # run that stops on divergence finds its first bad step at the epoch's end (skipping needs each step)
+        check_each_step = self.device.type == "cpu" or cfg.train.nonfinite == "skip"
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         for step, batch in enumerate(bar):
             if cloze:  # masked-item training (BERT4Rec): inputs with [mask] tokens, targets at the masks
                 item_ids, target_ids = cloze_inputs(
@@ -370,24 +374,28 @@ class Trainer:
                 item_frequency=self.item_frequency,
             )
             self.optimizer.zero_grad(set_to_none=True)
-            # the loss alone is checked on one process: under DDP a skip must be every rank's (the gradient norm
-            # below is, as it is computed after the all-reduce)
-            if world == 1 and not self._finite(loss.detach(), "loss", step, steps):
-                skipped += 1
-                continue
             loss.backward()
-            # the gradients' norm (clipped to max_grad_norm when set): one number that is NaN or infinite
-            # as soon as any gradient is
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm or math.inf)
-            if not self._finite(norm, "gradient", step, steps):
-                self.optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                continue
+            # the gradients' norm (clipped to max_grad_norm where set): NaN or infinite as soon as any gradient
+            # or the loss is; computed after DDP's all-reduce, so every rank decides alike
+            if cfg.train.max_grad_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            if check_each_step:
+                if not bool(torch.isfinite(norm)):
+                    self._diverged(loss.detach(), norm, step, steps)  # raises unless train.nonfinite = "skip"
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
+            else:  # the first non-finite step, kept on the device: read once, at the epoch's end
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(norm), step, first_bad)
             self.optimizer.step()
             total_loss += loss.detach()
             if self.progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss.item() / (step + 1):.4f}")
         seconds = time.perf_counter() - start
+        if not check_each_step and int(first_bad) >= 0:
+            self._diverged(None, None, int(first_bad), steps)
         # loss and target count over all ranks (one reduction per epoch, not per step)
         totals = distributed.all_reduce_sum(
             torch.stack([total_loss.double(), torch.tensor(float(targets), dtype=torch.float64, device=self.device)])
@@ -414,17 +422,21 @@ class Trainer:
             "sequences_per_second": n_users * world / seconds,
         }
 
-    def _finite(self, value: torch.Tensor, what: str, step: int, steps: int) -> bool:
-        """Whether a step's loss or gradient norm is finite; if not, raise under train.nonfinite = "stop"."""
-        if bool(torch.isfinite(value)):
-            return True
-        if self.cfg.train.nonfinite == "stop":
-            raise TrainingDivergedError(
-                f"run {self.run_dir}: the {what} became {float(value)} at epoch {self.epoch + 1}, step {step + 1} of "
-                f"{steps} (train.lr={self.cfg.train.lr}); lower train.lr, set train.max_grad_norm, or "
-                "--set train.nonfinite=skip to skip such steps"
-            )
-        return False
+    def _diverged(self, loss: torch.Tensor | None, norm: torch.Tensor | None, step: int, steps: int) -> None:
+        """A step's loss or gradient norm is NaN or infinite: raise unless train.nonfinite = "skip"."""
+        if self.cfg.train.nonfinite == "skip":
+            return
+        if loss is None:  # found at the epoch's end
+            what = "the gradient norm became non-finite"
+        elif not math.isfinite(float(loss)):
+            what = f"the loss became {float(loss)}"
+        else:
+            what = f"the gradient norm became {float(norm)} (loss {float(loss):.4f})"
+        raise TrainingDivergedError(
+            f"run {self.run_dir}: {what} at epoch {self.epoch + 1}, step {step + 1} of "
+            f"{steps} (train.lr={self.cfg.train.lr}); lower train.lr, set train.max_grad_norm, or "
+            "--set train.nonfinite=skip to skip such steps"
+        )
 
     def evaluate(self, which: str = "valid", progress: bool = False, return_ranks: bool = False) -> dict:
         """which: valid, test, or (with held-out items) test_cold / test_warm."""
