@@ -2,7 +2,7 @@
 torch's ``FlopCounterMode`` as each op is dispatched (work that ran, not a formula of the model), plus
 formulas for two CPU ops it does not know: oneDNN's linear (``mkldnn::_linear_pointwise``, what
 ``recsys.kernels.onednn`` runs) and SDPA's CPU flash kernel, plus what our fused CPU kernels
-(``recsys.kernels.cpu_encoder``, outside torch's dispatcher) count of their own loops. Elementwise work
+(``recsys.kernels.cpu_*``, outside torch's dispatcher) count of their own loops. Elementwise work
 (softmax, LayerNorm, GELU) is not counted, on either side of a comparison.
 
 Needs torch only (recsys where it is importable), so RecBole's side of ``benchmarks/peer_recbole.py``
@@ -51,7 +51,7 @@ def count_flops(fn, *args, **kwargs):
     """(fn's result, the floating-point operations its products and attention executed)."""
     _register()
     try:
-        from recsys.kernels.cpu_encoder import counting_flops
+        from recsys.kernels.cpu_build import counting_flops
     except ImportError:  # RecBole's environment: no recsys there
         counting_flops = None
     mode = flop_counter.FlopCounterMode(display=False)

@@ -12,7 +12,7 @@ peak RSS, each implementation in its own process; their losses agree (gradients:
 "chunked" blocks 128 positions x the whole catalogue; "item-chunked" blocks 128 positions x
 ``--item-chunk`` items with an online log-sum-exp, so its block does not grow with the catalogue (both
 the loss's PyTorch path). "kernel" is what fp32 training on CPU runs where the C kernels build: the
-fused loss and gradients of ``recsys.kernels.cpu_encoder.softmax_ce`` (48 x 96 tiles of logits in cache,
+fused loss and gradients of ``recsys.kernels.cpu_softmax_ce.softmax_ce`` (48 x 96 tiles of logits in cache,
 four products: its GFLOP/s below still counts three).
 "gemms" / "gemms-bf16" time only the three GEMMs a forward + backward of full CE needs (logits, then the
 gradients of hidden states and items; same blocks, same product routines as the loss, no softmax): the
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys import losses
-from recsys.kernels import cpu_encoder, onednn
+from recsys.kernels import cpu_softmax_ce, onednn
 from recsys.losses import LossConfig, full_softmax_ce
 from recsys.results import append_record, benchmark_command, git_commit, make_record
 from recsys.train import retain_freed_memory
@@ -71,7 +71,7 @@ def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
     elif impl == "plain":
         loss = F.cross_entropy(hidden @ items[1:].T, targets - 1)
     else:
-        if impl == "kernel" and not cpu_encoder.available():
+        if impl == "kernel" and not cpu_softmax_ce.available():
             raise RuntimeError("the fused CPU kernels are not available here (no C compiler?)")
         if impl != "kernel":  # the loss's PyTorch path
             losses._cpu_kernel_usable = lambda hidden, table: False

@@ -46,7 +46,7 @@ if library and part == "dropout":
 
     ours.dropout = attention.dropout = library_dropout
 if library and part == "mallopt":
-    train.retain_freed_memory = lambda: False
+    train.next_item.retain_freed_memory = lambda: False
 cfg = load_recipe(recipe, ["train.epochs=1", "train.patience=0", f"train.num_threads={threads}"])
 data = train.prepare_data(cfg.data, verbose=False)
 import tempfile

@@ -75,7 +75,14 @@ def cmd_train_click(args) -> int:
         if args.run_dir
         else Path("runs") / (f"{cfg.data.dataset}-{cfg.model_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     )
-    out = run_click(cfg, run_dir, progress=not args.quiet)
+    from .files import RunLock, RunLog
+
+    with RunLock(run_dir), RunLog(run_dir / "train.log", muted=args.quiet) as log:
+        try:
+            out = run_click(cfg, run_dir, progress=not args.quiet, resume=args.resume)
+        except Exception as err:  # the terminal gets it from main(); the log keeps it too
+            log.write(f"error: {type(err).__name__}: {err}\n")
+            raise
     s = out["summary"]
     print(f"\n{cfg.model_name} on {cfg.data.dataset}, {cfg.train.seeds} seed(s), test at the best validation epoch:")
     for metric in ("auc", "gauc", "logloss"):

@@ -7,31 +7,30 @@ A recipe with ``task = "click"`` is trained here instead of by the next-item tra
     [model]  name = "din" | "twin" | "dare", embedding_dim, attention_dim, top_k, projection (twin), ...
     [train]  epochs, batch_size, lr, weight_decay, seeds (how many seeds: mean and spread are reported)
 
-Each seed trains with BCE, keeps the epoch with the best validation AUC and reports test AUC, GAUC
-(per user, impression-weighted) and log loss. Samples come from :mod:`recsys.data.ctr`.
+Each seed is a run of its own in ``RUN_DIR/seed-S`` (:class:`recsys.train.click.ClickTrainer`: BCE, the
+epoch with the best validation AUC, its test AUC, GAUC (per user, impression-weighted) and log loss;
+checkpoints, ``--resume``, early stopping with ``train.patience``); ``RUN_DIR/final_metrics.json`` holds
+every seed and their mean and spread. Samples come from :mod:`recsys.data.ctr`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from .config import ConfigError, apply_overrides, build_section, read_recipe_file
 from .data.cards import load_dataset, load_item_text
-from .data.ctr import CTRData, CTRSamples, build_ctr_data, ctr_batch, item_categories
+from .data.ctr import CTRData, build_ctr_data, item_categories
 from .data.prepare import prepare_sequences
 from .files import atomic_write_json
-from .metrics import auc, gauc, logloss, mean_and_spread
-from .models.ctr_base import CTR_MODELS, build_ctr_model, click_loss
-from .train import TrainingDivergedError
+from .metrics import mean_and_spread
+from .models.ctr_base import CTR_MODELS
+from .train.click import ClickTrainer, click_metrics  # noqa: F401  (click_metrics: part of this API)
 
 
 @dataclass
@@ -56,6 +55,11 @@ class ClickTrainConfig:
     seeds: int = 1
     first_seed: int = 0
     num_threads: int = 0
+    device: str = "auto"
+    patience: int = 0  # stop after this many epochs without a better validation AUC (0: never)
+    eval_every: int = 1
+    max_grad_norm: float = 0.0  # clip the gradients' norm to this (0: no clipping)
+    nonfinite: str = "stop"  # a non-finite loss or gradient: "stop" the run or "skip" the step
 
 
 @dataclass
@@ -117,6 +121,15 @@ def _check_click_ranges(cfg: ClickRunConfig) -> None:
         ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
         ("train.seeds", t.seeds >= 1, ">= 1"),
         ("train.num_threads", t.num_threads >= 0, ">= 0"),
+        ("train.patience", t.patience >= 0, ">= 0"),
+        ("train.eval_every", t.eval_every >= 1, ">= 1"),
+        ("train.max_grad_norm", t.max_grad_norm >= 0, ">= 0"),
+        ("train.nonfinite", t.nonfinite in ("stop", "skip"), "'stop' or 'skip'"),
+        (
+            "train.device",
+            t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+            "auto, cpu, cuda or cuda:N",
+        ),
         ("data.max_history", d.max_history >= 1, ">= 1"),
         ("data.stride", d.stride >= 1, ">= 1"),
         ("data.min_history", 1 <= d.min_history <= d.max_history, "in [1, data.max_history]"),
@@ -158,66 +171,6 @@ def load_click_data(cfg: ClickDataConfig, verbose: bool = True) -> CTRData:
     )
 
 
-@torch.no_grad()
-def predict(model, ctr: CTRData, samples: CTRSamples, batch_size: int = 1024) -> np.ndarray:
-    model.eval()
-    out = []
-    for b in range(0, len(samples), batch_size):
-        batch = ctr_batch(ctr, samples, np.arange(b, min(b + batch_size, len(samples))))
-        logits, _ = model(batch["history"], batch["history_categories"], batch["target"], batch["target_category"])
-        out.append(torch.sigmoid(logits))
-    return torch.cat(out).numpy()
-
-
-def click_metrics(samples: CTRSamples, probabilities: np.ndarray) -> dict:
-    return {
-        "auc": auc(samples.labels, probabilities),
-        "gauc": gauc(samples.users, samples.labels, probabilities),
-        "logloss": logloss(samples.labels, probabilities),
-    }
-
-
-def train_one_seed(cfg: ClickRunConfig, ctr: CTRData, seed: int, progress: bool = True) -> dict:
-    torch.manual_seed(seed)
-    num_categories = int(ctr.categories.max())
-    model = build_ctr_model(cfg.model_name, cfg.model, ctr.data.num_items, num_categories)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    gen = np.random.default_rng(seed)
-    best = {"valid": {"auc": -1.0}}
-    history = []
-    for epoch in range(1, cfg.train.epochs + 1):
-        model.train()
-        order = gen.permutation(len(ctr.train))
-        start, total = time.perf_counter(), 0.0
-        steps = range(0, len(order), cfg.train.batch_size)
-        for b in tqdm(steps, desc=f"seed {seed} epoch {epoch}", disable=not progress, leave=False):
-            batch = ctr_batch(ctr, ctr.train, order[b : b + cfg.train.batch_size])
-            logits, _ = model(batch["history"], batch["history_categories"], batch["target"], batch["target_category"])
-            loss = click_loss(logits, batch["label"])
-            if not bool(torch.isfinite(loss.detach())):  # a diverged run stops; it never reports numbers
-                raise TrainingDivergedError(
-                    f"{cfg.model_name}, seed {seed}: the loss became {float(loss)} at epoch "
-                    f"{epoch}, step {b // cfg.train.batch_size + 1} of {len(steps)} "
-                    f"(train.lr={cfg.train.lr}); lower train.lr"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-        valid = click_metrics(ctr.valid, predict(model, ctr, ctr.valid))
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": float(total) / len(steps),
-                "seconds": time.perf_counter() - start,
-                "valid": valid,
-            }
-        )
-        if valid["auc"] > best["valid"]["auc"]:  # model selection on validation only
-            best = {"epoch": epoch, "valid": valid, "test": click_metrics(ctr.test, predict(model, ctr, ctr.test))}
-    return {"seed": seed, **best, "history": history}
-
-
 def summarize(per_seed: list[dict]) -> dict:
     out = {}
     for split in ("valid", "test"):
@@ -228,11 +181,19 @@ def summarize(per_seed: list[dict]) -> dict:
     return out
 
 
-def run_click(cfg: ClickRunConfig, run_dir: str | Path, progress: bool = True) -> dict:
+def run_click(cfg: ClickRunConfig, run_dir: str | Path, progress: bool = True, resume: bool = False) -> dict:
+    """Train every seed (each in ``run_dir/seed-S``, resumable), then write their results and summary."""
+    run_dir = Path(run_dir)
+    if (run_dir / "final_metrics.json").exists() and not resume:
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume or another --run-dir")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     ctr = load_click_data(cfg.data, verbose=progress)
-    per_seed = [train_one_seed(cfg, ctr, cfg.train.first_seed + s, progress) for s in range(cfg.train.seeds)]
+    per_seed = []
+    for seed in range(cfg.train.first_seed, cfg.train.first_seed + cfg.train.seeds):
+        trainer = ClickTrainer(cfg, run_dir / f"seed-{seed}", ctr, seed, progress=progress)
+        out = trainer.fit(resume=resume)
+        per_seed.append({"seed": seed, "epoch": out["best_epoch"], **out, "history": trainer.history})
     out = {
         "config": cfg.to_dict(),
         "samples": {"train": len(ctr.train), "valid": len(ctr.valid), "test": len(ctr.test)},
@@ -240,7 +201,6 @@ def run_click(cfg: ClickRunConfig, run_dir: str | Path, progress: bool = True) -
         "per_seed": per_seed,
         "summary": summarize(per_seed),
     }
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "final_metrics.json", out)
     return out

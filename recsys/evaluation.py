@@ -45,7 +45,7 @@ from .config import EvalConfig
 from .data.batching import iter_eval_batches, seen_items_csr
 from .data.readers import DataError
 from .data.splits import EvalSet, Split
-from .kernels import cpu_encoder, onednn
+from .kernels import cpu_ranking, onednn
 from .metrics import (
     NonFiniteScoresError,
     count_true_per_column,
@@ -77,7 +77,7 @@ def exact_rank_counts(
     num_items: int,
     exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
     out: torch.Tensor | None = None,
-    ranker: cpu_encoder.ItemRanker | None = None,
+    ranker: cpu_ranking.ItemRanker | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every user's exact (above, ties) counts. With ``ranker`` (the CPU kernel, see :func:`item_ranker`)
     scores are made and counted in cache-sized tiles, each score independent of its block. Otherwise:
@@ -113,7 +113,7 @@ def cutoff_ranks(
     exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
     max_item_norm: float,
     num_real: int | None = None,
-    ranker: cpu_encoder.ItemRanker | None = None,
+    ranker: cpu_ranking.ItemRanker | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(above, ties) exact wherever above < k_max; above >= k_max (ties 0) elsewhere, where every cut-off
     metric is 0 whatever the ties; and how many users were fully ranked.
@@ -263,16 +263,16 @@ def sampled_ranks(
     return above, ties
 
 
-def item_ranker(items: torch.Tensor, num_items: int) -> cpu_encoder.ItemRanker | None:
+def item_ranker(items: torch.Tensor, num_items: int) -> cpu_ranking.ItemRanker | None:
     """The CPU ranking kernel for fp32 item vectors on CPU where it is built (None elsewhere: the GEMM
     path). On ML-1M's 2,999 test users x 3,706 items it replaces a [V, 512] product per block, the
     -inf writes for seen items and a comparison pass over the block by one pass in cache."""
-    return cpu_encoder.ItemRanker(items, num_items) if ranks_in_kernel(items) else None
+    return cpu_ranking.ItemRanker(items, num_items) if ranks_in_kernel(items) else None
 
 
 def ranks_in_kernel(items: torch.Tensor) -> bool:
     """Whether evaluation against these item vectors ranks through the CPU kernel (:func:`item_ranker`)."""
-    return items.device.type == "cpu" and items.dtype == torch.float32 and cpu_encoder.available()
+    return items.device.type == "cpu" and items.dtype == torch.float32 and cpu_ranking.available()
 
 
 def block_users(cfg: EvalConfig, padded_items: int, ranked_in_kernel: bool) -> int:

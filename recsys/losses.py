@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LossConfig
-from .kernels import cpu_encoder, onednn
+from .kernels import cpu_softmax_ce, onednn
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
 # fp32 full-CE logit blocks through oneDNN hold at most this many values (14 MB): 64 positions of
@@ -67,8 +67,8 @@ def _exp_column_sums(e: torch.Tensor, col_max: torch.Tensor | None) -> torch.Ten
     None); returns the [c] fp32 column sums. A bf16 CPU block goes through the C kernels in one pass
     (fp32 sums of the unrounded exponentials); otherwise torch's exp and a reduction, bf16 for a bf16
     block (see :class:`ChunkedSoftmaxCE`)."""
-    if e.dtype == torch.bfloat16 and e.device.type == "cpu" and e.is_contiguous() and cpu_encoder.available():
-        return cpu_encoder.bf16_exp_column_sums(e, col_max)
+    if e.dtype == torch.bfloat16 and e.device.type == "cpu" and e.is_contiguous() and cpu_softmax_ce.available():
+        return cpu_softmax_ce.bf16_exp_column_sums(e, col_max)
     if col_max is not None:
         e.sub_(col_max)
     e.exp_()
@@ -89,12 +89,12 @@ def _cpu_kernel_usable(hidden: torch.Tensor, table: torch.Tensor) -> bool:
         return False
     if onednn._autocast_on() or onednn._compiling() or torch.jit.is_tracing():
         return False
-    return cpu_encoder.available()
+    return cpu_softmax_ce.available()
 
 
 def _sums_in_range(col_sum: torch.Tensor) -> bool:
     # below the C kernel's clamp (a sum that large may hold a clamped e^88: redone shifted, as an overflow)
-    return bool(((col_sum >= _SMALLEST_SUM) & (col_sum < cpu_encoder.BF16_EXP_LARGEST_SUM)).all())
+    return bool(((col_sum >= _SMALLEST_SUM) & (col_sum < cpu_softmax_ce.BF16_EXP_LARGEST_SUM)).all())
 
 
 class ChunkedSoftmaxCE(torch.autograd.Function):
@@ -116,13 +116,13 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     bf16 with fp32 accumulation (faster than fp32 through oneDNN on a CPU with bf16 units); the gradients are summed in fp32. The logit block stays bf16
     (a max-shift, where one is needed, subtracts two bf16 values); the exponentials are computed in
     fp32 and stored in bf16, the precision the gradient GEMMs read them in. On CPU, where the C kernels
-    are built, that is one pass over the block (``cpu_encoder.bf16_exp_column_sums``: exp, rounding
+    are built, that is one pass over the block (``cpu_softmax_ce.bf16_exp_column_sums``: exp, rounding
     and fp32 column sums of the unrounded exponentials);
     elsewhere torch's exp and a bf16 reduction for the sums (relative error measured <= 0.32% on a
     54,542-item block, the order of the bf16 exponentials' own rounding). Tested against fp32 CE
     of the bf16-rounded operands: loss within 0.2%, gradients within 2% of their max.
 
-    fp32 on CPU, where the C kernels are built (``recsys.kernels.cpu_encoder.softmax_ce``), the whole
+    fp32 on CPU, where the C kernels are built (``recsys.kernels.cpu_softmax_ce.softmax_ce``), the whole
     loss runs there instead: the same value and gradients to float rounding, faster than this path's
     oneDNN products, in three products where the exponentials of a group of positions fit in 48 MB
     (Beauty's catalogue: 192 positions at a time), else four (tested against both PyTorch paths).
@@ -145,13 +145,13 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         items, targets = table[1:], table_targets - 1
         P, V = hidden.shape[0], items.shape[0]
         if compute_dtype is None and _cpu_kernel_usable(hidden, table):
-            # the fused C kernel (recsys.kernels.cpu_encoder.softmax_ce): loss and both gradients from
+            # the fused C kernel (recsys.kernels.cpu_softmax_ce.softmax_ce): loss and both gradients from
             # 48 x 96 tiles of logits in cache, at most 48 MB of exponentials kept
             want = any(ctx.needs_input_grad[:2])
             grad_table = torch.empty(table.shape, dtype=torch.float32) if want else None
             if want:
                 grad_table[0] = 0.0  # the padding row; the kernel writes every other row
-            losses_per_position, grad_hidden, _ = cpu_encoder.softmax_ce(
+            losses_per_position, grad_hidden, _ = cpu_softmax_ce.softmax_ce(
                 hidden, items, targets, want, grad_items_out=grad_table[1:] if want else None
             )
             ctx.fused, ctx.dtypes = True, (hidden.dtype, table.dtype)

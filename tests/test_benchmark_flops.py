@@ -50,10 +50,10 @@ def test_an_encoder_counts_the_same_through_onednn_and_torch(monkeypatch, use_on
 
 
 def test_the_fused_cpu_kernels_count_their_own_products():
-    from recsys.kernels import cpu_encoder
+    from recsys.kernels import cpu_build, cpu_ranking
     from recsys.models.sasrec import SASRec, SASRecConfig
 
-    if not cpu_encoder.available():
+    if not cpu_build.available():
         pytest.skip("no fused CPU kernel on this machine")
     model = SASRec(SASRecConfig(max_seq_len=20, hidden_dim=16, ffn_dim=24, num_blocks=1, num_heads=1), 50).eval()
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_the_fused_cpu_kernels_count_their_own_products():
     with torch.no_grad():
         _, flops = count_flops(model, torch.tensor([[0, 0, 7]]), last_only=True)
     assert flops == 2 * 16 * 16 + 2 * (2 * 16 * 8 + 2 * 8 * 16 + 2 * 16 + 2 * 16 * 8) + 2 * 16 * 16 + 2 * 2 * 24 * 16
-    ranker = cpu_encoder.ItemRanker(torch.randn(40, 16), 40)
-    with cpu_encoder.counting_flops() as counted:
+    ranker = cpu_ranking.ItemRanker(torch.randn(40, 16), 40)
+    with cpu_build.counting_flops() as counted:
         ranker.ranks(torch.randn(3, 16), torch.tensor([1, 2, 3]), None, "optimistic")
     assert counted[0] == 3 * 2 * 16 * (48 + 16)  # 40 items in 48 columns, and the target's 16

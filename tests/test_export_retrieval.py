@@ -352,3 +352,27 @@ def test_the_index_path_counts_ties_and_refuses_non_finite_vectors(trained):
     assert out["tie_policy"] == "expected"
     with pytest.raises(ValueError, match="NaN or infinite"):
         build_index(np.full((40, 16), np.nan, np.float32), "flat")
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "hstu"])
+def test_default_encoders_are_captured_by_torch_export(name, tmp_path):
+    """The recipes' encoders at their default sizes (HSTU with its time bias) become torch.export programs
+    on CPU, never the TorchScript fallback, and the program gives the module's user vectors."""
+    from recsys.export import ENCODER_FILES, _UserEncoder, save_encoder
+    from recsys.models import build_model, model_config_class
+
+    torch.manual_seed(0)
+    cfg = model_config_class(name)()
+    model = build_model(name, cfg, 1000).eval()
+    wrapped = _UserEncoder(model, normalize=False)
+    assert save_encoder(wrapped, cfg.max_seq_len, tmp_path) == "torch.export"
+    assert not (tmp_path / ENCODER_FILES["torchscript"]).exists()
+    program = load_encoder(tmp_path, {"encoder": "torch.export"})
+    ids = torch.zeros(5, cfg.max_seq_len, dtype=torch.long)
+    for row, length in enumerate((1, 4, 17, cfg.max_seq_len - 1, cfg.max_seq_len)):
+        ids[row, -length:] = torch.randint(1, 1000, (length,))
+    inputs = (ids,)
+    if wrapped.timed:
+        inputs = (ids, torch.arange(cfg.max_seq_len).expand_as(ids) * 600 * (ids != 0), torch.full((5,), 10**6))
+    with torch.no_grad():
+        torch.testing.assert_close(program(*inputs), wrapped(*inputs), rtol=1e-4, atol=1e-5)

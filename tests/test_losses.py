@@ -30,9 +30,9 @@ def _pytorch_path_unless_asked(request, monkeypatch):
 def gemm(request, monkeypatch):
     """Every fp32 path of the full CE on CPU: the fused C kernel (recsys.kernels.cpu_encoder, where a
     C compiler is there), and the PyTorch path with oneDNN (where this torch has it) or torch.mm."""
-    from recsys.kernels import cpu_encoder, onednn
+    from recsys.kernels import cpu_build, onednn
 
-    if request.param == "kernel" and not cpu_encoder.available():
+    if request.param == "kernel" and not cpu_build.available():
         pytest.skip("no fused CPU kernels here (no C compiler)")
     if request.param != "kernel":
         _kernel_off(monkeypatch)

@@ -1292,3 +1292,11 @@ int recsys_bf16_exp_colsum(const int64_t *config, uint16_t *block, const float *
     free(job.partial);
     return failed;
 }
+
+/* The tile sizes the Python side needs (flop counts, padding): read from here, never copied by hand. */
+int recsys_tile_constants(int64_t *out) {
+    out[0] = QUERY_TILE;
+    out[1] = RANK_CHUNK;
+    out[2] = CE_POSITIONS;
+    return 0;
+}

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import cpu_encoder
+from ..kernels import cpu_dropout
 
 
 def keep_mask(
@@ -31,10 +31,10 @@ def keep_mask(
 ) -> torch.Tensor:
     """``scale`` (keep) with probability ``1 - round(p * 65536) / 65536``, else 0.0, of ``shape`` and
     ``dtype``. fp32 on CPU where the C kernels are built: in one multi-threaded pass
-    (:func:`recsys.kernels.cpu_encoder.keep_mask`, a counter-based generator seeded from torch's);
+    (:func:`recsys.kernels.cpu_dropout.keep_mask`, a counter-based generator seeded from torch's);
     otherwise from torch's generator, four elements per 64-bit draw."""
     if dtype == torch.float32 and torch.device(device).type == "cpu" and _kernels_ready():
-        return cpu_encoder.keep_mask(tuple(shape), round(p * 65536), scale)
+        return cpu_dropout.keep_mask(tuple(shape), round(p * 65536), scale)
     n = math.prod(shape)
     words = torch.empty(-(-n // 4), dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
     keep = (words.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768).to(dtype)
@@ -42,7 +42,7 @@ def keep_mask(
 
 
 def _kernels_ready() -> bool:
-    return not torch.jit.is_tracing() and cpu_encoder.available()
+    return not torch.jit.is_tracing() and cpu_dropout.available()
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True, rescale: bool = True) -> torch.Tensor:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from recsys.kernels import cpu_encoder
+from recsys.kernels import cpu_build, cpu_dropout
 from recsys.models import dropout as dropout_module
 from recsys.models.dropout import Dropout, dropout, keep_mask
 
@@ -11,7 +11,7 @@ from recsys.models.dropout import Dropout, dropout, keep_mask
 @pytest.fixture(autouse=True, params=["kernel", "torch generator"])
 def mask_path(request, monkeypatch):
     """Every test on both mask paths: the C kernel (where it builds) and torch's generator."""
-    if request.param == "kernel" and not cpu_encoder.available():
+    if request.param == "kernel" and not cpu_build.available():
         pytest.skip("no fused CPU kernels here (no C compiler)")
     if request.param != "kernel":
         monkeypatch.setattr(dropout_module, "_kernels_ready", lambda: False)
@@ -70,7 +70,7 @@ def test_mask_bits_are_independent_and_do_not_depend_on_the_threads(mask_path):
     assert set(keep.unique().tolist()) == {0.0, 1.0}
     if mask_path == "kernel":
         torch.manual_seed(3)
-        one = cpu_encoder.keep_mask((4, 100_003), 32768, 1.0, num_threads=1)
+        one = cpu_dropout.keep_mask((4, 100_003), 32768, 1.0, num_threads=1)
         torch.manual_seed(3)
-        assert torch.equal(one, cpu_encoder.keep_mask((4, 100_003), 32768, 1.0, num_threads=3))
+        assert torch.equal(one, cpu_dropout.keep_mask((4, 100_003), 32768, 1.0, num_threads=3))
         assert torch.equal(one, keep)

@@ -214,7 +214,7 @@ def test_bf16_products_on_a_device_without_bf16_units_are_warned_about(monkeypat
 
     cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["loss.name=ce", "loss.ce_matmul_dtype=bfloat16"])
     cpu = torch.device("cpu")
-    monkeypatch.setattr(train, "native_bf16", lambda device: False)
+    monkeypatch.setattr(train.runtime, "native_bf16", lambda device: False)
     assert train.warn_if_bf16_emulated(cfg, cpu)
     assert "loss.ce_matmul_dtype=bfloat16" in capsys.readouterr().err
     cfg.loss.ce_matmul_dtype = "float32"
@@ -222,7 +222,7 @@ def test_bf16_products_on_a_device_without_bf16_units_are_warned_about(monkeypat
     cfg.train.precision = "bf16"
     assert train.warn_if_bf16_emulated(cfg, cpu)
     assert "train.precision=bf16" in capsys.readouterr().err
-    monkeypatch.setattr(train, "native_bf16", lambda device: True)
+    monkeypatch.setattr(train.runtime, "native_bf16", lambda device: True)
     assert not train.warn_if_bf16_emulated(cfg, cpu)
 
 
@@ -232,7 +232,7 @@ def test_auto_ce_matmul_dtype_takes_bf16_only_on_bf16_units(monkeypatch, capsys)
 
     cpu = torch.device("cpu")
     for native, expected in ((False, "float32"), (True, "bfloat16")):
-        monkeypatch.setattr(train, "native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(train.runtime, "native_bf16", lambda device, native=native: native)
         cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", ["loss.name=ce", "loss.ce_matmul_dtype=auto"])
         assert train.resolve_ce_matmul_dtype(cfg, cpu)
         assert cfg.loss.ce_matmul_dtype == expected
@@ -356,14 +356,14 @@ def test_skipping_non_finite_steps_is_an_option(tmp_path, monkeypatch):
 
     cfg = load_recipe(REPO / "recipes/ml-100k/sasrec.toml", SMALL + ["train.epochs=1", "train.nonfinite=skip"])
     trainer = train.Trainer(cfg, tmp_path / "r", data=train.prepare_data(cfg.data, verbose=False), progress=False)
-    real_loss, calls = train.next_item_loss, []
+    real_loss, calls = train.next_item.next_item_loss, []
 
     def sometimes_nan(*args, **kwargs):  # every third step's loss is NaN
         calls.append(1)
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) % 3 == 0 else loss
 
-    monkeypatch.setattr(train, "next_item_loss", sometimes_nan)
+    monkeypatch.setattr(train.next_item, "next_item_loss", sometimes_nan)
     record = trainer.train_epoch()
     assert record["skipped_steps"] == len(calls) // 3 and record["skipped_steps"] > 0
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

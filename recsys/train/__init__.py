@@ -1,0 +1,41 @@
+"""Training: the loop every task shares (:mod:`.loop`), next-item training (:mod:`.next_item`), click
+prediction (:mod:`.click`), what a run runs on (:mod:`.runtime`) and its learning-curve plot (:mod:`.plots`)."""
+
+from ..data.pipeline import PreparedData, prepare_data
+from ..files import atomic_torch_save, load_checkpoint
+from .loop import TrainingDivergedError, TrainLoop, config_changes
+from .next_item import Trainer, epoch_generator, load_run, training_item_frequency
+from .plots import plot_learning_curves
+from .runtime import (
+    native_bf16,
+    peak_memory_mb,
+    resolve_ce_matmul_dtype,
+    resolve_device,
+    retain_freed_memory,
+    run_environment,
+    warn_if_bf16_emulated,
+    warn_if_compile_on_cpu,
+)
+
+__all__ = [
+    "PreparedData",
+    "TrainLoop",
+    "Trainer",
+    "TrainingDivergedError",
+    "atomic_torch_save",
+    "config_changes",
+    "epoch_generator",
+    "load_checkpoint",
+    "load_run",
+    "native_bf16",
+    "peak_memory_mb",
+    "plot_learning_curves",
+    "prepare_data",
+    "resolve_ce_matmul_dtype",
+    "resolve_device",
+    "retain_freed_memory",
+    "run_environment",
+    "training_item_frequency",
+    "warn_if_bf16_emulated",
+    "warn_if_compile_on_cpu",
+]

@@ -1,0 +1,310 @@
+"""Next-item training (SASRec, BERT4Rec, HSTU, Recformer and plug-in encoders): the run's data, the
+encoder, its loss and the full-ranking evaluation, on the shared loop of :mod:`recsys.train.loop`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import distributed
+from ..config import ConfigError, RunConfig, config_from_dict
+from ..data.batching import cloze_inputs, iter_train_batches, jagged_take, train_users
+from ..data.pipeline import PreparedData, prepare_data
+from ..data.readers import DataError, Interactions
+from ..data.splits import Split
+from ..evaluation import evaluate
+from ..files import load_checkpoint, read_json
+from ..losses import Workspace, next_item_loss
+from ..models.base import SequentialEncoder, build_model
+from .loop import StepChecks, TrainLoop
+from .runtime import (
+    resolve_ce_matmul_dtype,
+    resolve_device,
+    retain_freed_memory,
+    warn_if_bf16_emulated,
+    warn_if_compile_on_cpu,
+)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The data order of an epoch depends only on (seed, epoch): resumable and reproducible."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class Trainer(TrainLoop):
+    """Trains one encoder on one run's data: ``fit()`` to the end, ``evaluate()`` any split."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        data: PreparedData | None = None,
+        progress: bool = True,
+        verbose: bool | None = None,
+    ):
+        """progress: progress bars; verbose (default: as progress): a line per epoch."""
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.verbose = progress if verbose is None else verbose
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.data = data or prepare_data(cfg.data, verbose=progress)
+        self.split = self.data.split
+        self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cpu":
+            retain_freed_memory()
+        resolve_ce_matmul_dtype(cfg, self.device)
+        warn_if_bf16_emulated(cfg, self.device)
+        warn_if_compile_on_cpu(cfg, self.device)
+        if getattr(cfg.model, "use_time_bias", False) and not self.split.data.has_timestamps and distributed.is_main():
+            print(
+                f"warning: model.use_time_bias with {cfg.data.dataset}, which has no timestamps: the times are "
+                "positions in file order (--set model.use_time_bias=false)",
+                file=sys.stderr,
+            )
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        if cfg.eval.sampled_negatives > self.split.data.num_items - 2:  # said before any training
+            raise ConfigError(
+                f"eval.sampled_negatives={cfg.eval.sampled_negatives}: the catalogue has "
+                f"{self.split.data.num_items - 1} items, one of them the target"
+            )
+        try:
+            self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)
+        except ValueError as err:  # a combination of model settings the encoder refuses (e.g. heads vs width)
+            raise ConfigError(f"model ({cfg.model_name}): {err}") from None
+        except RuntimeError as err:  # e.g. tables larger than this machine's memory
+            if "allocate" not in str(err):
+                raise
+            raise ConfigError(
+                f"model ({cfg.model_name}) does not fit in memory here: {str(err).strip().splitlines()[0][:200]}"
+            ) from None
+        if self.model.needs_item_text:  # text-based items: the catalogue's text vectors
+            from .data.cards import load_item_text
+            from .text import item_text_vectors
+
+            text = load_item_text(cfg.data.dataset, cfg.data.data_dir) if cfg.data.dataset != "custom" else None
+            self.model.set_item_text(item_text_vectors(self.split.data, text, verbose=progress))
+        self.model.to(self.device)
+        # training forward passes go through torch.compile and / or DDP (gradient all-reduce under
+        # torchrun) when asked; self.model stays the plain module (state_dict, evaluation, item vectors)
+        self.train_forward = torch.compile(self.model) if cfg.train.compile else self.model
+        if distributed.world_size() > 1:
+            self.train_forward = torch.nn.parallel.DistributedDataParallel(
+                self.train_forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+        )
+        # with held-out (cold-start) items, training scores only the other items: a held-out item is
+        # unknown at training time, so it may not even serve as a negative (its embedding stays untrained)
+        self.candidates = self.candidate_index = None
+        if self.data.cold_items is not None:
+            keep = np.ones(self.split.data.num_items, dtype=bool)
+            keep[self.data.cold_items] = False
+            self.candidates = torch.from_numpy(np.flatnonzero(keep)).to(self.device)  # [V'] (0 = padding first)
+            self.candidate_index = torch.full((len(keep),), -1, dtype=torch.long, device=self.device)
+            self.candidate_index[self.candidates] = torch.arange(len(self.candidates), device=self.device)
+        self.loss_workspace = Workspace()  # the full CE's large buffers, reused every step
+        self.item_frequency = None  # [V] each item's share of the training events (the logQ correction)
+        if cfg.loss.logq_correction:
+            frequency = training_item_frequency(self.split)
+            if self.candidates is not None:  # training scores the warm items only, renumbered
+                frequency = frequency[self.candidates.cpu()]
+            self.item_frequency = frequency.to(self.device)
+        self.metric = cfg.eval.early_stopping_metric
+        self.data_info = self.data.info
+        self._init_loop()
+
+    # -- the loop's hooks
+    @property
+    def has_validation(self) -> bool:
+        return self.split.valid is not None and len(self.split.valid) > 0
+
+    def validate(self) -> dict:
+        return self.evaluate("valid")
+
+    def stored_config(self, config: dict) -> dict:
+        # a checkpoint from before a setting existed reads as having that setting's default
+        return config_from_dict(config).to_dict()
+
+    def log_header(self) -> str:
+        info = self.data.info
+        return (
+            "".join(f"{line}\n" for line in self.split.data.log)
+            + f"{info['dataset']}: {info['users']:,} users, {info['items']:,} items, "
+            f"{info['interactions']:,} interactions; split {self.cfg.data.split}\n"
+        )
+
+    def plot_title(self) -> str:
+        return f"{self.cfg.model_name} / {self.cfg.loss.name} on {self.data.info['dataset']} ({self.run_dir.name})"
+
+    # -- one epoch
+    def train_epoch(self) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        gen = epoch_generator(cfg.train.seed, self.epoch)
+        world = distributed.world_size()
+        n_users = len(train_users(self.split)) // world
+        steps = (n_users + cfg.train.batch_size - 1) // cfg.train.batch_size
+        total_loss = torch.zeros((), device=self.device)
+        targets = 0
+        start = time.perf_counter()
+        bar = tqdm(
+            iter_train_batches(
+                self.split, cfg.max_seq_len, cfg.train.batch_size, gen, rank=distributed.rank(), world_size=world
+            ),
+            total=steps,
+            desc=f"epoch {self.epoch + 1}",
+            disable=not self.progress,
+            leave=False,
+        )
+        cloze = self.model.objective == "cloze"
+        # full CE scores the positions with a target and nothing else: an encoder that can compute the real
+        # positions alone (SASRec) skips the padding (a batch where a padding input has a target does not)
+        packed_training = (
+            not cloze and cfg.loss.name == "ce" and not cfg.train.compile and self.model.packed_forward_available
+        )
+        checks = StepChecks(self, steps)
+        for step, batch in enumerate(bar):
+            if cloze:  # masked-item training (BERT4Rec): inputs with [mask] tokens, targets at the masks
+                item_ids, target_ids = cloze_inputs(
+                    batch.window_ids, cfg.max_seq_len, self.model.mask_token, cfg.model.mask_prob, gen
+                )
+                timestamps = next_timestamps = None
+            else:  # next-item training: every position predicts the following item
+                item_ids, target_ids = batch.item_ids, batch.target_ids
+                timestamps = batch.timestamps.to(self.device)
+                next_timestamps = batch.target_timestamps.to(self.device)
+            targets += int(target_ids.count_nonzero())  # counted on the CPU copy: no device sync
+            packed = packed_training and not bool(((target_ids > 0) & (item_ids == 0)).any())  # (CPU copies)
+            target_ids = target_ids.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+                if packed:  # the real positions alone: hidden [1, T, D], their targets [1, T]
+                    hidden, index = self.train_forward(item_ids.to(self.device), packed=True)
+                    hidden, target_ids = hidden[None], target_ids.reshape(-1)[index][None]
+                else:
+                    hidden = self.train_forward(item_ids.to(self.device), timestamps, next_timestamps)
+            items = self.model.item_vectors()
+            if self.candidates is not None:  # cold start: held-out items are not even negatives in training
+                items, target_ids = items[self.candidates], self.candidate_index[target_ids]
+            loss = next_item_loss(
+                cfg.loss,
+                hidden.float(),
+                target_ids,
+                items,
+                workspace=self.loss_workspace,
+                item_frequency=self.item_frequency,
+            )
+            if not self.optimizer_step(loss, step, checks):
+                continue
+            total_loss += loss.detach()
+            if self.progress and step % 20 == 0:
+                bar.set_postfix(loss=f"{total_loss.item() / (step + 1):.4f}")
+        seconds = time.perf_counter() - start
+        checks.end()
+        # loss and target count over all ranks (one reduction per epoch, not per step)
+        totals = distributed.all_reduce_sum(
+            torch.stack([total_loss.double(), torch.tensor(float(targets), dtype=torch.float64, device=self.device)])
+        )
+        targets = int(totals[1])
+        return {
+            "train_loss": float(totals[0]) / max((steps - checks.skipped) * world, 1),
+            "train_seconds": seconds,
+            "skipped_steps": checks.skipped,
+            "train_targets": targets,
+            "targets_per_second": targets / seconds,
+            "train_sequences": n_users * world,
+            "sequences_per_second": n_users * world / seconds,
+        }
+
+    def evaluate(self, which: str = "valid", progress: bool = False, return_ranks: bool = False) -> dict:
+        """which: valid, test, or (with held-out items) test_cold / test_warm."""
+        if which not in ("valid", "test", "test_cold", "test_warm"):
+            raise ConfigError(f"no split {which!r} to evaluate: valid, test, test_cold or test_warm")
+        if which in ("test_cold", "test_warm"):
+            if self.data.cold_items is None:
+                raise ConfigError(f"{which} needs items held out of training (data.cold_item_fraction > 0)")
+            eval_set = self.data.test_subset(cold=which == "test_cold")
+        elif which == "valid" and self.split.valid is None:
+            raise ConfigError(f"split {self.cfg.data.split!r} has no validation set")
+        else:
+            eval_set = self.split.valid if which == "valid" else self.split.test
+        if len(eval_set) == 0:
+            return {"num_users": 0}
+        return evaluate(
+            self.model,
+            self.split,
+            eval_set,
+            self.cfg.max_seq_len,
+            self.cfg.eval,
+            normalize=self.cfg.loss.l2_normalize,
+            device=self.device,
+            progress=progress,
+            return_ranks=return_ranks,
+            label=f"run {self.run_dir}, {which} split",
+        )
+
+    def final_metrics(self) -> dict:
+        """The best model on validation and test (and, with held-out items, their cold / warm parts)."""
+        out = {
+            "dataset": self.data.info,
+            "split": self.cfg.data.split,
+            "exclude_seen": self.cfg.eval.exclude_seen,
+            "tie_policy": self.cfg.eval.tie_policy,
+        }
+        if self.has_validation:
+            out["valid"] = self.evaluate("valid")
+        out["test"] = self.evaluate("test", progress=self.progress)
+        if self.data.cold_items is not None:  # cold-start protocol: targets the training never saw, and the rest
+            out["test_cold"] = self.evaluate("test_cold")
+            out["test_warm"] = self.evaluate("test_warm")
+        out["world_size"] = distributed.world_size()
+        return out
+
+
+def training_item_frequency(split: Split) -> torch.Tensor:
+    """[V] float: each item's share of the training events (what in-batch negatives are drawn by); the
+    validation and test targets are not counted."""
+    data = split.data
+    items = jagged_take(data.item_ids, data.seq_offsets[:-1], split.train_lengths)  # every training event
+    counts = np.bincount(items, minlength=data.num_items)[: data.num_items].astype(np.float64)
+    counts[0] = 0.0
+    return torch.from_numpy(counts / max(counts.sum(), 1.0)).float()
+
+
+def load_run(
+    run_dir: str | Path, overrides: list[str] = (), data: Interactions | None = None, data_dir: str | None = None
+) -> Trainer:
+    """A trainer holding a finished run's best model (for evaluate / score / export).
+
+    ``overrides`` change evaluation settings (e.g. ``eval.exclude_seen=false``); runs trained on an
+    in-memory DataFrame need the same ``data`` again."""
+    from ..config import apply_overrides
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir}: no config.json, not a run directory")
+    for override in overrides:  # the run's model and data are what its checkpoint was trained with
+        key = override.split("=", 1)[0].strip()
+        if not (key.startswith("eval.") or key in ("train.num_threads", "train.device")):
+            raise ConfigError(
+                f"--set {key}: a finished run's model and data are fixed; only eval.* settings, "
+                "train.num_threads and train.device can be changed"
+            )
+    cfg = config_from_dict(apply_overrides(read_json(cfg_path, "run configuration"), list(overrides)))
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    if data is None and cfg.data.dataset == "custom" and not cfg.data.path:
+        raise DataError(f"{run_dir} was trained on an in-memory DataFrame: pass the same data again")
+    prepared = prepare_data(cfg.data, verbose=False, interactions=data)
+    trainer = Trainer(cfg, run_dir, data=prepared, progress=False)
+    trainer.model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    return trainer
