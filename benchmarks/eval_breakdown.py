@@ -32,7 +32,7 @@ import time
 import torch
 from flops import count_flops  # benchmarks/ is the script's folder: on sys.path
 
-import recsys.evaluation as evaluation
+import recsys.evaluation.full as evaluation  # its module globals are what evaluate() calls
 import recsys.models.layers.attention as attention_module
 from recsys.config import load_recipe
 from recsys.results import append_record, benchmark_command, make_record

@@ -16,6 +16,10 @@ run in full fp32 precision (no TF32), as torch's own fp32 matmuls do by default.
 
 Runs on CUDA GPUs, and on CPU tensors under ``TRITON_INTERPRET=1`` (how CI checks parity).
 Importing this module needs ``triton``; the dispatcher only imports it when it is installed.
+
+Why one file of this length: it is one op, its forward and the two backward kernels, which share the
+score, bias and mask code and the tile configurations; split apart, a change to the scores would have
+to be made in three places that must stay bit-for-bit alike.
 """
 
 from __future__ import annotations

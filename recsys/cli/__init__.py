@@ -1,0 +1,133 @@
+"""Command line: ``recsys train | evaluate | data | export | index | retrieve``.
+
+recsys train recipes/ml-100k/sasrec.toml [--set model.num_blocks=4 ...] [--run-dir DIR] [--resume]
+recsys evaluate RUN_DIR [--split test|valid] [--set eval.exclude_seen=false]
+recsys data info DATASET        users, items, interactions, sequence-length percentiles
+recsys data list                the dataset cards
+recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, the encoder program, manifest
+recsys index build DIR --type hnsw      a FAISS index over an export
+recsys retrieve INDEX_DIR --history "i1,i2" -k 10 | --users FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import RecsysError
+from .data import cmd_data_info, cmd_data_list
+from .serve import cmd_export, cmd_index_build, cmd_retrieve
+from .train import cmd_evaluate, cmd_train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsys", description="Sequential recommendation: train, evaluate, inspect data.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a recipe")
+    t.add_argument("recipe")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    t.add_argument("--run-dir")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
+    t.add_argument("--data-dir", help="folder holding the dataset folders (default: $RECSYS_DATA)")
+    t.add_argument(
+        "--log-results",
+        nargs="?",
+        const="benchmarks/results.jsonl",
+        default=None,
+        metavar="JSONL",
+        help="append a result record (default file: benchmarks/results.jsonl)",
+    )
+    t.add_argument("--precision", choices=["fp32", "bf16"], help="same as --set train.precision=...")
+    t.add_argument("--compile", action="store_true", help="same as --set train.compile=true")
+    t.add_argument(
+        "--seeds",
+        type=int,
+        help="train this many seeds (train.seed, +1, ...; sequential recipes: "
+        "one run each in RUN_DIR/seed-S) and report mean and spread",
+    )
+    t.add_argument("--note", help="a remark stored with the result record (shown in RESULTS.md)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--split", choices=["test", "valid"], default="test")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--data-dir")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("data", help="inspect datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    di = dsub.add_parser("info", help="users, items, interactions, length percentiles")
+    di.add_argument("dataset", help="a dataset card's name, a recipe (.toml: its [data]), or a file (with --reader)")
+    di.add_argument("--data-dir")
+    di.add_argument("--reader", help="reader for a file of one's own (e.g. user_item_lines, table)")
+    di.add_argument(
+        "--columns", help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts"
+    )
+    di.set_defaults(func=cmd_data_info)
+    dl = dsub.add_parser("list", help="the dataset cards")
+    dl.set_defaults(func=cmd_data_list)
+
+    x = sub.add_parser("export", help="export item / user embeddings and the encoder of a run")
+    x.add_argument("run_dir")
+    x.add_argument("--out", required=True)
+    x.add_argument(
+        "--users",
+        choices=["test", "valid", "none"],
+        default="test",
+        help="export the user vectors of this split's users (their history up to the target)",
+    )
+    x.add_argument("--histories", help="or of these histories: lines 'user<TAB>item,item,...' (raw ids)")
+    x.add_argument("--no-encoder", action="store_true")
+    x.add_argument("--data-dir")
+    x.set_defaults(func=cmd_export)
+
+    ix = sub.add_parser("index", help="FAISS indexes over an export")
+    ixsub = ix.add_subparsers(dest="index_command", required=True)
+    ib = ixsub.add_parser("build")
+    ib.add_argument("export_dir")
+    ib.add_argument("--type", default="flat", choices=["flat", "hnsw", "ivf_flat", "ivf_pq"])
+    ib.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="e.g. M=32, nprobe=16")
+    ib.add_argument("--out")
+    ib.set_defaults(func=cmd_index_build)
+
+    rt = sub.add_parser("retrieve", help="top-k items from an index")
+    rt.add_argument("index_dir")
+    group = rt.add_mutually_exclusive_group(required=True)
+    group.add_argument("--history", help="raw item ids, oldest first, comma-separated")
+    group.add_argument("--users", help="a file of user ids (one per line) present in the export")
+    rt.add_argument("-k", type=int, default=10)
+    rt.add_argument("--times", help="with --history, for models that read time: each item's timestamp (seconds)")
+    rt.add_argument("--at", type=int, help="with --times: the time of the request (default: the last timestamp)")
+    rt.add_argument("--include-seen", action="store_true", help="do not filter the items of the history")
+    rt.add_argument("--export-dir", help="default: the export the index was built from")
+    rt.set_defaults(func=cmd_retrieve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    from .. import distributed
+
+    try:
+        code = args.func(args)
+        # under torchrun every rank reaches this point before any tears the process group down (a rank
+        # that destroyed its gloo group while another was still in it could abort at exit)
+        distributed.barrier()
+        return code
+    except (RecsysError, FileExistsError, FileNotFoundError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (e.g. `recsys data list | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        distributed.shutdown()

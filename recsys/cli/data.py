@@ -1,0 +1,78 @@
+"""``recsys data info | list``: a dataset's counts and the dataset cards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError, load_recipe
+from ..data.readers import DataError
+
+
+def cmd_data_info(args) -> int:
+    from ..data.cards import load_card, load_dataset, sha256_of
+    from ..data.prepare import length_percentiles, prepare_sequences
+    from ..data.readers import READERS, read_table
+
+    dataset, reader = args.dataset, args.reader
+    columns = separator = timestamp_format = None
+    if dataset.endswith(".toml"):  # a recipe: its [data] section names a card or a file of one's own
+        data_cfg = load_recipe(dataset).data
+        if args.data_dir:
+            data_cfg.data_dir = args.data_dir
+        dataset = data_cfg.path if data_cfg.dataset == "custom" else data_cfg.dataset
+        reader, columns = data_cfg.reader, data_cfg.columns
+        separator, timestamp_format = data_cfg.separator, data_cfg.timestamp_format
+        if dataset is None:
+            raise ConfigError(f"{args.dataset}: data.dataset = 'custom' needs data.path")
+    elif args.columns:
+        columns = dict(pair.split("=", 1) for pair in args.columns.split(",") if "=" in pair)
+    if Path(dataset).is_file():  # a file of one's own: name its reader
+        if reader not in READERS:
+            raise ConfigError(f"{dataset} is a file: give --reader, one of {sorted(READERS)}")
+        path = Path(dataset)
+        if reader == "table":
+            interactions = read_table(
+                path,
+                columns or {"user_id": "user_id", "item_id": "item_id"},
+                separator=separator,
+                timestamp_format=timestamp_format,
+            )
+        else:
+            interactions = READERS[reader](path)
+        title, digest, note = f"{path.name} (reader {reader})", sha256_of(path), ""
+    elif Path(dataset).is_dir():
+        raise DataError(
+            f"{dataset}: is a folder; give a file (with --reader) or a dataset card name (recsys data list)"
+        )
+    else:
+        from ..data.cards import list_cards
+
+        if dataset not in list_cards() and ("/" in dataset or "\\" in dataset or Path(dataset).suffix):
+            raise DataError(f"{dataset}: file not found (nor is it a dataset card name: recsys data list)")
+        loaded = load_dataset(dataset, args.data_dir)
+        card = load_card(dataset)
+        interactions, path, digest, note = loaded.interactions, loaded.file, loaded.sha256, loaded.variant.note
+        title = f"{card.name}: {card.description}"
+    seq = prepare_sequences(interactions, verbose=True)
+    print(f"dataset       {title}")
+    print(f"file          {path.name} (sha256 {digest[:16]}…)" + (f" — {note}" if note else ""))
+    print(f"users         {seq.num_users:,}")
+    print(f"items         {seq.num_items - 1:,}")
+    print(f"interactions  {seq.num_interactions:,}")
+    print(f"timestamps    {'yes' if seq.has_timestamps else 'no (file order is time order)'}")
+    pct = length_percentiles(seq.lengths)
+    print(
+        "sequence length percentiles: "
+        + "  ".join(f"{k}={v:g}" for k, v in pct.items())
+        + f"  mean={seq.lengths.mean():.1f}"
+    )
+    return 0
+
+
+def cmd_data_list(args) -> int:
+    from ..data.cards import list_cards, load_card
+
+    for name in list_cards():
+        card = load_card(name)
+        print(f"{name:18s} {card.description}")
+    return 0
