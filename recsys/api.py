@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig, config_from_dict, load_recipe
 from .data.readers import DataError, Interactions, frame_to_interactions
-from .train import Trainer, load_run, prepare_data
+from .train import Trainer, load_run, make_trainer, prepare_data
 
 
 def from_frame(
@@ -135,7 +135,7 @@ def fit(
     else:
         cfg.data.dataset = str(data)
     prepared = prepare_data(cfg.data, verbose=progress, interactions=interactions)
-    trainer = Trainer(cfg, run_dir, data=prepared, progress=progress)
+    trainer = make_trainer(cfg, run_dir, data=prepared, progress=progress)
     trainer.fit(resume=resume)
     return Recommender(trainer)
 

@@ -312,6 +312,8 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.k_core", cfg.data.k_core >= 0, ">= 0"),
         ("data.cold_item_fraction", 0 <= cfg.data.cold_item_fraction < 1, "in [0, 1)"),
     ]
+    # a model config may check its own settings: check() -> [(key under model., holds, what is allowed)]
+    checks += [(f"model.{key}", ok, what) for key, ok, what in getattr(cfg.model, "check", lambda: [])()]
     for key, ok, what in checks:
         if not ok:
             raise ConfigError(f"{key} must be {what}")

@@ -139,7 +139,7 @@ def cmd_train(args) -> int:
 
 def _train_runs(args, cfg, seeds, run_dirs, commit, log=None) -> int:
     from ..results import append_record, make_record
-    from ..train import Trainer, peak_memory_mb, prepare_data
+    from ..train import make_trainer, peak_memory_mb, prepare_data
 
     for folder in run_dirs:
         if args.resume and not (folder / "last.pt").exists():
@@ -158,7 +158,7 @@ def _train_runs(args, cfg, seeds, run_dirs, commit, log=None) -> int:
     for seed, folder in zip(seeds, run_dirs):
         cfg.train.seed = seed
         say(f"run directory: {folder}")
-        trainer = Trainer(cfg, folder, data=data, progress=not args.quiet, verbose=log is not None)
+        trainer = make_trainer(cfg, folder, data=data, progress=not args.quiet, verbose=log is not None)
         if log is not None:
             log.muted = args.quiet  # the epochs: in the log, on the terminal unless --quiet
         out = trainer.fit(resume=args.resume)

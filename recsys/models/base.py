@@ -26,7 +26,8 @@ class SequentialEncoder(nn.Module):
     item_embedding: nn.Embedding
     #: True when position t only sees positions <= t (next-item training on every position)
     causal: bool = True
-    #: "next_item" (predict the following item at every position) or "cloze" (predict masked items)
+    #: "next_item" (predict the following item at every position), "cloze" (predict masked items) or
+    #: "two_stage_text" (a text model fine-tuned in two stages: recsys.train.text)
     objective: str = "next_item"
     #: True when ``forward(..., last_only=True)`` gives [B, 1, D], the last position alone (cheaper)
     last_only_forward: bool = False
@@ -35,8 +36,11 @@ class SequentialEncoder(nn.Module):
     packed_forward_available: bool = False
     #: the id that replaces masked inputs (objective "cloze"); None for next-item models
     mask_token: int | None = None
-    #: True when the model reads the catalogue's item text: the trainer calls ``set_item_text([V, T])`` first
+    #: True when the model reads the catalogue's item text: the trainer hands it over first, as
+    #: ``item_text_form`` says: "vectors" -> ``set_item_text([V, T] MiniLM vectors)``, "attributes" ->
+    #: ``set_item_attributes([(key, value), ...] per item)`` (a model that reads the words itself)
     needs_item_text: bool = False
+    item_text_form: str = "vectors"
 
     # forward(item_ids [B, L] (0 = left padding), timestamps [B, L] | None,
     #         next_timestamps [B, L] | None (time of the item to predict)) -> hidden [B, L, D]
@@ -140,4 +144,4 @@ def build_model(name: str, config: Any, num_items: int) -> SequentialEncoder:
 
 
 def _import_builtin_models() -> None:
-    from . import bert4rec, hstu, recformer, sasrec  # noqa: F401  (each registers itself)
+    from . import bert4rec, hstu, recformer, recformer_tokens, sasrec  # noqa: F401  (each registers itself)

@@ -10,23 +10,23 @@ tokens, most recent item first, cut to ``max_tokens``. A token's input embedding
 word + token-position + segment embedding plus two tables Recformer adds: the token kind and the
 item position (1 = the most recent item). The same encoder reads a single item (item position 1) to
 give that item's vector, so any item with text, seen in training or not, can be scored. Score =
-cosine / temperature. Training (:func:`fit`), as the paper's fine-tuning: stage 1 re-encodes the
-whole catalogue with the current encoder at the start of every epoch and trains the encoder on the
+cosine / temperature. Training (:class:`recsys.train.text.TwoStageTextTrainer`, a recipe naming
+``model.name = "recformer_tokens"``), as the paper's fine-tuning: stage 1 re-encodes the whole
+catalogue with the current encoder at the start of every epoch and trains the encoder on the
 histories with a softmax over that (fixed, gradient-free) item table; stage 2 freezes the item table
 of the best stage-1 encoder and trains on.
 
 What differs from the paper: the encoder is the packaged 6-layer MiniLM (512 positions, mean
 pooling) rather than Longformer (its [CLS] state, 1,024 tokens), so ``max_tokens`` <= 512; each
 epoch trains one randomly cut prefix per user instead of every prefix; no masked-language-model
-pre-training on other domains (the MiniLM weights are the starting point). Cost: ~130 MFLOP per
+pre-training on other domains (the MiniLM weights are the starting point); ``lm_layers`` may keep only
+the first layers of MiniLM (fewer FLOPs; all six by default). Cost: ~130 MFLOP per
 token per training step, so this model is for GPUs; ``recsys.models.recformer`` is the two-level
 variant that fits a CPU.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batching import padded_windows
+from .base import SequentialEncoder, register
 
 KIND_SPECIAL, KIND_KEY, KIND_VALUE = 0, 1, 2
 
@@ -47,6 +48,27 @@ class RecformerTokensConfig:
     max_tokens: int = 512  # [CLS] + history tokens (MiniLM has 512 positions)
     temperature: float = 0.05
     words_per_attribute: int = 24
+    lm_layers: int = 6  # MiniLM layers kept (its first ones)
+    stage1_epochs: int = 10  # epochs with the item table re-encoded each epoch; the rest are stage 2
+    steps_per_epoch: int = 0  # training steps per epoch (0: one random prefix of every user)
+    dropout: float = 0.1  # the language model's hidden dropout
+
+    @property
+    def max_seq_len(self) -> int:  # the history window the evaluator hands over
+        return self.max_items
+
+    def check(self) -> list[tuple[str, bool, str]]:
+        """(key, holds, what is allowed) for each setting (recsys.config reports the first that fails)."""
+        return [
+            ("tokens_per_item", self.tokens_per_item >= 1, ">= 1"),
+            ("max_items", self.max_items >= 1, ">= 1"),
+            ("max_tokens", 2 <= self.max_tokens <= 512, "in [2, 512] (MiniLM's positions)"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("words_per_attribute", self.words_per_attribute >= 1, ">= 1"),
+            ("lm_layers", 1 <= self.lm_layers <= 6, "in [1, 6] (MiniLM's layers)"),
+            ("stage1_epochs", self.stage1_epochs >= 0, ">= 0"),
+            ("steps_per_epoch", self.steps_per_epoch >= 0, ">= 0 (0: every user once)"),
+        ]
 
 
 def item_token_table(
@@ -79,37 +101,64 @@ def item_token_table(
     return ids, kinds
 
 
-class RecformerTokens(nn.Module):
-    """The token-level encoder; implements ``item_vectors`` / ``user_vectors`` for the shared evaluator."""
+@register("recformer_tokens", RecformerTokensConfig)
+class RecformerTokens(SequentialEncoder):
+    """The token-level encoder; implements ``item_vectors`` / ``user_vectors`` for the shared evaluator.
+    Built from its config and the catalogue size (the packaged MiniLM, cut to ``lm_layers``), then given
+    the catalogue's text with :meth:`set_item_attributes`; tests may hand in a language model and
+    tokenizer of their own."""
 
     causal = False
+    objective = "two_stage_text"
+    needs_item_text = True
+    item_text_form = "attributes"
 
-    def __init__(
-        self,
-        cfg: RecformerTokensConfig,
-        token_ids: torch.Tensor,
-        token_kinds: torch.Tensor,
-        language_model: nn.Module,
-        cls_id: int,
-    ):
+    def __init__(self, cfg: RecformerTokensConfig, num_items: int, language_model=None, tokenizer=None):
         super().__init__()
+        if language_model is None:
+            from .minilm import load_minilm
+
+            language_model, tokenizer = load_minilm()
+            if not 1 <= cfg.lm_layers <= len(language_model.layers):
+                raise ValueError(f"lm_layers must be in [1, {len(language_model.layers)}], got {cfg.lm_layers}")
+            language_model.layers = language_model.layers[: cfg.lm_layers]
+            for module in language_model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = cfg.dropout
         self.cfg = cfg
         self.lm = language_model
+        self.tokenizer = tokenizer
         d = language_model.cfg.hidden_size
         if cfg.max_tokens > language_model.cfg.max_position_embeddings:
             raise ValueError(
                 f"max_tokens {cfg.max_tokens} > the language model's "
                 f"{language_model.cfg.max_position_embeddings} positions"
             )
-        self.register_buffer("token_ids", token_ids, persistent=False)  # [V, T]
-        self.register_buffer("token_kinds", token_kinds, persistent=False)  # [V, T]
-        self.cls_id = cls_id
+        self.register_buffer(
+            "token_ids", torch.zeros(num_items, cfg.tokens_per_item, dtype=torch.long), persistent=False
+        )
+        self.register_buffer("token_kinds", torch.zeros_like(self.token_ids), persistent=False)
+        self.cls_id = tokenizer.token_to_id("[CLS]") if tokenizer is not None else 101
         # Recformer's added tables start at zero: the pretrained model's behaviour is the starting point
         self.kind_embedding = nn.Embedding(3, d)
         self.item_position_embedding = nn.Embedding(cfg.max_items + 1, d)
         nn.init.zeros_(self.kind_embedding.weight)
         nn.init.zeros_(self.item_position_embedding.weight)
-        self.register_buffer("item_table", torch.zeros(token_ids.shape[0], d), persistent=False)
+        # the item vectors scores are computed against: kept in checkpoints (stage 2 trains against the
+        # table of the best stage-1 encoder, which the encoder's weights alone no longer give)
+        self.register_buffer("item_table", torch.zeros(num_items, d))
+
+    def set_item_attributes(self, attributes: list[list[tuple[str, str]] | None]) -> None:
+        """The catalogue's (key, value) attributes per internal item id (:func:`recsys.text.item_attributes`)."""
+        if len(attributes) != self.token_ids.shape[0]:
+            raise ValueError(f"{len(attributes)} items' attributes for a catalogue of {self.token_ids.shape[0]}")
+        ids, kinds = item_token_table(attributes, self.tokenizer, self.cfg.tokens_per_item)
+        self.token_ids.copy_(ids)
+        self.token_kinds.copy_(kinds)
+
+    def forward(self, item_ids, timestamps=None, next_timestamps=None):
+        """[B, L] -> [B, 1, D]: the history's vector (the model reads a history as one token sequence)."""
+        return self.user_vectors(item_ids)[:, None]
 
     def _encode(self, ids, kinds, item_pos, mask) -> torch.Tensor:  # [B, S] each -> [B, d] unit vectors
         extra = self.kind_embedding(kinds) + self.item_position_embedding(item_pos)
@@ -177,11 +226,10 @@ class RecformerTokens(nn.Module):
 def build(data, text, cfg: RecformerTokensConfig = RecformerTokensConfig()) -> RecformerTokens:
     """The token-level model for a prepared dataset and its catalogue text (recsys.data.cards.load_item_text)."""
     from ..text import item_attributes
-    from .minilm import load_minilm
 
-    lm, tokenizer = load_minilm()
-    ids, kinds = item_token_table(item_attributes(data, text, cfg.words_per_attribute), tokenizer, cfg.tokens_per_item)
-    return RecformerTokens(cfg, ids, kinds, lm.train(), tokenizer.token_to_id("[CLS]"))
+    model = RecformerTokens(cfg, data.num_items)
+    model.set_item_attributes(item_attributes(data, text, cfg.words_per_attribute))
+    return model
 
 
 def random_prefixes(split, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -193,69 +241,3 @@ def prefix_batch(data, starts: np.ndarray, cuts: np.ndarray, max_items: int) -> 
     """(history windows [B, max_items] left-padded, targets [B]): the events before each cut and the one at it."""
     windows = padded_windows(data.item_ids, starts, starts + cuts, max_items)
     return torch.from_numpy(windows), torch.from_numpy(np.asarray(data.item_ids)[starts + cuts])
-
-
-def fit(
-    model: RecformerTokens,
-    split,
-    epochs_stage1: int,
-    epochs_stage2: int = 0,
-    batch_size: int = 16,
-    lr: float = 5e-5,
-    seed: int = 0,
-    max_steps_per_epoch: int | None = None,
-    eval_fn=None,
-    progress: bool = True,
-) -> list[dict]:
-    """Two-stage fine-tuning on a split's training events; one random prefix per user per epoch.
-
-    ``eval_fn(model) -> float`` (validation NDCG@10, say) picks the best stage-1 encoder, whose item
-    table stage 2 keeps frozen. Returns one record per epoch (loss, seconds, steps, eval)."""
-    data = split.data
-    users = np.flatnonzero(split.train_lengths >= 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    history, best, best_state = [], -math.inf, None
-    table_is_current = False  # the item table encodes the items with the encoder's current weights
-    for epoch in range(epochs_stage1 + epochs_stage2):
-        stage = 1 if epoch < epochs_stage1 else 2
-        if epoch == epochs_stage1 and best_state is not None:  # stage 2 starts from the best stage-1 model
-            model.load_state_dict(best_state)
-            table_is_current = False
-        if (stage == 1 or epoch == epochs_stage1) and not table_is_current:
-            model.refresh_item_table()  # stage 1: every epoch; stage 2: once, then frozen
-        rng = np.random.default_rng(seed * 1_000_003 + epoch)
-        order = rng.permutation(users)
-        cuts = random_prefixes(split, order, rng)
-        starts = data.seq_offsets[order]
-        steps = math.ceil(len(order) / batch_size)
-        if max_steps_per_epoch:
-            steps = min(steps, max_steps_per_epoch)
-        model.train()
-        total, t0 = torch.zeros((), device=model.item_table.device), time.perf_counter()  # no sync per step
-        for step in tqdm(range(steps), desc=f"stage {stage} epoch {epoch + 1}", disable=not progress, leave=False):
-            rows = slice(step * batch_size, (step + 1) * batch_size)
-            windows, targets = prefix_batch(data, starts[rows], cuts[rows], model.cfg.max_items)
-            loss = model.loss(windows, targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-        table_is_current = False
-        record = {
-            "epoch": epoch + 1,
-            "stage": stage,
-            "train_loss": float(total) / max(steps, 1),
-            "steps": steps,
-            "train_seconds": time.perf_counter() - t0,
-            "sequences": min(len(order), steps * batch_size),
-        }
-        if eval_fn is not None:
-            if stage == 1:  # score with the items as this epoch's encoder sees them (reused by the next epoch)
-                model.refresh_item_table()
-                table_is_current = True
-            record["eval"] = eval_fn(model)
-            if stage == 1 and record["eval"] > best:
-                best = record["eval"]
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        history.append(record)
-    return history

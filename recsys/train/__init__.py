@@ -16,10 +16,22 @@ from .runtime import (
     warn_if_bf16_emulated,
     warn_if_compile_on_cpu,
 )
+from .text import TwoStageTextTrainer
+
+
+def make_trainer(cfg, run_dir, data: PreparedData | None = None, progress: bool = True, verbose=None) -> Trainer:
+    """The trainer for a run's model: :class:`TwoStageTextTrainer` for a ``two_stage_text`` model (the
+    token-level Recformer), else :class:`Trainer` (next-item and cloze objectives)."""
+    from ..models.base import resolve_model
+
+    cls = TwoStageTextTrainer if resolve_model(cfg.model_name)[0].objective == "two_stage_text" else Trainer
+    return cls(cfg, run_dir, data=data, progress=progress, verbose=verbose)
+
 
 __all__ = [
     "PreparedData",
     "TrainLoop",
+    "TwoStageTextTrainer",
     "Trainer",
     "TrainingDivergedError",
     "atomic_torch_save",
@@ -27,6 +39,7 @@ __all__ = [
     "epoch_generator",
     "load_checkpoint",
     "load_run",
+    "make_trainer",
     "native_bf16",
     "peak_memory_mb",
     "plot_learning_curves",

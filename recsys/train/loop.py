@@ -129,6 +129,11 @@ class TrainLoop:
         """The best model's evaluation, written to ``final_metrics.json``."""
         raise NotImplementedError
 
+    def early_stop(self) -> bool:
+        """Whether to stop before the next epoch: ``train.patience`` validations without a better metric."""
+        patience = self.cfg.train.patience
+        return bool(self.has_validation and patience and self.bad_epochs >= patience)
+
     def stored_config(self, config: dict) -> dict:
         """A checkpoint's config dict as this version reads it (defaults for settings added since)."""
         return config
@@ -243,8 +248,10 @@ class TrainLoop:
             atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
             atomic_write_json(self.run_dir / "env.json", run_environment(self.cfg, self.data_info, self.device))
         has_valid = self.has_validation
+        stopped_early = False
         while self.epoch < train.epochs:
-            if has_valid and train.patience and self.bad_epochs >= train.patience:
+            if self.early_stop():
+                stopped_early = True
                 break
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             self.epoch += 1
@@ -269,8 +276,7 @@ class TrainLoop:
                 atomic_torch_save(self._state(), last)
                 self._print_epoch(record)  # to train.log; to the terminal unless muted
             distributed.barrier()  # every rank sees this epoch's files before going on
-        stopped_early = bool(has_valid and train.patience and self.bad_epochs >= train.patience)
-        return self.finish(stopped_early)
+        return self.finish(stopped_early or self.early_stop())
 
     def _save_best(self) -> None:
         if not distributed.is_main():

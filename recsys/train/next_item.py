@@ -86,11 +86,17 @@ class Trainer(TrainLoop):
                 f"model ({cfg.model_name}) does not fit in memory here: {str(err).strip().splitlines()[0][:200]}"
             ) from None
         if self.model.needs_item_text:  # text-based items: the catalogue's text vectors
-            from .data.cards import load_item_text
-            from .text import item_text_vectors
+            from ..data.cards import load_item_text
+            from ..text import item_attributes, item_text_vectors
 
             text = load_item_text(cfg.data.dataset, cfg.data.data_dir) if cfg.data.dataset != "custom" else None
-            self.model.set_item_text(item_text_vectors(self.split.data, text, verbose=progress))
+            if self.model.item_text_form == "attributes":  # the model reads the words itself
+                if text is None:
+                    raise ConfigError(f"model {cfg.model_name} reads item text; {cfg.data.dataset} has none")
+                words = getattr(cfg.model, "words_per_attribute", 24)
+                self.model.set_item_attributes(item_attributes(self.split.data, text, words))
+            else:
+                self.model.set_item_text(item_text_vectors(self.split.data, text, verbose=progress))
         self.model.to(self.device)
         # training forward passes go through torch.compile and / or DDP (gradient all-reduce under
         # torchrun) when asked; self.model stays the plain module (state_dict, evaluation, item vectors)
@@ -305,6 +311,8 @@ def load_run(
     if data is None and cfg.data.dataset == "custom" and not cfg.data.path:
         raise DataError(f"{run_dir} was trained on an in-memory DataFrame: pass the same data again")
     prepared = prepare_data(cfg.data, verbose=False, interactions=data)
-    trainer = Trainer(cfg, run_dir, data=prepared, progress=False)
+    from . import make_trainer
+
+    trainer = make_trainer(cfg, run_dir, data=prepared, progress=False)
     trainer.model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     return trainer

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -11,7 +10,6 @@ from recsys.models.recformer_tokens import (  # noqa: E402
     KIND_VALUE,
     RecformerTokens,
     RecformerTokensConfig,
-    fit,
     item_token_table,
 )
 
@@ -45,7 +43,10 @@ def _model(tokenizer, n_items=12, **cfg):
             hidden_dropout_prob=0.0,
         )
     )
-    return RecformerTokens(cfg, ids, kinds, lm, tokenizer.token_to_id("[CLS]"))
+    model = RecformerTokens(cfg, n_items, language_model=lm, tokenizer=tokenizer)
+    model.set_item_attributes(_attributes(n_items))
+    assert torch.equal(model.token_ids, ids) and torch.equal(model.token_kinds, kinds)
+    return model
 
 
 def test_item_tokens_keep_keys_and_values_apart(tokenizer):
@@ -80,56 +81,3 @@ def test_bidirectional_and_only_the_last_items_are_read(tokenizer):
     earlier = model.user_vectors(torch.tensor([[1, 2, 7, 4]]))  # an earlier item read: changes the vector
     torch.testing.assert_close(a, older)
     assert not torch.allclose(a, earlier)
-
-
-def test_two_stage_fit_learns_a_planted_rule(tokenizer):
-    """Next item = the current one + 1, items named by distinct words: stage 1 brings the loss down,
-    stage 2 trains with the item table frozen."""
-    from recsys.data.prepare import SequenceData
-    from recsys.data.splits import make_split
-
-    n_items = 12
-    seqs = [np.arange(s, s + 6) % (n_items - 1) + 1 for s in range(0, 40)]
-    offsets = np.concatenate([[0], np.cumsum([len(x) for x in seqs])])
-    data = SequenceData(
-        np.concatenate(seqs),
-        np.arange(offsets[-1]),
-        offsets,
-        np.arange(len(seqs)),
-        np.arange(n_items).astype(object),
-        has_timestamps=False,
-    )
-    split = make_split(data, "leave_one_out", verbose=False)
-    words = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "rocket", "forest", "candle", "mirror"]
-    cfg = RecformerTokensConfig(tokens_per_item=8, max_items=2, max_tokens=40, temperature=0.1)
-    ids, kinds = item_token_table([None] + [[("title", w)] for w in words], tokenizer, cfg.tokens_per_item)
-    torch.manual_seed(0)
-    lm = BertEncoder(
-        BertConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            hidden_dropout_prob=0.0,
-        )
-    )
-    model = RecformerTokens(cfg, ids, kinds, lm, tokenizer.token_to_id("[CLS]"))
-    calls = []
-    history = fit(
-        model,
-        split,
-        epochs_stage1=15,
-        epochs_stage2=2,
-        batch_size=8,
-        lr=3e-3,
-        progress=False,
-        eval_fn=lambda m: calls.append(1) or -len(calls),
-    )
-    assert [h["stage"] for h in history] == [1] * 15 + [2] * 2
-    losses = [h["train_loss"] for h in history]
-    assert min(losses[10:15]) < 0.75 * losses[0]  # ln 11 = 2.40 at the start
-    assert len(calls) == 17
-    table = model.item_table.clone()
-    model.loss(torch.tensor([[1, 2, 3, 4]]), torch.tensor([5])).backward()  # stage 2 never touches the table
-    torch.testing.assert_close(model.item_table, table)
