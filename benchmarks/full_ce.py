@@ -74,7 +74,7 @@ def child(impl: str, V: int, positions: int, dim: int, item_chunk: int) -> dict:
         if impl == "kernel" and not cpu_softmax_ce.available():
             raise RuntimeError("the fused CPU kernels are not available here (no C compiler?)")
         if impl != "kernel":  # the loss's PyTorch path
-            losses._cpu_kernel_usable = lambda hidden, table: False
+            losses.full_ce._cpu_kernel_usable = lambda hidden, table: False
         loss = full_softmax_ce(
             hidden,
             items,

@@ -1171,7 +1171,7 @@ int recsys_keep_mask(const int32_t *config, const int64_t *n, const int64_t *thr
 }
 
 /* ---- bf16 full CE on CPUs with bf16 units: the elementwise pass between the products ----------------
- * The bf16 path of recsys.losses.ChunkedSoftmaxCE leaves the three products to oneDNN (AMX / AVX512-BF16
+ * The bf16 path of recsys.losses.full_ce.ChunkedSoftmaxCE leaves the three products to oneDNN (AMX / AVX512-BF16
  * there); between them each [V, c] block of bf16 logits was exponentiated by one torch op and summed per
  * column by another, two passes over the block that cost more than the three products together at
  * Beauty's shape on bf16 hardware.
