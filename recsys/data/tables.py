@@ -1,0 +1,166 @@
+"""Logs of one's own: any CSV / TSV / Parquet file or in-memory DataFrame with a column mapping, to the
+canonical table; integer, fractional or date-time timestamps (one format per column, offsets
+checked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from ..errors import DataError
+from .interactions import Interactions, _cast_column, _finish
+
+# timestamps are whole seconds; where a log's are finer (fractional seconds, date-times with
+# milliseconds) this column keeps their exact order for the chronological sort (recsys.data.prepare)
+SUBSECOND_ORDER = "timestamp_order"
+
+# the row-number column the table readers add (a name no log has, so a column called "line" is data)
+ROW_NUMBER = "__recsys_line__"
+
+
+def read_table(
+    path: str | Path,
+    columns: dict[str, str],
+    separator: str | None = None,
+    timestamp_format: str | None = None,
+) -> Interactions:
+    """Any CSV / TSV / Parquet log. ``columns`` maps canonical names to the file's column names,
+    e.g. ``{"user_id": "visitorid", "item_id": "itemid", "timestamp": "ts"}``. ``separator``: default a
+    tab for ``.tsv`` / ``.tab`` files, else a comma. ``timestamp_format``: the strftime format of text
+    timestamps (default: integers, or date-times in the format polars infers)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if separator is None:
+        separator = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    try:
+        if path.suffix == ".parquet":
+            df = pl.read_parquet(path)
+            df = df.with_row_index(ROW_NUMBER, offset=1)
+        else:
+            df = pl.read_csv(
+                path, separator=separator, infer_schema_length=0, row_index_name=ROW_NUMBER, row_index_offset=2
+            )
+    except Exception as err:  # polars raises many kinds; show the first line of its message
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"{path}: could not be parsed as {'Parquet' if path.suffix == '.parquet' else 'CSV'} ({msg})"
+        ) from None
+    return frame_to_interactions(
+        df, columns, source=str(path), timestamp_format=timestamp_format, line_column=ROW_NUMBER
+    )
+
+
+def _parse_datetimes(out: pl.DataFrame, as_int: pl.Series, source: str, timestamp_format: str | None) -> pl.Series:
+    """A text ``timestamp`` column that is not all numbers, as date-times (``as_int``: its values read as
+    integers, null where they are not). Every value must be a date-time of one format
+    (``timestamp_format``, else the one polars infers); a value that is neither, or a column mixing
+    integers and date-times, is an error naming the line."""
+    ts = out["timestamp"]
+    hint = (
+        "" if timestamp_format else " (a date-time format can be given: data.timestamp_format, e.g. '%d/%m/%Y %H:%M')"
+    )
+    try:
+        as_dt = ts.str.strip_chars().str.to_datetime(format=timestamp_format, strict=False)
+    except pl.exceptions.PolarsError:  # no format fits the values polars inferred it from: none is a date-time
+        as_dt = pl.Series("timestamp", [None] * len(ts), dtype=pl.Datetime)
+    neither = ts.is_not_null() & as_int.is_null() & as_dt.is_null()
+    # a UTC offset (Z, +02:00, -0500) at the end of some date-times and not of others: one kind per column
+    offset = ts.str.strip_chars().str.contains(r"(Z|[+-]\d{2}:?\d{2})$") & as_int.is_null()
+    if neither.any() and offset.any() and (~offset & as_int.is_null() & ts.is_not_null()).any():
+        line_offset = out.filter(offset)["line"][0]
+        line_naive = out.filter(~offset & as_int.is_null() & ts.is_not_null())["line"][0]
+        raise DataError(
+            f"{source}, line {line_offset}: field 'timestamp' has a UTC offset "
+            f"({out.filter(offset)['timestamp'][0]!r}) where line {line_naive} has none "
+            f"({out.filter(pl.col('line') == line_naive)['timestamp'][0]!r}): give every time an offset, "
+            "or none"
+        )
+    if neither.any():
+        row = out.filter(neither).row(0, named=True)
+        raise DataError(
+            f"{source}, line {row['line']}: field 'timestamp' is neither an integer nor a date-time: "
+            f"{row['timestamp']!r}{hint}"
+        )
+    if as_int.null_count() < len(ts):  # every value is one or the other, and some are integers
+        line_int = out.filter(as_int.is_not_null())["line"][0]
+        line_dt = out.filter(as_dt.is_not_null())["line"][0]
+        raise DataError(
+            f"{source}, line {line_int}: field 'timestamp' is an integer where line {line_dt} has a "
+            f"date-time: one kind per column"
+        )
+    return as_dt
+
+
+def _canonical_timestamps(out: pl.DataFrame, source: str, timestamp_format: str | None) -> pl.DataFrame:
+    """``timestamp`` as whole seconds since the epoch (Int64) from integers, fractional seconds (numbers
+    or text) or date-times (typed, or text). Where the times are finer than seconds (fractions, date-times
+    with milliseconds) their exact values go to :data:`SUBSECOND_ORDER`, so that events within one second
+    keep their order in time, not in the file."""
+    ts = out["timestamp"]
+    seconds, finer, scale = ts, None, 1.0  # finer: the times at full resolution, scale: its units per second
+    if ts.dtype == pl.Utf8:
+        text = ts.str.strip_chars()
+        as_int = text.cast(pl.Int64, strict=False)
+        as_float = text.cast(pl.Float64, strict=False) if timestamp_format is None else None
+        if as_int.null_count() == ts.null_count():
+            seconds = as_int
+        elif as_float is not None and as_float.null_count() == ts.null_count():
+            seconds, finer = as_float.floor().cast(pl.Int64), as_float
+        else:
+            as_dt = _parse_datetimes(out, as_int, source, timestamp_format)
+            seconds, finer, scale = as_dt.dt.epoch("s"), as_dt.dt.epoch("us"), 1e6
+    elif ts.dtype.is_temporal():
+        seconds, finer, scale = ts.dt.epoch("s"), ts.dt.epoch("us"), 1e6
+    elif ts.dtype.is_float():
+        ts = ts.fill_nan(None)  # a NaN time is a missing one (an error naming its line, later)
+        seconds, finer = ts.floor().cast(pl.Int64), ts
+    out = out.with_columns(seconds.alias("timestamp"))
+    if finer is not None and not (finer.cast(pl.Float64) == seconds.cast(pl.Float64) * scale).all():
+        out = out.with_columns(finer.cast(pl.Float64).alias(SUBSECOND_ORDER))
+    return out
+
+
+def frame_to_interactions(
+    df: pl.DataFrame,
+    columns: dict[str, str],
+    source: str = "DataFrame",
+    timestamp_format: str | None = None,
+    line_column: str | None = None,
+) -> Interactions:
+    """Canonical table from an in-memory polars / pandas DataFrame and a column mapping. Errors name a
+    row by ``line_column`` (a file's line numbers) or, without one, by its 1-based row number."""
+    if not isinstance(df, pl.DataFrame):
+        df = pl.from_pandas(df)
+    if line_column is None:
+        line_column = ROW_NUMBER
+        df = df.with_row_index(ROW_NUMBER, offset=1)
+    allowed = {"user_id", "item_id", "timestamp", "rating", "event", "category_id"}
+    for key in columns:
+        if key not in allowed:
+            raise DataError(f"{source}: unknown canonical column {key!r}; allowed: {sorted(allowed)}")
+    for need in ("user_id", "item_id"):
+        if need not in columns:
+            raise DataError(f"{source}: the column mapping must name '{need}'")
+    have = [c for c in df.columns if c != line_column]
+    missing = [c for c in columns.values() if c not in have]
+    if missing:
+        raise DataError(
+            f"{source}: missing column(s) {missing}; the {'DataFrame' if source == 'DataFrame' else 'file'} has {have}"
+        )
+    if df.height == 0:
+        raise DataError(f"{source}: no rows")
+    out = df.select(
+        pl.col(line_column).cast(pl.Int64).alias("line"), *[pl.col(src).alias(dst) for dst, src in columns.items()]
+    )
+    for col in ("user_id", "item_id"):
+        if out[col].dtype == pl.Utf8:
+            as_int = out[col].str.strip_chars().cast(pl.Int64, strict=False)
+            if as_int.null_count() == out[col].null_count():
+                out = out.with_columns(as_int.alias(col))
+    if "rating" in out.columns:
+        out = _cast_column(Path(source), out.with_columns(pl.col("rating").cast(pl.Utf8)), "rating", pl.Float64)
+    if "timestamp" in out.columns:
+        out = _canonical_timestamps(out, source, timestamp_format)
+    return _finish(out, source)
