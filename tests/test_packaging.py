@@ -26,4 +26,7 @@ def test_without_a_repository_the_cards_come_from_the_package(monkeypatch, tmp_p
 def test_the_fused_cpu_encoder_source_is_in_the_wheel_list():
     setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "*.c" in setup["package-data"]["recsys.kernels"]
-    assert (REPO / "recsys" / "kernels" / "cpu_encoder.c").exists()
+    assert (REPO / "recsys" / "kernels" / "cpu_kernels.c").exists() and (
+        REPO / "recsys" / "kernels" / "cpu" / "common.h"
+    ).exists()
+    assert "cpu/*.c" in setup["package-data"]["recsys.kernels"] and "cpu/*.h" in setup["package-data"]["recsys.kernels"]

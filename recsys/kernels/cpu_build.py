@@ -1,6 +1,7 @@
-"""The fused CPU kernels' library: built from ``cpu_encoder.c`` on first use, loaded, checked.
+"""The fused CPU kernels' library: built from ``cpu_kernels.c`` on first use, loaded, checked.
 
-The C file holds one entry point per op; each op has its own module with its PyTorch reference, its
+The C sources hold one op per file (``cpu/*.c``, sharing ``cpu/common.h`` and ``cpu/threads.h``, built as
+one translation unit by ``cpu_kernels.c``); each op has its own module with its PyTorch reference, its
 fast path and the dispatcher that picks between them (:mod:`.cpu_encoder`: transformer inference,
 :mod:`.cpu_ranking`: exact full-ranking counts, :mod:`.cpu_softmax_ce`: the full-softmax cross-entropy
 and the bf16 exponentials, :mod:`.cpu_dropout`: dropout masks). This module builds and loads them:
@@ -38,7 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_encoder.c")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+# every file the build reads: a change to any of them makes a new library
+SOURCES = [SOURCE, *sorted((SOURCE.parent / "cpu").glob("*.[ch]"))]
 FLAGS = ["-O3", "-ffp-contract=fast", "-fPIC", "-shared", "-pthread"]
 
 _library: ctypes.CDLL | None = None
@@ -165,7 +168,7 @@ def _compile() -> ctypes.CDLL:
     if not compiler:
         raise RuntimeError("no C compiler (cc, gcc or clang) found")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    source = SOURCE.read_bytes()
+    source = b"".join(path.name.encode() + b"\0" + path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(
         b"\0".join(
             [
@@ -178,7 +181,7 @@ def _compile() -> ctypes.CDLL:
             ]
         )
     ).hexdigest()[:16]
-    target = _private_dir(_cache_dir()) / f"cpu_encoder-{key}.so"
+    target = _private_dir(_cache_dir()) / f"cpu_kernels-{key}.so"
     if target.exists() and not _verified(target):
         why = (
             "does not match the hash recorded when it was built (damaged or replaced)"

@@ -1,5 +1,5 @@
 """Fused CPU inference of pre-LayerNorm transformer encoders (SASRec, BERT4Rec): each history's last
-hidden state, one sequence at a time in cache-sized scratch (``recsys_encode_last`` in cpu_encoder.c).
+hidden state, one sequence at a time in cache-sized scratch (``recsys_encode_last`` in cpu/encoder.c).
 
 - reference: :func:`reference_encode_last`, the same function in PyTorch ops (and the models' own
   PyTorch path, which the tests compare against as well);

@@ -1,4 +1,4 @@
-"""Exact full-ranking counts on CPU (``recsys_rank_counts`` in cpu_encoder.c): for each user, how many
+"""Exact full-ranking counts on CPU (``recsys_rank_counts`` in cpu/ranking.c): for each user, how many
 items score above its target and how many tie with it, without a [V, B] score matrix.
 
 - reference: :func:`recsys.metrics.rank_counts_from_item_scores` on the full score matrix;

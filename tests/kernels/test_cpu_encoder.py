@@ -67,7 +67,7 @@ def test_left_padded_counts():
 def test_the_library_is_built_into_the_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_CACHE", str(tmp_path))
     assert cpu_build.available()
-    built = list((tmp_path / "kernels").glob("cpu_encoder-*.so"))
+    built = list((tmp_path / "kernels").glob("cpu_kernels-*.so"))
     assert len(built) == 1 and not list((tmp_path / "kernels").glob("*.tmp"))
 
 
@@ -143,7 +143,7 @@ def test_built_without_native_instructions_the_kernels_agree(tmp_path, monkeypat
     monkeypatch.setenv("RECSYS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cpu_build, "_state", None)
     baseline = outputs()
-    assert list((tmp_path / "cache" / "kernels").glob("cpu_encoder-*.so"))
+    assert list((tmp_path / "cache" / "kernels").glob("cpu_kernels-*.so"))
     for got, want in zip(baseline, native):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -489,7 +489,7 @@ def test_a_truncated_compiled_kernel_is_rebuilt_not_loaded(tmp_path):
     import shutil
 
     assert cpu_build.available()
-    built = sorted(cpu_build._cache_dir().glob("cpu_encoder-*.so"))
+    built = sorted(cpu_build._cache_dir().glob("cpu_kernels-*.so"))
     assert built and all(cpu_build._verified(p) for p in built)
     shutil.copytree(cpu_build._cache_dir(), tmp_path / "kernels")
     for so in (tmp_path / "kernels").glob("*.so"):
