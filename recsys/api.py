@@ -1,23 +1,37 @@
-"""Python API mirroring the CLI, for notebooks.
+"""Python API: train on a DataFrame, a file, a dataset card or a packaged recipe, then recommend by user.
 
-import recsys
-data = recsys.from_frame(df, user="user_id", item="item_id", time="ts")   # pandas or polars
-model = recsys.fit(data, "recipes/ml-100k/sasrec.toml", overrides=["train.epochs=5"], run_dir="runs/nb")
-model.evaluate("test")["ndcg@10"]
-model.recommend(["i1", "i7", "i3"], k=10)       # raw item ids and scores
-model = recsys.load("runs/nb")                     # a finished run, back from disk
+    import recsys
+    run = recsys.fit(df, model="sasrec", user="user_id", item="item_id", time="timestamp",
+                     epochs=3, **{"model.hidden_dim": 64})      # df: pandas or polars; or a path / card name
+    top = run.recommend(users=["u1", "u2"], k=10)               # DataFrame: user, rank, item, score (raw ids)
+    top = run.recommend(histories=[["i1", "i9"]], k=10, unknown="skip")
+    s = run.score(users=["u1"], items=["i3", "i7"])             # DataFrame: user, item, score
+    sim = run.similar_items(["i3"], k=10)                        # DataFrame: item, rank, similar_item, score
+    run.evaluate("test")["ndcg@10"]
+    run2 = recsys.load(run.path)                                # no data needed: the run keeps what it needs
+    recsys.recipes()                                            # the packaged recipes
+    run3 = recsys.fit(recipe="ml-100k/sasrec", epochs=2)
+
+Results are polars DataFrames (``.to_pandas()`` for pandas). A user's history is every event of that user
+in the run's data (training, validation and test), most recent last; ``exclude_seen`` leaves those items
+out of the recommendations.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
+import polars as pl
 import torch
 import torch.nn.functional as F
 
-from .config import RunConfig, config_from_dict, load_recipe
+from .config import RunConfig, apply_settings, config_from_dict, load_recipe
+from .data.interactions import save_interactions
 from .data.readers import DataError, Interactions, frame_to_interactions
+from .recipe_index import list_recipes, resolve_recipe
 from .train import Trainer, load_run, make_trainer, prepare_data
 
 
@@ -39,8 +53,30 @@ def from_frame(
     return frame_to_interactions(df, columns, source="DataFrame", timestamp_format=time_format)
 
 
-class Recommender:
-    """A trained model with its data: evaluate, score and recommend by raw ids."""
+def recipes() -> list[str]:
+    """The packaged recipes' names (``recsys.fit(recipe=NAME)``, ``recsys train NAME``)."""
+    return list_recipes()
+
+
+def _lookup(raw_ids: np.ndarray, query: Sequence) -> np.ndarray:
+    """Internal index of each queried raw id in ``raw_ids`` (its position), -1 where unknown."""
+    lookup = pl.DataFrame({"raw": pl.Series(list(raw_ids)), "idx": np.arange(len(raw_ids))})
+    asked = pl.DataFrame({"raw": pl.Series(list(query)).cast(lookup["raw"].dtype, strict=False)})
+    found = asked.join(lookup, on="raw", how="left", maintain_order="left")["idx"]
+    return found.fill_null(-1).to_numpy().astype(np.int64)
+
+
+def _check_unknown(kind: str, query: Sequence, index: np.ndarray, unknown: str) -> None:
+    if unknown not in ("error", "skip"):
+        raise ValueError(f"unknown must be 'error' or 'skip', got {unknown!r}")
+    if unknown == "error" and (index < 0).any():
+        missing = [q for q, i in zip(query, index) if i < 0][:10]
+        raise DataError(f"unknown {kind} id(s) {missing}: not in this run's data (unknown='skip' leaves them out)")
+
+
+class Run:
+    """A trained model with its run folder and data: evaluate, recommend, score and find similar items,
+    every id raw (as in the data it was trained on)."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -51,101 +87,244 @@ class Recommender:
     def config(self) -> RunConfig:
         return self.trainer.cfg
 
+    @property
+    def path(self) -> Path:
+        """The run folder (``recsys.load(run.path)``; the CLI's ``evaluate`` / ``export`` take it too)."""
+        return self.trainer.run_dir
+
     def evaluate(self, split: str = "test") -> dict:
         return self.trainer.evaluate(split)
 
-    @torch.no_grad()
-    def score(
-        self,
-        histories: Sequence[Sequence],
-        times: Sequence[Sequence[int]] | None = None,
-        at: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        """Scores [len(histories), V] of every item (column i = internal id i; column 0 is padding = -inf)
-        for histories of raw item ids (oldest first). Models that read time (HSTU's time bias) need
-        ``times``: each item's timestamp (seconds, as in the training log), and ``at``: the time each
-        recommendation is for (default: the history's last timestamp)."""
-        max_len = self.config.max_seq_len
-        if len(histories) == 0:
-            raise DataError("score needs at least one history")
-        rows = [self.data.item_index(h)[-max_len:] for h in histories]
+    # -- the users and histories asked about, as left-padded windows of internal ids
+    def _user_windows(self, users: Sequence, unknown: str):
+        index = _lookup(self.data.user_raw_ids, users)
+        _check_unknown("user", users, index, unknown)
+        keep = np.flatnonzero(index >= 0)
+        width = self.config.max_seq_len
+        offsets = self.data.seq_offsets
+        histories, times, seen = [], [], []
+        for u in index[keep]:  # one slice per asked user
+            start = max(offsets[u], offsets[u + 1] - width)
+            histories.append(np.asarray(self.data.item_ids[start : offsets[u + 1]]))
+            times.append(np.asarray(self.data.timestamps[start : offsets[u + 1]]))
+            seen.append(np.asarray(self.data.item_ids[offsets[u] : offsets[u + 1]]))  # every item the user had
+        return [users[i] for i in keep], histories, times, seen
+
+    def _history_windows(self, histories: Sequence[Sequence], unknown: str):
+        rows, seen = [], []
+        for history in histories:
+            index = _lookup(self.data.item_raw_ids[1:], history) + 1  # 0 = unknown (padding is never an item)
+            _check_unknown("item", history, index - 1, unknown)
+            seen.append(index[index > 0])
+            rows.append(seen[-1][-self.config.max_seq_len :])
         if any(len(r) == 0 for r in rows):
-            raise DataError("every history needs at least one item")
+            raise DataError("every history needs at least one known item")
+        return rows, seen
+
+    @torch.no_grad()
+    def _scores(self, rows: list[np.ndarray], times=None, at=None) -> torch.Tensor:
+        """[n, V] scores of every item (column = internal id; column 0, padding, is -inf)."""
+        if not rows:
+            return torch.empty(0, self.data.num_items)
         if times is None and getattr(self.model.cfg, "use_time_bias", False):
-            raise DataError(
-                "this model reads time (time bias): pass times= (each item's timestamp) and "
-                "optionally at= (the time of the request)"
-            )
-        if times is not None and [len(t) for t in times] != [len(h) for h in histories]:
-            raise DataError("times= needs one timestamp per item of each history")
+            raise DataError("this model reads time (time bias): pass times= (each item's timestamp) and optionally at=")
         width = max(len(r) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         stamps = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):  # one row per history, not per interaction
-            ids[i, width - len(r) :] = torch.from_numpy(r)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.from_numpy(np.array(r, dtype=np.int64))  # (a copy: r may be read-only)
             if times is not None:
-                stamps[i, width - len(r) :] = torch.tensor(list(times[i])[-len(r) :], dtype=torch.long)
+                stamps[i, width - len(r) :] = torch.as_tensor(np.asarray(times[i], dtype=np.int64)[-len(r) :])
         self.model.eval()
         device = self.trainer.device
         extra = ()
         if times is not None:
-            when = torch.tensor(list(at) if at is not None else [t[-1] for t in times], dtype=torch.long)
+            when = torch.as_tensor([int(a) for a in at] if at is not None else [int(t[-1]) for t in times])
             extra = (stamps.to(device), when.to(device))
         users = self.model.user_vectors(ids.to(device), *extra)
         items = self.model.item_vectors()
         if self.config.loss.l2_normalize:
             users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
-        scores = (users @ items.T).cpu()
+        scores = (users @ items.T).float().cpu()
         scores[:, 0] = float("-inf")
         return scores
 
+    def _windows(self, users, histories, unknown, times):
+        if (users is None) == (histories is None):
+            raise ValueError("pass users= or histories=, one of them")
+        if users is not None:
+            keys, rows, user_times, seen = self._user_windows(list(users), unknown)
+            timed = getattr(self.model.cfg, "use_time_bias", False)
+            return keys, rows, (user_times if timed else None), seen
+        if times is not None and [len(t) for t in times] != [len(h) for h in histories]:
+            raise DataError("times= needs one timestamp per item of each history")
+        rows, seen = self._history_windows(histories, unknown)
+        return list(range(len(rows))), rows, times, seen
+
     def recommend(
         self,
-        history: Sequence,
+        users: Sequence | None = None,
         k: int = 10,
+        *,
+        histories: Sequence[Sequence] | None = None,
         exclude_seen: bool = True,
-        times: Sequence[int] | None = None,
-        at: int | None = None,
-    ) -> list[tuple[object, float]]:
-        """Top-k (raw item id, score) for one history of raw item ids: fewer when the catalogue (less the
-        history, with ``exclude_seen``) holds fewer than k items. ``times`` / ``at``: as in :meth:`score`."""
+        unknown: str = "error",
+        times: Sequence[Sequence[int]] | None = None,
+        at: Sequence[int] | None = None,
+    ) -> pl.DataFrame:
+        """The top ``k`` items for each user of the run's data (``users``: raw user ids) or each history of
+        raw item ids (``histories``, oldest first; the column ``user`` is then the history's position).
+        ``unknown="skip"`` leaves out unknown users or items instead of raising; ``exclude_seen`` leaves out
+        the items of the history. Models that read time (HSTU's time bias) take the users' own timestamps,
+        or ``times`` (one per history item) and ``at`` (the request's time, default the last item's).
+        Returns a DataFrame (user, rank, item, score), fewer than k rows per user where the catalogue less
+        the history holds fewer items."""
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
-        scores = self.score([history], None if times is None else [times], None if at is None else [at])[0]
-        if exclude_seen:
-            scores[torch.from_numpy(self.data.item_index(history))] = float("-inf")
-        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))  # never padding or excluded items
-        return [(self.data.item_raw_ids[i], float(s)) for i, s in zip(top.indices.tolist(), top.values.tolist())]
+        keys, rows, row_times, seen = self._windows(users, histories, unknown, times)
+        scores = self._scores(rows, row_times, at)
+        out = {"user": [], "rank": [], "item": [], "score": []}
+        for key, items_seen, user_scores in zip(keys, seen, scores):
+            if exclude_seen:
+                user_scores[torch.from_numpy(np.asarray(items_seen, dtype=np.int64))] = float("-inf")
+            top = torch.topk(user_scores, min(k, int(torch.isfinite(user_scores).sum())))
+            for rank, (i, s) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
+                out["user"].append(key)
+                out["rank"].append(rank)
+                out["item"].append(self.data.item_raw_ids[i])
+                out["score"].append(s)
+        return pl.DataFrame(out, schema_overrides={"rank": pl.Int32, "score": pl.Float32}, strict=False)
+
+    def score(
+        self,
+        users: Sequence | None = None,
+        items: Sequence | None = None,
+        *,
+        histories: Sequence[Sequence] | None = None,
+        unknown: str = "error",
+        times: Sequence[Sequence[int]] | None = None,
+        at: Sequence[int] | None = None,
+    ) -> pl.DataFrame:
+        """Scores of ``items`` (raw ids; default every item) for each user (or history): a DataFrame (user,
+        item, score), one row per pair."""
+        keys, rows, row_times, _ = self._windows(users, histories, unknown, times)
+        scores = self._scores(rows, row_times, at)
+        if items is None:
+            columns = np.arange(1, self.data.num_items)
+            item_keys = list(self.data.item_raw_ids[1:])
+        else:
+            index = _lookup(self.data.item_raw_ids[1:], items)
+            _check_unknown("item", items, index, unknown)
+            keep = np.flatnonzero(index >= 0)
+            columns, item_keys = index[keep] + 1, [items[i] for i in keep]
+        picked = scores[:, torch.from_numpy(columns)] if len(keys) else torch.empty(0, len(columns))
+        return pl.DataFrame(
+            {
+                "user": np.repeat(np.asarray(keys, dtype=object), len(columns)).tolist(),
+                "item": item_keys * len(keys),
+                "score": picked.reshape(-1).numpy(),
+            },
+            strict=False,
+        )
+
+    @torch.no_grad()
+    def similar_items(self, items: Sequence, k: int = 10, unknown: str = "error") -> pl.DataFrame:
+        """The ``k`` items whose vectors are closest (cosine) to each given item's: a DataFrame (item, rank,
+        similar_item, score)."""
+        index = _lookup(self.data.item_raw_ids[1:], items)
+        _check_unknown("item", items, index, unknown)
+        keep = np.flatnonzero(index >= 0)
+        vectors = F.normalize(self.model.item_vectors().float(), dim=-1).cpu()
+        query = torch.from_numpy(index[keep] + 1)
+        scores = vectors[query] @ vectors.T  # [q, V]
+        scores[:, 0] = float("-inf")
+        scores[torch.arange(len(query)), query] = float("-inf")  # an item is not its own neighbour
+        top = torch.topk(scores, min(k, self.data.num_items - 2), dim=1)
+        out = {"item": [], "rank": [], "similar_item": [], "score": []}
+        for q, ids, values in zip(keep, top.indices.tolist(), top.values.tolist()):
+            for rank, (i, s) in enumerate(zip(ids, values), start=1):
+                out["item"].append(items[q])
+                out["rank"].append(rank)
+                out["similar_item"].append(self.data.item_raw_ids[i])
+                out["score"].append(s)
+        return pl.DataFrame(out, schema_overrides={"rank": pl.Int32, "score": pl.Float32}, strict=False)
+
+
+Recommender = Run  # the name earlier versions used
+
+
+def _as_interactions(data, user, item, time, rating, time_format) -> Interactions | None:
+    if isinstance(data, Interactions):
+        return data
+    if isinstance(data, (str, Path)) or data is None:
+        return None
+    return from_frame(data, user=user, item=item, time=time, rating=rating, time_format=time_format)
 
 
 def fit(
-    data: Interactions | str,
+    data: Any = None,
+    model: str | None = None,
+    *,
     recipe: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    run_dir: str | Path = "runs/api",
+    user: str = "user_id",
+    item: str = "item_id",
+    time: str | None = None,
+    rating: str | None = None,
+    time_format: str | None = None,
+    epochs: int | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    run_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-) -> Recommender:
-    """Train on interactions (or a dataset card's name) with a recipe's settings (defaults without one)."""
-    cfg = load_recipe(recipe, list(overrides)) if recipe else config_from_dict(_overrides_only(overrides))
-    interactions = None
-    if isinstance(data, Interactions):
-        interactions = data
-        cfg.data.dataset = "custom"
+    **settings: Any,
+) -> Run:
+    """Train and return the :class:`Run`.
+
+    ``data``: a pandas / polars DataFrame (``user`` / ``item`` / ``time`` / ``rating`` name its columns), a
+    CSV / TSV / Parquet file (the same column names), a dataset card's name, or None with a ``recipe`` that
+    names its data. ``model``: a registered model name (default: the recipe's, else SASRec). ``recipe``: a
+    packaged recipe's name (``recsys.recipes()``) or a TOML file. Settings: ``epochs``, dotted keys
+    (``**{"model.hidden_dim": 64}``) or ``overrides`` (a dict of dotted keys, or ``"key=value"`` strings as
+    for ``--set``). ``run_dir``: default ``runs/api-DATE-TIME``. A DataFrame's table is kept in the run
+    folder, so :func:`load` needs no data."""
+    if model is not None and (str(model).endswith(".toml") or "/" in str(model)) and recipe is None:
+        recipe, model = model, None  # fit(data, "recipes/x.toml"): the earlier positional recipe
+    settings = dict(settings)
+    if isinstance(overrides, Mapping):
+        settings.update(overrides)
+        overrides = ()
+    if model is not None:
+        settings["model.name"] = model
+    if epochs is not None:
+        settings["train.epochs"] = epochs
+    interactions = _as_interactions(data, user, item, time, rating, time_format)
+    if interactions is not None:
+        settings["data.dataset"] = "custom"
+    elif data is not None and Path(str(data)).is_file():
+        columns = {"user_id": user, "item_id": item, **({"timestamp": time} if time else {})}
+        columns.update({"rating": rating} if rating else {})
+        settings.update({"data.dataset": "custom", "data.path": str(Path(data).resolve()), "data.reader": "table"})
+        settings.update({"data.columns": columns, **({"data.timestamp_format": time_format} if time_format else {})})
+    elif data is not None:
+        settings["data.dataset"] = str(data)
+    if recipe is not None:
+        cfg = load_recipe(resolve_recipe(recipe), list(overrides), settings)
     else:
-        cfg.data.dataset = str(data)
+        from .config import apply_overrides
+
+        cfg = config_from_dict(apply_settings(apply_overrides({}, list(overrides)), settings))
+    run_dir = Path(run_dir or Path("runs") / f"api-{dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
+    holds_run = (run_dir / "last.pt").exists() or (run_dir / "final_metrics.json").exists()
+    if holds_run and not resume:  # said before anything is written there
+        raise FileExistsError(f"{run_dir} already holds a run; pass resume=True or another run_dir")
+    if interactions is not None and not (resume and holds_run):
+        save_interactions(interactions, run_dir)  # the run keeps its table: evaluate / export / load need no data
     prepared = prepare_data(cfg.data, verbose=progress, interactions=interactions)
     trainer = make_trainer(cfg, run_dir, data=prepared, progress=progress)
     trainer.fit(resume=resume)
-    return Recommender(trainer)
+    return Run(trainer)
 
 
-def load(run_dir: str | Path, data: Interactions | None = None) -> Recommender:
-    """A finished run's best model. Runs trained on a DataFrame need the same ``data`` passed again."""
-    return Recommender(load_run(run_dir, data=data))
-
-
-def _overrides_only(overrides: Sequence[str]) -> dict:
-    from .config import apply_overrides
-
-    return apply_overrides({}, list(overrides))
+def load(run_dir: str | Path, data: Interactions | None = None) -> Run:
+    """A finished run's best model. A run trained on a DataFrame reads the table it kept."""
+    return Run(load_run(run_dir, data=data))

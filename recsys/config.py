@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import RecsysError
-from .models.base import model_config_class
 
 
 class ConfigError(RecsysError, ValueError):
@@ -34,24 +33,26 @@ class DataConfig:
     columns: dict[str, str] | None = None  # custom CSV/Parquet: canonical name -> file column
     separator: str | None = None  # custom CSV: field separator (default: tab for .tsv / .tab files, else ",")
     timestamp_format: str | None = None  # custom CSV/Parquet: strftime format of text timestamps (default: inferred)
-    min_rating: float | None = None
-    dedupe: Literal["none", "first", "last"] = "none"
-    k_core: int = 0
+    min_rating: float | None = None  # keep only interactions rated at least this (explicit-feedback logs)
+    dedupe: Literal["none", "first", "last"] = "none"  # repeated (user, item) pairs: keep all, the first or the last
+    k_core: int = 0  # > 0: drop users and items with fewer interactions, repeatedly, until none is left
+    # leave_one_out: each user's last item is the test target, the one before it validation; hstu: the last
+    # item of held-out users (no validation); temporal: by global time cuts (valid_cut, test_cut)
     split: Literal["leave_one_out", "hstu", "temporal"] = "leave_one_out"
     valid_cut: float | None = None  # temporal: a timestamp, or a quantile in (0, 1)
-    test_cut: float | None = None
+    test_cut: float | None = None  # temporal: a timestamp, or a quantile in (0, 1)
     cold_item_fraction: float = 0.0  # > 0: hold this share of items out of training (cold-start test targets)
-    cold_item_seed: int = 0
+    cold_item_seed: int = 0  # which items are held out (cold_item_fraction > 0)
 
 
 @dataclass
 class LossConfig:
-    name: Literal["ce", "sampled_softmax", "bce", "gbce"] = "ce"
+    name: Literal["ce", "sampled_softmax", "bce", "gbce"] = "ce"  # the loss (recsys.losses)
     num_negatives: int = 128  # sampled_softmax / gbce (bce always uses one)
     negatives_shared: Literal["batch", "sequence", "position"] = "sequence"
-    temperature: float = 1.0
-    l2_normalize: bool = False
-    gbce_t: float = 0.75
+    temperature: float = 1.0  # logits divided by this (with l2_normalize: cosine / temperature)
+    l2_normalize: bool = False  # score by cosine: user and item vectors scaled to unit length
+    gbce_t: float = 0.75  # gbce: calibration t in [0, 1] (gSASRec)
     ce_chunk_size: int = 128  # ce: positions per logits block (bounds memory, keeps blocks in cache)
     # ce: dtype of the logit GEMMs; "auto" = bfloat16 where bf16 products run on bf16 units (CUDA, CPUs
     # with AVX512-BF16 / AMX), float32 elsewhere (emulated bf16 is many times slower than fp32 there)
@@ -67,8 +68,8 @@ class LossConfig:
 
 @dataclass
 class EvalConfig:
-    ks: tuple[int, ...] = (1, 5, 10, 20)
-    exclude_seen: bool = True
+    ks: tuple[int, ...] = (1, 5, 10, 20)  # cut-offs of HR@k, NDCG@k, MRR@k
+    exclude_seen: bool = True  # the items of a user's history are not candidates
     block_size: int = 512  # users per GEMM block (fewer when the catalogue is large, see max_block_mb)
     max_block_mb: int = 512  # bound on one block of scores [items, users]: memory does not grow with the catalogue
     # how items scored exactly like the target count (recsys.metrics): "expected" averages over a random
@@ -93,20 +94,20 @@ class EvalConfig:
     # many sampled items instead of the whole catalogue; results are labelled (``protocol``)
     sampled_negatives: int = 0
     negative_sampling: Literal["uniform", "popularity"] = "uniform"  # popularity: by the item's count in the log
-    negative_seed: int = 0
+    negative_seed: int = 0  # sampled metrics: seed of the sampled items
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
+    epochs: int = 200  # at most this many epochs (early stopping may end sooner)
+    batch_size: int = 128  # users (sequences) per step
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
     max_grad_norm: float = 0.0  # 0 = no clipping
-    seed: int = 42
+    seed: int = 42  # seeds initialisation, data order, dropout and negatives
     patience: int = 10  # epochs without validation improvement before stopping; 0 = never stop early
-    eval_every: int = 1
+    eval_every: int = 1  # validate every this many epochs
     num_threads: int = 0  # 0 = torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the encoder (GPU: flash / mem-efficient SDPA)
@@ -236,12 +237,29 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def apply_settings(raw: dict, settings: dict) -> dict:
+    """``raw`` with Python values set by dotted keys, e.g. ``{"model.hidden_dim": 64, "train.epochs": 3}`` (the
+    Python API's form of ``--set``; values are checked like a recipe's)."""
+    raw = json.loads(json.dumps(raw))
+    for key, value in settings.items():
+        parts = str(key).split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"setting {key!r}: keys look like section.key, e.g. model.num_blocks")
+        section, name = parts
+        if section not in (*SECTIONS, "model"):
+            raise ConfigError(f"setting {key!r}: unknown section {section!r}; allowed: {[*SECTIONS, 'model']}")
+        raw.setdefault(section, {})[name] = list(value) if isinstance(value, tuple) else value
+    return raw
+
+
 def config_from_dict(raw: dict) -> RunConfig:
     for section in raw:
         if section not in (*SECTIONS, "model"):
             raise ConfigError(f"unknown section [{section}]; allowed: {[*SECTIONS, 'model']}")
     model_raw = dict(raw.get("model", {}))
     name = model_raw.pop("name", "sasrec")
+    from .models.base import model_config_class  # the registry imports torch: only when a config is built
+
     try:
         model_cls = model_config_class(name)
     except KeyError as err:
@@ -338,14 +356,14 @@ def read_recipe_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def load_recipe(path: str | Path, overrides: list[str] = (), settings: dict | None = None) -> RunConfig:
     """A recipe with overrides applied. A relative ``data.path`` is taken from the working directory, or
     from the recipe's folder where only that holds the file, and made absolute: the run's config.json
     then finds the file from anywhere (evaluate, export)."""
     path = Path(path)
     raw = read_recipe_file(path)
     try:
-        cfg = config_from_dict(apply_overrides(raw, list(overrides)))
+        cfg = config_from_dict(apply_settings(apply_overrides(raw, list(overrides)), settings or {}))
         if cfg.data.path and not Path(cfg.data.path).is_absolute():
             here, beside = Path(cfg.data.path), path.parent / cfg.data.path
             cfg.data.path = str((beside if beside.exists() and not here.exists() else here).resolve())

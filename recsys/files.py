@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
 from .errors import DataError, RecsysError
 
 
@@ -82,6 +80,8 @@ def read_json(path: str | Path, what: str = "file") -> Any:
 def content_digest(obj: Any) -> str:
     """sha256 over a nested structure of dicts, lists, tuples, tensors and plain values, in a canonical
     order (dict keys sorted): the same content gives the same digest wherever it was saved."""
+    import torch  # (imported here: listing cards or recipes needs no torch)
+
     digest = hashlib.sha256()
 
     def feed(value: Any, path: str) -> None:
@@ -107,6 +107,8 @@ def content_digest(obj: Any) -> str:
 
 def atomic_torch_save(obj: dict, path: Path) -> None:
     """``torch.save`` of a dict with its :func:`content_digest` under ``"sha256"``, atomically."""
+    import torch
+
     path = Path(path)
     payload = {**obj, "sha256": content_digest(obj)}
     tmp = path.with_name(path.name + ".tmp")
@@ -120,6 +122,8 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint written by :func:`atomic_torch_save` (``weights_only``: no code runs), after checking
     its content against the digest it carries."""
+    import torch
+
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,51 +1,142 @@
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 
 import recsys
+from recsys.cli import main
 from recsys.config import ConfigError
 from recsys.data.readers import DataError
+from recsys.errors import RecsysError
+from tests.conftest import DATA_DIR, needs_data
+
+RING = {
+    "model.max_seq_len": 10,
+    "model.hidden_dim": 32,
+    "model.num_blocks": 1,
+    "model.dropout": 0.0,
+    "train.lr": 0.01,
+    "train.patience": 0,
+}
 
 
-def test_fit_from_a_dataframe_then_recommend_and_reload(tmp_path):
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory):
+    """Users walk a ring of 30 items: the next item is predictable."""
     rng = np.random.default_rng(0)
     rows = []
-    for u in range(60):  # users walk a ring of 30 items: the next item is predictable
+    for u in range(60):
         start = rng.integers(0, 30)
         rows += [(f"user{u}", f"item{(start + k) % 30}", k) for k in range(12)]
     df = pd.DataFrame(rows, columns=["who", "what", "when"])
-    data = recsys.from_frame(df, user="who", item="what", time="when")
-    model = recsys.fit(
-        data,
-        overrides=[
-            "model.max_seq_len=10",
-            "model.hidden_dim=32",
-            "model.num_blocks=1",
-            "model.dropout=0.0",
-            "train.epochs=40",
-            "train.lr=0.01",
-            "train.patience=0",
-        ],
-        run_dir=tmp_path / "run",
+    run = recsys.fit(
+        df,
+        "sasrec",
+        user="who",
+        item="what",
+        time="when",
+        epochs=40,
+        run_dir=tmp_path_factory.mktemp("ring") / "run",
         progress=False,
+        **RING,
     )
-    test = model.evaluate("test")
-    assert test["hr@1"] > 0.9  # the ring is learned
-    top = model.recommend(["item3", "item4", "item5"], k=3)
-    assert top[0][0] == "item6" and len(top) == 3
-    again = recsys.load(tmp_path / "run", data=data)
-    assert again.recommend(["item3", "item4", "item5"], k=3) == top
-    # the edges: k past the candidates gives every candidate, never a seen or padding item; bad calls
-    # are clear errors
-    everything = again.recommend(["item3", "item4", "item5"], k=1000)
-    assert len(everything) == 27 and {"item3", "item4", "item5"}.isdisjoint(i for i, _ in everything)
-    assert len(again.recommend(["item3"], k=1000, exclude_seen=False)) == 30
-    assert again.recommend(["item3"], k=0) == []
+    return df, run
+
+
+def test_a_dataframe_run_recommends_by_user_and_by_history(ring):
+    df, run = ring
+    assert run.evaluate("test")["hr@1"] > 0.9  # the ring is learned
+    top = run.recommend(histories=[["item3", "item4", "item5"]], k=3)
+    assert top.columns == ["user", "rank", "item", "score"] and top["item"][0] == "item6" and top.height == 3
+    # by user: the user's whole history, its last item's successor first
+    last = df[df.who == "user7"].sort_values("when").what.iloc[-1]
+    by_user = run.recommend(users=["user7", "user8"], k=5)
+    assert by_user.filter(pl.col("user") == "user7")["item"][0] == f"item{(int(last[4:]) + 1) % 30}"
+    assert by_user.group_by("user").len()["len"].to_list() == [5, 5]
+    seen = set(df[df.who == "user7"].what)
+    assert seen.isdisjoint(by_user.filter(pl.col("user") == "user7")["item"])  # seen items left out
+
+
+def test_unknown_ids_are_errors_or_skipped(ring):
+    _, run = ring
+    with pytest.raises(DataError, match=r"unknown item id\(s\) \['nope'\]"):
+        run.recommend(histories=[["item3", "nope"]])
+    skipped = run.recommend(histories=[["item2", "nope", "item3", "item4"]], k=1, unknown="skip")
+    assert skipped["item"][0] == "item5"
+    with pytest.raises(DataError, match=r"unknown user id\(s\) \['ghost'\]"):
+        run.recommend(users=["user1", "ghost"])
+    assert run.recommend(users=["user1", "ghost"], k=2, unknown="skip")["user"].unique().to_list() == ["user1"]
+    with pytest.raises(ValueError, match="pass users= or histories="):
+        run.recommend()
     with pytest.raises(ValueError, match="k must be >= 0"):
-        again.recommend(["item3"], k=-1)
-    with pytest.raises(DataError, match="at least one history"):
-        again.score([])
+        run.recommend(users=["user1"], k=-1)
     with pytest.raises(ConfigError, match="no split 'tset'"):
-        again.evaluate("tset")
-    with pytest.raises(ConfigError, match="test_cold needs items held out"):
-        again.evaluate("test_cold")
+        run.evaluate("tset")
+
+
+def test_score_and_similar_items(ring):
+    _, run = ring
+    scores = run.score(users=["user1"], items=["item3", "item7"])
+    assert scores.columns == ["user", "item", "score"] and scores.height == 2
+    everything = run.score(histories=[["item3"]])
+    assert everything.height == 30
+    assert everything.sort("score", descending=True)["item"][0] == "item4"
+    similar = run.similar_items(["item3"], k=4)
+    assert similar.columns == ["item", "rank", "similar_item", "score"] and similar.height == 4
+    assert "item3" not in similar["similar_item"].to_list()
+    assert (similar["score"].diff().drop_nulls() <= 0).all()
+
+
+def test_a_dataframe_run_reloads_and_evaluates_from_the_cli_without_its_data(ring, tmp_path, capsys):
+    _, run = ring
+    assert (run.path / "interactions.parquet").exists()
+    again = recsys.load(run.path)  # no data passed: the run kept its table
+    assert again.recommend(users=["user3"], k=3).equals(run.recommend(users=["user3"], k=3))
+    assert main(["evaluate", str(run.path), "--set", "train.num_threads=1"]) == 0
+    assert "ndcg@10" in capsys.readouterr().out
+    assert main(["export", str(run.path), "--out", str(tmp_path / "export")]) == 0
+    assert (tmp_path / "export" / "item_embeddings.npy").exists()
+    (run.path / "interactions.parquet").write_bytes(b"altered")
+    with pytest.raises(DataError, match="missing or altered"):
+        recsys.load(run.path)
+
+
+def test_fit_refuses_to_overwrite_a_run_before_writing(ring):
+    df, run = ring
+    before = (run.path / "interactions.parquet").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        recsys.fit(df, user="who", item="what", time="when", run_dir=run.path, progress=False)
+    assert (run.path / "interactions.parquet").stat().st_mtime_ns == before
+
+
+@needs_data("ml-100k")
+def test_the_api_on_a_real_file_with_string_ids(tmp_path):
+    raw = pd.read_csv(DATA_DIR / "ml-100k" / "u.data", sep="\t", names=["user", "movie", "stars", "ts"])
+    raw["user"] = "u" + raw["user"].astype(str)
+    raw["movie"] = "m" + raw["movie"].astype(str)
+    small = {"model.hidden_dim": 16, "model.num_blocks": 1, "model.max_seq_len": 20, "train.num_threads": 1}
+    run = recsys.fit(
+        raw, "sasrec", user="user", item="movie", time="ts", epochs=1, run_dir=tmp_path / "df", progress=False, **small
+    )
+    assert run.evaluate("test")["num_users"] == 943
+    top = run.recommend(users=["u1", "u2"], k=10)
+    assert top.height == 20 and top["item"].str.starts_with("m").all()
+    assert set(top.filter(pl.col("user") == "u1")["item"]).isdisjoint(raw[raw.user == "u1"].movie)  # seen: left out
+    history = run.recommend(histories=[["m50", "m181", "not-a-movie"]], k=5, unknown="skip")
+    assert history.height == 5 and "m50" not in history["item"].to_list()
+    assert run.score(users=["u1"], items=["m50", "m172"]).height == 2
+    assert run.similar_items(["m50"], k=3)["similar_item"].str.starts_with("m").all()
+    # the same file through a path, and a packaged recipe by name
+    path = tmp_path / "ratings.csv"
+    raw.to_csv(path, index=False)
+    by_path = recsys.fit(
+        str(path), user="user", item="movie", time="ts", epochs=1, run_dir=tmp_path / "p", progress=False, **small
+    )
+    assert by_path.evaluate("test")["num_users"] == 943
+    assert "ml-100k/sasrec" in recsys.recipes()
+    by_recipe = recsys.fit(recipe="ml-100k/sasrec", epochs=1, run_dir=tmp_path / "r", progress=False, **small)
+    assert by_recipe.config.data.dataset == "ml-100k" and by_recipe.recommend(users=[1], k=3).height == 3
+    with pytest.raises(RecsysError, match="did you mean ml-100k/sasrec"):
+        recsys.fit(recipe="ml-100k/sasrc", epochs=1, run_dir=tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="keys look like section.key"):
+        recsys.fit(recipe="ml-100k/sasrec", run_dir=tmp_path / "y", progress=False, **{"hidden_dim": 16})

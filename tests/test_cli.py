@@ -282,3 +282,49 @@ def test_data_info_on_a_missing_path_or_a_folder_says_so(tmp_path, capsys):
     assert "events.csv: file not found" in capsys.readouterr().err
     assert main(["data", "info", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_recipes_and_config_show(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "ml-100k/sasrec" in out and "beauty/sasrec_ce" in out
+    assert main(["config", "show", "ml-100k/sasrec", "--set", "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "[train]" in out and "epochs = 3   (default 200)" in out
+    assert "epochs without validation improvement before stopping" in out  # each key's meaning
+    assert main(["config", "show", "taobao/dare"]) == 0 and "top_k" in capsys.readouterr().out
+    assert main(["config", "show", "ml-100k/sasrc"]) == 2
+    assert "did you mean ml-100k/sasrec" in capsys.readouterr().err
+
+
+def test_help_and_data_list_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from recsys.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['data', 'list']); main(['recipes'])\n"
+        "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules, 'recsys.models' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
+@needs_data("ml-100k")
+def test_train_takes_a_packaged_recipe_by_name(tmp_path, capsys):
+    args = [
+        "train",
+        "ml-100k/sasrec",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--quiet",
+        "--log-results",
+        str(tmp_path / "r.jsonl"),
+    ]
+    args += ["--set", "train.epochs=1", "--set", "model.hidden_dim=16", "--set", "model.num_blocks=1"]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "r.jsonl").read_text())["recipe"] == "recipes/ml-100k/sasrec.toml"

@@ -3,7 +3,8 @@
 recsys train recipes/ml-100k/sasrec.toml [--set model.num_blocks=4 ...] [--run-dir DIR] [--resume]
 recsys evaluate RUN_DIR [--split test|valid] [--set eval.exclude_seen=false]
 recsys data info DATASET        users, items, interactions, sequence-length percentiles
-recsys data list                the dataset cards
+recsys data list                the dataset cards, and which are present here
+recsys recipes                  the packaged recipes; recsys config show RECIPE: every key, its meaning
 recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, the encoder program, manifest
 recsys index build DIR --type hnsw      a FAISS index over an export
 recsys retrieve INDEX_DIR --history "i1,i2" -k 10 | --users FILE
@@ -12,13 +13,28 @@ recsys retrieve INDEX_DIR --history "i1,i2" -k 10 | --users FILE
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
 from ..errors import RecsysError
-from .data import cmd_data_info, cmd_data_list
-from .serve import cmd_export, cmd_index_build, cmd_retrieve
-from .train import cmd_evaluate, cmd_train
+
+
+def _command(module: str, name: str):
+    """A subcommand's function, imported when it runs: ``recsys --help`` and ``recsys data list`` do not
+    import torch."""
+
+    def run(args):
+        return getattr(importlib.import_module(f".{module}", __name__), name)(args)
+
+    return run
+
+
+cmd_train, cmd_evaluate = _command("train", "cmd_train"), _command("train", "cmd_evaluate")
+cmd_data_info, cmd_data_list = _command("data", "cmd_data_info"), _command("data", "cmd_data_list")
+cmd_export, cmd_index_build = _command("serve", "cmd_export"), _command("serve", "cmd_index_build")
+cmd_retrieve = _command("serve", "cmd_retrieve")
+cmd_recipes, cmd_config_show = _command("recipes", "cmd_recipes"), _command("recipes", "cmd_config_show")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe")
-    t.add_argument("recipe")
+    t.add_argument("recipe", help="a packaged recipe's name (recsys recipes) or a TOML file")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     t.add_argument("--run-dir")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
@@ -51,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
+    r = sub.add_parser("recipes", help="list the packaged recipes")
+    r.set_defaults(func=cmd_recipes)
+
+    c = sub.add_parser("config", help="show a recipe's resolved configuration")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    cs = csub.add_parser("show", help="every key of a recipe with its value, meaning and default")
+    cs.add_argument("recipe", help="a packaged recipe's name (recsys recipes) or a TOML file")
+    cs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    cs.set_defaults(func=cmd_config_show)
+
     e = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
     e.add_argument("run_dir")
     e.add_argument("--split", choices=["test", "valid"], default="test")
@@ -68,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--columns", help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts"
     )
     di.set_defaults(func=cmd_data_info)
-    dl = dsub.add_parser("list", help="the dataset cards")
+    dl = dsub.add_parser("list", help="the dataset cards, and which are here")
+    dl.add_argument("--data-dir")
     dl.set_defaults(func=cmd_data_list)
 
     x = sub.add_parser("export", help="export item / user embeddings and the encoder of a run")
@@ -112,13 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from .. import distributed
 
     try:
         code = args.func(args)
         # under torchrun every rank reaches this point before any tears the process group down (a rank
-        # that destroyed its gloo group while another was still in it could abort at exit)
-        distributed.barrier()
+        # that destroyed its gloo group while another was still in it could abort at exit); a command
+        # that never imported torch has no process group
+        if "torch" in sys.modules:
+            from .. import distributed
+
+            distributed.barrier()
         return code
     except (RecsysError, FileExistsError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -130,4 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        distributed.shutdown()
+        if "torch" in sys.modules:
+            from .. import distributed
+
+            distributed.shutdown()

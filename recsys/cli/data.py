@@ -70,9 +70,19 @@ def cmd_data_info(args) -> int:
 
 
 def cmd_data_list(args) -> int:
-    from ..data.cards import list_cards, load_card
+    """Every card, and whether its file is here (RECSYS_DATA / --data-dir / the cache), will be downloaded
+    on first use, or has to be fetched by hand (no official download)."""
+    from ..data.cards import list_cards, load_card, resolve_file
 
     for name in list_cards():
         card = load_card(name)
-        print(f"{name:18s} {card.description}")
+        try:
+            resolve_file(card, getattr(args, "data_dir", None), download=False)
+            where = "present"
+        except DataError:
+            where = "download" if card.download else "absent"
+        print(f"{name:18s} {where:9s} {card.description}")
+    print(
+        "\npresent: the file is here; download: fetched from the official source on first use; absent: no official download"
+    )
     return 0

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, load_recipe
+from ..recipe_index import recipe_label
 
 METRIC_ORDER = ("hr", "ndcg", "mrr")
 
@@ -82,7 +83,7 @@ def cmd_train_click(args) -> int:
                 "click",
                 commit=commit,
                 command="recsys " + " ".join(shlex.quote(a) for a in args.argv),
-                recipe=str(args.recipe),
+                recipe=recipe_label(args.recipe),
                 dataset=cfg.data.dataset,
                 model=cfg.model_name,
                 config=out["config"],
@@ -98,8 +99,10 @@ def cmd_train_click(args) -> int:
 def cmd_train(args) -> int:
     from .. import distributed
     from ..click import is_click_recipe
+    from ..recipe_index import resolve_recipe
 
-    if Path(args.recipe).exists() and is_click_recipe(args.recipe):
+    args.recipe = resolve_recipe(args.recipe)  # a packaged recipe's name or a file
+    if is_click_recipe(args.recipe):
         return cmd_train_click(args)
     from ..files import RunLock, RunLog
     from ..results import git_commit
@@ -179,7 +182,7 @@ def _train_runs(args, cfg, seeds, run_dirs, commit, log=None) -> int:
                 "train",
                 command="recsys " + " ".join(shlex.quote(a) for a in args.argv),
                 commit=commit,
-                recipe=str(args.recipe),
+                recipe=recipe_label(args.recipe),
                 overrides=list(args.set) + ([f"train.seed={seed}"] if args.seeds else []),
                 dataset=info,
                 model=cfg.model_name,

@@ -1,27 +1,34 @@
-"""Data layer: readers -> canonical interactions -> jagged sequences -> splits -> batches."""
+"""Data layer: readers -> canonical interactions -> jagged sequences -> splits -> batches.
 
-from .batching import EvalBatch, TrainBatch, iter_eval_batches, iter_train_batches, padded_windows
-from .cards import list_cards, load_card, load_dataset
-from .prepare import SequenceData, prepare_sequences
-from .readers import DataError, Interactions, frame_to_interactions, read_table
-from .splits import EvalSet, Split, make_split
+The names below are loaded on first use, so that importing one module of the package (the dataset
+cards, say) does not import torch or polars."""
 
-__all__ = [
-    "DataError",
-    "EvalBatch",
-    "EvalSet",
-    "Interactions",
-    "SequenceData",
-    "Split",
-    "TrainBatch",
-    "frame_to_interactions",
-    "iter_eval_batches",
-    "iter_train_batches",
-    "list_cards",
-    "load_card",
-    "load_dataset",
-    "make_split",
-    "padded_windows",
-    "prepare_sequences",
-    "read_table",
-]
+import importlib
+
+_WHERE = {
+    "EvalBatch": "batching",
+    "TrainBatch": "batching",
+    "iter_eval_batches": "batching",
+    "iter_train_batches": "batching",
+    "padded_windows": "batching",
+    "list_cards": "cards",
+    "load_card": "cards",
+    "load_dataset": "cards",
+    "SequenceData": "prepare",
+    "prepare_sequences": "prepare",
+    "DataError": "readers",
+    "Interactions": "readers",
+    "frame_to_interactions": "readers",
+    "read_table": "readers",
+    "EvalSet": "splits",
+    "Split": "splits",
+    "make_split": "splits",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,11 +20,15 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
-
+from ..errors import DataError
 from ..files import sha256_of
-from .readers import READERS, DataError, Interactions, read_item_text
+
+if TYPE_CHECKING:  # the readers import polars: loaded when a file is read, not to list or find cards
+    import polars as pl
+
+    from .readers import Interactions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,6 +81,8 @@ def load_card(name: str) -> Card:
         raise DataError(f"unknown dataset {name!r}; known: {list_cards()} (cards live in {cards_dir()})")
     with open(path, "rb") as f:
         raw = tomllib.load(f)
+    from .readers import READERS
+
     if raw.get("reader") not in READERS:
         raise DataError(f"{path}: field 'reader' must be one of {sorted(READERS)}, got {raw.get('reader')!r}")
     variants = [Variant(**v) for v in raw.pop("variants")]
@@ -224,6 +230,8 @@ def load_dataset(
 ) -> LoadedDataset:
     """Read a named dataset through its card, check checksum and counts."""
     card, path, variant, digest = locate_dataset(name, data_dir, verify, download)
+    from .readers import READERS
+
     interactions = READERS[card.reader](path, **card.reader_options)
     counts = check_counts(card, variant, interactions) if verify else {}
     return LoadedDataset(card, variant, path, digest, interactions, counts)
@@ -236,5 +244,7 @@ def load_item_text(name: str, data_dir: str | Path | None = None) -> pl.DataFram
         return None
     for d in _search_dirs(card, data_dir):
         if (d / card.item_text["file"]).exists():
+            from .readers import read_item_text
+
             return read_item_text(d / card.item_text["file"], card.item_text["format"])
     return None

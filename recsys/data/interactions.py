@@ -158,3 +158,46 @@ def _finish(df: pl.DataFrame, source: str) -> Interactions:
                 f"(a negative id usually marks a missing value; {bad.height:,} such lines)"
             )
     return Interactions(frame=df, source=source, has_timestamps=has_ts)
+
+
+# A run trained on an in-memory table keeps that table in its folder, so that it can be evaluated,
+# exported and asked for recommendations later without the DataFrame (recsys.train.load_run).
+SAVED_TABLE = "interactions.parquet"
+SAVED_INFO = "interactions.json"
+
+
+def save_interactions(interactions: Interactions, folder: str | Path) -> None:
+    """Write the canonical table to ``folder/interactions.parquet`` (atomically) with its sha256."""
+    import io
+
+    from ..files import atomic_write_bytes, atomic_write_json, sha256_of
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    interactions.frame.write_parquet(buffer)
+    atomic_write_bytes(folder / SAVED_TABLE, buffer.getvalue())
+    atomic_write_json(
+        folder / SAVED_INFO,
+        {
+            "sha256": sha256_of(folder / SAVED_TABLE),
+            "rows": interactions.frame.height,
+            "source": interactions.source,
+            "has_timestamps": interactions.has_timestamps,
+        },
+    )
+
+
+def load_saved_interactions(folder: str | Path) -> Interactions | None:
+    """The table :func:`save_interactions` wrote (None when there is none); a file that does not match
+    its recorded sha256 is a DataError."""
+    from ..files import read_json, sha256_of
+
+    folder = Path(folder)
+    if not (folder / SAVED_INFO).exists():
+        return None
+    info = read_json(folder / SAVED_INFO, "saved interactions' record")
+    path = folder / SAVED_TABLE
+    if not path.exists() or sha256_of(path) != info.get("sha256"):
+        raise DataError(f"{path}: missing or altered (its sha256 differs from {SAVED_INFO}); the run's data is lost")
+    return Interactions(frame=pl.read_parquet(path), source=info["source"], has_timestamps=info["has_timestamps"])

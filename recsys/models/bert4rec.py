@@ -39,13 +39,13 @@ from .layers import Block, FusedCPUInference, fused_last_hidden, grid_inputs, ru
 
 @dataclass
 class BERT4RecConfig:
-    max_seq_len: int = 200
-    hidden_dim: int = 64
-    num_blocks: int = 2
-    num_heads: int = 2
+    max_seq_len: int = 200  # the most recent items of a history that are read
+    hidden_dim: int = 64  # width of item and hidden vectors
+    num_blocks: int = 2  # transformer blocks
+    num_heads: int = 2  # attention heads
     ffn_dim: int | None = None  # default: 4 * hidden_dim (as in BERT)
-    dropout: float = 0.2
-    mask_prob: float = 0.2
+    dropout: float = 0.2  # dropout on embeddings, attention and feed-forward outputs
+    mask_prob: float = 0.2  # share of a training sequence's items masked (cloze)
     init_std: float = 0.02
 
 

@@ -54,17 +54,17 @@ NUM_TIME_BUCKETS = 129
 
 @dataclass
 class HSTUConfig:
-    max_seq_len: int = 200
-    hidden_dim: int = 50
-    num_blocks: int = 2
-    num_heads: int = 1
+    max_seq_len: int = 200  # the most recent items of a history that are read
+    hidden_dim: int = 50  # width of item and hidden vectors
+    num_blocks: int = 2  # transformer blocks
+    num_heads: int = 1  # attention heads
     qk_dim: int | None = None  # per head; default hidden_dim // num_heads
     v_dim: int | None = None  # per head; default hidden_dim // num_heads
-    dropout: float = 0.2
-    use_position_bias: bool = True
-    use_time_bias: bool = True
-    query_time: Literal["next", "current"] = "next"
-    attention_backend: Literal["auto", "reference", "triton"] = "auto"
+    dropout: float = 0.2  # dropout on embeddings, attention and feed-forward outputs
+    use_position_bias: bool = True  # a learned bias per relative position in the attention
+    use_time_bias: bool = True  # a learned bias per bucket of log time difference in the attention
+    query_time: Literal["next", "current"] = "next"  # time differences from the next event's time or the current
+    attention_backend: Literal["auto", "reference", "triton"] = "auto"  # auto: Triton on CUDA, else PyTorch
     init_std: float = 0.02  # item embeddings
     # "reference": as the authors' research code initialises (W_uvqk ~ N(0, 0.02), relative biases
     # ~ N(0, 0.02), position embeddings ~ N(0, 1/D), W_o Xavier); "xavier": Xavier W_uvqk, zero biases,

@@ -31,13 +31,13 @@ from .layers import Block, grid_inputs, run_blocks
 
 @dataclass
 class RecformerConfig:
-    max_seq_len: int = 50
-    hidden_dim: int = 64
-    num_blocks: int = 2
-    num_heads: int = 2
-    dropout: float = 0.2
-    adapter_dim: int = 256
-    text_dim: int = 384
+    max_seq_len: int = 50  # the most recent items of a history that are read
+    hidden_dim: int = 64  # width of item and hidden vectors
+    num_blocks: int = 2  # transformer blocks
+    num_heads: int = 2  # attention heads
+    dropout: float = 0.2  # dropout on embeddings, attention and feed-forward outputs
+    adapter_dim: int = 256  # hidden width of the MLP from text vectors to item vectors
+    text_dim: int = 384  # width of the MiniLM text vectors
     init_std: float = 0.02
 
 

@@ -49,13 +49,13 @@ from .layers import Block, FusedCPUInference, Packing, fused_last_hidden, grid_i
 
 @dataclass
 class SASRecConfig:
-    max_seq_len: int = 50
-    hidden_dim: int = 64
-    num_blocks: int = 2
-    num_heads: int = 1
+    max_seq_len: int = 50  # the most recent items of a history that are read
+    hidden_dim: int = 64  # width of item and hidden vectors
+    num_blocks: int = 2  # transformer blocks
+    num_heads: int = 1  # attention heads
     ffn_dim: int | None = None  # default: hidden_dim (as in the paper)
-    dropout: float = 0.2
-    init_std: float = 0.02
+    dropout: float = 0.2  # dropout on embeddings, attention and feed-forward outputs
+    init_std: float = 0.02  # standard deviation of the initial weights
     # DARE-style decoupling (Feng et al. 2025): a separate item table of this dimension feeds every block's
     # queries and keys, the item table feeds values and scores; None = one table, as in the paper
     attention_table_dim: int | None = None

@@ -309,7 +309,11 @@ def load_run(
     if data_dir:
         cfg.data.data_dir = data_dir
     if data is None and cfg.data.dataset == "custom" and not cfg.data.path:
-        raise DataError(f"{run_dir} was trained on an in-memory DataFrame: pass the same data again")
+        from ..data.interactions import load_saved_interactions
+
+        data = load_saved_interactions(run_dir)  # a DataFrame run keeps its table
+        if data is None:
+            raise DataError(f"{run_dir} was trained on an in-memory DataFrame and keeps no copy: pass the same data")
     prepared = prepare_data(cfg.data, verbose=False, interactions=data)
     from . import make_trainer
 
