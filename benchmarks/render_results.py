@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -79,6 +80,104 @@ def _command(record: dict) -> str:
     return f"`{record['command']}`" + (f" — {record['note']}" if record.get("note") else "")
 
 
+# overrides that leave a recipe's result its own: threads, seeds, the device (anything else is a variant)
+NEUTRAL_OVERRIDES = ("train.num_threads", "train.seed", "train.device")
+
+
+def _overrides(record: dict) -> list[str]:
+    if "overrides" in record:
+        return list(record["overrides"])
+    words = shlex.split(record.get("command", ""))
+    return [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"]
+
+
+def _as_recipe_says(record: dict) -> bool:
+    return all(o.split("=", 1)[0] in NEUTRAL_OVERRIDES for o in _overrides(record))
+
+
+def headline(records: list[dict], references: dict) -> list[str]:
+    """The tables a reader wants first: the latest run of each recipe as it ships (against the published
+    number where there is one), click prediction, and the latest comparison with RecBole per setting."""
+    out = ["## Headline", ""]
+    latest: dict[str, dict] = {}
+    for r in records:
+        if r["kind"] == "train" and _as_recipe_says(r) and "protocol" not in r["metrics"]["test"]:
+            latest[r.get("recipe", "?")] = r  # records are in time order: the last one wins
+    if latest:
+        out += [
+            "Each shipped recipe's latest run, as it ships (test split, full ranking; seeds, threads and device aside):",
+            "",
+            "| recipe | dataset (file) | model / loss | HR@10 | NDCG@10 | published HR@10 / NDCG@10 | date | machine | commit |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for recipe, r in sorted(latest.items()):
+            ref = references.get(recipe, {})
+            published = f"{_fmt(ref.get('hr@10'))} / {_fmt(ref.get('ndcg@10'))} ({ref['source']})" if ref else "–"
+            t = r["metrics"]["test"]
+            out.append(
+                f"| `{recipe}` | {r['dataset']['dataset']} ({r['dataset'].get('file', '?')}) | {r['model']} / {r['loss']} "
+                f"| {_fmt(t['hr@10'])} | {_fmt(t['ndcg@10'])} | {published} | {r['date'][:10]} "
+                f"| {_machine_short(r['machine'])} | {r['commit']} |"
+            )
+        out.append("")
+    clicks: dict[str, dict] = {}
+    for r in records:
+        if r["kind"] == "click" and _as_recipe_says(r):
+            clicks[r.get("recipe", "?")] = r
+    if clicks:
+        out += [
+            "Click prediction, each recipe's latest run (test AUC / GAUC / log loss at the best validation epoch, "
+            "mean ± std over seeds):",
+            "",
+            "| recipe | seeds | AUC | GAUC | log loss | date | machine | commit |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for recipe, r in sorted(clicks.items()):
+            s = r["summary"]
+            cells = [f"{s[f'test_{m}_mean']:.4f} ± {s[f'test_{m}_std']:.4f}" for m in ("auc", "gauc", "logloss")]
+            out.append(
+                f"| `{recipe}` | {len(r['per_seed'])} | {' | '.join(cells)} | {r['date'][:10]} "
+                f"| {_machine_short(r['machine'])} | {r['commit']} |"
+            )
+        out.append("")
+    peers: dict[tuple, dict] = {}
+    for r in records:
+        if r["kind"] == "peer_recbole":
+            key = (
+                r.get("model", "sasrec"),
+                r["dataset"],
+                bool(r.get("equal_targets")),
+                r["machine"].get("cpu_family_model"),
+            )
+            peers[key] = r
+    if peers:
+        out += [
+            "Speed against RecBole 1.2.1 on the same data, split, model and CPU threads (ours / RecBole; the latest "
+            "run per setting and machine, details in the Peer sections below):",
+            "",
+            "| model | dataset | training targets/s | evaluation users/s (every exact rank) | peak RSS | test NDCG@10 "
+            "| date | machine | commit |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+
+        def ratio(r, row):
+            v = r["rows"].get(row)
+            return f"{v['ours'] / v['recbole']:.2f}x" if v and v["recbole"] else "–"
+
+        for (model, dataset, equal, _), r in sorted(peers.items(), key=lambda kv: kv[1]["date"], reverse=True):
+            partial = r.get("recbole_batches") and not equal
+            evaluation = ratio(r, "evaluation users / s")
+            if "evaluation users / s, every exact rank" in r["rows"]:
+                evaluation += f" ({ratio(r, 'evaluation users / s, every exact rank')})"
+            out.append(
+                f"| {model} | {dataset}{' (equal targets)' if equal else ''} | {ratio(r, 'training targets / s')} "
+                f"| {evaluation} | {ratio(r, 'peak RSS (MB)')} | {'–' if partial else ratio(r, 'test NDCG@10')} "
+                f"| {r['date'][:10]} | {_machine_short(r['machine'])} | {r['commit']} |"
+            )
+        out.append("")
+    return out + ["## Full log", ""]
+
+
 def render_markdown(records: list[dict], references: dict | None = None, plots: list[tuple[str, str]] = ()) -> str:
     references = references or {}
     out = [
@@ -90,6 +189,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         "were excluded from the ranking, and the tie policy (optimistic = strict ranks).",
         "",
     ]
+    out += headline(records, references)
     train = [r for r in records if r["kind"] == "train"]
     if train:
         out += [
