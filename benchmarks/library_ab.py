@@ -8,6 +8,8 @@ alternating (ours, library, ours, library, ...):
 - dropout: recsys.models.dropout (16-bit masks from the C kernels) vs F.dropout
 - onednn:  fp32 products through oneDNN (recsys.kernels.onednn) vs torch's (RECSYS_CPU_GEMM=torch)
 - mallopt: glibc told to keep freed blocks (recsys.train.retain_freed_memory) vs glibc's defaults
+- optimizer: recsys.train.optim.AdamW (torch's step without the wrapper that imports torch._dynamo) vs
+  torch.optim.AdamW as it comes
 
 Prints the medians per part and the gain of ours (library seconds / ours - 1); a part stays hand-written
 only where that gain is at least 10% (the project's rule). A hand-written AdamW and GELU were measured
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("dropout", "onednn", "mallopt")
+PARTS = ("dropout", "onednn", "mallopt", "optimizer")
 
 CHILD = r"""
 import json, sys, time, torch
@@ -47,6 +49,8 @@ if library and part == "dropout":
     ours.dropout = attention.dropout = library_dropout
 if library and part == "mallopt":
     train.next_item.retain_freed_memory = lambda: False
+if library and part == "optimizer":  # torch.optim.AdamW as it comes (its step imports torch._dynamo)
+    train.next_item.AdamW = torch.optim.AdamW
 cfg = load_recipe(recipe, ["train.epochs=1", "train.patience=0", f"train.num_threads={threads}"])
 data = train.prepare_data(cfg.data, verbose=False)
 import tempfile
@@ -57,8 +61,10 @@ with tempfile.TemporaryDirectory() as tmp:
     start = time.perf_counter()
     out = trainer.evaluate("test")
     seconds = time.perf_counter() - start
+import resource
 print(json.dumps({"train_seconds": record["train_seconds"], "train_loss": record["train_loss"],
-                  "eval_seconds": seconds, "ndcg@10": out["ndcg@10"]}))
+                  "eval_seconds": seconds, "ndcg@10": out["ndcg@10"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -101,13 +107,16 @@ def main() -> None:
             row[f"{name}_eval_seconds"] = statistics.median(r["eval_seconds"] for r in runs[library])
             row[f"{name}_train_runs"] = [round(r["train_seconds"], 2) for r in runs[library]]
             row[f"{name}_eval_runs"] = [round(r["eval_seconds"], 3) for r in runs[library]]
+            row[f"{name}_peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in runs[library])
         row["train_gain"] = row["library_train_seconds"] / row["ours_train_seconds"] - 1
         row["eval_gain"] = row["library_eval_seconds"] / row["ours_eval_seconds"] - 1
+        row["rss_gain"] = row["library_peak_rss_mb"] / row["ours_peak_rss_mb"] - 1
         rows.append(row)
         print(
             f"{part:8s} epoch ours {row['ours_train_seconds']:.2f} s, library {row['library_train_seconds']:.2f} s "
             f"(gain {row['train_gain']:+.1%}); evaluation ours {row['ours_eval_seconds']:.3f} s, library "
-            f"{row['library_eval_seconds']:.3f} s (gain {row['eval_gain']:+.1%})",
+            f"{row['library_eval_seconds']:.3f} s (gain {row['eval_gain']:+.1%}); peak RSS ours "
+            f"{row['ours_peak_rss_mb']:.0f} MB, library {row['library_peak_rss_mb']:.0f} MB (gain {row['rss_gain']:+.1%})",
             flush=True,
         )
     if args.log_results:

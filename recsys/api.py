@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .config import RunConfig, apply_settings, config_from_dict, load_recipe
 from .data.interactions import save_interactions
 from .data.readers import DataError, Interactions, frame_to_interactions
-from .recipe_index import list_recipes, resolve_recipe
+from .recipe_index import list_recipes, recipe_label, resolve_recipe
 from .train import Trainer, load_run, make_trainer, prepare_data
 
 
@@ -282,7 +282,8 @@ def fit(
 
     ``data``: a pandas / polars DataFrame (``user`` / ``item`` / ``time`` / ``rating`` name its columns), a
     CSV / TSV / Parquet file (the same column names), a dataset card's name, or None with a ``recipe`` that
-    names its data. ``model``: a registered model name (default: the recipe's, else SASRec). ``recipe``: a
+    names its data. ``model``: a registered model name (default: the recipe's, else SASRec; without a recipe
+    the model starts from its start-here settings, recsys.start_here). ``recipe``: a
     packaged recipe's name (``recsys.recipes()``) or a TOML file. Settings: ``epochs``, dotted keys
     (``**{"model.hidden_dim": 64}``) or ``overrides`` (a dict of dotted keys, or ``"key=value"`` strings as
     for ``--set``). ``run_dir``: default ``runs/api-DATE-TIME``. A DataFrame's table is kept in the run
@@ -309,10 +310,15 @@ def fit(
         settings["data.dataset"] = str(data)
     if recipe is not None:
         cfg = load_recipe(resolve_recipe(recipe), list(overrides), settings)
-    else:
+    else:  # no recipe: the model's start-here settings (recsys.start_here), then what was asked for
         from .config import apply_overrides
+        from .start_here import START_HERE
+        from .start_here import settings as start_here
 
-        cfg = config_from_dict(apply_settings(apply_overrides({}, list(overrides)), settings))
+        name = settings.get("model.name", "sasrec")
+        timed = interactions.has_timestamps if interactions is not None else True
+        base = start_here(name, has_times=timed) if name in START_HERE else {"model": {"name": name}}
+        cfg = config_from_dict(apply_settings(apply_overrides(base, list(overrides)), settings))
     run_dir = Path(run_dir or Path("runs") / f"api-{dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
     holds_run = (run_dir / "last.pt").exists() or (run_dir / "final_metrics.json").exists()
     if holds_run and not resume:  # said before anything is written there
@@ -321,6 +327,8 @@ def fit(
         save_interactions(interactions, run_dir)  # the run keeps its table: evaluate / export / load need no data
     prepared = prepare_data(cfg.data, verbose=progress, interactions=interactions)
     trainer = make_trainer(cfg, run_dir, data=prepared, progress=progress)
+    if recipe is not None:
+        trainer.recipe = recipe_label(resolve_recipe(recipe))
     trainer.fit(resume=resume)
     return Run(trainer)
 

@@ -115,6 +115,10 @@ class TrainConfig:
     # a NaN or infinite loss or gradient: "stop" the run with an error naming the epoch and step, or
     # "skip" the step (no update; counted in the epoch's record and log)
     nonfinite: Literal["stop", "skip"] = "stop"
+    # experiment tracking (recsys.tracking): "tensorboard" and / or "mlflow"
+    loggers: tuple[str, ...] = ()
+    mlflow_uri: str | None = None  # MLflow's tracking URI; default: a SQLite store in the run folder
+    mlflow_experiment: str = "recsys"  # the MLflow experiment runs are logged under
 
 
 @dataclass
@@ -327,6 +331,7 @@ def _check_ranges(cfg: RunConfig) -> None:
             for k in ("qk_dim", "v_dim", "attention_table_dim")
         ),
         ("train.num_threads", cfg.train.num_threads >= 0, ">= 0 (0: torch's default)"),
+        ("train.loggers", set(cfg.train.loggers) <= {"tensorboard", "mlflow"}, "a list of 'tensorboard', 'mlflow'"),
         ("data.k_core", cfg.data.k_core >= 0, ">= 0"),
         ("data.cold_item_fraction", 0 <= cfg.data.cold_item_fraction < 1, "in [0, 1)"),
     ]
@@ -362,6 +367,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), settings: dict | No
     then finds the file from anywhere (evaluate, export)."""
     path = Path(path)
     raw = read_recipe_file(path)
+    raw.pop("tune", None)  # the search space of `recsys tune` (recsys.tune), not a run setting
     try:
         cfg = config_from_dict(apply_settings(apply_overrides(raw, list(overrides)), settings or {}))
         if cfg.data.path and not Path(cfg.data.path).is_absolute():

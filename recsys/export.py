@@ -1,6 +1,6 @@
 """Export a trained run for serving elsewhere: item (and user) embeddings, raw ids, the encoder.
 
-    recsys export RUN_DIR --out DIR [--users test|valid|none] [--histories FILE] [--no-encoder]
+    recsys export RUN_DIR --out DIR [--users test|valid|none] [--histories FILE] [--no-encoder] [--onnx]
 
 The export folder holds
 - ``item_embeddings.npy`` [num_items, D] float32 — row r is the item ``item_ids.parquet`` row r names
@@ -14,6 +14,8 @@ The export folder holds
                           variants all capture. An encoder it could not capture would be written as
                           TorchScript ``encoder.pt`` instead (torch 2.13 deprecates it); the manifest's
                           ``encoder`` names the format
+- ``encoder.onnx``        with ``--onnx``: the same encoder as ONNX (inputs ``item_ids`` [, ``timestamps``,
+                          ``query_time``], output ``user_vectors``, any batch size), checked in onnxruntime
 - ``model.safetensors``   the model's weights (state_dict) as safetensors: plain tensors, no code runs on load
 - ``manifest.json``       model, dataset, dimension, similarity (dot or cosine), whether vectors are
                           normalised, recsys version, and the sha256 and row count of every file.
@@ -68,11 +70,8 @@ class _UserEncoder(torch.nn.Module):
 ENCODER_FILES = {"torch.export": "encoder.pt2", "torchscript": "encoder.pt"}
 
 
-@torch.no_grad()
-def save_encoder(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> str:
-    """Write the encoder into ``folder`` and return its format: a ``torch.export`` program where the
-    capture works and reproduces the module on other batch sizes and history lengths, else TorchScript.
-    A timed encoder (:class:`_UserEncoder`) takes timestamps and the request time as well."""
+def _examples(wrapped: torch.nn.Module, max_seq_len: int) -> tuple[tuple, tuple]:
+    """(an example batch to capture with, another batch size and other lengths to check the capture on)."""
     example_ids = torch.zeros(2, max_seq_len, dtype=torch.long)
     example_ids[:, -3:] = torch.tensor([1, 2, 3])
     check_ids = torch.zeros(3, max_seq_len, dtype=torch.long)  # another batch size, other lengths
@@ -87,6 +86,50 @@ def save_encoder(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> st
             )
             for ids in (example_ids, check_ids)
         )
+    return example, check
+
+
+ONNX_FILE = "encoder.onnx"
+ONNX_INPUTS = ("item_ids", "timestamps", "query_time")
+
+
+@torch.no_grad()
+def save_onnx(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> None:
+    """Write the encoder as ONNX (``encoder.onnx``: inputs ``item_ids`` [B, L] int64 (and, for a timed
+    encoder, ``timestamps`` [B, L], ``query_time`` [B]), output ``user_vectors`` [B, D], any B), then run it
+    in onnxruntime on another batch and refuse it unless it gives the module's vectors."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError(
+            f"ONNX export needs onnx, onnxscript and onnxruntime: pip install recsys[onnx] ({err})"
+        ) from None
+    example, check = _examples(wrapped, max_seq_len)
+    names = list(ONNX_INPUTS[: len(example)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)  # torch's exporter about its own internals
+        program = torch.onnx.export(
+            wrapped,
+            example,
+            dynamo=True,
+            input_names=names,
+            output_names=["user_vectors"],
+            dynamic_shapes=tuple({0: torch.export.Dim.AUTO} for _ in example),
+            verbose=False,
+        )
+    program.save(str(folder / ONNX_FILE))
+    session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(None, {name: t.numpy() for name, t in zip(names, check)})[0]
+    if not np.allclose(got, wrapped(*check).numpy(), rtol=1e-4, atol=1e-5):
+        raise RuntimeError("the ONNX encoder differs from the module on another batch (onnxruntime)")
+
+
+@torch.no_grad()
+def save_encoder(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> str:
+    """Write the encoder into ``folder`` and return its format: a ``torch.export`` program where the
+    capture works and reproduces the module on other batch sizes and history lengths, else TorchScript.
+    A timed encoder (:class:`_UserEncoder`) takes timestamps and the request time as well."""
+    example, check = _examples(wrapped, max_seq_len)
     try:
         program = torch.export.export(
             wrapped, example, dynamic_shapes=tuple({0: torch.export.Dim.AUTO} for _ in example), strict=False
@@ -195,6 +238,7 @@ def export_run(
     histories: str | Path | None = None,
     encoder: bool = True,
     item_text: pl.DataFrame | None = None,
+    onnx: bool = False,
 ) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -263,6 +307,8 @@ def export_run(
             wrapped = _UserEncoder(model.cpu(), normalize).eval()
             encoder_format = save_encoder(wrapped, cfg.max_seq_len, stage)
             encoder_inputs = ["item_ids", "timestamps", "query_time"] if wrapped.timed else ["item_ids"]
+            if onnx:  # the same encoder for onnxruntime, checked against the module
+                save_onnx(wrapped, cfg.max_seq_len, stage)
             model.to(trainer.device)
 
         files = {}

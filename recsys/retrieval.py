@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -119,6 +120,14 @@ def build_index(vectors: np.ndarray, kind: str = "flat", params: dict | None = N
             if d % int(p["m"]):
                 raise ValueError(f"ivf_pq: dimension {d} must be divisible by m={p['m']}")
             index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["m"]), int(p["nbits"]), faiss.METRIC_INNER_PRODUCT)
+            centroids = 2 ** int(p["nbits"])
+            if n < 39 * centroids:  # FAISS would warn once per sub-quantiser (m times): say it once, here
+                index.pq.cp.min_points_per_centroid = max(1, n // centroids)
+                print(
+                    f"note: ivf_pq: {n:,} items train {centroids} centroids per sub-quantiser (FAISS suggests "
+                    f"at least {39 * centroids:,}); fewer bits (--param nbits=...) or a flat index may do better",
+                    file=sys.stderr,
+                )
         index.cp.seed = seed
         index.train(x)
         index.nprobe = int(p["nprobe"])

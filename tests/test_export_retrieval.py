@@ -204,6 +204,16 @@ def test_approximate_indexes_find_most_exact_neighbours(kind):
     assert recall > (0.3 if kind == "ivf_pq" else 0.9)
 
 
+def test_a_small_ivf_pq_build_warns_once(capfd):
+    """5,000 items for 256 centroids per sub-quantiser: one note from recsys, not one FAISS warning per
+    sub-quantiser."""
+    items = np.random.default_rng(0).normal(size=(5000, 32)).astype(np.float32)
+    build_index(items, "ivf_pq", {"m": 8})
+    err = capfd.readouterr().err
+    assert err.count("note: ivf_pq: 5,000 items train 256 centroids") == 1
+    assert "WARNING clustering" not in err
+
+
 def test_hnsw_on_unnormalised_vectors_returns_true_inner_products():
     rng = np.random.default_rng(1)
     items = (rng.normal(size=(3000, 16)) * rng.uniform(0.2, 3.0, size=(3000, 1))).astype(np.float32)
@@ -236,6 +246,14 @@ def test_cli_round_trip_retrieve_equals_exact_topk(trained, tmp_path, capsys):
     printed = [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]]
     expected = model.recommend(histories=[history], k=5)["item"].to_list()
     assert printed == expected
+    # the same as JSON lines and as CSV
+    assert main(["retrieve", str(index_dir), "--history", ",".join(history), "-k", "5", "--format", "json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["item"] for r in records] == expected and [r["rank"] for r in records] == [1, 2, 3, 4, 5]
+    assert set(records[0]) >= {"query", "rank", "item", "score"}
+    assert main(["retrieve", str(index_dir), "--history", ",".join(history), "-k", "5", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("query,rank,item,score") and [line.split(",")[2] for line in lines[1:]] == expected
     # users from the export, with their seen items filtered
     users_file = tmp_path / "users.txt"
     users_file.write_text("u3\nu7\n")
@@ -377,3 +395,42 @@ def test_default_encoders_are_captured_by_torch_export(name, tmp_path):
         inputs = (ids, torch.arange(cfg.max_seq_len).expand_as(ids) * 600 * (ids != 0), torch.full((5,), 10**6))
     with torch.no_grad():
         torch.testing.assert_close(program(*inputs), wrapped(*inputs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "hstu"])
+def test_default_encoders_export_to_onnx_and_match_in_onnxruntime(name, tmp_path):
+    """ONNX of the recipes' encoders at their default sizes (HSTU with its time bias), run in onnxruntime
+    on batches of other sizes and lengths than the capture's."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from recsys.export import ONNX_FILE, _UserEncoder, save_onnx
+    from recsys.models import build_model, model_config_class
+
+    torch.manual_seed(0)
+    cfg = model_config_class(name)()
+    wrapped = _UserEncoder(build_model(name, cfg, 1000).eval(), normalize=True).eval()
+    save_onnx(wrapped, cfg.max_seq_len, tmp_path)
+    session = onnxruntime.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == (
+        ["item_ids", "timestamps", "query_time"] if wrapped.timed else ["item_ids"]
+    )
+    for batch in (1, 7):
+        ids = torch.zeros(batch, cfg.max_seq_len, dtype=torch.long)
+        for row in range(batch):
+            length = 1 + (row * 13) % cfg.max_seq_len
+            ids[row, -length:] = torch.randint(1, 1000, (length,))
+        inputs = [ids]
+        if wrapped.timed:
+            inputs += [torch.arange(cfg.max_seq_len).expand_as(ids) * 900 * (ids != 0), torch.full((batch,), 10**6)]
+        got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, wrapped(*inputs).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_export_writes_onnx(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    _, _, run = trained
+    assert main(["export", str(run), "--out", str(tmp_path / "e"), "--onnx", "--users", "none"]) == 0
+    manifest = read_manifest(tmp_path / "e")
+    assert "encoder.onnx" in manifest["files"]

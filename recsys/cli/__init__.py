@@ -5,6 +5,8 @@ recsys evaluate RUN_DIR [--split test|valid] [--set eval.exclude_seen=false]
 recsys data info DATASET        users, items, interactions, sequence-length percentiles
 recsys data list                the dataset cards, and which are present here
 recsys recipes                  the packaged recipes; recsys config show RECIPE: every key, its meaning
+recsys report RUN_DIR... --out report.html   one HTML page: metrics, curves, coverage, examples
+recsys tune RECIPE [--trials N] [--workers W] [--resume]   Optuna search on validation, then the best tested
 recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, the encoder program, manifest
 recsys index build DIR --type hnsw      a FAISS index over an export
 recsys retrieve INDEX_DIR --history "i1,i2" -k 10 | --users FILE
@@ -35,6 +37,8 @@ cmd_data_info, cmd_data_list = _command("data", "cmd_data_info"), _command("data
 cmd_export, cmd_index_build = _command("serve", "cmd_export"), _command("serve", "cmd_index_build")
 cmd_retrieve = _command("serve", "cmd_retrieve")
 cmd_recipes, cmd_config_show = _command("recipes", "cmd_recipes"), _command("recipes", "cmd_config_show")
+cmd_report = _command("recipes", "cmd_report")
+cmd_tune = _command("train", "cmd_tune")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--note", help="a remark stored with the result record (shown in RESULTS.md)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    tu = sub.add_parser("tune", help="hyperparameter search on the validation split (Optuna)")
+    tu.add_argument("recipe", help="a packaged recipe's name or a TOML file; its [tune] section, if any")
+    tu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    tu.add_argument("--trials", type=int, help="trials in the study (default: [tune] trials, else 20)")
+    tu.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tu.add_argument("--workers", type=int, default=1, help="processes sharing the study")
+    tu.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: cores / workers)")
+    tu.add_argument("--storage", help="a database URL for the study (default: a journal file in --out)")
+    tu.add_argument("--out", help="the study's folder (default: runs/tune-DATASET-RECIPE)")
+    tu.add_argument("--resume", action="store_true", help="go on with the study in --out")
+    tu.add_argument("--seeds", type=int, help="train the best settings this many seeds at the end")
+    tu.add_argument("--no-final", action="store_true", help="no final training and test of the best settings")
+    tu.add_argument("--log-results", action="store_true", help="record the final run in benchmarks/results.jsonl")
+    tu.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    tu.set_defaults(func=cmd_tune)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page about finished runs")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", default="report.html")
+    rp.add_argument("--examples", type=int, default=3, help="test users shown with their recommendations")
+    rp.set_defaults(func=cmd_report)
 
     r = sub.add_parser("recipes", help="list the packaged recipes")
     r.set_defaults(func=cmd_recipes)
@@ -109,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--histories", help="or of these histories: lines 'user<TAB>item,item,...' (raw ids)")
     x.add_argument("--no-encoder", action="store_true")
+    x.add_argument(
+        "--onnx", action="store_true", help="also the encoder as ONNX (encoder.onnx), checked in onnxruntime"
+    )
     x.add_argument("--data-dir")
     x.set_defaults(func=cmd_export)
 
@@ -131,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--at", type=int, help="with --times: the time of the request (default: the last timestamp)")
     rt.add_argument("--include-seen", action="store_true", help="do not filter the items of the history")
     rt.add_argument("--export-dir", help="default: the export the index was built from")
+    rt.add_argument(
+        "--format", choices=["text", "json", "csv"], default="text", help="json: one object per line; csv: a table"
+    )
     rt.set_defaults(func=cmd_retrieve)
     return p
 

@@ -1,5 +1,5 @@
-"""``recsys recipes`` (the packaged recipes) and ``recsys config show RECIPE`` (a recipe resolved, each key
-with its meaning and default)."""
+"""``recsys recipes`` (the packaged recipes), ``recsys config show RECIPE`` (a recipe resolved, each key
+with its meaning and default) and ``recsys report RUN_DIR...`` (an HTML page about finished runs)."""
 
 from __future__ import annotations
 
@@ -78,4 +78,12 @@ def cmd_config_show(args) -> int:
     _show_section("model", cfg.model, {"name": cfg.model_name})
     for section in ("loss", "train", "eval"):
         _show_section(section, getattr(cfg, section))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ..report import build_report
+
+    out = build_report(args.run_dirs, args.out, examples=args.examples)
+    print(f"report of {len(args.run_dirs)} run(s): {out}")
     return 0

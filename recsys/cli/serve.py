@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +21,13 @@ def cmd_export(args) -> int:
         text = load_item_text(trainer.cfg.data.dataset, trainer.cfg.data.data_dir)
     users = None if args.users == "none" else args.users
     out = export_run(
-        trainer, args.out, users=users, histories=args.histories, encoder=not args.no_encoder, item_text=text
+        trainer,
+        args.out,
+        users=users,
+        histories=args.histories,
+        encoder=not args.no_encoder,
+        item_text=text,
+        onnx=args.onnx,
     )
     print(f"exported {args.run_dir} to {out}")
     return 0
@@ -122,6 +129,7 @@ def cmd_retrieve(args) -> int:
         raise ConfigError(f"-k must be at least 1, got {args.k}")
     scores, rows = search(index, queries, args.k, exclude=None if args.include_seen else seen)
     titles = items["title"].to_list() if "title" in items.columns else None
+    table = {"query": [], "rank": [], "item": [], "score": [], **({"title": []} if titles else {})}
     for key, score_row, item_row, seen_rows in zip(keys, scores, rows, seen):
         candidates = items.height - (0 if args.include_seen else len(set(seen_rows)))
         found = int((item_row >= 0).sum())
@@ -131,10 +139,25 @@ def cmd_retrieve(args) -> int:
                 f"{min(args.k, candidates)} items asked for; a flat index lists every item",
                 file=sys.stderr,
             )
-        print(f"{key}:")
         for rank, (score, row) in enumerate(zip(score_row, item_row), start=1):
             if row < 0:
                 break
-            title = f"  {titles[row]}" if titles and titles[row] else ""
-            print(f"  {rank:3d}. {items['item_id'][int(row)]}  {score:.4f}{title}")
+            table["query"].append(str(key))
+            table["rank"].append(rank)
+            table["item"].append(items["item_id"][int(row)])
+            table["score"].append(float(score))
+            if titles:
+                table["title"].append(titles[row])
+    result = pl.DataFrame(table, strict=False)
+    if args.format == "json":  # one object per line: query, rank, item, score (, title)
+        for record in result.iter_rows(named=True):
+            print(json.dumps(record, default=str))
+    elif args.format == "csv":
+        sys.stdout.write(result.write_csv())
+    else:
+        for key in keys:
+            print(f"{key}:")
+            for r in result.filter(pl.col("query") == str(key)).iter_rows(named=True):
+                title = f"  {r['title']}" if r.get("title") else ""
+                print(f"  {r['rank']:3d}. {r['item']}  {r['score']:.4f}{title}")
     return 0

@@ -162,6 +162,7 @@ def _train_runs(args, cfg, seeds, run_dirs, commit, log=None) -> int:
         cfg.train.seed = seed
         say(f"run directory: {folder}")
         trainer = make_trainer(cfg, folder, data=data, progress=not args.quiet, verbose=log is not None)
+        trainer.recipe = recipe_label(args.recipe)
         if log is not None:
             log.muted = args.quiet  # the epochs: in the log, on the terminal unless --quiet
         out = trainer.fit(resume=args.resume)
@@ -242,3 +243,9 @@ def cmd_evaluate(args) -> int:
     metrics = trainer.evaluate(args.split, progress=True)
     print_metrics_table(f"{args.split} ({args.run_dir})", metrics, trainer.cfg.eval.ks)
     return 0
+
+
+def cmd_tune(args) -> int:
+    from ..tune import tune
+
+    return tune(args)

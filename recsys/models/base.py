@@ -27,7 +27,8 @@ class SequentialEncoder(nn.Module):
     #: True when position t only sees positions <= t (next-item training on every position)
     causal: bool = True
     #: "next_item" (predict the following item at every position), "cloze" (predict masked items) or
-    #: "two_stage_text" (a text model fine-tuned in two stages: recsys.train.text)
+    #: "two_stage_text" (a text model fine-tuned in two stages: recsys.train.text) or "fitted" (counted
+    #: from the training events by ``fit_counts(split)``, no gradient steps: recsys.train.fitted)
     objective: str = "next_item"
     #: True when ``forward(..., last_only=True)`` gives [B, 1, D], the last position alone (cheaper)
     last_only_forward: bool = False
@@ -144,4 +145,4 @@ def build_model(name: str, config: Any, num_items: int) -> SequentialEncoder:
 
 
 def _import_builtin_models() -> None:
-    from . import bert4rec, hstu, recformer, recformer_tokens, sasrec  # noqa: F401  (each registers itself)
+    from . import bert4rec, hstu, item_cooc, popularity, random_scores, recformer, recformer_tokens, sasrec  # noqa: F401

@@ -3,6 +3,7 @@ prediction (:mod:`.click`), what a run runs on (:mod:`.runtime`) and its learnin
 
 from ..data.pipeline import PreparedData, prepare_data
 from ..files import atomic_torch_save, load_checkpoint
+from .fitted import FittedTrainer
 from .loop import TrainingDivergedError, TrainLoop, config_changes
 from .next_item import Trainer, epoch_generator, load_run, training_item_frequency
 from .plots import plot_learning_curves
@@ -21,15 +22,18 @@ from .text import TwoStageTextTrainer
 
 def make_trainer(cfg, run_dir, data: PreparedData | None = None, progress: bool = True, verbose=None) -> Trainer:
     """The trainer for a run's model: :class:`TwoStageTextTrainer` for a ``two_stage_text`` model (the
-    token-level Recformer), else :class:`Trainer` (next-item and cloze objectives)."""
+    token-level Recformer), :class:`FittedTrainer` for a ``fitted`` baseline, else :class:`Trainer`
+    (next-item and cloze objectives)."""
     from ..models.base import resolve_model
 
-    cls = TwoStageTextTrainer if resolve_model(cfg.model_name)[0].objective == "two_stage_text" else Trainer
+    objective = resolve_model(cfg.model_name)[0].objective
+    cls = {"two_stage_text": TwoStageTextTrainer, "fitted": FittedTrainer}.get(objective, Trainer)
     return cls(cfg, run_dir, data=data, progress=progress, verbose=verbose)
 
 
 __all__ = [
     "PreparedData",
+    "FittedTrainer",
     "TrainLoop",
     "TwoStageTextTrainer",
     "Trainer",

@@ -43,7 +43,16 @@ class TrainingDivergedError(RecsysError, RuntimeError):
 
 # how a run executes or when it stops, not what each epoch computes: these may change on --resume
 # (more threads, another device, a longer or shorter schedule)
-RUNTIME_KEYS = ("num_threads", "device", "compile", "epochs", "patience")
+RUNTIME_KEYS = (
+    "num_threads",
+    "device",
+    "compile",
+    "epochs",
+    "patience",
+    "loggers",
+    "mlflow_uri",
+    "mlflow_experiment",
+)
 
 
 def _without_runtime(config: dict) -> dict:
@@ -104,6 +113,13 @@ class TrainLoop:
     verbose: bool
     metric: str
     data_info: dict
+
+    #: called after each validation with (epoch, metrics); may raise to end the run (a pruned tuning trial)
+    on_validation = None
+    #: whether the end of the run evaluates the test split (False while tuning: selection on validation only)
+    test_at_end = True
+    #: the packaged recipe the run was started from (recipes/NAME.toml), recorded in env.json
+    recipe: str | None = None
 
     def _init_loop(self) -> None:
         self.history: list[dict] = []
@@ -188,7 +204,7 @@ class TrainLoop:
     def _state(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "epoch": self.epoch,
             "rng": torch.get_rng_state(),
             "best_metric": self.best_metric,
@@ -208,7 +224,8 @@ class TrainLoop:
                 + ". Resume with the same recipe and overrides"
             )
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
         torch.set_rng_state(state["rng"])
         self.best_metric = state["best_metric"]
@@ -234,7 +251,6 @@ class TrainLoop:
                 raise
 
     def _fit(self, resume: bool) -> dict:
-        train = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         last = self.run_dir / "last.pt"
         if (last.exists() or (self.run_dir / "final_metrics.json").exists()) and not resume:
@@ -246,7 +262,29 @@ class TrainLoop:
         main = distributed.is_main()
         if main:
             atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
-            atomic_write_json(self.run_dir / "env.json", run_environment(self.cfg, self.data_info, self.device))
+            environment = run_environment(self.cfg, self.data_info, self.device)
+            atomic_write_json(self.run_dir / "env.json", {**environment, "recipe": self.recipe})
+        self.loggers = self._open_loggers() if main else []
+        try:
+            return self._epochs()
+        finally:
+            for logger in self.loggers:
+                logger.close()
+
+    def _open_loggers(self) -> list:
+        names = getattr(self.cfg.train, "loggers", ())
+        if not names:
+            return []
+        from ..tracking import open_loggers
+
+        train = self.cfg.train
+        return open_loggers(names, self.run_dir, self.cfg.to_dict(), train.mlflow_uri, train.mlflow_experiment)
+
+    def _epochs(self) -> dict:
+        """Epochs from the current one to the end (or early stopping), then :meth:`finish`."""
+        train = self.cfg.train
+        main = distributed.is_main()
+        last = self.run_dir / "last.pt"
         has_valid = self.has_validation
         stopped_early = False
         while self.epoch < train.epochs:
@@ -267,6 +305,8 @@ class TrainLoop:
                     self._save_best()
                 else:
                     self.bad_epochs += train.eval_every
+                if self.on_validation is not None:
+                    self.on_validation(self.epoch, valid)
             elif not has_valid:  # no model selection (the HSTU split): the last epoch is the model
                 self.best_epoch = self.epoch
                 self._save_best()
@@ -275,6 +315,8 @@ class TrainLoop:
                 self._write_log()
                 atomic_torch_save(self._state(), last)
                 self._print_epoch(record)  # to train.log; to the terminal unless muted
+                for logger in self.loggers:
+                    logger.log_epoch(record)
             distributed.barrier()  # every rank sees this epoch's files before going on
         return self.finish(stopped_early or self.early_stop())
 
@@ -311,6 +353,8 @@ class TrainLoop:
         }
         if distributed.is_main():
             atomic_write_json(self.run_dir / "final_metrics.json", out)
+            for logger in getattr(self, "loggers", []):
+                logger.log_final(out)
             plot_learning_curves(
                 self.history,
                 self.run_dir / "learning_curves.png",

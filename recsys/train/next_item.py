@@ -22,6 +22,7 @@ from ..files import load_checkpoint, read_json
 from ..losses import Workspace, next_item_loss
 from ..models.base import SequentialEncoder, build_model
 from .loop import StepChecks, TrainLoop
+from .optim import AdamW
 from .runtime import (
     resolve_ce_matmul_dtype,
     resolve_device,
@@ -101,12 +102,17 @@ class Trainer(TrainLoop):
         # training forward passes go through torch.compile and / or DDP (gradient all-reduce under
         # torchrun) when asked; self.model stays the plain module (state_dict, evaluation, item vectors)
         self.train_forward = torch.compile(self.model) if cfg.train.compile else self.model
-        if distributed.world_size() > 1:
+        trainable = any(p.requires_grad for p in self.model.parameters())  # (fitted baselines have nothing to sync)
+        if distributed.world_size() > 1 and trainable:
             self.train_forward = torch.nn.parallel.DistributedDataParallel(
                 self.train_forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+        # (a model counted from the data, a fitted baseline, has no parameters and takes no steps)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = (
+            AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+            if params
+            else None
         )
         # with held-out (cold-start) items, training scores only the other items: a held-out item is
         # unknown at training time, so it may not even serve as a negative (its embedding stays untrained)
@@ -267,6 +273,8 @@ class Trainer(TrainLoop):
         }
         if self.has_validation:
             out["valid"] = self.evaluate("valid")
+        if not self.test_at_end:  # model selection (recsys tune): the test split is not read
+            return out
         out["test"] = self.evaluate("test", progress=self.progress)
         if self.data.cold_items is not None:  # cold-start protocol: targets the training never saw, and the rest
             out["test_cold"] = self.evaluate("test_cold")

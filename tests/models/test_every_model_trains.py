@@ -27,7 +27,11 @@ SMALL = {  # each model's own small settings
         "model.steps_per_epoch=2",
         "train.batch_size=8",
     ],
+    "popularity": [],  # counted from the data: their own recipes (recsys.train.fitted)
+    "random": [],
+    "item_cooc": ["model.dim=16"],
 }
+OWN_RECIPE = {"recformer_tokens", "popularity", "random", "item_cooc"}
 
 
 def test_every_built_in_model_has_small_settings_here():
@@ -44,11 +48,8 @@ def test_model_trains_and_evaluates(name, tmp_path):
     overrides = [f"model.name={name}", *COMMON, *SMALL[name]]
     if name == "bert4rec":
         overrides.append("model.mask_prob=0.2")
-    cfg = load_recipe(
-        REPO
-        / ("recipes/ml-100k/recformer_tokens.toml" if name == "recformer_tokens" else "recipes/ml-100k/sasrec.toml"),
-        overrides,
-    )
+    recipe = f"recipes/ml-100k/{name}.toml" if name in OWN_RECIPE else "recipes/ml-100k/sasrec.toml"
+    cfg = load_recipe(REPO / recipe, overrides)
     out = make_trainer(cfg, tmp_path / name, progress=False).fit()
     assert out["test"]["num_users"] == 943
     assert math.isfinite(out["test"]["ndcg@10"]) and 0 <= out["test"]["ndcg@10"] <= 1

@@ -1,0 +1,313 @@
+"""``recsys tune RECIPE``: hyperparameter search on the validation split with Optuna.
+
+The search space is the recipe's ``[tune.space]`` (or, where it has none, the model's built-in space,
+:data:`SPACES`)::
+
+    [tune]
+    trials = 20            # default of --trials
+    epochs = 30            # at most this many epochs per trial (the recipe's own for the final run)
+    pruner = "median"      # "median", "hyperband" or "none": poor trials stop early on validation NDCG@10
+    [tune.space]
+    "train.lr" = { low = 1e-4, high = 1e-2, log = true }
+    "model.dropout" = { low = 0.1, high = 0.6 }
+    "model.num_blocks" = { low = 1, high = 3 }                         # integers: an integer range
+    "model.hidden_dim" = { choices = [32, 64, 128] }
+    "loss.num_negatives" = { choices = [64, 256], when = { "loss.name" = "sampled_softmax" } }
+
+TPE samples each trial; each trial is a run in ``OUT/trial-N`` whose validation metric after every epoch
+is reported to the pruner; its value is its best validation metric. The test split is never read while
+searching: only the best trial's settings are trained again (``--seeds`` times) and tested, once, at the
+end. The study lives in a journal file in ``OUT`` (``study.journal``; ``--storage`` takes a database URL
+instead, so workers on several machines can share one study); a killed search resumes with ``--resume``
+(trials the dead process left running are marked failed), and ``--workers N`` runs N processes on one
+study (it stops starting trials once it holds ``--trials`` finished ones; the other workers' last trials
+may finish too). At the end: the trials' table, the parameters' importances, the best recipe as ``OUT/best.toml``
+and its test metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import ConfigError, apply_overrides, apply_settings, config_from_dict, read_recipe_file
+from .errors import RecsysError
+
+# built-in spaces by model, used when a recipe has no [tune.space]
+_COMMON = {
+    "train.lr": {"low": 2e-4, "high": 5e-3, "log": True},
+    "model.dropout": {"low": 0.1, "high": 0.6},
+    "model.hidden_dim": {"choices": [32, 64, 128]},
+    "model.num_blocks": {"low": 1, "high": 3},
+}
+SPACES = {
+    "sasrec": _COMMON,
+    "bert4rec": {**_COMMON, "model.mask_prob": {"low": 0.1, "high": 0.6}},
+    "hstu": {**_COMMON, "loss.temperature": {"low": 0.03, "high": 0.3, "log": True}},
+    "recformer": {**_COMMON, "loss.temperature": {"low": 0.02, "high": 0.2, "log": True}},
+    "item_cooc": {"model.window": {"low": 1, "high": 5}, "model.decay": {"low": 0.3, "high": 1.0}},
+}
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError as err:
+        raise RecsysError(f"recsys tune needs Optuna: pip install optuna ({err})") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def tune_settings(raw: dict) -> tuple[dict, dict]:
+    """(the recipe's [tune] options, its search space), the space checked key by key."""
+    options = dict(raw.get("tune", {}))
+    space = options.pop("space", None) or SPACES.get(raw.get("model", {}).get("name", "sasrec"))
+    if not space:
+        raise ConfigError("[tune.space] is empty and this model has no built-in space; declare one in the recipe")
+    for key, spec in space.items():
+        if not isinstance(spec, dict) or not ({"low", "high"} <= set(spec) or "choices" in spec):
+            raise ConfigError(f"[tune.space] {key}: give low and high (and log / step), or choices")
+        if "choices" not in spec and not spec["low"] < spec["high"]:
+            raise ConfigError(f"[tune.space] {key}: low must be below high")
+        if "." not in key:
+            raise ConfigError(f"[tune.space] {key}: keys look like section.key")
+    for key in options:
+        if key not in ("trials", "epochs", "pruner", "metric"):
+            raise ConfigError(f"[tune] unknown key {key!r}; allowed: trials, epochs, pruner, metric, space")
+    return options, space
+
+
+def sample(trial, space: dict, raw: dict) -> dict:
+    """One trial's settings: each key of ``space`` whose ``when`` holds for the recipe and the keys sampled
+    before it."""
+
+    def current(key):
+        section, name = key.split(".", 1)
+        return chosen.get(key, raw.get(section, {}).get(name))
+
+    chosen: dict = {}
+    for key, spec in space.items():
+        if any(current(k) != v for k, v in spec.get("when", {}).items()):
+            continue
+        if "choices" in spec:
+            chosen[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        elif all(isinstance(spec[b], int) and not isinstance(spec[b], bool) for b in ("low", "high")):
+            chosen[key] = trial.suggest_int(key, spec["low"], spec["high"], step=int(spec.get("step", 1)))
+        else:
+            chosen[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+    return chosen
+
+
+def _storage(optuna, out: Path, url: str | None):
+    if url:
+        return url
+    from optuna.storages import JournalStorage
+
+    try:
+        from optuna.storages.journal import JournalFileBackend
+    except ImportError:  # Optuna 3
+        from optuna.storages import JournalFileStorage as JournalFileBackend
+    return JournalStorage(JournalFileBackend(str(out / "study.journal")))
+
+
+def _pruner(optuna, name: str):
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"[tune] pruner: 'median', 'hyperband' or 'none', got {name!r}")
+
+
+def _fail_stale_trials(optuna, study) -> int:
+    """Trials left RUNNING by a process of this host that is gone (a killed search): marked failed."""
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
+        if host == socket.gethostname() and pid and not _alive(pid):
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            failed += 1
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def run_study(
+    recipe: Path,
+    out: Path,
+    overrides: list[str],
+    trials: int | None,
+    timeout: float | None,
+    storage: str | None,
+    threads: int,
+    progress: bool,
+) -> object:
+    """Optimise the study in ``out`` in this process until it holds ``trials`` finished trials."""
+    optuna = _optuna()
+    from .train import make_trainer, prepare_data
+
+    raw = apply_overrides(read_recipe_file(recipe), overrides)
+    options, space = tune_settings(raw)
+    trials = trials or int(options.get("trials", 20))
+    metric = options.get("metric", raw.get("eval", {}).get("early_stopping_metric", "ndcg@10"))
+    base = {k: v for k, v in raw.items() if k != "tune"}
+    base_cfg = config_from_dict(base)
+    if base_cfg.data.split == "hstu":
+        raise ConfigError("recsys tune selects on the validation split; the hstu split has none")
+    data = prepare_data(base_cfg.data, verbose=False)
+    study = optuna.create_study(
+        study_name="recsys",
+        storage=_storage(optuna, out, storage),
+        sampler=optuna.samplers.TPESampler(seed=None),
+        pruner=_pruner(optuna, options.get("pruner", "median")),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    _fail_stale_trials(optuna, study)
+
+    def objective(trial):
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
+        chosen = sample(trial, space, base)
+        settings = {**chosen, "train.num_threads": threads, "eval.early_stopping_metric": metric}
+        if "epochs" in options:
+            settings["train.epochs"] = min(int(options["epochs"]), base_cfg.train.epochs)
+        cfg = config_from_dict(apply_settings(base, settings))
+        trainer = make_trainer(cfg, out / f"trial-{trial.number:03d}", data=data, progress=False, verbose=False)
+        trainer.test_at_end = False  # selection on validation only
+
+        def report(epoch: int, valid: dict) -> None:
+            trial.report(valid[metric], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation {metric} {valid[metric]:.4f} at epoch {epoch}")
+
+        trainer.on_validation = report
+        result = trainer.fit()
+        value = result["valid"][metric]
+        if not math.isfinite(value):
+            raise RecsysError(f"trial {trial.number}: validation {metric} is {value}")
+        if progress:
+            print(f"trial {trial.number}: valid {metric} {value:.4f}  {json.dumps(chosen)}", flush=True)
+        return value
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    callback = optuna.study.MaxTrialsCallback(trials, states=finished)
+    if len(study.get_trials(deepcopy=False, states=finished)) < trials:
+        study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[callback], catch=(RecsysError,))
+    return study
+
+
+def tune(args) -> int:
+    """The ``recsys tune`` command (workers, the study, the summary, the best recipe and its test run)."""
+    from .recipe_index import resolve_recipe
+
+    recipe = resolve_recipe(args.recipe)
+    out = Path(args.out or Path("runs") / f"tune-{recipe.parent.name}-{recipe.stem}")
+    if out.exists() and any(out.iterdir()) and not (args.resume or args.worker):
+        raise FileExistsError(f"{out} already holds a study; use --resume or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    workers = max(1, args.workers)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    if args.worker:  # a process started by the main one: optimise and leave the summary to it
+        run_study(recipe, out, args.set, args.trials, args.timeout, args.storage, threads, progress=False)
+        return 0
+    others = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "recsys.cli",
+                "tune",
+                str(recipe),
+                "--out",
+                str(out),
+                "--worker",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+            ]
+            + [x for s in args.set for x in ("--set", s)]
+            + (["--trials", str(args.trials)] if args.trials else [])
+            + (["--timeout", str(args.timeout)] if args.timeout else [])
+            + (["--storage", args.storage] if args.storage else [])
+        )
+        for _ in range(workers - 1)
+    ]
+    try:
+        study = run_study(recipe, out, args.set, args.trials, args.timeout, args.storage, threads, progress=True)
+    finally:
+        for process in others:
+            process.wait()
+    return summarize(study, recipe, out, args)
+
+
+def summarize(study, recipe: Path, out: Path, args) -> int:
+    optuna = _optuna()
+    trials = study.get_trials(deepcopy=False)
+    print(f"\n{len(trials)} trials in {out}:")
+    print(f"  {'trial':>5}  {'state':9s}  {'valid':>7}  settings")
+    for t in trials:
+        value = f"{t.value:.4f}" if t.value is not None else "-"
+        print(f"  {t.number:5d}  {t.state.name:9s}  {value:>7}  {json.dumps(t.params)}")
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise RecsysError(f"{out}: no trial finished; nothing to report")
+    best = study.best_trial
+    importances = {}
+    if len(complete) >= 2 and len(best.params) > 1:
+        importances = optuna.importance.get_param_importances(study)
+        print("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
+    raw = apply_overrides(read_recipe_file(recipe), args.set)
+    raw.pop("tune", None)
+    best_raw = apply_settings(raw, best.params)
+    from .start_here import toml_text
+
+    best_path = out / "best.toml"
+    header = f"# The best of {len(complete)} completed trials of `recsys tune` on {recipe.name} (validation {best.value:.4f})\n"
+    best_path.write_text(header + toml_text(best_raw))
+    print(f"best trial {best.number}: valid {best.value:.4f}; recipe written to {best_path}")
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "best_trial": best.number,
+                "best_valid": best.value,
+                "best_params": best.params,
+                "importances": importances,
+                "trials": [
+                    {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params} for t in trials
+                ],
+            },
+            indent=2,
+        )
+    )
+    if args.no_final:
+        return 0
+    from .cli.train import cmd_train  # the best recipe trained again and tested, once
+
+    final = ["--run-dir", str(out / "best"), "--quiet"] + (["--seeds", str(args.seeds)] if args.seeds else [])
+    final_args = _train_args(best_path, final, args)
+    return cmd_train(final_args)
+
+
+def _train_args(recipe: Path, extra: list[str], args):
+    from .cli import build_parser
+
+    argv = ["train", str(recipe), *extra] + (["--log-results"] if args.log_results else [])
+    parsed = build_parser().parse_args(argv)
+    parsed.argv = argv
+    return parsed

@@ -1,0 +1,107 @@
+"""``recsys tune`` on real data: a small study with two workers, a killed search resumed, the best recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from recsys.config import ConfigError, load_recipe
+from tests.conftest import REPO, needs_data
+
+pytest.importorskip("optuna")
+
+RECIPE = """
+[data]
+dataset = "ml-100k"
+split = "leave_one_out"
+
+[model]
+name = "sasrec"
+max_seq_len = 20
+hidden_dim = 16
+num_blocks = 1
+
+[train]
+epochs = 3
+batch_size = 128
+patience = 0
+
+[eval]
+ks = [10]
+
+[tune]
+trials = 4
+epochs = 2
+pruner = "median"
+
+[tune.space]
+"train.lr" = { low = 1e-3, high = 1e-2, log = true }
+"model.dropout" = { low = 0.1, high = 0.5 }
+"loss.num_negatives" = { choices = [16, 32], when = { "loss.name" = "sampled_softmax" } }
+"""
+
+
+def _tune(*args, timeout=600):
+    cmd = [sys.executable, "-m", "recsys.cli", "tune", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=os.environ.copy(), timeout=timeout)
+
+
+@needs_data("ml-100k")
+def test_a_study_with_two_workers_selects_on_validation_and_writes_the_best_recipe(tmp_path):
+    recipe = tmp_path / "small.toml"
+    recipe.write_text(RECIPE)
+    done = _tune(recipe, "--out", tmp_path / "study", "--workers", "2", "--no-final")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    finished = [t for t in summary["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
+    # the study stops starting trials once it holds 4 finished ones; the other worker's last one may finish too
+    assert 4 <= len(finished) <= 5
+    assert summary["best_valid"] == max(t["value"] for t in summary["trials"] if t["state"] == "COMPLETE")
+    assert all("loss.num_negatives" not in t["params"] for t in summary["trials"])  # its condition does not hold
+    # no trial read the test split
+    for trial in (tmp_path / "study").glob("trial-*"):
+        if (trial / "final_metrics.json").exists():
+            assert "test" not in json.loads((trial / "final_metrics.json").read_text())
+    best = load_recipe(tmp_path / "study" / "best.toml")
+    assert best.train.lr == pytest.approx(summary["best_params"]["train.lr"])
+    assert best.train.epochs == 3  # the recipe's own schedule for the final run, not the trials' cap
+    assert "parameter importances" in done.stdout
+
+
+@needs_data("ml-100k")
+def test_a_killed_search_resumes(tmp_path):
+    recipe = tmp_path / "small.toml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "recsys.cli", "tune", str(recipe), "--out", str(out), "--no-final"]
+    process = subprocess.Popen(
+        cmd, cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "trial-001" / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # inside the second trial
+    process.wait()
+    assert not (out / "summary.json").exists()
+    again = _tune(recipe, "--out", out, "--no-final")
+    assert again.returncode == 2 and "already holds a study" in again.stderr
+    resumed = _tune(recipe, "--out", out, "--resume", "--no-final")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    states = [t["state"] for t in json.loads((out / "summary.json").read_text())["trials"]]
+    assert states.count("FAIL") == 1 and sum(s in ("COMPLETE", "PRUNED") for s in states) == 4
+
+
+def test_a_bad_space_is_refused(tmp_path):
+    from recsys.tune import tune_settings
+
+    with pytest.raises(ConfigError, match="train.lr: low must be below high"):
+        tune_settings({"tune": {"space": {"train.lr": {"low": 1, "high": 0.1}}}})
+    with pytest.raises(ConfigError, match=r"\[tune\] unknown key 'trails'"):
+        tune_settings({"tune": {"trails": 3}, "model": {"name": "sasrec"}})
+    assert load_recipe(REPO / "recipes/ml-100k/sasrec.toml")  # recipes with or without [tune] load alike
