@@ -186,7 +186,7 @@ class Run:
         out = {"user": [], "rank": [], "item": [], "score": []}
         for key, items_seen, user_scores in zip(keys, seen, scores):
             if exclude_seen:
-                user_scores[torch.from_numpy(np.asarray(items_seen, dtype=np.int64))] = float("-inf")
+                user_scores[torch.from_numpy(np.array(items_seen, dtype=np.int64))] = float("-inf")  # (a copy)
             top = torch.topk(user_scores, min(k, int(torch.isfinite(user_scores).sum())))
             for rank, (i, s) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
                 out["user"].append(key)

@@ -64,7 +64,9 @@ class ItemCooc(SequentialEncoder):
         i, j = pairs[0] // V, pairs[0] % V
         freq = np.bincount(items, minlength=V).astype(np.float64)
         values = pairs[1] / np.sqrt(freq[i] * freq[j])
-        matrix = torch.sparse_coo_tensor(np.stack([i, j]), torch.from_numpy(values).float(), (V, V)).coalesce()
+        indices = torch.from_numpy(np.stack([i, j]))
+        matrix = torch.sparse_coo_tensor(indices, torch.from_numpy(values).float(), (V, V), check_invariants=True)
+        matrix = matrix.coalesce()
         dim = self.sources.shape[1]
         generator_state = torch.random.get_rng_state()  # the SVD's random draws leave the run's stream alone
         torch.manual_seed(self.cfg.seed)
