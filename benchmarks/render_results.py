@@ -99,6 +99,7 @@ def headline(records: list[dict], references: dict) -> list[str]:
     """The tables a reader wants first: the latest run of each recipe as it ships (against the published
     number where there is one), click prediction, and the latest comparison with RecBole per setting."""
     out = ["## Headline", ""]
+    records = sorted(records, key=lambda r: r.get("date", ""))  # the latest by date wins below (stable for ties)
     latest: dict[str, dict] = {}
     for r in records:
         if r["kind"] == "train" and _as_recipe_says(r) and "protocol" not in r["metrics"]["test"]:
