@@ -116,8 +116,8 @@ def _storage(optuna, out: Path, url: str | None):
 
 
 def _pruner(optuna, name: str):
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "median":  # not before 3 trials have finished, nor in a trial's first 5 epochs (slow starters)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner()
     if name == "none":
