@@ -118,8 +118,8 @@ def save_onnx(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> None:
             verbose=False,
         )
     program.save(str(folder / ONNX_FILE))
-    session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
-    got = session.run(None, {name: t.numpy() for name, t in zip(names, check)})[0]
+    runtime = onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
+    got = runtime.run(None, {name: t.numpy() for name, t in zip(names, check)})[0]
     if not np.allclose(got, wrapped(*check).numpy(), rtol=1e-4, atol=1e-5):
         raise RuntimeError("the ONNX encoder differs from the module on another batch (onnxruntime)")
 

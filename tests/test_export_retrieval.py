@@ -410,8 +410,8 @@ def test_default_encoders_export_to_onnx_and_match_in_onnxruntime(name, tmp_path
     cfg = model_config_class(name)()
     wrapped = _UserEncoder(build_model(name, cfg, 1000).eval(), normalize=True).eval()
     save_onnx(wrapped, cfg.max_seq_len, tmp_path)
-    session = onnxruntime.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == (
+    runtime = onnxruntime.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
+    assert [i.name for i in runtime.get_inputs()] == (
         ["item_ids", "timestamps", "query_time"] if wrapped.timed else ["item_ids"]
     )
     for batch in (1, 7):
@@ -422,7 +422,7 @@ def test_default_encoders_export_to_onnx_and_match_in_onnxruntime(name, tmp_path
         inputs = [ids]
         if wrapped.timed:
             inputs += [torch.arange(cfg.max_seq_len).expand_as(ids) * 900 * (ids != 0), torch.full((batch,), 10**6)]
-        got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})[0]
+        got = runtime.run(None, {i.name: t.numpy() for i, t in zip(runtime.get_inputs(), inputs)})[0]
         with torch.no_grad():
             np.testing.assert_allclose(got, wrapped(*inputs).numpy(), rtol=1e-4, atol=1e-5)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -98,7 +99,7 @@ class StepChecks:
             )
 
 
-class TrainLoop:
+class TrainLoop(ABC):
     """Epochs, validation, early stopping, checkpoints and resume for any task. A subclass sets
     ``cfg`` (a run config with ``train.epochs / patience / eval_every / nonfinite / max_grad_norm / lr``
     and ``to_dict()``), ``run_dir``, ``model``, ``optimizer``, ``device``, ``progress``, ``verbose``,
@@ -129,21 +130,21 @@ class TrainLoop:
         self.bad_epochs = 0
 
     # -- what a task supplies
+    @abstractmethod
     def train_epoch(self) -> dict:
         """One epoch of training: a record with at least ``train_loss`` and ``train_seconds``."""
-        raise NotImplementedError
 
     @property
     def has_validation(self) -> bool:
         return True
 
+    @abstractmethod
     def validate(self) -> dict:
         """The validation metrics of the current model (``self.metric`` among them)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def final_metrics(self) -> dict:
         """The best model's evaluation, written to ``final_metrics.json``."""
-        raise NotImplementedError
 
     def early_stop(self) -> bool:
         """Whether to stop before the next epoch: ``train.patience`` validations without a better metric."""
