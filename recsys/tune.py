@@ -38,12 +38,17 @@ from pathlib import Path
 from .config import ConfigError, apply_overrides, apply_settings, config_from_dict, read_recipe_file
 from .errors import RecsysError
 
-# built-in spaces by model, used when a recipe has no [tune.space]
+# built-in spaces by model, used when a recipe has no [tune.space]: the usual levers of these models
+# (learning rate, regularisation, width, depth) and the history length and batch size, which depend on
+# how long the file's histories are
 _COMMON = {
     "train.lr": {"low": 2e-4, "high": 5e-3, "log": True},
     "model.dropout": {"low": 0.1, "high": 0.6},
     "model.hidden_dim": {"choices": [32, 64, 128]},
     "model.num_blocks": {"low": 1, "high": 3},
+    "model.max_seq_len": {"choices": [50, 100, 200]},
+    "train.batch_size": {"choices": [64, 128, 256]},
+    "train.weight_decay": {"choices": [0.0, 0.01, 0.1]},
 }
 SPACES = {
     "sasrec": _COMMON,
