@@ -326,6 +326,17 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("model.ffn_dim", getattr(cfg.model, "ffn_dim", None) is None or cfg.model.ffn_dim >= 1, ">= 1 (or unset)"),
         ("model.dropout", 0 <= getattr(cfg.model, "dropout", 0.0) < 1, "in [0, 1)"),
         ("model.mask_prob", 0 < getattr(cfg.model, "mask_prob", 0.5) <= 1, "in (0, 1]"),
+        ("model.reasoning_steps", getattr(cfg.model, "reasoning_steps", 0) >= 0, ">= 0 (0: no reasoning)"),
+        *(
+            (f"model.{k}", getattr(cfg.model, k, 0.0) >= 0, ">= 0")
+            for k in ("reasoning_kl_weight", "reasoning_noise", "reasoning_contrastive_weight")
+        ),
+        ("model.reasoning_temperature_scale", getattr(cfg.model, "reasoning_temperature_scale", 1.0) > 0, "> 0"),
+        (
+            "model.reasoning_steps",
+            not getattr(cfg.model, "reasoning_steps", 0) or not getattr(cfg.model, "attention_table_dim", None),
+            "0 with model.attention_table_dim (ReaRec runs the plain blocks)",
+        ),
         *(
             (f"model.{k}", getattr(cfg.model, k, None) is None or getattr(cfg.model, k) >= 1, ">= 1 (or unset)")
             for k in ("qk_dim", "v_dim", "attention_table_dim")

@@ -15,7 +15,7 @@ def test_overrides_are_typed_toml():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.num_blockz=3", r"unknown key 'model.num_blockz'; allowed keys in \[model\]: \['max_seq_len'"),
+        ("model.num_blockz=3", r"unknown key 'model.num_blockz'; allowed keys in \[model\]: \[.*'max_seq_len'"),
         ("loss.name=softmax", r"loss.name: 'softmax' is not allowed; allowed values: \['ce', 'sampled_softmax'"),
         ("train.lr=fast", r"train.lr: expected a number, got 'fast'"),
         ("train.epochs=1.5", r"train.epochs: expected an integer"),

@@ -24,7 +24,16 @@ _FIELD = re.compile(r"^\s+(\w+)\s*:[^=]*(?:=\s*[^#]*)?(?:#\s*(.*))?$")
 
 
 def field_meanings(cls) -> dict[str, str]:
-    """Each field of a config dataclass with the comment written beside it or on the lines above it."""
+    """Each field of a config dataclass (and of the dataclasses it inherits from) with the comment written
+    beside it or on the lines above it."""
+    out: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if base is not object:
+            out.update(_own_field_meanings(base))
+    return out
+
+
+def _own_field_meanings(cls) -> dict[str, str]:
     out, above = {}, []
     try:
         lines = inspect.getsource(cls).splitlines()

@@ -31,6 +31,10 @@ What differs from the paper / reference code:
   ``use_time_bias = false`` for them (the recipes do).
 - Output L2 normalisation and the temperature belong to the loss (``loss.l2_normalize``), so the
   evaluator scores by cosine exactly as the loss trains.
+- ``reasoning_steps = K > 0`` adds ReaRec's latent reasoning (Tang et al. 2025,
+  :mod:`recsys.models.layers.reasoning`) on the grid path (:meth:`HSTU.reasoning_states`); a reasoning
+  token has its position's place and query time, so its relative bias to the history is that
+  position's, and to its own position's reasoning tokens offset 0 and time gap 0.
 """
 
 from __future__ import annotations
@@ -48,12 +52,13 @@ from ..kernels.onednn import Linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
 from .layers import exporting
+from .layers.reasoning import ReasoningConfig, append_step, combine_states, history_mask, pointwise_attention
 
 NUM_TIME_BUCKETS = 129
 
 
 @dataclass
-class HSTUConfig:
+class HSTUConfig(ReasoningConfig):
     max_seq_len: int = 200  # the most recent items of a history that are read
     hidden_dim: int = 50  # width of item and hidden vectors
     num_blocks: int = 2  # transformer blocks
@@ -145,29 +150,60 @@ class HSTULayer(nn.Module):
         """:meth:`forward` on a left-padded [B, L, D] grid (``real`` [B, L]: not padding; key_times,
         query_times [B, L] with a time bias), every shape fixed by the input's: the path ``torch.export``
         captures (an exported encoder). Same values at the real positions (test)."""
-        B, L, _ = x.shape
-        H = self.cfg.num_heads
-        xn = F.layer_norm(x, (x.shape[-1],))
-        u, v, q, k = torch.split(
-            F.silu(self.uvqk(xn)), [H * self.v_dim, H * self.v_dim, H * self.qk_dim, H * self.qk_dim], dim=-1
-        )
-        q, k, v = (t.reshape(B, L, H, -1).transpose(1, 2) for t in (q, k, v))  # [B, H, L, d]
+        L = x.shape[1]
+        u, v, q, k = self.heads(x)
         pos = torch.arange(L, device=x.device)
         queries = pos[-1:] if last_only else pos  # [Lq]
         if last_only:
             q, u, x = q[:, :, -1:], u[:, -1:], x[:, -1:]
-        scores = q @ k.transpose(-1, -2)  # [B, H, Lq, L]
-        if self.position_bias is not None:  # left padding: offsets in the grid are the sequence's own
-            scores = (
-                scores + self.position_bias[(queries[:, None] - pos[None, :]).clamp(0, self.position_bias.shape[0] - 1)]
-            )
+        bias = self.relative_bias(queries, L, key_times, query_times)
+        allowed = history_mask(real, queries)  # [B, Lq, L]: real, earlier keys
+        return self.after_attention(
+            x, u, pointwise_attention(q, k, v, bias, allowed, None, None, 0.0, self.cfg.max_seq_len)
+        )
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A [B, L, D] grid's gates u [B, L, H * Dv] and values, queries, keys [B, H, L, d]."""
+        B, L, _ = x.shape
+        H = self.cfg.num_heads
+        u, v, q, k = torch.split(
+            F.silu(self.uvqk(F.layer_norm(x, (x.shape[-1],)))),
+            [H * self.v_dim, H * self.v_dim, H * self.qk_dim, H * self.qk_dim],
+            dim=-1,
+        )
+        v, q, k = (t.reshape(B, L, H, -1).transpose(1, 2) for t in (v, q, k))
+        return u, v, q, k
+
+    def relative_bias(
+        self, queries: torch.Tensor, length: int, key_times: torch.Tensor | None, query_times: torch.Tensor | None
+    ) -> torch.Tensor | float:
+        """The relative bias of queries at grid columns ``queries`` [Lq] against every key of a grid of
+        ``length`` columns, [B or 1, 1, Lq, L] (0.0 without biases): left padding makes grid offsets the
+        sequence's own."""
+        bias: torch.Tensor | float = 0.0
+        if self.position_bias is not None:
+            keys = torch.arange(length, device=queries.device)
+            offsets = (queries[:, None] - keys[None, :]).clamp(0, self.position_bias.shape[0] - 1)
+            bias = self.position_bias[offsets][None, None]  # [1, 1, Lq, L]
         if self.time_bias is not None:
             gap = query_times[:, queries, None] - key_times[:, None, :]  # [B, Lq, L]
-            scores = scores + self.time_bias[time_buckets(gap, self.time_bias.shape[0])][:, None]
-        allowed = real[:, None, :] & (queries[:, None] >= pos[None, :])[None]  # [B, Lq, L]: real, earlier keys
-        attn = (F.silu(scores) * allowed[:, None]) @ v / self.cfg.max_seq_len  # [B, H, Lq, Dv]
-        attn = attn.transpose(1, 2).reshape(B, len(queries), H * self.v_dim)
-        return x + self.out(self.dropout(u * F.layer_norm(attn, (attn.shape[-1],))))
+            bias = bias + self.time_bias[time_buckets(gap, self.time_bias.shape[0])][:, None]
+        return bias
+
+    def step_bias(self) -> torch.Tensor | float:
+        """The relative bias of a reasoning token's keys for the queries at its own position: offset 0, gap 0."""
+        bias: torch.Tensor | float = 0.0
+        if self.position_bias is not None:
+            bias = self.position_bias[0]
+        if self.time_bias is not None:
+            bias = bias + self.time_bias[0]
+        return bias
+
+    def after_attention(self, x: torch.Tensor, u: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """X + W_o(Dropout(U * LayerNorm(A V))) for a [B, Lq, D] grid and its attention [B, H, Lq, Dv]."""
+        B, Lq = x.shape[:2]
+        attended = attended.transpose(1, 2).reshape(B, Lq, -1)
+        return x + self.out(self.dropout(u * F.layer_norm(attended, (attended.shape[-1],))))
 
 
 @register("hstu", HSTUConfig)
@@ -186,22 +222,44 @@ class HSTU(SequentialEncoder):
         for emb, std in ((self.item_embedding, cfg.init_std), (self.position_embedding, position_std)):
             nn.init.normal_(emb.weight, std=std)
             emb.weight.data[0].zero_()
+        self.reasoning_steps = cfg.reasoning_steps
+        if cfg.reasoning_steps:  # p_1 .. p_K: reasoning position embeddings
+            self.reasoning_position = nn.Embedding(cfg.reasoning_steps, cfg.hidden_dim)
+            nn.init.normal_(self.reasoning_position.weight, std=position_std)
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
-        """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (the last layer
-        computes it alone)."""
-        B, L = item_ids.shape
+    def embed(self, item_ids, timestamps=None, next_timestamps=None):
+        """The layers' input grid [B, L, D], not_pad [B, L, 1], and each token's time and the time its
+        query predicts for, key_times and query_times [B, L] (None without the time bias)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)
-        real = not_pad.squeeze(-1)  # [B, L]; left padding, so each row's real tokens are contiguous
         x = self.emb_dropout(
             self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions)
         )  # [B, L, D]
-        key_times = query_times = None  # [B, L]: each token's time, and the time its query predicts for
+        key_times = query_times = None
         if self.cfg.use_time_bias:
             if timestamps is None:
                 raise ValueError("HSTU with use_time_bias needs timestamps")
             use_next = self.cfg.query_time == "next" and next_timestamps is not None
             key_times, query_times = timestamps, (next_timestamps if use_next else timestamps)
+        return x, not_pad, key_times, query_times
+
+    def forward(
+        self,
+        item_ids,
+        timestamps=None,
+        next_timestamps=None,
+        last_only: bool = False,
+        reasoning: bool = False,
+        noise: float = 0.0,
+    ):
+        """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (the last layer
+        computes it alone). With reasoning steps, the user vectors of :meth:`reasoning_states` (their
+        mean or last), or with ``reasoning`` the states themselves [B, L, K + 1, D]."""
+        if self.reasoning_steps:
+            states = self.reasoning_states(item_ids, timestamps, next_timestamps, last_only, noise)
+            return states if reasoning else combine_states(states, self.cfg.reasoning_method)
+        B, L = item_ids.shape
+        x, not_pad, key_times, query_times = self.embed(item_ids, timestamps, next_timestamps)
+        real = not_pad.squeeze(-1)  # [B, L]; left padding, so each row's real tokens are contiguous
         if exporting():  # the grid path: no data-dependent shapes
             for i, layer in enumerate(self.layers):
                 x = layer.dense(x, real, last_only and i == len(self.layers) - 1, key_times, query_times)
@@ -218,3 +276,42 @@ class HSTU(SequentialEncoder):
         out = x.new_zeros(B, L, x.shape[-1])
         out[real] = x
         return out
+
+    def reasoning_states(
+        self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False, noise: float = 0.0
+    ) -> torch.Tensor:
+        """ReaRec's states h^(0..K) at every position [B, L, K + 1, D] (``last_only``: the last, [B, 1, K + 1,
+        D]), on the grid: h^(0) is the plain encoder's output; step k feeds h^(k-1) + p_k back through the
+        layers as a token that attends to the history up to its position and to that position's earlier
+        reasoning tokens. ``noise``: Gaussian noise of this scale on the reasoning inputs (PRL)."""
+        L = item_ids.shape[1]
+        x, not_pad, key_times, query_times = self.embed(item_ids, timestamps, next_timestamps)
+        real = not_pad.squeeze(-1)
+        columns = torch.arange(L, device=item_ids.device)
+        queries = columns[-1:] if last_only else columns  # where reasoning happens
+        within_history = history_mask(real, columns)  # [B, L, L]
+        history = []  # per layer: keys, values [B, H, L, d] and the relative bias [B or 1, 1, L, L]
+        for layer in self.layers:
+            u, v, q, k = layer.heads(x)
+            bias = layer.relative_bias(columns, L, key_times, query_times)
+            history.append((k, v, bias))
+            x = layer.after_attention(
+                x, u, pointwise_attention(q, k, v, bias, within_history, None, None, 0.0, self.cfg.max_seq_len)
+            )
+        states = [x[:, queries] * not_pad[:, queries]]  # h^(0): [B, Lq, D], zeros at padding as forward gives
+        allowed = history_mask(real, queries)  # [B, Lq, L]
+        step_kv: list[list] = [[None, None] for _ in self.layers]
+        for step in range(self.reasoning_steps):
+            r = states[-1] + self.reasoning_position.weight[step]  # [B, Lq, D]
+            if noise:
+                r = r + noise * torch.randn_like(r)
+            for layer, (k, v, bias), cache in zip(self.layers, history, step_kv):
+                u_r, v_r, q_r, k_r = layer.heads(r)
+                cache[0], cache[1] = append_step(cache[0], k_r), append_step(cache[1], v_r)
+                bias_r = bias[:, :, queries] if torch.is_tensor(bias) else bias  # the position's own bias row
+                attended = pointwise_attention(
+                    q_r, k, v, bias_r, allowed, cache[0], cache[1], layer.step_bias(), self.cfg.max_seq_len
+                )
+                r = layer.after_attention(r, u_r, attended)
+            states.append(r)
+        return torch.stack(states, dim=2)  # [B, Lq, K + 1, D]

@@ -32,6 +32,9 @@ What differs from the paper:
   come from a separate (smaller) item table, values and scores from the item table.
 - The loss is chosen by the recipe (BCE with one negative as in the paper, full CE = "SASRec+",
   sampled softmax, gBCE); the model only produces hidden states.
+- ``reasoning_steps = K > 0`` adds ReaRec's latent reasoning (Tang et al. 2025,
+  :mod:`recsys.models.layers.reasoning`): K more passes of the blocks for a token fed back from the last
+  hidden state; training and inference then take the grid path of :meth:`SASRec.reasoning_states`.
 """
 
 from __future__ import annotations
@@ -45,10 +48,11 @@ from torch import nn
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
 from .layers import Block, FusedCPUInference, Packing, fused_last_hidden, grid_inputs, run_blocks
+from .layers.reasoning import ReasoningConfig, append_step, combine_states, history_mask, softmax_attention
 
 
 @dataclass
-class SASRecConfig:
+class SASRecConfig(ReasoningConfig):
     max_seq_len: int = 50  # the most recent items of a history that are read
     hidden_dim: int = 64  # width of item and hidden vectors
     num_blocks: int = 2  # transformer blocks
@@ -90,10 +94,32 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         for emb in tables:
             nn.init.normal_(emb.weight, std=cfg.init_std)
             emb.weight.data[0].zero_()
+        self.reasoning_steps = cfg.reasoning_steps
+        if cfg.reasoning_steps:
+            if cfg.attention_table_dim:
+                raise ValueError("model.reasoning_steps > 0 does not combine with model.attention_table_dim")
+            # p_1 .. p_K: reasoning position embeddings, a table apart from the items' positions
+            self.reasoning_position = nn.Embedding(cfg.reasoning_steps, cfg.hidden_dim)
+            nn.init.normal_(self.reasoning_position.weight, std=cfg.init_std)
+            self.packed_forward_available = False  # training goes through reasoning_states
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False, packed: bool = False):
+    def forward(
+        self,
+        item_ids,
+        timestamps=None,
+        next_timestamps=None,
+        last_only: bool = False,
+        packed: bool = False,
+        reasoning: bool = False,
+        noise: float = 0.0,
+    ):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
-        last block); ``packed``: (hidden [T, D], index [T]), see :meth:`packed_forward`."""
+        last block); ``packed``: (hidden [T, D], index [T]), see :meth:`packed_forward`. With reasoning
+        steps, the user vectors of :meth:`reasoning_states` (their mean or last), or with ``reasoning``
+        the states themselves [B, L, K + 1, D]."""
+        if self.reasoning_steps:
+            states = self.reasoning_states(item_ids, last_only, noise)
+            return states if reasoning else combine_states(states, self.cfg.reasoning_method)
         if packed:
             return self.packed_forward(item_ids)
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
@@ -133,3 +159,37 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         for block in self.blocks:
             x = block(x, packing, attention_input, False, True)
         return self.final_ln(x[: packing.num_real]), packing.index  # [T, D], [T]
+
+    def reasoning_states(self, item_ids: torch.Tensor, last_only: bool = False, noise: float = 0.0) -> torch.Tensor:
+        """ReaRec's hidden states h^(0..K) at every position [B, L, K + 1, D] (``last_only``: the last, [B, 1,
+        K + 1, D]). h^(0) is the plain encoder's output; step k feeds h^(k-1) + p_k back through the blocks
+        as a token that attends to the history up to its position and to that position's earlier reasoning
+        tokens. ``noise``: Gaussian noise of this scale on the reasoning inputs (PRL's second view)."""
+        B, L = item_ids.shape
+        not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
+        real = not_pad.squeeze(-1)
+        columns = torch.arange(L, device=item_ids.device)
+        queries = columns[-1:] if last_only else columns  # where reasoning happens
+        p = self.cfg.dropout if self.training else 0.0
+        # the history pass, every position (a padding query reads itself alone: finite, never used)
+        eye = torch.eye(L, dtype=torch.bool, device=item_ids.device)
+        within_history = history_mask(real, columns) | eye  # [B, L, L]
+        x = self.embed(item_ids, positions)[0] * not_pad  # [B, L, D]
+        history_kv = []
+        for block in self.blocks:
+            q, k, v = block.attention_heads(x)  # [B, H, L, d]
+            history_kv.append((k, v))
+            x = block.after_attention(x, softmax_attention(q, k, v, within_history, None, None, p))
+        states = [self.final_ln(x[:, queries])]  # h^(0): [B, Lq, D]
+        allowed = history_mask(real, queries)  # [B, Lq, L]
+        step_kv: list[list] = [[None, None] for _ in self.blocks]  # per block: reasoning keys, values so far
+        for step in range(self.reasoning_steps):
+            r = states[-1] + self.reasoning_position.weight[step]  # [B, Lq, D]
+            if noise:
+                r = r + noise * torch.randn_like(r)
+            for block, (k, v), cache in zip(self.blocks, history_kv, step_kv):
+                q_r, k_r, v_r = block.attention_heads(r)  # [B, H, Lq, d]
+                cache[0], cache[1] = append_step(cache[0], k_r), append_step(cache[1], v_r)
+                r = block.after_attention(r, softmax_attention(q_r, k, v, allowed, cache[0], cache[1], p))
+            states.append(self.final_ln(r))
+        return torch.stack(states, dim=2)  # [B, Lq, K + 1, D]

@@ -20,6 +20,7 @@ from ..data.splits import Split
 from ..evaluation import evaluate
 from ..files import load_checkpoint, read_json
 from ..losses import Workspace, next_item_loss
+from ..losses.reasoning import reasoning_loss
 from ..models.base import SequentialEncoder, build_model
 from .loop import StepChecks, TrainLoop
 from .optim import AdamW
@@ -183,6 +184,7 @@ class Trainer(TrainLoop):
         packed_training = (
             not cloze and cfg.loss.name == "ce" and not cfg.train.compile and self.model.packed_forward_available
         )
+        reasoning = not cloze and getattr(self.model, "reasoning_steps", 0) > 0
         checks = StepChecks(self, steps)
         for step, batch in enumerate(bar):
             if cloze:  # masked-item training (BERT4Rec): inputs with [mask] tokens, targets at the masks
@@ -198,22 +200,32 @@ class Trainer(TrainLoop):
             packed = packed_training and not bool(((target_ids > 0) & (item_ids == 0)).any())  # (CPU copies)
             target_ids = target_ids.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+                noisy = None
                 if packed:  # the real positions alone: hidden [1, T, D], their targets [1, T]
                     hidden, index = self.train_forward(item_ids.to(self.device), packed=True)
                     hidden, target_ids = hidden[None], target_ids.reshape(-1)[index][None]
+                elif reasoning:  # ReaRec: the states of every step [B, L, K + 1, D] (and PRL's noisy view)
+                    hidden = self.train_forward(item_ids.to(self.device), timestamps, next_timestamps, reasoning=True)
+                    if cfg.model.reasoning_method == "prl" and cfg.model.reasoning_contrastive_weight > 0:
+                        noisy = self.train_forward(
+                            item_ids.to(self.device),
+                            timestamps,
+                            next_timestamps,
+                            reasoning=True,
+                            noise=cfg.model.reasoning_noise,
+                        ).float()
                 else:
                     hidden = self.train_forward(item_ids.to(self.device), timestamps, next_timestamps)
             items = self.model.item_vectors()
             if self.candidates is not None:  # cold start: held-out items are not even negatives in training
                 items, target_ids = items[self.candidates], self.candidate_index[target_ids]
-            loss = next_item_loss(
-                cfg.loss,
-                hidden.float(),
-                target_ids,
-                items,
-                workspace=self.loss_workspace,
-                item_frequency=self.item_frequency,
-            )
+            losses = dict(workspace=self.loss_workspace, item_frequency=self.item_frequency)
+            if reasoning:
+                loss = reasoning_loss(
+                    cfg.loss, cfg.model, hidden.float(), target_ids, items, next_item_loss, noisy, **losses
+                )
+            else:
+                loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items, **losses)
             if not self.optimizer_step(loss, step, checks):
                 continue
             total_loss += loss.detach()

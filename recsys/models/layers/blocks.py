@@ -59,6 +59,21 @@ class Block(nn.Module):
                 return y
         return x + self.drop(self.ffn(h))
 
+    def attention_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of a [B, L, D] grid (no decoupled attention stream), [B, H, L, d] each:
+        the block's own projections of LN(x), for attention computed outside (reasoning steps)."""
+        B, L, D = x.shape
+        H = self.attn.num_heads
+        q, k, v = self.attn.qkv(self.ln_attn(x)).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def after_attention(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The rest of the block for a [B, Lq, D] grid whose attention [B, H, Lq, d] was computed outside:
+        output projection, residual, feed-forward network."""
+        B, Lq, D = x.shape
+        x = x + self.drop(self.attn.out(attended.transpose(1, 2).reshape(B, Lq, D)))
+        return x + self.drop(self.ffn(self.ln_ffn(x)))
+
 
 def run_blocks(
     blocks: nn.ModuleList,

@@ -1,0 +1,84 @@
+"""The training losses of ReaRec's reasoning states (:mod:`recsys.models.layers.reasoning`), on top of
+any next-item loss: ERL's loss of the mean state minus the steps' KL diversity, PRL's progressive
+losses of every state plus the contrastive term of a noisy second view."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from ..config import LossConfig
+
+CONTRASTIVE_TEMPERATURE = 0.1
+
+
+def reasoning_loss(
+    loss_cfg: LossConfig,
+    model_cfg,
+    states: torch.Tensor,  # [B, L, K + 1, D]
+    target_ids: torch.Tensor,  # [B, L]
+    items: torch.Tensor,  # [V, D]
+    next_item_loss,
+    noisy_states: torch.Tensor | None = None,  # PRL's second view, [B, L, K + 1, D]
+    **loss_kwargs,
+) -> torch.Tensor:
+    """The loss of ReaRec's states under ``model_cfg.reasoning_method``; ``next_item_loss(cfg, hidden,
+    target_ids, items, **loss_kwargs)`` is the recipe's loss for one hidden state per position."""
+    K = states.shape[2] - 1
+    last = target_ids[:, -1] > 0  # rows whose last position has a target (the terms at the last position)
+    if model_cfg.reasoning_method == "erl":
+        loss = next_item_loss(loss_cfg, states.mean(dim=2), target_ids, items, **loss_kwargs)
+        if model_cfg.reasoning_kl_weight > 0 and K > 0 and last.any():
+            logits = scored(states[last, -1], items, loss_cfg.l2_normalize, loss_cfg.temperature)  # [P, K + 1, V - 1]
+            loss = loss - model_cfg.reasoning_kl_weight * kl_diversity(logits)
+        return loss
+    loss = next_item_loss(loss_cfg, states[:, :, K].contiguous(), target_ids, items, **loss_kwargs)
+    if K > 0:  # the earlier states, each scored at a higher temperature the further back it is
+        earlier = [
+            next_item_loss(
+                dataclasses.replace(
+                    loss_cfg, temperature=loss_cfg.temperature * model_cfg.reasoning_temperature_scale ** (K - k)
+                ),
+                states[:, :, k].contiguous(),
+                target_ids,
+                items,
+                **loss_kwargs,
+            )
+            for k in range(K)
+        ]
+        loss = loss + torch.stack(earlier).mean()
+    if noisy_states is not None and K > 0 and int(last.sum()) > 1:
+        view_a, view_b = states[last, -1, 1:], noisy_states[last, -1, 1:]  # [P, K, D] the reasoning states
+        loss = loss + model_cfg.reasoning_contrastive_weight * contrastive(view_a, view_b)
+    return loss
+
+
+def scored(hidden: torch.Tensor, items: torch.Tensor, l2_normalize: bool, temperature: float) -> torch.Tensor:
+    """Logits [..., V - 1] of hidden states [..., D] against the items [V, D] but padding, as the loss scores."""
+    if l2_normalize:
+        hidden, items = F.normalize(hidden, dim=-1), F.normalize(items, dim=-1)
+    return hidden @ items[1:].T / temperature
+
+
+def kl_diversity(logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(p_j || p_i) over the ordered pairs i != j of steps, logits [P, S, V] -> scalar. The
+    target distribution p_j is detached (as in the paper's code): each step is pushed away from the
+    others' current distributions."""
+    S = logits.shape[1]
+    log_p = logits.log_softmax(dim=-1)  # [P, S, V]
+    target = log_p.detach()
+    # kl[p, i, j] = sum_v p_j (log p_j - log p_i)
+    kl = (target.exp()[:, None] * (target[:, None] - log_p[:, :, None])).sum(-1)  # [P, S(i), S(j)]
+    off_diagonal = ~torch.eye(S, dtype=torch.bool, device=logits.device)
+    return kl[:, off_diagonal].mean()
+
+
+def contrastive(view_a: torch.Tensor, view_b: torch.Tensor) -> torch.Tensor:
+    """InfoNCE between two views of the same sequences' reasoning states, [P, S, D] each: for every step,
+    each sequence's state in view b must pick its own in view a among the P (cosine / temperature)."""
+    a, b = F.normalize(view_a, dim=-1), F.normalize(view_b, dim=-1)
+    logits = torch.einsum("psd,qsd->sqp", a, b) / CONTRASTIVE_TEMPERATURE  # [S, P(b), P(a)]
+    labels = torch.arange(a.shape[0], device=a.device).expand(a.shape[1], -1)  # [S, P]
+    return F.cross_entropy(logits.reshape(-1, a.shape[0]), labels.reshape(-1))

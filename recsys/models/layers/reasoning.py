@@ -1,0 +1,129 @@
+"""Latent multi-step reasoning after a history (ReaRec), the parts its encoders share.
+
+Jiakai Tang et al., "Think Before Recommend: Unleashing the Latent Reasoning Power for Sequential
+Recommendation", arXiv 2503.22675, 2025.
+
+Method. An encoder reads a history and gives the hidden state h^(0) of its last position. That state is
+fed back as one more input token, h^(0) + p_1, where p_k is a *reasoning position embedding* (a table
+of its own, so the reasoning tokens are told apart from items), and the encoder runs again: the new
+token attends to the history and to itself and gives h^(1). K steps give the states h^(0..K). Two ways
+to train and use them (:data:`METHODS`):
+
+- ERL (ensemble reasoning learning): the user vector is the mean of the K + 1 states; the loss is the
+  next-item loss of the mean minus ``kl_weight`` times the mean KL divergence between the item
+  distributions of every two steps (so the steps look at the history differently).
+- PRL (progressive reasoning learning): the user vector is the last state; the loss is the next-item
+  loss of the last state plus the mean loss of the earlier states with their logits' temperature
+  raised by ``temperature_scale`` per step back (a curriculum: earlier steps are held to softer
+  targets), plus a contrastive term: a second forward pass with Gaussian noise of scale ``noise``
+  added to the reasoning inputs, whose reasoning states must pick their own sequence's out of the
+  batch (InfoNCE).
+
+What differs from the paper:
+- Training reasons at every position of a sequence: each prefix gets its own K reasoning tokens,
+  which attend to that prefix and to that prefix's earlier reasoning tokens (next-item training here
+  predicts at every position; the paper trains one prefix per sample). Inference reasons after the
+  last item only, as in the paper.
+- The history's keys and values are computed once per block and reused by every step: exact, since
+  the history is causal and never attends to reasoning tokens (a test checks h^(0) against the plain
+  encoder).
+- ERL's KL term and PRL's contrastive term (:mod:`recsys.losses.reasoning`) are computed at each
+  sequence's last position (full item distributions at every position would be [positions, K + 1, V]);
+  the contrastive term scores cosine similarities / 0.1 (the paper: dot products / 0.07, whose scale
+  depends on the encoder).
+- K = 0 is the plain encoder: its own forward runs, nothing here is called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("erl", "prl")
+
+
+@dataclasses.dataclass
+class ReasoningConfig:
+    """The reasoning settings of an encoder that offers ReaRec (SASRec and HSTU configs inherit them)."""
+
+    reasoning_steps: int = 0  # ReaRec: K latent reasoning steps after the history; 0 = the plain encoder
+    reasoning_method: Literal["erl", "prl"] = (
+        "erl"  # ReaRec training and user vector: ensemble (mean) or progressive (last)
+    )
+    reasoning_kl_weight: float = 0.05  # ERL: weight of the steps' pairwise KL divergence (subtracted from the loss)
+    reasoning_temperature_scale: float = (
+        5.0  # PRL: the state j steps before the last is scored at temperature x this ** j
+    )
+    reasoning_noise: float = 0.01  # PRL: standard deviation of the noise on the second view's reasoning inputs
+    reasoning_contrastive_weight: float = 1.0  # PRL: weight of the contrastive term (0: no second forward pass)
+
+
+def combine_states(states: torch.Tensor, method: str) -> torch.Tensor:
+    """The user vectors of reasoning states [..., K + 1, D] -> [..., D]: their mean (ERL) or the last (PRL)."""
+    return states.mean(dim=-2) if method == "erl" else states[..., -1, :]
+
+
+def history_mask(real: torch.Tensor, query_columns: torch.Tensor) -> torch.Tensor:
+    """[B, Lq, L] bool: the keys a query at each of ``query_columns`` [Lq] (grid columns) may read: real
+    items at or before its column. A padding query's row may be empty: its step keys are always there
+    (:func:`softmax_attention`), and in the history pass the caller adds the diagonal."""
+    columns = torch.arange(real.shape[1], device=real.device)
+    return real[:, None, :] & (columns[None, :] <= query_columns[:, None])[None]
+
+
+def softmax_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    allowed: torch.Tensor,
+    step_keys: torch.Tensor | None,
+    step_values: torch.Tensor | None,
+    dropout_p: float,
+) -> torch.Tensor:
+    """Softmax attention of queries over the history and over their own position's reasoning tokens.
+
+    q: [B, H, Lq, d]; keys, values: [B, H, L, d] (the history); allowed: [B, Lq, L] history keys each
+    query may read; step_keys, step_values: [B, H, Lq, S, d], the S reasoning tokens of each query's
+    position so far (itself included), or None (the history pass). -> [B, H, Lq, d]."""
+    scale = q.shape[-1] ** -0.5
+    scores = (q @ keys.transpose(-1, -2)).mul(scale).masked_fill(~allowed[:, None], float("-inf"))  # [B, H, Lq, L]
+    if step_keys is not None:
+        step_scores = torch.einsum("bhqd,bhqsd->bhqs", q, step_keys).mul(scale)  # [B, H, Lq, S]
+        scores = torch.cat([scores, step_scores], dim=-1)
+    weights = F.dropout(scores.softmax(dim=-1), dropout_p, training=dropout_p > 0)
+    out = weights[..., : keys.shape[2]] @ values
+    if step_keys is not None:
+        out = out + torch.einsum("bhqs,bhqsd->bhqd", weights[..., keys.shape[2] :], step_values)
+    return out
+
+
+def pointwise_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    history_bias: torch.Tensor,
+    allowed: torch.Tensor,
+    step_keys: torch.Tensor | None,
+    step_values: torch.Tensor | None,
+    step_bias: torch.Tensor | float,
+    normaliser: float,
+) -> torch.Tensor:
+    """HSTU's pointwise attention, SiLU(q . k + bias) / N summed over the allowed keys, over the history
+    and a query's own reasoning tokens. history_bias: [B, 1 or H, Lq, L] relative bias of the history
+    keys; step_bias: the bias of a reasoning key (same position and time as its query). Shapes as
+    :func:`softmax_attention`."""
+    scores = F.silu(q @ keys.transpose(-1, -2) + history_bias) * allowed[:, None]  # [B, H, Lq, L]
+    out = scores @ values
+    if step_keys is not None:
+        step_scores = F.silu(torch.einsum("bhqd,bhqsd->bhqs", q, step_keys) + step_bias)  # [B, H, Lq, S]
+        out = out + torch.einsum("bhqs,bhqsd->bhqd", step_scores, step_values)
+    return out / normaliser
+
+
+def append_step(cache: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """A block's reasoning keys (or values) so far [B, H, Lq, S, d] with one more step's [B, H, Lq, d]."""
+    new = new.unsqueeze(3)
+    return new if cache is None else torch.cat([cache, new], dim=3)
