@@ -176,7 +176,92 @@ def headline(records: list[dict], references: dict) -> list[str]:
                 f"| {r['date'][:10]} | {_machine_short(r['machine'])} | {r['commit']} |"
             )
         out.append("")
+    out += seed_tables(records, references)
     return out + ["## Full log", ""]
+
+
+def _seed_groups(records: list[dict]) -> dict[tuple[str, str, tuple], list[dict]]:
+    """Training records of ``--seeds N`` invocations: (recipe, command, the non-seed overrides) -> one
+    record per seed, in time order."""
+    groups: dict[tuple[str, str, tuple], list[dict]] = {}
+    for r in sorted(records, key=lambda r: r.get("date", "")):
+        if r["kind"] != "train" or "--seeds" not in r.get("command", "") or "protocol" in r["metrics"]["test"]:
+            continue
+        variant = tuple(o for o in _overrides(r) if o.split("=", 1)[0] not in NEUTRAL_OVERRIDES)
+        groups.setdefault((r.get("recipe", "?"), r["command"], variant), []).append(r)
+    return groups
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return _fmt(values[0]) if values else "–"
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def _steps(variant: tuple) -> tuple[int, str] | None:
+    """(K, method) of a ReaRec variant (its overrides), None for any other."""
+    settings = dict(o.split("=", 1) for o in variant)
+    if "model.reasoning_steps" not in settings or set(settings) - {"model.reasoning_steps", "model.reasoning_method"}:
+        return None
+    return int(settings["model.reasoning_steps"]), settings.get("model.reasoning_method", "erl")
+
+
+def seed_tables(records: list[dict], references: dict) -> list[str]:
+    """Recipes run with several seeds (the latest run per recipe as it ships: mean ± sample std), and
+    ReaRec's reasoning steps K by recipe and training method (K = 0: the plain model)."""
+    out: list[str] = []
+    groups = _seed_groups(records)
+    shipped: dict[str, list[dict]] = {}
+    rearec: dict[tuple[str, str, int], list[dict]] = {}
+    for (recipe, _, variant), runs in groups.items():  # later groups overwrite earlier ones
+        if not variant:
+            shipped[recipe] = runs
+        elif (steps := _steps(variant)) is not None:
+            rearec[(recipe, steps[1], steps[0])] = runs
+    if shipped:
+        out += [
+            "Recipes run with several seeds (test split, full ranking; mean ± sample standard deviation):",
+            "",
+            "| recipe | dataset (file) | model / loss | seeds | HR@10 | NDCG@10 | published NDCG@10 | date | machine | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for recipe, runs in sorted(shipped.items()):
+            r, ref = runs[-1], references.get(recipe, {})
+            tests = [x["metrics"]["test"] for x in runs]
+            out.append(
+                f"| `{recipe}` | {r['dataset']['dataset']} ({r['dataset'].get('file', '?')}) | {r['model']} / {r['loss']} "
+                f"| {len(runs)} | {_mean_std([t['hr@10'] for t in tests])} | {_mean_std([t['ndcg@10'] for t in tests])} "
+                f"| {_fmt(ref.get('ndcg@10'))}{' (' + ref['source'] + ')' if ref else ''} | {r['date'][:10]} "
+                f"| {_machine_short(r['machine'])} | {r['commit']} |"
+            )
+        out.append("")
+    if rearec:
+        ks = sorted({k for _, _, k in rearec})
+        out += [
+            "ReaRec reasoning steps K (`benchmarks/rearec_table.py`; test NDCG@10, mean ± sample std over seeds; "
+            "K = 0 is the plain model, the same for both methods):",
+            "",
+            "| recipe | method | " + " | ".join(f"K = {k}" for k in ks) + " | seeds | date | commit |",
+            "|---|---|" + "---|" * len(ks) + "---|---|---|",
+        ]
+        for recipe in sorted({recipe for recipe, _, _ in rearec}):
+            plain = next((runs for (rc, _, k), runs in rearec.items() if rc == recipe and k == 0), [])
+            for method in sorted({m for rc, m, k in rearec if rc == recipe and k}):
+                cells, runs_all = [], list(plain)
+                for k in ks:
+                    runs = plain if k == 0 else rearec.get((recipe, method, k), [])
+                    runs_all += runs if k else []
+                    cells.append(_mean_std([x["metrics"]["test"]["ndcg@10"] for x in runs]))
+                last = max(runs_all, key=lambda x: x["date"])
+                seeds = sorted({len(v) for (rc, m, k), v in rearec.items() if rc == recipe})
+                out.append(
+                    f"| `{recipe}` | {method} | " + " | ".join(cells) + f" | {'/'.join(map(str, seeds))} "
+                    f"| {last['date'][:10]} | {last['commit']} |"
+                )
+        out.append("")
+    return out
 
 
 def render_markdown(records: list[dict], references: dict | None = None, plots: list[tuple[str, str]] = ()) -> str:

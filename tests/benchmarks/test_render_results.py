@@ -232,3 +232,39 @@ def test_machine_names_the_cpu_generation_and_its_vector_units():
     assert isinstance(m.get("cpu_bf16_units", False), bool)
     # an older record (no cpu_isa) still renders as before
     assert _machine_short({"cpu": "X", "torch_threads": 2}) == "X, 2 threads"
+
+
+def test_seed_runs_and_rearec_steps_get_their_tables():
+    from render_results import seed_tables
+
+    def run(ndcg, seed, extra=(), date="2026-12-06 10:00 UTC"):
+        overrides = [*extra, f"train.seed={seed}"]
+        r = make_record(
+            "train",
+            command="recsys train s3rec-lastfm/sasrec --seeds 2 " + " ".join(f"--set {o}" for o in extra),
+            commit="abc1234",
+            recipe="s3rec-lastfm/sasrec",
+            overrides=overrides,
+            dataset={"dataset": "s3rec-lastfm", "file": "LastFM.txt"},
+            model="sasrec",
+            loss="ce",
+            metrics={"test": {"hr@10": 2 * ndcg, "ndcg@10": ndcg}},
+        )
+        r["machine"], r["date"] = MACHINE, date
+        return r
+
+    records = [
+        run(0.040, 42),
+        run(0.044, 43),
+        *(run(v, s, ["model.reasoning_steps=0", "model.reasoning_method=erl"]) for v, s in ((0.030, 42), (0.032, 43))),
+        *(run(v, s, ["model.reasoning_steps=2", "model.reasoning_method=prl"]) for v, s in ((0.050, 42), (0.054, 43))),
+    ]
+    text = "\n".join(seed_tables(records, {"s3rec-lastfm/sasrec": {"ndcg@10": 0.0427, "source": "S3-Rec"}}))
+    # the recipe as it ships: mean 0.042, sample std 0.0028 (sqrt(2) * 0.002)
+    assert (
+        "| `s3rec-lastfm/sasrec` | s3rec-lastfm (LastFM.txt) | sasrec / ce | 2 | 0.0840 ± 0.0057 | 0.0420 ± 0.0028 |"
+        in text
+    )
+    assert "0.0427 (S3-Rec)" in text
+    # ReaRec: K = 0 and K = 2 for PRL, K = 1 never run
+    assert "| `s3rec-lastfm/sasrec` | prl | 0.0310 ± 0.0014 | 0.0520 ± 0.0028 | 2 |" in text
