@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LossConfig
+from . import next_item_loss
 
 CONTRASTIVE_TEMPERATURE = 0.1
 
@@ -20,12 +21,11 @@ def reasoning_loss(
     states: torch.Tensor,  # [B, L, K + 1, D]
     target_ids: torch.Tensor,  # [B, L]
     items: torch.Tensor,  # [V, D]
-    next_item_loss,
     noisy_states: torch.Tensor | None = None,  # PRL's second view, [B, L, K + 1, D]
     **loss_kwargs,
 ) -> torch.Tensor:
-    """The loss of ReaRec's states under ``model_cfg.reasoning_method``; ``next_item_loss(cfg, hidden,
-    target_ids, items, **loss_kwargs)`` is the recipe's loss for one hidden state per position."""
+    """The loss of ReaRec's states under ``model_cfg.reasoning_method``, built from the recipe's next-item
+    loss (:func:`recsys.losses.next_item_loss`, given ``loss_kwargs``) of one hidden state per position."""
     K = states.shape[2] - 1
     last = target_ids[:, -1] > 0  # rows whose last position has a target (the terms at the last position)
     if model_cfg.reasoning_method == "erl":

@@ -221,9 +221,7 @@ class Trainer(TrainLoop):
                 items, target_ids = items[self.candidates], self.candidate_index[target_ids]
             losses = dict(workspace=self.loss_workspace, item_frequency=self.item_frequency)
             if reasoning:
-                loss = reasoning_loss(
-                    cfg.loss, cfg.model, hidden.float(), target_ids, items, next_item_loss, noisy, **losses
-                )
+                loss = reasoning_loss(cfg.loss, cfg.model, hidden.float(), target_ids, items, noisy, **losses)
             else:
                 loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items, **losses)
             if not self.optimizer_step(loss, step, checks):

@@ -135,7 +135,7 @@ def test_reasoning_loss_terms(method):
     targets[:, -1] = 5
     states = m(ids, reasoning=True)
     cfg = m.cfg
-    loss = reasoning_loss(LossConfig(), cfg, states, targets, m.item_vectors(), next_item_loss)
+    loss = reasoning_loss(LossConfig(), cfg, states, targets, m.item_vectors())
     assert math.isfinite(loss.item())
     loss.backward()
     assert m.reasoning_position.weight.grad.abs().sum() > 0
@@ -152,7 +152,6 @@ def test_reasoning_loss_terms(method):
             states if method == "erl" else states[:, :, -1:],
             targets,
             m.item_vectors(),
-            next_item_loss,
         )
         torch.testing.assert_close(alone, plain)
 
