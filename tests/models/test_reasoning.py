@@ -189,3 +189,15 @@ def test_reasoning_trains_from_a_recipe_and_reloads(name, method, tmp_path):
     assert trainer.model.reasoning_steps == 2
     again = trainer.evaluate("test")
     assert again["ndcg@10"] == pytest.approx(out["test"]["ndcg@10"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_reasoning_encoder_exports(name, tmp_path):
+    """torch.export captures the reasoning encoder (no TorchScript fallback) and ONNX runs it in onnxruntime."""
+    from recsys.export import _UserEncoder, save_encoder, save_onnx
+
+    wrapped = _UserEncoder(model(name, 2), False)
+    assert save_encoder(wrapped, SMALL["max_seq_len"], tmp_path) == "torch.export"
+    pytest.importorskip("onnxruntime")
+    save_onnx(wrapped, SMALL["max_seq_len"], tmp_path)  # refuses an encoder onnxruntime does not reproduce
+    assert (tmp_path / "encoder.onnx").stat().st_size > 0
