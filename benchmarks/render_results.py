@@ -237,6 +237,32 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
                 f"| {_machine_short(r['machine'])} | {r['commit']} |"
             )
         out.append("")
+    studies = [r for r in sorted(records, key=lambda r: r.get("date", "")) if r["kind"] == "tune"]
+    if studies:
+        out += [
+            "`recsys tune` studies (selection on validation NDCG@10; the best settings then trained with several "
+            "seeds and tested once) against the recipe they started from, untuned (its latest several-seed run):",
+            "",
+            "| recipe | trials (completed / pruned) | study wall time / sum of trial times | best trial: validation "
+            "| its test NDCG@10 | untuned: validation | untuned: test NDCG@10 | date | commit |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in studies:
+            untuned = shipped.get(r["recipe"], [])
+            valid = [x["metrics"]["valid"]["ndcg@10"] for x in untuned if "valid" in x["metrics"]]
+            trials = r["trials"]
+            hours = f"{(r['study_wall_seconds'] or 0) / 3600:.2f} h / {r['trial_seconds'] / 3600:.2f} h"
+            out.append(
+                f"| `{r['recipe']}` | {sum(trials.values())} ({trials.get('COMPLETE', 0)} / {trials.get('PRUNED', 0)}) "
+                f"| {hours} | {r['best_valid']:.4f} | {_mean_std([t['ndcg@10'] for t in r['final_test']])} "
+                f"(seeds: {len(r['final_test'])}) | {_mean_std(valid)} | "
+                f"{_mean_std([x['metrics']['test']['ndcg@10'] for x in untuned])} | {r['date'][:10]} | {r['commit']} |"
+            )
+        out += [
+            "",
+            "Best settings found: " + "; ".join(f"`{r['recipe']}`: `{json.dumps(r['best_params'])}`" for r in studies),
+            "",
+        ]
     if rearec:
         ks = sorted({k for _, _, k in rearec})
         out += [

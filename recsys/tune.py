@@ -300,13 +300,56 @@ def summarize(study, recipe: Path, out: Path, args) -> int:
             indent=2,
         )
     )
-    if args.no_final:
-        return 0
-    from .cli.train import cmd_train  # the best recipe trained again and tested, once
+    status = 0
+    if not args.no_final:
+        from .cli.train import cmd_train  # the best recipe trained again and tested, once
 
-    final = ["--run-dir", str(out / "best"), "--quiet"] + (["--seeds", str(args.seeds)] if args.seeds else [])
-    final_args = _train_args(best_path, final, args)
-    return cmd_train(final_args)
+        final = ["--run-dir", str(out / "best"), "--quiet"] + (["--seeds", str(args.seeds)] if args.seeds else [])
+        status = cmd_train(_train_args(best_path, final, args))
+    if args.log_results and status == 0:
+        log_study(args, recipe, out, trials, best, importances)
+    return status
+
+
+RESULTS_FILE = "benchmarks/results.jsonl"  # where --log-results appends, as recsys train --log-results does
+
+
+def log_study(args, recipe: Path, out: Path, trials: list, best, importances: dict) -> None:
+    """A ``tune`` record in benchmarks/results.jsonl: the study's trials and time, the best trial's
+    settings and validation metric, and the test metrics of the final runs of its settings in
+    ``OUT/best`` (each seed's), when there are any."""
+    import shlex
+
+    from .recipe_index import recipe_label
+    from .results import append_record, git_commit, make_record
+
+    started = [t.datetime_start for t in trials if t.datetime_start]
+    ended = [t.datetime_complete for t in trials if t.datetime_complete]
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    finals = sorted((out / "best").glob("seed-*/final_metrics.json")) or sorted(
+        (out / "best").glob("final_metrics.json")
+    )
+    tests = [json.loads(path.read_text())["test"] for path in finals]
+    record = make_record(
+        "tune",
+        command="recsys " + shlex.join(args.argv),
+        commit=git_commit(),
+        recipe=recipe_label(recipe),
+        trials=states,
+        study_wall_seconds=(max(ended) - min(started)).total_seconds() if started and ended else None,
+        trial_seconds=sum(
+            (t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_complete
+        ),
+        best_trial=best.number,
+        best_valid=best.value,
+        best_params=best.params,
+        importances=importances,
+        final_test=[{k: t[k] for k in ("ndcg@10", "hr@10") if k in t} for t in tests],
+    )
+    append_record(record, RESULTS_FILE)
+    print(f"study appended to {RESULTS_FILE}")
 
 
 def _train_args(recipe: Path, extra: list[str], args):

@@ -47,9 +47,9 @@ pruner = "median"
 """
 
 
-def _tune(*args, timeout=600):
+def _tune(*args, timeout=600, cwd=REPO):
     cmd = [sys.executable, "-m", "recsys.cli", "tune", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=os.environ.copy(), timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=os.environ.copy(), timeout=timeout)
 
 
 @needs_data("ml-100k")
@@ -72,6 +72,15 @@ def test_a_study_with_two_workers_selects_on_validation_and_writes_the_best_reci
     assert best.train.lr == pytest.approx(summary["best_params"]["train.lr"])
     assert best.train.epochs == 3  # the recipe's own schedule for the final run, not the trials' cap
     assert "parameter importances" in done.stdout
+    # the finished study summarised again and recorded (no new trial: it holds its 4 finished ones)
+    logged = _tune(
+        recipe, "--out", tmp_path / "study", "--resume", "--trials", "4", "--no-final", "--log-results", cwd=tmp_path
+    )
+    assert logged.returncode == 0, logged.stderr[-3000:]
+    (record,) = [json.loads(line) for line in (tmp_path / "benchmarks" / "results.jsonl").read_text().splitlines()]
+    assert record["kind"] == "tune" and record["best_valid"] == summary["best_valid"]
+    assert sum(record["trials"].values()) == len(summary["trials"]) and record["trial_seconds"] > 0
+    assert record["final_test"] == []  # no final run: nothing was tested
 
 
 @needs_data("ml-100k")

@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--resume", action="store_true", help="go on with the study in --out")
     tu.add_argument("--seeds", type=int, help="train the best settings this many seeds at the end")
     tu.add_argument("--no-final", action="store_true", help="no final training and test of the best settings")
-    tu.add_argument("--log-results", action="store_true", help="record the final run in benchmarks/results.jsonl")
+    tu.add_argument(
+        "--log-results", action="store_true", help="record the study and its final run in benchmarks/results.jsonl"
+    )
     tu.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     tu.set_defaults(func=cmd_tune)
 

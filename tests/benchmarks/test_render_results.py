@@ -268,3 +268,22 @@ def test_seed_runs_and_rearec_steps_get_their_tables():
     assert "0.0427 (S3-Rec)" in text
     # ReaRec: K = 0 and K = 2 for PRL, K = 1 never run
     assert "| `s3rec-lastfm/sasrec` | prl | 0.0310 ± 0.0014 | 0.0520 ± 0.0028 | 2 |" in text
+    study = make_record(
+        "tune",
+        command="recsys tune s3rec-lastfm/sasrec --timeout 3600",
+        commit="abc1234",
+        recipe="s3rec-lastfm/sasrec",
+        trials={"COMPLETE": 6, "PRUNED": 4},
+        study_wall_seconds=3600.0,
+        trial_seconds=7200.0,
+        best_trial=3,
+        best_valid=0.07,
+        best_params={"train.lr": 0.004},
+        importances={},
+        final_test=[{"ndcg@10": 0.05}, {"ndcg@10": 0.046}],
+    )
+    study["machine"] = MACHINE
+    text = "\n".join(seed_tables([*records, study], {}))
+    assert "| `s3rec-lastfm/sasrec` | 10 (6 / 4) | 1.00 h / 2.00 h | 0.0700 | 0.0480 ± 0.0028 (seeds: 2) |" in text
+    assert "| 0.0420 ± 0.0028 |" in text.split("10 (6 / 4)")[1]  # the untuned recipe's test, beside it
+    assert "0.0700" in render_markdown([study])  # the full page renders a study too
