@@ -36,7 +36,7 @@ def jobs_for(recipes: list[str], methods: list[str], steps: list[int]) -> list[t
 
 def run_one(job: tuple[str, str, int], args, threads: int) -> dict:
     recipe, method, k = job
-    run_dir = ROOT / "runs" / "rearec" / f"{recipe.replace('/', '-')}-{method}-k{k}"
+    run_dir = Path("runs") / "rearec" / f"{recipe.replace('/', '-')}-{method}-k{k}"  # under ROOT, the cwd below
     command = [
         sys.executable,
         "-c",
@@ -65,7 +65,7 @@ def run_one(job: tuple[str, str, int], args, threads: int) -> dict:
         print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
         raise SystemExit(f"{recipe} {method} K={k} failed ({done.returncode})")
     tests = []
-    for seed_dir in sorted(run_dir.glob("seed-*")):
+    for seed_dir in sorted((ROOT / run_dir).glob("seed-*")):
         tests.append(json.loads((seed_dir / "final_metrics.json").read_text())["test"]["ndcg@10"])
     print(f"done: {recipe} {method} K={k}: " + " ".join(f"{t:.4f}" for t in tests), flush=True)
     return {"recipe": recipe, "method": method, "k": k, "ndcg@10": tests}
@@ -103,7 +103,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue runs a killed table left")
-    parser.add_argument("--log-results", nargs="?", const=str(ROOT / "benchmarks" / "results.jsonl"), default=None)
+    # a path relative to the repository (the runs' working directory), as recorded in each run's command
+    parser.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = jobs_for(args.recipes, args.methods, args.steps)
