@@ -45,17 +45,20 @@ def _machine_short(m: dict) -> str:
 
 
 def plot_learning_curves(records: list[dict], folder: Path) -> list[tuple[str, str]]:
-    """One PNG per dataset: validation NDCG@10 by epoch of every training record that has a history.
-    Returns (dataset, file name) pairs."""
+    """One PNG per dataset: validation NDCG@10 by epoch of the latest run of each recipe as it ships (no
+    overrides but threads, seed and device) that has a history. Returns (dataset, file name) pairs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    latest: dict[str, dict] = {}
+    for r in sorted(records, key=lambda r: r.get("date", "")):
+        if r["kind"] == "train" and _as_recipe_says(r) and any("ndcg@10" in h for h in r.get("history", [])):
+            latest[r.get("recipe", "?")] = r
     by_dataset: dict[str, list[dict]] = {}
-    for r in records:
-        if r["kind"] == "train" and any("ndcg@10" in h for h in r.get("history", [])):
-            by_dataset.setdefault(r["dataset"]["dataset"], []).append(r)
+    for r in latest.values():
+        by_dataset.setdefault(r["dataset"]["dataset"], []).append(r)
     made = []
     for dataset, runs in sorted(by_dataset.items()):
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
