@@ -49,7 +49,10 @@ pruner = "median"
 
 def _tune(*args, timeout=600, cwd=REPO):
     cmd = [sys.executable, "-m", "recsys.cli", "tune", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=os.environ.copy(), timeout=timeout)
+    env = os.environ.copy()
+    if env.get("RECSYS_DATA"):  # a relative data folder is the repository's, wherever the command runs
+        env["RECSYS_DATA"] = str((REPO / env["RECSYS_DATA"]).resolve())
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 @needs_data("ml-100k")

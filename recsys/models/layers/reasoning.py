@@ -50,13 +50,11 @@ class ReasoningConfig:
     """The reasoning settings of an encoder that offers ReaRec (SASRec and HSTU configs inherit them)."""
 
     reasoning_steps: int = 0  # ReaRec: K latent reasoning steps after the history; 0 = the plain encoder
-    reasoning_method: Literal["erl", "prl"] = (
-        "erl"  # ReaRec training and user vector: ensemble (mean) or progressive (last)
-    )
+    # ReaRec's training and user vector: "erl" ensemble (mean of the states) or "prl" progressive (the last)
+    reasoning_method: Literal["erl", "prl"] = "erl"
     reasoning_kl_weight: float = 0.05  # ERL: weight of the steps' pairwise KL divergence (subtracted from the loss)
-    reasoning_temperature_scale: float = (
-        5.0  # PRL: the state j steps before the last is scored at temperature x this ** j
-    )
+    # PRL: the state j steps before the last is scored at the loss's temperature x this ** j
+    reasoning_temperature_scale: float = 5.0
     reasoning_noise: float = 0.01  # PRL: standard deviation of the noise on the second view's reasoning inputs
     reasoning_contrastive_weight: float = 1.0  # PRL: weight of the contrastive term (0: no second forward pass)
 
