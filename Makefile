@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check recsys tests benchmarks
 
 results: $(STAMP)
-	$(PY) benchmarks/render_results.py benchmarks/results.jsonl --out benchmarks/RESULTS.md
+	$(PY) benchmarks/render_results.py benchmarks/results --out benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) runs .cache

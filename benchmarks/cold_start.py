@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", nargs="+", default=["recformer", "sasrec"])
     p.add_argument("--set", action="append", default=[], help="override for both recipes, KEY=VALUE")
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     overrides = [f"data.cold_item_fraction={args.fraction}", f"data.cold_item_seed={args.seed}", *args.set]
     rows = []

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("recipe")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--history", type=int, default=1000)
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     commit = git_commit()
     base = load_click_recipe(args.recipe)

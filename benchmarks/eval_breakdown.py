@@ -17,7 +17,7 @@ the machine hit both alike:
 
 Prints the median seconds of each part and users per second, and the floating-point operations of
 the products and attention one evaluation executed (counted, ``benchmarks/flops.py``). With ``--log-results`` one
-"eval_breakdown" record goes to benchmarks/results.jsonl (RESULTS.md is built from it).
+"eval_breakdown" record goes to benchmarks/results/ (RESULTS.md is built from it).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("recipe")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
 
     cfg = load_recipe(args.recipe, args.set)

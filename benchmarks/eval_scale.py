@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--max-block-mb", type=int, default=512)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

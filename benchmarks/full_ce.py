@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--item-chunk", type=int, default=65_536)
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.positions, args.dim, args.item_chunk)))

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", nargs=2, metavar=("PARQUET", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--child-prepare", nargs=2, metavar=("PARQUET", "CACHE"), help=argparse.SUPPRESS)
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     if args.child:
         child(*args.child)

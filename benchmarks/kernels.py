@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         default=None,
         help="rewrite this file with the record so far after each N (a short GPU rental may end mid-run)",
     )
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to measure (the kernel's parity tests run on CPU in tests/kernels)")

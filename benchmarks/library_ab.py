@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    parser.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    parser.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = parser.parse_args()
     from recsys.results import append_record, benchmark_command, git_commit, make_record
 

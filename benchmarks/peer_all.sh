@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every RecBole 1.2.1 comparison of issue 8, one after the other (run it alone: each side's throughput
-# is timed), results appended to benchmarks/results.jsonl:
+# is timed), results appended to benchmarks/results/:
 #   bash benchmarks/peer_all.sh [THREADS]
 # SASRec on Beauty (one whole epoch on both sides, so NDCG@10 compares at about the same targets):
 # fp32 and bf16 logit GEMMs on our side at RecBole's learning rate 0.001, then bf16 at 0.004 on our

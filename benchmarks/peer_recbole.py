@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         help="time each side's test evaluation this many times and report the median (one ~0.15 s "
         "evaluation varied by half between runs on a 2-core VM)",
     )
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import torch

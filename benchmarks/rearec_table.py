@@ -7,7 +7,7 @@ Each (recipe, method, K) is one ``recsys train RECIPE --seeds N --set model.reas
 --set model.reasoning_method=M`` in ``runs/rearec/...`` (K = 0 once per recipe: the method does not
 apply); ``--jobs`` of them run at once, with cores / jobs threads each. At the end the table of test
 NDCG@10 (mean ± standard deviation over the seeds) by recipe, method and K. With ``--log-results`` every
-seed's run is appended to benchmarks/results.jsonl, from which render_results.py draws the same table.
+seed's run is appended to benchmarks/results/, from which render_results.py draws the same table.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue runs a killed table left")
     # a path relative to the repository (the runs' working directory), as recorded in each run's command
-    parser.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    parser.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = jobs_for(args.recipes, args.methods, args.steps)

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokens-per-item", type=int, default=32)
     p.add_argument("--encode-items", type=int, default=512, help="items encoded to time the re-encoding")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
-"""Render ``benchmarks/RESULTS.md`` (and its learning-curve plots) from ``benchmarks/results.jsonl``:
+"""Render ``benchmarks/RESULTS.md`` (and its learning-curve plots) from the results log ``benchmarks/results/``:
 
-    python benchmarks/render_results.py [benchmarks/results.jsonl] [--out benchmarks/RESULTS.md]
+    python benchmarks/render_results.py [benchmarks/results] [--out benchmarks/RESULTS.md]
 
 (``make results``). Every figure comes from a record a run appended; published numbers from
 ``recipes/published.toml``, labelled as such. Needs matplotlib for the plots.
@@ -16,16 +16,19 @@ from pathlib import Path
 
 from recsys.errors import DataError
 from recsys.files import atomic_write_bytes
+from recsys.results import record_files
 
 
 def read_records(path: str | Path) -> list[dict]:
+    """Every record of a results JSONL file, or of a folder's monthly files (recsys.results)."""
     records = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {number}: not JSON ({err})") from None
+    for file in record_files(path):
+        for number, line in enumerate(file.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{file}, line {number}: not JSON ({err})") from None
     return records
 
 
@@ -746,7 +749,7 @@ def write_markdown(jsonl: str | Path, out: str | Path, references: str | Path | 
 def main() -> None:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description="render RESULTS.md from a results JSONL")
-    parser.add_argument("jsonl", nargs="?", default=str(here / "results.jsonl"))
+    parser.add_argument("jsonl", nargs="?", default=str(here / "results"), help="a JSONL file or a folder of them")
     parser.add_argument("--out", default=str(here / "RESULTS.md"))
     args = parser.parse_args()
     write_markdown(args.jsonl, args.out)

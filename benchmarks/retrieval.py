@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--export")
     p.add_argument("--run")
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     commit = git_commit()
     command = benchmark_command("retrieval", argv)

@@ -9,7 +9,7 @@ for reference it also times a naive scoring loop (one fresh [items, users] GEMM 
 users, as a straightforward implementation would allocate; the evaluator reuses one buffer instead).
 ``--from-checkpoint`` starts the timed epoch from a trained model's weights (the optimiser starts
 fresh): later epochs can cost more than the first (e.g. the full CE's logits outgrow its no-shift bound).
-With --log-results one "timing" record goes to benchmarks/results.jsonl (RESULTS.md is built from it).
+With --log-results one "timing" record goes to benchmarks/results/ (RESULTS.md is built from it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("recipe")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--from-checkpoint", default=None, help="a run's best.pt / last.pt: time an epoch of that model")
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
 
     commit = git_commit()

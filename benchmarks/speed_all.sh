@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training throughput and full-evaluation speed of every encoder recipe on this machine, one after the
-# other (nothing else should run meanwhile), each appended to benchmarks/results.jsonl.
+# other (nothing else should run meanwhile), each appended to benchmarks/results/.
 #   bash benchmarks/speed_all.sh [THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

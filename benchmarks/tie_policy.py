@@ -6,7 +6,7 @@ how much the protocol (not the model) moves the numbers.
 For each run: test HR@10 / NDCG@10 / MRR with eval.tie_policy = expected (the default), optimistic and
 pessimistic, and eval.repeat_targets = exclude (the default) and keep; the number of test targets that
 repeat a history item and how many users have any tied item. ``--log-results`` appends one record per run
-to benchmarks/results.jsonl (kind "tie_policy").
+to benchmarks/results/ (kind "tie_policy").
 """
 
 from __future__ import annotations

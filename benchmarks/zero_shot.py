@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir")
     p.add_argument("--target", default="ml-1m")
-    p.add_argument("--log-results", nargs="?", const="benchmarks/results.jsonl", default=None)
+    p.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = p.parse_args(argv)
     state = load_checkpoint(Path(args.run_dir) / "best.pt")
     cfg = config_from_dict(state["config"])

@@ -1,4 +1,5 @@
-"""Result records: one JSON line per run in ``benchmarks/results.jsonl`` (``--log-results``), rendered to
+"""Result records: one JSON line per run in ``benchmarks/results/`` (``--log-results``), one file per month
+of the records' dates (``2026-12.jsonl``: the log stays in files of a reviewable size), rendered to
 ``benchmarks/RESULTS.md`` by ``python benchmarks/render_results.py``.
 
 A record says when (UTC date), at which git commit, on which machine, by which command, on which data
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results.jsonl"
+DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"  # a folder of monthly JSONL files
 
 
 def git_commit() -> str:
@@ -38,7 +39,7 @@ def git_commit() -> str:
                 "--untracked-files=no",
                 "--",
                 ".",
-                ":(exclude)benchmarks/results.jsonl",
+                ":(exclude)benchmarks/results",
                 ":(exclude)benchmarks/RESULTS.md",
             ],
             cwd=REPO_ROOT,
@@ -111,9 +112,23 @@ def make_record(kind: str, command: str, commit: str | None = None, **fields) ->
     }
 
 
-def append_record(record: dict, path: str | Path = DEFAULT_RESULTS) -> None:
-    """Append one line; a single write of a whole line, so a crash never leaves half a record."""
+def records_file(path: str | Path, record: dict) -> Path:
+    """Where ``record`` goes: ``path`` itself when it names a ``.jsonl`` file, else the file of the record's
+    month in the folder ``path`` (``YYYY-MM.jsonl``)."""
     path = Path(path)
+    return path if path.suffix == ".jsonl" else path / f"{record['date'][:7]}.jsonl"
+
+
+def record_files(path: str | Path) -> list[Path]:
+    """The JSONL files of a results log: ``path`` itself, or a folder's monthly files in date order."""
+    path = Path(path)
+    return sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+
+
+def append_record(record: dict, path: str | Path = DEFAULT_RESULTS) -> None:
+    """Append one line (to :func:`records_file`); a single write of a whole line, so a crash never leaves
+    half a record."""
+    path = records_file(path, record)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")

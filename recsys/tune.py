@@ -311,11 +311,11 @@ def summarize(study, recipe: Path, out: Path, args) -> int:
     return status
 
 
-RESULTS_FILE = "benchmarks/results.jsonl"  # where --log-results appends, as recsys train --log-results does
+RESULTS_FOLDER = "benchmarks/results"  # where --log-results appends, as recsys train --log-results does
 
 
 def log_study(args, recipe: Path, out: Path, trials: list, best, importances: dict) -> None:
-    """A ``tune`` record in benchmarks/results.jsonl: the study's trials and time, the best trial's
+    """A ``tune`` record in benchmarks/results/: the study's trials and time, the best trial's
     settings and validation metric, and the test metrics of the final runs of its settings in
     ``OUT/best`` (each seed's), when there are any."""
     import shlex
@@ -348,8 +348,8 @@ def log_study(args, recipe: Path, out: Path, trials: list, best, importances: di
         importances=importances,
         final_test=[{k: t[k] for k in ("ndcg@10", "hr@10") if k in t} for t in tests],
     )
-    append_record(record, RESULTS_FILE)
-    print(f"study appended to {RESULTS_FILE}")
+    append_record(record, RESULTS_FOLDER)
+    print(f"study appended to {RESULTS_FOLDER}/")
 
 
 def _train_args(recipe: Path, extra: list[str], args):

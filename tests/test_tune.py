@@ -80,7 +80,10 @@ def test_a_study_with_two_workers_selects_on_validation_and_writes_the_best_reci
         recipe, "--out", tmp_path / "study", "--resume", "--trials", "4", "--no-final", "--log-results", cwd=tmp_path
     )
     assert logged.returncode == 0, logged.stderr[-3000:]
-    (record,) = [json.loads(line) for line in (tmp_path / "benchmarks" / "results.jsonl").read_text().splitlines()]
+    (record,) = [
+        json.loads(line)
+        for line in next((tmp_path / "benchmarks" / "results").glob("*.jsonl")).read_text().splitlines()
+    ]
     assert record["kind"] == "tune" and record["best_valid"] == summary["best_valid"]
     assert sum(record["trials"].values()) == len(summary["trials"]) and record["trial_seconds"] > 0
     assert record["final_test"] == []  # no final run: nothing was tested

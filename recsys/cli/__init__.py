@@ -54,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--log-results",
         nargs="?",
-        const="benchmarks/results.jsonl",
+        const="benchmarks/results",
         default=None,
         metavar="JSONL",
-        help="append a result record (default file: benchmarks/results.jsonl)",
+        help="append a result record (default: the monthly files in benchmarks/results/)",
     )
     t.add_argument("--precision", choices=["fp32", "bf16"], help="same as --set train.precision=...")
     t.add_argument("--compile", action="store_true", help="same as --set train.compile=true")
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--seeds", type=int, help="train the best settings this many seeds at the end")
     tu.add_argument("--no-final", action="store_true", help="no final training and test of the best settings")
     tu.add_argument(
-        "--log-results", action="store_true", help="record the study and its final run in benchmarks/results.jsonl"
+        "--log-results", action="store_true", help="record the study and its final run in benchmarks/results/"
     )
     tu.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     tu.set_defaults(func=cmd_tune)

@@ -287,3 +287,27 @@ def test_seed_runs_and_rearec_steps_get_their_tables():
     assert "| `s3rec-lastfm/sasrec` | 10 (6 / 4) | 1.00 h / 2.00 h | 0.0700 | 0.0480 ± 0.0028 (seeds: 2) |" in text
     assert "| 0.0420 ± 0.0028 |" in text.split("10 (6 / 4)")[1]  # the untuned recipe's test, beside it
     assert "0.0700" in render_markdown([study])  # the full page renders a study too
+
+
+def test_the_log_is_a_folder_of_monthly_files(tmp_path):
+    from render_results import read_records
+
+    from recsys.results import append_record
+
+    folder = tmp_path / "results"
+    for date in ("2026-11-30 23:59 UTC", "2026-12-01 00:00 UTC", "2026-12-06 10:00 UTC"):
+        record = _rec("startup", rows={})
+        record["date"] = date
+        append_record(record, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["2026-11.jsonl", "2026-12.jsonl"]
+    assert len((folder / "2026-12.jsonl").read_text().splitlines()) == 2
+    assert [r["date"][:10] for r in read_records(folder)] == ["2026-11-30", "2026-12-01", "2026-12-06"]
+    single = tmp_path / "one.jsonl"  # a .jsonl path is still one file
+    append_record(record, single)
+    assert read_records(single) == [record]
+
+
+def test_no_file_of_the_shipped_log_reaches_one_mebibyte():
+    folder = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    files = list(folder.glob("*.jsonl"))
+    assert files and all(f.stat().st_size < 1 << 20 for f in files)
