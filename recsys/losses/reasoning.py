@@ -27,12 +27,14 @@ def reasoning_loss(
     """The loss of ReaRec's states under ``model_cfg.reasoning_method``, built from the recipe's next-item
     loss (:func:`recsys.losses.next_item_loss`, given ``loss_kwargs``) of one hidden state per position."""
     K = states.shape[2] - 1
-    last = target_ids[:, -1] > 0  # rows whose last position has a target (the terms at the last position)
+    # the KL and contrastive terms are taken at each row's last position; a row whose last position has no
+    # target weighs nothing there (a mask, not a selection: no host synchronisation in the training step)
+    last = (target_ids[:, -1] > 0).to(states.dtype)  # [B]
     if model_cfg.reasoning_method == "erl":
         loss = next_item_loss(loss_cfg, states.mean(dim=2), target_ids, items, **loss_kwargs)
-        if model_cfg.reasoning_kl_weight > 0 and K > 0 and last.any():
-            logits = scored(states[last, -1], items, loss_cfg.l2_normalize, loss_cfg.temperature)  # [P, K + 1, V - 1]
-            loss = loss - model_cfg.reasoning_kl_weight * kl_diversity(logits)
+        if model_cfg.reasoning_kl_weight > 0 and K > 0:
+            logits = scored(states[:, -1], items, loss_cfg.l2_normalize, loss_cfg.temperature)  # [B, K + 1, V - 1]
+            loss = loss - model_cfg.reasoning_kl_weight * kl_diversity(logits, last)
         return loss
     loss = next_item_loss(loss_cfg, states[:, :, K].contiguous(), target_ids, items, **loss_kwargs)
     if K > 0:  # the earlier states, each scored at a higher temperature the further back it is
@@ -49,9 +51,9 @@ def reasoning_loss(
             for k in range(K)
         ]
         loss = loss + torch.stack(earlier).mean()
-    if noisy_states is not None and K > 0 and int(last.sum()) > 1:
-        view_a, view_b = states[last, -1, 1:], noisy_states[last, -1, 1:]  # [P, K, D] the reasoning states
-        loss = loss + model_cfg.reasoning_contrastive_weight * contrastive(view_a, view_b)
+    if noisy_states is not None and K > 0 and states.shape[0] > 1:
+        view_a, view_b = states[:, -1, 1:], noisy_states[:, -1, 1:]  # [B, K, D] the reasoning states
+        loss = loss + model_cfg.reasoning_contrastive_weight * contrastive(view_a, view_b, last)
     return loss
 
 
@@ -62,23 +64,33 @@ def scored(hidden: torch.Tensor, items: torch.Tensor, l2_normalize: bool, temper
     return hidden @ items[1:].T / temperature
 
 
-def kl_diversity(logits: torch.Tensor) -> torch.Tensor:
-    """Mean KL(p_j || p_i) over the ordered pairs i != j of steps, logits [P, S, V] -> scalar. The
-    target distribution p_j is detached (as in the paper's code): each step is pushed away from the
-    others' current distributions."""
+def kl_diversity(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean KL(p_j || p_i) over the ordered pairs i != j of steps, logits [P, S, V] -> scalar, positions
+    weighted by ``weights`` [P] (default: equally). The target distribution p_j is detached (as in the
+    paper's code): each step is pushed away from the others' current distributions."""
     S = logits.shape[1]
     log_p = logits.log_softmax(dim=-1)  # [P, S, V]
     target = log_p.detach()
     # kl[p, i, j] = sum_v p_j (log p_j - log p_i)
     kl = (target.exp()[:, None] * (target[:, None] - log_p[:, :, None])).sum(-1)  # [P, S(i), S(j)]
     off_diagonal = ~torch.eye(S, dtype=torch.bool, device=logits.device)
-    return kl[:, off_diagonal].mean()
+    per_position = kl[:, off_diagonal].mean(dim=1)  # [P]
+    return _weighted_mean(per_position, weights)
 
 
-def contrastive(view_a: torch.Tensor, view_b: torch.Tensor) -> torch.Tensor:
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def contrastive(view_a: torch.Tensor, view_b: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE between two views of the same sequences' reasoning states, [P, S, D] each: for every step,
-    each sequence's state in view b must pick its own in view a among the P (cosine / temperature)."""
+    each sequence's state in view b must pick its own in view a among the P (cosine / temperature);
+    sequences weighted by ``weights`` [P] (default: equally)."""
+    P, S = view_a.shape[:2]
     a, b = F.normalize(view_a, dim=-1), F.normalize(view_b, dim=-1)
     logits = torch.einsum("psd,qsd->sqp", a, b) / CONTRASTIVE_TEMPERATURE  # [S, P(b), P(a)]
-    labels = torch.arange(a.shape[0], device=a.device).expand(a.shape[1], -1)  # [S, P]
-    return F.cross_entropy(logits.reshape(-1, a.shape[0]), labels.reshape(-1))
+    labels = torch.arange(P, device=a.device).expand(S, -1)  # [S, P]
+    per_query = F.cross_entropy(logits.reshape(-1, P), labels.reshape(-1), reduction="none").view(S, P)
+    return _weighted_mean(per_query.mean(dim=0), weights)

@@ -112,6 +112,9 @@ def test_kl_diversity_by_hand():
     torch.testing.assert_close(kl_diversity(logits), by_hand)
     same = torch.tensor([[[0.3, 1.0, -2.0], [0.3, 1.0, -2.0]]])
     assert kl_diversity(same).abs() < 1e-7
+    # a position of weight 0 (no target there) does not count
+    both = torch.cat([logits, same])
+    torch.testing.assert_close(kl_diversity(both, torch.tensor([1.0, 0.0])), by_hand)
 
 
 def test_contrastive_by_hand():
