@@ -7,6 +7,8 @@ The search space is the recipe's ``[tune.space]`` (or, where it has none, the mo
     trials = 20            # default of --trials
     epochs = 30            # at most this many epochs per trial (the recipe's own for the final run)
     pruner = "median"      # "median", "hyperband" or "none": poor trials stop early on validation NDCG@10
+    warmup_epochs = 5      # the median pruner stops no trial before this epoch (raise it for heavily
+                           # regularised models, whose curves rise late)
     [tune.space]
     "train.lr" = { low = 1e-4, high = 1e-2, log = true }
     "model.dropout" = { low = 0.1, high = 0.6 }
@@ -82,8 +84,13 @@ def tune_settings(raw: dict) -> tuple[dict, dict]:
         if "." not in key:
             raise ConfigError(f"[tune.space] {key}: keys look like section.key")
     for key in options:
-        if key not in ("trials", "epochs", "pruner", "metric"):
-            raise ConfigError(f"[tune] unknown key {key!r}; allowed: trials, epochs, pruner, metric, space")
+        if key not in ("trials", "epochs", "pruner", "warmup_epochs", "metric"):
+            raise ConfigError(
+                f"[tune] unknown key {key!r}; allowed: trials, epochs, pruner, warmup_epochs, metric, space"
+            )
+    warmup = options.get("warmup_epochs", 5)
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ConfigError(f"[tune] warmup_epochs: a whole number of epochs >= 0, got {warmup!r}")
     return options, space
 
 
@@ -120,9 +127,9 @@ def _storage(optuna, out: Path, url: str | None):
     return JournalStorage(JournalFileBackend(str(out / "study.journal")))
 
 
-def _pruner(optuna, name: str):
-    if name == "median":  # not before 3 trials have finished, nor in a trial's first 5 epochs (slow starters)
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5)
+def _pruner(optuna, name: str, warmup_epochs: int = 5):
+    if name == "median":  # not before 3 trials have finished, nor in a trial's first epochs (slow starters)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner()
     if name == "none":
@@ -178,7 +185,7 @@ def run_study(
         study_name="recsys",
         storage=_storage(optuna, out, storage),
         sampler=optuna.samplers.TPESampler(seed=None),
-        pruner=_pruner(optuna, options.get("pruner", "median")),
+        pruner=_pruner(optuna, options.get("pruner", "median"), options.get("warmup_epochs", 5)),
         direction="maximize",
         load_if_exists=True,
     )

@@ -119,4 +119,24 @@ def test_a_bad_space_is_refused(tmp_path):
         tune_settings({"tune": {"space": {"train.lr": {"low": 1, "high": 0.1}}}})
     with pytest.raises(ConfigError, match=r"\[tune\] unknown key 'trails'"):
         tune_settings({"tune": {"trails": 3}, "model": {"name": "sasrec"}})
+    with pytest.raises(ConfigError, match=r"\[tune\] warmup_epochs: a whole number"):
+        tune_settings({"tune": {"warmup_epochs": 2.5}, "model": {"name": "sasrec"}})
     assert load_recipe(REPO / "recipes/ml-100k/sasrec.toml")  # recipes with or without [tune] load alike
+
+
+def test_the_median_pruner_waits_the_warmup_epochs():
+    import optuna
+
+    from recsys.tune import _pruner
+
+    study = optuna.create_study(direction="maximize", pruner=_pruner(optuna, "median", warmup_epochs=8))
+    for value in (0.9, 0.8, 0.7):  # three finished trials, each far above the next one at every epoch
+        trial = study.ask()
+        for epoch in range(1, 11):
+            trial.report(value, epoch)
+        study.tell(trial, value)
+    slow = study.ask()
+    slow.report(0.1, 7)
+    assert not slow.should_prune()  # epoch 7: still warming up
+    slow.report(0.1, 8)
+    assert slow.should_prune()  # from epoch 8 on it may be stopped
