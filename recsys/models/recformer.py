@@ -13,7 +13,8 @@ What differs from the paper: Recformer runs one bidirectional Longformer over th
 of all items in the history (token, token-type and item-position embeddings). That costs ~130 MFLOP per
 token per step: an hour per epoch on 2 CPU cores. Here the language model is frozen and runs once per
 catalogue, and the sequence model works on item vectors (causal, so every position trains), which is
-what fits a CPU; the token-level model is for GPUs (not built yet).
+what fits a CPU; the token-level model is `recformer_tokens.py`. ``id_embeddings`` adds UniSRec's
+"text + ID" item vectors (an option the paper does not have; off by default).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class RecformerConfig:
     dropout: float = 0.2  # dropout on embeddings, attention and feed-forward outputs
     adapter_dim: int = 256  # hidden width of the MLP from text vectors to item vectors
     text_dim: int = 384  # width of the MiniLM text vectors
+    # also a learned vector per item id, added to the adapted text vector (UniSRec's transductive "text +
+    # ID" setting): it tells apart items whose texts are the same and memorises what text misses; off, an
+    # item is its text alone (inductive: new items need no training)
+    id_embeddings: bool = False
     init_std: float = 0.02
 
 
@@ -54,6 +59,10 @@ class Recformer(SequentialEncoder):
         self.adapter = nn.Sequential(
             nn.Linear(cfg.text_dim, cfg.adapter_dim), nn.GELU(), nn.Linear(cfg.adapter_dim, cfg.hidden_dim)
         )
+        self.item_id = nn.Embedding(num_items, cfg.hidden_dim, padding_idx=0) if cfg.id_embeddings else None
+        if self.item_id is not None:
+            nn.init.normal_(self.item_id.weight, std=cfg.init_std)
+            self.item_id.weight.data[0] = 0.0
         self.item_position = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         nn.init.normal_(self.item_position.weight, std=cfg.init_std)
         self.emb_dropout = Dropout(cfg.dropout)
@@ -66,14 +75,22 @@ class Recformer(SequentialEncoder):
             raise ValueError(f"text vectors {tuple(vectors.shape)} do not match {tuple(self.text_vectors.shape)}")
         self.text_vectors.copy_(vectors)
 
+    def _items(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:  # [..., D]
+        """Item vectors of ``item_ids`` (all items when None): the adapted text, plus the id's own vector."""
+        text = self.text_vectors if item_ids is None else self.text_vectors[item_ids]
+        vectors = self.adapter(text)
+        if self.item_id is not None:
+            vectors = vectors + (self.item_id.weight if item_ids is None else self.item_id(item_ids))
+        return vectors
+
     def item_vectors(self) -> torch.Tensor:  # [V, D]
-        return self.adapter(self.text_vectors)
+        return self._items()
 
     def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         # dense last-position batches (evaluation) and torch.export take the grid layout (as SASRec)
         grid, not_pad, item_ids, positions = grid_inputs(last_only, not_pad, item_ids, positions)
-        x = self.adapter(self.text_vectors[item_ids]) * math.sqrt(self.cfg.hidden_dim)
+        x = self._items(item_ids) * math.sqrt(self.cfg.hidden_dim)  # [B, L, D]
         x = self.emb_dropout(x + self.item_position(positions)) * not_pad
         return self.final_ln(run_blocks(self.blocks, x, not_pad, True, last_only=last_only, grid=grid))

@@ -45,3 +45,23 @@ def test_text_items_score_an_item_no_sequence_contains():
     assert items[1] @ items[2] > items[1] @ items[3]
     with pytest.raises(ValueError, match="do not match"):
         model.set_item_text(torch.zeros(3, 384))
+
+
+def test_id_embeddings_tell_apart_items_with_the_same_text():
+    text = torch.randn(5, 384)
+    text[0] = 0.0  # padding
+    text[3] = text[2]  # two items with the same text
+    vectors = {}
+    for with_ids in (False, True):
+        torch.manual_seed(0)
+        model = Recformer(RecformerConfig(max_seq_len=4, hidden_dim=16, id_embeddings=with_ids), 5).eval()
+        model.set_item_text(text)
+        vectors[with_ids] = model.item_vectors()  # [5, 16]
+        assert ("item_id.weight" in model.state_dict()) == with_ids
+        history = torch.tensor([[0, 1, 2, 3]])
+        assert model(history).shape == (1, 4, 16) and model(history, last_only=True).shape == (1, 1, 16)
+    assert torch.equal(vectors[False][2], vectors[False][3])  # text alone: the same item twice
+    assert not torch.allclose(vectors[True][2], vectors[True][3])
+    # the id vectors are added to the same text part (the same seed draws the adapter first)
+    assert torch.allclose(vectors[True] - vectors[False], model.item_id.weight, atol=1e-6)
+    assert model.item_id.weight[0].abs().sum() == 0  # the padding row
