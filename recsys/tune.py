@@ -321,6 +321,18 @@ def summarize(study, recipe: Path, out: Path, args) -> int:
 RESULTS_FOLDER = "benchmarks/results"  # where --log-results appends, as recsys train --log-results does
 
 
+def study_times(trials: list) -> dict:
+    """The study's wall time (first trial's start to the last end) and the sum of its trials' times, from
+    the trials that ran to their end: a failed trial's end is when a later ``--resume`` found its process
+    dead, which may be hours after it stopped."""
+    ran = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_start and t.datetime_complete]
+    started = [t.datetime_start for t in trials if t.datetime_start]
+    return {
+        "study_wall_seconds": (max(t.datetime_complete for t in ran) - min(started)).total_seconds() if ran else None,
+        "trial_seconds": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in ran),
+    }
+
+
 def log_study(args, recipe: Path, out: Path, trials: list, best, importances: dict) -> None:
     """A ``tune`` record in benchmarks/results/: the study's trials and time, the best trial's
     settings and validation metric, and the test metrics of the final runs of its settings in
@@ -330,8 +342,6 @@ def log_study(args, recipe: Path, out: Path, trials: list, best, importances: di
     from .recipe_index import recipe_label
     from .results import append_record, git_commit, make_record
 
-    started = [t.datetime_start for t in trials if t.datetime_start]
-    ended = [t.datetime_complete for t in trials if t.datetime_complete]
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
@@ -345,10 +355,7 @@ def log_study(args, recipe: Path, out: Path, trials: list, best, importances: di
         commit=git_commit(),
         recipe=recipe_label(recipe),
         trials=states,
-        study_wall_seconds=(max(ended) - min(started)).total_seconds() if started and ended else None,
-        trial_seconds=sum(
-            (t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_complete
-        ),
+        **study_times(trials),
         best_trial=best.number,
         best_valid=best.value,
         best_params=best.params,

@@ -140,3 +140,28 @@ def test_the_median_pruner_waits_the_warmup_epochs():
     assert not slow.should_prune()  # epoch 7: still warming up
     slow.report(0.1, 8)
     assert slow.should_prune()  # from epoch 8 on it may be stopped
+
+
+def test_study_times_leave_out_the_trials_found_dead_later():
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    from recsys.tune import study_times
+
+    t0 = datetime(2026, 12, 7, 1, 0)
+
+    def trial(state, start_min, end_min):
+        return SimpleNamespace(
+            state=SimpleNamespace(name=state),
+            datetime_start=t0 + timedelta(minutes=start_min),
+            datetime_complete=None if end_min is None else t0 + timedelta(minutes=end_min),
+        )
+
+    trials = [
+        trial("COMPLETE", 0, 10),
+        trial("PRUNED", 5, 8),
+        trial("FAIL", 9, 300),  # killed at once, marked failed by a --resume hours later
+        trial("RUNNING", 12, None),
+    ]
+    assert study_times(trials) == {"study_wall_seconds": 600.0, "trial_seconds": 780.0}
+    assert study_times([trial("FAIL", 0, 5)]) == {"study_wall_seconds": None, "trial_seconds": 0}
