@@ -132,6 +132,8 @@ def targets_table(records: list[dict], references: dict) -> list[str]:
         if not published:
             continue
         best_published, source = max(published)
+        # only recipes the project ships (not a study's best.toml in a run folder)
+        recipes = {rc for rc in recipes if rc.startswith("recipes/")} or recipes
         several = [
             (_mean([x["metrics"]["test"]["ndcg@10"] for x in shipped[rc]]), rc) for rc in recipes if rc in shipped
         ]

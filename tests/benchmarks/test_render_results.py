@@ -332,23 +332,28 @@ def test_targets_table_holds_each_file_best_recipe_to_its_strongest_published_nu
         return r
 
     records = [
-        run("a", 0.040, 42),
-        run("a", 0.044, 43),  # mean 0.042
-        run("b", 0.050, 42),
-        run("b", 0.052, 43),  # mean 0.051: the file's best
-        run("c", 0.070, 42, dataset="other", seeds=False),
+        run("recipes/a.toml", 0.040, 42),
+        run("recipes/a.toml", 0.044, 43),  # mean 0.042
+        run("recipes/b.toml", 0.050, 42),
+        run("recipes/b.toml", 0.052, 43),  # mean 0.051: the file's best
+        run("recipes/c.toml", 0.070, 42, dataset="other", seeds=False),
+        run("runs/study/best.toml", 0.060, 42),  # a study's settings, not a shipped recipe: never the best
+        run("runs/study/best.toml", 0.062, 43),
     ]
     refs = {
-        "a": {"ndcg@10": 0.048, "source": "P1"},
-        "b": {"ndcg@10": 0.030, "source": "P2"},
-        "c": {"ndcg@10": 0.060, "source": "P3", "target": 0.071},
+        "recipes/a.toml": {"ndcg@10": 0.048, "source": "P1"},
+        "recipes/b.toml": {"ndcg@10": 0.030, "source": "P2"},
+        "recipes/c.toml": {"ndcg@10": 0.060, "source": "P3", "target": 0.071},
     }
     text = "\n".join(targets_table(records, refs))
     # the strongest published number on the file is a's 0.048, target 0.0504; b's mean 0.051 is +6.3%
     assert (
-        "| s3rec-lastfm (s3rec-lastfm.txt) | 0.0480 (P1) | 0.0504 | `b` | 2 | 0.0510 ± 0.0014 | +6.2% | yes |" in text
+        "| s3rec-lastfm (s3rec-lastfm.txt) | 0.0480 (P1) | 0.0504 | `recipes/b.toml` | 2 | 0.0510 ± 0.0014 | +6.2% | yes |"
+        in text
     )
     # one run only, below the file's own stricter bar (0.071 > 1.05 x 0.060)
-    assert "| other (other.txt) | 0.0600 (P3) | 0.0710 | `c` | 1 | 0.0700 | +16.7% | no (one seed) |" in text
-    refs["a"]["ndcg@10"] = 0.049  # now b misses the target (0.05145)
+    assert (
+        "| other (other.txt) | 0.0600 (P3) | 0.0710 | `recipes/c.toml` | 1 | 0.0700 | +16.7% | no (one seed) |" in text
+    )
+    refs["recipes/a.toml"]["ndcg@10"] = 0.049  # now b misses the target (0.05145)
     assert "| no |" in "\n".join(targets_table(records, refs))
