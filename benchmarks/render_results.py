@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import tomllib
 from pathlib import Path
 
@@ -104,10 +105,6 @@ def _as_recipe_says(record: dict) -> bool:
 TARGET_GAIN = 1.05  # the bar a file's best recipe is held to: 5% above the strongest published NDCG@10
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def targets_table(records: list[dict], references: dict) -> list[str]:
     """Per data file with a published number: the strongest published test NDCG@10 of the recipes on that
     file, and our best recipe there (the highest mean over seeds of a several-seed run as it ships; a
@@ -121,7 +118,7 @@ def targets_table(records: list[dict], references: dict) -> list[str]:
         files.setdefault((r["dataset"]["dataset"], r["dataset"].get("file", "?")), set()).add(r.get("recipe", "?"))
         if _as_recipe_says(r):
             single[r.get("recipe", "?")] = r
-    shipped = {recipe: runs for (recipe, _, variant), runs in _seed_groups(records).items() if not variant}
+    shipped = _shipped_seed_runs(records)
     rows = []
     for (dataset, file), recipes in sorted(files.items()):
         published = [
@@ -135,7 +132,9 @@ def targets_table(records: list[dict], references: dict) -> list[str]:
         # only recipes the project ships (not a study's best.toml in a run folder)
         recipes = {rc for rc in recipes if rc.startswith("recipes/")} or recipes
         several = [
-            (_mean([x["metrics"]["test"]["ndcg@10"] for x in shipped[rc]]), rc) for rc in recipes if rc in shipped
+            (statistics.fmean([x["metrics"]["test"]["ndcg@10"] for x in shipped[rc]]), rc)
+            for rc in recipes
+            if rc in shipped
         ]
         if several:
             mean, recipe = max(several)
@@ -267,6 +266,11 @@ def _seed_groups(records: list[dict]) -> dict[tuple[str, str, tuple], list[dict]
     return groups
 
 
+def _shipped_seed_runs(records: list[dict]) -> dict[str, list[dict]]:
+    """Each recipe's latest ``--seeds N`` run as it ships (no variant overrides): recipe -> its seeds' records."""
+    return {recipe: runs for (recipe, _, variant), runs in _seed_groups(records).items() if not variant}
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) < 2:
         return _fmt(values[0]) if values else "–"
@@ -287,13 +291,10 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
     """Recipes run with several seeds (the latest run per recipe as it ships: mean ± sample std), and
     ReaRec's reasoning steps K by recipe and training method (K = 0: the plain model)."""
     out: list[str] = []
-    groups = _seed_groups(records)
-    shipped: dict[str, list[dict]] = {}
+    shipped = _shipped_seed_runs(records)
     rearec: dict[tuple[str, str, int], list[dict]] = {}
-    for (recipe, _, variant), runs in groups.items():  # later groups overwrite earlier ones
-        if not variant:
-            shipped[recipe] = runs
-        elif (steps := _steps(variant)) is not None:
+    for (recipe, _, variant), runs in _seed_groups(records).items():  # later groups overwrite earlier ones
+        if (steps := _steps(variant)) is not None:
             rearec[(recipe, steps[1], steps[0])] = runs
     if shipped:
         out += [

@@ -88,7 +88,7 @@ def tune_settings(raw: dict) -> tuple[dict, dict]:
             raise ConfigError(
                 f"[tune] unknown key {key!r}; allowed: trials, epochs, pruner, warmup_epochs, metric, space"
             )
-    warmup = options.get("warmup_epochs", 5)
+    warmup = options.setdefault("warmup_epochs", 5)
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise ConfigError(f"[tune] warmup_epochs: a whole number of epochs >= 0, got {warmup!r}")
     return options, space
@@ -127,7 +127,7 @@ def _storage(optuna, out: Path, url: str | None):
     return JournalStorage(JournalFileBackend(str(out / "study.journal")))
 
 
-def _pruner(optuna, name: str, warmup_epochs: int = 5):
+def _pruner(optuna, name: str, warmup_epochs: int):
     if name == "median":  # not before 3 trials have finished, nor in a trial's first epochs (slow starters)
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs)
     if name == "hyperband":
@@ -185,7 +185,7 @@ def run_study(
         study_name="recsys",
         storage=_storage(optuna, out, storage),
         sampler=optuna.samplers.TPESampler(seed=None),
-        pruner=_pruner(optuna, options.get("pruner", "median"), options.get("warmup_epochs", 5)),
+        pruner=_pruner(optuna, options.get("pruner", "median"), options["warmup_epochs"]),
         direction="maximize",
         load_if_exists=True,
     )
