@@ -1,5 +1,6 @@
 """Result records: one JSON line per run in ``benchmarks/results/`` (``--log-results``), one file per month
-of the records' dates (``2026-12.jsonl``: the log stays in files of a reviewable size), rendered to
+of the records' dates (``2026-12.jsonl``; a month that outgrows :data:`PART_BYTES` goes on in
+``2026-12.2.jsonl``, ``2026-12.3.jsonl``, ...: the log stays in files of a reviewable size), rendered to
 ``benchmarks/RESULTS.md`` by ``python benchmarks/render_results.py``.
 
 A record says when (UTC date), at which git commit, on which machine, by which command, on which data
@@ -23,6 +24,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"  # a folder of monthly JSONL files
+PART_BYTES = 900 * 1024  # a month's file takes no line that would carry it past this; the next part does
 
 
 def git_commit() -> str:
@@ -112,23 +114,42 @@ def make_record(kind: str, command: str, commit: str | None = None, **fields) ->
     }
 
 
-def records_file(path: str | Path, record: dict) -> Path:
-    """Where ``record`` goes: ``path`` itself when it names a ``.jsonl`` file, else the file of the record's
-    month in the folder ``path`` (``YYYY-MM.jsonl``)."""
+def records_file(path: str | Path, record: dict, line_bytes: int = 0, part_bytes: int | None = None) -> Path:
+    """Where ``record`` (a line of ``line_bytes``) goes: ``path`` itself when it names a ``.jsonl`` file, else
+    the last part of the record's month in the folder ``path`` (``YYYY-MM.jsonl``, then ``YYYY-MM.2.jsonl``,
+    ...), or a new part when the line would carry that file past ``part_bytes`` (default :data:`PART_BYTES`)."""
     path = Path(path)
-    return path if path.suffix == ".jsonl" else path / f"{record['date'][:7]}.jsonl"
+    part_bytes = PART_BYTES if part_bytes is None else part_bytes
+    if path.suffix == ".jsonl":
+        return path
+    month = record["date"][:7]
+    parts = [f for f in record_files(path) if _part_key(f)[0] == month] if path.is_dir() else []
+    if not parts:
+        return path / f"{month}.jsonl"
+    last = parts[-1]
+    if last.stat().st_size + line_bytes <= part_bytes:
+        return last
+    return path / f"{month}.{_part_key(last)[1] + 1}.jsonl"
+
+
+def _part_key(file: Path) -> tuple[str, int]:
+    """``2026-12.jsonl`` -> ("2026-12", 1), ``2026-12.2.jsonl`` -> ("2026-12", 2); other names sort by name."""
+    month, _, part = file.stem.partition(".")
+    return (month, int(part)) if part.isdigit() else (file.stem, 1)
 
 
 def record_files(path: str | Path) -> list[Path]:
-    """The JSONL files of a results log: ``path`` itself, or a folder's monthly files in date order."""
+    """The JSONL files of a results log: ``path`` itself, or a folder's monthly files (and their parts) in
+    date order."""
     path = Path(path)
-    return sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    return sorted(path.glob("*.jsonl"), key=_part_key) if path.is_dir() else [path]
 
 
 def append_record(record: dict, path: str | Path = DEFAULT_RESULTS) -> None:
     """Append one line (to :func:`records_file`); a single write of a whole line, so a crash never leaves
     half a record."""
-    path = records_file(path, record)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    path = records_file(path, record, len(line.encode()))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(line)

@@ -307,6 +307,33 @@ def test_the_log_is_a_folder_of_monthly_files(tmp_path):
     assert read_records(single) == [record]
 
 
+def test_a_month_past_the_part_size_goes_on_in_a_numbered_part(tmp_path, monkeypatch):
+    import json
+
+    from render_results import read_records
+
+    import recsys.results as results
+
+    folder = tmp_path / "results"
+    record = _rec("startup", rows={})
+    line_bytes = len(json.dumps(record, sort_keys=True)) + 1
+    monkeypatch.setattr(results, "PART_BYTES", 2 * line_bytes)  # two lines a file
+    written = []
+    for i in range(20):
+        record = _rec("startup", rows={})
+        record["date"] = f"2026-12-{i + 1:02d} 10:00 UTC"
+        results.append_record(record, folder)
+        written.append(record["date"][:10])
+    names = [p.name for p in results.record_files(folder)]
+    # numbered parts sort by number, not as text (".10" after ".9", the first part before ".2")
+    assert names == ["2026-12.jsonl"] + [f"2026-12.{n}.jsonl" for n in range(2, 11)]
+    assert all((folder / n).stat().st_size <= 2 * line_bytes for n in names)
+    assert [r["date"][:10] for r in read_records(folder)] == written  # nothing lost, in order
+    record["date"] = "2027-01-01 00:00 UTC"  # a new month starts its own file
+    results.append_record(record, folder)
+    assert results.record_files(folder)[-1].name == "2027-01.jsonl"
+
+
 def test_no_file_of_the_shipped_log_reaches_one_mebibyte():
     folder = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
     files = list(folder.glob("*.jsonl"))
