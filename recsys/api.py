@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .config import RunConfig, apply_settings, config_from_dict, load_recipe
 from .data.interactions import save_interactions
 from .data.readers import DataError, Interactions, frame_to_interactions
+from .models.layers.repeat import window_history_pairs
 from .recipe_index import list_recipes, recipe_label, resolve_recipe
 from .train import Trainer, load_run, make_trainer, prepare_data
 
@@ -146,6 +147,10 @@ class Run:
         if self.config.loss.l2_normalize:
             users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
         scores = (users @ items.T).float().cpu()
+        bias = getattr(self.model, "repeat_bias", None)
+        if bias is not None:  # the model's learned score for the items it has just read (as the evaluator)
+            rows, window_items = window_history_pairs(ids)
+            scores[rows, window_items] += float(bias.detach())
         scores[:, 0] = float("-inf")
         return scores
 

@@ -328,6 +328,9 @@ def export_run(
             "num_items": int(items.shape[0]),
             "similarity": "cosine" if normalize else "dot",
             "normalized": normalize,
+            # a model's learned repeat score (recsys.models.layers.repeat): what recsys ranks is the
+            # similarity plus this for the items of the user's window; an index holds the similarity alone
+            "repeat_bias": None if getattr(model, "repeat_bias", None) is None else float(model.repeat_bias.detach()),
             "max_seq_len": cfg.max_seq_len,
             "encoder": encoder_format,
             "encoder_inputs": encoder_inputs,

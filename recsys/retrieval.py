@@ -264,6 +264,12 @@ def evaluate_through_index(
     error. Compare with the exact evaluator to see what approximate search costs.
     """
     split, cfg = trainer.split, trainer.cfg.eval
+    if getattr(trainer.model, "repeat_bias", None) is not None and not exclude_seen:
+        raise ValueError(
+            f"run {trainer.run_dir}: its model adds a learned repeat score to the items a user has read, which an "
+            "index of item vectors does not hold; rank with the seen items excluded (exclude_seen=True) or use "
+            "recsys evaluate"
+        )
     eval_set = split.test if which == "test" else split.valid
     windows, timestamps, query_times = eval_set_windows(trainer, eval_set)
     queries = user_vectors_for(trainer, windows, timestamps=timestamps, query_times=query_times)

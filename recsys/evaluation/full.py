@@ -29,6 +29,10 @@ tells the model which history item is the answer; the default ``"exclude"`` remo
 is a miss, as in RecBole), ``"apart"`` ranks those users against every item, history included, and
 reports them separately. How many targets repeat a history item is always reported, and under
 ``"exclude"`` the metrics with those targets kept as well, where they differ.
+
+A model with a learned repeat bias (:mod:`recsys.models.layers.repeat`) has it added to the scores of
+the items in each user's input window, the target's included, before anything is ranked (through the
+GEMM path: the ranking kernel and the popular-items pass compare plain dot products).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ..config import EvalConfig
 from ..data.batching import iter_eval_batches, seen_items_csr
 from ..data.splits import EvalSet, Split
 from ..kernels import cpu_ranking, onednn
+from ..models.layers.repeat import window_history_pairs
 from ..metrics import (
     NonFiniteScoresError,
     metric_names,
@@ -149,14 +154,18 @@ def evaluate(
     # V_pad a multiple of 255 and b of 8 let metrics.count_true_per_column count by machine words
     padded_items = F.pad(items, (0, 0, 0, (-num_items) % 255))  # [V_pad, D]
     sampled = cfg.sampled_negatives > 0
-    ranker = None if sampled else item_ranker(padded_items, num_items)
+    bias = getattr(model, "repeat_bias", None)
+    repeat_bias = None if bias is None else float(bias.detach())  # in the units of the scores ranked
+    if repeat_bias is not None and sampled:
+        raise ValueError(f"{label}: a model with a repeat bias is ranked against the whole catalogue only")
+    ranker = None if sampled or repeat_bias is not None else item_ranker(padded_items, num_items)
     block = block_users(cfg, padded_items.shape[0], ranker is not None)
     cutoff = cfg.ranks == "cutoff"
     if cutoff and return_ranks:
         raise ValueError("return_ranks needs every exact rank: use eval.ranks='all'")
     # the popular-items pass pays off when it scores a small share of the catalogue (Beauty: 2,040 of
     # 54,542 items); from a quarter on (ML-1M) ranking every user exactly was as fast, same @k metrics
-    prefilter = cutoff and not sampled and 4 * min(cfg.popular_items, num_items - 1) < num_items
+    prefilter = cutoff and not sampled and repeat_bias is None and 4 * min(cfg.popular_items, num_items - 1) < num_items
     cdf = None
     items_cpu = items.cpu() if sampled else None  # sampled metrics are scored on the CPU
     if sampled and cfg.negative_sampling == "popularity":  # by each item's count in the whole log
@@ -244,8 +253,12 @@ def evaluate(
             scores_t = None
             if ranker is None and not dnn:
                 scores_t = buffer[: padded_items.shape[0] * b_pad].view(padded_items.shape[0], b_pad)
+            offset = None
+            if repeat_bias is not None:  # each user's window items, by user column
+                columns, window_items = window_history_pairs(batch.item_ids)
+                offset = (columns.to(device), window_items.to(device), repeat_bias)
             above, ties = exact_rank_counts(
-                padded_items, users, targets, num_items, exclude, out=scores_t, ranker=ranker
+                padded_items, users, targets, num_items, exclude, out=scores_t, ranker=ranker, score_offset=offset
             )
         above, ties = above[:b].cpu(), ties[:b].cpu()
         ranks, tied = ranks_under_policy(above, ties, cfg.tie_policy)

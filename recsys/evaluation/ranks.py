@@ -39,6 +39,7 @@ def exact_rank_counts(
     exclude_index: tuple[torch.Tensor, torch.Tensor] | None,
     out: torch.Tensor | None = None,
     ranker: cpu_ranking.ItemRanker | None = None,
+    score_offset: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every user's exact (above, ties) counts. With ``ranker`` (the CPU kernel, see :func:`item_ranker`)
     scores are made and counted in cache-sized tiles, each score independent of its block. Otherwise:
@@ -48,10 +49,18 @@ def exact_rank_counts(
 
     ``eval.ranks`` "all" and "cutoff" give identical @k metrics only if an (item, user) score does not
     depend on the block it was computed in: B is kept >= 16 (callers pad), as torch's (MKL's) product
-    of 8 columns rounded differently here; from 16 columns on both products gave the same bits (test)."""
+    of 8 columns rounded differently here; from 16 columns on both products gave the same bits (test).
+
+    ``score_offset`` (user columns [K], item ids [K], value): added to those scores before anything is
+    counted, the target's own score included (a model's repeat bias; GEMM path only)."""
     if ranker is not None:
+        if score_offset is not None:
+            raise ValueError("the ranking kernel takes no score offsets")
         return ranker.counts(users, target_ids, exclude_index)
     scores_t = onednn.mm(items, users.T) if out is None else torch.mm(items, users.T, out=out)  # [V_pad, B]
+    if score_offset is not None:
+        columns, offset_items, value = score_offset
+        scores_t[offset_items, columns] += value
     scores_t[0] = float("-inf")  # padding id is never a candidate
     scores_t[num_items:] = float("-inf")  # nor are the rows added for alignment
     return rank_counts_from_item_scores(scores_t, target_ids, exclude_index=exclude_index)

@@ -3,7 +3,9 @@
 Every loss takes ``hidden`` [B, L, D], ``target_ids`` [B, L] (0 = no target at that position) and the
 item vectors [V, D] (row 0 = padding, never a candidate) and returns the mean over target positions.
 
-- ``ce``: full softmax cross-entropy over all items ("SASRec+", Klenitskiy & Vasilev 2023; :mod:`.full_ce`).
+- ``ce``: full softmax cross-entropy over all items ("SASRec+", Klenitskiy & Vasilev 2023; :mod:`.full_ce`);
+  with an encoder's ``repeat_bias`` (:mod:`recsys.models.layers.repeat`) the items each position has read
+  score that much more.
 - ``sampled_softmax``: the positive against N uniform negatives; negatives shared per batch, per
   sequence or drawn per position; a negative equal to the positive is masked out; temperature and
   optional L2 normalisation (HSTU uses 128 negatives, temperature 0.05, normalised vectors). Optionally
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from ..config import LossConfig
 from ..kernels import onednn
+from ..models.layers.repeat import prefix_history_pairs
 from .full_ce import ChunkedSoftmaxCE, Workspace, full_softmax_ce
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
@@ -139,17 +142,26 @@ def next_item_loss(
     generator: torch.Generator | None = None,
     workspace: Workspace | None = None,  # full CE: buffers reused across steps (see Workspace)
     item_frequency: torch.Tensor | None = None,  # [V] each item's share of the training targets (logQ)
+    repeat_bias: torch.Tensor | None = None,  # a scalar: added to the scores of the items already read
+    input_ids: torch.Tensor | None = None,  # [B, L] the encoder's inputs (with repeat_bias)
 ) -> torch.Tensor:
     mask = target_ids > 0  # [B, L]
     if not mask.any():
         return hidden.sum() * 0.0
     num_items = items.shape[0]
+    if repeat_bias is not None and (cfg.name != "ce" or input_ids is None):
+        raise ValueError("a repeat bias needs loss.name = 'ce' and the encoder's input ids")
     if cfg.name == "ce":
         h, w = _normalise(cfg, hidden[mask], items)  # [P, D], [V, D]
         if cfg.temperature != 1.0:
             h = h / cfg.temperature
         dtype = torch.bfloat16 if cfg.ce_matmul_dtype == "bfloat16" else None
-        return full_softmax_ce(h, w, target_ids[mask], cfg.ce_chunk_size, dtype, cfg.ce_item_chunk_size, workspace)
+        offsets = {}
+        if repeat_bias is not None:  # each position's window so far: its items' logits get the bias
+            offsets = dict(offset_pairs=prefix_history_pairs(input_ids, mask), offset=repeat_bias / cfg.temperature)
+        return full_softmax_ce(
+            h, w, target_ids[mask], cfg.ce_chunk_size, dtype, cfg.ce_item_chunk_size, workspace, **offsets
+        )
 
     B, L, _ = hidden.shape
     h, w = _normalise(cfg, hidden, items)

@@ -111,6 +111,11 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
     loss runs there instead: the same value and gradients to float rounding, faster than this path's
     oneDNN products, in three products where the exponentials of a group of positions fit in 48 MB
     (Beauty's catalogue: 192 positions at a time), else four (tested against both PyTorch paths).
+
+    ``offset_rows``, ``offset_items``, ``offset`` (a repeat bias, :mod:`recsys.models.layers.repeat`): the
+    scalar tensor ``offset`` is added to the logit of each (position, item) pair listed (rows sorted,
+    pairs distinct), and gets its gradient. Such a loss runs the recomputing path (blocks of logits in the
+    forward, again in the backward), where a few thousand sparse additions per block fit.
     """
 
     @staticmethod
@@ -123,13 +128,17 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         compute_dtype=None,
         item_chunk: int = 0,
         workspace: Workspace | None = None,
+        offset_rows: torch.Tensor | None = None,
+        offset_items: torch.Tensor | None = None,
+        offset: torch.Tensor | None = None,
     ):
         # row 0 of the table is padding, never a candidate: the softmax runs over items = table[1:]. The
         # gradient is written into a full-table tensor (row 0 stays zero), so autograd needs no
         # zero-filled [V + 1, D] copy for a slice's backward
         items, targets = table[1:], table_targets - 1
         P, V = hidden.shape[0], items.shape[0]
-        if compute_dtype is None and _cpu_kernel_usable(hidden, table):
+        offsets = offset_rows is not None
+        if compute_dtype is None and not offsets and _cpu_kernel_usable(hidden, table):
             # the fused C kernel (recsys.kernels.cpu_softmax_ce.softmax_ce): loss and both gradients from
             # 48 x 96 tiles of logits in cache, at most 48 MB of exponentials kept
             want = any(ctx.needs_input_grad[:2])
@@ -150,7 +159,7 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             w = _buffer(workspace, "items_low", items.numel(), compute_dtype, items.device).view(items.shape)
             w.copy_(items)
         ctx.chunk, ctx.compute_dtype, ctx.item_chunk = chunk, compute_dtype, item_chunk
-        if item_chunk == V and any(ctx.needs_input_grad[:2]):  # one pass: loss and both gradients
+        if item_chunk == V and not offsets and any(ctx.needs_input_grad[:2]):  # one pass: loss and both gradients
             # the last block padded with zero rows (their columns are dropped) to a multiple of 64 positions
             # (16 on GPU; never past the chunk): its width takes one of chunk / 64 values, not any of
             # chunk. oneDNN compiles and caches a GEMM kernel per shape, and every new width grew the
@@ -248,16 +257,19 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
         ctx.fused = False
         lse = torch.full((P,), float("-inf"), device=hidden.device, dtype=torch.float32)
         target_logits = torch.empty(P, device=hidden.device, dtype=torch.float32)
+        pairs = _OffsetPairs(offset_rows, offset_items, offset, P, chunk)
         for start in range(0, P, chunk):
             hc, tc = h[start : start + chunk], targets[start : start + chunk]
             cols = torch.arange(hc.shape[0], device=hidden.device)
             for first in range(0, V, item_chunk):
                 logits = (w[first : first + item_chunk] @ hc.T).float()  # [v, c]
+                pairs.add_to(logits, start, first)
                 block_lse = torch.logsumexp(logits, dim=0)
                 lse[start : start + chunk] = torch.logaddexp(lse[start : start + chunk], block_lse)
                 inside = (tc >= first) & (tc < first + logits.shape[0])  # targets in this slice
                 target_logits[start : start + chunk][inside] = logits[tc[inside] - first, cols[inside]]
         ctx.save_for_backward(hidden, table, table_targets, lse)
+        ctx.pairs = pairs
         return (lse - target_logits).mean()
 
     @staticmethod
@@ -268,8 +280,9 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 grad_hidden, grad_items = grad_hidden.mul_(grad_out), grad_items.mul_(grad_out)
             # else loss.backward() itself: the stored gradients are the answer (no pass over [V, D]),
             # still correct for a later backward through a retained graph
-            return grad_hidden.to(ctx.dtypes[0]), grad_items.to(ctx.dtypes[1]), None, None, None, None, None
+            return grad_hidden.to(ctx.dtypes[0]), grad_items.to(ctx.dtypes[1]), *[None] * 8
         hidden, table, table_targets, lse = ctx.saved_tensors
+        pairs = ctx.pairs
         items, targets = table[1:], table_targets - 1
         P, V = hidden.shape[0], items.shape[0]
         chunk, dtype, item_chunk = ctx.chunk, ctx.compute_dtype, ctx.item_chunk
@@ -285,14 +298,49 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
             for first in range(0, V, item_chunk):
                 wv = w[first : first + item_chunk]
                 g = (wv @ hc.T).float()  # [v, c] logits, recomputed
+                pairs.add_to(g, start, first)
                 g.sub_(lse[None, start : start + chunk]).exp_()  # softmax
                 inside = (tc >= first) & (tc < first + g.shape[0])
                 g[tc[inside] - first, cols[inside]] -= 1.0
+                pairs.gather_gradient(g, start, first)  # before the scale: that is applied once, below
                 g.mul_(scale)
                 gc = g.to(dtype) if dtype else g
                 grad_hidden[start : start + chunk] += (gc.T @ wv).float()
                 grad_items[first : first + item_chunk] += (gc @ hc).float()
-        return grad_hidden.to(hidden.dtype), grad_table.to(table.dtype), None, None, None, None, None
+        grad_offset = None if pairs.offset is None else (pairs.grad * scale).to(pairs.offset.dtype).reshape(())
+        return grad_hidden.to(hidden.dtype), grad_table.to(table.dtype), *[None] * 7, grad_offset
+
+
+class _OffsetPairs:
+    """The (position, item) pairs whose logits get ``offset`` (see :class:`ChunkedSoftmaxCE`): each block
+    of positions finds its pairs by a binary search in the sorted rows; nothing when there are none."""
+
+    def __init__(self, rows, items, offset, P: int, chunk: int):
+        self.offset = offset
+        if rows is None:
+            return
+        self.rows, self.items = rows, items - 1  # item ids -> rows of the softmax (padding excluded)
+        self.value = float(offset.detach())
+        self.bounds = torch.searchsorted(rows, torch.arange(0, P + chunk, chunk, device=rows.device)).tolist()
+        self.chunk = chunk
+        self.grad = torch.zeros((), dtype=torch.float64, device=rows.device)
+
+    def _block(self, logits: torch.Tensor, start: int, first: int):
+        b = start // self.chunk
+        rows = self.rows[self.bounds[b] : self.bounds[b + 1]] - start
+        items = self.items[self.bounds[b] : self.bounds[b + 1]] - first
+        inside = (items >= 0) & (items < logits.shape[0])  # this slice of the catalogue
+        return items[inside], rows[inside]
+
+    def add_to(self, logits: torch.Tensor, start: int, first: int) -> None:
+        """``logits`` [v, c]: the block of positions ``start ..`` x items ``first ..``."""
+        if self.offset is not None:
+            logits[self._block(logits, start, first)] += self.value
+
+    def gather_gradient(self, grad_logits: torch.Tensor, start: int, first: int) -> None:
+        """The offset's gradient: the sum of the logits' gradients at its pairs."""
+        if self.offset is not None:
+            self.grad += grad_logits[self._block(grad_logits, start, first)].double().sum()
 
 
 def full_softmax_ce(
@@ -303,8 +351,14 @@ def full_softmax_ce(
     compute_dtype: torch.dtype | None = None,
     item_chunk: int = 0,
     workspace: Workspace | None = None,
+    offset_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy over all real items: hidden [P, D], items [V, D] (row 0 = padding, excluded), targets [P].
     ``item_chunk`` > 0 walks the catalogue in slices of that many items (online log-sum-exp); ``workspace``
-    keeps the large buffers from one call to the next (a training loop passes the same one every step)."""
-    return ChunkedSoftmaxCE.apply(hidden, items, targets, chunk, compute_dtype, item_chunk, workspace)
+    keeps the large buffers from one call to the next (a training loop passes the same one every step).
+    ``offset_pairs`` (rows [K] sorted, item ids [K]) and the scalar ``offset``: added to those logits."""
+    rows, pair_items = offset_pairs if offset_pairs is not None else (None, None)
+    return ChunkedSoftmaxCE.apply(
+        hidden, items, targets, chunk, compute_dtype, item_chunk, workspace, rows, pair_items, offset
+    )

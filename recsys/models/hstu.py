@@ -53,12 +53,13 @@ from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
 from .layers import exporting
 from .layers.reasoning import ReasoningConfig, append_step, combine_states, history_mask, pointwise_attention
+from .layers.repeat import RepeatBiasConfig, init_repeat_bias
 
 NUM_TIME_BUCKETS = 129
 
 
 @dataclass
-class HSTUConfig(ReasoningConfig):
+class HSTUConfig(ReasoningConfig, RepeatBiasConfig):
     max_seq_len: int = 200  # the most recent items of a history that are read
     hidden_dim: int = 50  # width of item and hidden vectors
     num_blocks: int = 2  # transformer blocks
@@ -216,6 +217,7 @@ class HSTU(SequentialEncoder):
         self.cfg = cfg
         self.item_embedding = nn.Embedding(num_items, cfg.hidden_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
+        init_repeat_bias(self, cfg.repeat_bias)
         self.emb_dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.num_blocks))
         position_std = cfg.hidden_dim**-0.5 if cfg.init_scheme == "reference" else cfg.init_std

@@ -28,10 +28,11 @@ from torch import nn
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
 from .layers import Block, grid_inputs, run_blocks
+from .layers.repeat import RepeatBiasConfig, init_repeat_bias
 
 
 @dataclass
-class RecformerConfig:
+class RecformerConfig(RepeatBiasConfig):
     max_seq_len: int = 50  # the most recent items of a history that are read
     hidden_dim: int = 64  # width of item and hidden vectors
     num_blocks: int = 2  # transformer blocks
@@ -65,6 +66,7 @@ class Recformer(SequentialEncoder):
             self.item_id.weight.data[0] = 0.0
         self.item_position = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         nn.init.normal_(self.item_position.weight, std=cfg.init_std)
+        init_repeat_bias(self, cfg.repeat_bias)
         self.emb_dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.hidden_dim, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_blocks))
         self.final_ln = nn.LayerNorm(cfg.hidden_dim)

@@ -49,10 +49,11 @@ from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
 from .layers import Block, FusedCPUInference, Packing, fused_last_hidden, grid_inputs, run_blocks
 from .layers.reasoning import ReasoningConfig, append_step, combine_states, history_mask, softmax_attention
+from .layers.repeat import RepeatBiasConfig, init_repeat_bias
 
 
 @dataclass
-class SASRecConfig(ReasoningConfig):
+class SASRecConfig(ReasoningConfig, RepeatBiasConfig):
     max_seq_len: int = 50  # the most recent items of a history that are read
     hidden_dim: int = 64  # width of item and hidden vectors
     num_blocks: int = 2  # transformer blocks
@@ -78,6 +79,7 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         self.cfg = cfg
         self.item_embedding = nn.Embedding(num_items, cfg.hidden_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
+        init_repeat_bias(self, cfg.repeat_bias)
         self.emb_dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             Block(

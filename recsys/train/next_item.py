@@ -99,6 +99,11 @@ class Trainer(TrainLoop):
                 self.model.set_item_attributes(item_attributes(self.split.data, text, words))
             else:
                 self.model.set_item_text(item_text_vectors(self.split.data, text, verbose=progress))
+        if getattr(cfg.model, "repeat_bias", False):  # the bias lives in the full CE's logits
+            if cfg.loss.name != "ce":
+                raise ConfigError(f"model.repeat_bias needs loss.name = 'ce' (the full softmax), not {cfg.loss.name!r}")
+            if getattr(cfg.model, "reasoning_steps", 0):
+                raise ConfigError("model.repeat_bias does not combine with model.reasoning_steps > 0")
         self.model.to(self.device)
         # training forward passes go through torch.compile and / or DDP (gradient all-reduce under
         # torchrun) when asked; self.model stays the plain module (state_dict, evaluation, item vectors)
@@ -181,8 +186,13 @@ class Trainer(TrainLoop):
         cloze = self.model.objective == "cloze"
         # full CE scores the positions with a target and nothing else: an encoder that can compute the real
         # positions alone (SASRec) skips the padding (a batch where a padding input has a target does not)
+        repeat_bias = getattr(self.model, "repeat_bias", None)
         packed_training = (
-            not cloze and cfg.loss.name == "ce" and not cfg.train.compile and self.model.packed_forward_available
+            not cloze
+            and cfg.loss.name == "ce"
+            and not cfg.train.compile
+            and self.model.packed_forward_available
+            and repeat_bias is None  # the bias reads each position's window: the [B, L] layout
         )
         reasoning = not cloze and getattr(self.model, "reasoning_steps", 0) > 0
         checks = StepChecks(self, steps)
@@ -220,6 +230,11 @@ class Trainer(TrainLoop):
             if self.candidates is not None:  # cold start: held-out items are not even negatives in training
                 items, target_ids = items[self.candidates], self.candidate_index[target_ids]
             losses = dict(workspace=self.loss_workspace, item_frequency=self.item_frequency)
+            if repeat_bias is not None:
+                input_ids = item_ids.to(self.device)
+                if self.candidates is not None:  # renumbered as the targets (a held-out item: -1, no logit)
+                    input_ids = self.candidate_index[input_ids]
+                losses.update(repeat_bias=repeat_bias, input_ids=input_ids)
             if reasoning:
                 loss = reasoning_loss(cfg.loss, cfg.model, hidden.float(), target_ids, items, noisy, **losses)
             else:
