@@ -49,13 +49,13 @@ from ..config import EvalConfig
 from ..data.batching import iter_eval_batches, seen_items_csr
 from ..data.splits import EvalSet, Split
 from ..kernels import cpu_ranking, onednn
-from ..models.layers.repeat import window_history_pairs
 from ..metrics import (
     NonFiniteScoresError,
     metric_names,
     ranking_metric_sums,
     ranks_under_policy,
 )
+from ..models.layers.repeat import window_history_pairs
 from .ranks import cutoff_ranks, exact_rank_counts, item_counts, popular_first, sampled_ranks
 
 
