@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import RunConfig, apply_settings, config_from_dict, load_recipe
+from .data.batching import window_history_pairs
 from .data.interactions import save_interactions
 from .data.readers import DataError, Interactions, frame_to_interactions
-from .models.layers.repeat import window_history_pairs
 from .recipe_index import list_recipes, recipe_label, resolve_recipe
 from .train import Trainer, load_run, make_trainer, prepare_data
 

@@ -24,7 +24,7 @@ ALLOWED = {
     "start_here": set(),
     "kernels": {"errors", "files", "metrics"},
     "data": {"errors", "files", "config"},
-    "losses": {"errors", "config", "kernels", "metrics"},
+    "losses": {"errors", "config", "kernels", "metrics", "data"},
     "models": {"errors", "files", "metrics", "kernels", "data", "text"},
     "text": {"errors", "files", "data", "models"},
     "evaluation": {"errors", "config", "files", "metrics", "kernels", "data", "distributed"},

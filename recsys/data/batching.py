@@ -142,3 +142,36 @@ def seen_items_csr(split: Split, eval_set: EvalSet, rows: slice) -> tuple[torch.
     lengths = eval_set.history_lengths[rows]
     row_of = np.repeat(np.arange(len(u)), lengths)
     return torch.from_numpy(row_of), torch.from_numpy(jagged_take(data.item_ids, data.seq_offsets[u], lengths))
+
+
+# -- the items each window (or each position of it) has read: a model's repeat bias scores them apart
+def window_history_pairs(item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, items) [K] each: every row's distinct item ids (ids <= 0, padding, skipped), each once.
+
+    item_ids: [B, L] windows; rows index B."""
+    first = _first_occurrences(item_ids)  # [B, L]
+    rows, columns = first.nonzero(as_tuple=True)
+    return rows, item_ids[rows, columns]
+
+
+def prefix_history_pairs(item_ids: torch.Tensor, scored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, items) [K] each, for next-item training: for every scored position (t, in ``scored``'s
+    row-major order, the order of ``hidden[scored]``) the distinct items of ``item_ids[b, : t + 1]``, each
+    once. Rows come out in increasing order.
+
+    item_ids: [B, L] inputs (ids <= 0 skipped); scored: [B, L] bool, the positions with a target."""
+    B, L = item_ids.shape
+    first = _first_occurrences(item_ids)  # [B, L]
+    seen_by = torch.ones(L, L, dtype=torch.bool, device=item_ids.device).tril()  # [t, j]: j <= t
+    pairs = scored[:, :, None] & seen_by[None] & first[:, None, :]  # [B, t, j]
+    b, t, j = pairs.nonzero(as_tuple=True)  # lexicographic: rows non-decreasing
+    row_of = torch.cumsum(scored.reshape(-1), 0) - 1  # [B * L]: the row of each scored position
+    return row_of[b * L + t], item_ids[b, j]
+
+
+def _first_occurrences(item_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool: a real item (id > 0) at its first position in its row."""
+    L = item_ids.shape[1]
+    same = item_ids[:, :, None] == item_ids[:, None, :]  # [B, j, k]
+    earlier = torch.ones(L, L, dtype=torch.bool, device=item_ids.device).tril(-1)  # [j, k]: k < j
+    return (item_ids > 0) & ~(same & earlier).any(-1)

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import EvalConfig
-from ..data.batching import iter_eval_batches, seen_items_csr
+from ..data.batching import iter_eval_batches, seen_items_csr, window_history_pairs
 from ..data.splits import EvalSet, Split
 from ..kernels import cpu_ranking, onednn
 from ..metrics import (
@@ -55,7 +55,6 @@ from ..metrics import (
     ranking_metric_sums,
     ranks_under_policy,
 )
-from ..models.layers.repeat import window_history_pairs
 from .ranks import cutoff_ranks, exact_rank_counts, item_counts, popular_first, sampled_ranks
 
 

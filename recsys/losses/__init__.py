@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LossConfig
+from ..data.batching import prefix_history_pairs
 from ..kernels import onednn
-from ..models.layers.repeat import prefix_history_pairs
 from .full_ce import ChunkedSoftmaxCE, Workspace, full_softmax_ce
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")

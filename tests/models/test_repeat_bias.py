@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from recsys.config import ConfigError, LossConfig
+from recsys.data.batching import prefix_history_pairs, window_history_pairs
 from recsys.evaluation import EvalConfig, evaluate
 from recsys.losses import next_item_loss
 from recsys.models.base import build_model
-from recsys.models.layers.repeat import prefix_history_pairs, window_history_pairs
 from recsys.models.sasrec import SASRec, SASRecConfig
 from tests.evaluation.test_full import _split
 
@@ -101,7 +101,7 @@ def test_the_evaluator_ranks_the_biased_scores(normalize, ranks):
         with torch.no_grad():
             user = model.user_vectors(torch.from_numpy(window)[None])[0]
         scores = (F.normalize(user, dim=-1) if normalize else user) @ items.T
-        scores[torch.from_numpy(np.unique(window))] += float(model.repeat_bias)
+        scores[torch.from_numpy(np.unique(window))] += float(model.repeat_bias.detach())
         scores[0] = float("-inf")
         above = int((scores > scores[target]).sum())
         assert int((scores == scores[target]).sum()) == 1  # no ties here: the ranks are exact
