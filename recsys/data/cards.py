@@ -67,6 +67,8 @@ class Card:
     citation: str = ""
     reader_options: dict = field(default_factory=dict)
     item_text: dict | None = None
+    # item attribute ids (brands, categories): {file, format (readers.ITEM_ATTRIBUTE_FORMATS), sha256}
+    item_attributes: dict | None = None
     download: dict | None = None
     path: Path | None = None
 
@@ -248,3 +250,27 @@ def load_item_text(name: str, data_dir: str | Path | None = None) -> pl.DataFram
 
             return read_item_text(d / card.item_text["file"], card.item_text["format"])
     return None
+
+
+def load_item_attributes(name: str, data_dir: str | Path | None = None) -> pl.DataFrame | None:
+    """The card's item attributes (readers.read_item_attributes: item_id, attribute), the file checked
+    against the card's sha256; None when the card declares none. A declared file that is missing is an
+    error (a model that asks for attributes must not train without them)."""
+    card = load_card(name)
+    spec = card.item_attributes
+    if not spec:
+        return None
+    for key in ("file", "format"):
+        if key not in spec:
+            raise DataError(f"{card.path}: item_attributes needs '{key}'")
+    for d in _search_dirs(card, data_dir):
+        path = d / spec["file"]
+        if path.exists():
+            digest = sha256_of(path)
+            if spec.get("sha256") and digest != spec["sha256"]:
+                raise DataError(f"{path}: sha256 {digest} differs from the card's {spec['sha256']} (a different file?)")
+            from .readers import read_item_attributes
+
+            return read_item_attributes(path, spec["format"])
+    looked = ", ".join(str(d) for d in _search_dirs(card, data_dir))
+    raise DataError(f"dataset {card.name!r}: its item attributes {spec['file']} are not in {looked}")

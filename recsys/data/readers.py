@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import polars as pl
 
 from ..errors import DataError  # noqa: F401  (re-exported: recsys.data.readers.DataError)
@@ -207,3 +208,48 @@ def read_item_text(path: str | Path, fmt: str) -> pl.DataFrame:
             pl.when(n >= 3).then(parts.list.get(-2, null_on_oob=True)).alias("category"),
         )
     raise DataError(f"unknown item text format {fmt!r}")
+
+
+ITEM_ATTRIBUTE_FORMATS = ("s3rec_json",)
+
+
+def read_item_attributes(path: str | Path, fmt: str) -> pl.DataFrame:
+    """Item attributes (brand, category, tag ids) as a long table DataFrame(item_id: str, attribute: str),
+    one row per (item, attribute). ``fmt``: ``s3rec_json`` (S3-Rec's ``*_item2attributes.json``: a JSON
+    object from item id to a list of attribute ids)."""
+    import json
+
+    path = Path(path)
+    if fmt not in ITEM_ATTRIBUTE_FORMATS:
+        raise DataError(f"{path}: unknown item attribute format {fmt!r}; allowed: {list(ITEM_ATTRIBUTE_FORMATS)}")
+    try:
+        table = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}, line {err.lineno}: not JSON ({err.msg})") from None
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: expected a JSON object from item id to a list of attribute ids")
+    items, attributes = [], []
+    for item, values in table.items():
+        if not isinstance(values, list) or not all(
+            isinstance(v, (int, str)) and not isinstance(v, bool) for v in values
+        ):
+            raise DataError(f"{path}: item {item!r}: expected a list of attribute ids, got {str(values)[:80]}")
+        for value in dict.fromkeys(str(v) for v in values):  # an attribute counts once per item
+            items.append(str(item))
+            attributes.append(value)
+    return pl.DataFrame({"item_id": items, "attribute": attributes}, schema={"item_id": pl.Utf8, "attribute": pl.Utf8})
+
+
+def item_attribute_index(item_raw_ids, table: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+    """An attribute table (:func:`recsys.data.cards.load_item_attributes`) by internal item id: (attribute ids [nnz], offsets
+    [V + 1], number of attributes), item i's attributes ``ids[offsets[i] : offsets[i + 1]]``; padding (row
+    0) and items the table does not list have none. Attribute ids are numbered 0.. in order of first
+    appearance among the catalogue's items; attributes of items not in the catalogue are not counted."""
+    rows = pl.DataFrame({"item_id": [str(x) for x in item_raw_ids[1:]]}).with_row_index("row", offset=1)
+    long = rows.join(table, on="item_id", how="inner", maintain_order="left").sort("row", maintain_order=True)
+    uniques = long["attribute"].unique(maintain_order=True)
+    code_of = dict(zip(uniques.to_list(), range(len(uniques))))
+    ids = np.fromiter((code_of[a] for a in long["attribute"].to_list()), dtype=np.int64, count=long.height)
+    counts = np.bincount(long["row"].to_numpy(), minlength=len(item_raw_ids))[: len(item_raw_ids)]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return ids, offsets, len(uniques)

@@ -42,6 +42,9 @@ class SequentialEncoder(nn.Module):
     #: ``set_item_attributes([(key, value), ...] per item)`` (a model that reads the words itself)
     needs_item_text: bool = False
     item_text_form: str = "vectors"
+    #: True when the model reads the catalogue's item attributes (the card's ``item_attributes``): the
+    #: trainer hands them over first, ``set_item_attribute_ids(ids [nnz], offsets [V + 1], count)``
+    needs_item_attributes: bool = False
 
     # forward(item_ids [B, L] (0 = left padding), timestamps [B, L] | None,
     #         next_timestamps [B, L] | None (time of the item to predict)) -> hidden [B, L, D]

@@ -48,12 +48,13 @@ from torch import nn
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
 from .layers import Block, FusedCPUInference, Packing, fused_last_hidden, grid_inputs, run_blocks
+from .layers.attributes import AttributeConfig, ItemAttributes
 from .layers.reasoning import ReasoningConfig, append_step, combine_states, history_mask, softmax_attention
 from .layers.repeat import RepeatBiasConfig, init_repeat_bias
 
 
 @dataclass
-class SASRecConfig(ReasoningConfig, RepeatBiasConfig):
+class SASRecConfig(ReasoningConfig, RepeatBiasConfig, AttributeConfig):
     max_seq_len: int = 50  # the most recent items of a history that are read
     hidden_dim: int = 64  # width of item and hidden vectors
     num_blocks: int = 2  # transformer blocks
@@ -80,6 +81,7 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         self.item_embedding = nn.Embedding(num_items, cfg.hidden_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_seq_len + 1, cfg.hidden_dim, padding_idx=0)
         init_repeat_bias(self, cfg.repeat_bias)
+        self.attributes: ItemAttributes | None = None  # set_item_attribute_ids, with attribute_embeddings
         self.emb_dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             Block(
@@ -134,13 +136,31 @@ class SASRec(FusedCPUInference, SequentialEncoder):
             attention_input = attention_input * not_pad
         return self.final_ln(run_blocks(self.blocks, x, not_pad, True, attention_input, last_only, grid))
 
+    @property
+    def needs_item_attributes(self) -> bool:
+        return self.cfg.attribute_embeddings
+
+    def set_item_attribute_ids(self, ids: torch.Tensor, offsets: torch.Tensor, num_attributes: int) -> None:
+        """The catalogue's attributes (ids [nnz], offsets [V + 1] by internal item id): from now on an item's
+        vector is its ID embedding plus its attributes' mean embedding (:mod:`.layers.attributes`)."""
+        if offsets.numel() != self.item_embedding.num_embeddings + 1:
+            raise ValueError(
+                f"attribute offsets for {offsets.numel() - 1} items, the model has {self.item_embedding.num_embeddings}"
+            )
+        self.attributes = ItemAttributes(ids, offsets, num_attributes, self.cfg.hidden_dim, self.cfg.init_std)
+        self.fused_cpu_inference = False  # the fused kernel reads the ID table alone
+
+    def item_vectors(self) -> torch.Tensor:  # [V, D]
+        if self.attributes is None:
+            return self.item_embedding.weight
+        return self.item_embedding.weight + self.attributes()
+
     def embed(self, item_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The blocks' input for ids and positions of any shape [...]: item embedding x sqrt(D) plus position
         embedding, dropped out [..., D]; with ``attention_table_dim``, the attention stream the same way
         from its own tables [..., A] (the same for every block), else None."""
-        x = self.emb_dropout(
-            self.item_embedding(item_ids) * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions)
-        )
+        items = self.item_embedding(item_ids) if self.attributes is None else self.item_vectors()[item_ids]
+        x = self.emb_dropout(items * math.sqrt(self.cfg.hidden_dim) + self.position_embedding(positions))
         attention_input = None
         if self.cfg.attention_table_dim:
             attention_input = self.attention_embedding(item_ids) * math.sqrt(self.cfg.attention_table_dim)

@@ -99,6 +99,8 @@ class Trainer(TrainLoop):
                 self.model.set_item_attributes(item_attributes(self.split.data, text, words))
             else:
                 self.model.set_item_text(item_text_vectors(self.split.data, text, verbose=progress))
+        if self.model.needs_item_attributes:  # brand / category ids from the dataset card
+            self.model.set_item_attribute_ids(*self._item_attributes())
         if getattr(cfg.model, "repeat_bias", False):  # the bias lives in the full CE's logits
             if cfg.loss.name != "ce":
                 raise ConfigError(f"model.repeat_bias needs loss.name = 'ce' (the full softmax), not {cfg.loss.name!r}")
@@ -139,6 +141,23 @@ class Trainer(TrainLoop):
         self.metric = cfg.eval.early_stopping_metric
         self.data_info = self.data.info
         self._init_loop()
+
+    def _item_attributes(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        from ..data.cards import load_item_attributes
+        from ..data.readers import item_attribute_index
+
+        dataset = self.cfg.data.dataset
+        table = load_item_attributes(dataset, self.cfg.data.data_dir) if dataset != "custom" else None
+        if table is None:
+            raise ConfigError(
+                f"model.attribute_embeddings: dataset {dataset!r} has no item attributes (a dataset card's "
+                "item_attributes); set it to false"
+            )
+        ids, offsets, count = item_attribute_index(self.split.data.item_raw_ids, table)
+        if self.progress:
+            listed = int((offsets[1:] > offsets[:-1]).sum())
+            print(f"item attributes: {count:,} attributes, {listed:,} of {len(offsets) - 2:,} items have some")
+        return torch.from_numpy(ids), torch.from_numpy(offsets), count
 
     # -- the loop's hooks
     @property

@@ -140,7 +140,7 @@ def test_training_learns_that_targets_never_repeat_and_the_api_ranks_with_it(tmp
     from recsys.files import load_checkpoint
 
     assert float(load_checkpoint(run.path / "last.pt")["model"]["repeat_bias"]) < -0.2  # 32 steps at lr 0.01
-    bias = float(run.model.repeat_bias)  # the best epoch's (on validation)
+    bias = float(run.model.repeat_bias.detach())  # the best epoch's (on validation)
     assert bias < 0.0
     data = run.trainer.split.data
     user = int(np.flatnonzero(data.user_raw_ids == "u0")[0])
