@@ -30,6 +30,12 @@ def cmd_export(args) -> int:
         onnx=args.onnx,
     )
     print(f"exported {args.run_dir} to {out}")
+    bias = getattr(trainer.model, "repeat_bias", None)
+    if bias is not None:
+        print(
+            f"note: this model adds {float(bias.detach()):+.4f} (manifest 'repeat_bias') to the score of each item in "
+            "the user's window; an index of these vectors ranks without it"
+        )
     return 0
 
 

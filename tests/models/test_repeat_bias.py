@@ -152,6 +152,14 @@ def test_training_learns_that_targets_never_repeat_and_the_api_ranks_with_it(tmp
     for item, score in zip(scores["item"].to_list(), scores["score"].to_list()):
         internal = int(np.flatnonzero(data.item_raw_ids == item)[0])
         assert score == pytest.approx(float(raw[internal]) + (bias if internal in window else 0.0), abs=1e-4)
+    # an export carries the bias beside the vectors; ranking through an index of them would drop it
+    from recsys.export import export_run, read_manifest
+    from recsys.retrieval import evaluate_through_index
+
+    export = export_run(run.trainer, tmp_path / "export", users="test", encoder=False)
+    assert read_manifest(export)["repeat_bias"] == pytest.approx(bias)
+    with pytest.raises(ValueError, match="repeat score"):
+        evaluate_through_index(run.trainer, None, exclude_seen=False)
 
 
 @pytest.mark.parametrize(
