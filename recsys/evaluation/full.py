@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..config import EvalConfig
+from ..config import ConfigError, EvalConfig
 from ..data.batching import iter_eval_batches, seen_items_csr, window_history_pairs
 from ..data.splits import EvalSet, Split
 from ..kernels import cpu_ranking, onednn
@@ -156,7 +156,10 @@ def evaluate(
     bias = getattr(model, "repeat_bias", None)
     repeat_bias = None if bias is None else float(bias.detach())  # in the units of the scores ranked
     if repeat_bias is not None and sampled:
-        raise ValueError(f"{label}: a model with a repeat bias is ranked against the whole catalogue only")
+        raise ConfigError(
+            f"{label}: eval.sampled_negatives with model.repeat_bias: a model with a repeat score is ranked "
+            "against the whole catalogue only (eval.sampled_negatives = 0)"
+        )
     ranker = None if sampled or repeat_bias is not None else item_ranker(padded_items, num_items)
     block = block_users(cfg, padded_items.shape[0], ranker is not None)
     cutoff = cfg.ranks == "cutoff"

@@ -106,6 +106,8 @@ class Trainer(TrainLoop):
                 raise ConfigError(f"model.repeat_bias needs loss.name = 'ce' (the full softmax), not {cfg.loss.name!r}")
             if getattr(cfg.model, "reasoning_steps", 0):
                 raise ConfigError("model.repeat_bias does not combine with model.reasoning_steps > 0")
+            if cfg.eval.sampled_negatives:
+                raise ConfigError("model.repeat_bias is ranked against the whole catalogue: eval.sampled_negatives = 0")
         self.model.to(self.device)
         # training forward passes go through torch.compile and / or DDP (gradient all-reduce under
         # torchrun) when asked; self.model stays the plain module (state_dict, evaluation, item vectors)

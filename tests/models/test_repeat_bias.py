@@ -112,7 +112,7 @@ def test_the_evaluator_ranks_the_biased_scores(normalize, ranks):
         assert out["ranks"].tolist() == expected
     ndcg = np.mean([1 / np.log2(r + 1) if r <= 10 else 0.0 for r in expected])
     assert out["ndcg@10"] == pytest.approx(ndcg, abs=1e-6)
-    with pytest.raises(ValueError, match="whole catalogue"):
+    with pytest.raises(ConfigError, match="whole catalogue"):
         evaluate(model, split, split.test, 8, EvalConfig(sampled_negatives=5, exclude_seen=False))
 
 
@@ -164,7 +164,11 @@ def test_training_learns_that_targets_never_repeat_and_the_api_ranks_with_it(tmp
 
 @pytest.mark.parametrize(
     "settings, message",
-    [({"loss.name": "bce"}, "needs loss.name = 'ce'"), ({"model.reasoning_steps": 1}, "reasoning_steps")],
+    [
+        ({"loss.name": "bce"}, "needs loss.name = 'ce'"),
+        ({"model.reasoning_steps": 1}, "reasoning_steps"),
+        ({"eval.sampled_negatives": 5}, "sampled_negatives = 0"),
+    ],
 )
 def test_the_bias_needs_the_full_softmax_and_no_reasoning(tmp_path, settings, message):
     import recsys
