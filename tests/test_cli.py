@@ -14,6 +14,13 @@ def test_data_info_beauty(capsys):
     assert "items         54,542" in out
     assert "interactions  353,962" in out
     assert "p50=" in out
+    assert "side files    none\n" in out
+
+
+@needs_data("s3rec-beauty-lastfm")
+def test_data_info_names_a_cards_side_files(capsys):
+    assert main(["data", "info", "s3rec-beauty"]) == 0
+    assert "side files    item attributes (Beauty_item2attributes.json)\n" in capsys.readouterr().out
 
 
 @needs_data("ml-100k")

@@ -53,6 +53,10 @@ def cmd_data_info(args) -> int:
         card = load_card(dataset)
         interactions, path, digest, note = loaded.interactions, loaded.file, loaded.sha256, loaded.variant.note
         title = f"{card.name}: {card.description}"
+    side = []  # what a card adds beside the interactions (read by the text models, model.attribute_embeddings)
+    if not Path(dataset).is_file():
+        side = [f"item text ({card.item_text['file']})"] if card.item_text else []
+        side += [f"item attributes ({card.item_attributes['file']})"] if card.item_attributes else []
     seq = prepare_sequences(interactions, verbose=True)
     print(f"dataset       {title}")
     print(f"file          {path.name} (sha256 {digest[:16]}…)" + (f" — {note}" if note else ""))
@@ -60,6 +64,7 @@ def cmd_data_info(args) -> int:
     print(f"items         {seq.num_items - 1:,}")
     print(f"interactions  {seq.num_interactions:,}")
     print(f"timestamps    {'yes' if seq.has_timestamps else 'no (file order is time order)'}")
+    print(f"side files    {', '.join(side) if side else 'none'}")
     pct = length_percentiles(seq.lengths)
     print(
         "sequence length percentiles: "
