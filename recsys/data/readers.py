@@ -241,15 +241,14 @@ def read_item_attributes(path: str | Path, fmt: str) -> pl.DataFrame:
 
 
 def item_attribute_index(item_raw_ids, table: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
-    """An attribute table (:func:`recsys.data.cards.load_item_attributes`) by internal item id: (attribute ids [nnz], offsets
-    [V + 1], number of attributes), item i's attributes ``ids[offsets[i] : offsets[i + 1]]``; padding (row
-    0) and items the table does not list have none. Attribute ids are numbered 0.. in order of first
+    """An attribute table (:func:`recsys.data.cards.load_item_attributes`) by internal item id: (attribute
+    ids [nnz], offsets [V + 1], number of attributes), item i's attributes ``ids[offsets[i] : offsets[i +
+    1]]``; padding (row 0) and items the table does not list have none. Attribute ids are numbered 0.. in order of first
     appearance among the catalogue's items; attributes of items not in the catalogue are not counted."""
     rows = pl.DataFrame({"item_id": [str(x) for x in item_raw_ids[1:]]}).with_row_index("row", offset=1)
     long = rows.join(table, on="item_id", how="inner", maintain_order="left").sort("row", maintain_order=True)
-    uniques = long["attribute"].unique(maintain_order=True)
-    code_of = dict(zip(uniques.to_list(), range(len(uniques))))
-    ids = np.fromiter((code_of[a] for a in long["attribute"].to_list()), dtype=np.int64, count=long.height)
+    codes = long.select("attribute").unique(maintain_order=True).with_row_index("code")
+    ids = long.join(codes, on="attribute", how="left", maintain_order="left")["code"].to_numpy().astype(np.int64)
     counts = np.bincount(long["row"].to_numpy(), minlength=len(item_raw_ids))[: len(item_raw_ids)]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return ids, offsets, len(uniques)
+    return ids, offsets, codes.height
