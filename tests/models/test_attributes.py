@@ -117,6 +117,10 @@ def test_training_reads_the_attributes_through_the_card(tmp_path, monkeypatch):
     loaded = recsys.load(run.path)  # the attributes come back from the card with the model
     torch.testing.assert_close(loaded.model.item_vectors(), run.model.item_vectors())
     assert run.evaluate("test")["num_users"] == 60
+    from recsys.export import export_run  # the encoder exports with its attribute table (checked in onnxruntime)
+
+    export = export_run(run.trainer, tmp_path / "export", users="test", onnx=True)
+    assert (export / "encoder.onnx").exists()
     with pytest.raises(ConfigError, match="has no item attributes"):
         recsys.fit(
             pl.DataFrame({"user_id": [1, 1, 1, 2, 2, 2], "item_id": [1, 2, 3, 1, 3, 2]}),
