@@ -105,6 +105,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
     max_grad_norm: float = 0.0  # 0 = no clipping
+    # > 0: validation, the best checkpoint and the test read an exponential moving average of the weights
+    # (torch.optim.swa_utils, updated after every step with this decay) instead of the last step's
+    # weights; 0 = the trained weights themselves
+    ema_decay: float = 0.0
     seed: int = 42  # seeds initialisation, data order, dropout and negatives
     patience: int = 10  # epochs without validation improvement before stopping; 0 = never stop early
     eval_every: int = 1  # validate every this many epochs
@@ -306,6 +310,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("train.seed", 0 <= cfg.train.seed < 2**32, "in [0, 2**32)"),
         ("train.weight_decay", cfg.train.weight_decay >= 0, ">= 0"),
         ("train.max_grad_norm", cfg.train.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
+        ("train.ema_decay", 0 <= cfg.train.ema_decay < 1, "in [0, 1) (0: no averaging)"),
         ("train.betas", all(0 <= b < 1 for b in cfg.train.betas), "two numbers in [0, 1)"),
         ("model.init_std", getattr(cfg.model, "init_std", 0.0) >= 0, ">= 0"),
         ("eval.ks", all(k >= 1 for k in cfg.eval.ks) and len(cfg.eval.ks) > 0, "positive integers"),

@@ -11,6 +11,11 @@ A run directory holds:
 - ``metrics.jsonl``   one line per epoch (train loss, validation metrics, timings)
 - ``last.pt``         everything needed to resume (model, optimizer, RNG state, early-stopping state)
 - ``best.pt``         the best model by the validation metric (state_dict + config)
+
+With ``train.ema_decay`` > 0 the loop keeps an exponential moving average of the weights
+(``torch.optim.swa_utils.AveragedModel``, updated after every optimizer step); validation, ``best.pt`` and
+the final evaluation use the averaged weights, training goes on from the trained ones, and ``last.pt``
+holds both.
 - ``final_metrics.json``, ``learning_curves.png`` and ``train.log``.
 
 Every file is written to a temporary name and renamed, so a killed run never leaves a half-written
@@ -25,9 +30,12 @@ import json
 import math
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import distributed
@@ -123,6 +131,10 @@ class TrainLoop(ABC):
     recipe: str | None = None
 
     def _init_loop(self) -> None:
+        decay = getattr(self.cfg.train, "ema_decay", 0.0)
+        # a copy of the model whose parameters follow the trained ones' moving average; its buffers are
+        # the model's own at this point and are never averaged (integer ids, fixed tables)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay > 0 else None
         self.history: list[dict] = []
         self.epoch = 0
         self.best_metric = -math.inf
@@ -183,7 +195,28 @@ class TrainLoop(ABC):
         else:  # the first non-finite step, kept on the device: read once, at the epoch's end
             checks.first_bad = torch.where((checks.first_bad < 0) & ~torch.isfinite(norm), step, checks.first_bad)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return True
+
+    @contextmanager
+    def evaluated_weights(self) -> Iterator[None]:
+        """Inside: the model holds the weights that are validated, saved as best and tested (the moving
+        average with ``train.ema_decay`` > 0); after: the trained weights again, for the next epoch."""
+        if self.ema is None or int(self.ema.n_averaged) == 0:
+            yield
+            return
+        params = [p for p in self.model.parameters()]
+        trained = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, averaged in zip(params, self.ema.module.parameters(), strict=True):
+                p.copy_(averaged)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, t in zip(params, trained, strict=True):
+                    p.copy_(t)
 
     def _diverged(self, loss: torch.Tensor | None, norm: torch.Tensor | None, step: int, steps: int) -> None:
         """A step's loss or gradient norm is NaN or infinite: raise unless train.nonfinite = "skip"."""
@@ -213,6 +246,7 @@ class TrainLoop(ABC):
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "config": self.cfg.to_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def _restore(self, state: dict) -> None:
@@ -227,6 +261,8 @@ class TrainLoop(ABC):
         self.model.load_state_dict(state["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.epoch = state["epoch"]
         torch.set_rng_state(state["rng"])
         self.best_metric = state["best_metric"]
@@ -295,22 +331,25 @@ class TrainLoop(ABC):
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             self.epoch += 1
             if has_valid and (self.epoch % train.eval_every == 0 or self.epoch == train.epochs):
-                valid = self.validate()
-                record["valid"] = {k: v for k, v in valid.items() if k != "num_users"}
-                if not math.isfinite(valid[self.metric]):  # never "best"
-                    raise TrainingDivergedError(
-                        f"run {self.run_dir}: validation {self.metric} is {valid[self.metric]} after epoch {self.epoch}"
-                    )
-                if valid[self.metric] > self.best_metric:
-                    self.best_metric, self.best_epoch, self.bad_epochs = valid[self.metric], self.epoch, 0
-                    self._save_best()
-                else:
-                    self.bad_epochs += train.eval_every
+                with self.evaluated_weights():
+                    valid = self.validate()
+                    record["valid"] = {k: v for k, v in valid.items() if k != "num_users"}
+                    if not math.isfinite(valid[self.metric]):  # never "best"
+                        raise TrainingDivergedError(
+                            f"run {self.run_dir}: validation {self.metric} is {valid[self.metric]} "
+                            f"after epoch {self.epoch}"
+                        )
+                    if valid[self.metric] > self.best_metric:
+                        self.best_metric, self.best_epoch, self.bad_epochs = valid[self.metric], self.epoch, 0
+                        self._save_best()
+                    else:
+                        self.bad_epochs += train.eval_every
                 if self.on_validation is not None:
                     self.on_validation(self.epoch, valid)
             elif not has_valid:  # no model selection (the HSTU split): the last epoch is the model
                 self.best_epoch = self.epoch
-                self._save_best()
+                with self.evaluated_weights():
+                    self._save_best()
             self.history.append(record)
             if main:
                 self._write_log()
