@@ -40,6 +40,8 @@ class TwoStageTextTrainer(Trainer):
             self.model.load_state_dict(load_checkpoint(best)["model"])
         else:  # no validation split: the last stage-1 encoder's items
             self.model.refresh_item_table()
+        if self.ema is not None:  # the moving average starts again from the model stage 2 starts from
+            self.ema.n_averaged.zero_()
         self.bad_epochs = 0
         if self.verbose and distributed.is_main():
             tqdm.write(f"stage 2 from epoch {self.epoch + 1}: the item table of the best stage-1 model, frozen")
@@ -91,7 +93,8 @@ class TwoStageTextTrainer(Trainer):
     def validate(self) -> dict:
         if self.epoch <= self.cfg.model.stage1_epochs:  # the epoch just trained was stage 1
             self.model.refresh_item_table()
-            self._table_current = True
+            # the table validation encoded serves the next epoch unless it came from averaged weights
+            self._table_current = self.ema is None
         return self.evaluate("valid")
 
     def early_stop(self) -> bool:

@@ -122,6 +122,7 @@ def test_checkpoints_refuse_pickled_code(tmp_path):
     [
         ("hstu", ["model.num_heads=2", "loss.name=sampled_softmax", "loss.l2_normalize=true", "loss.temperature=0.05"]),
         ("bert4rec", ["model.num_heads=2"]),
+        ("hstu", ["model.num_heads=2", "train.ema_decay=0.9"]),  # the averaged copy of another model
     ],
 )
 def test_every_encoder_trains_through_the_trainer(tmp_path, model, extra):

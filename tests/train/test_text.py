@@ -29,10 +29,11 @@ SMALL = [
 
 
 @needs_data("ml-100k")
-def test_two_stage_fine_tuning_from_a_recipe(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.ema_decay=0.9"]], ids=["trained", "averaged"])
+def test_two_stage_fine_tuning_from_a_recipe(tmp_path, extra):
     from recsys.train import TwoStageTextTrainer, load_run, make_trainer, prepare_data
 
-    cfg = load_recipe(REPO / "recipes/ml-100k/recformer_tokens.toml", SMALL)
+    cfg = load_recipe(REPO / "recipes/ml-100k/recformer_tokens.toml", SMALL + extra)
     trainer = make_trainer(cfg, tmp_path / "run", data=prepare_data(cfg.data, verbose=False), progress=False)
     assert isinstance(trainer, TwoStageTextTrainer)
     assert (trainer.model.token_ids[1:] > 0).any(1).all()  # every ML-100K item has its title's tokens
