@@ -11,17 +11,17 @@ A run directory holds:
 - ``metrics.jsonl``   one line per epoch (train loss, validation metrics, timings)
 - ``last.pt``         everything needed to resume (model, optimizer, RNG state, early-stopping state)
 - ``best.pt``         the best model by the validation metric (state_dict + config)
-
-With ``train.ema_decay`` > 0 the loop keeps an exponential moving average of the weights
-(``torch.optim.swa_utils.AveragedModel``, updated after every optimizer step); validation, ``best.pt`` and
-the final evaluation use the averaged weights, training goes on from the trained ones, and ``last.pt``
-holds both.
 - ``final_metrics.json``, ``learning_curves.png`` and ``train.log``.
 
 Every file is written to a temporary name and renamed, so a killed run never leaves a half-written
 checkpoint under a real name; checkpoints carry a content hash and are read with
 ``torch.load(weights_only=True)``. An epoch's data order, dropout and negatives depend only on (seed,
 epoch), so a resumed run ends with exactly the metrics of an uninterrupted one.
+
+With ``train.ema_decay`` > 0 the loop keeps an exponential moving average of the weights
+(``torch.optim.swa_utils.AveragedModel``, updated after every optimizer step); validation, ``best.pt`` and
+the final evaluation use the averaged weights, training goes on from the trained ones, and ``last.pt``
+holds both.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ class TrainLoop(ABC):
         if self.ema is None or int(self.ema.n_averaged) == 0:
             yield
             return
-        params = [p for p in self.model.parameters()]
+        params = list(self.model.parameters())
         trained = [p.detach().clone() for p in params]
         with torch.no_grad():
             for p, averaged in zip(params, self.ema.module.parameters(), strict=True):
