@@ -70,6 +70,18 @@ class Trainer(TrainLoop):
                 "positions in file order (--set model.use_time_bias=false)",
                 file=sys.stderr,
             )
+        if cfg.train.ema_decay > 0 and distributed.is_main():
+            # the average remembers about 1 / (1 - decay) steps: ten epochs' worth or more and it mostly
+            # holds weights from long before the epoch it is validated at
+            steps = -(-len(train_users(self.split)) // (cfg.train.batch_size * distributed.world_size()))
+            memory = 1 / (1 - cfg.train.ema_decay)
+            if memory > 10 * steps:
+                print(
+                    f"warning: train.ema_decay={cfg.train.ema_decay} averages over about {memory:,.0f} steps, "
+                    f"{memory / steps:,.0f} epochs of this data ({steps:,} steps an epoch); about "
+                    f"{1 - 1 / (3 * steps):.4g} averages over 3 epochs",
+                    file=sys.stderr,
+                )
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         if cfg.eval.sampled_negatives > self.split.data.num_items - 2:  # said before any training

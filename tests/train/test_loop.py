@@ -91,3 +91,13 @@ def test_a_resumed_run_with_averaging_ends_like_an_uninterrupted_one(tmp_path):
 def test_a_decay_outside_zero_one_is_a_config_error(decay):
     with pytest.raises(ConfigError, match=r"train.ema_decay"):
         load_recipe(REPO / "recipes/ml-100k/sasrec.toml", [f"train.ema_decay={decay}"])
+
+
+@needs_data("ml-100k")
+def test_an_average_longer_than_ten_epochs_is_warned_about(tmp_path, capsys):
+    _trainer(tmp_path, ["train.batch_size=128", "train.ema_decay=0.999"])  # 943 users: 8 steps an epoch
+    err = capsys.readouterr().err
+    assert "train.ema_decay=0.999 averages over about 1,000 steps, 125 epochs" in err
+    assert "0.9583 averages over 3 epochs" in err
+    _trainer(tmp_path, ["train.batch_size=128", "train.ema_decay=0.95"])
+    assert "ema_decay" not in capsys.readouterr().err
