@@ -45,6 +45,23 @@ def test_generated_recipes_are_current():
     assert done.returncode == 0, done.stdout
 
 
+def test_a_generated_recipe_beside_a_hand_written_one_of_its_model_is_kept_current(tmp_path, monkeypatch):
+    from recsys import start_here
+
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "toy.toml").write_text('name = "toy"\n')
+    folder = tmp_path / "recipes" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "sasrec_mine.toml").write_text('[model]\nname = "sasrec"\nhidden_dim = 32\n')  # by hand
+    monkeypatch.setattr(start_here, "CARDS", tmp_path / "datasets")
+    monkeypatch.setattr(start_here, "RECIPES", tmp_path / "recipes")
+    assert folder / "sasrec.toml" not in start_here.planned()  # a hand-written recipe of the model: none made
+    assert folder / "bert4rec.toml" in start_here.planned()
+    stale = start_here.HEADER.format(what="SASRec", dataset="toy") + '[model]\nname = "sasrec"\ndropout = 0.9\n'
+    (folder / "sasrec.toml").write_text(stale)  # generated earlier, settings since changed: rewritten
+    assert start_here.planned()[folder / "sasrec.toml"] == start_here.render("toy", "sasrec")
+
+
 def test_names_paths_and_labels():
     assert resolve_recipe("ml-100k/sasrec") == resolve_recipe("ml-100k/sasrec.toml")
     assert resolve_recipe(REPO / "recipes/ml-100k/sasrec.toml").exists()
