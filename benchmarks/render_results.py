@@ -98,8 +98,46 @@ def _overrides(record: dict) -> list[str]:
     return [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"]
 
 
+REPO = Path(__file__).resolve().parents[1]
+# recipe keys a run resolves or places on its own machine: "auto" dtypes, paths
+_RESOLVED = {"ce_matmul_dtype", "path", "data_dir", "device"}
+_recipe_files: dict[str, dict | None] = {}
+
+
+def _recipe_file(recipe: str) -> dict | None:
+    """The settings a packaged recipe file holds today (None: not a file of this repository)."""
+    if recipe not in _recipe_files:
+        path = REPO / recipe
+        _recipe_files[recipe] = (
+            tomllib.loads(path.read_text()) if recipe.startswith("recipes/") and path.is_file() else None
+        )
+    return _recipe_files[recipe]
+
+
+def _same_as_recipe_file(record: dict) -> bool:
+    """Whether a training record ran the settings its recipe file holds now: every key the file sets has
+    the recorded value (threads, seed and device aside). A recipe changed since its run no longer owns
+    that run's result."""
+    raw = _recipe_file(record.get("recipe", ""))
+    config = record.get("config")
+    if raw is None or not isinstance(config, dict):
+        return True  # nothing to compare with: a study's best.toml, a record without its config
+    for section, values in raw.items():
+        if not isinstance(values, dict) or section not in config:
+            continue
+        for key, value in values.items():
+            if key in _RESOLVED or (section == "train" and f"train.{key}" in NEUTRAL_OVERRIDES):
+                continue
+            if config[section].get(key) != value:
+                return False
+    return True
+
+
 def _as_recipe_says(record: dict) -> bool:
-    return all(o.split("=", 1)[0] in NEUTRAL_OVERRIDES for o in _overrides(record))
+    """No overrides but threads, seed and device, and (training) the recipe file still holds its settings."""
+    if not all(o.split("=", 1)[0] in NEUTRAL_OVERRIDES for o in _overrides(record)):
+        return False
+    return record.get("kind") != "train" or _same_as_recipe_file(record)
 
 
 TARGET_GAIN = 1.05  # the bar a file's best recipe is held to: 5% above the strongest published NDCG@10
@@ -254,21 +292,55 @@ def headline(records: list[dict], references: dict) -> list[str]:
     return out + ["## Full log", ""]
 
 
-def _seed_groups(records: list[dict]) -> dict[tuple[str, str, tuple], list[dict]]:
-    """Training records of ``--seeds N`` invocations: (recipe, command, the non-seed overrides) -> one
-    record per seed, in time order."""
-    groups: dict[tuple[str, str, tuple], list[dict]] = {}
+def _seed_groups(records: list[dict]) -> dict[tuple[str, str, tuple, str], list[dict]]:
+    """Training records of ``--seeds N`` invocations: (recipe, command, the non-seed overrides, the
+    settings) -> one record per seed, in time order."""
+    groups: dict[tuple[str, str, tuple, str], list[dict]] = {}
     for r in sorted(records, key=lambda r: r.get("date", "")):
         if r["kind"] != "train" or "--seeds" not in r.get("command", "") or "protocol" in r["metrics"]["test"]:
             continue
         variant = tuple(o for o in _overrides(r) if o.split("=", 1)[0] not in NEUTRAL_OVERRIDES)
-        groups.setdefault((r.get("recipe", "?"), r["command"], variant), []).append(r)
+        # runs of one command with other settings (a recipe file changed in between) are groups of their own
+        settings = json.dumps(_settings(r), sort_keys=True)
+        groups.setdefault((r.get("recipe", "?"), r["command"], variant, settings), []).append(r)
     return groups
 
 
 def _shipped_seed_runs(records: list[dict]) -> dict[str, list[dict]]:
-    """Each recipe's latest ``--seeds N`` run as it ships (no variant overrides): recipe -> its seeds' records."""
-    return {recipe: runs for (recipe, _, variant), runs in _seed_groups(records).items() if not variant}
+    """Each recipe's latest ``--seeds N`` run as it ships (no variant overrides, the recipe file's current
+    settings): recipe -> its seeds' records."""
+    return {
+        recipe: runs
+        for (recipe, _, variant, _), runs in _seed_groups(records).items()
+        if not variant and _same_as_recipe_file(runs[-1])
+    }
+
+
+def _settings(record: dict) -> dict:
+    """A training record's settings without what a run resolves or varies on its own (threads, seed, device)."""
+    return {
+        section: {
+            k: v
+            for k, v in values.items()
+            if k not in _RESOLVED and not (section == "train" and f"train.{k}" in NEUTRAL_OVERRIDES)
+        }
+        for section, values in record.get("config", {}).items()
+        if isinstance(values, dict)
+    }
+
+
+def _untuned_run(records: list[dict], recipe: str, date: str) -> list[dict]:
+    """What a study of ``recipe`` started from: the recipe's several-seed runs without variant overrides,
+    the latest with the settings of the last one before the study (or, with none before it, of the recipe
+    file today)."""
+    groups = [g for (name, _, variant, _), g in _seed_groups(records).items() if name == recipe and not variant]
+    before = [g for g in groups if g[0].get("date", "") < date]
+    if before:
+        start = _settings(max(before, key=lambda g: g[0].get("date", ""))[-1])
+        same = [g for g in groups if _settings(g[-1]) == start]
+    else:
+        same = [g for g in groups if _same_as_recipe_file(g[-1])]
+    return max(same, key=lambda g: g[0].get("date", ""), default=[])
 
 
 def _mean_std(values: list[float]) -> str:
@@ -293,7 +365,7 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
     out: list[str] = []
     shipped = _shipped_seed_runs(records)
     rearec: dict[tuple[str, str, int], list[dict]] = {}
-    for (recipe, _, variant), runs in _seed_groups(records).items():  # later groups overwrite earlier ones
+    for (recipe, _, variant, _), runs in _seed_groups(records).items():  # later groups overwrite earlier ones
         if (steps := _steps(variant)) is not None:
             rearec[(recipe, steps[1], steps[0])] = runs
     if shipped:
@@ -317,14 +389,14 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
     if studies:
         out += [
             "`recsys tune` studies (selection on validation NDCG@10; the best settings then trained with several "
-            "seeds and tested once) against the recipe they started from, untuned (its latest several-seed run):",
+            "seeds and tested once) against the recipe they started from, untuned (its latest several-seed run with the settings it had when the study began):",
             "",
             "| recipe | trials (completed / pruned) | study wall time / sum of trial times | best trial: validation "
             "| its test NDCG@10 | untuned: validation | untuned: test NDCG@10 | date | commit |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in studies:
-            untuned = shipped.get(r["recipe"], [])
+            untuned = _untuned_run(records, r["recipe"], r["date"])
             valid = [x["metrics"]["valid"]["ndcg@10"] for x in untuned if "valid" in x["metrics"]]
             trials = r["trials"]
             hours = f"{(r['study_wall_seconds'] or 0) / 3600:.2f} h / {r['trial_seconds'] / 3600:.2f} h"

@@ -384,3 +384,58 @@ def test_targets_table_holds_each_file_best_recipe_to_its_strongest_published_nu
     )
     refs["recipes/a.toml"]["ndcg@10"] = 0.049  # now b misses the target (0.05145)
     assert "| no |" in "\n".join(targets_table(records, refs))
+
+
+def test_a_recipe_file_changed_since_its_run_no_longer_owns_that_result():
+    import tomllib
+
+    from render_results import REPO, headline, seed_tables
+
+    recipe = "recipes/s3rec-lastfm/sasrec.toml"
+    today = tomllib.loads((REPO / recipe).read_text())
+
+    def run(ndcg, seed, hidden, date):
+        config = {s: dict(v) for s, v in today.items() if isinstance(v, dict)}
+        config["model"]["hidden_dim"] = hidden
+        config["train"].update(seed=seed, num_threads=2)
+        config["loss"]["ce_matmul_dtype"] = "bfloat16"  # "auto" as the run resolved it
+        r = make_record(
+            "train",
+            command="recsys train s3rec-lastfm/sasrec --seeds 2",
+            commit="abc1234",
+            recipe=recipe,
+            overrides=[f"train.seed={seed}"],
+            dataset={"dataset": "s3rec-lastfm", "file": "LastFM.txt"},
+            model="sasrec",
+            loss="ce",
+            config=config,
+            metrics={"test": {"hr@10": 2 * ndcg, "ndcg@10": ndcg}},
+        )
+        r["machine"], r["date"] = MACHINE, date
+        return r
+
+    old_hidden = today["model"]["hidden_dim"] // 2  # the file held another width then
+    old = [run(0.030, 42, old_hidden, "2026-12-01 10:00 UTC"), run(0.032, 43, old_hidden, "2026-12-01 10:10 UTC")]
+    text = "\n".join(seed_tables(old, {}) + headline(old, {}))
+    assert "0.0310 ±" not in text and "| 0.0300 |" not in text  # neither table calls them the recipe's
+    now = [run(0.040, 42, today["model"]["hidden_dim"], "2026-12-03 10:00 UTC")]
+    now.append(run(0.044, 43, today["model"]["hidden_dim"], "2026-12-03 10:10 UTC"))
+    text = "\n".join(seed_tables(old + now, {}))
+    assert "| 0.0420 ± 0.0028 |" in text and "0.0310 ±" not in text
+    study = make_record(
+        "tune",
+        command="recsys tune s3rec-lastfm/sasrec",
+        commit="abc1234",
+        recipe=recipe,
+        trials={"COMPLETE": 2},
+        study_wall_seconds=60.0,
+        trial_seconds=60.0,
+        best_trial=1,
+        best_valid=0.07,
+        best_params={},
+        importances={},
+        final_test=[],
+    )
+    study["machine"], study["date"] = MACHINE, "2026-12-02 10:00 UTC"
+    row = [line for line in seed_tables([*old, *now, study], {}) if "2 (2 / 0)" in line][0]
+    assert "| 0.0310 ± 0.0014 |" in row  # against what the study started from, not today's recipe
