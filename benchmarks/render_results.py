@@ -126,11 +126,14 @@ def _same_as_recipe_file(record: dict) -> bool:
         if not isinstance(values, dict) or section not in config:
             continue
         for key, value in values.items():
-            if key in _RESOLVED or (section == "train" and f"train.{key}" in NEUTRAL_OVERRIDES):
-                continue
-            if config[section].get(key) != value:
+            if _compared(section, key) and config[section].get(key) != value:
                 return False
     return True
+
+
+def _compared(section: str, key: str) -> bool:
+    """Whether a setting tells runs of a recipe apart (not resolved by the run, not threads / seed / device)."""
+    return key not in _RESOLVED and not (section == "train" and f"train.{key}" in NEUTRAL_OVERRIDES)
 
 
 def _as_recipe_says(record: dict) -> bool:
@@ -319,21 +322,17 @@ def _shipped_seed_runs(records: list[dict]) -> dict[str, list[dict]]:
 def _settings(record: dict) -> dict:
     """A training record's settings without what a run resolves or varies on its own (threads, seed, device)."""
     return {
-        section: {
-            k: v
-            for k, v in values.items()
-            if k not in _RESOLVED and not (section == "train" and f"train.{k}" in NEUTRAL_OVERRIDES)
-        }
+        section: {k: v for k, v in values.items() if _compared(section, k)}
         for section, values in record.get("config", {}).items()
         if isinstance(values, dict)
     }
 
 
-def _untuned_run(records: list[dict], recipe: str, date: str) -> list[dict]:
+def _untuned_run(groups: dict, recipe: str, date: str) -> list[dict]:
     """What a study of ``recipe`` started from: the recipe's several-seed runs without variant overrides,
     the latest with the settings of the last one before the study (or, with none before it, of the recipe
     file today)."""
-    groups = [g for (name, _, variant, _), g in _seed_groups(records).items() if name == recipe and not variant]
+    groups = [g for (name, _, variant, _), g in groups.items() if name == recipe and not variant]
     before = [g for g in groups if g[0].get("date", "") < date]
     if before:
         start = _settings(max(before, key=lambda g: g[0].get("date", ""))[-1])
@@ -364,8 +363,9 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
     ReaRec's reasoning steps K by recipe and training method (K = 0: the plain model)."""
     out: list[str] = []
     shipped = _shipped_seed_runs(records)
+    groups = _seed_groups(records)
     rearec: dict[tuple[str, str, int], list[dict]] = {}
-    for (recipe, _, variant, _), runs in _seed_groups(records).items():  # later groups overwrite earlier ones
+    for (recipe, _, variant, _), runs in groups.items():  # later groups overwrite earlier ones
         if (steps := _steps(variant)) is not None:
             rearec[(recipe, steps[1], steps[0])] = runs
     if shipped:
@@ -389,14 +389,15 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
     if studies:
         out += [
             "`recsys tune` studies (selection on validation NDCG@10; the best settings then trained with several "
-            "seeds and tested once) against the recipe they started from, untuned (its latest several-seed run with the settings it had when the study began):",
+            "seeds and tested once) against the recipe they started from, untuned (its latest several-seed run "
+            "with the settings it had when the study began):",
             "",
             "| recipe | trials (completed / pruned) | study wall time / sum of trial times | best trial: validation "
             "| its test NDCG@10 | untuned: validation | untuned: test NDCG@10 | date | commit |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in studies:
-            untuned = _untuned_run(records, r["recipe"], r["date"])
+            untuned = _untuned_run(groups, r["recipe"], r["date"])
             valid = [x["metrics"]["valid"]["ndcg@10"] for x in untuned if "valid" in x["metrics"]]
             trials = r["trials"]
             hours = f"{(r['study_wall_seconds'] or 0) / 3600:.2f} h / {r['trial_seconds'] / 3600:.2f} h"

@@ -73,7 +73,7 @@ class Trainer(TrainLoop):
         if cfg.train.ema_decay > 0 and distributed.is_main():
             # the average remembers about 1 / (1 - decay) steps: ten epochs' worth or more and it mostly
             # holds weights from long before the epoch it is validated at
-            steps = -(-len(train_users(self.split)) // (cfg.train.batch_size * distributed.world_size()))
+            steps = self._epoch_size()[1]
             memory = 1 / (1 - cfg.train.ema_decay)
             if memory > 10 * steps:
                 print(
@@ -197,13 +197,17 @@ class Trainer(TrainLoop):
         return f"{self.cfg.model_name} / {self.cfg.loss.name} on {self.data.info['dataset']} ({self.run_dir.name})"
 
     # -- one epoch
+    def _epoch_size(self) -> tuple[int, int]:
+        """This rank's training users and optimizer steps in an epoch."""
+        n_users = len(train_users(self.split)) // distributed.world_size()
+        return n_users, (n_users + self.cfg.train.batch_size - 1) // self.cfg.train.batch_size
+
     def train_epoch(self) -> dict:
         cfg = self.cfg
         self.model.train()
         gen = epoch_generator(cfg.train.seed, self.epoch)
         world = distributed.world_size()
-        n_users = len(train_users(self.split)) // world
-        steps = (n_users + cfg.train.batch_size - 1) // cfg.train.batch_size
+        n_users, steps = self._epoch_size()
         total_loss = torch.zeros((), device=self.device)
         targets = 0
         start = time.perf_counter()
