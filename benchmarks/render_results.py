@@ -306,7 +306,16 @@ def _seed_groups(records: list[dict]) -> dict[tuple[str, str, tuple, str], list[
         # runs of one command with other settings (a recipe file changed in between) are groups of their own
         settings = json.dumps(_settings(r), sort_keys=True)
         groups.setdefault((r.get("recipe", "?"), r["command"], variant, settings), []).append(r)
-    return groups
+    # the same command run again redoes its seeds: a seed's latest run replaces its earlier one
+    return {key: list({_seed(r): r for r in runs}.values()) for key, runs in groups.items()}
+
+
+def _seed(record: dict) -> str:
+    """A training record's seed (its ``train.seed`` override, else its config's)."""
+    for o in _overrides(record):
+        if o.startswith("train.seed="):
+            return o.split("=", 1)[1]
+    return str(record.get("config", {}).get("train", {}).get("seed"))
 
 
 def _shipped_seed_runs(records: list[dict]) -> dict[str, list[dict]]:

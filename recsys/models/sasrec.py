@@ -34,7 +34,9 @@ What differs from the paper:
   sampled softmax, gBCE); the model only produces hidden states.
 - ``reasoning_steps = K > 0`` adds ReaRec's latent reasoning (Tang et al. 2025,
   :mod:`recsys.models.layers.reasoning`): K more passes of the blocks for a token fed back from the last
-  hidden state; training and inference then take the grid path of :meth:`SASRec.reasoning_states`.
+  hidden state. Training with full CE reasons at every real position on packed rows
+  (:meth:`SASRec.packed_reasoning_states`); other losses and inference take the grid path of
+  :meth:`SASRec.reasoning_states`.
 """
 
 from __future__ import annotations
@@ -48,8 +50,17 @@ from torch import nn
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
 from .layers import Block, FusedCPUInference, Packing, fused_last_hidden, grid_inputs, run_blocks
+from .layers.attention import grouped_packed_attention
 from .layers.attributes import AttributeConfig, ItemAttributes
-from .layers.reasoning import ReasoningConfig, append_step, combine_states, history_mask, softmax_attention
+from .layers.reasoning import (
+    ReasoningConfig,
+    append_step,
+    combine_states,
+    history_mask,
+    merge_heads,
+    packed_softmax_attention,
+    softmax_attention,
+)
 from .layers.repeat import RepeatBiasConfig, init_repeat_bias
 
 
@@ -105,7 +116,6 @@ class SASRec(FusedCPUInference, SequentialEncoder):
             # p_1 .. p_K: reasoning position embeddings, a table apart from the items' positions
             self.reasoning_position = nn.Embedding(cfg.reasoning_steps, cfg.hidden_dim)
             nn.init.normal_(self.reasoning_position.weight, std=cfg.init_std)
-            self.packed_forward_available = False  # training goes through reasoning_states
 
     def forward(
         self,
@@ -121,6 +131,8 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         last block); ``packed``: (hidden [T, D], index [T]), see :meth:`packed_forward`. With reasoning
         steps, the user vectors of :meth:`reasoning_states` (their mean or last), or with ``reasoning``
         the states themselves [B, L, K + 1, D]."""
+        if self.reasoning_steps and packed:
+            return self.packed_reasoning_states(item_ids, noise)
         if self.reasoning_steps:
             states = self.reasoning_states(item_ids, last_only, noise)
             return states if reasoning else combine_states(states, self.cfg.reasoning_method)
@@ -201,7 +213,7 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         for block in self.blocks:
             q, k, v = block.attention_heads(x)  # [B, H, L, d]
             history_kv.append((k, v))
-            x = block.after_attention(x, softmax_attention(q, k, v, within_history, None, None, p))
+            x = block.after_attention(x, merge_heads(softmax_attention(q, k, v, within_history, None, None, p)))
         states = [self.final_ln(x[:, queries])]  # h^(0): [B, Lq, D]
         allowed = history_mask(real, queries)  # [B, Lq, L]
         step_kv: list[list] = [[None, None] for _ in self.blocks]  # per block: reasoning keys, values so far
@@ -212,6 +224,34 @@ class SASRec(FusedCPUInference, SequentialEncoder):
             for block, (k, v), cache in zip(self.blocks, history_kv, step_kv):
                 q_r, k_r, v_r = block.attention_heads(r)  # [B, H, Lq, d]
                 cache[0], cache[1] = append_step(cache[0], k_r), append_step(cache[1], v_r)
-                r = block.after_attention(r, softmax_attention(q_r, k, v, allowed, cache[0], cache[1], p))
+                attended = softmax_attention(q_r, k, v, allowed, cache[0], cache[1], p)  # [B, H, Lq, d]
+                r = block.after_attention(r, merge_heads(attended))
             states.append(self.final_ln(r))
         return torch.stack(states, dim=2)  # [B, Lq, K + 1, D]
+
+    def packed_reasoning_states(self, item_ids: torch.Tensor, noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training's :meth:`reasoning_states` on the real positions alone: left-padded [B, L] ids ->
+        (states [T, K + 1, D], index [T]) as :meth:`packed_forward` (h^(0) is its hidden state). Every
+        linear layer, LayerNorm and dropout runs on the T real rows of each step instead of B x L; the
+        attention on each length group's window (:func:`packed_softmax_attention`)."""
+        not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
+        packing = Packing(not_pad)
+        x = self.embed(item_ids.reshape(-1)[packing.rows], positions.reshape(-1)[packing.rows])[0]  # [T_b, D]
+        heads, p = self.cfg.num_heads, self.cfg.dropout if self.training else 0.0
+        history_kv = []
+        for block in self.blocks:  # the history pass: the plain packed encoder, keeping keys and values
+            qkv = block.packed_qkv(x)  # [T_b, 3 D]
+            history_kv.append(qkv.chunk(3, dim=1)[1:])
+            x = block.after_attention(x, grouped_packed_attention(qkv, packing, heads, p, causal=True))
+        states = [self.final_ln(x)]  # h^(0): [T_b, D]
+        step_kv: list[list] = [[None, None] for _ in self.blocks]  # per block: reasoning keys, values [T_b, S, D]
+        for step in range(self.reasoning_steps):
+            r = states[-1] + self.reasoning_position.weight[step]  # [T_b, D]
+            if noise:
+                r = r + noise * torch.randn_like(r)
+            for block, (k, v), cache in zip(self.blocks, history_kv, step_kv):
+                q_r, k_r, v_r = block.packed_qkv(r).chunk(3, dim=1)  # [T_b, D] each
+                cache[0], cache[1] = append_step(cache[0], k_r, dim=1), append_step(cache[1], v_r, dim=1)
+                r = block.after_attention(r, packed_softmax_attention(q_r, k, v, *cache, packing, heads, p))
+            states.append(self.final_ln(r))
+        return torch.stack(states, dim=1)[: packing.num_real], packing.index  # [T, K + 1, D], [T]

@@ -20,7 +20,7 @@ from ..data.splits import Split
 from ..evaluation import evaluate
 from ..files import load_checkpoint, read_json
 from ..losses import Workspace, next_item_loss
-from ..losses.reasoning import reasoning_loss
+from ..losses.reasoning import packed_last_rows, reasoning_loss
 from ..models.base import SequentialEncoder, build_model
 from .loop import StepChecks, TrainLoop
 from .optim import AdamW
@@ -247,8 +247,16 @@ class Trainer(TrainLoop):
             packed = packed_training and not bool(((target_ids > 0) & (item_ids == 0)).any())  # (CPU copies)
             target_ids = target_ids.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-                noisy = None
-                if packed:  # the real positions alone: hidden [1, T, D], their targets [1, T]
+                noisy = last_rows = None
+                if packed and reasoning:  # ReaRec on the real positions: states [1, T, K + 1, D], targets [1, T]
+                    hidden, index = self.train_forward(item_ids.to(self.device), packed=True, reasoning=True)
+                    if cfg.model.reasoning_method == "prl" and cfg.model.reasoning_contrastive_weight > 0:
+                        noisy = self.train_forward(
+                            item_ids.to(self.device), packed=True, reasoning=True, noise=cfg.model.reasoning_noise
+                        )[0][None].float()
+                    hidden, target_ids = hidden[None], target_ids.reshape(-1)[index][None]
+                    last_rows = packed_last_rows(index, *item_ids.shape)
+                elif packed:  # the real positions alone: hidden [1, T, D], their targets [1, T]
                     hidden, index = self.train_forward(item_ids.to(self.device), packed=True)
                     hidden, target_ids = hidden[None], target_ids.reshape(-1)[index][None]
                 elif reasoning:  # ReaRec: the states of every step [B, L, K + 1, D] (and PRL's noisy view)
@@ -273,7 +281,9 @@ class Trainer(TrainLoop):
                     input_ids = self.candidate_index[input_ids]
                 losses.update(repeat_bias=repeat_bias, input_ids=input_ids)
             if reasoning:
-                loss = reasoning_loss(cfg.loss, cfg.model, hidden.float(), target_ids, items, noisy, **losses)
+                loss = reasoning_loss(
+                    cfg.loss, cfg.model, hidden.float(), target_ids, items, noisy, last_rows, **losses
+                )
             else:
                 loss = next_item_loss(cfg.loss, hidden.float(), target_ids, items, **losses)
             if not self.optimizer_step(loss, step, checks):

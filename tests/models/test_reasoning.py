@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from recsys.config import ConfigError, load_recipe
-from recsys.losses.reasoning import contrastive, kl_diversity, reasoning_loss
+from recsys.losses.reasoning import contrastive, kl_diversity, packed_last_rows, reasoning_loss
 from recsys.models.base import build_model
-from recsys.models.layers.reasoning import history_mask, softmax_attention
+from recsys.models.layers.reasoning import history_mask, merge_heads, softmax_attention
 from tests.conftest import REPO, needs_data
 
 V = 40
@@ -101,8 +101,71 @@ def test_cached_history_equals_rerunning_the_blocks_on_the_longer_sequence():
             causal = history_mask(keys_real, torch.arange(n)) | torch.eye(n, dtype=torch.bool)
             for block in m.blocks:
                 q, kk, vv = block.attention_heads(x)
-                x = block.after_attention(x, softmax_attention(q, kk, vv, causal, None, None, 0.0))
+                x = block.after_attention(x, merge_heads(softmax_attention(q, kk, vv, causal, None, None, 0.0)))
             torch.testing.assert_close(m.final_ln(x[:, -1]), states[:, k], atol=2e-5, rtol=1e-4)
+
+
+def packed_inputs():
+    """Rows of every kind for packing: long, short, a single item, empty."""
+    ids = inputs(3)[0]
+    ids[2] = 0  # an empty row
+    return ids
+
+
+@pytest.mark.parametrize("method", ["erl", "prl"])
+def test_packed_reasoning_equals_the_grid_path(method):
+    """Training's packed states (real positions only) and their gradients are the grid path's."""
+    m = model("sasrec", 3, method).train()
+    m.cfg.dropout = 0.0  # the attention's dropout; the modules' below
+    for module in m.modules():
+        if hasattr(module, "p"):
+            module.p = 0.0
+    ids = packed_inputs()
+    real = ids > 0
+    packed, index = m(ids, packed=True, reasoning=True)  # [T, K + 1, D], [T]
+    grid = m(ids, reasoning=True)  # [B, L, K + 1, D]
+    assert packed.shape == (int(real.sum()), 4, 16)
+    assert torch.equal(index, real.reshape(-1).nonzero().squeeze(1))
+    torch.testing.assert_close(packed, grid[real], atol=2e-6, rtol=1e-5)
+    weights = torch.randn(packed.shape, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for states in (packed, grid[real]):
+        m.zero_grad()
+        (states * weights).sum().backward(retain_graph=True)
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "reasoning_position.weight" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("method", ["erl", "prl"])
+def test_reasoning_loss_on_packed_rows_equals_the_grid(method):
+    """The packed loss (targets of the real positions, KL / contrastive at each row's last real one) is the
+    grid loss, an empty row weighing nothing in either."""
+    from recsys.config import LossConfig
+
+    m = model("sasrec", 2, method)
+    ids = packed_inputs()
+    real = ids > 0
+    targets = torch.roll(ids, -1, 1) * real
+    targets[:, -1] = torch.tensor([5, 6, 0, 7])  # the empty row has no target
+    with torch.no_grad():
+        grid = m(ids, reasoning=True)  # [B, L, K + 1, D]
+        noisy = grid + 0.01 * torch.randn(grid.shape, generator=torch.Generator().manual_seed(4))
+        packed, index = m(ids, packed=True, reasoning=True)
+        last_rows = packed_last_rows(index, *ids.shape)
+        assert last_rows[1].tolist() == [1.0, 1.0, 0.0, 1.0]
+        expected = reasoning_loss(LossConfig(), m.cfg, grid, targets, m.item_vectors(), noisy)
+        got = reasoning_loss(
+            LossConfig(),
+            m.cfg,
+            packed[None],
+            targets.reshape(-1)[index][None],
+            m.item_vectors(),
+            noisy[real][None],
+            last_rows,
+        )
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_kl_diversity_by_hand():
@@ -124,6 +187,9 @@ def test_contrastive_by_hand():
     by_hand = torch.stack([F.cross_entropy(bn[:, s] @ an[:, s].T / 0.1, torch.arange(5)) for s in range(2)]).mean()
     torch.testing.assert_close(contrastive(a, b), by_hand)
     assert contrastive(a, a) < contrastive(a, b)  # a view that agrees with itself is rewarded
+    # a sequence of weight 0 is neither a query nor a negative
+    ignored = contrastive(a, b, torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]))
+    torch.testing.assert_close(ignored, contrastive(a[:4], b[:4]))
 
 
 @pytest.mark.parametrize("method", ["erl", "prl"])
@@ -170,9 +236,14 @@ def test_reasoning_settings_are_checked():
 
 @needs_data("ml-100k")
 @pytest.mark.parametrize("name,method", [("sasrec", "erl"), ("hstu", "prl")])
-def test_reasoning_trains_from_a_recipe_and_reloads(name, method, tmp_path):
+def test_reasoning_trains_from_a_recipe_and_reloads(name, method, tmp_path, monkeypatch):
+    from recsys.models.sasrec import SASRec
     from recsys.train import make_trainer
     from recsys.train.next_item import load_run
+
+    packed_calls = []  # SASRec with full CE trains on packed rows, HSTU on the grid
+    original = SASRec.packed_reasoning_states
+    monkeypatch.setattr(SASRec, "packed_reasoning_states", lambda *a, **k: packed_calls.append(1) or original(*a, **k))
 
     overrides = [
         "train.epochs=1",
@@ -188,6 +259,7 @@ def test_reasoning_trains_from_a_recipe_and_reloads(name, method, tmp_path):
     cfg = load_recipe(REPO / f"recipes/ml-100k/{name}.toml", overrides)
     out = make_trainer(cfg, tmp_path / name, progress=False).fit()
     assert out["test"]["num_users"] == 943 and 0 < out["test"]["ndcg@10"] <= 1
+    assert bool(packed_calls) == (name == "sasrec")
     trainer = load_run(tmp_path / name)
     assert trainer.model.reasoning_steps == 2
     again = trainer.evaluate("test")

@@ -107,18 +107,10 @@ def grouped_packed_attention(
     as the grid version (test)."""
     D = qkv.shape[1] // 3
     d = D // heads
-    counts = packing.counts  # [B]
-    starts = counts.cumsum(0) - counts  # [B] each row's first packed row
-    windows, row_counts = [], []
-    for rows, n in length_groups(counts, groups):
-        columns = torch.arange(n, device=qkv.device)
-        last = (counts[rows] - 1).clamp_min(0)[:, None]  # an empty row reads a real row it never uses
-        window = starts[rows][:, None] + torch.minimum(columns, last)  # [B_g, n] packed rows
-        windows.append(window.clamp_max(max(packing.num_real - 1, 0)))  # (an empty last row starts past T)
-        row_counts.append(counts[rows][:, None])  # [B_g, 1]
-    gathered = qkv.index_select(0, torch.cat([w.reshape(-1) for w in windows]))  # [sum B_g n_g, 3 D]
+    windows = packed_windows(packing, groups)
+    gathered = qkv.index_select(0, torch.cat([w.reshape(-1) for w, _ in windows]))  # [sum B_g n_g, 3 D]
     out_rows, out_values = [], []
-    for part, window, n_real in zip(gathered.split([w.numel() for w in windows]), windows, row_counts):
+    for part, (window, n_real) in zip(gathered.split([w.numel() for w, _ in windows]), windows):
         b, n = window.shape
         q, k, v = part.view(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)  # [B_g, H, n, d] each
         if causal:  # a real query's earlier keys are all real: no mask
@@ -131,6 +123,22 @@ def grouped_packed_attention(
         out_values.append(y[real])
     out = qkv.new_zeros(qkv.shape[0], D).index_copy(0, torch.cat(out_rows), torch.cat(out_values))
     return out * (1.0 / (1.0 - dropout_p)) if dropout_p > 0 and not causal else out
+
+
+def packed_windows(packing: Packing, groups: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The packed rows of each length group's attention window (:func:`length_groups`): per group,
+    (window [B_g, n_g] packed row indices, row counts [B_g, 1]). Row b's items fill columns 0 ..
+    counts[b] - 1; the columns past them repeat its last item (masked as keys, never read as queries)."""
+    counts = packing.counts  # [B]
+    starts = counts.cumsum(0) - counts  # [B] each row's first packed row
+    out = []
+    for rows, n in length_groups(counts, groups):
+        columns = torch.arange(n, device=counts.device)
+        last = (counts[rows] - 1).clamp_min(0)[:, None]  # an empty row reads a real row it never uses
+        window = starts[rows][:, None] + torch.minimum(columns, last)  # [B_g, n] packed rows
+        # (an empty last row starts past T)
+        out.append((window.clamp_max(max(packing.num_real - 1, 0)), counts[rows][:, None]))
+    return out
 
 
 class CausalSelfAttention(nn.Module):

@@ -67,11 +67,15 @@ class Block(nn.Module):
         q, k, v = self.attn.qkv(self.ln_attn(x)).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)
         return q, k, v
 
+    def packed_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """Queries, keys and values of packed rows [T, D] -> [T, 3 D] (no decoupled attention stream):
+        the block's own projections of LN(x), for attention computed outside (reasoning steps)."""
+        return self.attn.qkv(self.ln_attn(x))
+
     def after_attention(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """The rest of the block for a [B, Lq, D] grid whose attention [B, H, Lq, d] was computed outside:
-        output projection, residual, feed-forward network."""
-        B, Lq, D = x.shape
-        x = x + self.drop(self.attn.out(attended.transpose(1, 2).reshape(B, Lq, D)))
+        """The rest of the block for x [..., D] whose attention [..., D] (heads side by side) was computed
+        outside: output projection, residual, feed-forward network."""
+        x = x + self.drop(self.attn.out(attended))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 

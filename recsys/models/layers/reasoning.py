@@ -42,6 +42,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .attention import packed_windows
+from .packing import Packing
+
 METHODS = ("erl", "prl")
 
 
@@ -89,13 +92,50 @@ def softmax_attention(
     scale = q.shape[-1] ** -0.5
     scores = (q @ keys.transpose(-1, -2)).mul(scale).masked_fill(~allowed[:, None], float("-inf"))  # [B, H, Lq, L]
     if step_keys is not None:
-        step_scores = torch.einsum("bhqd,bhqsd->bhqs", q, step_keys).mul(scale)  # [B, H, Lq, S]
+        # a handful of keys per query: a broadcast product, not S-wide batched GEMMs
+        step_scores = (q.unsqueeze(-2) * step_keys).sum(-1).mul(scale)  # [B, H, Lq, S]
         scores = torch.cat([scores, step_scores], dim=-1)
     weights = F.dropout(scores.softmax(dim=-1), dropout_p, training=dropout_p > 0)
     out = weights[..., : keys.shape[2]] @ values
     if step_keys is not None:
-        out = out + torch.einsum("bhqs,bhqsd->bhqd", weights[..., keys.shape[2] :], step_values)
+        out = out + (weights[..., keys.shape[2] :].unsqueeze(-1) * step_values).sum(-2)
     return out
+
+
+def packed_softmax_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    step_keys: torch.Tensor,
+    step_values: torch.Tensor,
+    packing: Packing,
+    heads: int,
+    dropout_p: float,
+) -> torch.Tensor:
+    """:func:`softmax_attention` of one reasoning query per real position, on packed rows (training).
+
+    q, keys, values: [T_bucket, D], the reasoning queries and the history's keys and values of
+    :class:`Packing`'s rows; step_keys, step_values: [T_bucket, S, D], each row's reasoning tokens so
+    far (itself included) -> [T_bucket, D], zeros in the bucket's copy rows. Each length group's
+    [B_g, n_g] window (:func:`packed_windows`) is gathered from the packed rows; there a real query's
+    history keys are its row's columns up to its own (causal), all real. Same values and gradients at
+    the real positions as the grid form (test)."""
+    D = q.shape[1]
+    d, S = D // heads, step_keys.shape[1]
+    out_rows, out_values = [], []
+    for window, n_real in packed_windows(packing):
+        b, n = window.shape
+        rows = window.reshape(-1)
+        q_g, k_g, v_g = (t.index_select(0, rows).view(b, n, heads, d).transpose(1, 2) for t in (q, keys, values))
+        sk, sv = (
+            t.index_select(0, rows).view(b, n, S, heads, d).permute(0, 3, 1, 2, 4) for t in (step_keys, step_values)
+        )
+        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril_()[None]  # [1, n, n]
+        y = softmax_attention(q_g, k_g, v_g, causal, sk, sv, dropout_p)  # [B_g, H, n, d]
+        real = (torch.arange(n, device=q.device) < n_real).reshape(-1)  # the real queries
+        out_rows.append(rows[real])
+        out_values.append(y.transpose(1, 2).reshape(b * n, D)[real])
+    return q.new_zeros(q.shape).index_copy(0, torch.cat(out_rows), torch.cat(out_values))
 
 
 def pointwise_attention(
@@ -116,12 +156,19 @@ def pointwise_attention(
     scores = F.silu(q @ keys.transpose(-1, -2) + history_bias) * allowed[:, None]  # [B, H, Lq, L]
     out = scores @ values
     if step_keys is not None:
-        step_scores = F.silu(torch.einsum("bhqd,bhqsd->bhqs", q, step_keys) + step_bias)  # [B, H, Lq, S]
-        out = out + torch.einsum("bhqs,bhqsd->bhqd", step_scores, step_values)
+        step_scores = F.silu((q.unsqueeze(-2) * step_keys).sum(-1) + step_bias)  # [B, H, Lq, S]
+        out = out + (step_scores.unsqueeze(-1) * step_values).sum(-2)
     return out / normaliser
 
 
-def append_step(cache: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-    """A block's reasoning keys (or values) so far [B, H, Lq, S, d] with one more step's [B, H, Lq, d]."""
-    new = new.unsqueeze(3)
-    return new if cache is None else torch.cat([cache, new], dim=3)
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, L, d] -> [B, L, H d], the heads side by side."""
+    B, H, L, d = x.shape
+    return x.transpose(1, 2).reshape(B, L, H * d)
+
+
+def append_step(cache: torch.Tensor | None, new: torch.Tensor, dim: int = 3) -> torch.Tensor:
+    """A block's reasoning keys (or values) so far with one more step's, on a new axis ``dim``: grids
+    [B, H, Lq, S, d] with [B, H, Lq, d] (dim 3), packed rows [T, S, D] with [T, D] (dim 1)."""
+    new = new.unsqueeze(dim)
+    return new if cache is None else torch.cat([cache, new], dim=dim)
