@@ -59,6 +59,7 @@ class _UserEncoder(torch.nn.Module):
         self.model = model
         self.normalize = normalize
         self.timed = bool(getattr(model.cfg, "use_time_bias", False))
+        self.eval()  # what is exported is inference: no dropout, and the exporter's mode check agrees
 
     def forward(
         self, item_ids: torch.Tensor, timestamps: torch.Tensor | None = None, query_time: torch.Tensor | None = None

@@ -35,6 +35,9 @@ class SequentialEncoder(nn.Module):
     #: True when ``forward(item_ids, packed=True)`` gives (hidden [T, D], index [T]): the T real (non-padding)
     #: positions alone and their flat indices into [B * L] (next-item training with full CE uses it)
     packed_forward_available: bool = False
+    #: True when a model with reasoning steps gives, for ``forward(item_ids, timestamps, next_timestamps,
+    #: packed=True, reasoning=True)``, (states [T, K + 1, D], index [T]) of the real positions alone
+    packed_reasoning_available: bool = False
     #: the id that replaces masked inputs (objective "cloze"); None for next-item models
     mask_token: int | None = None
     #: True when the model reads the catalogue's item text: the trainer hands it over first, as

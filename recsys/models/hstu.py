@@ -51,8 +51,17 @@ from ..kernels.hstu_attention import hstu_attention, hstu_attention_last, time_b
 from ..kernels.onednn import Linear
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
-from .layers import exporting
-from .layers.reasoning import ReasoningConfig, append_step, combine_states, history_mask, pointwise_attention
+from .layers import Packing, exporting
+from .layers.attention import packed_windows
+from .layers.reasoning import (
+    ReasoningConfig,
+    append_step,
+    combine_states,
+    history_mask,
+    merge_heads,
+    packed_attention,
+    pointwise_attention,
+)
 from .layers.repeat import RepeatBiasConfig, init_repeat_bias
 
 NUM_TIME_BUCKETS = 129
@@ -160,7 +169,7 @@ class HSTULayer(nn.Module):
         bias = self.relative_bias(queries, L, key_times, query_times)
         allowed = history_mask(real, queries)  # [B, Lq, L]: real, earlier keys
         return self.after_attention(
-            x, u, pointwise_attention(q, k, v, bias, allowed, None, None, 0.0, self.cfg.max_seq_len)
+            x, u, merge_heads(pointwise_attention(q, k, v, bias, allowed, None, None, 0.0, self.cfg.max_seq_len))
         )
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,10 +209,18 @@ class HSTULayer(nn.Module):
             bias = bias + self.time_bias[0]
         return bias
 
+    def packed_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Packed rows' [T, D] gates u and values [T, H * Dv], queries and keys [T, H * d]."""
+        H = self.cfg.num_heads
+        return torch.split(
+            F.silu(self.uvqk(F.layer_norm(x, (x.shape[-1],)))),
+            [H * self.v_dim, H * self.v_dim, H * self.qk_dim, H * self.qk_dim],
+            dim=-1,
+        )
+
     def after_attention(self, x: torch.Tensor, u: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """X + W_o(Dropout(U * LayerNorm(A V))) for a [B, Lq, D] grid and its attention [B, H, Lq, Dv]."""
-        B, Lq = x.shape[:2]
-        attended = attended.transpose(1, 2).reshape(B, Lq, -1)
+        """X + W_o(Dropout(U * LayerNorm(A V))) for x [..., D] and its attention [..., H * Dv] (heads side by
+        side)."""
         return x + self.out(self.dropout(u * F.layer_norm(attended, (attended.shape[-1],))))
 
 
@@ -211,6 +228,7 @@ class HSTULayer(nn.Module):
 class HSTU(SequentialEncoder):
     causal = True
     last_only_forward = True
+    packed_reasoning_available = True  # full-CE training of reasoning steps on packed rows
 
     def __init__(self, cfg: HSTUConfig, num_items: int):
         super().__init__()
@@ -252,10 +270,14 @@ class HSTU(SequentialEncoder):
         last_only: bool = False,
         reasoning: bool = False,
         noise: float = 0.0,
+        packed: bool = False,
     ):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (the last layer
         computes it alone). With reasoning steps, the user vectors of :meth:`reasoning_states` (their
-        mean or last), or with ``reasoning`` the states themselves [B, L, K + 1, D]."""
+        mean or last), or with ``reasoning`` the states themselves [B, L, K + 1, D]; with ``packed`` too,
+        those of the real positions alone (:meth:`packed_reasoning_states`)."""
+        if self.reasoning_steps and packed:
+            return self.packed_reasoning_states(item_ids, timestamps, next_timestamps, noise)
         if self.reasoning_steps:
             states = self.reasoning_states(item_ids, timestamps, next_timestamps, last_only, noise)
             return states if reasoning else combine_states(states, self.cfg.reasoning_method)
@@ -297,9 +319,8 @@ class HSTU(SequentialEncoder):
             u, v, q, k = layer.heads(x)
             bias = layer.relative_bias(columns, L, key_times, query_times)
             history.append((k, v, bias))
-            x = layer.after_attention(
-                x, u, pointwise_attention(q, k, v, bias, within_history, None, None, 0.0, self.cfg.max_seq_len)
-            )
+            attended = pointwise_attention(q, k, v, bias, within_history, None, None, 0.0, self.cfg.max_seq_len)
+            x = layer.after_attention(x, u, merge_heads(attended))
         states = [x[:, queries] * not_pad[:, queries]]  # h^(0): [B, Lq, D], zeros at padding as forward gives
         allowed = history_mask(real, queries)  # [B, Lq, L]
         step_kv: list[list] = [[None, None] for _ in self.layers]
@@ -314,6 +335,55 @@ class HSTU(SequentialEncoder):
                 attended = pointwise_attention(
                     q_r, k, v, bias_r, allowed, cache[0], cache[1], layer.step_bias(), self.cfg.max_seq_len
                 )
-                r = layer.after_attention(r, u_r, attended)
+                r = layer.after_attention(r, u_r, merge_heads(attended))
             states.append(r)
         return torch.stack(states, dim=2)  # [B, Lq, K + 1, D]
+
+    def packed_reasoning_states(
+        self, item_ids, timestamps=None, next_timestamps=None, noise: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training's :meth:`reasoning_states` on the real positions alone: left-padded [B, L] ids ->
+        (states [T, K + 1, D], index [T]), the T real positions in row-major order and their flat indices
+        into [B * L]. Every projection runs on the T real rows; the attention (history pass and steps) on
+        each length group's window (:func:`packed_attention`), whose columns give the same relative
+        offsets as the grid's."""
+        x, not_pad, key_times, query_times = self.embed(item_ids, timestamps, next_timestamps)
+        packing = Packing(not_pad)
+        x = packing.pack(x)  # [T_b, D]
+        windows = packed_windows(packing)
+        times = None
+        if key_times is not None:  # [T_b] each
+            times = tuple(packing.pack(t[..., None]).squeeze(1) for t in (key_times, query_times))
+        heads, N = self.cfg.num_heads, self.cfg.max_seq_len
+        history = []  # per layer: keys, values [T_b, H * d] and each window's relative bias
+        for layer in self.layers:
+            u, v, q, k = layer.packed_heads(x)
+            biases = []
+            for window, _ in windows:
+                n = window.shape[1]
+                window_times = (None, None) if times is None else (times[0][window], times[1][window])
+                biases.append(layer.relative_bias(torch.arange(n, device=x.device), n, *window_times))
+
+            def attend(group, q_g, k_g, v_g, sk, sv, causal, biases=biases):
+                return pointwise_attention(q_g, k_g, v_g, biases[group], causal, None, None, 0.0, N)
+
+            history.append((k, v, biases))
+            x = layer.after_attention(x, u, packed_attention(attend, packing, heads, q, k, v, windows=windows))
+        states = [x]  # h^(0): [T_b, D]
+        step_kv: list[list] = [[None, None] for _ in self.layers]  # per layer: reasoning keys, values [T_b, S, .]
+        for step in range(self.reasoning_steps):
+            r = states[-1] + self.reasoning_position.weight[step]  # [T_b, D]
+            if noise:
+                r = r + noise * torch.randn_like(r)
+            for layer, (k, v, biases), cache in zip(self.layers, history, step_kv):
+                u_r, v_r, q_r, k_r = layer.packed_heads(r)
+                cache[0], cache[1] = append_step(cache[0], k_r, dim=1), append_step(cache[1], v_r, dim=1)
+                step_bias = layer.step_bias()
+
+                def attend(group, q_g, k_g, v_g, sk, sv, causal, biases=biases, step_bias=step_bias):
+                    return pointwise_attention(q_g, k_g, v_g, biases[group], causal, sk, sv, step_bias, N)
+
+                attended = packed_attention(attend, packing, heads, q_r, k, v, *cache, windows=windows)
+                r = layer.after_attention(r, u_r, attended)
+            states.append(r)
+        return torch.stack(states, dim=1)[: packing.num_real], packing.index  # [T, K + 1, D], [T]

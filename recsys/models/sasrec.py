@@ -85,6 +85,7 @@ class SASRec(FusedCPUInference, SequentialEncoder):
     causal = True
     last_only_forward = True
     packed_forward_available = True
+    packed_reasoning_available = True  # full-CE training of reasoning steps on packed rows
 
     def __init__(self, cfg: SASRecConfig, num_items: int):
         super().__init__()

@@ -224,14 +224,14 @@ class Trainer(TrainLoop):
         # full CE scores the positions with a target and nothing else: an encoder that can compute the real
         # positions alone (SASRec) skips the padding (a batch where a padding input has a target does not)
         repeat_bias = getattr(self.model, "repeat_bias", None)
+        reasoning = not cloze and getattr(self.model, "reasoning_steps", 0) > 0
         packed_training = (
             not cloze
             and cfg.loss.name == "ce"
             and not cfg.train.compile
-            and self.model.packed_forward_available
+            and (self.model.packed_reasoning_available if reasoning else self.model.packed_forward_available)
             and repeat_bias is None  # the bias reads each position's window: the [B, L] layout
         )
-        reasoning = not cloze and getattr(self.model, "reasoning_steps", 0) > 0
         checks = StepChecks(self, steps)
         for step, batch in enumerate(bar):
             if cloze:  # masked-item training (BERT4Rec): inputs with [mask] tokens, targets at the masks
@@ -249,10 +249,12 @@ class Trainer(TrainLoop):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
                 noisy = last_rows = None
                 if packed and reasoning:  # ReaRec on the real positions: states [1, T, K + 1, D], targets [1, T]
-                    hidden, index = self.train_forward(item_ids.to(self.device), packed=True, reasoning=True)
+                    ids = item_ids.to(self.device)
+                    hidden, index = self.train_forward(ids, timestamps, next_timestamps, packed=True, reasoning=True)
                     if cfg.model.reasoning_method == "prl" and cfg.model.reasoning_contrastive_weight > 0:
+                        noise = cfg.model.reasoning_noise
                         noisy = self.train_forward(
-                            item_ids.to(self.device), packed=True, reasoning=True, noise=cfg.model.reasoning_noise
+                            ids, timestamps, next_timestamps, packed=True, reasoning=True, noise=noise
                         )[0][None].float()
                     hidden, target_ids = hidden[None], target_ids.reshape(-1)[index][None]
                     last_rows = packed_last_rows(index, *item_ids.shape)

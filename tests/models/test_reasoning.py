@@ -112,18 +112,21 @@ def packed_inputs():
     return ids
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("method", ["erl", "prl"])
-def test_packed_reasoning_equals_the_grid_path(method):
-    """Training's packed states (real positions only) and their gradients are the grid path's."""
-    m = model("sasrec", 3, method).train()
+def test_packed_reasoning_equals_the_grid_path(name, method):
+    """Training's packed states (real positions only) and their gradients are the grid path's (HSTU with
+    its position and time biases)."""
+    m = model(name, 3, method).train()
     m.cfg.dropout = 0.0  # the attention's dropout; the modules' below
     for module in m.modules():
         if hasattr(module, "p"):
             module.p = 0.0
     ids = packed_inputs()
+    _, ts, next_ts = inputs(3)
     real = ids > 0
-    packed, index = m(ids, packed=True, reasoning=True)  # [T, K + 1, D], [T]
-    grid = m(ids, reasoning=True)  # [B, L, K + 1, D]
+    packed, index = m(ids, ts, next_ts, packed=True, reasoning=True)  # [T, K + 1, D], [T]
+    grid = m(ids, ts, next_ts, reasoning=True)  # [B, L, K + 1, D]
     assert packed.shape == (int(real.sum()), 4, 16)
     assert torch.equal(index, real.reshape(-1).nonzero().squeeze(1))
     torch.testing.assert_close(packed, grid[real], atol=2e-6, rtol=1e-5)
@@ -237,13 +240,17 @@ def test_reasoning_settings_are_checked():
 @needs_data("ml-100k")
 @pytest.mark.parametrize("name,method", [("sasrec", "erl"), ("hstu", "prl")])
 def test_reasoning_trains_from_a_recipe_and_reloads(name, method, tmp_path, monkeypatch):
+    from recsys.models.hstu import HSTU
     from recsys.models.sasrec import SASRec
     from recsys.train import make_trainer
     from recsys.train.next_item import load_run
 
-    packed_calls = []  # SASRec with full CE trains on packed rows, HSTU on the grid
-    original = SASRec.packed_reasoning_states
-    monkeypatch.setattr(SASRec, "packed_reasoning_states", lambda *a, **k: packed_calls.append(1) or original(*a, **k))
+    packed_calls = []  # with full CE, training reasons on packed rows
+    model_class = {"sasrec": SASRec, "hstu": HSTU}[name]
+    original = model_class.packed_reasoning_states
+    monkeypatch.setattr(
+        model_class, "packed_reasoning_states", lambda *a, **k: packed_calls.append(1) or original(*a, **k)
+    )
 
     overrides = [
         "train.epochs=1",
@@ -259,7 +266,7 @@ def test_reasoning_trains_from_a_recipe_and_reloads(name, method, tmp_path, monk
     cfg = load_recipe(REPO / f"recipes/ml-100k/{name}.toml", overrides)
     out = make_trainer(cfg, tmp_path / name, progress=False).fit()
     assert out["test"]["num_users"] == 943 and 0 < out["test"]["ndcg@10"] <= 1
-    assert bool(packed_calls) == (name == "sasrec")
+    assert packed_calls
     trainer = load_run(tmp_path / name)
     assert trainer.model.reasoning_steps == 2
     again = trainer.evaluate("test")

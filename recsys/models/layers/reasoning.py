@@ -37,7 +37,7 @@ What differs from the paper:
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,49 @@ def softmax_attention(
     return out
 
 
+def packed_attention(
+    attend: Callable[..., torch.Tensor],
+    packing: Packing,
+    heads: int,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    step_keys: torch.Tensor | None = None,
+    step_values: torch.Tensor | None = None,
+    windows: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Attention of one query per real position on packed rows (training): over its row's history up to
+    its own position and, with step keys, over its own reasoning tokens so far.
+
+    q, keys: [T_bucket, H d], values: [T_bucket, H dv], the queries and the history's keys and values of
+    :class:`Packing`'s rows; step_keys, step_values: [T_bucket, S, H d or H dv], each row's reasoning
+    tokens so far (itself included), or None. Each length group's [B_g, n_g] window
+    (:func:`packed_windows`) is gathered from the packed rows, split into heads ([B_g, H, n, d]; step
+    keys [B_g, H, n, S, d]) and given to ``attend(group, q, keys, values, step_keys, step_values,
+    causal)`` -> [B_g, H, n, dv] (``group``: its index in ``windows``, default :func:`packed_windows`),
+    where ``causal`` [1, n, n] is all a real query needs: its earlier columns are all real.
+    -> [T_bucket, H dv], zeros in the bucket's copy rows."""
+    out_rows, out_values = [], []
+    for group, (window, n_real) in enumerate(windows or packed_windows(packing)):
+        b, n = window.shape
+        rows = window.reshape(-1)
+        q_g, k_g, v_g = (t.index_select(0, rows).view(b, n, heads, -1).transpose(1, 2) for t in (q, keys, values))
+        sk = sv = None
+        if step_keys is not None:
+            S = step_keys.shape[1]
+            sk, sv = (
+                t.index_select(0, rows).view(b, n, S, heads, -1).permute(0, 3, 1, 2, 4)
+                for t in (step_keys, step_values)
+            )
+        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril_()[None]  # [1, n, n]
+        y = merge_heads(attend(group, q_g, k_g, v_g, sk, sv, causal))  # [B_g, n, H dv]
+        real = (torch.arange(n, device=q.device) < n_real).reshape(-1)  # the real queries
+        out_rows.append(rows[real])
+        out_values.append(y.reshape(b * n, -1)[real])
+    values_out = torch.cat(out_values)
+    return values_out.new_zeros(q.shape[0], values_out.shape[1]).index_copy(0, torch.cat(out_rows), values_out)
+
+
 def packed_softmax_attention(
     q: torch.Tensor,
     keys: torch.Tensor,
@@ -112,30 +155,13 @@ def packed_softmax_attention(
     heads: int,
     dropout_p: float,
 ) -> torch.Tensor:
-    """:func:`softmax_attention` of one reasoning query per real position, on packed rows (training).
+    """:func:`softmax_attention` of the reasoning queries on packed rows (:func:`packed_attention`'s
+    shapes). Same values and gradients at the real positions as the grid form (test)."""
 
-    q, keys, values: [T_bucket, D], the reasoning queries and the history's keys and values of
-    :class:`Packing`'s rows; step_keys, step_values: [T_bucket, S, D], each row's reasoning tokens so
-    far (itself included) -> [T_bucket, D], zeros in the bucket's copy rows. Each length group's
-    [B_g, n_g] window (:func:`packed_windows`) is gathered from the packed rows; there a real query's
-    history keys are its row's columns up to its own (causal), all real. Same values and gradients at
-    the real positions as the grid form (test)."""
-    D = q.shape[1]
-    d, S = D // heads, step_keys.shape[1]
-    out_rows, out_values = [], []
-    for window, n_real in packed_windows(packing):
-        b, n = window.shape
-        rows = window.reshape(-1)
-        q_g, k_g, v_g = (t.index_select(0, rows).view(b, n, heads, d).transpose(1, 2) for t in (q, keys, values))
-        sk, sv = (
-            t.index_select(0, rows).view(b, n, S, heads, d).permute(0, 3, 1, 2, 4) for t in (step_keys, step_values)
-        )
-        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril_()[None]  # [1, n, n]
-        y = softmax_attention(q_g, k_g, v_g, causal, sk, sv, dropout_p)  # [B_g, H, n, d]
-        real = (torch.arange(n, device=q.device) < n_real).reshape(-1)  # the real queries
-        out_rows.append(rows[real])
-        out_values.append(y.transpose(1, 2).reshape(b * n, D)[real])
-    return q.new_zeros(q.shape).index_copy(0, torch.cat(out_rows), torch.cat(out_values))
+    def attend(group, q_g, k_g, v_g, sk, sv, causal):
+        return softmax_attention(q_g, k_g, v_g, causal, sk, sv, dropout_p)
+
+    return packed_attention(attend, packing, heads, q, keys, values, step_keys, step_values)
 
 
 def pointwise_attention(
