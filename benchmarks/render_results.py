@@ -498,8 +498,10 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         for r in timing:
             ds = r["dataset"]
             after = f" (after epoch {r['from_epoch']})" if r.get("from_epoch") else ""  # from a trained model
+            variant = [o for o in _overrides(r) if o.split("=", 1)[0] not in NEUTRAL_OVERRIDES]
+            recipe = (Path(r.get("recipe", "")).stem or "?") + (f" ({', '.join(variant)})" if variant else "")
             out.append(
-                f"| {r['date']} | {ds['dataset']} ({ds.get('file', '?')}) | {Path(r.get('recipe', '')).stem or '?'}: {r['model']} / "
+                f"| {r['date']} | {ds['dataset']} ({ds.get('file', '?')}) | {recipe}: {r['model']} / "
                 f"{r['loss']} | {r['max_seq_len']} | {r['train_epoch_seconds']:.1f} s{after} "
                 f"| {'–' if r.get('sequences_per_second') is None else format(r['sequences_per_second'], ',.0f')} | {r['targets_per_second']:,.0f} "
                 f"| {r['eval_seconds']:.2f} s ({r['eval_users']:,} x {ds['items']:,}) | {r['eval_users_per_second']:,.0f} "

@@ -62,6 +62,8 @@ def test_every_record_kind_renders():
             eval_users_per_second=14366.0,
             peak_memory_mb=800.0,
             from_epoch=34,
+            recipe="recipes/beauty/sasrec_ce.toml",
+            overrides=["model.reasoning_steps=3", "train.num_threads=1"],
         ),
         _rec(
             "retrieval",
@@ -194,6 +196,7 @@ def test_every_record_kind_renders():
         "0.5000 ± 0.5000",
         "9.00 ms",
         "32.5 s (after epoch 34)",
+        "sasrec_ce (model.reasoning_steps=3): sasrec / ce",  # a timing's variant is named, not its threads
         "190.7 GB",
         "20,000,000",
         "out of memory",

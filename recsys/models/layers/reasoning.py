@@ -27,6 +27,9 @@ What differs from the paper:
 - The history's keys and values are computed once per block and reused by every step: exact, since
   the history is causal and never attends to reasoning tokens (a test checks h^(0) against the plain
   encoder).
+- Training with full CE runs on packed rows (:func:`packed_attention`): every step's projections and
+  feed-forward layers see the real positions only, and the attention is computed on each length
+  group's window instead of the padded [B, L] grid (same values and gradients, tested).
 - ERL's KL term and PRL's contrastive term (:mod:`recsys.losses.reasoning`) are computed at each
   sequence's last position (full item distributions at every position would be [positions, K + 1, V]);
   the contrastive term scores cosine similarities / 0.1 (the paper: dot products / 0.07, whose scale
