@@ -1,7 +1,7 @@
 """ReaRec's reasoning steps K against the plain model (K = 0), on shipped recipes, several seeds each:
 
     python benchmarks/rearec_table.py --recipes s3rec-lastfm/sasrec s3rec-lastfm/hstu --steps 0 1 2 3 \
-        [--methods erl prl] [--seeds 3] [--jobs 2] [--log-results]
+        [--methods erl prl] [--seeds 3] [--jobs 2] [--device cuda] [--log-results]
 
 Each (recipe, method, K) is one ``recsys train RECIPE --seeds N --set model.reasoning_steps=K
 --set model.reasoning_method=M`` in ``runs/rearec/...`` (K = 0 once per recipe: the method does not
@@ -34,7 +34,8 @@ def jobs_for(recipes: list[str], methods: list[str], steps: list[int]) -> list[t
     return out
 
 
-def run_one(job: tuple[str, str, int], args, threads: int) -> dict:
+def train_command(job: tuple[str, str, int], args, threads: int) -> tuple[list[str], Path]:
+    """The ``recsys train`` command of one (recipe, method, K) and its run folder (relative to ROOT)."""
     recipe, method, k = job
     run_dir = Path("runs") / "rearec" / f"{recipe.replace('/', '-')}-{method}-k{k}"  # under ROOT, the cwd below
     command = [
@@ -51,6 +52,7 @@ def run_one(job: tuple[str, str, int], args, threads: int) -> dict:
         f"model.reasoning_method={method}",
         "--set",
         f"train.num_threads={threads}",
+        *(["--set", f"train.device={args.device}"] if args.device else []),
         "--run-dir",
         str(run_dir),
         "--quiet",
@@ -59,6 +61,12 @@ def run_one(job: tuple[str, str, int], args, threads: int) -> dict:
         command.append("--resume")
     if args.log_results:
         command += ["--log-results", args.log_results]
+    return command, run_dir
+
+
+def run_one(job: tuple[str, str, int], args, threads: int) -> dict:
+    recipe, method, k = job
+    command, run_dir = train_command(job, args, threads)
     print(f"start: {recipe} {method} K={k}", flush=True)
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
@@ -103,6 +111,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue runs a killed table left")
+    # e.g. cuda: several small runs share one GPU (--jobs); the device does not split a result's group
+    parser.add_argument("--device", default=None, help="train.device of every run (default: the recipe's)")
     # a path relative to the repository (the runs' working directory), as recorded in each run's command
     parser.add_argument("--log-results", nargs="?", const="benchmarks/results", default=None)
     args = parser.parse_args()
