@@ -131,7 +131,8 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
         last block); ``packed``: (hidden [T, D], index [T]), see :meth:`packed_forward`. With reasoning
         steps, the user vectors of :meth:`reasoning_states` (their mean or last), or with ``reasoning``
-        the states themselves [B, L, K + 1, D]."""
+        the states themselves [B, L, K + 1, D]; with ``packed`` too, those of the real positions alone
+        (:meth:`packed_reasoning_states`)."""
         if self.reasoning_steps and packed:
             return self.packed_reasoning_states(item_ids, noise)
         if self.reasoning_steps:
