@@ -85,16 +85,17 @@ def scored(hidden: torch.Tensor, items: torch.Tensor, l2_normalize: bool, temper
 
 def kl_diversity(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean KL(p_j || p_i) over the ordered pairs i != j of steps, logits [P, S, V] -> scalar, positions
-    weighted by ``weights`` [P] (default: equally). The target distribution p_j is detached (as in the
-    paper's code): each step is pushed away from the others' current distributions."""
+    weighted by ``weights`` [P] (default: equally). The gradient reaches p_j alone, log p_i is detached
+    (as in the paper's code): each step moves its own distribution away from the others' current
+    ones. (Detaching p_j instead lets a step push the others' likely items, the target among them, down
+    in its own distribution: on S3-Rec's Beauty the term then grew without bound and training collapsed.)"""
     S = logits.shape[1]
     log_p = logits.log_softmax(dim=-1)  # [P, S, V]
-    target = log_p.detach()
+    p = log_p.exp()
     # kl[p, i, j] = sum_v p_j (log p_j - log p_i): p_j's negative entropy minus a [S, V] x [V, S] product
     # per position (no [P, S, S, V] tensor)
-    p_target = target.exp()
-    negative_entropy = (p_target * target).sum(-1)  # [P, S(j)]
-    kl = negative_entropy[:, None, :] - log_p @ p_target.transpose(1, 2)  # [P, S(i), S(j)]
+    negative_entropy = (p * log_p).sum(-1)  # [P, S(j)]
+    kl = negative_entropy[:, None, :] - log_p.detach() @ p.transpose(1, 2)  # [P, S(i), S(j)]
     off_diagonal = ~torch.eye(S, dtype=torch.bool, device=logits.device)
     per_position = kl[:, off_diagonal].mean(dim=1)  # [P]
     return _weighted_mean(per_position, weights)

@@ -183,6 +183,20 @@ def test_kl_diversity_by_hand():
     torch.testing.assert_close(kl_diversity(both, torch.tensor([1.0, 0.0])), by_hand)
 
 
+def test_kl_diversity_moves_each_step_away_from_the_others_fixed_distributions():
+    """The gradient is that of sum_v p_j (log p_j - sg(log p_i)): through p_j, not through log p_i."""
+    logits = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    kl_diversity(logits).backward()
+    pairs = [(i, j) for i in range(3) for j in range(3) if i != j]
+    for detached_side, matches in (("i", True), ("j", False)):
+        log_p = logits.log_softmax(-1)
+        log_i = log_p.detach() if detached_side == "i" else log_p
+        log_j = log_p.detach() if detached_side == "j" else log_p
+        reference = torch.stack([(log_j[:, j].exp() * (log_j[:, j] - log_i[:, i])).sum(-1) for i, j in pairs]).mean()
+        (grad,) = torch.autograd.grad(reference, logits)
+        assert torch.allclose(grad, logits.grad, atol=1e-7) == matches
+
+
 def test_contrastive_by_hand():
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(5, 2, 8, generator=g), torch.randn(5, 2, 8, generator=g)
