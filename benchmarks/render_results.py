@@ -359,6 +359,23 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
+def _settings_but_reasoning(record: dict) -> str:
+    """A key for the K = 0 .. 3 runs of one recipe and settings: the recorded values of the keys the
+    recipe file sets (threads, seed and device aside; all settings when the file is not there), without
+    ReaRec's steps and method. Defaults of keys the file leaves out do not split runs apart."""
+    raw, config = _recipe_file(record.get("recipe", "")), record.get("config", {})
+    if raw is None:
+        settings = _settings(record)
+    else:
+        settings = {
+            section: {k: config.get(section, {}).get(k) for k in values if _compared(section, k)}
+            for section, values in raw.items()
+            if isinstance(values, dict) and section != "tune"
+        }
+    model = {k: v for k, v in settings.get("model", {}).items() if k not in ("reasoning_steps", "reasoning_method")}
+    return json.dumps({**settings, "model": model}, sort_keys=True)
+
+
 def _steps(variant: tuple) -> tuple[int, str] | None:
     """(K, method) of a ReaRec variant (its overrides), None for any other."""
     settings = dict(o.split("=", 1) for o in variant)
@@ -373,10 +390,11 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
     out: list[str] = []
     shipped = _shipped_seed_runs(records)
     groups = _seed_groups(records)
-    rearec: dict[tuple[str, str, int], list[dict]] = {}
-    for (recipe, _, variant, _), runs in groups.items():  # later groups overwrite earlier ones
+    # (recipe, its settings but the reasoning keys, method, K) -> runs; later groups overwrite earlier ones
+    rearec: dict[tuple[str, str, str, int], list[dict]] = {}
+    for (recipe, _, variant, _), runs in groups.items():
         if (steps := _steps(variant)) is not None:
-            rearec[(recipe, steps[1], steps[0])] = runs
+            rearec[(recipe, _settings_but_reasoning(runs[-1]), steps[1], steps[0])] = runs
     if shipped:
         out += [
             "Recipes run with several seeds (test split, full ranking; mean ± sample standard deviation):",
@@ -422,26 +440,28 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
             "",
         ]
     if rearec:
-        ks = sorted({k for _, _, k in rearec})
+        ks = sorted({k for *_, k in rearec})
         out += [
             "ReaRec reasoning steps K (`benchmarks/rearec_table.py`; test NDCG@10, mean ± sample std over seeds; "
-            "K = 0 is the plain model, the same for both methods):",
+            "K = 0 is the plain model, the same for both methods; each row's runs share the recipe's settings, "
+            "a row of settings the recipe file no longer holds says so):",
             "",
             "| recipe | method | " + " | ".join(f"K = {k}" for k in ks) + " | seeds | date | commit |",
             "|---|---|" + "---|" * len(ks) + "---|---|---|",
         ]
-        for recipe in sorted({recipe for recipe, _, _ in rearec}):
-            plain = next((runs for (rc, _, k), runs in rearec.items() if rc == recipe and k == 0), [])
-            for method in sorted({m for rc, m, k in rearec if rc == recipe and k}):
-                cells, runs_all = [], list(plain)
-                for k in ks:
-                    runs = plain if k == 0 else rearec.get((recipe, method, k), [])
-                    runs_all += runs if k else []
-                    cells.append(_mean_std([x["metrics"]["test"]["ndcg@10"] for x in runs]))
-                last = max(runs_all, key=lambda x: x["date"])
-                seeds = sorted({len(v) for (rc, m, k), v in rearec.items() if rc == recipe})
+        for recipe, settings in sorted({(rc, st) for rc, st, _, _ in rearec}):
+            cells_of = {(m, k): runs for (rc, st, m, k), runs in rearec.items() if (rc, st) == (recipe, settings)}
+            plain = next((runs for (_, k), runs in cells_of.items() if k == 0), [])
+            name = f"`{recipe}`" + (
+                "" if _same_as_recipe_file(next(iter(cells_of.values()))[-1]) else " (earlier settings)"
+            )
+            for method in sorted({m for m, k in cells_of if k}) or ["erl"]:
+                runs_of = [plain if k == 0 else cells_of.get((method, k), []) for k in ks]
+                cells = [_mean_std([x["metrics"]["test"]["ndcg@10"] for x in runs]) for runs in runs_of]
+                last = max((x for runs in runs_of for x in runs), key=lambda x: x["date"])
+                seeds = sorted({len(runs) for runs in runs_of if runs})
                 out.append(
-                    f"| `{recipe}` | {method} | " + " | ".join(cells) + f" | {'/'.join(map(str, seeds))} "
+                    f"| {name} | {method} | " + " | ".join(cells) + f" | {'/'.join(map(str, seeds))} "
                     f"| {last['date'][:10]} | {last['commit']} |"
                 )
         out.append("")

@@ -275,6 +275,31 @@ def test_seed_runs_and_rearec_steps_get_their_tables():
     again = run(0.058, 43, ["model.reasoning_steps=2", "model.reasoning_method=prl"], date="2026-12-06 11:00 UTC")
     text = "\n".join(seed_tables([*records, again], {}))
     assert "| `s3rec-lastfm/sasrec` | prl | 0.0310 ± 0.0014 | 0.0540 ± 0.0057 | 2 |" in text
+    # rows by settings: K = 0 / 1 runs of the recipe file's settings, and of a width it no longer has
+    import tomllib
+
+    file_settings = tomllib.loads(
+        (Path(__file__).resolve().parents[2] / "recipes/s3rec-lastfm/sasrec.toml").read_text()
+    )
+
+    def configured(r, width):
+        r["recipe"] = "recipes/s3rec-lastfm/sasrec.toml"  # as the CLI records a packaged recipe
+        r["config"] = {section: dict(v) for section, v in file_settings.items() if isinstance(v, dict)}
+        r["config"]["model"]["hidden_dim"] = width
+        return r
+
+    width = file_settings["model"]["hidden_dim"]
+    rows = [
+        configured(run(v, s, [f"model.reasoning_steps={k}", "model.reasoning_method=erl"]), w)
+        for w, k, v in ((width, 0, 0.040), (width, 1, 0.044), (width // 2, 0, 0.030), (width // 2, 1, 0.020))
+        for s in (42, 43)
+    ]
+    text = "\n".join(seed_tables(rows, {}))
+    assert "| `recipes/s3rec-lastfm/sasrec.toml` | erl | 0.0400 ± 0.0000 | 0.0440 ± 0.0000 | 2 |" in text
+    assert (
+        "| `recipes/s3rec-lastfm/sasrec.toml` (earlier settings) | erl | 0.0300 ± 0.0000 | 0.0200 ± 0.0000 | 2 |"
+        in text
+    )
     study = make_record(
         "tune",
         command="recsys tune s3rec-lastfm/sasrec --timeout 3600",
