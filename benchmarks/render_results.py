@@ -306,8 +306,23 @@ def _seed_groups(records: list[dict]) -> dict[tuple[str, str, tuple, str], list[
         # runs of one command with other settings (a recipe file changed in between) are groups of their own
         settings = json.dumps(_settings(r), sort_keys=True)
         groups.setdefault((r.get("recipe", "?"), r["command"], variant, settings), []).append(r)
-    # the same command run again redoes its seeds: a seed's latest run replaces its earlier one
-    return {key: list({_seed(r): r for r in runs}.values()) for key, runs in groups.items()}
+    # the same command run again starts over at its first seed: only its latest invocation counts (a
+    # resumed one goes on with higher seeds), so seeds of two versions of the code never mix
+    return {key: _latest_invocation(runs) for key, runs in groups.items()}
+
+
+def _latest_invocation(runs: list[dict]) -> list[dict]:
+    """The runs (in time order) from the last point where the seed did not increase."""
+    start = 0
+    for i in range(1, len(runs)):
+        if _seed_number(runs[i]) <= _seed_number(runs[i - 1]):
+            start = i
+    return runs[start:]
+
+
+def _seed_number(record: dict) -> int:
+    seed = _seed(record)
+    return int(seed) if seed.lstrip("-").isdigit() else 0
 
 
 def _seed(record: dict) -> str:
