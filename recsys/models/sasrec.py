@@ -50,7 +50,7 @@ from torch import nn
 from .base import SequentialEncoder, padding_and_positions, register
 from .dropout import Dropout
 from .layers import Block, FusedCPUInference, Packing, fused_last_hidden, grid_inputs, run_blocks
-from .layers.attention import grouped_packed_attention
+from .layers.attention import grouped_packed_attention, packed_windows
 from .layers.attributes import AttributeConfig, ItemAttributes
 from .layers.reasoning import (
     ReasoningConfig,
@@ -240,6 +240,7 @@ class SASRec(FusedCPUInference, SequentialEncoder):
         packing = Packing(not_pad)
         x = self.embed(item_ids.reshape(-1)[packing.rows], positions.reshape(-1)[packing.rows])[0]  # [T_b, D]
         heads, p = self.cfg.num_heads, self.cfg.dropout if self.training else 0.0
+        windows = packed_windows(packing)  # once for every block and step (one host sync)
         history_kv = []
         for block in self.blocks:  # the history pass: the plain packed encoder, keeping keys and values
             qkv = block.packed_qkv(x)  # [T_b, 3 D]
@@ -254,6 +255,6 @@ class SASRec(FusedCPUInference, SequentialEncoder):
             for block, (k, v), cache in zip(self.blocks, history_kv, step_kv):
                 q_r, k_r, v_r = block.packed_qkv(r).chunk(3, dim=1)  # [T_b, D] each
                 cache[0], cache[1] = append_step(cache[0], k_r, dim=1), append_step(cache[1], v_r, dim=1)
-                r = block.after_attention(r, packed_softmax_attention(q_r, k, v, *cache, packing, heads, p))
+                r = block.after_attention(r, packed_softmax_attention(q_r, k, v, *cache, packing, heads, p, windows))
             states.append(self.final_ln(r))
         return torch.stack(states, dim=1)[: packing.num_real], packing.index  # [T, K + 1, D], [T]

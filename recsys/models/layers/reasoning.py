@@ -157,14 +157,15 @@ def packed_softmax_attention(
     packing: Packing,
     heads: int,
     dropout_p: float,
+    windows: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """:func:`softmax_attention` of the reasoning queries on packed rows (:func:`packed_attention`'s
-    shapes). Same values and gradients at the real positions as the grid form (test)."""
+    shapes and ``windows``). Same values and gradients at the real positions as the grid form (test)."""
 
     def attend(group, q_g, k_g, v_g, sk, sv, causal):
         return softmax_attention(q_g, k_g, v_g, causal, sk, sv, dropout_p)
 
-    return packed_attention(attend, packing, heads, q, keys, values, step_keys, step_values)
+    return packed_attention(attend, packing, heads, q, keys, values, step_keys, step_values, windows)
 
 
 def pointwise_attention(
