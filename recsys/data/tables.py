@@ -4,6 +4,7 @@ checked)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import polars as pl
@@ -44,12 +45,39 @@ def read_table(
             )
     except Exception as err:  # polars raises many kinds; show the first line of its message
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        ragged = _first_ragged_line(path, separator) if path.suffix != ".parquet" else None
+        if ragged is not None:
+            line, found, expected = ragged
+            raise DataError(
+                f"{path}, line {line}: {found} fields where the header has {expected} "
+                f"(separator {separator!r}; a field holding the separator must be quoted)"
+            ) from None
         raise DataError(
             f"{path}: could not be parsed as {'Parquet' if path.suffix == '.parquet' else 'CSV'} ({msg})"
         ) from None
     return frame_to_interactions(
         df, columns, source=str(path), timestamp_format=timestamp_format, line_column=ROW_NUMBER
     )
+
+
+def _first_ragged_line(path: Path, separator: str) -> tuple[int, int, int] | None:
+    """(line, fields found, fields in the header) of the first record whose field count differs from the
+    header's, read with the csv module (quoted fields may span lines); None when every record fits or
+    the file is not text."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, delimiter=separator)
+            header = next(reader, None)
+            if header is None:
+                return None
+            start = reader.line_num + 1  # the first line of the next record
+            for row in reader:
+                if row and len(row) != len(header):
+                    return start, len(row), len(header)
+                start = reader.line_num + 1
+    except (UnicodeDecodeError, csv.Error):
+        return None
+    return None
 
 
 def _parse_datetimes(out: pl.DataFrame, as_int: pl.Series, source: str, timestamp_format: str | None) -> pl.Series:

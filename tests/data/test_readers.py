@@ -141,6 +141,14 @@ def test_table_with_column_mapping_csv_and_parquet(tmp_path):
         read_table(csv, {"user_id": "user", "item_id": "thing"})
 
 
+def test_table_with_an_extra_field_names_its_line(tmp_path):
+    csv = tmp_path / "log.csv"
+    # a quoted field spanning two lines comes first: the line named is the file's, not the record's
+    csv.write_text('u,i,t\n1,"a\nb",3\n1,2,4\n2,3,5,6\n')
+    with pytest.raises(DataError, match=r"log\.csv, line 5: 4 fields where the header has 3"):
+        read_table(csv, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+
+
 def test_table_bad_timestamp_names_line(tmp_path):
     csv = tmp_path / "log.csv"
     csv.write_text("u,i,t\n1,2,2020-01-01\n1,3,yesterday\n")
