@@ -407,9 +407,17 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
     groups = _seed_groups(records)
     # (recipe, its settings but the reasoning keys, method, K) -> runs; later groups overwrite earlier ones
     rearec: dict[tuple[str, str, str, int], list[dict]] = {}
+    plain_runs: dict[tuple[str, str], list[dict]] = {}  # (recipe, settings) -> its runs as it ships
     for (recipe, _, variant, _), runs in groups.items():
         if (steps := _steps(variant)) is not None:
             rearec[(recipe, _settings_but_reasoning(runs[-1]), steps[1], steps[0])] = runs
+        elif not variant:
+            plain_runs[(recipe, _settings_but_reasoning(runs[-1]))] = runs
+    # K = 0 is the plain model (a test holds them equal): a row without its own K = 0 runs takes the
+    # recipe's plain several-seed run of the same settings
+    for recipe, settings in {(rc, st) for rc, st, _, _ in rearec}:
+        if (recipe, settings, "erl", 0) not in rearec and (recipe, settings) in plain_runs:
+            rearec[(recipe, settings, "erl", 0)] = plain_runs[(recipe, settings)]
     if shipped:
         out += [
             "Recipes run with several seeds (test split, full ranking; mean ± sample standard deviation):",
@@ -458,7 +466,8 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
         ks = sorted({k for *_, k in rearec})
         out += [
             "ReaRec reasoning steps K (`benchmarks/rearec_table.py`; test NDCG@10, mean ± sample std over seeds; "
-            "K = 0 is the plain model, the same for both methods; each row's runs share the recipe's settings, "
+            "K = 0 is the plain model, the same for both methods (the recipe's own several-seed run where the "
+            "table has no K = 0 of its own); each row's runs share the recipe's settings, "
             "a row of settings the recipe file no longer holds says so):",
             "",
             "| recipe | method | " + " | ".join(f"K = {k}" for k in ks) + " | seeds | date | commit |",

@@ -296,6 +296,12 @@ def test_seed_runs_and_rearec_steps_get_their_tables():
     ]
     text = "\n".join(seed_tables(rows, {}))
     assert "| `recipes/s3rec-lastfm/sasrec.toml` | erl | 0.0400 ± 0.0000 | 0.0440 ± 0.0000 | 2 |" in text
+    # without K = 0 runs of its own, a row's K = 0 is the recipe's plain run of the same settings
+    plain = [configured(run(v, s), width) for v, s in ((0.036, 42), (0.040, 43))]
+    no_k0 = [r for r in rows if "model.reasoning_steps=0" not in r["overrides"]]
+    plain_text = "\n".join(seed_tables([*plain, *no_k0], {}))
+    assert "| `recipes/s3rec-lastfm/sasrec.toml` | erl | 0.0380 ± 0.0028 | 0.0440 ± 0.0000 | 2 |" in plain_text
+    assert "(earlier settings) | erl | – | 0.0200 ± 0.0000 | 2 |" in plain_text  # no plain run of that width
     assert (
         "| `recipes/s3rec-lastfm/sasrec.toml` (earlier settings) | erl | 0.0300 ± 0.0000 | 0.0200 ± 0.0000 | 2 |"
         in text
