@@ -236,6 +236,8 @@ class Run:
     def similar_items(self, items: Sequence, k: int = 10, unknown: str = "error") -> pl.DataFrame:
         """The ``k`` items whose vectors are closest (cosine) to each given item's: a DataFrame (item, rank,
         similar_item, score)."""
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
         index = _lookup(self.data.item_raw_ids[1:], items)
         _check_unknown("item", items, index, unknown)
         keep = np.flatnonzero(index >= 0)

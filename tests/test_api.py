@@ -70,6 +70,8 @@ def test_unknown_ids_are_errors_or_skipped(ring):
         run.recommend()
     with pytest.raises(ValueError, match="k must be >= 0"):
         run.recommend(users=["user1"], k=-1)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        run.similar_items(["item3"], k=-1)
     with pytest.raises(ConfigError, match="no split 'tset'"):
         run.evaluate("tset")
 
