@@ -41,9 +41,13 @@ def _fmt(x, digits: int = 4) -> str:
     return str(x)
 
 
+def _threads(n) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def _machine_short(m: dict) -> str:
     isa = f" ({m['cpu_isa']})" if m.get("cpu_isa") else ""  # records before 2026-12 did not say
-    return f"{m.get('cpu', '?')}{isa}, {m.get('torch_threads', '?')} threads" + (
+    return f"{m.get('cpu', '?')}{isa}, {_threads(m.get('torch_threads', '?'))}" + (
         f", {m['gpu']}" if m.get("gpu") else ""
     )
 
@@ -217,8 +221,9 @@ def headline(records: list[dict], references: dict) -> list[str]:
     records = sorted(records, key=lambda r: r.get("date", ""))  # the latest by date wins below (stable for ties)
     latest: dict[str, dict] = {}
     for r in records:
-        if r["kind"] == "train" and _as_recipe_says(r) and "protocol" not in r["metrics"]["test"]:
-            latest[r.get("recipe", "?")] = r  # records are in time order: the last one wins
+        shipped = r.get("recipe", "").startswith("recipes/")  # not a study's best.toml under runs/
+        if r["kind"] == "train" and shipped and _as_recipe_says(r) and "protocol" not in r["metrics"]["test"]:
+            latest[r["recipe"]] = r  # records are in time order: the last one wins
     if latest:
         out += [
             "Each shipped recipe's latest run, as it ships (test split, full ranking; seeds, threads and device aside):",
@@ -621,7 +626,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
     for r in (r for r in records if r["kind"] == "cpu_gemm"):
         out += [
             f"## fp32 products on CPU: torch vs oneDNN — {r['date']}, {r['machine'].get('cpu', '?')}, "
-            f"{r['threads']} threads, commit {r['commit']}",
+            f"{_threads(r['threads'])}, commit {r['commit']}",
             "",
             "| product | torch GFLOP/s | oneDNN GFLOP/s | oneDNN / torch | max rel. difference |",
             "|---|---|---|---|---|",
@@ -634,7 +639,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         out += ["", _command(r), ""]
     for r in (r for r in records if r["kind"] == "attention_cpu"):
         out += [
-            f"## Causal attention on CPU — {r['date']}, {r['machine'].get('cpu', '?')}, {r['threads']} threads, "
+            f"## Causal attention on CPU — {r['date']}, {r['machine'].get('cpu', '?')}, {_threads(r['threads'])}, "
             f"commit {r['commit']}",
             "",
             "| batch x heads x length x dim | implementation | ms | vs SDPA | max abs. difference |",
@@ -748,7 +753,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
             )
             + (f"learning rate {r['lr']} ours, {r['recbole_lr']} RecBole" if "lr" in r else "learning rate 0.001")
             + "; each side in its own process, one after the other, "
-            + f"{r['threads']} threads{details}. "
+            + f"{_threads(r['threads'])}{details}. "
             + (
                 "Our evaluation ranks exactly up to rank 20 (`eval.ranks=cutoff`, the same @k metrics); the "
                 "'every exact rank' row evaluates the same test set again with `eval.ranks=all`. "

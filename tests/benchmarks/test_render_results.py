@@ -235,6 +235,7 @@ def test_machine_names_the_cpu_generation_and_its_vector_units():
     assert isinstance(m.get("cpu_bf16_units", False), bool)
     # an older record (no cpu_isa) still renders as before
     assert _machine_short({"cpu": "X", "torch_threads": 2}) == "X, 2 threads"
+    assert _machine_short({"cpu": "X", "torch_threads": 1}) == "X, 1 thread"
 
 
 def test_seed_runs_and_rearec_steps_get_their_tables():
@@ -477,3 +478,28 @@ def test_a_recipe_file_changed_since_its_run_no_longer_owns_that_result():
     study["machine"], study["date"] = MACHINE, "2026-12-02 10:00 UTC"
     row = [line for line in seed_tables([*old, *now, study], {}) if "2 (2 / 0)" in line][0]
     assert "| 0.0310 ± 0.0014 |" in row  # against what the study started from, not today's recipe
+
+
+def test_the_shipped_recipes_table_leaves_out_a_study_best_recipe_under_runs():
+    from render_results import headline
+
+    def run(recipe, ndcg):
+        r = make_record(
+            "train",
+            command=f"recsys train {recipe}",
+            commit="abc1234",
+            recipe=recipe,
+            overrides=[],
+            dataset={"dataset": "s3rec-lastfm", "file": "LastFM.txt"},
+            model="sasrec",
+            loss="ce",
+            config={"model": {"hidden_dim": 64}},
+            metrics={"test": {"hr@10": 2 * ndcg, "ndcg@10": ndcg}},
+        )
+        r["machine"] = MACHINE
+        return r
+
+    # neither file exists in the repository, so each record is its recipe "as it ships"
+    text = "\n".join(headline([run("recipes/x/sasrec.toml", 0.0411), run("runs/tune-x/best.toml", 0.0422)], {}))
+    assert "| `recipes/x/sasrec.toml` |" in text and "| 0.0411 |" in text
+    assert "runs/tune-x/best.toml" not in text
