@@ -150,6 +150,34 @@ def _canonical_timestamps(out: pl.DataFrame, source: str, timestamp_format: str 
     return out
 
 
+def _from_pandas(df, source: str) -> pl.DataFrame:
+    """A pandas DataFrame as polars; a column arrow cannot hold (ids of mixed types, say) is named with
+    the first row whose type differs from the column's first value."""
+    if not hasattr(df, "columns") or not hasattr(df, "to_numpy"):
+        raise DataError(f"{source}: expected a polars or pandas DataFrame, got {type(df).__name__}")
+    try:
+        return pl.from_pandas(df)
+    except Exception as err:  # arrow's conversion errors name neither the column nor the row
+        for name in df.columns:
+            try:
+                pl.from_pandas(df[[name]])
+            except Exception:
+                values = df[name].tolist()
+                first = type(values[0])
+                row = next((i for i, v in enumerate(values) if type(v) is not first and v is not None), None)
+                where = f"{source}, line {row + 1}" if row is not None else source
+                what = (
+                    f"holds {type(values[row]).__name__} {values[row]!r} where earlier rows hold {first.__name__}"
+                    if row is not None
+                    else "cannot be converted"
+                )
+                raise DataError(
+                    f"{where}: column {name!r} {what} ({type(err).__name__}: {err}); "
+                    "give the column one type (e.g. .astype(str) for ids)"
+                ) from None
+        raise DataError(f"{source}: cannot be converted to a table ({type(err).__name__}: {err})") from None
+
+
 def frame_to_interactions(
     df: pl.DataFrame,
     columns: dict[str, str],
@@ -160,7 +188,7 @@ def frame_to_interactions(
     """Canonical table from an in-memory polars / pandas DataFrame and a column mapping. Errors name a
     row by ``line_column`` (a file's line numbers) or, without one, by its 1-based row number."""
     if not isinstance(df, pl.DataFrame):
-        df = pl.from_pandas(df)
+        df = _from_pandas(df, source)
     if line_column is None:
         line_column = ROW_NUMBER
         df = df.with_row_index(ROW_NUMBER, offset=1)

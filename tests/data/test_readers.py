@@ -246,6 +246,14 @@ def test_frame_to_interactions_pandas_and_unknown_column():
         frame_to_interactions(df, {"user_id": "u", "item_id": "i", "who": "u"})
 
 
+def test_a_pandas_id_column_of_mixed_types_is_named_with_its_first_odd_row():
+    df = pd.DataFrame({"u": ["a", "b", "c"], "i": ["x", "y", 7]})
+    with pytest.raises(DataError, match=r"DataFrame, line 3: column 'i' holds int 7 where earlier rows hold str"):
+        frame_to_interactions(df, {"user_id": "u", "item_id": "i"})
+    with pytest.raises(DataError, match="expected a polars or pandas DataFrame, got list"):
+        frame_to_interactions([("a", "x")], {"user_id": "u", "item_id": "i"})
+
+
 @needs_data("ml-100k")
 def test_item_text_ml100k():
     items = read_item_text(DATA_DIR / "ml-100k" / "u.item", "movielens_100k_items")
