@@ -75,6 +75,20 @@ def _check_unknown(kind: str, query: Sequence, index: np.ndarray, unknown: str) 
         raise DataError(f"unknown {kind} id(s) {missing}: not in this run's data (unknown='skip' leaves them out)")
 
 
+def _id_list(name: str, ids) -> list:
+    """``ids`` as a list; a bare string is refused (iterating it would ask for its characters)."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name}= takes a list of ids, got the string {ids!r}: pass [{ids!r}]")
+    return list(ids)
+
+
+def _check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+
+
 class Run:
     """A trained model with its run folder and data: evaluate, recommend, score and find similar items,
     every id raw (as in the data it was trained on)."""
@@ -158,9 +172,10 @@ class Run:
         if (users is None) == (histories is None):
             raise ValueError("pass users= or histories=, one of them")
         if users is not None:
-            keys, rows, user_times, seen = self._user_windows(list(users), unknown)
+            keys, rows, user_times, seen = self._user_windows(_id_list("users", users), unknown)
             timed = getattr(self.model.cfg, "use_time_bias", False)
             return keys, rows, (user_times if timed else None), seen
+        histories = [_id_list("histories", h) for h in _id_list("histories", histories)]
         if times is not None and [len(t) for t in times] != [len(h) for h in histories]:
             raise DataError("times= needs one timestamp per item of each history")
         rows, seen = self._history_windows(histories, unknown)
@@ -184,8 +199,7 @@ class Run:
         or ``times`` (one per history item) and ``at`` (the request's time, default the last item's).
         Returns a DataFrame (user, rank, item, score), fewer than k rows per user where the catalogue less
         the history holds fewer items."""
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+        _check_k(k)
         keys, rows, row_times, seen = self._windows(users, histories, unknown, times)
         scores = self._scores(rows, row_times, at)
         out = {"user": [], "rank": [], "item": [], "score": []}
@@ -218,6 +232,7 @@ class Run:
             columns = np.arange(1, self.data.num_items)
             item_keys = list(self.data.item_raw_ids[1:])
         else:
+            items = _id_list("items", items)
             index = _lookup(self.data.item_raw_ids[1:], items)
             _check_unknown("item", items, index, unknown)
             keep = np.flatnonzero(index >= 0)
@@ -236,8 +251,8 @@ class Run:
     def similar_items(self, items: Sequence, k: int = 10, unknown: str = "error") -> pl.DataFrame:
         """The ``k`` items whose vectors are closest (cosine) to each given item's: a DataFrame (item, rank,
         similar_item, score)."""
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+        _check_k(k)
+        items = _id_list("items", items)
         index = _lookup(self.data.item_raw_ids[1:], items)
         _check_unknown("item", items, index, unknown)
         keep = np.flatnonzero(index >= 0)

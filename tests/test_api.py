@@ -72,6 +72,17 @@ def test_unknown_ids_are_errors_or_skipped(ring):
         run.recommend(users=["user1"], k=-1)
     with pytest.raises(ValueError, match="k must be >= 0"):
         run.similar_items(["item3"], k=-1)
+    with pytest.raises(TypeError, match="k must be an integer, got float"):
+        run.recommend(users=["user1"], k=2.5)
+    # a bare string would be iterated as its characters: refused, naming the argument
+    with pytest.raises(TypeError, match=r"users= takes a list of ids, got the string 'user1'"):
+        run.recommend(users="user1")
+    with pytest.raises(TypeError, match="histories= takes a list of ids"):
+        run.recommend(histories=["item3"])
+    with pytest.raises(TypeError, match="items= takes a list of ids"):
+        run.score(users=["user1"], items="item3")
+    with pytest.raises(TypeError, match="items= takes a list of ids"):
+        run.similar_items("item3")
     with pytest.raises(ConfigError, match="no split 'tset'"):
         run.evaluate("tset")
 

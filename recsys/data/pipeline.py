@@ -68,8 +68,9 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
     return PreparedData(split=split, info=info, cold_items=cold_items)
 
 
-PREPARE_VERSION = 2  # bump when prepare_sequences changes what it produces: old caches are then ignored
-# (2: events within one second ordered by their sub-second times where the log has them)
+PREPARE_VERSION = 3  # bump when prepare_sequences changes what it produces: old caches are then ignored
+# (2: events within one second ordered by their sub-second times where the log has them; 3: digit-string
+# ids that an integer column would merge, "007" and "7", stay strings)
 
 
 def _cached_sequences(name: str, settings: list, read, cfg: DataConfig, verbose: bool) -> SequenceData:

@@ -212,8 +212,12 @@ def frame_to_interactions(
     )
     for col in ("user_id", "item_id"):
         if out[col].dtype == pl.Utf8:
-            as_int = out[col].str.strip_chars().cast(pl.Int64, strict=False)
-            if as_int.null_count() == out[col].null_count():
+            # ids that are integers written plainly (padding aside) become integers; "007" and "7" stay two
+            # ids (strings), as an integer column would merge them
+            stripped = out[col].str.strip_chars()
+            as_int = stripped.cast(pl.Int64, strict=False)
+            plain = (as_int.cast(pl.Utf8) == stripped).fill_null(False).sum()
+            if plain == out[col].len() - out[col].null_count():
                 out = out.with_columns(as_int.alias(col))
     if "rating" in out.columns:
         out = _cast_column(Path(source), out.with_columns(pl.col("rating").cast(pl.Utf8)), "rating", pl.Float64)

@@ -246,6 +246,16 @@ def test_frame_to_interactions_pandas_and_unknown_column():
         frame_to_interactions(df, {"user_id": "u", "item_id": "i", "who": "u"})
 
 
+def test_digit_string_ids_become_integers_only_where_no_two_ids_would_merge():
+    def item_ids(raw):
+        frame = pl.DataFrame({"u": ["a"] * len(raw), "i": raw})
+        return frame_to_interactions(frame, {"user_id": "u", "item_id": "i"}).frame["item_id"]
+
+    assert item_ids(["1", " 2", "30"]).dtype == pl.Int64  # plain integers (padding aside)
+    kept = item_ids(["007", "7", "30"])  # "007" is not "7": an integer column would merge them
+    assert kept.dtype == pl.Utf8 and kept.n_unique() == 3
+
+
 def test_a_pandas_id_column_of_mixed_types_is_named_with_its_first_odd_row():
     df = pd.DataFrame({"u": ["a", "b", "c"], "i": ["x", "y", 7]})
     with pytest.raises(DataError, match=r"DataFrame, line 3: column 'i' holds int 7 where earlier rows hold str"):
