@@ -211,6 +211,19 @@ def frame_to_interactions(
         pl.col(line_column).cast(pl.Int64).alias("line"), *[pl.col(src).alias(dst) for dst, src in columns.items()]
     )
     for col in ("user_id", "item_id"):
+        dtype = out[col].dtype
+        if dtype in (pl.Categorical, pl.Enum):
+            out = out.with_columns(pl.col(col).cast(pl.Utf8))
+        elif dtype.is_float():  # a pandas integer column with a gap is float: whole values are the ids
+            whole = out[col].is_null() | out[col].is_nan() | (out[col] == out[col].floor())
+            if not whole.all():
+                row = out.filter(~whole).row(0, named=True)
+                raise DataError(
+                    f"{source}, line {row['line']}: field '{col}' is {row[col]}: an id must be an integer or a string"
+                )
+            out = out.with_columns(pl.col(col).fill_nan(None).cast(pl.Int64))
+        elif not (dtype.is_integer() or dtype == pl.Utf8 or dtype == pl.Null):
+            raise DataError(f"{source}: column '{columns[col]}' ({col}) is {dtype}: ids must be integers or strings")
         if out[col].dtype == pl.Utf8:
             # ids that are integers written plainly (padding aside) become integers; "007" and "7" stay two
             # ids (strings), as an integer column would merge them

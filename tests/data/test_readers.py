@@ -256,6 +256,19 @@ def test_digit_string_ids_become_integers_only_where_no_two_ids_would_merge():
     assert kept.dtype == pl.Utf8 and kept.n_unique() == 3
 
 
+def test_categorical_and_whole_float_ids_are_read_and_other_id_types_refused():
+    cols = {"user_id": "u", "item_id": "i"}
+    categorical = pd.DataFrame({"u": pd.Categorical(["a", "a", "b"]), "i": pd.Categorical(["x", "y", "x"])})
+    assert frame_to_interactions(categorical, cols).frame["user_id"].dtype == pl.Utf8
+    # a pandas integer column that once held a gap is float: its whole values are the ids
+    whole = frame_to_interactions(pd.DataFrame({"u": [1.0, 1.0, 2.0], "i": [3.0, 4.0, 3.0]}), cols).frame
+    assert whole["item_id"].dtype == pl.Int64 and whole["item_id"].to_list() == [3, 4, 3]
+    with pytest.raises(DataError, match=r"DataFrame, line 2: field 'item_id' is 4.5: an id must be an integer"):
+        frame_to_interactions(pd.DataFrame({"u": [1, 1, 2], "i": [3.0, 4.5, 3.0]}), cols)
+    with pytest.raises(DataError, match=r"column 'u' \(user_id\) is Boolean: ids must be integers or strings"):
+        frame_to_interactions(pd.DataFrame({"u": [True, False], "i": ["x", "y"]}), cols)
+
+
 def test_a_pandas_id_column_of_mixed_types_is_named_with_its_first_odd_row():
     df = pd.DataFrame({"u": ["a", "b", "c"], "i": ["x", "y", 7]})
     with pytest.raises(DataError, match=r"DataFrame, line 3: column 'i' holds int 7 where earlier rows hold str"):
