@@ -370,11 +370,17 @@ def read_recipe_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"recipe {path} not found")
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} is not a file")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] = (), settings: dict | None = None) -> RunConfig:

@@ -55,6 +55,11 @@ def test_unknown_section_in_recipe(tmp_path):
     p.write_text("[train\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_recipe(p)
+    p.write_bytes(b"\xff\xfe[train]\n")  # UTF-16, say
+    with pytest.raises(ConfigError, match=r"r.toml: not UTF-8 text \(byte 0xff at offset 0\)"):
+        load_recipe(p)
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_recipe(tmp_path)
 
 
 def test_to_dict_round_trip():
