@@ -61,12 +61,12 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
+def read_json(path: str | Path, what: str = "file", expect: type = dict) -> Any:
     """A JSON file's content, or a :class:`recsys.errors.DataError` naming the file
-    and the line where it stops being JSON."""
+    and the line where it stops being JSON, or what it holds where ``expect`` (an object) was due."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except FileNotFoundError:
         raise
     except UnicodeDecodeError as err:
@@ -75,6 +75,11 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise DataError(f"{path}, line {err.lineno}: not a readable {what} ({err.msg})") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    if not isinstance(content, expect):
+        names = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number"}
+        found, wanted = names.get(type(content), type(content).__name__), names.get(expect, expect.__name__)
+        raise DataError(f"{path}: not a readable {what} (it holds {found}, where {wanted} is due)")
+    return content
 
 
 def content_digest(obj: Any) -> str:

@@ -68,6 +68,10 @@ def test_unreadable_json_names_the_file_and_line(tmp_path):
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(DataError, match="not UTF-8"):
         read_json(tmp_path / "bin.json")
+    (tmp_path / "final_metrics.json").write_text("[1, 2]")  # valid JSON, not what a run writes
+    with pytest.raises(DataError, match=r"final_metrics.json: not a readable file \(it holds a list, where an object"):
+        read_json(tmp_path / "final_metrics.json")
+    assert read_json(tmp_path / "final_metrics.json", expect=list) == [1, 2]
 
 
 HOLD = """

@@ -249,6 +249,24 @@ class TrainLoop(ABC):
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
+    def load_weights(self, path: Path) -> dict:
+        """The model's weights from a checkpoint of this run (its whole state returned). One written for
+        another model (a run folder whose config.json was edited since) is refused, naming what differs."""
+        state = load_checkpoint(path)
+        if isinstance(state.get("config"), dict):
+            changed = config_changes(self.stored_config(state["config"]).get("model", {}), self.cfg.to_dict()["model"])
+            if changed:
+                raise ConfigError(
+                    f"{path} holds a model of other settings than {self.run_dir / 'config.json'} (checkpoint -> file): "
+                    + "; ".join(f"model.{c}" for c in changed)
+                )
+        try:
+            self.model.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as err:
+            reason = str(err).strip().splitlines()
+            raise ConfigError(f"{path}: its weights do not fit this run's model ({' '.join(reason[:2])})") from None
+        return state
+
     def _restore(self, state: dict) -> None:
         stored = self.stored_config(state["config"])
         changed = config_changes(_without_runtime(stored), _without_runtime(self.cfg.to_dict()))
@@ -382,8 +400,7 @@ class TrainLoop(ABC):
     def finish(self, stopped_early: bool = False) -> dict:
         """Load the best model, evaluate it (:meth:`final_metrics`), write final_metrics.json and the plot."""
         distributed.barrier()
-        best = load_checkpoint(self.run_dir / "best.pt")
-        self.model.load_state_dict(best["model"])
+        best = self.load_weights(self.run_dir / "best.pt")
         out = {
             "best_epoch": best["epoch"],
             "epochs_run": self.epoch,

@@ -18,7 +18,7 @@ from ..data.pipeline import PreparedData, prepare_data
 from ..data.readers import DataError, Interactions
 from ..data.splits import Split
 from ..evaluation import evaluate
-from ..files import load_checkpoint, read_json
+from ..files import read_json
 from ..losses import Workspace, next_item_loss
 from ..losses.reasoning import packed_last_rows, reasoning_loss
 from ..models.base import SequentialEncoder, build_model
@@ -400,5 +400,5 @@ def load_run(
     from . import make_trainer
 
     trainer = make_trainer(cfg, run_dir, data=prepared, progress=False)
-    trainer.model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    trainer.load_weights(run_dir / "best.pt")
     return trainer

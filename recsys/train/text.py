@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..data.batching import padded_windows
-from ..files import load_checkpoint
 from .loop import StepChecks
 from .next_item import Trainer
 
@@ -37,7 +36,7 @@ class TwoStageTextTrainer(Trainer):
         """The best stage-1 model (its item table with it), the table then frozen for the rest."""
         best = self.run_dir / "best.pt"
         if best.exists():
-            self.model.load_state_dict(load_checkpoint(best)["model"])
+            self.load_weights(best)
         else:  # no validation split: the last stage-1 encoder's items
             self.model.refresh_item_table()
         if self.ema is not None:  # the moving average starts again from the model stage 2 starts from

@@ -404,6 +404,23 @@ def test_a_damaged_best_checkpoint_is_refused_by_evaluate(tmp_path):
 
 
 @needs_data("ml-100k")
+def test_a_config_edited_after_training_is_refused_naming_the_setting(tmp_path, capsys):
+    from recsys.cli import main
+
+    run = _run(_train_cmd(tmp_path / "r") + ["--set", "train.epochs=1"])
+    assert run.returncode == 0, run.stderr
+    config = tmp_path / "r" / "config.json"
+    edited = json.loads(config.read_text())
+    width = edited["model"]["hidden_dim"]
+    edited["model"]["hidden_dim"] = 2 * width
+    config.write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt holds a model of other settings than" in err and f"model.hidden_dim: {width} -> {2 * width}" in err
+
+
+@needs_data("ml-100k")
 def test_a_damaged_prepared_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, capsys):
     from recsys import train
     from recsys.config import DataConfig
