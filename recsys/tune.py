@@ -76,13 +76,20 @@ def tune_settings(raw: dict) -> tuple[dict, dict]:
     space = options.pop("space", None) or SPACES.get(raw.get("model", {}).get("name", "sasrec"))
     if not space:
         raise ConfigError("[tune.space] is empty and this model has no built-in space; declare one in the recipe")
+    base = {k: v for k, v in raw.items() if k != "tune"}
     for key, spec in space.items():
-        if not isinstance(spec, dict) or not ({"low", "high"} <= set(spec) or "choices" in spec):
-            raise ConfigError(f"[tune.space] {key}: give low and high (and log / step), or choices")
-        if "choices" not in spec and not spec["low"] < spec["high"]:
-            raise ConfigError(f"[tune.space] {key}: low must be below high")
-        if "." not in key:
-            raise ConfigError(f"[tune.space] {key}: keys look like section.key")
+        _check_range(key, spec)
+        when = spec.get("when", {})
+        if not isinstance(when, dict) or not all(isinstance(k, str) and "." in k for k in when):
+            raise ConfigError(f'[tune.space] {key}: when = {{ "section.key" = value, ... }}, got {when!r}')
+        # every value the search may try must be a valid setting on this recipe (under its condition);
+        # a check that another key decides (one of two settings that must agree) is left to the trial
+        for value in spec["choices"] if "choices" in spec else (spec["low"], spec["high"]):
+            try:
+                config_from_dict(apply_settings(base, {**when, key: value}))
+            except ConfigError as err:
+                if str(err).startswith(key) or repr(key) in str(err):
+                    raise ConfigError(f"[tune.space] {key} = {value!r}: {err}") from None
     for key in options:
         if key not in ("trials", "epochs", "pruner", "warmup_epochs", "metric"):
             raise ConfigError(
@@ -92,6 +99,35 @@ def tune_settings(raw: dict) -> tuple[dict, dict]:
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise ConfigError(f"[tune] warmup_epochs: a whole number of epochs >= 0, got {warmup!r}")
     return options, space
+
+
+def _check_range(key: str, spec) -> None:
+    """One [tune.space] entry's form: low / high (log, step) or a non-empty list of choices, and when."""
+    if "." not in key:
+        raise ConfigError(f"[tune.space] {key}: keys look like section.key")
+    if not isinstance(spec, dict) or not ({"low", "high"} <= set(spec) or "choices" in spec):
+        raise ConfigError(f"[tune.space] {key}: give low and high (and log / step), or choices")
+    unknown = sorted(set(spec) - {"low", "high", "log", "step", "choices", "when"})
+    if unknown:
+        raise ConfigError(
+            f"[tune.space] {key}: unknown field(s) {unknown}; allowed: low, high, log, step, choices, when"
+        )
+    if "choices" in spec:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ConfigError(f"[tune.space] {key}: choices must be a non-empty list, got {spec['choices']!r}")
+        return
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in (low, high)):
+        raise ConfigError(f"[tune.space] {key}: low and high must be numbers, got {low!r} and {high!r}")
+    if not low < high:
+        raise ConfigError(f"[tune.space] {key}: low must be below high")
+    if spec.get("log") and low <= 0:
+        raise ConfigError(f"[tune.space] {key}: a log scale needs low > 0, got {low!r}")
+    step = spec.get("step")
+    if step is not None and not (isinstance(step, (int, float)) and 0 < step <= high - low):
+        raise ConfigError(f"[tune.space] {key}: step must be in (0, high - low], got {step!r}")
+    if step is not None and spec.get("log"):
+        raise ConfigError(f"[tune.space] {key}: step and log cannot be combined")
 
 
 def sample(trial, space: dict, raw: dict) -> dict:
@@ -111,7 +147,10 @@ def sample(trial, space: dict, raw: dict) -> dict:
         elif all(isinstance(spec[b], int) and not isinstance(spec[b], bool) for b in ("low", "high")):
             chosen[key] = trial.suggest_int(key, spec["low"], spec["high"], step=int(spec.get("step", 1)))
         else:
-            chosen[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+            step = float(spec["step"]) if spec.get("step") is not None else None
+            chosen[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")), step=step
+            )
     return chosen
 
 

@@ -113,7 +113,9 @@ def test_a_killed_search_resumes(tmp_path):
 
 
 def test_a_bad_space_is_refused(tmp_path):
-    from recsys.tune import tune_settings
+    import tomllib
+
+    from recsys.tune import SPACES, tune_settings
 
     with pytest.raises(ConfigError, match="train.lr: low must be below high"):
         tune_settings({"tune": {"space": {"train.lr": {"low": 1, "high": 0.1}}}})
@@ -122,6 +124,25 @@ def test_a_bad_space_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"\[tune\] warmup_epochs: a whole number"):
         tune_settings({"tune": {"warmup_epochs": 2.5}, "model": {"name": "sasrec"}})
     assert load_recipe(REPO / "recipes/ml-100k/sasrec.toml")  # recipes with or without [tune] load alike
+    sasrec = {"model": {"name": "sasrec"}}
+    bad = {
+        "model.hidden_dim": ({"low": 0, "high": 3}, r"model.hidden_dim = 0: model.hidden_dim must be >= 1"),
+        "model.hiden_dim": ({"choices": [32]}, r"model.hiden_dim = 32: unknown key 'model.hiden_dim'"),
+        "train.lr": ({"low": -1.0, "high": 0.1, "log": True}, r"train.lr: a log scale needs low > 0"),
+        "model.dropout": ({"choices": []}, r"model.dropout: choices must be a non-empty list"),
+        "model.num_blocks": ({"low": 1, "high": 3, "step": 5}, r"model.num_blocks: step must be in \(0, high - low\]"),
+        "train.batch_size": ({"choices": [64], "if": "x"}, r"train.batch_size: unknown field\(s\) \['if'\]"),
+    }
+    for key, (spec, message) in bad.items():
+        with pytest.raises(ConfigError, match=r"\[tune.space\] " + message):
+            tune_settings({**sasrec, "tune": {"space": {key: spec}}})
+    # a value valid only under its condition is checked under it
+    conditional = {"choices": [16, 32], "when": {"loss.name": "sampled_softmax"}}
+    assert tune_settings({**sasrec, "tune": {"space": {"loss.in_batch_negatives": conditional}}})
+    for recipe in sorted(REPO.glob("recipes/*/*.toml")):  # every shipped space (or built-in one) is valid
+        raw = tomllib.loads(recipe.read_text())
+        if raw.get("model", {}).get("name") in SPACES or "tune" in raw:
+            tune_settings(raw)
 
 
 def test_the_median_pruner_waits_the_warmup_epochs():
