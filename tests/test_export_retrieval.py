@@ -276,6 +276,8 @@ def test_cli_round_trip_retrieve_equals_exact_topk(trained, tmp_path, capsys):
     assert "unknown item id" in capsys.readouterr().err
     assert main(["retrieve", str(index_dir), "--history", "i1", "-k", "0"]) == 2
     assert "-k must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["retrieve", str(index_dir), "--history", f"{history[0]},,{history[1]}", "-k", "3"]) == 2
+    assert "--history: field 2 of" in capsys.readouterr().err  # an empty id is an error, not skipped
     # every item but the history's from an exhaustive index; an approximate one that returns fewer says so
     assert main(["retrieve", str(index_dir), "--history", ",".join(history), "-k", "100"]) == 0
     printed = capsys.readouterr()

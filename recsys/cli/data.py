@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_recipe
 from ..data.readers import DataError
+from .serve import comma_list
 
 
 def cmd_data_info(args) -> int:
@@ -25,7 +26,12 @@ def cmd_data_info(args) -> int:
         if dataset is None:
             raise ConfigError(f"{args.dataset}: data.dataset = 'custom' needs data.path")
     elif args.columns:
-        columns = dict(pair.split("=", 1) for pair in args.columns.split(",") if "=" in pair)
+        pairs = comma_list(args.columns, "--columns")
+        if not all("=" in pair for pair in pairs):
+            raise ConfigError(
+                f"--columns: canonical=column pairs, e.g. user_id=visitor,item_id=product; got {args.columns!r}"
+            )
+        columns = dict(pair.split("=", 1) for pair in pairs)
     if Path(dataset).is_file():  # a file of one's own: name its reader
         if reader not in READERS:
             raise ConfigError(f"{dataset} is a file: give --reader, one of {sorted(READERS)}")

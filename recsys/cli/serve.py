@@ -10,6 +10,17 @@ from ..config import ConfigError
 from ..data.readers import DataError
 
 
+def comma_list(text: str, flag: str) -> list[str]:
+    """``a,b,c`` as its fields (spaces around them dropped); an empty field is an error, not skipped."""
+    fields = [x.strip() for x in text.split(",")]
+    if fields == [""]:
+        return []
+    empty = [i for i, x in enumerate(fields, start=1) if not x]
+    if empty:
+        raise ConfigError(f"{flag}: field {empty[0]} of {text!r} is empty")
+    return fields
+
+
 def cmd_export(args) -> int:
     from ..data.cards import load_item_text
     from ..export import export_run
@@ -89,7 +100,7 @@ def cmd_retrieve(args) -> int:
     if args.history is not None:
         if not manifest.get("encoder"):
             raise DataError(f"{export_dir} has no exported encoder: retrieve with --users instead")
-        raw = [x.strip() for x in args.history.split(",") if x.strip()]
+        raw = comma_list(args.history, "--history")
         lookup = dict(zip(items["item_id"].to_list(), items["row"].to_list()))
         unknown = [x for x in raw if x not in lookup]
         if unknown or not raw:
@@ -105,7 +116,7 @@ def cmd_retrieve(args) -> int:
                     "item, seconds) and optionally --at (the request time; default: the last)"
                 )
             try:
-                times = [int(float(t)) for t in args.times.split(",") if t.strip()]
+                times = [int(float(t)) for t in comma_list(args.times, "--times")]
             except ValueError:
                 raise ConfigError(f"--times: numbers (seconds) separated by commas, got {args.times!r}") from None
             if len(times) != len(raw):
