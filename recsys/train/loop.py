@@ -254,7 +254,9 @@ class TrainLoop(ABC):
         another model (a run folder whose config.json was edited since) is refused, naming what differs."""
         state = load_checkpoint(path)
         if isinstance(state.get("config"), dict):
-            changed = config_changes(self.stored_config(state["config"]).get("model", {}), self.cfg.to_dict()["model"])
+            changed = config_changes(
+                self.stored_config(state["config"]).get("model", {}), self.cfg.to_dict().get("model", {})
+            )
             if changed:
                 raise ConfigError(
                     f"{path} holds a model of other settings than {self.run_dir / 'config.json'} (checkpoint -> file): "
