@@ -80,8 +80,6 @@ def tune_settings(raw: dict) -> tuple[dict, dict]:
     for key, spec in space.items():
         _check_range(key, spec)
         when = spec.get("when", {})
-        if not isinstance(when, dict) or not all(isinstance(k, str) and "." in k for k in when):
-            raise ConfigError(f'[tune.space] {key}: when = {{ "section.key" = value, ... }}, got {when!r}')
         # every value the search may try must be a valid setting on this recipe (under its condition);
         # a check that another key decides (one of two settings that must agree) is left to the trial
         for value in spec["choices"] if "choices" in spec else (spec["low"], spec["high"]):
@@ -112,6 +110,9 @@ def _check_range(key: str, spec) -> None:
         raise ConfigError(
             f"[tune.space] {key}: unknown field(s) {unknown}; allowed: low, high, log, step, choices, when"
         )
+    when = spec.get("when", {})
+    if not isinstance(when, dict) or not all(isinstance(k, str) and "." in k for k in when):
+        raise ConfigError(f'[tune.space] {key}: when = {{ "section.key" = value, ... }}, got {when!r}')
     if "choices" in spec:
         if not isinstance(spec["choices"], list) or not spec["choices"]:
             raise ConfigError(f"[tune.space] {key}: choices must be a non-empty list, got {spec['choices']!r}")
@@ -126,6 +127,8 @@ def _check_range(key: str, spec) -> None:
     step = spec.get("step")
     if step is not None and not (isinstance(step, (int, float)) and 0 < step <= high - low):
         raise ConfigError(f"[tune.space] {key}: step must be in (0, high - low], got {step!r}")
+    if step is not None and all(isinstance(b, int) for b in (low, high)) and not isinstance(step, int):
+        raise ConfigError(f"[tune.space] {key}: an integer range takes an integer step, got {step!r}")
     if step is not None and spec.get("log"):
         raise ConfigError(f"[tune.space] {key}: step and log cannot be combined")
 

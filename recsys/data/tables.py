@@ -163,8 +163,8 @@ def _from_pandas(df, source: str) -> pl.DataFrame:
                 pl.from_pandas(df[[name]])
             except Exception:
                 values = df[name].tolist()
-                first = type(values[0])
-                row = next((i for i, v in enumerate(values) if type(v) is not first and v is not None), None)
+                first = next((type(v) for v in values if v is not None), type(None))
+                row = next((i for i, v in enumerate(values) if v is not None and type(v) is not first), None)
                 where = f"{source}, line {row + 1}" if row is not None else source
                 what = (
                     f"holds {type(values[row]).__name__} {values[row]!r} where earlier rows hold {first.__name__}"
