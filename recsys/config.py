@@ -30,8 +30,10 @@ class DataConfig:
     data_dir: str | None = None  # default: $RECSYS_DATA
     path: str | None = None  # custom file
     reader: str | None = None  # custom file's reader (see recsys.data.readers.READERS)
-    columns: dict[str, str] | None = None  # custom CSV/Parquet: canonical name -> file column
+    # custom CSV / Parquet / JSON lines: canonical name -> the file's column, by name or 1-based position
+    columns: dict[str, str | int] | None = None
     separator: str | None = None  # custom CSV: field separator (default: tab for .tsv / .tab files, else ",")
+    header: bool = True  # custom CSV: the first line names the columns (false: name them by position)
     timestamp_format: str | None = None  # custom CSV/Parquet: strftime format of text timestamps (default: inferred)
     min_rating: float | None = None  # keep only interactions rated at least this (explicit-feedback logs)
     dedupe: Literal["none", "first", "last"] = "none"  # repeated (user, item) pairs: keep all, the first or the last
@@ -165,15 +167,18 @@ def _check_value(tp, value, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors: list[ConfigError] = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _check_value(arg, value, key)
             except ConfigError as err:
-                errors.append(str(err))
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {value!r} fits none of {args}")
+                errors.append(err)
+        if len(errors) == 1:  # an optional value: the one type's own message
+            raise errors[0]
+        kinds = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise ConfigError(f"{key}: expected {kinds}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {list(args)}")

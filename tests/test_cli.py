@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -158,6 +159,45 @@ def test_a_bad_date_in_a_custom_log_names_its_line(tmp_path, capsys):
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "events.tsv, line 9: field 'timestamp' is neither an integer nor a date-time: 'soon'" in err
+
+
+def test_train_on_a_gzipped_csv_without_a_header_by_column_numbers(tmp_path, capsys):
+    import gzip
+
+    # Amazon's ratings files: user,item,rating,time and no header line
+    rows = [
+        f"A{user},B{(user * 7 + k * 3) % 20},5.0,{1_400_000_000 + k * 86_400}" for user in range(30) for k in range(6)
+    ]
+    (tmp_path / "ratings.csv.gz").write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+    recipe = tmp_path / "ratings.toml"
+    recipe.write_text(
+        '[data]\ndataset = "custom"\npath = "ratings.csv.gz"\nreader = "table"\nheader = false\n'
+        "columns = { user_id = 1, item_id = 2, rating = 3, timestamp = 4 }\n"
+        '[model]\nname = "sasrec"\nmax_seq_len = 10\nhidden_dim = 16\nnum_blocks = 1\n[train]\nepochs = 1\n'
+    )
+    assert main(["data", "info", str(recipe)]) == 0
+    assert re.search(r"users\s+30\n", capsys.readouterr().out)
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "30 users, 20 items, 180 interactions" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "data",
+                "info",
+                str(tmp_path / "ratings.csv.gz"),
+                "--reader",
+                "table",
+                "--no-header",
+                "--columns",
+                "user_id=1,item_id=2",
+            ]
+        )
+        == 0
+    )
+    assert re.search(r"users\s+30\n", capsys.readouterr().out)
+    recipe.write_text(recipe.read_text().replace("user_id = 1,", "user_id = true,"))
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run2"), "--quiet"]) == 2
+    assert "data.columns" in capsys.readouterr().err
 
 
 def test_table_options_with_another_reader_are_refused(tmp_path, capsys):

@@ -94,3 +94,35 @@ def test_model_settings_the_encoder_refuses_are_a_config_error(tmp_path):
 def test_model_specific_ranges(recipe, override, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(REPO / recipe, [override])
+
+
+def _optional_keys() -> list[tuple[str, str]]:
+    """(model name or "", dotted key) of every setting that may be unset, in every section and model."""
+    import dataclasses
+    import types
+    import typing
+
+    from recsys.config import SECTIONS
+    from recsys.models.base import MODELS, resolve_model
+
+    resolve_model("sasrec")  # the built-in models register on first use
+    classes = [("", section, cls) for section, cls in SECTIONS.items()]
+    classes += [(name, "model", config_cls) for name, (_, config_cls) in sorted(MODELS.items())]
+    out = []
+    for model, section, cls in classes:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            tp = hints[field.name]
+            if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp):
+                out.append((model, f"{section}.{field.name}"))
+    return out
+
+
+@pytest.mark.parametrize("model,key", _optional_keys())
+def test_a_wrong_value_for_a_setting_that_may_be_unset_names_the_key(model, key):
+    # such keys used to end in a TypeError from the type check itself
+    raw = {"model": {"name": model}} if model else {}
+    section, name = key.split(".")
+    raw.setdefault(section, {})[name] = [[1, 2], {"a": 3}]  # a value no setting takes
+    with pytest.raises(ConfigError, match=rf"{key}: expected "):
+        config_from_dict(raw)

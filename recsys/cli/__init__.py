@@ -119,8 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--data-dir")
     di.add_argument("--reader", help="reader for a file of one's own (e.g. user_item_lines, table)")
     di.add_argument(
-        "--columns", help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts"
+        "--columns",
+        help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts "
+        "(with --no-header, column numbers: user_id=1,item_id=2)",
     )
+    di.add_argument("--no-header", action="store_true", help="reader table: the CSV has no header line")
     di.set_defaults(func=cmd_data_info)
     dl = dsub.add_parser("list", help="the dataset cards, and which are here")
     dl.add_argument("--data-dir")

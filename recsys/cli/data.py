@@ -16,13 +16,14 @@ def cmd_data_info(args) -> int:
 
     dataset, reader = args.dataset, args.reader
     columns = separator = timestamp_format = None
+    header = not args.no_header
     if dataset.endswith(".toml"):  # a recipe: its [data] section names a card or a file of one's own
         data_cfg = load_recipe(dataset).data
         if args.data_dir:
             data_cfg.data_dir = args.data_dir
         dataset = data_cfg.path if data_cfg.dataset == "custom" else data_cfg.dataset
         reader, columns = data_cfg.reader, data_cfg.columns
-        separator, timestamp_format = data_cfg.separator, data_cfg.timestamp_format
+        separator, timestamp_format, header = data_cfg.separator, data_cfg.timestamp_format, data_cfg.header
         if dataset is None:
             raise ConfigError(f"{args.dataset}: data.dataset = 'custom' needs data.path")
     elif args.columns:
@@ -42,6 +43,7 @@ def cmd_data_info(args) -> int:
                 columns or {"user_id": "user_id", "item_id": "item_id"},
                 separator=separator,
                 timestamp_format=timestamp_format,
+                header=header,
             )
         else:
             interactions = READERS[reader](path)

@@ -127,6 +127,7 @@ def _custom_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dic
     if cfg.reader not in READERS:
         raise DataError(f"data.reader must be one of {sorted(READERS)}, got {cfg.reader!r}")
     table_options = [k for k in ("separator", "timestamp_format") if getattr(cfg, k) is not None]
+    table_options += [] if cfg.header else ["header"]
     if table_options and cfg.reader != "table":
         raise ConfigError(f"data.{table_options[0]} is an option of data.reader = 'table', not {cfg.reader!r}")
     path = Path(cfg.path)
@@ -137,9 +138,12 @@ def _custom_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dic
 
     def read() -> Interactions:
         if cfg.reader == "table":
-            return read_table(path, columns, separator=cfg.separator, timestamp_format=cfg.timestamp_format)
+            return read_table(
+                path, columns, separator=cfg.separator, timestamp_format=cfg.timestamp_format, header=cfg.header
+            )
         return READERS[cfg.reader](path)
 
     settings = [digest, cfg.reader, columns if cfg.reader == "table" else None, cfg.separator, cfg.timestamp_format]
+    settings += [] if cfg.header else ["no header"]  # the keys of earlier caches stay as they were
     seq = _cached_sequences("custom", settings, read, cfg, verbose)
     return seq, {"file": str(path), "sha256": digest}

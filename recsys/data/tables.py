@@ -22,60 +22,137 @@ ROW_NUMBER = "__recsys_line__"
 
 def read_table(
     path: str | Path,
-    columns: dict[str, str],
+    columns: dict[str, str | int],
     separator: str | None = None,
     timestamp_format: str | None = None,
+    header: bool = True,
 ) -> Interactions:
-    """Any CSV / TSV / Parquet log. ``columns`` maps canonical names to the file's column names,
-    e.g. ``{"user_id": "visitorid", "item_id": "itemid", "timestamp": "ts"}``. ``separator``: default a
-    tab for ``.tsv`` / ``.tab`` files, else a comma. ``timestamp_format``: the strftime format of text
-    timestamps (default: integers, or date-times in the format polars infers)."""
+    """Any CSV / TSV / Parquet / JSON-lines log (CSV and JSON lines may be gzipped: ``.csv.gz``,
+    ``.json.gz``). ``columns`` maps canonical names to the file's columns, by name or by 1-based position,
+    e.g. ``{"user_id": "visitorid", "item_id": "itemid", "timestamp": "ts"}`` or, for a CSV without a
+    header line (``header=False``), ``{"user_id": 1, "item_id": 2, "timestamp": 4}``. ``separator``:
+    default a tab for ``.tsv`` / ``.tab`` files, else a comma. ``timestamp_format``: the strftime format of
+    text timestamps (default: integers, or date-times in the format polars infers)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    kind = table_kind(path)
+    if kind != "csv" and separator is not None:
+        raise DataError(f"{path}: a separator applies to CSV / TSV files, not to {KIND_NAMES[kind]}")
+    if kind != "csv" and not header:
+        raise DataError(f"{path}: header = false applies to CSV / TSV files; {KIND_NAMES[kind]} name their columns")
     if separator is None:
-        separator = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+        separator = "\t" if path.suffix.lower() in (".tsv", ".tab") or path.name.lower().endswith(".tsv.gz") else ","
     try:
-        if path.suffix == ".parquet":
-            df = pl.read_parquet(path)
-            df = df.with_row_index(ROW_NUMBER, offset=1)
+        if kind == "parquet":
+            df = pl.read_parquet(path).with_row_index(ROW_NUMBER, offset=1)
+        elif kind == "json":
+            df = _read_json_lines(path)
         else:
             df = pl.read_csv(
-                path, separator=separator, infer_schema_length=0, row_index_name=ROW_NUMBER, row_index_offset=2
+                path,
+                separator=separator,
+                has_header=header,
+                infer_schema_length=0,
+                row_index_name=ROW_NUMBER,
+                row_index_offset=2 if header else 1,
             )
+    except DataError:
+        raise
     except Exception as err:  # polars raises many kinds; show the first line of its message
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        ragged = _first_ragged_line(path, separator) if path.suffix != ".parquet" else None
+        ragged = _first_ragged_line(path, separator) if kind == "csv" else None
         if ragged is not None:
             line, found, expected = ragged
             raise DataError(
-                f"{path}, line {line}: {found} fields where the header has {expected} "
-                f"(separator {separator!r}; a field holding the separator must be quoted)"
+                f"{path}, line {line}: {found} fields where the {'header' if header else 'first line'} has "
+                f"{expected} (separator {separator!r}; a field holding the separator must be quoted)"
             ) from None
-        raise DataError(
-            f"{path}: could not be parsed as {'Parquet' if path.suffix == '.parquet' else 'CSV'} ({msg})"
-        ) from None
-    return frame_to_interactions(
-        df, columns, source=str(path), timestamp_format=timestamp_format, line_column=ROW_NUMBER
-    )
+        raise DataError(f"{path}: could not be parsed as {KIND_NAMES[kind]} ({msg})") from None
+    if not header:  # the columns' 1-based positions are their names
+        df = df.rename({c: str(i) for i, c in enumerate((c for c in df.columns if c != ROW_NUMBER), start=1)})
+    named = _columns_by_name(columns, [c for c in df.columns if c != ROW_NUMBER], path, kind)
+    return frame_to_interactions(df, named, source=str(path), timestamp_format=timestamp_format, line_column=ROW_NUMBER)
+
+
+KIND_NAMES = {"csv": "CSV", "parquet": "Parquet", "json": "JSON lines"}
+
+
+def table_kind(path: Path) -> str:
+    """``parquet``, ``json`` (JSON lines: ``.jsonl``, ``.ndjson``, ``.json``) or ``csv`` (anything else), by
+    the file's suffix in any case, a ``.gz`` after it aside."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes[-1:] == [".gz"]:
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    if last == ".parquet":
+        return "parquet"
+    return "json" if last in (".jsonl", ".ndjson", ".json") else "csv"
+
+
+def _columns_by_name(columns: dict[str, str | int], names: list[str], path: Path, kind: str) -> dict[str, str]:
+    """The column mapping with positions (1-based integers) turned into the file's column names."""
+    out = {}
+    for key, col in columns.items():
+        if isinstance(col, int) and not isinstance(col, bool):
+            if kind == "json":
+                raise DataError(f"{path}: columns.{key} = {col}: JSON lines name their fields; give the field's name")
+            if not 1 <= col <= len(names):
+                raise DataError(
+                    f"{path}: columns.{key} = {col}, but the file has {len(names)} columns (1..{len(names)})"
+                )
+            col = names[col - 1]
+        out[key] = col
+    return out
+
+
+def _read_json_lines(path: Path) -> pl.DataFrame:
+    """One JSON object per line (blank lines allowed), as a frame whose row-number column holds each
+    object's line in the file. A line that is not a JSON object is an error naming it."""
+    import gzip
+    import json
+
+    data = gzip.decompress(path.read_bytes()) if path.suffix.lower() == ".gz" else path.read_bytes()
+    lines = data.split(b"\n")
+    numbers = [i + 1 for i, line in enumerate(lines) if line.strip()]
+    if data.lstrip()[:1] == b"[":
+        raise DataError(f"{path}: a JSON array; write one JSON object per line (JSON lines)")
+    try:
+        df = pl.read_ndjson(data, infer_schema_length=None)
+    except Exception as err:
+        for number in numbers:  # polars names a character, not a line: find the line
+            try:
+                value = json.loads(lines[number - 1])
+            except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+                raise DataError(f"{path}, line {number}: not valid JSON ({bad})") from None
+            if not isinstance(value, dict):
+                raise DataError(f"{path}, line {number}: a JSON {type(value).__name__}, not an object") from None
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: could not be parsed as JSON lines ({msg})") from None
+    if df.height != len(numbers):  # every non-blank line is one object; else count rows, not lines
+        numbers = list(range(1, df.height + 1))
+    return df.with_columns(pl.Series(ROW_NUMBER, numbers, dtype=pl.Int64))
 
 
 def _first_ragged_line(path: Path, separator: str) -> tuple[int, int, int] | None:
-    """(line, fields found, fields in the header) of the first record whose field count differs from the
-    header's, read with the csv module (quoted fields may span lines); None when every record fits or
-    the file is not text."""
+    """(line, fields found, fields in the first line) of the first record whose field count differs from
+    the first line's, read with the csv module (quoted fields may span lines); None when every record fits
+    or the file is not text."""
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with opener(path, "rt", newline="", encoding="utf-8") as f:
             reader = csv.reader(f, delimiter=separator)
-            header = next(reader, None)
-            if header is None:
+            first = next(reader, None)
+            if first is None:
                 return None
             start = reader.line_num + 1  # the first line of the next record
             for row in reader:
-                if row and len(row) != len(header):
-                    return start, len(row), len(header)
+                if row and len(row) != len(first):
+                    return start, len(row), len(first)
                 start = reader.line_num + 1
-    except (UnicodeDecodeError, csv.Error):
+    except (UnicodeDecodeError, csv.Error, OSError):
         return None
     return None
 
@@ -150,6 +227,16 @@ def _canonical_timestamps(out: pl.DataFrame, source: str, timestamp_format: str 
     return out
 
 
+def _empty(values: pl.Series) -> pl.Series:
+    """Where a column has no value: null, NaN, or blank text."""
+    empty = values.is_null()
+    if values.dtype.is_float():
+        empty = empty | values.is_nan()
+    elif values.dtype == pl.Utf8:
+        empty = empty | (values.str.strip_chars() == "")
+    return empty
+
+
 def _from_pandas(df, source: str) -> pl.DataFrame:
     """A pandas DataFrame as polars; a column arrow cannot hold (ids of mixed types, say) is named with
     the first row whose type differs from the column's first value."""
@@ -210,6 +297,12 @@ def frame_to_interactions(
     out = df.select(
         pl.col(line_column).cast(pl.Int64).alias("line"), *[pl.col(src).alias(dst) for dst, src in columns.items()]
     )
+    # a time or rating the mapping names is part of every event: an empty one (or a line too short to
+    # hold it) would put the event out of order or past the rating filter unseen
+    for col in ("timestamp", "rating"):
+        if col in out.columns and (empty := _empty(out[col])).any():
+            line = out.filter(empty)["line"][0]
+            raise DataError(f"{source}, line {line}: field '{col}' (column {columns[col]!r}) is empty")
     for col in ("user_id", "item_id"):
         dtype = out[col].dtype
         if dtype in (pl.Categorical, pl.Enum):

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from recsys.data.prepare import k_core, prepare_sequences
-from recsys.data.readers import DataError, frame_to_interactions
+from recsys.data.readers import DataError, Interactions, frame_to_interactions
 
 
 def _inter(rows, with_time=True):
@@ -69,8 +69,15 @@ def test_short_users_dropped_with_a_count(capsys):
 
 def test_missing_timestamp_names_line():
     df = pl.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5, None]})
+    with pytest.raises(DataError, match=r"line 2: field 'timestamp' \(column 't'\) is empty"):
+        frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+    # a reader of its own that leaves a gap: preparation refuses it too
+    inter = frame_to_interactions(
+        df.with_columns(pl.col("t").fill_null(0)), {"user_id": "u", "item_id": "i", "timestamp": "t"}
+    )
+    inter = Interactions(inter.frame.with_columns(pl.Series("timestamp", [5, None])), inter.source, True)
     with pytest.raises(DataError, match="line 2: field 'timestamp' is empty"):
-        prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), verbose=False)
+        prepare_sequences(inter, verbose=False)
 
 
 def test_save_and_memory_mapped_load(tmp_path):

@@ -141,6 +141,88 @@ def test_table_with_column_mapping_csv_and_parquet(tmp_path):
         read_table(csv, {"user_id": "user", "item_id": "thing"})
 
 
+def test_table_without_a_header_by_column_numbers_gzipped_too(tmp_path):
+    # Amazon's ratings files: user,item,rating,time with no header line
+    rows = "A1,B7,5.0,1369699200\nA1,B3,4.0,1369612800\nA2,B7,3.0,1369699300\n"
+    csv = tmp_path / "ratings.csv"
+    csv.write_text(rows)
+    frame = read_table(csv, {"user_id": 1, "item_id": 2, "rating": 3, "timestamp": 4}, header=False).frame
+    assert frame["item_id"].to_list() == ["B7", "B3", "B7"]
+    assert frame["rating"].to_list() == [5.0, 4.0, 3.0]
+    assert frame["line"].to_list() == [1, 2, 3]  # no header: the first record is line 1
+    packed = tmp_path / "ratings.csv.gz"
+    packed.write_bytes(gzip.compress(rows.encode()))
+    assert read_table(packed, {"user_id": 1, "item_id": 2}, header=False).frame.equals(
+        read_table(csv, {"user_id": 1, "item_id": 2}, header=False).frame
+    )
+    with pytest.raises(DataError, match=r"ratings\.csv: columns\.item_id = 5, but the file has 4 columns"):
+        read_table(csv, {"user_id": 1, "item_id": 5}, header=False)
+    # with a header, a number is the column's position
+    named = tmp_path / "named.csv"
+    named.write_text("who,what\nu,i\n")
+    assert read_table(named, {"user_id": 1, "item_id": "what"}).frame["user_id"].to_list() == ["u"]
+
+
+def test_table_json_lines_plain_and_gzipped_name_their_lines(tmp_path):
+    lines = [
+        '{"reviewerID": "A1", "asin": "B7", "unixReviewTime": 200, "overall": 5.0, "style": {"size": "S"}}',
+        "",
+        '{"reviewerID": "A1", "asin": "B3", "unixReviewTime": 100, "overall": 4.0}',
+    ]
+    mapping = {"user_id": "reviewerID", "item_id": "asin", "timestamp": "unixReviewTime", "rating": "overall"}
+    log = tmp_path / "reviews.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    frame = read_table(log, mapping).frame
+    assert frame["item_id"].to_list() == ["B7", "B3"] and frame["timestamp"].to_list() == [200, 100]
+    assert frame["line"].to_list() == [1, 3]  # the blank line counts
+    packed = tmp_path / "reviews_Beauty_5.json.gz"  # Amazon's name for JSON lines
+    packed.write_bytes(gzip.compress(log.read_bytes()))
+    assert read_table(packed, mapping).frame.equals(frame)
+    log.write_text("\n".join(lines) + '\n{"reviewerID": "A2", "asin": \n')
+    with pytest.raises(DataError, match=r"reviews\.jsonl, line 4: not valid JSON"):
+        read_table(log, mapping)
+    log.write_text("\n".join(lines) + "\n[1, 2]\n")
+    with pytest.raises(DataError, match=r"reviews\.jsonl, line 4: a JSON list, not an object"):
+        read_table(log, mapping)
+    with pytest.raises(DataError, match=r"column 'style' \(item_id\) is Struct"):
+        read_table(packed, {**mapping, "item_id": "style"})
+    with pytest.raises(DataError, match=r"JSON lines name their fields"):
+        read_table(packed, {**mapping, "item_id": 2})
+    with pytest.raises(DataError, match=r"header = false applies to CSV"):
+        read_table(packed, mapping, header=False)
+    array = tmp_path / "all.json"
+    array.write_text("[" + lines[0] + "]")
+    with pytest.raises(DataError, match=r"all\.json: a JSON array; write one JSON object per line"):
+        read_table(array, mapping)
+
+
+def test_a_mapped_time_or_rating_that_is_empty_names_its_line(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_text("u,i,t\n1,2,3\n4,5,\n")
+    with pytest.raises(DataError, match=r"log\.csv, line 3: field 'timestamp' \(column 't'\) is empty"):
+        read_table(csv, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+    csv.write_text("u,i,t\n1,2,3\n4,5\n")  # a line too short to hold it
+    with pytest.raises(DataError, match=r"line 3: field 'timestamp' \(column 't'\) is empty"):
+        read_table(csv, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+    csv.write_text("u,i,r\n1,2,3\n4,5, \n")
+    with pytest.raises(DataError, match=r"line 3: field 'rating' \(column 'r'\) is empty"):
+        read_table(csv, {"user_id": "u", "item_id": "i", "rating": "r"})
+    times = pd.DataFrame({"u": [1, 2], "i": [3, 4], "t": [pd.Timestamp("2020-01-01"), pd.NaT]})
+    with pytest.raises(DataError, match=r"DataFrame, line 2: field 'timestamp' \(column 't'\) is empty"):
+        frame_to_interactions(times, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+    ratings = pd.DataFrame({"u": [1, 2], "i": [3, 4], "r": [1.0, float("nan")]})
+    with pytest.raises(DataError, match=r"DataFrame, line 2: field 'rating' \(column 'r'\) is empty"):
+        frame_to_interactions(ratings, {"user_id": "u", "item_id": "i", "rating": "r"})
+
+
+def test_table_suffixes_in_any_case(tmp_path):
+    pq = tmp_path / "LOG.PARQUET"
+    pd.DataFrame({"u": [1, 2], "i": [3, 4]}).to_parquet(pq)
+    assert read_table(pq, {"user_id": "u", "item_id": "i"}).frame["item_id"].to_list() == [3, 4]
+    with pytest.raises(DataError, match=r"a separator applies to CSV / TSV files, not to Parquet"):
+        read_table(pq, {"user_id": "u", "item_id": "i"}, separator=";")
+
+
 def test_table_with_an_extra_field_names_its_line(tmp_path):
     csv = tmp_path / "log.csv"
     # a quoted field spanning two lines comes first: the line named is the file's, not the record's
@@ -229,7 +311,7 @@ def test_events_within_one_second_keep_their_order_in_time(tmp_path):
         pd.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5.0, 4.0]}), {"user_id": "u", "item_id": "i", "timestamp": "t"}
     )
     assert "timestamp_order" not in whole.frame.columns  # whole seconds order by themselves
-    with pytest.raises(DataError, match="line 2: field 'timestamp' is empty"):
+    with pytest.raises(DataError, match=r"line 2: field 'timestamp' \(column 't'\) is empty"):
         prepare_sequences(
             frame_to_interactions(
                 pd.DataFrame({"u": [1, 1], "i": [1, 2], "t": [5.5, float("nan")]}),
