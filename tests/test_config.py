@@ -40,6 +40,9 @@ def test_overrides_are_typed_toml():
         ("train.seed=-1", r"train.seed must be in \[0, 2\*\*32\)"),
         ("train.betas=[0.9, 1.5]", r"train.betas must be two numbers in \[0, 1\)"),
         ("model.init_std=-1", r"model.init_std must be >= 0"),
+        ("loss.temperature=inf", r"loss.temperature: expected a finite number, got inf"),
+        ("train.weight_decay=-inf", r"train.weight_decay: expected a finite number, got -inf"),
+        ("data.valid_cut=nan", r"data.valid_cut: expected a finite number, got nan"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
