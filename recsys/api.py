@@ -303,7 +303,7 @@ def fit(
     """Train and return the :class:`Run`.
 
     ``data``: a pandas / polars DataFrame (``user`` / ``item`` / ``time`` / ``rating`` name its columns), a
-    CSV / TSV / Parquet file (the same column names), a dataset card's name, or None with a ``recipe`` that
+    CSV / TSV / Parquet / JSON-lines file (the same column names), a dataset card's name, or None with a ``recipe`` that
     names its data. ``model``: a registered model name (default: the recipe's, else SASRec; without a recipe
     the model starts from its start-here settings, recsys.start_here). ``recipe``: a
     packaged recipe's name (``recsys.recipes()``) or a TOML file. Settings: ``epochs``, dotted keys
