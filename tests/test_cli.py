@@ -375,3 +375,13 @@ def test_train_takes_a_packaged_recipe_by_name(tmp_path, capsys):
     args += ["--set", "train.epochs=1", "--set", "model.hidden_dim=16", "--set", "model.num_blocks=1"]
     assert main(args) == 0
     assert json.loads((tmp_path / "r.jsonl").read_text())["recipe"] == "recipes/ml-100k/sasrec.toml"
+
+
+def test_a_path_the_system_refuses_is_an_error_line_not_a_traceback(tmp_path, capsys):
+    recipe = _custom_log(tmp_path)
+    (tmp_path / "afile").write_text("")
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "afile" / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: Not a directory: {tmp_path / 'afile' / 'run'}"
+    # an export folder that exists is refused before the run (here: none) is read
+    assert main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'afile'} exists; export into a new folder"

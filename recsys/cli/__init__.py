@@ -187,15 +187,18 @@ def main(argv: list[str] | None = None) -> int:
 
             distributed.barrier()
         return code
-    except (RecsysError, FileExistsError, FileNotFoundError, ImportError) as err:
+    except BrokenPipeError:  # the reader went away (e.g. `recsys data list | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (RecsysError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that is missing, taken, not a folder, not writable; a full disk
+        print(f"error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (e.g. `recsys data list | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     finally:
         if "torch" in sys.modules:
             from .. import distributed

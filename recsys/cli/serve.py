@@ -26,6 +26,8 @@ def cmd_export(args) -> int:
     from ..export import export_run
     from ..train import load_run
 
+    if Path(args.out).exists():  # said before the run and its data are read (export_run refuses it too)
+        raise FileExistsError(f"{args.out} exists; export into a new folder")
     trainer = load_run(args.run_dir, data_dir=args.data_dir)
     text = None
     if trainer.cfg.data.dataset != "custom":
