@@ -305,7 +305,8 @@ def fit(
     ``data``: a pandas / polars DataFrame (``user`` / ``item`` / ``time`` / ``rating`` name its columns), a
     CSV / TSV / Parquet / JSON-lines file (the same column names), a dataset card's name, or None with a ``recipe`` that
     names its data. ``model``: a registered model name (default: the recipe's, else SASRec; without a recipe
-    the model starts from its start-here settings, recsys.start_here). ``recipe``: a
+    the model starts from its start-here settings, recsys.start_here, with a history window
+    (``model.max_seq_len``) of 200 events where the median user history has 50 or more, else 50). ``recipe``: a
     packaged recipe's name (``recsys.recipes()``) or a TOML file. Settings: ``epochs``, dotted keys
     (``**{"model.hidden_dim": 64}``) or ``overrides`` (a dict of dotted keys, or ``"key=value"`` strings as
     for ``--set``). ``run_dir``: default ``runs/api-DATE-TIME``. A DataFrame's table is kept in the run
@@ -330,6 +331,7 @@ def fit(
         settings.update({"data.columns": columns, **({"data.timestamp_format": time_format} if time_format else {})})
     elif data is not None:
         settings["data.dataset"] = str(data)
+    fit_window = False
     if recipe is not None:
         cfg = load_recipe(resolve_recipe(recipe), list(overrides), settings)
     else:  # no recipe: the model's start-here settings (recsys.start_here), then what was asked for
@@ -341,6 +343,9 @@ def fit(
         timed = interactions.has_timestamps if interactions is not None else True
         base = start_here(name, has_times=timed) if name in START_HERE else {"model": {"name": name}}
         cfg = config_from_dict(apply_settings(apply_overrides(base, list(overrides)), settings))
+        given = set(settings) | {str(o).partition("=")[0].strip() for o in overrides}
+        windowed = name in START_HERE and START_HERE[name][1].get("model", {}).get("max_seq_len") == "{max_seq_len}"
+        fit_window = windowed and "model.max_seq_len" not in given
     run_dir = Path(run_dir or Path("runs") / f"api-{dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
     holds_run = (run_dir / "last.pt").exists() or (run_dir / "final_metrics.json").exists()
     if holds_run and not resume:  # said before anything is written there
@@ -348,6 +353,10 @@ def fit(
     if interactions is not None and not (resume and holds_run):
         save_interactions(interactions, run_dir)  # the run keeps its table: evaluate / export / load need no data
     prepared = prepare_data(cfg.data, verbose=progress, interactions=interactions)
+    if fit_window:  # the start-here window fits the data's histories (recsys.start_here.history_window)
+        from .start_here import history_window
+
+        cfg.model.max_seq_len = history_window(float(np.median(np.diff(prepared.split.data.seq_offsets))))
     trainer = make_trainer(cfg, run_dir, data=prepared, progress=progress)
     if recipe is not None:
         trainer.recipe = recipe_label(resolve_recipe(recipe))

@@ -124,8 +124,9 @@ CLICK = {
     ),
 }
 TEXT_MODELS = ("recformer", "recformer_tokens")
-# dataset facts the settings depend on: longer histories for MovieLens, timestamps for the time bias,
-# and whether the protocol keeps seen items as candidates (UniSRec / Recformer's Scientific)
+# dataset facts the settings depend on: longer histories for MovieLens (its files' median history is 65-90
+# events, history_window), timestamps for the time bias, and whether the protocol keeps seen items as
+# candidates (UniSRec / Recformer's Scientific)
 LONG_HISTORIES = ("ml-",)
 NO_TIMESTAMPS = {"beauty", "s3rec-beauty", "s3rec-lastfm", "scientific"}
 KEEP_SEEN = {"scientific"}
@@ -163,6 +164,13 @@ def settings(model: str, max_seq_len: int = 50, has_times: bool = True) -> dict:
         }
         for name, values in START_HERE[model][1].items()
     }
+
+
+def history_window(median_history: float) -> int:
+    """The start-here ``model.max_seq_len`` for data whose median user history has this many events: 200
+    where it is 50 or more (the MovieLens files), else 50 (Amazon's and LastFM's files, median 6-19 events,
+    where 50 holds three quarters of the histories or more)."""
+    return 200 if median_history >= 50 else 50
 
 
 def render(dataset: str, model: str) -> str:

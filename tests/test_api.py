@@ -153,3 +153,18 @@ def test_the_api_on_a_real_file_with_string_ids(tmp_path):
         recsys.fit(recipe="ml-100k/sasrc", epochs=1, run_dir=tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="keys look like section.key"):
         recsys.fit(recipe="ml-100k/sasrec", run_dir=tmp_path / "y", progress=False, **{"hidden_dim": 16})
+
+
+def test_without_a_recipe_the_history_window_fits_the_data(tmp_path):
+    def fit(events_per_user: int, model: str, name: str, **settings):
+        rows = [(f"u{u}", f"i{(u * 7 + k * 3) % 40}", k) for u in range(12) for k in range(events_per_user)]
+        df = pd.DataFrame(rows, columns=["user", "item", "ts"])
+        small = {"model.hidden_dim": 16, "model.num_blocks": 1, "train.num_threads": 1, **settings}
+        return recsys.fit(
+            df, model, user="user", item="item", time="ts", epochs=1, run_dir=tmp_path / name, progress=False, **small
+        )
+
+    assert fit(60, "sasrec", "long").config.model.max_seq_len == 200  # median history 60 events
+    assert fit(8, "hstu", "short").config.model.max_seq_len == 50
+    assert fit(60, "sasrec", "asked", **{"model.max_seq_len": 30}).config.model.max_seq_len == 30  # asked for: kept
+    assert recsys.load(tmp_path / "long").config.model.max_seq_len == 200  # the run keeps the window it trained with
