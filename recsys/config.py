@@ -35,6 +35,7 @@ class DataConfig:
     columns: dict[str, str | int] | None = None
     separator: str | None = None  # custom CSV: field separator (default: tab for .tsv / .tab files, else ",")
     header: bool = True  # custom CSV: the first line names the columns (false: name them by position)
+    encoding: str = "utf-8"  # custom CSV / JSON lines: the text's encoding (a Python codec name, e.g. "latin-1")
     timestamp_format: str | None = None  # custom CSV/Parquet: strftime format of text timestamps (default: inferred)
     min_rating: float | None = None  # keep only interactions rated at least this (explicit-feedback logs)
     dedupe: Literal["none", "first", "last"] = "none"  # repeated (user, item) pairs: keep all, the first or the last

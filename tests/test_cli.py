@@ -164,14 +164,17 @@ def test_a_bad_date_in_a_custom_log_names_its_line(tmp_path, capsys):
 def test_train_on_a_gzipped_csv_without_a_header_by_column_numbers(tmp_path, capsys):
     import gzip
 
-    # Amazon's ratings files: user,item,rating,time and no header line
+    # Amazon's ratings files: user,item,rating,time and no header line; here in Latin-1
     rows = [
-        f"A{user},B{(user * 7 + k * 3) % 20},5.0,{1_400_000_000 + k * 86_400}" for user in range(30) for k in range(6)
+        f"A{user},B\u00e9{(user * 7 + k * 3) % 20},5.0,{1_400_000_000 + k * 86_400}"
+        for user in range(30)
+        for k in range(6)
     ]
-    (tmp_path / "ratings.csv.gz").write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+    (tmp_path / "ratings.csv.gz").write_bytes(gzip.compress(("\n".join(rows) + "\n").encode("latin-1")))
     recipe = tmp_path / "ratings.toml"
     recipe.write_text(
         '[data]\ndataset = "custom"\npath = "ratings.csv.gz"\nreader = "table"\nheader = false\n'
+        'encoding = "latin-1"\n'
         "columns = { user_id = 1, item_id = 2, rating = 3, timestamp = 4 }\n"
         '[model]\nname = "sasrec"\nmax_seq_len = 10\nhidden_dim = 16\nnum_blocks = 1\n[train]\nepochs = 1\n'
     )
@@ -188,6 +191,8 @@ def test_train_on_a_gzipped_csv_without_a_header_by_column_numbers(tmp_path, cap
                 "--reader",
                 "table",
                 "--no-header",
+                "--encoding",
+                "latin-1",
                 "--columns",
                 "user_id=1,item_id=2",
             ]

@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(with --no-header, column numbers: user_id=1,item_id=2)",
     )
     di.add_argument("--no-header", action="store_true", help="reader table: the CSV has no header line")
+    di.add_argument("--encoding", default="utf-8", help="reader table: the text's encoding (e.g. latin-1)")
     di.set_defaults(func=cmd_data_info)
     dl = dsub.add_parser("list", help="the dataset cards, and which are here")
     dl.add_argument("--data-dir")

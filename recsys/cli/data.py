@@ -16,14 +16,15 @@ def cmd_data_info(args) -> int:
 
     dataset, reader = args.dataset, args.reader
     columns = separator = timestamp_format = None
-    header = not args.no_header
+    header, encoding = not args.no_header, args.encoding
     if dataset.endswith(".toml"):  # a recipe: its [data] section names a card or a file of one's own
         data_cfg = load_recipe(dataset).data
         if args.data_dir:
             data_cfg.data_dir = args.data_dir
         dataset = data_cfg.path if data_cfg.dataset == "custom" else data_cfg.dataset
         reader, columns = data_cfg.reader, data_cfg.columns
-        separator, timestamp_format, header = data_cfg.separator, data_cfg.timestamp_format, data_cfg.header
+        separator, timestamp_format = data_cfg.separator, data_cfg.timestamp_format
+        header, encoding = data_cfg.header, data_cfg.encoding
         if dataset is None:
             raise ConfigError(f"{args.dataset}: data.dataset = 'custom' needs data.path")
     elif args.columns:
@@ -44,6 +45,7 @@ def cmd_data_info(args) -> int:
                 separator=separator,
                 timestamp_format=timestamp_format,
                 header=header,
+                encoding=encoding,
             )
         else:
             interactions = READERS[reader](path)

@@ -127,7 +127,7 @@ def _custom_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dic
     if cfg.reader not in READERS:
         raise DataError(f"data.reader must be one of {sorted(READERS)}, got {cfg.reader!r}")
     table_options = [k for k in ("separator", "timestamp_format") if getattr(cfg, k) is not None]
-    table_options += [] if cfg.header else ["header"]
+    table_options += ([] if cfg.header else ["header"]) + ([] if cfg.encoding == "utf-8" else ["encoding"])
     if table_options and cfg.reader != "table":
         raise ConfigError(f"data.{table_options[0]} is an option of data.reader = 'table', not {cfg.reader!r}")
     path = Path(cfg.path)
@@ -139,11 +139,17 @@ def _custom_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dic
     def read() -> Interactions:
         if cfg.reader == "table":
             return read_table(
-                path, columns, separator=cfg.separator, timestamp_format=cfg.timestamp_format, header=cfg.header
+                path,
+                columns,
+                separator=cfg.separator,
+                timestamp_format=cfg.timestamp_format,
+                header=cfg.header,
+                encoding=cfg.encoding,
             )
         return READERS[cfg.reader](path)
 
     settings = [digest, cfg.reader, columns if cfg.reader == "table" else None, cfg.separator, cfg.timestamp_format]
-    settings += [] if cfg.header else ["no header"]  # the keys of earlier caches stay as they were
+    # options at their defaults add nothing: the keys of earlier caches stay as they were
+    settings += ([] if cfg.header else ["no header"]) + ([] if cfg.encoding == "utf-8" else [cfg.encoding])
     seq = _cached_sequences("custom", settings, read, cfg, verbose)
     return seq, {"file": str(path), "sha256": digest}

@@ -4,7 +4,9 @@ checked)."""
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from pathlib import Path
 
 import polars as pl
@@ -26,17 +28,29 @@ def read_table(
     separator: str | None = None,
     timestamp_format: str | None = None,
     header: bool = True,
+    encoding: str = "utf-8",
 ) -> Interactions:
     """Any CSV / TSV / Parquet / JSON-lines log (CSV and JSON lines may be gzipped: ``.csv.gz``,
     ``.json.gz``). ``columns`` maps canonical names to the file's columns, by name or by 1-based position,
     e.g. ``{"user_id": "visitorid", "item_id": "itemid", "timestamp": "ts"}`` or, for a CSV without a
     header line (``header=False``), ``{"user_id": 1, "item_id": 2, "timestamp": 4}``. ``separator``:
     default a tab for ``.tsv`` / ``.tab`` files, else a comma. ``timestamp_format``: the strftime format of
-    text timestamps (default: integers, or date-times in the format polars infers)."""
+    text timestamps (default: integers, or date-times in the format polars infers). ``encoding``: the text
+    files' character encoding (any Python codec name, e.g. ``latin-1``)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     kind = table_kind(path)
+    try:
+        encoding = codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(
+            f"{path}: unknown encoding {encoding!r} (a Python codec name, e.g. 'utf-8', 'latin-1')"
+        ) from None
+    if kind == "parquet" and encoding != "utf-8":
+        raise DataError(f"{path}: an encoding applies to CSV and JSON lines; Parquet's text is UTF-8")
+    if kind != "parquet" and encoding == "utf-8" and _opening_bytes(path).startswith(UTF16_MARKS):
+        raise DataError(f"{path}: UTF-16 text (its first bytes say so); give data.encoding = 'utf-16'")
     if kind != "csv" and separator is not None:
         raise DataError(f"{path}: a separator applies to CSV / TSV files, not to {KIND_NAMES[kind]}")
     if kind != "csv" and not header:
@@ -47,10 +61,10 @@ def read_table(
         if kind == "parquet":
             df = pl.read_parquet(path).with_row_index(ROW_NUMBER, offset=1)
         elif kind == "json":
-            df = _read_json_lines(path)
+            df = _read_json_lines(path, encoding)
         else:
             df = pl.read_csv(
-                path,
+                path if encoding == "utf-8" else _as_utf8(path, encoding),
                 separator=separator,
                 has_header=header,
                 infer_schema_length=0,
@@ -61,7 +75,9 @@ def read_table(
         raise
     except Exception as err:  # polars raises many kinds; show the first line of its message
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        ragged = _first_ragged_line(path, separator) if kind == "csv" else None
+        if "utf-8" in msg.lower() or "utf8" in msg.lower():
+            _refuse_non_utf8(path)
+        ragged = _first_ragged_line(path, separator, encoding) if kind == "csv" else None
         if ragged is not None:
             line, found, expected = ragged
             raise DataError(
@@ -106,13 +122,53 @@ def _columns_by_name(columns: dict[str, str | int], names: list[str], path: Path
     return out
 
 
-def _read_json_lines(path: Path) -> pl.DataFrame:
+UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def _opening_bytes(path: Path) -> bytes:
+    """The first bytes of the file's content, unpacked where it is gzipped ("" where it cannot be read)."""
+    import gzip
+
+    try:
+        with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rb") as f:
+            return f.read(4)
+    except OSError:  # not gzip after all: polars says so with the file's name
+        return b""
+
+
+def _file_bytes(path: Path) -> bytes:
+    """The file's content, unpacked where it is gzipped."""
+    import gzip
+
+    return gzip.decompress(path.read_bytes()) if path.suffix.lower() == ".gz" else path.read_bytes()
+
+
+def _as_utf8(path: Path, encoding: str) -> io.BytesIO:
+    """A text file of another encoding, re-encoded as UTF-8 in memory (what polars reads)."""
+    try:
+        return io.BytesIO(_file_bytes(path).decode(encoding).encode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not {encoding} text ({err.reason} at byte {err.start})") from None
+
+
+def _refuse_non_utf8(path: Path) -> None:
+    """An error naming the first line that is not UTF-8 (where one is)."""
+    for number, line in enumerate(_file_bytes(path).split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{path}, line {number}: not UTF-8 (byte {line[err.start]:#04x} at column {err.start + 1}); give "
+                "the file's encoding: data.encoding, e.g. 'latin-1' or 'cp1252'"
+            ) from None
+
+
+def _read_json_lines(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
     """One JSON object per line (blank lines allowed), as a frame whose row-number column holds each
     object's line in the file. A line that is not a JSON object is an error naming it."""
-    import gzip
     import json
 
-    data = gzip.decompress(path.read_bytes()) if path.suffix.lower() == ".gz" else path.read_bytes()
+    data = _file_bytes(path) if encoding == "utf-8" else _as_utf8(path, encoding).getvalue()
     lines = data.split(b"\n")
     numbers = [i + 1 for i, line in enumerate(lines) if line.strip()]
     if data.lstrip()[:1] == b"[":
@@ -122,8 +178,12 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
     except Exception as err:
         for number in numbers:  # polars names a character, not a line: find the line
             try:
+                lines[number - 1].decode("utf-8")
+            except UnicodeDecodeError:
+                _refuse_non_utf8(path)
+            try:
                 value = json.loads(lines[number - 1])
-            except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+            except json.JSONDecodeError as bad:
                 raise DataError(f"{path}, line {number}: not valid JSON ({bad})") from None
             if not isinstance(value, dict):
                 raise DataError(f"{path}, line {number}: a JSON {type(value).__name__}, not an object") from None
@@ -134,7 +194,7 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
     return df.with_columns(pl.Series(ROW_NUMBER, numbers, dtype=pl.Int64))
 
 
-def _first_ragged_line(path: Path, separator: str) -> tuple[int, int, int] | None:
+def _first_ragged_line(path: Path, separator: str, encoding: str = "utf-8") -> tuple[int, int, int] | None:
     """(line, fields found, fields in the first line) of the first record whose field count differs from
     the first line's, read with the csv module (quoted fields may span lines); None when every record fits
     or the file is not text."""
@@ -142,7 +202,7 @@ def _first_ragged_line(path: Path, separator: str) -> tuple[int, int, int] | Non
 
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
-        with opener(path, "rt", newline="", encoding="utf-8") as f:
+        with opener(path, "rt", newline="", encoding=encoding) as f:
             reader = csv.reader(f, delimiter=separator)
             first = next(reader, None)
             if first is None:

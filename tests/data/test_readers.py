@@ -196,6 +196,28 @@ def test_table_json_lines_plain_and_gzipped_name_their_lines(tmp_path):
         read_table(array, mapping)
 
 
+def test_table_text_of_another_encoding(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_bytes("u,i\n1,tea\n1,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(
+        DataError, match=r"log\.csv, line 3: not UTF-8 \(byte 0xe9 at column 6\); give .*data\.encoding"
+    ):
+        read_table(csv, {"user_id": "u", "item_id": "i"})
+    assert read_table(csv, {"user_id": "u", "item_id": "i"}, encoding="latin-1").frame["item_id"][1] == "caf\u00e9"
+    log = tmp_path / "log.jsonl.gz"
+    log.write_bytes(gzip.compress('{"u": 1, "i": "caf\u00e9"}\n'.encode("cp1252")))
+    with pytest.raises(DataError, match=r"log\.jsonl\.gz, line 1: not UTF-8"):
+        read_table(log, {"user_id": "u", "item_id": "i"})
+    assert read_table(log, {"user_id": "u", "item_id": "i"}, encoding="cp1252").frame["item_id"][0] == "caf\u00e9"
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes("u,i\n1,2\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"wide\.csv: UTF-16 text .* data\.encoding = 'utf-16'"):
+        read_table(wide, {"user_id": "u", "item_id": "i"})
+    assert read_table(wide, {"user_id": "u", "item_id": "i"}, encoding="utf-16").frame["item_id"].to_list() == [2]
+    with pytest.raises(DataError, match=r"unknown encoding 'klingon'"):
+        read_table(csv, {"user_id": "u", "item_id": "i"}, encoding="klingon")
+
+
 def test_a_mapped_time_or_rating_that_is_empty_names_its_line(tmp_path):
     csv = tmp_path / "log.csv"
     csv.write_text("u,i,t\n1,2,3\n4,5,\n")
