@@ -1,12 +1,14 @@
-"""Logs of one's own: any CSV / TSV / Parquet file or in-memory DataFrame with a column mapping, to the
-canonical table; integer, fractional or date-time timestamps (one format per column, offsets
-checked)."""
+"""Logs of one's own: any CSV / TSV / Parquet / JSON-lines file (text gzipped or not, in any encoding) or
+in-memory DataFrame with a column mapping, to the canonical table; integer, fractional or date-time
+timestamps (one format per column, offsets checked)."""
 
 from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
+import json
 from pathlib import Path
 
 import polars as pl
@@ -20,6 +22,9 @@ SUBSECOND_ORDER = "timestamp_order"
 
 # the row-number column the table readers add (a name no log has, so a column called "line" is data)
 ROW_NUMBER = "__recsys_line__"
+
+KIND_NAMES = {"csv": "CSV", "parquet": "Parquet", "json": "JSON lines"}
+UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 def read_table(
@@ -91,9 +96,6 @@ def read_table(
     return frame_to_interactions(df, named, source=str(path), timestamp_format=timestamp_format, line_column=ROW_NUMBER)
 
 
-KIND_NAMES = {"csv": "CSV", "parquet": "Parquet", "json": "JSON lines"}
-
-
 def table_kind(path: Path) -> str:
     """``parquet``, ``json`` (JSON lines: ``.jsonl``, ``.ndjson``, ``.json``) or ``csv`` (anything else), by
     the file's suffix in any case, a ``.gz`` after it aside."""
@@ -122,13 +124,8 @@ def _columns_by_name(columns: dict[str, str | int], names: list[str], path: Path
     return out
 
 
-UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-
-
 def _opening_bytes(path: Path) -> bytes:
     """The first bytes of the file's content, unpacked where it is gzipped ("" where it cannot be read)."""
-    import gzip
-
     try:
         with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rb") as f:
             return f.read(4)
@@ -138,8 +135,6 @@ def _opening_bytes(path: Path) -> bytes:
 
 def _file_bytes(path: Path) -> bytes:
     """The file's content, unpacked where it is gzipped."""
-    import gzip
-
     return gzip.decompress(path.read_bytes()) if path.suffix.lower() == ".gz" else path.read_bytes()
 
 
@@ -166,8 +161,6 @@ def _refuse_non_utf8(path: Path) -> None:
 def _read_json_lines(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
     """One JSON object per line (blank lines allowed), as a frame whose row-number column holds each
     object's line in the file. A line that is not a JSON object is an error naming it."""
-    import json
-
     data = _file_bytes(path) if encoding == "utf-8" else _as_utf8(path, encoding).getvalue()
     lines = data.split(b"\n")
     numbers = [i + 1 for i, line in enumerate(lines) if line.strip()]
@@ -198,8 +191,6 @@ def _first_ragged_line(path: Path, separator: str, encoding: str = "utf-8") -> t
     """(line, fields found, fields in the first line) of the first record whose field count differs from
     the first line's, read with the csv module (quoted fields may span lines); None when every record fits
     or the file is not text."""
-    import gzip
-
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
         with opener(path, "rt", newline="", encoding=encoding) as f:
