@@ -89,8 +89,14 @@ def cmd_data_list(args) -> int:
     on first use, or has to be fetched by hand (no official download)."""
     from ..data.cards import list_cards, load_card, resolve_file
 
+    broken = 0
     for name in list_cards():
-        card = load_card(name)
+        try:
+            card = load_card(name)
+        except DataError as err:  # the others are still listed; the error says what to mend
+            print(f"{name:18s} {'invalid':9s} {err}")
+            broken += 1
+            continue
         try:
             resolve_file(card, getattr(args, "data_dir", None), download=False)
             where = "present"
@@ -98,6 +104,7 @@ def cmd_data_list(args) -> int:
             where = "download" if card.download else "absent"
         print(f"{name:18s} {where:9s} {card.description}")
     print(
-        "\npresent: the file is here; download: fetched from the official source on first use; absent: no official download"
+        "\npresent: the file is here; download: fetched from the official source on first use; absent: no official "
+        "download" + ("; invalid: the card has an error (it says which)" if broken else "")
     )
-    return 0
+    return 2 if broken else 0

@@ -78,17 +78,136 @@ def list_cards() -> list[str]:
 
 
 def load_card(name: str) -> Card:
+    """The card ``name``, every key checked: an unknown or missing key, a value of the wrong type, a path
+    that leaves its folder or a reader option the reader does not take is an error naming the card file
+    and the key."""
     path = cards_dir() / f"{name}.toml"
     if not path.exists():
         raise DataError(f"unknown dataset {name!r}; known: {list_cards()} (cards live in {cards_dir()})")
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
-    from .readers import READERS
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a valid card ({err})") from None
+    return _card_from_toml(raw, path)
 
-    if raw.get("reader") not in READERS:
-        raise DataError(f"{path}: field 'reader' must be one of {sorted(READERS)}, got {raw.get('reader')!r}")
-    variants = [Variant(**v) for v in raw.pop("variants")]
-    return Card(variants=variants, path=path, **raw)
+
+# a card's keys: key -> (the types it takes, whether it is required); the side tables' keys likewise
+_CARD_KEYS = {
+    "name": (str, True),
+    "folder": (str, True),
+    "reader": (str, True),
+    "variants": (list, True),
+    "description": (str, False),
+    "citation": (str, False),
+    "reader_options": (dict, False),
+    "item_text": (dict, False),
+    "item_attributes": (dict, False),
+    "download": (dict, False),
+}
+_VARIANT_KEYS = {
+    "file": (str, True),
+    "sha256": (str, False),
+    "git_blob": (str, False),
+    "users": (int, False),
+    "items": (int, False),
+    "interactions": (int, False),
+    "note": (str, False),
+}
+_SIDE_KEYS = {
+    "item_text": {"file": (str, True), "format": (str, True)},
+    "item_attributes": {"file": (str, True), "format": (str, True), "sha256": (str, True)},
+    "download": {"url": (str, True), "file": (str, False), "members": (dict, False), "sha256": (str, False)},
+}
+
+
+def _check_keys(path: Path, where: str, raw: dict, keys: dict[str, tuple[type, bool]]) -> None:
+    """Unknown, missing and mistyped keys of one table of the card ``path`` (``where``: the table's prefix)."""
+    for key in raw:
+        if key not in keys:
+            raise DataError(f"{path}: unknown key '{where}{key}'; allowed: {list(keys)}")
+    for key, (kind, required) in keys.items():
+        if key not in raw:
+            if required:
+                raise DataError(f"{path}: missing key '{where}{key}'")
+            continue
+        value = raw[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            what = {str: "a string", int: "an integer", list: "a list", dict: "a table"}[kind]
+            raise DataError(f"{path}: '{where}{key}' must be {what}, got {value!r}")
+        if kind is int and value < 0:
+            raise DataError(f"{path}: '{where}{key}' must be >= 0, got {value}")
+
+
+def _check_file_name(path: Path, key: str, value: str) -> None:
+    """A file or folder a card names stays below the data folder: relative, no '..'."""
+    parts = Path(value).parts
+    if not value or Path(value).is_absolute() or ".." in parts or value.startswith("~"):
+        raise DataError(f"{path}: '{key}' = {value!r} must be a relative path inside the data folder (no '..')")
+
+
+def _check_digest(path: Path, key: str, value: str, length: int) -> None:
+    if len(value) != length or any(c not in "0123456789abcdef" for c in value):
+        raise DataError(f"{path}: '{key}' must be {length} lowercase hex digits, got {value!r}")
+
+
+def _card_from_toml(raw: dict, path: Path) -> Card:
+    import inspect
+
+    from .readers import ITEM_ATTRIBUTE_FORMATS, ITEM_TEXT_FORMATS, READERS
+
+    _check_keys(path, "", raw, _CARD_KEYS)
+    if raw["name"] != path.stem:  # the name is how it is found, and names its cache folder
+        raise DataError(f"{path}: 'name' is {raw['name']!r}; a card's name is its file's name, {path.stem!r}")
+    if raw["reader"] not in READERS:
+        raise DataError(f"{path}: 'reader' must be one of {sorted(READERS)}, got {raw['reader']!r}")
+    _check_file_name(path, "folder", raw["folder"])
+    if not raw["variants"]:
+        raise DataError(f"{path}: 'variants' is empty; a card names at least one file ([[variants]] file = ...)")
+    variants = []
+    for i, variant in enumerate(raw["variants"]):
+        where = f"variants[{i}]."
+        if not isinstance(variant, dict):
+            raise DataError(f"{path}: 'variants[{i}]' must be a table, got {variant!r}")
+        _check_keys(path, where, variant, _VARIANT_KEYS)
+        _check_file_name(path, where + "file", variant["file"])
+        for key, length in (("sha256", 64), ("git_blob", 40)):
+            if key in variant:
+                _check_digest(path, where + key, variant[key], length)
+        variants.append(Variant(**variant))
+    for side, keys in _SIDE_KEYS.items():
+        if side in raw:
+            _check_keys(path, f"{side}.", raw[side], keys)
+            for key in ("file",):
+                if key in raw[side]:
+                    _check_file_name(path, f"{side}.{key}", raw[side][key])
+    if "item_text" in raw and raw["item_text"]["format"] not in ITEM_TEXT_FORMATS:
+        raise DataError(f"{path}: 'item_text.format' must be one of {list(ITEM_TEXT_FORMATS)}")
+    if "item_attributes" in raw:
+        if raw["item_attributes"]["format"] not in ITEM_ATTRIBUTE_FORMATS:
+            raise DataError(f"{path}: 'item_attributes.format' must be one of {list(ITEM_ATTRIBUTE_FORMATS)}")
+        _check_digest(path, "item_attributes.sha256", raw["item_attributes"]["sha256"], 64)
+    if "download" in raw:
+        download = raw["download"]
+        if ("file" in download) == ("members" in download):
+            raise DataError(f"{path}: 'download' names a 'file' or an archive's 'members', one of the two")
+        for member, name in download.get("members", {}).items():
+            if not isinstance(name, str):
+                raise DataError(f"{path}: 'download.members.{member}' must be a file name, got {name!r}")
+            _check_file_name(path, f"download.members.{member}", name)
+        if "sha256" in download:
+            _check_digest(path, "download.sha256", download["sha256"], 64)
+    # reader options are the reader's own keyword arguments
+    params = list(inspect.signature(READERS[raw["reader"]]).parameters.values())[1:]
+    options = raw.get("reader_options", {})
+    for key in options:
+        if key not in {p.name for p in params}:
+            raise DataError(
+                f"{path}: unknown key 'reader_options.{key}'; reader {raw['reader']!r} takes {[p.name for p in params]}"
+            )
+    for p in params:
+        if p.default is inspect.Parameter.empty and p.name not in options:
+            raise DataError(f"{path}: reader {raw['reader']!r} needs 'reader_options.{p.name}'")
+    return Card(**{**raw, "variants": variants}, path=path)
 
 
 def git_blob_of(path: Path) -> str:

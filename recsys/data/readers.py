@@ -158,6 +158,9 @@ READERS = {
 # ----------------------------------------------------------------------------- item text
 
 
+ITEM_TEXT_FORMATS = ("movielens_100k_items", "movielens_dat_items", "movielens_csv_items", "unisrec_text")
+
+
 def read_item_text(path: str | Path, fmt: str) -> pl.DataFrame:
     """Item catalogue text: DataFrame(item_id, title, genres). ``fmt``: movielens_100k_items (u.item),
     movielens_dat_items (movies.dat), movielens_csv_items (movies.csv), unisrec_text (.text)."""

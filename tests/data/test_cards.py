@@ -145,3 +145,64 @@ def test_official_ml1m_format_runs_through_the_ml1m_card(tmp_path, monkeypatch):
     d = load_dataset("ml-1m")
     assert d.file.name == "ratings.dat"
     assert d.counts == {"users": 6040, "items": 3706, "interactions": 1_000_209}
+
+
+GOOD_CARD = 'name = "toy"\nfolder = "toy"\nreader = "movielens_100k"\n[[variants]]\nfile = "u.data"\n'
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('name = "toy\n', r"toy\.toml: not a valid card \(Illegal character"),
+        ('name = "toy"\nfolder = "toy"\nreader = "movielens_100k"\n', r"missing key 'variants'"),
+        (GOOD_CARD + 'colour = "red"\n', r"unknown key 'variants\[0\]\.colour'; allowed: \['file'"),
+        ('colour = "red"\n' + GOOD_CARD, r"unknown key 'colour'; allowed: \['name'"),
+        (GOOD_CARD + "users = 'many'\n", r"'variants\[0\]\.users' must be an integer, got 'many'"),
+        (GOOD_CARD + "users = -3\n", r"'variants\[0\]\.users' must be >= 0"),
+        (GOOD_CARD + 'sha256 = "abc"\n', r"'variants\[0\]\.sha256' must be 64 lowercase hex digits"),
+        (
+            GOOD_CARD.replace('"u.data"', '"../../etc/passwd"'),
+            r"'variants\[0\]\.file' = '\.\./\.\./etc/passwd' must be a relative",
+        ),
+        (GOOD_CARD.replace('folder = "toy"', 'folder = "/etc"'), r"'folder' = '/etc' must be a relative path"),
+        (GOOD_CARD.replace('name = "toy"', 'name = "../toy"'), r"a card's name is its file's name, 'toy'"),
+        (GOOD_CARD.replace('"movielens_100k"', '"csv"'), r"'reader' must be one of"),
+        (
+            'reader_options = { colums = ["u"] }\n' + GOOD_CARD.replace('"movielens_100k"', '"table"'),
+            r"unknown key 'reader_options\.colums'; reader 'table' takes \['columns'",
+        ),
+        (GOOD_CARD.replace('"movielens_100k"', '"table"'), r"reader 'table' needs 'reader_options\.columns'"),
+        ('item_text = { file = "u.item", format = "html" }\n' + GOOD_CARD, r"'item_text\.format' must be one of"),
+        (
+            'download = { url = "https://example.org/x.zip" }\n' + GOOD_CARD,
+            r"'download' names a 'file' or an archive's 'members'",
+        ),
+        (
+            'download = { url = "https://example.org/x.zip", members = { "a/u.data" = "../u.data" } }\n' + GOOD_CARD,
+            r"'download\.members\.a/u\.data' = '\.\./u\.data' must be a relative path",
+        ),
+        ("variants = []\n" + GOOD_CARD.split("[[variants]]")[0], r"'variants' is empty"),
+    ],
+)
+def test_a_bad_card_is_an_error_naming_the_file_and_the_key(tmp_path, monkeypatch, body, message):
+    monkeypatch.setenv("RECSYS_CARDS", str(_card_dir(tmp_path, GOOD_CARD)))
+    assert cards.load_card("toy").variants[0].file == "u.data"  # the card each case breaks is a good one
+    _card_dir(tmp_path, body)
+    with pytest.raises(DataError, match=message):
+        cards.load_card("toy")
+
+
+def test_every_shipped_card_is_valid_and_a_bad_one_is_listed_as_such(tmp_path, monkeypatch, capsys):
+    from recsys.cli import main
+
+    for name in cards.list_cards():
+        assert cards.load_card(name).name == name
+    folder = tmp_path / "cards"
+    folder.mkdir()
+    for name in cards.list_cards():
+        (folder / f"{name}.toml").write_bytes((cards.cards_dir() / f"{name}.toml").read_bytes())
+    (folder / "toy.toml").write_text(GOOD_CARD + "users = 'many'\n")
+    monkeypatch.setenv("RECSYS_CARDS", str(folder))
+    assert main(["data", "list"]) == 2  # every other card is still listed
+    out = capsys.readouterr().out
+    assert "toy                invalid" in out and "must be an integer" in out and "ml-100k" in out
