@@ -160,7 +160,7 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _check_value(tp, value, key: str):
+def check_value(tp, value, key: str):
     """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -174,7 +174,7 @@ def _check_value(tp, value, key: str):
             if arg is type(None):
                 continue
             try:
-                return _check_value(arg, value, key)
+                return check_value(arg, value, key)
             except ConfigError as err:
                 errors.append(err)
         if len(errors) == 1:  # an optional value: the one type's own message
@@ -189,14 +189,14 @@ def _check_value(tp, value, key: str):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_check_value(args[0], v, key) for v in value)
+            return tuple(check_value(args[0], v, key) for v in value)
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-        return tuple(_check_value(a, v, key) for a, v in zip(args, value))
+        return tuple(check_value(a, v, key) for a, v in zip(args, value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table of {args}, got {value!r}")
-        return {_check_value(args[0], k, key): _check_value(args[1], v, key) for k, v in value.items()}
+        return {check_value(args[0], k, key): check_value(args[1], v, key) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -226,7 +226,7 @@ def build_section(cls, values: dict, section: str):
     for key in values:
         if key not in names:
             raise ConfigError(f"unknown key '{section}.{key}'; allowed keys in [{section}]: {names}")
-    return cls(**{k: _check_value(hints[k], v, f"{section}.{k}") for k, v in values.items()})
+    return cls(**{k: check_value(hints[k], v, f"{section}.{k}") for k, v in values.items()})
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -16,12 +16,14 @@ import os
 import shutil
 import tempfile
 import tomllib
+import typing
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import ConfigError, check_value
 from ..errors import DataError
 from ..files import sha256_of
 
@@ -207,7 +209,12 @@ def _card_from_toml(raw: dict, path: Path) -> Card:
     for p in params:
         if p.default is inspect.Parameter.empty and p.name not in options:
             raise DataError(f"{path}: reader {raw['reader']!r} needs 'reader_options.{p.name}'")
-    return Card(**{**raw, "variants": variants}, path=path)
+    hints = typing.get_type_hints(READERS[raw["reader"]])
+    try:  # each option of the type the reader declares
+        options = {key: check_value(hints[key], value, f"reader_options.{key}") for key, value in options.items()}
+    except ConfigError as err:
+        raise DataError(f"{path}: {err}") from None
+    return Card(**{**raw, "variants": variants, "reader_options": options}, path=path)
 
 
 def git_blob_of(path: Path) -> str:

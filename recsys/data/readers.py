@@ -5,7 +5,6 @@ Errors name the file, the line and the field."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import polars as pl
@@ -125,7 +124,7 @@ def read_unisrec_sequences(path: str | Path) -> Interactions:
     return _finish(df, str(path))
 
 
-def read_taobao_userbehavior(path: str | Path, events: Sequence[str] | None = ("pv",)) -> Interactions:
+def read_taobao_userbehavior(path: str | Path, events: tuple[str, ...] | None = ("pv",)) -> Interactions:
     """Taobao UserBehavior.csv: user,item,category,behavior,timestamp (no header)."""
     df = read_delimited(
         path, [("user_id", ID), ("item_id", ID), ("category_id", ID), ("event", pl.Utf8), ("timestamp", ID)], ","

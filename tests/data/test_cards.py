@@ -1,3 +1,4 @@
+import gzip
 import hashlib
 import os
 import zipfile
@@ -172,6 +173,19 @@ GOOD_CARD = 'name = "toy"\nfolder = "toy"\nreader = "movielens_100k"\n[[variants
             r"unknown key 'reader_options\.colums'; reader 'table' takes \['columns'",
         ),
         (GOOD_CARD.replace('"movielens_100k"', '"table"'), r"reader 'table' needs 'reader_options\.columns'"),
+        (
+            'reader_options = { columns = "user" }\n' + GOOD_CARD.replace('"movielens_100k"', '"table"'),
+            r"toy\.toml: reader_options\.columns: expected a table",
+        ),
+        (
+            'reader_options = { columns = { user_id = 1, item_id = 2 }, header = "no" }\n'
+            + GOOD_CARD.replace('"movielens_100k"', '"table"'),
+            r"reader_options\.header: expected true or false, got 'no'",
+        ),
+        (
+            'reader_options = { events = "pv" }\n' + GOOD_CARD.replace('"movielens_100k"', '"taobao_userbehavior"'),
+            r"reader_options\.events: expected a list",
+        ),
         ('item_text = { file = "u.item", format = "html" }\n' + GOOD_CARD, r"'item_text\.format' must be one of"),
         (
             'download = { url = "https://example.org/x.zip" }\n' + GOOD_CARD,
@@ -206,3 +220,23 @@ def test_every_shipped_card_is_valid_and_a_bad_one_is_listed_as_such(tmp_path, m
     assert main(["data", "list"]) == 2  # every other card is still listed
     out = capsys.readouterr().out
     assert "toy                invalid" in out and "must be an integer" in out and "ml-100k" in out
+
+
+def test_a_card_for_a_log_the_table_reader_reads(tmp_path, monkeypatch):
+    # e.g. a gzipped Latin-1 CSV without a header: a card needs no reader of its own
+    (tmp_path / "data" / "shop").mkdir(parents=True)
+    rows = "".join(f"u{u};caf\u00e9{(u + k) % 4};{k}\n" for u in range(3) for k in range(3))
+    (tmp_path / "data" / "shop" / "log.csv.gz").write_bytes(gzip.compress(rows.encode("latin-1")))
+    body = (
+        'name = "shop"\nfolder = "shop"\nreader = "table"\n'
+        "reader_options = { columns = { user_id = 1, item_id = 2, timestamp = 3 }, header = false, "
+        'separator = ";", encoding = "latin-1" }\n[[variants]]\nfile = "log.csv.gz"\nusers = 3\nitems = 4\n'
+        "interactions = 9\n"
+    )
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "shop.toml").write_text(body)
+    monkeypatch.setenv("RECSYS_CARDS", str(tmp_path / "cards"))
+    monkeypatch.setenv("RECSYS_DATA", str(tmp_path / "data"))
+    loaded = load_dataset("shop")
+    assert loaded.counts == {"users": 3, "items": 4, "interactions": 9}
+    assert "caf\u00e9" + "1" in loaded.interactions.frame["item_id"].to_list()
