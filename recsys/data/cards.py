@@ -93,7 +93,7 @@ def load_card(name: str) -> Card:
     return _card_from_toml(raw, path)
 
 
-# a card's keys: key -> (the types it takes, whether it is required); the side tables' keys likewise
+# a card's keys: key -> (the type it takes, whether it is required); its tables' keys likewise
 _CARD_KEYS = {
     "name": (str, True),
     "folder": (str, True),
@@ -153,9 +153,7 @@ def _check_digest(path: Path, key: str, value: str, length: int) -> None:
 
 
 def _card_from_toml(raw: dict, path: Path) -> Card:
-    import inspect
-
-    from .readers import ITEM_ATTRIBUTE_FORMATS, ITEM_TEXT_FORMATS, READERS
+    from .readers import READERS
 
     _check_keys(path, "", raw, _CARD_KEYS)
     if raw["name"] != path.stem:  # the name is how it is found, and names its cache folder
@@ -163,10 +161,17 @@ def _card_from_toml(raw: dict, path: Path) -> Card:
     if raw["reader"] not in READERS:
         raise DataError(f"{path}: 'reader' must be one of {sorted(READERS)}, got {raw['reader']!r}")
     _check_file_name(path, "folder", raw["folder"])
-    if not raw["variants"]:
+    variants = _variants(path, raw["variants"])
+    _check_side_tables(path, raw)
+    options = _reader_options(path, raw["reader"], raw.get("reader_options", {}))
+    return Card(**{**raw, "variants": variants, "reader_options": options}, path=path)
+
+
+def _variants(path: Path, raw: list) -> list[Variant]:
+    if not raw:
         raise DataError(f"{path}: 'variants' is empty; a card names at least one file ([[variants]] file = ...)")
     variants = []
-    for i, variant in enumerate(raw["variants"]):
+    for i, variant in enumerate(raw):
         where = f"variants[{i}]."
         if not isinstance(variant, dict):
             raise DataError(f"{path}: 'variants[{i}]' must be a table, got {variant!r}")
@@ -176,12 +181,18 @@ def _card_from_toml(raw: dict, path: Path) -> Card:
             if key in variant:
                 _check_digest(path, where + key, variant[key], length)
         variants.append(Variant(**variant))
+    return variants
+
+
+def _check_side_tables(path: Path, raw: dict) -> None:
+    """item_text, item_attributes and download: their keys, formats, file names and digests."""
+    from .readers import ITEM_ATTRIBUTE_FORMATS, ITEM_TEXT_FORMATS
+
     for side, keys in _SIDE_KEYS.items():
         if side in raw:
             _check_keys(path, f"{side}.", raw[side], keys)
-            for key in ("file",):
-                if key in raw[side]:
-                    _check_file_name(path, f"{side}.{key}", raw[side][key])
+            if "file" in raw[side]:
+                _check_file_name(path, f"{side}.file", raw[side]["file"])
     if "item_text" in raw and raw["item_text"]["format"] not in ITEM_TEXT_FORMATS:
         raise DataError(f"{path}: 'item_text.format' must be one of {list(ITEM_TEXT_FORMATS)}")
     if "item_attributes" in raw:
@@ -198,23 +209,27 @@ def _card_from_toml(raw: dict, path: Path) -> Card:
             _check_file_name(path, f"download.members.{member}", name)
         if "sha256" in download:
             _check_digest(path, "download.sha256", download["sha256"], 64)
-    # reader options are the reader's own keyword arguments
-    params = list(inspect.signature(READERS[raw["reader"]]).parameters.values())[1:]
-    options = raw.get("reader_options", {})
+
+
+def _reader_options(path: Path, reader: str, options: dict) -> dict:
+    """The reader's keyword arguments, each of the type the reader declares; its required ones present."""
+    import inspect
+
+    from .readers import READERS
+
+    params = list(inspect.signature(READERS[reader]).parameters.values())[1:]  # after the file's path
+    names = [p.name for p in params]
     for key in options:
-        if key not in {p.name for p in params}:
-            raise DataError(
-                f"{path}: unknown key 'reader_options.{key}'; reader {raw['reader']!r} takes {[p.name for p in params]}"
-            )
+        if key not in names:
+            raise DataError(f"{path}: unknown key 'reader_options.{key}'; reader {reader!r} takes {names}")
     for p in params:
         if p.default is inspect.Parameter.empty and p.name not in options:
-            raise DataError(f"{path}: reader {raw['reader']!r} needs 'reader_options.{p.name}'")
-    hints = typing.get_type_hints(READERS[raw["reader"]])
-    try:  # each option of the type the reader declares
-        options = {key: check_value(hints[key], value, f"reader_options.{key}") for key, value in options.items()}
+            raise DataError(f"{path}: reader {reader!r} needs 'reader_options.{p.name}'")
+    hints = typing.get_type_hints(READERS[reader])
+    try:
+        return {key: check_value(hints[key], value, f"reader_options.{key}") for key, value in options.items()}
     except ConfigError as err:
         raise DataError(f"{path}: {err}") from None
-    return Card(**{**raw, "variants": variants, "reader_options": options}, path=path)
 
 
 def git_blob_of(path: Path) -> str:
