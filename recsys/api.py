@@ -303,8 +303,8 @@ def fit(
     """Train and return the :class:`Run`.
 
     ``data``: a pandas / polars DataFrame (``user`` / ``item`` / ``time`` / ``rating`` name its columns), a
-    CSV / TSV / Parquet / JSON-lines file (the same column names), a dataset card's name, or None with a ``recipe`` that
-    names its data. ``model``: a registered model name (default: the recipe's, else SASRec; without a recipe
+    CSV / TSV / Parquet / JSON-lines file (the same column names), a dataset card's name, or None with a
+    ``recipe`` that names its data. ``model``: a registered model name (default: the recipe's, else SASRec; without a recipe
     the model starts from its start-here settings, recsys.start_here, with a history window
     (``model.max_seq_len``) of 200 events where the median user history has 50 or more, else 50). ``recipe``: a
     packaged recipe's name (``recsys.recipes()``) or a TOML file. Settings: ``epochs``, dotted keys
