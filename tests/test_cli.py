@@ -188,8 +188,6 @@ def test_train_on_a_gzipped_csv_without_a_header_by_column_numbers(tmp_path, cap
                 "data",
                 "info",
                 str(tmp_path / "ratings.csv.gz"),
-                "--reader",
-                "table",
                 "--no-header",
                 "--encoding",
                 "latin-1",

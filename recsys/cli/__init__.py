@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     di = dsub.add_parser("info", help="users, items, interactions, length percentiles")
     di.add_argument("dataset", help="a dataset card's name, a recipe (.toml: its [data]), or a file (with --reader)")
     di.add_argument("--data-dir")
-    di.add_argument("--reader", help="reader for a file of one's own (e.g. user_item_lines, table)")
+    di.add_argument(
+        "--reader", help="reader for a file of one's own (e.g. user_item_lines, table; table where --columns is given)"
+    )
     di.add_argument(
         "--columns",
         help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts "

@@ -34,6 +34,7 @@ def cmd_data_info(args) -> int:
                 f"--columns: canonical=column pairs, e.g. user_id=visitor,item_id=product; got {args.columns!r}"
             )
         columns = dict(pair.split("=", 1) for pair in pairs)
+        reader = reader or "table"  # a column mapping is the table reader's
     if Path(dataset).is_file():  # a file of one's own: name its reader
         if reader not in READERS:
             raise ConfigError(f"{dataset} is a file: give --reader, one of {sorted(READERS)}")
