@@ -43,14 +43,18 @@ def from_frame(
     time: str | None = None,
     rating: str | None = None,
     time_format: str | None = None,
+    event: str | None = None,
 ) -> Interactions:
-    """Canonical interactions from a pandas / polars DataFrame, naming its columns. ``time_format``:
-    the strftime format of text timestamps (default: integers, or date-times polars can infer)."""
+    """Canonical interactions from a pandas / polars DataFrame, naming its columns (``event``: the event
+    type, e.g. view / purchase). ``time_format``: the strftime format of text timestamps (default: integers,
+    or date-times polars can infer)."""
     columns = {"user_id": user, "item_id": item}
     if time:
         columns["timestamp"] = time
     if rating:
         columns["rating"] = rating
+    if event:
+        columns["event"] = event
     return frame_to_interactions(df, columns, source="DataFrame", timestamp_format=time_format)
 
 
@@ -275,12 +279,12 @@ class Run:
 Recommender = Run  # the name earlier versions used
 
 
-def _as_interactions(data, user, item, time, rating, time_format) -> Interactions | None:
+def _as_interactions(data, user, item, time, rating, time_format, event) -> Interactions | None:
     if isinstance(data, Interactions):
         return data
     if isinstance(data, (str, Path)) or data is None:
         return None
-    return from_frame(data, user=user, item=item, time=time, rating=rating, time_format=time_format)
+    return from_frame(data, user=user, item=item, time=time, rating=rating, time_format=time_format, event=event)
 
 
 def fit(
@@ -293,6 +297,8 @@ def fit(
     time: str | None = None,
     rating: str | None = None,
     time_format: str | None = None,
+    event: str | None = None,
+    events: Sequence[str] | None = None,
     epochs: int | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
     run_dir: str | Path | None = None,
@@ -302,11 +308,12 @@ def fit(
 ) -> Run:
     """Train and return the :class:`Run`.
 
-    ``data``: a pandas / polars DataFrame (``user`` / ``item`` / ``time`` / ``rating`` name its columns), a
-    CSV / TSV / Parquet / JSON-lines file (the same column names), a dataset card's name, or None with a
-    ``recipe`` that names its data. ``model``: a registered model name (default: the recipe's, else SASRec; without a recipe
-    the model starts from its start-here settings, recsys.start_here, with a history window
-    (``model.max_seq_len``) of 200 events where the median user history has 50 or more, else 50). ``recipe``: a
+    ``data``: a pandas / polars DataFrame (``user`` / ``item`` / ``time`` / ``rating`` / ``event`` name its
+    columns; ``events``: keep only these event types), a CSV / TSV / Parquet / JSON-lines file (the same
+    column names), a dataset card's name, or None with a ``recipe`` that names its data. ``model``: a
+    registered model name (default: the recipe's, else SASRec; without a recipe the model starts from its
+    start-here settings, recsys.start_here, with a history window (``model.max_seq_len``) of 200 events
+    where the median user history has 50 or more, else 50). ``recipe``: a
     packaged recipe's name (``recsys.recipes()``) or a TOML file. Settings: ``epochs``, dotted keys
     (``**{"model.hidden_dim": 64}``) or ``overrides`` (a dict of dotted keys, or ``"key=value"`` strings as
     for ``--set``). ``run_dir``: default ``runs/api-DATE-TIME``. A DataFrame's table is kept in the run
@@ -321,12 +328,15 @@ def fit(
         settings["model.name"] = model
     if epochs is not None:
         settings["train.epochs"] = epochs
-    interactions = _as_interactions(data, user, item, time, rating, time_format)
+    if events is not None:
+        settings["data.events"] = list(events)
+    interactions = _as_interactions(data, user, item, time, rating, time_format, event)
     if interactions is not None:
         settings["data.dataset"] = "custom"
     elif data is not None and Path(str(data)).is_file():
         columns = {"user_id": user, "item_id": item, **({"timestamp": time} if time else {})}
         columns.update({"rating": rating} if rating else {})
+        columns.update({"event": event} if event else {})
         settings.update({"data.dataset": "custom", "data.path": str(Path(data).resolve()), "data.reader": "table"})
         settings.update({"data.columns": columns, **({"data.timestamp_format": time_format} if time_format else {})})
     elif data is not None:

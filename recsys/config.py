@@ -38,6 +38,7 @@ class DataConfig:
     encoding: str = "utf-8"  # custom CSV / JSON lines: the text's encoding (a Python codec name, e.g. "latin-1")
     timestamp_format: str | None = None  # custom CSV/Parquet: strftime format of text timestamps (default: inferred)
     min_rating: float | None = None  # keep only interactions rated at least this (explicit-feedback logs)
+    events: tuple[str, ...] | None = None  # keep only these event types (the log's 'event' column), e.g. ["view"]
     dedupe: Literal["none", "first", "last"] = "none"  # repeated (user, item) pairs: keep all, the first or the last
     k_core: int = 0  # > 0: drop users and items with fewer interactions, repeatedly, until none is left
     # leave_one_out: each user's last item is the test target, the one before it validation; hstu: the last

@@ -168,3 +168,27 @@ def test_without_a_recipe_the_history_window_fits_the_data(tmp_path):
     assert fit(8, "hstu", "short").config.model.max_seq_len == 50
     assert fit(60, "sasrec", "asked", **{"model.max_seq_len": 30}).config.model.max_seq_len == 30  # asked for: kept
     assert recsys.load(tmp_path / "long").config.model.max_seq_len == 200  # the run keeps the window it trained with
+
+
+def test_event_types_from_a_dataframe(tmp_path):
+    rows = [(f"u{u}", f"i{(u * 7 + k * 3) % 40}", k, "view" if k % 3 else "buy") for u in range(12) for k in range(9)]
+    df = pd.DataFrame(rows, columns=["user", "item", "ts", "kind"])
+    small = {"model.hidden_dim": 16, "model.num_blocks": 1, "train.num_threads": 1}
+    run = recsys.fit(
+        df,
+        "sasrec",
+        user="user",
+        item="item",
+        time="ts",
+        event="kind",
+        events=["view"],
+        epochs=1,
+        run_dir=tmp_path / "views",
+        progress=False,
+        **small,
+    )
+    assert run.config.data.events == ("view",)
+    assert run.trainer.data.info["interactions"] == 12 * 6  # the buys left out
+    assert recsys.load(tmp_path / "views").trainer.data.info["interactions"] == 12 * 6
+    with pytest.raises(DataError, match=r"data\.events names \['click'\]"):
+        recsys.fit(df, user="user", item="item", event="kind", events=["click"], run_dir=tmp_path / "x", progress=False)

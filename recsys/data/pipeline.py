@@ -54,6 +54,7 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
             k_core_threshold=cfg.k_core,
             min_seq_len=MIN_EVENTS[cfg.split],
             verbose=verbose,
+            events=cfg.events,
         )
     cold_items = None
     if cfg.cold_item_fraction > 0:
@@ -78,6 +79,7 @@ def _cached_sequences(name: str, settings: list, read, cfg: DataConfig, verbose:
     ``settings``, which name the file's sha256 and everything that shapes the result) when prepared
     before; otherwise ``read()``'s interactions are prepared and cached."""
     settings = [PREPARE_VERSION, *settings, cfg.min_rating, cfg.dedupe, cfg.k_core, MIN_EVENTS[cfg.split]]
+    settings += [] if cfg.events is None else [list(cfg.events)]  # unset: the keys of earlier caches stay
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "prepared" / f"{name}-{key}"
     if (folder / "meta.json").exists():
@@ -97,6 +99,7 @@ def _cached_sequences(name: str, settings: list, read, cfg: DataConfig, verbose:
         k_core_threshold=cfg.k_core,
         min_seq_len=MIN_EVENTS[cfg.split],
         verbose=verbose,
+        events=cfg.events,
     )
     try:
         seq.save(folder)

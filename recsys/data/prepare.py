@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,23 @@ def k_core(frame: pl.DataFrame, k: int) -> pl.DataFrame:
         frame = kept
 
 
+def _keep_events(df: pl.DataFrame, events: list[str], source: str, log: list[str], verbose: bool) -> pl.DataFrame:
+    """The interactions whose event type is one of ``events``; a type the log never has is an error (a
+    misspelt one would silently keep less)."""
+    if "event" not in df.columns:
+        raise DataError(f"{source}: data.events is set but the data has no 'event' field (map one: columns.event)")
+    kinds = df["event"].cast(pl.Utf8)
+    present = set(kinds.drop_nulls().unique().to_list())
+    missing = [e for e in events if e not in present]
+    if missing:
+        shown = sorted(present)[:20]
+        raise DataError(f"{source}: data.events names {missing}, which the log does not have; it has {shown}")
+    before = df.height
+    df = df.filter(kinds.is_in(events))
+    _say(log, f"events {events}: dropped {before - df.height:,} of {before:,} interactions", verbose)
+    return df
+
+
 def prepare_sequences(
     interactions: Interactions,
     min_rating: float | None = None,
@@ -154,9 +172,11 @@ def prepare_sequences(
     k_core_threshold: int = 0,
     min_seq_len: int = 1,
     verbose: bool = True,
+    events: Sequence[str] | None = None,
 ) -> SequenceData:
     """Filter, sort and remap ``interactions`` into :class:`SequenceData`.
 
+    events: keep only the interactions of these types (the ``event`` column: views, purchases, ...).
     dedupe: "none" keeps repeated (user, item) pairs; "first" / "last" keep one occurrence.
     min_seq_len: users with fewer events after filtering are dropped (counted in the log).
     """
@@ -170,6 +190,8 @@ def prepare_sequences(
         before = df.height
         df = df.filter(pl.col("rating") >= min_rating)
         _say(log, f"rating >= {min_rating}: dropped {before - df.height:,} of {before:,} interactions", verbose)
+    if events is not None:
+        df = _keep_events(df, list(events), interactions.source, log, verbose)
 
     # stable chronological order: user, timestamp (to the sub-second where the log has it), then the line
     # in the file

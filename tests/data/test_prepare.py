@@ -99,3 +99,21 @@ def test_exact_duplicate_rows_are_counted_not_silently_kept(capsys):
     prepare_sequences(frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"}), dedupe="first")
     out = capsys.readouterr().out
     assert "dropped by dedupe=first" in out and "dropped 2 repeated (user, item) pairs" in out
+
+
+def test_events_keep_only_the_types_asked_for_and_a_type_the_log_lacks_is_named(capsys):
+    df = pl.DataFrame(
+        {"u": [1, 1, 1, 2, 2], "i": [1, 2, 3, 1, 2], "t": [1, 2, 3, 1, 2], "e": ["view", "buy", "view", "view", "cart"]}
+    )
+    inter = frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t", "event": "e"})
+    seq = prepare_sequences(inter, events=["view"], verbose=True)
+    assert seq.num_interactions == 3
+    assert "events ['view']: dropped 2 of 5 interactions" in capsys.readouterr().out
+    with pytest.raises(
+        DataError,
+        match=r"data\.events names \['purchase'\], which the log does not have; it has \['buy', 'cart', 'view'\]",
+    ):
+        prepare_sequences(inter, events=["view", "purchase"], verbose=False)
+    plain = frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+    with pytest.raises(DataError, match=r"data\.events is set but the data has no 'event' field"):
+        prepare_sequences(plain, events=["view"], verbose=False)
