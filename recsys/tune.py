@@ -269,12 +269,21 @@ def tune(args) -> int:
     """The ``recsys tune`` command (workers, the study, the summary, the best recipe and its test run)."""
     from .recipe_index import resolve_recipe
 
+    for flag, value, ok in (
+        ("--trials", args.trials, args.trials is None or args.trials >= 1),
+        ("--timeout", args.timeout, args.timeout is None or (math.isfinite(args.timeout) and args.timeout > 0)),
+        ("--workers", args.workers, args.workers >= 1),
+        ("--threads", args.threads, not args.threads or args.threads >= 1),
+        ("--seeds", args.seeds, args.seeds is None or args.seeds >= 1),
+    ):
+        if not ok:  # said before anything is written
+            raise ConfigError(f"{flag} must be {'> 0' if flag == '--timeout' else '>= 1'}, got {value}")
     recipe = resolve_recipe(args.recipe)
     out = Path(args.out or Path("runs") / f"tune-{recipe.parent.name}-{recipe.stem}")
     if out.exists() and any(out.iterdir()) and not (args.resume or args.worker):
         raise FileExistsError(f"{out} already holds a study; use --resume or another --out")
     out.mkdir(parents=True, exist_ok=True)
-    workers = max(1, args.workers)
+    workers = args.workers
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     if args.worker:  # a process started by the main one: optimise and leave the summary to it
         run_study(recipe, out, args.set, args.trials, args.timeout, args.storage, threads, progress=False)

@@ -186,3 +186,23 @@ def test_study_times_leave_out_the_trials_found_dead_later():
     ]
     assert study_times(trials) == {"study_wall_seconds": 600.0, "trial_seconds": 780.0}
     assert study_times([trial("FAIL", 0, 5)]) == {"study_wall_seconds": None, "trial_seconds": 0}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--trials", "0"], "--trials must be >= 1, got 0"),
+        (["--timeout", "-5"], "--timeout must be > 0, got -5.0"),
+        (["--timeout", "nan"], "--timeout must be > 0, got nan"),
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--threads", "-1"], "--threads must be >= 1, got -1"),
+        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    ],
+)
+def test_bad_tune_flags_are_refused_before_anything_is_written(tmp_path, capsys, flags, message):
+    from recsys.cli import main
+
+    # --trials 0 used to mean the default (20 trials): a study ran where none was asked for
+    assert main(["tune", "ml-100k/sasrec", "--out", str(tmp_path / "study"), *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "study").exists()
