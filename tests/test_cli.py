@@ -388,3 +388,20 @@ def test_a_path_the_system_refuses_is_an_error_line_not_a_traceback(tmp_path, ca
     # an export folder that exists is refused before the run (here: none) is read
     assert main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "afile")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'afile'} exists; export into a new folder"
+
+
+def test_a_log_changed_after_training_is_refused_by_evaluate_export_and_resume(tmp_path, capsys):
+    recipe = _custom_log(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--run-dir", str(run), "--quiet"]) == 0
+    log = tmp_path / "events.tsv"
+    log.write_text(log.read_text() + "v1\tp3\t09/02/2024 10:00\n")  # one more event: v1's test target moves
+    capsys.readouterr()
+    for command in (
+        ["evaluate", str(run)],
+        ["export", str(run), "--out", str(tmp_path / "export")],
+        ["train", str(recipe), "--run-dir", str(run), "--resume", "--quiet"],
+    ):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{log} is not the data {run} was trained on (sha256: " in err and "test targets would differ" in err

@@ -40,8 +40,16 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import ConfigError
-from ..errors import RecsysError
-from ..files import RunLock, RunLog, atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint
+from ..errors import DataError, RecsysError
+from ..files import (
+    RunLock,
+    RunLog,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    read_json,
+)
 from .plots import plot_learning_curves
 from .runtime import run_environment
 
@@ -253,6 +261,7 @@ class TrainLoop(ABC):
         """The model's weights from a checkpoint of this run (its whole state returned). One written for
         another model (a run folder whose config.json was edited since) is refused, naming what differs."""
         state = load_checkpoint(path)
+        self.check_same_data()
         if isinstance(state.get("config"), dict):
             changed = config_changes(
                 self.stored_config(state["config"]).get("model", {}), self.cfg.to_dict().get("model", {})
@@ -269,7 +278,30 @@ class TrainLoop(ABC):
             raise ConfigError(f"{path}: its weights do not fit this run's model ({' '.join(reason[:2])})") from None
         return state
 
+    def check_same_data(self) -> None:
+        """Refuse data other than the run's own: the file's sha256 (or, for a DataFrame, its counts) as
+        ``env.json`` recorded it when the run started, against the data read now. A log changed after
+        training has other splits and test targets: its metrics would not be the run's."""
+        env = self.run_dir / "env.json"
+        if not env.exists():
+            return
+        recorded = read_json(env, "run environment").get("data") or {}
+        keys = (
+            ["sha256"]
+            if recorded.get("sha256") and self.data_info.get("sha256")
+            else ["users", "items", "interactions"]
+        )
+        changed = [k for k in keys if k in recorded and k in self.data_info and recorded[k] != self.data_info[k]]
+        if changed:
+            source = self.data_info.get("file") or self.data_info.get("dataset", "the data")
+            raise DataError(
+                f"{source} is not the data {self.run_dir} was trained on ("
+                + "; ".join(f"{k}: {recorded[k]} then, {self.data_info[k]} now" for k in changed)
+                + "): its splits and test targets would differ. Restore the file, or train again"
+            )
+
     def _restore(self, state: dict) -> None:
+        self.check_same_data()
         stored = self.stored_config(state["config"])
         changed = config_changes(_without_runtime(stored), _without_runtime(self.cfg.to_dict()))
         if changed:
