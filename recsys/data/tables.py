@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from pathlib import Path
 
 import polars as pl
@@ -25,6 +26,7 @@ ROW_NUMBER = "__recsys_line__"
 
 KIND_NAMES = {"csv": "CSV", "parquet": "Parquet", "json": "JSON lines"}
 UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def read_table(
@@ -80,6 +82,8 @@ def read_table(
         raise
     except Exception as err:  # polars raises many kinds; show the first line of its message
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if _is_gzip(path):
+            _file_bytes(path)  # a damaged archive is named as such
         if "utf-8" in msg.lower() or "utf8" in msg.lower():
             _refuse_non_utf8(path)
         ragged = _first_ragged_line(path, separator, encoding) if kind == "csv" else None
@@ -124,18 +128,33 @@ def _columns_by_name(columns: dict[str, str | int], names: list[str], path: Path
     return out
 
 
+def _is_gzip(path: Path) -> bool:
+    """Whether the file is gzip-compressed, by its first bytes (a ``.gz`` name alone does not say)."""
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+
+
 def _opening_bytes(path: Path) -> bytes:
     """The first bytes of the file's content, unpacked where it is gzipped ("" where it cannot be read)."""
     try:
-        with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rb") as f:
+        with _open_binary(path) as f:
             return f.read(4)
-    except OSError:  # not gzip after all: polars says so with the file's name
+    except (OSError, EOFError):  # a damaged archive: _file_bytes or polars says so with the file's name
         return b""
 
 
 def _file_bytes(path: Path) -> bytes:
-    """The file's content, unpacked where it is gzipped."""
-    return gzip.decompress(path.read_bytes()) if path.suffix.lower() == ".gz" else path.read_bytes()
+    """The file's content, unpacked where it is gzipped; a damaged gzip file is an error naming it."""
+    if not _is_gzip(path):
+        return path.read_bytes()
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: a damaged or cut-off gzip file ({err})") from None
 
 
 def _as_utf8(path: Path, encoding: str) -> io.BytesIO:
@@ -191,9 +210,8 @@ def _first_ragged_line(path: Path, separator: str, encoding: str = "utf-8") -> t
     """(line, fields found, fields in the first line) of the first record whose field count differs from
     the first line's, read with the csv module (quoted fields may span lines); None when every record fits
     or the file is not text."""
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
-        with opener(path, "rt", newline="", encoding=encoding) as f:
+        with io.TextIOWrapper(_open_binary(path), newline="", encoding=encoding) as f:
             reader = csv.reader(f, delimiter=separator)
             first = next(reader, None)
             if first is None:
@@ -203,7 +221,7 @@ def _first_ragged_line(path: Path, separator: str, encoding: str = "utf-8") -> t
                 if row and len(row) != len(first):
                     return start, len(row), len(first)
                 start = reader.line_num + 1
-    except (UnicodeDecodeError, csv.Error, OSError):
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError, zlib.error):
         return None
     return None
 

@@ -272,3 +272,21 @@ def test_mixed_utc_offsets_and_naive_times_are_named(tmp_path):
         DataError, match=r"log.csv, line 2: field 'timestamp' has a UTC offset .* where line 4 has none"
     ):
         read_table(p, {"user_id": "u", "item_id": "i", "timestamp": "t"})
+
+
+def test_gzip_is_told_by_its_bytes_and_a_cut_off_archive_is_named(tmp_path):
+    rows = "u,i\n" + "".join(f"{k % 50},{k}\n" for k in range(20_000))
+    packed = gzip.compress(rows.encode(), compresslevel=1)
+    cut = tmp_path / "log.csv.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataError, match=r"log\.csv\.gz: a damaged or cut-off gzip file"):
+        read_table(cut, {"user_id": "u", "item_id": "i"})
+    cut_json = tmp_path / "log.jsonl.gz"
+    cut_json.write_bytes(
+        gzip.compress("".join(f'{{"u": {k % 50}, "i": {k}}}\n' for k in range(20_000)).encode(), 1)[:2000]
+    )
+    with pytest.raises(DataError, match=r"log\.jsonl\.gz: a damaged or cut-off gzip file"):
+        read_table(cut_json, {"user_id": "u", "item_id": "i"})
+    plain = tmp_path / "named.jsonl.gz"  # named .gz, not compressed: read as it is
+    plain.write_text('{"u": 1, "i": 2}\n')
+    assert read_table(plain, {"user_id": "u", "item_id": "i"}).frame["item_id"].to_list() == [2]
