@@ -48,14 +48,14 @@ def from_frame(
     """Canonical interactions from a pandas / polars DataFrame, naming its columns (``event``: the event
     type, e.g. view / purchase). ``time_format``: the strftime format of text timestamps (default: integers,
     or date-times polars can infer)."""
-    columns = {"user_id": user, "item_id": item}
-    if time:
-        columns["timestamp"] = time
-    if rating:
-        columns["rating"] = rating
-    if event:
-        columns["event"] = event
+    columns = _column_mapping(user, item, time, rating, event)
     return frame_to_interactions(df, columns, source="DataFrame", timestamp_format=time_format)
+
+
+def _column_mapping(user: str, item: str, time: str | None, rating: str | None, event: str | None) -> dict:
+    """Canonical name -> the table's column, for the columns given."""
+    named = {"user_id": user, "item_id": item, "timestamp": time, "rating": rating, "event": event}
+    return {key: column for key, column in named.items() if column}
 
 
 def recipes() -> list[str]:
@@ -334,9 +334,7 @@ def fit(
     if interactions is not None:
         settings["data.dataset"] = "custom"
     elif data is not None and Path(str(data)).is_file():
-        columns = {"user_id": user, "item_id": item, **({"timestamp": time} if time else {})}
-        columns.update({"rating": rating} if rating else {})
-        columns.update({"event": event} if event else {})
+        columns = _column_mapping(user, item, time, rating, event)
         settings.update({"data.dataset": "custom", "data.path": str(Path(data).resolve()), "data.reader": "table"})
         settings.update({"data.columns": columns, **({"data.timestamp_format": time_format} if time_format else {})})
     elif data is not None:

@@ -124,10 +124,11 @@ CLICK = {
     ),
 }
 TEXT_MODELS = ("recformer", "recformer_tokens")
-# dataset facts the settings depend on: longer histories for MovieLens (its files' median history is 65-90
+# dataset facts the settings depend on: longer histories for MovieLens (its files' median history is 65-89
 # events, history_window), timestamps for the time bias, and whether the protocol keeps seen items as
 # candidates (UniSRec / Recformer's Scientific)
 LONG_HISTORIES = ("ml-",)
+SHORT_WINDOW, LONG_WINDOW = 50, 200  # model.max_seq_len for short and long histories
 NO_TIMESTAMPS = {"beauty", "s3rec-beauty", "s3rec-lastfm", "scientific"}
 KEEP_SEEN = {"scientific"}
 
@@ -170,11 +171,12 @@ def history_window(median_history: float) -> int:
     """The start-here ``model.max_seq_len`` for data whose median user history has this many events: 200
     where it is 50 or more (the MovieLens files), else 50 (Amazon's and LastFM's files, median 6-19 events,
     where 50 holds three quarters of the histories or more)."""
-    return 200 if median_history >= 50 else 50
+    return LONG_WINDOW if median_history >= SHORT_WINDOW else SHORT_WINDOW
 
 
 def render(dataset: str, model: str) -> str:
-    sections = settings(model, 200 if dataset.startswith(LONG_HISTORIES) else 50, dataset not in NO_TIMESTAMPS)
+    window = LONG_WINDOW if dataset.startswith(LONG_HISTORIES) else SHORT_WINDOW
+    sections = settings(model, window, dataset not in NO_TIMESTAMPS)
     lines = [HEADER.format(what=START_HERE[model][0], dataset=dataset)]
     sections = {"data": {"dataset": dataset, "split": "leave_one_out"}, **sections}
     sections["eval"] = {"ks": [1, 5, 10, 20], "exclude_seen": dataset not in KEEP_SEEN}

@@ -69,6 +69,9 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
     return PreparedData(split=split, info=info, cold_items=cold_items)
 
 
+# the [data] keys that only the table reader reads
+TABLE_OPTIONS = ("separator", "timestamp_format", "header", "encoding")
+
 PREPARE_VERSION = 3  # bump when prepare_sequences changes what it produces: old caches are then ignored
 # (2: events within one second ordered by their sub-second times where the log has them; 3: digit-string
 # ids that an integer column would merge, "007" and "7", stay strings)
@@ -129,8 +132,8 @@ def _custom_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dic
         raise DataError("data.dataset = 'custom' needs data.path and data.reader (or a DataFrame)")
     if cfg.reader not in READERS:
         raise DataError(f"data.reader must be one of {sorted(READERS)}, got {cfg.reader!r}")
-    table_options = [k for k in ("separator", "timestamp_format") if getattr(cfg, k) is not None]
-    table_options += ([] if cfg.header else ["header"]) + ([] if cfg.encoding == "utf-8" else ["encoding"])
+    defaults = DataConfig()
+    table_options = [k for k in TABLE_OPTIONS if getattr(cfg, k) != getattr(defaults, k)]
     if table_options and cfg.reader != "table":
         raise ConfigError(f"data.{table_options[0]} is an option of data.reader = 'table', not {cfg.reader!r}")
     path = Path(cfg.path)
@@ -152,7 +155,7 @@ def _custom_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dic
         return READERS[cfg.reader](path)
 
     settings = [digest, cfg.reader, columns if cfg.reader == "table" else None, cfg.separator, cfg.timestamp_format]
-    # options at their defaults add nothing: the keys of earlier caches stay as they were
-    settings += ([] if cfg.header else ["no header"]) + ([] if cfg.encoding == "utf-8" else [cfg.encoding])
+    # header and encoding at their defaults add nothing: the keys of earlier caches stay as they were
+    settings += [f"{k}={getattr(cfg, k)}" for k in ("header", "encoding") if k in table_options]
     seq = _cached_sequences("custom", settings, read, cfg, verbose)
     return seq, {"file": str(path), "sha256": digest}

@@ -63,7 +63,7 @@ def read_table(
     if kind != "csv" and not header:
         raise DataError(f"{path}: header = false applies to CSV / TSV files; {KIND_NAMES[kind]} name their columns")
     if separator is None:
-        separator = "\t" if path.suffix.lower() in (".tsv", ".tab") or path.name.lower().endswith(".tsv.gz") else ","
+        separator = "\t" if _base_suffix(path) in (".tsv", ".tab") else ","
     try:
         if kind == "parquet":
             df = pl.read_parquet(path).with_row_index(ROW_NUMBER, offset=1)
@@ -82,10 +82,11 @@ def read_table(
         raise
     except Exception as err:  # polars raises many kinds; show the first line of its message
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if _is_gzip(path):
-            _file_bytes(path)  # a damaged archive is named as such
-        if "utf-8" in msg.lower() or "utf8" in msg.lower():
-            _refuse_non_utf8(path)
+        not_utf8 = "utf-8" in msg.lower() or "utf8" in msg.lower()
+        if kind == "csv" and (not_utf8 or _is_gzip(path)):
+            data = _file_bytes(path)  # a damaged gzip archive is named as such here
+            if not_utf8:
+                _refuse_non_utf8(path, data)
         ragged = _first_ragged_line(path, separator, encoding) if kind == "csv" else None
         if ragged is not None:
             line, found, expected = ragged
@@ -100,16 +101,21 @@ def read_table(
     return frame_to_interactions(df, named, source=str(path), timestamp_format=timestamp_format, line_column=ROW_NUMBER)
 
 
-def table_kind(path: Path) -> str:
-    """``parquet``, ``json`` (JSON lines: ``.jsonl``, ``.ndjson``, ``.json``) or ``csv`` (anything else), by
-    the file's suffix in any case, a ``.gz`` after it aside."""
+def _base_suffix(path: Path) -> str:
+    """The file's suffix in lower case, a ``.gz`` after it aside (``log.TSV.gz`` -> ``.tsv``)."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes[-1:] == [".gz"]:
         suffixes = suffixes[:-1]
-    last = suffixes[-1] if suffixes else ""
-    if last == ".parquet":
+    return suffixes[-1] if suffixes else ""
+
+
+def table_kind(path: Path) -> str:
+    """``parquet``, ``json`` (JSON lines: ``.jsonl``, ``.ndjson``, ``.json``) or ``csv`` (anything else), by
+    the file's suffix in any case, a ``.gz`` after it aside."""
+    suffix = _base_suffix(path)
+    if suffix == ".parquet":
         return "parquet"
-    return "json" if last in (".jsonl", ".ndjson", ".json") else "csv"
+    return "json" if suffix in (".jsonl", ".ndjson", ".json") else "csv"
 
 
 def _columns_by_name(columns: dict[str, str | int], names: list[str], path: Path, kind: str) -> dict[str, str]:
@@ -165,9 +171,9 @@ def _as_utf8(path: Path, encoding: str) -> io.BytesIO:
         raise DataError(f"{path}: not {encoding} text ({err.reason} at byte {err.start})") from None
 
 
-def _refuse_non_utf8(path: Path) -> None:
-    """An error naming the first line that is not UTF-8 (where one is)."""
-    for number, line in enumerate(_file_bytes(path).split(b"\n"), start=1):
+def _refuse_non_utf8(path: Path, data: bytes) -> None:
+    """An error naming the first line of ``data`` (the file's content) that is not UTF-8, where one is."""
+    for number, line in enumerate(data.split(b"\n"), start=1):
         try:
             line.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -188,11 +194,8 @@ def _read_json_lines(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
     try:
         df = pl.read_ndjson(data, infer_schema_length=None)
     except Exception as err:
+        _refuse_non_utf8(path, data)
         for number in numbers:  # polars names a character, not a line: find the line
-            try:
-                lines[number - 1].decode("utf-8")
-            except UnicodeDecodeError:
-                _refuse_non_utf8(path)
             try:
                 value = json.loads(lines[number - 1])
             except json.JSONDecodeError as bad:
