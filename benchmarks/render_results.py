@@ -15,22 +15,13 @@ import statistics
 import tomllib
 from pathlib import Path
 
-from recsys.errors import DataError
-from recsys.files import atomic_write_bytes
+from recsys.files import atomic_write_bytes, read_json_lines
 from recsys.results import record_files
 
 
 def read_records(path: str | Path) -> list[dict]:
     """Every record of a results JSONL file, or of a folder's monthly files (recsys.results)."""
-    records = []
-    for file in record_files(path):
-        for number, line in enumerate(file.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{file}, line {number}: not JSON ({err})") from None
-    return records
+    return [record for file in record_files(path) for record in read_json_lines(file, "results record")]
 
 
 def _fmt(x, digits: int = 4) -> str:

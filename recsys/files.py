@@ -82,6 +82,32 @@ def read_json(path: str | Path, what: str = "file", expect: type = dict) -> Any:
     return content
 
 
+def read_json_lines(path: str | Path, what: str = "file") -> list[dict]:
+    """The objects of a JSON-lines file (blank lines skipped), or a :class:`recsys.errors.DataError`
+    naming the file and the line that is not a JSON object."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a readable {what} (not UTF-8 text: {err.reason})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {number}: not a readable {what} ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: not a readable {what} (a line holds no JSON object)")
+        records.append(record)
+    return records
+
+
 def content_digest(obj: Any) -> str:
     """sha256 over a nested structure of dicts, lists, tuples, tensors and plain values, in a canonical
     order (dict keys sorted): the same content gives the same digest wherever it was saved."""

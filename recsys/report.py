@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 import tomllib
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import RecsysError
-from .files import atomic_write_bytes, read_json
+from .files import atomic_write_bytes, read_json, read_json_lines
 from .recipe_index import recipes_dir
 
 CSS = """
@@ -161,7 +160,7 @@ def _titles(trainer) -> dict:
 
 def _run_section(run_dir: Path, trainer, examples: int, k: int) -> tuple[list[str], dict]:
     final = read_json(run_dir / "final_metrics.json", "final metrics")
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    history = read_json_lines(run_dir / "metrics.jsonl", "per-epoch metrics log")
     metric = trainer.cfg.eval.early_stopping_metric
     users, targets, top = top_lists(trainer, k)
     stats = coverage_and_bias(trainer, top, targets)

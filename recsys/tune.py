@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .config import ConfigError, apply_overrides, apply_settings, config_from_dict, read_recipe_file
 from .errors import RecsysError
+from .files import read_json
 
 # built-in spaces by model, used when a recipe has no [tune.space]: the usual levers of these models
 # (learning rate, regularisation, width, depth) and the history length and batch size, which depend on
@@ -399,7 +400,7 @@ def log_study(args, recipe: Path, out: Path, trials: list, best, importances: di
     finals = sorted((out / "best").glob("seed-*/final_metrics.json")) or sorted(
         (out / "best").glob("final_metrics.json")
     )
-    tests = [json.loads(path.read_text())["test"] for path in finals]
+    tests = [read_json(path, "final metrics")["test"] for path in finals]
     record = make_record(
         "tune",
         command="recsys " + shlex.join(args.argv),

@@ -9,6 +9,7 @@ import torch
 
 from recsys.data.readers import DataError
 from recsys.files import IntegrityError, RunLock, RunLockedError, RunLog, atomic_torch_save, load_checkpoint, read_json
+from recsys.files import read_json_lines
 from tests.conftest import REPO
 
 
@@ -72,6 +73,21 @@ def test_unreadable_json_names_the_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"final_metrics.json: not a readable file \(it holds a list, where an object"):
         read_json(tmp_path / "final_metrics.json")
     assert read_json(tmp_path / "final_metrics.json", expect=list) == [1, 2]
+
+
+def test_a_json_lines_file_names_the_line_that_is_not_an_object(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"epoch": 1}\n\n{"epoch": 2}\n')
+    assert read_json_lines(log, "per-epoch metrics log") == [{"epoch": 1}, {"epoch": 2}]  # blank lines skipped
+    log.write_text('{"epoch": 1}\n\n{"epoch": 2, "train_lo')  # a cut-off last line
+    with pytest.raises(DataError, match=r"metrics.jsonl, line 3: not a readable per-epoch metrics log"):
+        read_json_lines(log, "per-epoch metrics log")
+    log.write_text('{"epoch": 1}\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"line 2: .*no JSON object"):
+        read_json_lines(log)
+    log.write_bytes(b'{"a": 1}\n\xff\n')
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_json_lines(log)
 
 
 HOLD = """

@@ -88,3 +88,14 @@ def test_the_page_renders_in_a_headless_browser(report, tmp_path):
     assert dom.stdout.count("<svg") == 2
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
     assert not console, console  # no console messages at all, errors or otherwise
+
+
+def test_a_damaged_metrics_log_is_an_error_naming_its_line(report, tmp_path, capsys):
+    run = tmp_path / "sasrec"
+    shutil.copytree(report.parent / "sasrec", run)
+    with (run / "metrics.jsonl").open("a") as log:
+        log.write("garbage\n")
+    lines = (run / "metrics.jsonl").read_text().count("\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 2
+    assert f"metrics.jsonl, line {lines}: not a readable per-epoch metrics log" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

@@ -8,13 +8,14 @@ standard post-LayerNorm BERT; :func:`load_minilm` maps the checkpoint's names on
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..files import read_json
 
 
 @dataclass
@@ -111,7 +112,7 @@ def load_minilm() -> tuple[BertEncoder, object]:
         raise ImportError(f"{TEXT_EXTRAS} ({err.name} is missing)") from None
 
     folder = minilm_dir()
-    raw_cfg = json.loads((folder / "config.json").read_text())
+    raw_cfg = read_json(folder / "config.json", "MiniLM configuration")
     cfg = BertConfig(**{k: raw_cfg[k] for k in BertConfig.__dataclass_fields__ if k in raw_cfg})
     model = BertEncoder(cfg)
     weights = load_file(str(folder / "model.safetensors"))

@@ -217,7 +217,7 @@ def test_a_line_that_is_not_json_names_the_file_and_line(tmp_path):
 
     bad = tmp_path / "results.jsonl"
     bad.write_text('{"kind": "train"}\nnot json\n')
-    with pytest.raises(DataError, match="results.jsonl, line 2: not JSON"):
+    with pytest.raises(DataError, match="results.jsonl, line 2: not a readable results record"):
         write_markdown(bad, tmp_path / "R.md")
     assert not (tmp_path / "R.md").exists()
 
