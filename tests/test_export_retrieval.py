@@ -259,6 +259,12 @@ def test_cli_round_trip_retrieve_equals_exact_topk(trained, tmp_path, capsys):
     users_file.write_text("u3\nu7\n")
     assert main(["retrieve", str(index_dir), "--users", str(users_file), "-k", "3"]) == 0
     assert "u3:" in capsys.readouterr().out
+    users_file.write_text("\n  \n")  # no user id at all
+    assert main(["retrieve", str(index_dir), "--users", str(users_file), "-k", "3"]) == 2
+    assert "users.txt: holds no user id" in capsys.readouterr().err
+    users_file.write_bytes(b"u3\n\xff\n")
+    assert main(["retrieve", str(index_dir), "--users", str(users_file), "-k", "3"]) == 2
+    assert "users.txt: not UTF-8 text" in capsys.readouterr().err
     # an index used with another model's export is refused
     other = tmp_path / "other"
     export_run(model.trainer, other, users="none", encoder=False)

@@ -136,7 +136,12 @@ def cmd_retrieve(args) -> int:
         if args.times is not None or args.at is not None:
             raise ConfigError("--times / --at go with --history (exported users were encoded with their own times)")
         users = pl.read_parquet(Path(export_dir) / "user_ids.parquet")
-        wanted = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
+        try:
+            wanted = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
+        except UnicodeDecodeError as err:
+            raise DataError(f"{args.users}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        if not wanted:
+            raise DataError(f"{args.users}: holds no user id (one user id a line is due)")
         found = users.filter(pl.col("user_id").is_in(wanted))
         missing = sorted(set(wanted) - set(found["user_id"].to_list()))
         if missing:
