@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig, apply_settings, config_from_dict, load_recipe
 from .data.batching import window_history_pairs
+from .data.cards import list_cards
 from .data.interactions import save_interactions
 from .data.readers import DataError, Interactions, frame_to_interactions
 from .recipe_index import list_recipes, recipe_label, resolve_recipe
@@ -310,7 +311,8 @@ def fit(
 
     ``data``: a pandas / polars DataFrame (``user`` / ``item`` / ``time`` / ``rating`` / ``event`` name its
     columns; ``events``: keep only these event types), a CSV / TSV / Parquet / JSON-lines file (the same
-    column names), a dataset card's name, or None with a ``recipe`` that names its data. ``model``: a
+    column names), a dataset card's name, a packaged recipe's name (the recipe with the data it names), or
+    None with a ``recipe`` that names its data. ``model``: a
     registered model name (default: the recipe's, else SASRec; without a recipe the model starts from its
     start-here settings, recsys.start_here, with a history window (``model.max_seq_len``) of 200 events
     where the median user history has 50 or more, else 50). ``recipe``: a
@@ -338,7 +340,16 @@ def fit(
         settings.update({"data.dataset": "custom", "data.path": str(Path(data).resolve()), "data.reader": "table"})
         settings.update({"data.columns": columns, **({"data.timestamp_format": time_format} if time_format else {})})
     elif data is not None:
-        settings["data.dataset"] = str(data)
+        name = str(data)
+        if name in list_cards():
+            settings["data.dataset"] = name
+        elif recipe is None and name in list_recipes():  # fit("ml-100k/sasrec"): a recipe, with the data it names
+            recipe = name
+        else:
+            raise FileNotFoundError(
+                f"data={name!r}: no such file, and not a dataset card's name ({', '.join(list_cards())})"
+                + ("" if recipe is not None else " or a packaged recipe's (recsys.recipes())")
+            )
     fit_window = False
     if recipe is not None:
         cfg = load_recipe(resolve_recipe(recipe), list(overrides), settings)

@@ -147,8 +147,12 @@ def test_the_api_on_a_real_file_with_string_ids(tmp_path):
     )
     assert by_path.evaluate("test")["num_users"] == 943
     assert "ml-100k/sasrec" in recsys.recipes()
-    by_recipe = recsys.fit(recipe="ml-100k/sasrec", epochs=1, run_dir=tmp_path / "r", progress=False, **small)
+    by_recipe = recsys.fit("ml-100k/sasrec", epochs=1, run_dir=tmp_path / "r", progress=False, **small)
     assert by_recipe.config.data.dataset == "ml-100k" and by_recipe.recommend(users=[1], k=3).height == 3
+    assert by_recipe.trainer.recipe == "recipes/ml-100k/sasrec.toml"  # the recipe, given where the data goes
+    with pytest.raises(FileNotFoundError, match=r"data='ratings.cvs': no such file, and not a dataset card's name"):
+        recsys.fit("ratings.cvs", run_dir=tmp_path / "z", progress=False)  # a typo: said before anything is written
+    assert not (tmp_path / "z").exists()
     with pytest.raises(RecsysError, match="did you mean ml-100k/sasrec"):
         recsys.fit(recipe="ml-100k/sasrc", epochs=1, run_dir=tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="keys look like section.key"):
