@@ -27,7 +27,7 @@ from .config import ConfigError, apply_overrides, build_section, read_recipe_fil
 from .data.cards import load_dataset, load_item_text
 from .data.ctr import CTRData, build_ctr_data, item_categories
 from .data.prepare import prepare_sequences
-from .files import atomic_write_json
+from .files import atomic_write_json, make_folder
 from .metrics import mean_and_spread
 from .models.ctr_base import CTR_MODELS
 from .train.click import ClickTrainer, click_metrics  # noqa: F401  (click_metrics: part of this API)
@@ -201,6 +201,6 @@ def run_click(cfg: ClickRunConfig, run_dir: str | Path, progress: bool = True, r
         "per_seed": per_seed,
         "summary": summarize(per_seed),
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir)
     atomic_write_json(run_dir / "final_metrics.json", out)
     return out

@@ -43,7 +43,7 @@ from . import __version__
 from .data.batching import padded_windows, seen_items_csr
 from .data.cards import sha256_of
 from .data.readers import DataError, read_text
-from .files import read_json
+from .files import make_folder, read_json
 from .metrics import check_finite
 from .train import Trainer
 
@@ -244,7 +244,7 @@ def export_run(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; export into a new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir.parent)
     cfg = trainer.cfg
     data = trainer.split.data
     normalize = cfg.loss.l2_normalize

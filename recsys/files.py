@@ -61,6 +61,16 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p``, with a :class:`RecsysError` naming the path where a file stands in a folder's place."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RecsysError(f"{path}: a file is there (or above it), where a folder is due") from None
+    return path
+
+
 def read_json(path: str | Path, what: str = "file", expect: type = dict) -> Any:
     """A JSON file's content, or a :class:`recsys.errors.DataError` naming the file
     and the line where it stops being JSON, or what it holds where ``expect`` (an object) was due."""
@@ -189,7 +199,8 @@ class RunLock:
     holder exits in any way, so a file left by a killed process is taken over (with a note)."""
 
     def __init__(self, folder: str | Path):
-        self.path = Path(folder).resolve() / ".lock"
+        self.folder = Path(folder)  # as given: errors name it so
+        self.path = self.folder.resolve() / ".lock"
         self.acquired = False
 
     def acquire(self) -> "RunLock":
@@ -197,7 +208,7 @@ class RunLock:
             _held[self.path][1] += 1
             self.acquired = True
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
         f = open(self.path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -294,7 +305,7 @@ class RunLog:
         key = self.path.resolve()
         if key in _logging:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path.parent)
         self.file = open(self.path, "a", encoding="utf-8")
         self.file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {' '.join(sys.argv)}\n")
         self.saved = sys.stdout, sys.stderr

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import RecsysError
-from .files import atomic_write_bytes, read_json, read_json_lines
+from .files import atomic_write_bytes, make_folder, read_json, read_json_lines
 from .recipe_index import recipes_dir
 
 CSS = """
@@ -252,7 +252,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path, examples: int = 3,
         + "</body></html>\n"
     )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     atomic_write_bytes(out, page.encode("utf-8"))
     return out
 

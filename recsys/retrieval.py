@@ -36,7 +36,7 @@ from .data.batching import seen_items_csr
 from .data.readers import DataError
 from .evaluation import repeat_target_rows
 from .export import eval_set_windows, read_manifest, user_vectors_for
-from .files import IntegrityError, read_json, sha256_of
+from .files import IntegrityError, make_folder, read_json, sha256_of
 from .metrics import check_finite, ranking_metric_sums, ranks_under_policy
 
 INDEX_TYPES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
@@ -190,7 +190,7 @@ def save_index(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; build into a new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir.parent)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         faiss.write_index(index, str(stage / "index.faiss"))

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .config import ConfigError, apply_overrides, apply_settings, config_from_dict, read_recipe_file
 from .errors import RecsysError
-from .files import read_json
+from .files import make_folder, read_json
 
 # built-in spaces by model, used when a recipe has no [tune.space]: the usual levers of these models
 # (learning rate, regularisation, width, depth) and the history length and batch size, which depend on
@@ -283,7 +283,7 @@ def tune(args) -> int:
     out = Path(args.out or Path("runs") / f"tune-{recipe.parent.name}-{recipe.stem}")
     if out.exists() and any(out.iterdir()) and not (args.resume or args.worker):
         raise FileExistsError(f"{out} already holds a study; use --resume or another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     workers = args.workers
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     if args.worker:  # a process started by the main one: optimise and leave the summary to it

@@ -231,6 +231,9 @@ def test_an_existing_run_is_refused_before_the_data_is_read(tmp_path, capsys, mo
     monkeypatch.setattr(recsys.train, "prepare_data", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     assert "already holds a run; use --resume" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a file")
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "taken"), "--quiet"]) == 2
+    assert "taken: a file is there (or above it), where a folder is due" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_to_change_a_finished_runs_model_or_data(tmp_path, capsys):

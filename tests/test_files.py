@@ -8,8 +8,18 @@ import pytest
 import torch
 
 from recsys.data.readers import DataError
-from recsys.files import IntegrityError, RunLock, RunLockedError, RunLog, atomic_torch_save, load_checkpoint, read_json
-from recsys.files import read_json_lines
+from recsys.errors import RecsysError
+from recsys.files import (
+    IntegrityError,
+    RunLock,
+    RunLockedError,
+    RunLog,
+    atomic_torch_save,
+    load_checkpoint,
+    make_folder,
+    read_json,
+    read_json_lines,
+)
 from tests.conftest import REPO
 
 
@@ -132,3 +142,13 @@ def test_the_run_log_keeps_what_a_muted_terminal_does_not_show(tmp_path, capsys)
     text = (tmp_path / "train.log").read_text()
     assert "dropped 3 users" in text and "warning: something" in text and "results" in text and "bar 10%" not in text
     assert text.count("once") == 1
+
+
+def test_a_file_where_a_run_folder_is_due_is_an_error_naming_it(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    for folder in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        with pytest.raises(RecsysError, match=f"{folder}: a file is there"):
+            make_folder(folder)
+        with pytest.raises(RecsysError, match=f"{folder}: a file is there"):
+            RunLock(folder).acquire()
+    assert make_folder(tmp_path / "a" / "b").is_dir()

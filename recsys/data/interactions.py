@@ -170,10 +170,10 @@ def save_interactions(interactions: Interactions, folder: str | Path) -> None:
     """Write the canonical table to ``folder/interactions.parquet`` (atomically) with its sha256."""
     import io
 
-    from ..files import atomic_write_bytes, atomic_write_json, sha256_of
+    from ..files import atomic_write_bytes, atomic_write_json, make_folder, sha256_of
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     buffer = io.BytesIO()
     interactions.frame.write_parquet(buffer)
     atomic_write_bytes(folder / SAVED_TABLE, buffer.getvalue())

@@ -48,6 +48,7 @@ from ..files import (
     atomic_write_bytes,
     atomic_write_json,
     load_checkpoint,
+    make_folder,
     read_json,
 )
 from .plots import plot_learning_curves
@@ -340,7 +341,7 @@ class TrainLoop(ABC):
                 raise
 
     def _fit(self, resume: bool) -> dict:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.run_dir)
         last = self.run_dir / "last.pt"
         if (last.exists() or (self.run_dir / "final_metrics.json").exists()) and not resume:
             raise FileExistsError(f"{self.run_dir} already holds a run; use --resume or another --run-dir")
