@@ -28,11 +28,12 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from .config import RunConfig, apply_settings, config_from_dict, load_recipe
+from .config import RunConfig, apply_settings, check_value, config_from_dict, load_recipe
 from .data.batching import window_history_pairs
 from .data.cards import list_cards
 from .data.interactions import save_interactions
 from .data.readers import DataError, Interactions, frame_to_interactions
+from .data.tables import TimestampUnit
 from .recipe_index import list_recipes, recipe_label, resolve_recipe
 from .train import Trainer, load_run, make_trainer, prepare_data
 
@@ -45,12 +46,17 @@ def from_frame(
     rating: str | None = None,
     time_format: str | None = None,
     event: str | None = None,
+    time_unit: str = "auto",
 ) -> Interactions:
     """Canonical interactions from a pandas / polars DataFrame, naming its columns (``event``: the event
-    type, e.g. view / purchase). ``time_format``: the strftime format of text timestamps (default: integers,
-    or date-times polars can infer)."""
+    type, e.g. view / purchase). ``time_format``: the strftime format of text timestamps (default: numbers,
+    or date-times polars can infer). ``time_unit``: numeric timestamps' unit, ``s`` / ``ms`` / ``us`` /
+    ``ns``; ``auto`` reads epoch times of 1e11 and more as milliseconds (1e14 us, 1e17 ns)."""
     columns = _column_mapping(user, item, time, rating, event)
-    return frame_to_interactions(df, columns, source="DataFrame", timestamp_format=time_format)
+    check_value(TimestampUnit, time_unit, "time_unit")
+    return frame_to_interactions(
+        df, columns, source="DataFrame", timestamp_format=time_format, timestamp_unit=time_unit
+    )
 
 
 def _column_mapping(user: str, item: str, time: str | None, rating: str | None, event: str | None) -> dict:
@@ -280,12 +286,12 @@ class Run:
 Recommender = Run  # the name earlier versions used
 
 
-def _as_interactions(data, user, item, time, rating, time_format, event) -> Interactions | None:
+def _as_interactions(data, columns: dict, time_format, time_unit) -> Interactions | None:
     if isinstance(data, Interactions):
         return data
     if isinstance(data, (str, Path)) or data is None:
         return None
-    return from_frame(data, user=user, item=item, time=time, rating=rating, time_format=time_format, event=event)
+    return from_frame(data, **columns, time_format=time_format, time_unit=time_unit)
 
 
 def fit(
@@ -298,6 +304,7 @@ def fit(
     time: str | None = None,
     rating: str | None = None,
     time_format: str | None = None,
+    time_unit: str = "auto",
     event: str | None = None,
     events: Sequence[str] | None = None,
     epochs: int | None = None,
@@ -310,8 +317,9 @@ def fit(
     """Train and return the :class:`Run`.
 
     ``data``: a pandas / polars DataFrame (``user`` / ``item`` / ``time`` / ``rating`` / ``event`` name its
-    columns; ``events``: keep only these event types), a CSV / TSV / Parquet / JSON-lines file (the same
-    column names), a dataset card's name, a packaged recipe's name (the recipe with the data it names), or
+    columns; ``events``: keep only these event types; ``time_format`` / ``time_unit``: text date-times'
+    format, numeric times' unit, as :func:`from_frame` reads them), a CSV / TSV / Parquet / JSON-lines file
+    (the same column names), a dataset card's name, a packaged recipe's name (the recipe with the data it names), or
     None with a ``recipe`` that names its data. ``model``: a
     registered model name (default: the recipe's, else SASRec; without a recipe the model starts from its
     start-here settings, recsys.start_here, with a history window (``model.max_seq_len``) of 200 events
@@ -332,13 +340,15 @@ def fit(
         settings["train.epochs"] = epochs
     if events is not None:
         settings["data.events"] = list(events)
-    interactions = _as_interactions(data, user, item, time, rating, time_format, event)
+    named = {"user": user, "item": item, "time": time, "rating": rating, "event": event}
+    interactions = _as_interactions(data, named, time_format, time_unit)
     if interactions is not None:
         settings["data.dataset"] = "custom"
     elif data is not None and Path(str(data)).is_file():
         columns = _column_mapping(user, item, time, rating, event)
         settings.update({"data.dataset": "custom", "data.path": str(Path(data).resolve()), "data.reader": "table"})
         settings.update({"data.columns": columns, **({"data.timestamp_format": time_format} if time_format else {})})
+        settings.update({"data.timestamp_unit": time_unit} if time_unit != "auto" else {})
     elif data is not None:
         name = str(data)
         if name in list_cards():

@@ -37,6 +37,9 @@ class DataConfig:
     header: bool = True  # custom CSV: the first line names the columns (false: name them by position)
     encoding: str = "utf-8"  # custom CSV / JSON lines: the text's encoding (a Python codec name, e.g. "latin-1")
     timestamp_format: str | None = None  # custom CSV/Parquet: strftime format of text timestamps (default: inferred)
+    # custom logs: numeric timestamps' unit; auto: epoch times of 1e11 and more are milliseconds (1e14
+    # microseconds, 1e17 nanoseconds), smaller ones seconds (every time is kept in seconds)
+    timestamp_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"
     min_rating: float | None = None  # keep only interactions rated at least this (explicit-feedback logs)
     events: tuple[str, ...] | None = None  # keep only these event types (the log's 'event' column), e.g. ["view"]
     dedupe: Literal["none", "first", "last"] = "none"  # repeated (user, item) pairs: keep all, the first or the last

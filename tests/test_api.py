@@ -196,3 +196,13 @@ def test_event_types_from_a_dataframe(tmp_path):
     assert recsys.load(tmp_path / "views").trainer.data.info["interactions"] == 12 * 6
     with pytest.raises(DataError, match=r"data\.events names \['click'\]"):
         recsys.fit(df, user="user", item="item", event="kind", events=["click"], run_dir=tmp_path / "x", progress=False)
+
+
+def test_a_frame_timed_in_milliseconds_is_kept_in_seconds():
+    from recsys.api import from_frame
+
+    df = pd.DataFrame({"user_id": ["a", "a"], "item_id": [1, 2], "ts": [1_700_000_000_700, 1_700_000_003_000]})
+    assert from_frame(df, time="ts").frame["timestamp"].to_list() == [1_700_000_000, 1_700_000_003]
+    assert from_frame(df, time="ts", time_unit="us").frame["timestamp"].to_list() == [1_700_000, 1_700_000]
+    with pytest.raises(ConfigError, match=r"time_unit: 'min' is not allowed; allowed values: \['auto', 's'"):
+        from_frame(df, time="ts", time_unit="min")

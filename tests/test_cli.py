@@ -97,6 +97,14 @@ def test_data_info_on_a_file_of_ones_own(tmp_path, capsys):
     assert "users         2\n" in out and "items         4\n" in out and "p50=2.5" in out
     assert main(["data", "info", str(p)]) == 2
     assert "give --reader" in capsys.readouterr().err
+    # a log timed in milliseconds: the span of its dates shows the unit read
+    ms = tmp_path / "ms.csv"
+    ms.write_text("user_id,item_id,ts\nu1,a,1700000000700\nu1,b,1700086400000\n")
+    args = ["data", "info", str(ms), "--columns", "user_id=user_id,item_id=item_id,timestamp=ts"]
+    assert main(args) == 0
+    assert "timestamps    yes, 2023-11-14 to 2023-11-15 (UTC" in capsys.readouterr().out
+    assert main([*args, "--timestamp-unit", "s"]) == 0  # read as seconds: past the calendar's years
+    assert "timestamps    yes, 1,700,000,000,700 s to 1,700,086,400,000 s" in capsys.readouterr().out
 
 
 @needs_data("taobao-userbehavior-sample")
@@ -210,6 +218,9 @@ def test_table_options_with_another_reader_are_refused(tmp_path, capsys):
     recipe.write_text(f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "user_item_lines"\nseparator = ";"\n')
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     assert "data.separator is an option of data.reader = 'table', not 'user_item_lines'" in capsys.readouterr().err
+    recipe.write_text(f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "user_item_lines"\ntimestamp_unit = "ms"\n')
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "data.timestamp_unit is an option of data.reader = 'table'" in capsys.readouterr().err
 
 
 def test_a_recipe_that_is_not_toml_is_a_clear_error(tmp_path, capsys):

@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     di.add_argument("--no-header", action="store_true", help="reader table: the CSV has no header line")
     di.add_argument("--encoding", default="utf-8", help="reader table: the text's encoding (e.g. latin-1)")
+    di.add_argument(
+        "--timestamp-unit",
+        choices=["auto", "s", "ms", "us", "ns"],
+        default="auto",
+        help="reader table: numeric timestamps' unit (auto: 1e11 and more are milliseconds, 1e14 us, 1e17 ns)",
+    )
     di.set_defaults(func=cmd_data_info)
     dl = dsub.add_parser("list", help="the dataset cards, and which are here")
     dl.add_argument("--data-dir")

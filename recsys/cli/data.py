@@ -9,6 +9,20 @@ from ..data.readers import DataError
 from .serve import comma_list
 
 
+def time_span(timestamps) -> str:
+    """The first and last event's UTC dates (times are seconds since the epoch): where a log's times were
+    read in the wrong unit, the years say so."""
+    import datetime as dt
+
+    def day(seconds: int) -> str:
+        try:
+            return dt.datetime.fromtimestamp(int(seconds), dt.timezone.utc).strftime("%Y-%m-%d")
+        except (OverflowError, OSError, ValueError):  # beyond the calendar's years
+            return f"{int(seconds):,} s"
+
+    return f"yes, {day(timestamps.min())} to {day(timestamps.max())} (UTC, read as seconds since 1970)"
+
+
 def cmd_data_info(args) -> int:
     from ..data.cards import load_card, load_dataset, sha256_of
     from ..data.prepare import length_percentiles, prepare_sequences
@@ -16,7 +30,7 @@ def cmd_data_info(args) -> int:
 
     dataset, reader = args.dataset, args.reader
     columns = separator = timestamp_format = None
-    header, encoding = not args.no_header, args.encoding
+    header, encoding, timestamp_unit = not args.no_header, args.encoding, args.timestamp_unit
     if dataset.endswith(".toml"):  # a recipe: its [data] section names a card or a file of one's own
         data_cfg = load_recipe(dataset).data
         if args.data_dir:
@@ -24,7 +38,7 @@ def cmd_data_info(args) -> int:
         dataset = data_cfg.path if data_cfg.dataset == "custom" else data_cfg.dataset
         reader, columns = data_cfg.reader, data_cfg.columns
         separator, timestamp_format = data_cfg.separator, data_cfg.timestamp_format
-        header, encoding = data_cfg.header, data_cfg.encoding
+        header, encoding, timestamp_unit = data_cfg.header, data_cfg.encoding, data_cfg.timestamp_unit
         if dataset is None:
             raise ConfigError(f"{args.dataset}: data.dataset = 'custom' needs data.path")
     elif args.columns:
@@ -47,6 +61,7 @@ def cmd_data_info(args) -> int:
                 timestamp_format=timestamp_format,
                 header=header,
                 encoding=encoding,
+                timestamp_unit=timestamp_unit,
             )
         else:
             interactions = READERS[reader](path)
@@ -74,7 +89,7 @@ def cmd_data_info(args) -> int:
     print(f"users         {seq.num_users:,}")
     print(f"items         {seq.num_items - 1:,}")
     print(f"interactions  {seq.num_interactions:,}")
-    print(f"timestamps    {'yes' if seq.has_timestamps else 'no (file order is time order)'}")
+    print(f"timestamps    {time_span(seq.timestamps) if seq.has_timestamps else 'no (file order is time order)'}")
     print(f"side files    {', '.join(side) if side else 'none'}")
     pct = length_percentiles(seq.lengths)
     print(

@@ -70,11 +70,12 @@ def prepare_data(cfg: DataConfig, verbose: bool = True, interactions: Interactio
 
 
 # the [data] keys that only the table reader reads
-TABLE_OPTIONS = ("separator", "timestamp_format", "header", "encoding")
+TABLE_OPTIONS = ("separator", "timestamp_format", "header", "encoding", "timestamp_unit")
 
-PREPARE_VERSION = 3  # bump when prepare_sequences changes what it produces: old caches are then ignored
+PREPARE_VERSION = 4  # bump when prepare_sequences changes what it produces: old caches are then ignored
 # (2: events within one second ordered by their sub-second times where the log has them; 3: digit-string
-# ids that an integer column would merge, "007" and "7", stay strings)
+# ids that an integer column would merge, "007" and "7", stay strings; 4: numeric times of 1e11 and more
+# read as milliseconds, data.timestamp_unit = "auto")
 
 
 def _cached_sequences(name: str, settings: list, read, cfg: DataConfig, verbose: bool) -> SequenceData:
@@ -151,11 +152,12 @@ def _custom_sequences(cfg: DataConfig, verbose: bool) -> tuple[SequenceData, dic
                 timestamp_format=cfg.timestamp_format,
                 header=cfg.header,
                 encoding=cfg.encoding,
+                timestamp_unit=cfg.timestamp_unit,
             )
         return READERS[cfg.reader](path)
 
     settings = [digest, cfg.reader, columns if cfg.reader == "table" else None, cfg.separator, cfg.timestamp_format]
-    # header and encoding at their defaults add nothing: the keys of earlier caches stay as they were
-    settings += [f"{k}={getattr(cfg, k)}" for k in ("header", "encoding") if k in table_options]
+    # header, encoding and the unit at their defaults add nothing: the keys of earlier caches stay as they were
+    settings += [f"{k}={getattr(cfg, k)}" for k in ("header", "encoding", "timestamp_unit") if k in table_options]
     seq = _cached_sequences("custom", settings, read, cfg, verbose)
     return seq, {"file": str(path), "sha256": digest}

@@ -11,6 +11,7 @@ import io
 import json
 import zlib
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -27,6 +28,11 @@ ROW_NUMBER = "__recsys_line__"
 KIND_NAMES = {"csv": "CSV", "parquet": "Parquet", "json": "JSON lines"}
 UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 GZIP_MAGIC = b"\x1f\x8b"
+# numeric timestamps: units per second, and where "auto" takes each unit. Epoch seconds stay below 1e10
+# until the year 2286, while milliseconds since 1973 are above 1e11 (microseconds 1e14, nanoseconds 1e17)
+TIMESTAMP_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+AUTO_UNIT_FROM = (("ns", 1e17), ("us", 1e14), ("ms", 1e11))
+TimestampUnit = Literal["auto", "s", "ms", "us", "ns"]
 
 
 def read_table(
@@ -36,14 +42,17 @@ def read_table(
     timestamp_format: str | None = None,
     header: bool = True,
     encoding: str = "utf-8",
+    timestamp_unit: TimestampUnit = "auto",
 ) -> Interactions:
     """Any CSV / TSV / Parquet / JSON-lines log (CSV and JSON lines may be gzipped: ``.csv.gz``,
     ``.json.gz``). ``columns`` maps canonical names to the file's columns, by name or by 1-based position,
     e.g. ``{"user_id": "visitorid", "item_id": "itemid", "timestamp": "ts"}`` or, for a CSV without a
     header line (``header=False``), ``{"user_id": 1, "item_id": 2, "timestamp": 4}``. ``separator``:
     default a tab for ``.tsv`` / ``.tab`` files, else a comma. ``timestamp_format``: the strftime format of
-    text timestamps (default: integers, or date-times in the format polars infers). ``encoding``: the text
-    files' character encoding (any Python codec name, e.g. ``latin-1``)."""
+    text timestamps (default: numbers, or date-times in the format polars infers). ``timestamp_unit``: the
+    unit of numeric timestamps, ``s`` / ``ms`` / ``us`` / ``ns``; ``auto`` reads epoch times of 1e11 and
+    more as milliseconds (1e14: microseconds, 1e17: nanoseconds), smaller ones as seconds. ``encoding``: the
+    text files' character encoding (any Python codec name, e.g. ``latin-1``)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -98,7 +107,14 @@ def read_table(
     if not header:  # the columns' 1-based positions are their names
         df = df.rename({c: str(i) for i, c in enumerate((c for c in df.columns if c != ROW_NUMBER), start=1)})
     named = _columns_by_name(columns, [c for c in df.columns if c != ROW_NUMBER], path, kind)
-    return frame_to_interactions(df, named, source=str(path), timestamp_format=timestamp_format, line_column=ROW_NUMBER)
+    return frame_to_interactions(
+        df,
+        named,
+        source=str(path),
+        timestamp_format=timestamp_format,
+        line_column=ROW_NUMBER,
+        timestamp_unit=timestamp_unit,
+    )
 
 
 def _base_suffix(path: Path) -> str:
@@ -270,33 +286,55 @@ def _parse_datetimes(out: pl.DataFrame, as_int: pl.Series, source: str, timestam
     return as_dt
 
 
-def _canonical_timestamps(out: pl.DataFrame, source: str, timestamp_format: str | None) -> pl.DataFrame:
-    """``timestamp`` as whole seconds since the epoch (Int64) from integers, fractional seconds (numbers
-    or text) or date-times (typed, or text). Where the times are finer than seconds (fractions, date-times
-    with milliseconds) their exact values go to :data:`SUBSECOND_ORDER`, so that events within one second
-    keep their order in time, not in the file."""
+def _canonical_timestamps(
+    out: pl.DataFrame, source: str, timestamp_format: str | None, timestamp_unit: TimestampUnit = "auto"
+) -> pl.DataFrame:
+    """``timestamp`` as whole seconds since the epoch (Int64) from numbers (integers or fractions, typed
+    or text, in ``timestamp_unit``) or date-times (typed, or text). Where the times are finer than seconds
+    (fractions, milliseconds) their exact values go to :data:`SUBSECOND_ORDER`, so that events within one
+    second keep their order in time, not in the file."""
     ts = out["timestamp"]
-    seconds, finer, scale = ts, None, 1.0  # finer: the times at full resolution, scale: its units per second
+    numbers = None  # numeric times in the file's unit
     if ts.dtype == pl.Utf8:
         text = ts.str.strip_chars()
         as_int = text.cast(pl.Int64, strict=False)
         as_float = text.cast(pl.Float64, strict=False) if timestamp_format is None else None
         if as_int.null_count() == ts.null_count():
-            seconds = as_int
+            numbers = as_int
         elif as_float is not None and as_float.null_count() == ts.null_count():
-            seconds, finer = as_float.floor().cast(pl.Int64), as_float
+            numbers = as_float
         else:
             as_dt = _parse_datetimes(out, as_int, source, timestamp_format)
             seconds, finer, scale = as_dt.dt.epoch("s"), as_dt.dt.epoch("us"), 1e6
     elif ts.dtype.is_temporal():
         seconds, finer, scale = ts.dt.epoch("s"), ts.dt.epoch("us"), 1e6
     elif ts.dtype.is_float():
-        ts = ts.fill_nan(None)  # a NaN time is a missing one (an error naming its line, later)
-        seconds, finer = ts.floor().cast(pl.Int64), ts
+        numbers = ts.fill_nan(None)  # a NaN time is a missing one (an error naming its line, later)
+    else:
+        numbers = ts
+    if numbers is not None:
+        scale = _units_per_second(numbers, timestamp_unit)
+        finer = numbers if numbers.dtype.is_float() or scale > 1 else None  # finer: the full resolution
+        seconds = (numbers.cast(pl.Float64) / scale).floor() if numbers.dtype.is_float() else numbers // scale
+        seconds = seconds.cast(pl.Int64)
+    elif timestamp_unit != "auto":
+        raise DataError(
+            f"{source}: data.timestamp_unit = {timestamp_unit!r} applies to numeric timestamps; "
+            "this column holds date-times"
+        )
     out = out.with_columns(seconds.alias("timestamp"))
     if finer is not None and not (finer.cast(pl.Float64) == seconds.cast(pl.Float64) * scale).all():
         out = out.with_columns(finer.cast(pl.Float64).alias(SUBSECOND_ORDER))
     return out
+
+
+def _units_per_second(numbers: pl.Series, unit: TimestampUnit) -> int:
+    """How many of the numeric timestamps' units make a second: the unit given, or for ``auto`` the one
+    their magnitude says (:data:`AUTO_UNIT_FROM`)."""
+    if unit != "auto":
+        return TIMESTAMP_UNITS[unit]
+    peak = numbers.abs().max()
+    return next((TIMESTAMP_UNITS[name] for name, bound in AUTO_UNIT_FROM if peak is not None and peak >= bound), 1)
 
 
 def _empty(values: pl.Series) -> pl.Series:
@@ -343,9 +381,11 @@ def frame_to_interactions(
     source: str = "DataFrame",
     timestamp_format: str | None = None,
     line_column: str | None = None,
+    timestamp_unit: TimestampUnit = "auto",
 ) -> Interactions:
     """Canonical table from an in-memory polars / pandas DataFrame and a column mapping. Errors name a
-    row by ``line_column`` (a file's line numbers) or, without one, by its 1-based row number."""
+    row by ``line_column`` (a file's line numbers) or, without one, by its 1-based row number. Timestamps
+    as :func:`read_table` reads them."""
     if not isinstance(df, pl.DataFrame):
         df = _from_pandas(df, source)
     if line_column is None:
@@ -400,5 +440,5 @@ def frame_to_interactions(
     if "rating" in out.columns:
         out = _cast_column(Path(source), out.with_columns(pl.col("rating").cast(pl.Utf8)), "rating", pl.Float64)
     if "timestamp" in out.columns:
-        out = _canonical_timestamps(out, source, timestamp_format)
+        out = _canonical_timestamps(out, source, timestamp_format, timestamp_unit)
     return _finish(out, source)

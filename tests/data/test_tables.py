@@ -265,6 +265,34 @@ def test_a_pandas_id_column_of_mixed_types_is_named_with_its_first_odd_row():
         frame_to_interactions([("a", "x")], {"user_id": "u", "item_id": "i"})
 
 
+def test_numeric_times_in_milliseconds_and_finer_become_seconds(tmp_path):
+    from recsys.data.prepare import prepare_sequences
+
+    cols = {"user_id": "u", "item_id": "i", "timestamp": "t"}
+    second = 1_700_000_000  # 2023-11-14
+    # the file lists b before a, a second apart in seconds: in milliseconds a (…000.7) comes first
+    for unit, per_second in (("ms", 10**3), ("us", 10**6), ("ns", 10**9)):
+        csv = tmp_path / f"{unit}.csv"
+        times = [second * per_second + per_second * 7 // 10, second * per_second + per_second * 2 // 10]
+        csv.write_text(f"u,i,t\n1,a,{times[0]}\n1,b,{times[1]}\n1,c,{(second + 1) * per_second}\n")
+        for given in ("auto", unit):  # the magnitude says the unit, or it is given
+            inter = read_table(csv, cols, timestamp_unit=given)
+            assert inter.frame["timestamp"].to_list() == [second, second, second + 1], (unit, given)
+            seq = prepare_sequences(inter, verbose=False)
+            assert [seq.item_raw_ids[i] for i in seq.item_ids] == ["b", "a", "c"]  # sub-second order kept
+    # seconds stay seconds; a unit given is used even where auto would read the magnitude otherwise
+    csv = tmp_path / "s.csv"
+    csv.write_text(f"u,i,t\n1,a,{second}\n1,b,{second + 5}\n")
+    assert read_table(csv, cols).frame["timestamp"].to_list() == [second, second + 5]
+    assert read_table(csv, cols, timestamp_unit="ms").frame["timestamp"].to_list() == [second // 1000] * 2
+    ms = pd.DataFrame({"u": [1, 1], "i": ["a", "b"], "t": [1.7e12 + 1500.0, 1.7e12 - 500.0]})  # floats, negative rest
+    assert frame_to_interactions(ms, cols).frame["timestamp"].to_list() == [1_700_000_001, 1_699_999_999]
+    dates = tmp_path / "dates.csv"
+    dates.write_text("u,i,t\n1,a,2024-01-01 10:00:00\n")
+    with pytest.raises(DataError, match="timestamp_unit = 'ms' applies to numeric timestamps"):
+        read_table(dates, cols, timestamp_unit="ms")
+
+
 def test_mixed_utc_offsets_and_naive_times_are_named(tmp_path):
     p = tmp_path / "log.csv"
     p.write_text("u,i,t\na,x,2024-01-01T10:00:00+02:00\na,y,2024-01-01T11:00:00+02:00\nb,x,2024-01-01 12:00:00\n")
