@@ -218,7 +218,9 @@ def test_table_options_with_another_reader_are_refused(tmp_path, capsys):
     recipe.write_text(f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "user_item_lines"\nseparator = ";"\n')
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     assert "data.separator is an option of data.reader = 'table', not 'user_item_lines'" in capsys.readouterr().err
-    recipe.write_text(f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "user_item_lines"\ntimestamp_unit = "ms"\n')
+    recipe.write_text(
+        f'[data]\ndataset = "custom"\npath = "{log}"\nreader = "user_item_lines"\ntimestamp_unit = "ms"\n'
+    )
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     assert "data.timestamp_unit is an option of data.reader = 'table'" in capsys.readouterr().err
 
