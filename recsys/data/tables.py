@@ -146,6 +146,8 @@ def _columns_by_name(columns: dict[str, str | int], names: list[str], path: Path
                     f"{path}: columns.{key} = {col}, but the file has {len(names)} columns (1..{len(names)})"
                 )
             col = names[col - 1]
+        elif kind == "csv" and f"{col}_duplicated_0" in names:  # how polars renames a repeated header name
+            raise DataError(f"{path}: the header names column {col!r} more than once: which one is {key} is unclear")
         out[key] = col
     return out
 
@@ -310,8 +312,16 @@ def _canonical_timestamps(
         seconds, finer, scale = ts.dt.epoch("s"), ts.dt.epoch("us"), 1e6
     elif ts.dtype.is_float():
         numbers = ts.fill_nan(None)  # a NaN time is a missing one (an error naming its line, later)
-    else:
+    elif ts.dtype.is_integer():
         numbers = ts
+    else:
+        raise DataError(f"{source}: the timestamp column is {ts.dtype}: times are numbers, date-times or text")
+    if numbers is not None and numbers.dtype.is_float():
+        # an infinite time, or one past the years 64-bit seconds hold, has no place in the order
+        beyond = numbers.is_infinite().fill_null(False) | (numbers.abs() >= 9e18).fill_null(False)
+        if beyond.any():
+            row = out.filter(beyond).row(0, named=True)
+            raise DataError(f"{source}, line {row['line']}: field 'timestamp' is {row['timestamp']!r}: not a time")
     if numbers is not None:
         scale = _units_per_second(numbers, timestamp_unit)
         finer = numbers if numbers.dtype.is_float() or scale > 1 else None  # finer: the full resolution

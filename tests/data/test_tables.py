@@ -293,6 +293,24 @@ def test_numeric_times_in_milliseconds_and_finer_become_seconds(tmp_path):
         read_table(dates, cols, timestamp_unit="ms")
 
 
+def test_times_that_are_no_times_and_repeated_header_names_are_errors(tmp_path):
+    cols = {"user_id": "u", "item_id": "i", "timestamp": "t"}
+    for value in ("inf", "-inf", "1e30", "99999999999999999999999"):  # infinite, or past 64-bit seconds
+        csv = tmp_path / "log.csv"
+        csv.write_text(f"u,i,t\n1,a,5\n1,b,{value}\n")
+        with pytest.raises(DataError, match=f"log.csv, line 3: field 'timestamp' is '{value}': not a time"):
+            read_table(csv, cols)
+    flags = pd.DataFrame({"u": [1, 1], "i": ["a", "b"], "t": [True, False]})
+    with pytest.raises(DataError, match="the timestamp column is Boolean: times are numbers, date-times or text"):
+        frame_to_interactions(flags, cols)
+    csv = tmp_path / "twice.csv"
+    csv.write_text("u,i,i,x,x\n1,a,b,1,2\n")
+    with pytest.raises(DataError, match="twice.csv: the header names column 'i' more than once"):
+        read_table(csv, {"user_id": "u", "item_id": "i"})
+    assert read_table(csv, {"user_id": "u", "item_id": 2}).frame["item_id"].to_list() == ["a"]  # by position
+    assert read_table(csv, {"user_id": "u", "item_id": 3}).frame["item_id"].to_list() == ["b"]
+
+
 def test_mixed_utc_offsets_and_naive_times_are_named(tmp_path):
     p = tmp_path / "log.csv"
     p.write_text("u,i,t\na,x,2024-01-01T10:00:00+02:00\na,y,2024-01-01T11:00:00+02:00\nb,x,2024-01-01 12:00:00\n")
