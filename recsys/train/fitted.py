@@ -12,6 +12,8 @@ class FittedTrainer(Trainer):
     """:class:`recsys.train.next_item.Trainer` for a ``fitted`` model: each epoch calls
     ``model.fit_counts(split)`` (the same result every time; recipes run one epoch)."""
 
+    needs_training_pairs = False  # counts of training events: one a user is enough
+
     def train_epoch(self) -> dict:
         start = time.perf_counter()
         self.model.fit_counts(self.split)

@@ -41,6 +41,9 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 class Trainer(TrainLoop):
     """Trains one encoder on one run's data: ``fit()`` to the end, ``evaluate()`` any split."""
 
+    #: whether training reads (history, next item) pairs, which a user has from two training events on
+    needs_training_pairs = True
+
     def __init__(
         self,
         cfg: RunConfig,
@@ -82,6 +85,14 @@ class Trainer(TrainLoop):
                     f"{1 - 1 / (3 * steps):.4g} averages over 3 epochs",
                     file=sys.stderr,
                 )
+        if self.needs_training_pairs and self._epoch_size()[0] == 0:  # said before a model is built
+            longest = int(self.split.train_lengths.max(initial=0))
+            raise DataError(
+                f"{self.data.info['dataset']}: no user has two or more training events under data.split = "
+                f"{cfg.data.split!r} (the longest training history holds {longest}"
+                + (f", for {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
+                + "): there is no (history, next item) pair to train on; longer histories are needed"
+            )
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         if cfg.eval.sampled_negatives > self.split.data.num_items - 2:  # said before any training

@@ -486,3 +486,17 @@ def test_learning_curves_mark_the_best_epoch_and_need_no_matplotlib(tmp_path, mo
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     assert not plot_learning_curves(history, tmp_path / "d.png", "ndcg@10")
     assert "matplotlib is not installed" in capsys.readouterr().err and not (tmp_path / "d.png").exists()
+
+
+def test_histories_too_short_to_train_on_are_named_before_a_model_is_built(tmp_path):
+    import pandas as pd
+
+    import recsys
+
+    three_each = pd.DataFrame({"user_id": [1, 1, 1, 2, 2, 2], "item_id": [1, 2, 3, 1, 2, 3]})
+    for model in ("sasrec", "bert4rec"):  # leave-one-out keeps one training event a user: no pair
+        with pytest.raises(DataError, match=r"no user has two or more training events under data.split = "):
+            recsys.fit(three_each, model, epochs=1, run_dir=tmp_path / model, progress=False)
+        assert not (tmp_path / model / "last.pt").exists()
+    counts = recsys.fit(three_each, "popularity", run_dir=tmp_path / "popularity", progress=False)
+    assert counts.evaluate("test")["num_users"] == 2  # one training event a user is enough to count
