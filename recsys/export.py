@@ -28,6 +28,7 @@ and renamed at the end: a crash never leaves a half export that looks whole.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -107,17 +108,24 @@ def save_onnx(wrapped: torch.nn.Module, max_seq_len: int, folder: Path) -> None:
         ) from None
     example, check = _examples(wrapped, max_seq_len)
     names = list(ONNX_INPUTS[: len(example)])
+    # the exporter's registry logs a warning per torchvision operator it skips (none is used here)
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)  # torch's exporter about its own internals
-        program = torch.onnx.export(
-            wrapped,
-            example,
-            dynamo=True,
-            input_names=names,
-            output_names=["user_vectors"],
-            dynamic_shapes=tuple({0: torch.export.Dim.AUTO} for _ in example),
-            verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                wrapped,
+                example,
+                dynamo=True,
+                input_names=names,
+                output_names=["user_vectors"],
+                dynamic_shapes=tuple({0: torch.export.Dim.AUTO} for _ in example),
+                verbose=False,
+            )
+        finally:
+            registry_log.setLevel(level)
     program.save(str(folder / ONNX_FILE))
     runtime = onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
     got = runtime.run(None, {name: t.numpy() for name, t in zip(names, check)})[0]

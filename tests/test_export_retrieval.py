@@ -405,17 +405,19 @@ def test_default_encoders_are_captured_by_torch_export(name, tmp_path):
         torch.testing.assert_close(program(*inputs), wrapped(*inputs), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "hstu"])
-def test_default_encoders_export_to_onnx_and_match_in_onnxruntime(name, tmp_path):
-    """ONNX of the recipes' encoders at their default sizes (HSTU with its time bias), run in onnxruntime
-    on batches of other sizes and lengths than the capture's."""
+@pytest.mark.parametrize(
+    "name, settings", [("sasrec", {}), ("bert4rec", {}), ("hstu", {}), ("hstu", {"reasoning_steps": 2})]
+)
+def test_default_encoders_export_to_onnx_and_match_in_onnxruntime(name, settings, tmp_path):
+    """ONNX of the recipes' encoders at their default sizes (HSTU with its time bias; with ReaRec's
+    reasoning steps), run in onnxruntime on batches of other sizes and lengths than the capture's."""
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from recsys.export import ONNX_FILE, _UserEncoder, save_onnx
     from recsys.models import build_model, model_config_class
 
     torch.manual_seed(0)
-    cfg = model_config_class(name)()
+    cfg = model_config_class(name)(**settings)
     wrapped = _UserEncoder(build_model(name, cfg, 1000).eval(), normalize=True).eval()
     save_onnx(wrapped, cfg.max_seq_len, tmp_path)
     runtime = onnxruntime.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
