@@ -174,17 +174,42 @@ def history_window(median_history: float) -> int:
     return LONG_WINDOW if median_history >= SHORT_WINDOW else SHORT_WINDOW
 
 
-def render(dataset: str, model: str) -> str:
-    window = LONG_WINDOW if dataset.startswith(LONG_HISTORIES) else SHORT_WINDOW
-    sections = settings(model, window, dataset not in NO_TIMESTAMPS)
-    lines = [HEADER.format(what=START_HERE[model][0], dataset=dataset)]
-    sections = {"data": {"dataset": dataset, "split": "leave_one_out"}, **sections}
-    sections["eval"] = {"ks": [1, 5, 10, 20], "exclude_seen": dataset not in KEEP_SEEN}
+def _recipe_text(header: str, sections: dict) -> str:
+    lines = [header]
     for name, values in sections.items():
         lines.append(f"[{name}]\n")
         lines += [f"{key} = {_toml_value(value)}\n" for key, value in values.items()]
         lines.append("\n")
     return "".join(lines).rstrip("\n") + "\n"
+
+
+def render(dataset: str, model: str) -> str:
+    window = LONG_WINDOW if dataset.startswith(LONG_HISTORIES) else SHORT_WINDOW
+    sections = settings(model, window, dataset not in NO_TIMESTAMPS)
+    sections = {"data": {"dataset": dataset, "split": "leave_one_out"}, **sections}
+    sections["eval"] = {"ks": [1, 5, 10, 20], "exclude_seen": dataset not in KEEP_SEEN}
+    return _recipe_text(HEADER.format(what=START_HERE[model][0], dataset=dataset), sections)
+
+
+def models_for_logs() -> list[str]:
+    """The models a log of one's own can start from: every next-item model but the text ones (a log has
+    no item text)."""
+    return [m for m in START_HERE if m not in TEXT_MODELS]
+
+
+def render_for_log(data: dict, model: str, median_history: float, has_times: bool) -> str:
+    """A start-here recipe for a log of one's own (``data``: its ``[data]`` keys, e.g. ``dataset = "custom"``,
+    ``path``, ``reader = "table"``, ``columns``): the model's start-here settings with the history window its
+    median history calls for (:func:`history_window`), leave-one-out, full ranking with seen items excluded."""
+    window = history_window(median_history)
+    sections = {"data": {**data, "split": "leave_one_out"}, **settings(model, window, has_times)}
+    sections["eval"] = {"ks": [1, 5, 10, 20], "exclude_seen": True}
+    header = (
+        f"# Written by `recsys config new`: {START_HERE[model][0]}, start-here settings (not tuned on this log;\n"
+        f"# `recsys tune` searches from here). The median history holds {median_history:g} events: a window of"
+        f" {window}.\n\n"
+    )
+    return _recipe_text(header, sections)
 
 
 def render_click(dataset: str, model: str) -> str:

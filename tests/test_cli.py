@@ -421,3 +421,30 @@ def test_a_log_changed_after_training_is_refused_by_evaluate_export_and_resume(t
         assert main(command) == 2
         err = capsys.readouterr().err
         assert f"{log} is not the data {run} was trained on (sha256: " in err and "test targets would differ" in err
+
+
+@needs_data("ml-100k")
+def test_config_new_writes_a_recipe_for_a_log_that_trains_from_anywhere(tmp_path, capsys, monkeypatch):
+    from tests.conftest import DATA_DIR
+
+    log = (DATA_DIR / "ml-100k" / "u.data").resolve()  # tab-separated, no header: user, item, rating, time
+    out = tmp_path / "recipes" / "mine.toml"
+    flags = ["--separator", "\t", "--no-header", "--columns", "user_id=1,item_id=2,timestamp=4"]
+    assert main(["config", "new", str(log), "--model", "hstu", *flags, "--out", str(out)]) == 0
+    assert "943 users, 1,682 items" in capsys.readouterr().out
+    text = out.read_text()
+    assert "The median history holds 65 events: a window of 200." in text and 'name = "hstu"' in text
+    assert "columns = { " in text and '"timestamp" = 4' in text and "header = false" in text
+    monkeypatch.chdir(tmp_path)  # the recipe names the log relative to itself
+    small = ["--set", "train.epochs=1", "--set", "model.hidden_dim=16", "--set", "train.num_threads=1"]
+    assert main(["train", str(out), "--run-dir", str(tmp_path / "run"), "--quiet", *small]) == 0
+    assert "943 users" in (tmp_path / "run" / "train.log").read_text()
+    # refused: an existing recipe, a text model, a column name where numbers are due, a missing log
+    assert main(["config", "new", str(log), *flags, "--out", str(out)]) == 2
+    assert "mine.toml exists" in capsys.readouterr().err
+    assert main(["config", "new", str(log), "--model", "recformer", *flags]) == 2
+    assert "the text models need item text" in capsys.readouterr().err
+    assert main(["config", "new", str(log), "--no-header", "--columns", "user_id=user,item_id=2"]) == 2
+    assert "user_id='user' is not a column number" in capsys.readouterr().err
+    assert main(["config", "new", str(tmp_path / "nope.csv")]) == 2
+    assert "nope.csv: file not found" in capsys.readouterr().err

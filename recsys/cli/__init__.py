@@ -5,6 +5,7 @@ recsys evaluate RUN_DIR [--split test|valid] [--set eval.exclude_seen=false]
 recsys data info DATASET        users, items, interactions, sequence-length percentiles
 recsys data list                the dataset cards, and which are present here
 recsys recipes                  the packaged recipes; recsys config show RECIPE: every key, its meaning
+recsys config new LOG --model sasrec --columns user_id=u,item_id=i --out r.toml   a recipe for one's own log
 recsys report RUN_DIR... --out report.html   one HTML page: metrics, curves, coverage, examples
 recsys tune RECIPE [--trials N] [--workers W] [--resume]   Optuna search on validation, then the best tested
 recsys export RUN_DIR --out DIR         item / user embeddings, raw ids, the encoder program, manifest
@@ -34,11 +35,30 @@ def _command(module: str, name: str):
 
 cmd_train, cmd_evaluate = _command("train", "cmd_train"), _command("train", "cmd_evaluate")
 cmd_data_info, cmd_data_list = _command("data", "cmd_data_info"), _command("data", "cmd_data_list")
+cmd_config_new = _command("data", "cmd_config_new")
 cmd_export, cmd_index_build = _command("serve", "cmd_export"), _command("serve", "cmd_index_build")
 cmd_retrieve = _command("serve", "cmd_retrieve")
 cmd_recipes, cmd_config_show = _command("recipes", "cmd_recipes"), _command("recipes", "cmd_config_show")
 cmd_report = _command("recipes", "cmd_report")
 cmd_tune = _command("train", "cmd_tune")
+
+
+def table_flags(parser: argparse.ArgumentParser) -> None:
+    """The table reader's options (recsys.data.tables.read_table) as flags."""
+    parser.add_argument(
+        "--columns",
+        help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts "
+        "(with --no-header, column numbers: user_id=1,item_id=2)",
+    )
+    parser.add_argument("--separator", help="reader table: the CSV's field separator (default: tab for .tsv, else ,)")
+    parser.add_argument("--no-header", action="store_true", help="reader table: the CSV has no header line")
+    parser.add_argument("--encoding", default="utf-8", help="reader table: the text's encoding (e.g. latin-1)")
+    parser.add_argument(
+        "--timestamp-unit",
+        choices=["auto", "s", "ms", "us", "ns"],
+        default="auto",
+        help="reader table: numeric timestamps' unit (auto: 1e11 and more are milliseconds, 1e14 us, 1e17 ns)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,12 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recipes", help="list the packaged recipes")
     r.set_defaults(func=cmd_recipes)
 
-    c = sub.add_parser("config", help="show a recipe's resolved configuration")
+    c = sub.add_parser("config", help="show a recipe's resolved configuration, or write one for a log")
     csub = c.add_subparsers(dest="config_command", required=True)
     cs = csub.add_parser("show", help="every key of a recipe with its value, meaning and default")
     cs.add_argument("recipe", help="a packaged recipe's name (recsys recipes) or a TOML file")
     cs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     cs.set_defaults(func=cmd_config_show)
+    cn = csub.add_parser("new", help="a start-here recipe for a log of one's own (CSV, TSV, Parquet, JSON lines)")
+    cn.add_argument("data", help="the log file")
+    cn.add_argument(
+        "--model", default="sasrec", help="the model (default sasrec; any next-item model but the text ones)"
+    )
+    cn.add_argument("--out", help="write the recipe to this new file (default: print it)")
+    table_flags(cn)
+    cn.set_defaults(func=cmd_config_new)
 
     e = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
     e.add_argument("run_dir")
@@ -120,19 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument(
         "--reader", help="reader for a file of one's own (e.g. user_item_lines, table; table where --columns is given)"
     )
-    di.add_argument(
-        "--columns",
-        help="reader table: canonical=file column pairs, e.g. user_id=visitor,item_id=product,timestamp=ts "
-        "(with --no-header, column numbers: user_id=1,item_id=2)",
-    )
-    di.add_argument("--no-header", action="store_true", help="reader table: the CSV has no header line")
-    di.add_argument("--encoding", default="utf-8", help="reader table: the text's encoding (e.g. latin-1)")
-    di.add_argument(
-        "--timestamp-unit",
-        choices=["auto", "s", "ms", "us", "ns"],
-        default="auto",
-        help="reader table: numeric timestamps' unit (auto: 1e11 and more are milliseconds, 1e14 us, 1e17 ns)",
-    )
+    table_flags(di)
     di.set_defaults(func=cmd_data_info)
     dl = dsub.add_parser("list", help="the dataset cards, and which are here")
     dl.add_argument("--data-dir")

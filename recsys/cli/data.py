@@ -23,14 +23,86 @@ def time_span(timestamps) -> str:
     return f"yes, {day(timestamps.min())} to {day(timestamps.max())} (UTC, read as seconds since 1970)"
 
 
+def table_options(args) -> dict:
+    """The table reader's options given as flags (``cli.table_flags``), as ``[data]`` keys; those left at
+    their defaults are left out."""
+    options = {}
+    if args.columns:
+        pairs = comma_list(args.columns, "--columns")
+        if not all("=" in pair for pair in pairs):
+            raise ConfigError(
+                f"--columns: canonical=column pairs, e.g. user_id=visitor,item_id=product; got {args.columns!r}"
+            )
+        options["columns"] = {key.strip(): column.strip() for key, column in (p.split("=", 1) for p in pairs)}
+        if args.no_header:  # columns by number
+            for key, column in options["columns"].items():
+                if not column.isdigit():
+                    raise ConfigError(f"--columns with --no-header: {key}={column!r} is not a column number")
+                options["columns"][key] = int(column)
+    if args.separator is not None:
+        options["separator"] = args.separator
+    if args.no_header:
+        options["header"] = False
+    if args.encoding != "utf-8":
+        options["encoding"] = args.encoding
+    if args.timestamp_unit != "auto":
+        options["timestamp_unit"] = args.timestamp_unit
+    return options
+
+
+def cmd_config_new(args) -> int:
+    """A start-here recipe for a log of one's own: the file is read (every error names its line), the
+    history window fitted to its median history, the recipe checked like any other, then printed or
+    written (atomically, never over an existing file)."""
+    import os
+
+    import numpy as np
+
+    from ..config import config_from_dict
+    from ..data.prepare import prepare_sequences
+    from ..data.readers import read_table
+    from ..files import atomic_write_bytes, make_folder
+    from ..start_here import models_for_logs, render_for_log
+
+    if args.model not in models_for_logs():
+        raise ConfigError(f"--model {args.model!r}: one of {models_for_logs()} (the text models need item text)")
+    path = Path(args.data)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" + (" (a folder)" if path.is_dir() else ""))
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists():
+        raise ConfigError(f"{out} exists; give a new --out")
+    options = table_options(args)
+    options.setdefault("columns", {"user_id": "user_id", "item_id": "item_id"})
+    interactions = read_table(path, **options)
+    seq = prepare_sequences(interactions, verbose=False)
+    # a relative path is read beside the recipe (recsys.config.load_recipe): where it is written, the path
+    # goes from there; printed, it goes from here
+    where = os.path.relpath(path.resolve(), out.resolve().parent) if out is not None else str(path)
+    data = {"dataset": "custom", "path": Path(where).as_posix(), "reader": "table", **options}
+    text = render_for_log(data, args.model, float(np.median(seq.lengths)), interactions.has_timestamps)
+    import tomllib
+
+    config_from_dict(tomllib.loads(text))  # the recipe holds only keys and values a recipe may
+    if out is None:
+        print(text, end="")
+        return 0
+    make_folder(out.parent)
+    atomic_write_bytes(out, text.encode())
+    print(f"wrote {out}: {seq.num_users:,} users, {seq.num_items - 1:,} items; train it with: recsys train {out}")
+    return 0
+
+
 def cmd_data_info(args) -> int:
     from ..data.cards import load_card, load_dataset, sha256_of
     from ..data.prepare import length_percentiles, prepare_sequences
     from ..data.readers import READERS, read_table
 
     dataset, reader = args.dataset, args.reader
-    columns = separator = timestamp_format = None
-    header, encoding, timestamp_unit = not args.no_header, args.encoding, args.timestamp_unit
+    timestamp_format = None
+    flags = table_options(args)
+    columns, separator, header = flags.get("columns"), args.separator, not args.no_header
+    encoding, timestamp_unit = args.encoding, args.timestamp_unit
     if dataset.endswith(".toml"):  # a recipe: its [data] section names a card or a file of one's own
         data_cfg = load_recipe(dataset).data
         if args.data_dir:
@@ -41,14 +113,8 @@ def cmd_data_info(args) -> int:
         header, encoding, timestamp_unit = data_cfg.header, data_cfg.encoding, data_cfg.timestamp_unit
         if dataset is None:
             raise ConfigError(f"{args.dataset}: data.dataset = 'custom' needs data.path")
-    elif args.columns:
-        pairs = comma_list(args.columns, "--columns")
-        if not all("=" in pair for pair in pairs):
-            raise ConfigError(
-                f"--columns: canonical=column pairs, e.g. user_id=visitor,item_id=product; got {args.columns!r}"
-            )
-        columns = dict(pair.split("=", 1) for pair in pairs)
-        reader = reader or "table"  # a column mapping is the table reader's
+    elif flags:
+        reader = reader or "table"  # a column mapping, a separator, ... are the table reader's
     if Path(dataset).is_file():  # a file of one's own: name its reader
         if reader not in READERS:
             raise ConfigError(f"{dataset} is a file: give --reader, one of {sorted(READERS)}")
