@@ -81,6 +81,13 @@ def tune_settings(raw: dict) -> tuple[dict, dict]:
     for key, spec in space.items():
         _check_range(key, spec)
         when = spec.get("when", {})
+        if when:  # the condition's keys and values are settings of this recipe
+            try:
+                config_from_dict(apply_settings(base, when))
+            except ConfigError as err:
+                named = next((k for k in when if str(err).startswith(k) or repr(k) in str(err)), None)
+                if named is not None:
+                    raise ConfigError(f"[tune.space] {key}: when {named} = {when[named]!r}: {err}") from None
         # every value the search may try must be a valid setting on this recipe (under its condition);
         # a check that another key decides (one of two settings that must agree) is left to the trial
         for value in spec["choices"] if "choices" in spec else (spec["low"], spec["high"]):

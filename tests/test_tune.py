@@ -132,6 +132,14 @@ def test_a_bad_space_is_refused(tmp_path):
         "model.dropout": ({"choices": []}, r"model.dropout: choices must be a non-empty list"),
         "model.num_blocks": ({"low": 1, "high": 3, "step": 5}, r"model.num_blocks: step must be in \(0, high - low\]"),
         "train.batch_size": ({"choices": [64], "if": "x"}, r"train.batch_size: unknown field\(s\) \['if'\]"),
+        "train.weight_decay": (  # a condition on a key that does not exist would never hold
+            {"low": 0.0, "high": 0.1, "when": {"model.hiden_dim": 64}},
+            r"train.weight_decay: when model.hiden_dim = 64: unknown key 'model.hiden_dim'",
+        ),
+        "train.epochs": (  # nor one on a value the key cannot take
+            {"choices": [5], "when": {"loss.name": "softmax"}},
+            r"train.epochs: when loss.name = 'softmax': loss.name: 'softmax' is not allowed",
+        ),
     }
     for key, (spec, message) in bad.items():
         with pytest.raises(ConfigError, match=r"\[tune.space\] " + message):
