@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .config import ConfigError, apply_overrides, apply_settings, config_from_dict, read_recipe_file
 from .errors import RecsysError
-from .files import make_folder, read_json
+from .files import atomic_write_bytes, atomic_write_json, make_folder, read_json
 
 # built-in spaces by model, used when a recipe has no [tune.space]: the usual levers of these models
 # (learning rate, regularisation, width, depth) and the history length and batch size, which depend on
@@ -350,21 +350,19 @@ def summarize(study, recipe: Path, out: Path, args) -> int:
 
     best_path = out / "best.toml"
     header = f"# The best of {len(complete)} completed trials of `recsys tune` on {recipe.name} (validation {best.value:.4f})\n"
-    best_path.write_text(header + toml_text(best_raw))
+    atomic_write_bytes(best_path, (header + toml_text(best_raw)).encode())
     print(f"best trial {best.number}: valid {best.value:.4f}; recipe written to {best_path}")
-    (out / "summary.json").write_text(
-        json.dumps(
-            {
-                "best_trial": best.number,
-                "best_valid": best.value,
-                "best_params": best.params,
-                "importances": importances,
-                "trials": [
-                    {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params} for t in trials
-                ],
-            },
-            indent=2,
-        )
+    atomic_write_json(
+        out / "summary.json",
+        {
+            "best_trial": best.number,
+            "best_valid": best.value,
+            "best_params": best.params,
+            "importances": importances,
+            "trials": [
+                {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params} for t in trials
+            ],
+        },
     )
     status = 0
     if not args.no_final:
