@@ -95,6 +95,8 @@ def test_data_info_on_a_file_of_ones_own(tmp_path, capsys):
     assert main(["data", "info", str(p), "--reader", "user_item_lines"]) == 0
     out = capsys.readouterr().out
     assert "users         2\n" in out and "items         4\n" in out and "p50=2.5" in out
+    assert "events per item percentiles: p0=1  p50=1  p90=1.7" in out  # 5: 2 events, 6 7 8: one each
+    assert "repeat events 0.0% of all, 0.0% of the users' last ones" in out
     assert main(["data", "info", str(p)]) == 2
     assert "give --reader" in capsys.readouterr().err
     # a log timed in milliseconds: the span of its dates shows the unit read

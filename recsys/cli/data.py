@@ -94,8 +94,10 @@ def cmd_config_new(args) -> int:
 
 
 def cmd_data_info(args) -> int:
+    import numpy as np
+
     from ..data.cards import load_card, load_dataset, sha256_of
-    from ..data.prepare import length_percentiles, prepare_sequences
+    from ..data.prepare import length_percentiles, prepare_sequences, repeat_events
     from ..data.readers import READERS, read_table
 
     dataset, reader = args.dataset, args.reader
@@ -162,6 +164,19 @@ def cmd_data_info(args) -> int:
         "sequence length percentiles: "
         + "  ".join(f"{k}={v:g}" for k, v in pct.items())
         + f"  mean={seq.lengths.mean():.1f}"
+    )
+    per_item = np.bincount(seq.item_ids, minlength=seq.num_items)[1:]
+    print(
+        "events per item percentiles: "
+        + "  ".join(f"{k}={v:g}" for k, v in length_percentiles(per_item, (0, 50, 90, 99, 100)).items())
+        + f"  (items with fewer than 5: {np.mean(per_item < 5):.1%})"
+    )
+    repeat = repeat_events(seq)
+    last = repeat[seq.seq_offsets[1:] - 1]  # each user's last event: the leave-one-out test target
+    print(
+        f"repeat events {repeat.mean():.1%} of all, {last.mean():.1%} of the users' last ones: an item already "
+        "in the user's history"
+        + ("; eval.exclude_seen = true counts such test targets as misses" if last.any() else "")
     )
     return 0
 

@@ -278,3 +278,15 @@ def prepare_sequences(
 
 def length_percentiles(lengths: np.ndarray, qs=(0, 25, 50, 75, 90, 99, 100)) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(lengths, q)) for q in qs}
+
+
+def repeat_events(seq: SequenceData) -> np.ndarray:
+    """[total] bool: whether each event repeats an item already in its user's history (a (user, item)
+    pair's events after its first). Where last events repeat often, ``eval.exclude_seen`` hides many
+    test targets."""
+    users = np.repeat(np.arange(seq.num_users, dtype=np.int64), seq.lengths)
+    pairs = users * np.int64(seq.num_items) + seq.item_ids.astype(np.int64)
+    order = np.argsort(pairs, kind="stable")  # each pair's events together, in time order
+    repeat = np.zeros(len(pairs), dtype=bool)
+    repeat[order[1:]] = pairs[order[1:]] == pairs[order[:-1]]
+    return repeat

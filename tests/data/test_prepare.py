@@ -2,7 +2,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys.data.prepare import k_core, prepare_sequences
+from recsys.data.prepare import k_core, prepare_sequences, repeat_events
 from recsys.data.readers import DataError, Interactions, frame_to_interactions
 
 
@@ -117,3 +117,11 @@ def test_events_keep_only_the_types_asked_for_and_a_type_the_log_lacks_is_named(
     plain = frame_to_interactions(df, {"user_id": "u", "item_id": "i", "timestamp": "t"})
     with pytest.raises(DataError, match=r"data\.events is set but the data has no 'event' field"):
         prepare_sequences(plain, events=["view"], verbose=False)
+
+
+def test_repeat_events_flag_each_pairs_events_after_its_first():
+    # user 1: a b a a (the 3rd and 4th repeat a); user 2: b c (none); user 3: c b c (its last repeats c)
+    rows = [(1, "a", 1), (1, "b", 2), (1, "a", 3), (1, "a", 4), (2, "b", 1), (2, "c", 2)]
+    rows += [(3, "c", 1), (3, "b", 2), (3, "c", 3)]
+    seq = prepare_sequences(_inter(rows), verbose=False)
+    assert repeat_events(seq).tolist() == [False, False, True, True, False, False, False, False, True]
