@@ -164,7 +164,7 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def check_value(tp, value, key: str):
+def check_value(tp: Any, value: Any, key: str) -> Any:
     """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -222,7 +222,7 @@ def check_value(tp, value, key: str):
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 
-def build_section(cls, values: dict, section: str):
+def build_section(cls: type, values: dict, section: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"[{section}] must be a table, got {values!r}")
     names = [f.name for f in dataclasses.fields(cls)]

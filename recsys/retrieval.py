@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def index_params(kind: str, params: dict | None = None) -> dict:
     return merged
 
 
-def build_index(vectors: np.ndarray, kind: str = "flat", params: dict | None = None, seed: int = 0):
+def build_index(vectors: np.ndarray, kind: str = "flat", params: dict | None = None, seed: int = 0) -> Any:
     """A FAISS inner-product index over ``vectors`` [N, D] (row r = item row r)."""
     faiss = _faiss()
     p = index_params(kind, params)
@@ -213,7 +213,7 @@ def save_index(
     return out_dir
 
 
-def load_index(index_dir: str | Path, export_dir: str | Path | None = None):
+def load_index(index_dir: str | Path, export_dir: str | Path | None = None) -> tuple[Any, dict, dict, Path]:
     """(index, index.json, export manifest, export dir); refuses an index built for other embeddings."""
     faiss = _faiss()
     index_dir = Path(index_dir)
@@ -313,7 +313,7 @@ def evaluate_through_index(
     return out
 
 
-def timed_build(vectors: np.ndarray, kind: str, params: dict | None = None):
+def timed_build(vectors: np.ndarray, kind: str, params: dict | None = None) -> tuple[Any, float]:
     start = time.perf_counter()
     index = build_index(vectors, kind, params)
     return index, time.perf_counter() - start

@@ -12,6 +12,7 @@ Only the main process logs. A logger whose package is missing is a clear error b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RecsysError
@@ -87,7 +88,9 @@ def _pretty(config: dict) -> str:
     return json.dumps(config, indent=2)
 
 
-def open_loggers(names, run_dir: Path, config: dict, mlflow_uri: str | None = None, experiment: str = "recsys"):
+def open_loggers(
+    names: Sequence[str], run_dir: Path, config: dict, mlflow_uri: str | None = None, experiment: str = "recsys"
+) -> list:
     """The loggers ``names`` asks for, opened (each an object with log_epoch, log_final and close)."""
     out = []
     for name in names:

@@ -34,6 +34,7 @@ import stat
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ ENTRY_POINTS = {
 
 
 @contextlib.contextmanager
-def counting_flops():
+def counting_flops() -> Iterator[list[int]]:
     """Counts the floating-point operations of the kernels' products and attention while active
     (multiply and add counted apart, as torch's FlopCounterMode does; elementwise work not counted):
     yields a one-element list holding the running total. The kernels run outside torch's dispatcher, so

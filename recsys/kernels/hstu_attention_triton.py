@@ -600,19 +600,19 @@ class HSTUAttentionTriton(torch.autograd.Function):
 
 
 def hstu_attention_triton(
-    q,
-    k,
-    v,
-    seq_offsets,
-    max_seq_len,
-    position_bias=None,
-    time_bias=None,
-    key_times=None,
-    query_times=None,
-    causal=True,
-    max_len=None,
-    **_unused,
-):
+    q: torch.Tensor,  # [T, H, Dqk]
+    k: torch.Tensor,  # [T, H, Dqk]
+    v: torch.Tensor,  # [T, H, Dv]
+    seq_offsets: torch.Tensor,  # [B + 1]
+    max_seq_len: int,
+    position_bias: torch.Tensor | None = None,  # [max_seq_len]
+    time_bias: torch.Tensor | None = None,  # [num_buckets]
+    key_times: torch.Tensor | None = None,  # [T]
+    query_times: torch.Tensor | None = None,  # [T]
+    causal: bool = True,
+    max_len: int | None = None,
+    **_unused: object,
+) -> torch.Tensor:  # [T, H, Dv]
     """The fused kernel; same arguments as the reference (``causal`` must be True). ``max_len`` (the
     longest sequence in the batch) sizes the grid; computed from ``seq_offsets`` when not given."""
     if not causal:

@@ -75,7 +75,13 @@ class BERT4Rec(FusedCPUInference, SequentialEncoder):
     def item_vectors(self) -> torch.Tensor:
         return self.item_embedding.weight[: self.num_items]  # the [mask] row is never a candidate
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
+    def forward(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
         last block)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
@@ -86,7 +92,12 @@ class BERT4Rec(FusedCPUInference, SequentialEncoder):
         x = self.emb_dropout(x + self.position_embedding(positions)) * not_pad
         return self.final_ln(run_blocks(self.blocks, x, not_pad, False, last_only=last_only, grid=grid))
 
-    def user_vectors(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, D]
+    def user_vectors(  # [B, L] -> [B, D]
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Append [mask] after the history (dropping the oldest item if the window is full)."""
         keep = item_ids[:, -(self.cfg.max_seq_len - 1) :] if self.cfg.max_seq_len > 1 else item_ids[:, :0]
         mask = torch.full((item_ids.shape[0], 1), self.mask_token, dtype=item_ids.dtype, device=item_ids.device)

@@ -7,6 +7,7 @@ A CTR model maps (history items [B, L], history categories [B, L], target item [
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 CTR_MODELS: dict[str, tuple[type, type]] = {}
 
 
-def register_ctr(name: str, config_cls: type):
+def register_ctr(name: str, config_cls: type) -> Callable[[type], type]:
     def wrap(cls):
         CTR_MODELS[name] = (cls, config_cls)
         return cls
@@ -78,7 +79,9 @@ def top_k_search(scores: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[tor
     return index, valid.gather(1, index)
 
 
-def target_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor):
+def target_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """Softmax attention of one query per row: query [B, d], keys [B, K, d], values [B, K, dv] ->
     ([B, dv], weights [B, K]); rows without any valid key give zeros."""
     logits = (keys @ query.unsqueeze(-1)).squeeze(-1) / keys.shape[-1] ** 0.5  # [B, K]

@@ -32,7 +32,13 @@ class DARE(nn.Module):
         self.representation = BehaviourEmbedding(num_items, num_categories, cfg.embedding_dim, cfg.init_std)
         self.head = mlp(4 * cfg.embedding_dim, cfg.mlp_dims, cfg.dropout)
 
-    def forward(self, history, history_categories, target, target_category):
+    def forward(
+        self,
+        history: torch.Tensor,
+        history_categories: torch.Tensor,
+        target: torch.Tensor,
+        target_category: torch.Tensor,
+    ) -> torch.Tensor:
         h_att = self.attention(history, history_categories)  # [B, L, 2 * attention_dim]
         t_att = self.attention(target, target_category)  # [B, 2 * attention_dim]
         scores = (h_att @ t_att.unsqueeze(-1)).squeeze(-1)  # stage 1 [B, L]

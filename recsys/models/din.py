@@ -27,7 +27,13 @@ class DIN(nn.Module):
         self.activation = nn.Sequential(nn.Linear(4 * d, 36), nn.ReLU(), nn.Linear(36, 1))
         self.head = mlp(2 * d, cfg.mlp_dims, cfg.dropout)
 
-    def forward(self, history, history_categories, target, target_category):
+    def forward(
+        self,
+        history: torch.Tensor,
+        history_categories: torch.Tensor,
+        target: torch.Tensor,
+        target_category: torch.Tensor,
+    ) -> torch.Tensor:
         h = self.embed(history, history_categories)  # [B, L, d]
         t = self.embed(target, target_category)  # [B, d]
         te = t.unsqueeze(1).expand_as(h)

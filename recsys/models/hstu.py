@@ -108,7 +108,14 @@ class HSTULayer(nn.Module):
         else:
             nn.init.xavier_uniform_(self.uvqk.weight)
 
-    def forward(self, x, seq_offsets, key_times, query_times, last_only: bool = False):  # x: [T, D] jagged
+    def forward(  # x: [T, D] jagged
+        self,
+        x: torch.Tensor,
+        seq_offsets: torch.Tensor,
+        key_times: torch.Tensor | None,
+        query_times: torch.Tensor | None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """[T, D] -> [T, D]; ``last_only``: [B, D], each sequence's last token only (the last layer of an
         evaluation: keys and values from every token, one query per sequence, O(T) attention)."""
         T, H = x.shape[0], self.cfg.num_heads
@@ -247,7 +254,12 @@ class HSTU(SequentialEncoder):
             self.reasoning_position = nn.Embedding(cfg.reasoning_steps, cfg.hidden_dim)
             nn.init.normal_(self.reasoning_position.weight, std=position_std)
 
-    def embed(self, item_ids, timestamps=None, next_timestamps=None):
+    def embed(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The layers' input grid [B, L, D], not_pad [B, L, 1], and each token's time and the time its
         query predicts for, key_times and query_times [B, L] (None without the time bias)."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)
@@ -264,14 +276,14 @@ class HSTU(SequentialEncoder):
 
     def forward(
         self,
-        item_ids,
-        timestamps=None,
-        next_timestamps=None,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
         last_only: bool = False,
         reasoning: bool = False,
         noise: float = 0.0,
         packed: bool = False,
-    ):
+    ) -> torch.Tensor:
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (the last layer
         computes it alone). With reasoning steps, the user vectors of :meth:`reasoning_states` (their
         mean or last), or with ``reasoning`` the states themselves [B, L, K + 1, D]; with ``packed`` too,
@@ -302,7 +314,12 @@ class HSTU(SequentialEncoder):
         return out
 
     def reasoning_states(
-        self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False, noise: float = 0.0
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+        last_only: bool = False,
+        noise: float = 0.0,
     ) -> torch.Tensor:
         """ReaRec's states h^(0..K) at every position [B, L, K + 1, D] (``last_only``: the last, [B, 1, K + 1,
         D]), on the grid: h^(0) is the plain encoder's output; step k feeds h^(k-1) + p_k back through the
@@ -340,7 +357,11 @@ class HSTU(SequentialEncoder):
         return torch.stack(states, dim=2)  # [B, Lq, K + 1, D]
 
     def packed_reasoning_states(
-        self, item_ids, timestamps=None, next_timestamps=None, noise: float = 0.0
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+        noise: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training's :meth:`reasoning_states` on the real positions alone: left-padded [B, L] ids ->
         (states [T, K + 1, D], index [T]), the T real positions in row-major order and their flat indices

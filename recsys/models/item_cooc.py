@@ -79,7 +79,13 @@ class ItemCooc(SequentialEncoder):
     def item_vectors(self) -> torch.Tensor:  # [V, dim]
         return self.targets
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
+    def forward(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """[B, L] -> [B, L, dim]: at each position the decayed sum of the source vectors up to it (with
         ``last_only``, [B, 1, dim] for the last position)."""
         L = item_ids.shape[1]

@@ -71,7 +71,7 @@ class BertEncoder(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         extra_embeddings: torch.Tensor | None = None,
-    ):
+    ) -> torch.Tensor:
         """Token states [B, T, d]; ``extra_embeddings`` [B, T, d] are added to the input embeddings."""
         T = input_ids.shape[1]
         positions = torch.arange(T, device=input_ids.device)[None]

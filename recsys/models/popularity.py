@@ -38,5 +38,10 @@ class Popularity(SequentialEncoder):
     def item_vectors(self) -> torch.Tensor:  # [V, 1]
         return self.scores
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, 1]
+    def forward(  # [B, L] -> [B, L, 1]
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return torch.ones(*item_ids.shape, 1, device=item_ids.device)

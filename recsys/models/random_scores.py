@@ -38,6 +38,11 @@ class RandomScores(SequentialEncoder):
     def item_vectors(self) -> torch.Tensor:
         return self.items
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None):  # [B, L] -> [B, L, dim]
+    def forward(  # [B, L] -> [B, L, dim]
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         q = self.queries[item_ids] * (item_ids != 0)[..., None]
         return torch.cumsum(q, dim=1)

@@ -88,7 +88,13 @@ class Recformer(SequentialEncoder):
     def item_vectors(self) -> torch.Tensor:  # [V, D]
         return self._items()
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None, last_only: bool = False):
+    def forward(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output."""
         not_pad, positions = padding_and_positions(item_ids, self.cfg.max_seq_len)  # [B, L, 1], [B, L]
         # dense last-position batches (evaluation) and torch.export take the grid layout (as SASRec)

@@ -156,7 +156,12 @@ class RecformerTokens(SequentialEncoder):
         self.token_ids.copy_(ids)
         self.token_kinds.copy_(kinds)
 
-    def forward(self, item_ids, timestamps=None, next_timestamps=None):
+    def forward(
+        self,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """[B, L] -> [B, 1, D]: the history's vector (the model reads a history as one token sequence)."""
         return self.user_vectors(item_ids)[:, None]
 
@@ -166,7 +171,7 @@ class RecformerTokens(SequentialEncoder):
         m = mask.unsqueeze(-1).to(states.dtype)
         return F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
 
-    def history_tokens(self, item_ids: torch.Tensor):
+    def history_tokens(self, item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded item windows [B, L] -> (ids, kinds, item positions, mask), each [B, S]."""
         recent = item_ids.flip(1)[:, : self.cfg.max_items]  # [B, I] most recent first
         B, I = recent.shape

@@ -120,14 +120,14 @@ class SASRec(FusedCPUInference, SequentialEncoder):
 
     def forward(
         self,
-        item_ids,
-        timestamps=None,
-        next_timestamps=None,
+        item_ids: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        next_timestamps: torch.Tensor | None = None,
         last_only: bool = False,
         packed: bool = False,
         reasoning: bool = False,
         noise: float = 0.0,
-    ):
+    ) -> torch.Tensor:
         """[B, L] -> [B, L, D]; ``last_only``: [B, 1, D], the last position's output (computed alone in the
         last block); ``packed``: (hidden [T, D], index [T]), see :meth:`packed_forward`. With reasoning
         steps, the user vectors of :meth:`reasoning_states` (their mean or last), or with ``reasoning``

@@ -40,7 +40,13 @@ class TWIN(nn.Module):
             self.value = nn.Linear(d, d, bias=False)
         self.head = mlp(2 * d, cfg.mlp_dims, cfg.dropout)
 
-    def forward(self, history, history_categories, target, target_category):
+    def forward(
+        self,
+        history: torch.Tensor,
+        history_categories: torch.Tensor,
+        target: torch.Tensor,
+        target_category: torch.Tensor,
+    ) -> torch.Tensor:
         h = self.embed(history, history_categories)  # [B, L, d]
         t = self.embed(target, target_category)  # [B, d]
         if self.cfg.projection:

@@ -12,6 +12,7 @@ checkpoints, since the class is torch's. Under ``torch.compile`` each method def
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import torch
 
@@ -23,7 +24,7 @@ _LOAD_STATE_DICT = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
 
 
 class AdamW(torch.optim.AdamW):
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         if torch.compiler.is_compiling():
             return super().step(closure)
         with torch.no_grad():
@@ -39,7 +40,7 @@ class AdamW(torch.optim.AdamW):
             return super().add_param_group(param_group)
         return _ADD_PARAM_GROUP(self, param_group)
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return super().state_dict() if torch.compiler.is_compiling() else _STATE_DICT(self)
 
     def load_state_dict(self, state_dict) -> None:

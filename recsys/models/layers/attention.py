@@ -237,7 +237,7 @@ class CausalSelfAttention(nn.Module):
         attention_input: torch.Tensor | None = None,
         last_only: bool = False,
         causal: bool = True,
-    ):
+    ) -> torch.Tensor:
         """Packed [T, D] -> [T, D] (T: :class:`Packing`'s rows), or [B, D] for each row's last query only
         (``last_only``: keys and values still come from every position). ``causal``: a query sees its
         own and earlier positions (SASRec), otherwise every position of its row (BERT4Rec)."""

@@ -47,7 +47,7 @@ class Block(nn.Module):
         attention_input: torch.Tensor | None = None,
         last_only: bool = False,
         causal: bool = True,
-    ):
+    ) -> torch.Tensor:
         """Packed [T, D] -> [T, D]; ``last_only``: [B, D], each row's last position alone (the last
         block of an evaluation, which reads no other position: a 1 / L share of its attention and FFN)."""
         residual = packing.last_rows(x) if last_only else x

@@ -136,7 +136,7 @@ def items_first_order(not_pad: torch.Tensor) -> torch.Tensor:
 GRID_MIN_REAL_SHARE = 0.75
 
 
-def grid_inputs(last_only: bool, not_pad: torch.Tensor, *per_position: torch.Tensor):
+def grid_inputs(last_only: bool, not_pad: torch.Tensor, *per_position: torch.Tensor) -> tuple:
     """(grid, not_pad, *per_position): a dense last-position batch (evaluation) reordered items-first,
     so that :func:`run_blocks` computes it in the grid layout (no hidden state packed or scattered);
     any other batch unchanged, with grid False. per_position: [B, L] tensors (ids, positions)."""
