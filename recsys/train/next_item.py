@@ -115,9 +115,11 @@ class Trainer(TrainLoop):
             from ..text import item_attributes, item_text_vectors
 
             text = load_item_text(cfg.data.dataset, cfg.data.data_dir) if cfg.data.dataset != "custom" else None
+            if text is None:
+                raise ConfigError(
+                    f"model {cfg.model_name} reads item text; {cfg.data.dataset} has none (a dataset card's item_text)"
+                )
             if self.model.item_text_form == "attributes":  # the model reads the words itself
-                if text is None:
-                    raise ConfigError(f"model {cfg.model_name} reads item text; {cfg.data.dataset} has none")
                 words = getattr(cfg.model, "words_per_attribute", 24)
                 self.model.set_item_attributes(item_attributes(self.split.data, text, words))
             else:

@@ -65,3 +65,13 @@ def test_id_embeddings_tell_apart_items_with_the_same_text():
     # the id vectors are added to the same text part (the same seed draws the adapter first)
     assert torch.allclose(vectors[True] - vectors[False], model.item_id.weight, atol=1e-6)
     assert model.item_id.weight[0].abs().sum() == 0  # the padding row
+
+
+@pytest.mark.parametrize("model", ["recformer", "recformer_tokens"])
+def test_a_text_model_on_data_without_item_text_is_a_clear_error(model, tmp_path):
+    import recsys
+    from recsys.config import ConfigError
+
+    log = pl.DataFrame({"user_id": [1] * 4 + [2] * 4, "item_id": [1, 2, 3, 4, 1, 3, 2, 4]})
+    with pytest.raises(ConfigError, match=f"model {model} reads item text; custom has none"):
+        recsys.fit(log, model, epochs=1, run_dir=tmp_path / "run", progress=False)
