@@ -402,7 +402,8 @@ def test_a_path_the_system_refuses_is_an_error_line_not_a_traceback(tmp_path, ca
     recipe = _custom_log(tmp_path)
     (tmp_path / "afile").write_text("")
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "afile" / "run"), "--quiet"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: Not a directory: {tmp_path / 'afile' / 'run'}"
+    where = tmp_path / "afile" / "run"
+    assert capsys.readouterr().err.strip() == f"error: {where}: a file is there (or above it), where a folder is due"
     # an export folder that exists is refused before the run (here: none) is read
     assert main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "afile")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'afile'} exists; export into a new folder"

@@ -73,6 +73,21 @@ class Trainer(TrainLoop):
                 "positions in file order (--set model.use_time_bias=false)",
                 file=sys.stderr,
             )
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        if cfg.eval.sampled_negatives > self.split.data.num_items - 2:  # said before any training
+            raise ConfigError(
+                f"eval.sampled_negatives={cfg.eval.sampled_negatives}: the catalogue has "
+                f"{self.split.data.num_items - 1} items, one of them the target"
+            )
+        if self.needs_training_pairs and self._epoch_size()[0] == 0:  # said before a model is built
+            longest = int(self.split.train_lengths.max(initial=0))
+            raise DataError(
+                f"{self.data.info['dataset']}: no user has two or more training events under data.split = "
+                f"{cfg.data.split!r} (the longest training history holds {longest}"
+                + (f", for {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
+                + "): there is no (history, next item) pair to train on; longer histories are needed"
+            )
         if cfg.train.ema_decay > 0 and distributed.is_main():
             # the average remembers about 1 / (1 - decay) steps: ten epochs' worth or more and it mostly
             # holds weights from long before the epoch it is validated at
@@ -85,21 +100,6 @@ class Trainer(TrainLoop):
                     f"{1 - 1 / (3 * steps):.4g} averages over 3 epochs",
                     file=sys.stderr,
                 )
-        if self.needs_training_pairs and self._epoch_size()[0] == 0:  # said before a model is built
-            longest = int(self.split.train_lengths.max(initial=0))
-            raise DataError(
-                f"{self.data.info['dataset']}: no user has two or more training events under data.split = "
-                f"{cfg.data.split!r} (the longest training history holds {longest}"
-                + (f", for {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
-                + "): there is no (history, next item) pair to train on; longer histories are needed"
-            )
-        torch.manual_seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed)
-        if cfg.eval.sampled_negatives > self.split.data.num_items - 2:  # said before any training
-            raise ConfigError(
-                f"eval.sampled_negatives={cfg.eval.sampled_negatives}: the catalogue has "
-                f"{self.split.data.num_items - 1} items, one of them the target"
-            )
         try:
             self.model: SequentialEncoder = build_model(cfg.model_name, cfg.model, self.split.data.num_items)
         except ValueError as err:  # a combination of model settings the encoder refuses (e.g. heads vs width)
