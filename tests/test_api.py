@@ -206,3 +206,25 @@ def test_a_frame_timed_in_milliseconds_is_kept_in_seconds():
     assert from_frame(df, time="ts", time_unit="us").frame["timestamp"].to_list() == [1_700_000, 1_700_000]
     with pytest.raises(ConfigError, match=r"time_unit: 'min' is not allowed; allowed values: \['auto', 's'"):
         from_frame(df, time="ts", time_unit="min")
+
+
+def test_a_model_with_non_finite_weights_recommends_nothing(ring):
+    import torch
+
+    from recsys.metrics import NonFiniteScoresError
+
+    _, run = ring
+    saved = {k: v.clone() for k, v in run.model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            next(p for p in run.model.parameters() if p.dim() == 2).fill_(float("nan"))  # the item table
+        for ask in (
+            lambda: run.recommend(users=["user1"], k=3),
+            lambda: run.score(histories=[["item3"]]),
+            lambda: run.similar_items(["item3"], k=2),
+        ):
+            with pytest.raises(NonFiniteScoresError, match="did training diverge"):
+                ask()
+    finally:
+        run.model.load_state_dict(saved)
+    assert run.recommend(users=["user1"], k=3).height == 3
