@@ -135,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
     e.add_argument("run_dir")
-    e.add_argument("--split", choices=["test", "valid"], default="test")
+    e.add_argument(
+        "--split",
+        choices=["test", "valid", "test_cold", "test_warm"],
+        default="test",
+        help="test_cold / test_warm: the test users whose target was held out of training, or not (data.cold_item_fraction)",
+    )
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--data-dir")
     e.set_defaults(func=cmd_evaluate)

@@ -175,7 +175,7 @@ def test_resume_may_change_the_schedule_but_not_the_model(tmp_path):
 
 
 @needs_data("ml-100k")
-def test_cold_start_items_never_trained_and_reported_apart(tmp_path):
+def test_cold_start_items_never_trained_and_reported_apart(tmp_path, capsys):
     """With data.cold_item_fraction the held-out items are neither inputs nor softmax candidates in
     training (an ID model's rows for them keep their initial values) and the test metrics are also
     reported for held-out-item targets and the rest."""
@@ -196,6 +196,14 @@ def test_cold_start_items_never_trained_and_reported_apart(tmp_path):
     assert not torch.allclose(after[1:], before[1:])  # the others trained
     assert out["test_cold"]["num_users"] + out["test_warm"]["num_users"] == out["test"]["num_users"]
     assert out["test_cold"]["num_users"] > 0
+    # the CLI evaluates either part of the test split again, with the figures of the run's end
+    from recsys.cli import main
+
+    for part in ("test_cold", "test_warm"):
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "run"), "--split", part]) == 0
+        printed = capsys.readouterr().out
+        assert f"{part} (" in printed and f"ndcg@10={out[part]['ndcg@10']:.4f}" in printed
 
 
 def test_retain_freed_memory_applies_on_glibc_and_yields_to_the_users_settings(monkeypatch):
