@@ -451,3 +451,14 @@ def test_config_new_writes_a_recipe_for_a_log_that_trains_from_anywhere(tmp_path
     assert "user_id='user' is not a column number" in capsys.readouterr().err
     assert main(["config", "new", str(tmp_path / "nope.csv")]) == 2
     assert "nope.csv: file not found" in capsys.readouterr().err
+
+
+def test_a_gpu_asked_for_on_a_machine_without_one_is_an_error_line(tmp_path, capsys):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    recipe = _custom_log(tmp_path)
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--set", "train.device=cuda"]) == 2
+    assert "error: train.device = 'cuda' but no CUDA device is available here" in capsys.readouterr().err

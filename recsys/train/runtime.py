@@ -11,7 +11,7 @@ import time
 import torch
 
 from .. import distributed
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 
 
 def peak_memory_mb() -> float:
@@ -107,7 +107,10 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but no CUDA device is available")
+        raise ConfigError(
+            "train.device = 'cuda' but no CUDA device is available here (this torch build: "
+            f"{'CPU only' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}); --set train.device=auto"
+        )
     return torch.device(name)
 
 
