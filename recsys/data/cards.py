@@ -39,7 +39,10 @@ def cards_dir() -> Path:
     """RECSYS_CARDS, else the repository's datasets/ (a checkout or an editable install), else the copy
     an installed package carries (recsys/_cards, see pyproject.toml)."""
     if "RECSYS_CARDS" in os.environ:
-        return Path(os.environ["RECSYS_CARDS"])
+        folder = Path(os.environ["RECSYS_CARDS"])
+        if not folder.is_dir():  # a typo would otherwise list no dataset at all
+            raise DataError(f"RECSYS_CARDS={folder}: no such folder (it holds the dataset cards, NAME.toml)")
+        return folder
     repo_cards = REPO_ROOT / "datasets"
     return repo_cards if repo_cards.is_dir() else Path(__file__).resolve().parents[1] / "_cards"
 
@@ -267,9 +270,15 @@ def resolve_file(card: Card, data_dir: str | Path | None = None, download: bool 
         for d in dirs:
             if (d / variant.file).exists():
                 return d / variant.file, variant
+    root = data_dir or os.environ.get("RECSYS_DATA")
+    # a data folder that does not exist is most likely a typo: said with whatever fails next
+    where = f" (note: the data folder {root} does not exist)" if root and not Path(root).is_dir() else ""
     if download and card.download:
         target = dirs[-1]
-        fetch_official(card, target)
+        try:
+            fetch_official(card, target)
+        except DataError as err:
+            raise DataError(f"{err}{where}") from None
         for variant in card.variants:
             if (target / variant.file).exists():
                 return target / variant.file, variant
@@ -278,6 +287,7 @@ def resolve_file(card: Card, data_dir: str | Path | None = None, download: bool 
     raise DataError(
         f"dataset {card.name!r}: none of [{files}] found in {looked}; set RECSYS_DATA or --data-dir"
         + ("" if card.download else " (this dataset has no official download)")
+        + where
     )
 
 

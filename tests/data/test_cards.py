@@ -119,7 +119,10 @@ interactions = 4
 
 def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_DATA", str(tmp_path / "nowhere"))
-    with pytest.raises(DataError, match="none of .* found in"):
+    with pytest.raises(DataError, match=r"none of .* found in .*\(note: the data folder .*nowhere does not exist\)"):
+        load_dataset("scientific")
+    (tmp_path / "nowhere").mkdir()  # a folder that exists, without the file: no note
+    with pytest.raises(DataError, match=r"none of .* found in .*no official download\)$"):
         load_dataset("scientific")
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         load_dataset("nope")
@@ -220,6 +223,9 @@ def test_every_shipped_card_is_valid_and_a_bad_one_is_listed_as_such(tmp_path, m
     assert main(["data", "list"]) == 2  # every other card is still listed
     out = capsys.readouterr().out
     assert "toy                invalid" in out and "must be an integer" in out and "ml-100k" in out
+    monkeypatch.setenv("RECSYS_CARDS", str(tmp_path / "no-cards"))  # a typo lists nothing: said so
+    assert main(["data", "list"]) == 2
+    assert "no-cards: no such folder (it holds the dataset cards" in capsys.readouterr().err
 
 
 def test_a_card_for_a_log_the_table_reader_reads(tmp_path, monkeypatch):
