@@ -424,6 +424,11 @@ def test_a_log_changed_after_training_is_refused_by_evaluate_export_and_resume(t
         assert main(command) == 2
         err = capsys.readouterr().err
         assert f"{log} is not the data {run} was trained on (sha256: " in err and "test targets would differ" in err
+    # a run killed before it saved a model: said before its data is read
+    (run / "best.pt").unlink()
+    for command in (["evaluate", str(run)], ["export", str(run), "--out", str(tmp_path / "export")]):
+        assert main(command) == 2
+        assert "no best.pt: the run has not saved a model yet" in capsys.readouterr().err
 
 
 @needs_data("ml-100k")

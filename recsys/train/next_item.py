@@ -393,6 +393,12 @@ def load_run(
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.json, not a run directory")
+    if not (run_dir / "best.pt").exists():  # said before the data is read
+        resumable = (run_dir / "last.pt").exists()
+        raise DataError(
+            f"{run_dir}: no best.pt: the run has not saved a model yet (its first validated epoch has not ended)"
+            + ("; `recsys train RECIPE --run-dir ... --resume` continues it" if resumable else "")
+        )
     for override in overrides:  # the run's model and data are what its checkpoint was trained with
         key = override.split("=", 1)[0].strip()
         if not (key.startswith("eval.") or key in ("train.num_threads", "train.device")):
