@@ -1,4 +1,4 @@
-"""Render ``benchmarks/RESULTS.md`` (and its learning-curve plots) from the results log ``benchmarks/results/``:
+"""Render ``benchmarks/RESULTS.md`` (and its learning-curve and ReaRec plots) from the results log ``benchmarks/results/``:
 
     python benchmarks/render_results.py [benchmarks/results] [--out benchmarks/RESULTS.md]
 
@@ -205,7 +205,7 @@ def targets_table(records: list[dict], references: dict) -> list[str]:
     ]
 
 
-def headline(records: list[dict], references: dict) -> list[str]:
+def headline(records: list[dict], references: dict, rearec_plot: str | None = None) -> list[str]:
     """The tables a reader wants first: the latest run of each recipe as it ships (against the published
     number where there is one), click prediction, and the latest comparison with RecBole per setting."""
     out = ["## Headline", "", *targets_table(records, references)]
@@ -287,7 +287,7 @@ def headline(records: list[dict], references: dict) -> list[str]:
                 f"| {r['date'][:10]} | {_machine_short(r['machine'])} | {r['commit']} |"
             )
         out.append("")
-    out += seed_tables(records, references)
+    out += seed_tables(records, references, rearec_plot)
     return out + ["## Full log", ""]
 
 
@@ -395,16 +395,12 @@ def _steps(variant: tuple) -> tuple[int, str] | None:
     return int(settings["model.reasoning_steps"]), settings.get("model.reasoning_method", "erl")
 
 
-def seed_tables(records: list[dict], references: dict) -> list[str]:
-    """Recipes run with several seeds (the latest run per recipe as it ships: mean ± sample std), and
-    ReaRec's reasoning steps K by recipe and training method (K = 0: the plain model)."""
-    out: list[str] = []
-    shipped = _shipped_seed_runs(records)
-    groups = _seed_groups(records)
-    # (recipe, its settings but the reasoning keys, method, K) -> runs; later groups overwrite earlier ones
-    rearec: dict[tuple[str, str, str, int], list[dict]] = {}
+def rearec_cells(records: list[dict]) -> dict[tuple[str, str, str, int], list[dict]]:
+    """ReaRec's runs: (recipe, its settings but the reasoning keys, method, K) -> the runs of the latest
+    several-seed group of that cell."""
+    rearec: dict[tuple[str, str, str, int], list[dict]] = {}  # later groups overwrite earlier ones
     plain_runs: dict[tuple[str, str], list[dict]] = {}  # (recipe, settings) -> its runs as it ships
-    for (recipe, _, variant, _), runs in groups.items():
+    for (recipe, _, variant, _), runs in _seed_groups(records).items():
         if (steps := _steps(variant)) is not None:
             rearec[(recipe, _settings_but_reasoning(runs[-1]), steps[1], steps[0])] = runs
         elif not variant:
@@ -414,6 +410,59 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
     for recipe, settings in {(rc, st) for rc, st, _, _ in rearec}:
         if (recipe, settings, "erl", 0) not in rearec and (recipe, settings) in plain_runs:
             rearec[(recipe, settings, "erl", 0)] = plain_runs[(recipe, settings)]
+    return rearec
+
+
+REAREC_PLOT = "rearec_steps.png"
+
+
+def plot_rearec(records: list[dict], folder: Path) -> str | None:
+    """One PNG: each recipe's test NDCG@10 against ReaRec's K (ERL, the recipe's current settings), as a
+    change from its K = 0 in percent, with the seeds' standard deviation as error bars. Returns the file
+    name, or None where no recipe has K = 0 and another K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = rearec_cells(records)
+    curves = {}
+    for recipe, settings in sorted({(rc, st) for rc, st, m, _ in cells if m == "erl"}):
+        by_k = {k: runs for (rc, st, m, k), runs in cells.items() if (rc, st, m) == (recipe, settings, "erl")}
+        if 0 not in by_k or len(by_k) < 2 or not _same_as_recipe_file(by_k[0][-1]):
+            continue
+        base = statistics.mean(r["metrics"]["test"]["ndcg@10"] for r in by_k[0])
+        points = []
+        for k in sorted(by_k):
+            values = [100 * (r["metrics"]["test"]["ndcg@10"] / base - 1) for r in by_k[k]]
+            points.append((k, statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0))
+        curves[recipe] = points
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for recipe, points in curves.items():
+        ks, means, stds = zip(*points)
+        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=recipe.removeprefix("recipes/"))
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(sorted({k for points in curves.values() for k, _, _ in points}))
+    ax.set_xlabel("reasoning steps K (ERL)")
+    ax.set_ylabel("test NDCG@10 vs K = 0 (%)")
+    ax.set_title("ReaRec: what reasoning steps buy (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / REAREC_PLOT, dpi=100)
+    plt.close(fig)
+    return REAREC_PLOT
+
+
+def seed_tables(records: list[dict], references: dict, rearec_plot: str | None = None) -> list[str]:
+    """Recipes run with several seeds (the latest run per recipe as it ships: mean ± sample std), and
+    ReaRec's reasoning steps K by recipe and training method (K = 0: the plain model)."""
+    out: list[str] = []
+    shipped = _shipped_seed_runs(records)
+    groups = _seed_groups(records)
+    rearec = rearec_cells(records)
     if shipped:
         out += [
             "Recipes run with several seeds (test split, full ranking; mean ± sample standard deviation):",
@@ -485,10 +534,17 @@ def seed_tables(records: list[dict], references: dict) -> list[str]:
                     f"| {last['date'][:10]} | {last['commit']} |"
                 )
         out.append("")
+        if rearec_plot:
+            out += [f"![ReaRec: test NDCG@10 against K]({rearec_plot})", ""]
     return out
 
 
-def render_markdown(records: list[dict], references: dict | None = None, plots: list[tuple[str, str]] = ()) -> str:
+def render_markdown(
+    records: list[dict],
+    references: dict | None = None,
+    plots: list[tuple[str, str]] = (),
+    rearec_plot: str | None = None,
+) -> str:
     references = references or {}
     out = [
         "# Results",
@@ -499,7 +555,7 @@ def render_markdown(records: list[dict], references: dict | None = None, plots: 
         "were excluded from the ranking, and the tie policy (optimistic = strict ranks).",
         "",
     ]
-    out += headline(records, references)
+    out += headline(records, references, rearec_plot)
     train = [r for r in records if r["kind"] == "train"]
     if train:
         out += [
@@ -937,7 +993,8 @@ def write_markdown(jsonl: str | Path, out: str | Path, references: str | Path | 
             refs = tomllib.load(f)
     records = read_records(jsonl)
     plots = plot_learning_curves(records, Path(out).parent)
-    atomic_write_bytes(Path(out), render_markdown(records, refs, plots).encode())
+    rearec_plot = plot_rearec(records, Path(out).parent)
+    atomic_write_bytes(Path(out), render_markdown(records, refs, plots, rearec_plot).encode())
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 from recsys.results import make_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -238,8 +240,8 @@ def test_machine_names_the_cpu_generation_and_its_vector_units():
     assert _machine_short({"cpu": "X", "torch_threads": 1}) == "X, 1 thread"
 
 
-def test_seed_runs_and_rearec_steps_get_their_tables():
-    from render_results import seed_tables
+def test_seed_runs_and_rearec_steps_get_their_tables(tmp_path):
+    from render_results import plot_rearec, seed_tables
 
     def run(ndcg, seed, extra=(), date="2026-12-06 10:00 UTC"):
         overrides = [*extra, f"train.seed={seed}"]
@@ -307,6 +309,12 @@ def test_seed_runs_and_rearec_steps_get_their_tables():
         "| `recipes/s3rec-lastfm/sasrec.toml` (earlier settings) | erl | 0.0300 ± 0.0000 | 0.0200 ± 0.0000 | 2 |"
         in text
     )
+    # the plot: one curve per recipe of its file's settings with K = 0 and another K (here +10% at K = 1)
+    pytest.importorskip("matplotlib")
+    assert plot_rearec(rows, tmp_path) == "rearec_steps.png" and (tmp_path / "rearec_steps.png").stat().st_size > 5000
+    earlier = [r for r in rows if r["config"]["model"]["hidden_dim"] != width]
+    assert plot_rearec(earlier, tmp_path / "none") is None  # only settings the recipe file no longer holds
+    assert "![ReaRec: test NDCG@10 against K](rearec_steps.png)" in "\n".join(seed_tables(rows, {}, "rearec_steps.png"))
     study = make_record(
         "tune",
         command="recsys tune s3rec-lastfm/sasrec --timeout 3600",
