@@ -55,6 +55,7 @@ def cmd_config_new(args) -> int:
     history window fitted to its median history, the recipe checked like any other, then printed or
     written (atomically, never over an existing file)."""
     import os
+    import tomllib
 
     import numpy as np
 
@@ -81,8 +82,6 @@ def cmd_config_new(args) -> int:
     where = os.path.relpath(path.resolve(), out.resolve().parent) if out is not None else str(path)
     data = {"dataset": "custom", "path": Path(where).as_posix(), "reader": "table", **options}
     text = render_for_log(data, args.model, float(np.median(seq.lengths)), interactions.has_timestamps)
-    import tomllib
-
     config_from_dict(tomllib.loads(text))  # the recipe holds only keys and values a recipe may
     if out is None:
         print(text, end="")
