@@ -123,7 +123,7 @@ def test_training_reads_the_attributes_through_the_card(tmp_path, monkeypatch):
     assert (export / "encoder.onnx").exists()
     with pytest.raises(ConfigError, match="has no item attributes"):
         recsys.fit(
-            pl.DataFrame({"user_id": [1, 1, 1, 2, 2, 2], "item_id": [1, 2, 3, 1, 3, 2]}),
+            pl.DataFrame({"user_id": [1] * 4 + [2] * 4, "item_id": [1, 2, 3, 4, 1, 3, 2, 4]}),
             "sasrec",
             epochs=1,
             overrides=settings,
