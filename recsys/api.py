@@ -34,7 +34,7 @@ from .data.cards import list_cards
 from .data.interactions import save_interactions
 from .data.readers import DataError, Interactions, frame_to_interactions
 from .data.tables import TimestampUnit
-from .metrics import NonFiniteScoresError
+from .metrics import check_finite
 from .recipe_index import list_recipes, recipe_label, resolve_recipe
 from .train import Trainer, load_run, make_trainer, prepare_data
 
@@ -177,12 +177,7 @@ class Run:
         if bias is not None:  # the model's learned score for the items it has just read (as the evaluator)
             rows, window_items = window_history_pairs(ids)
             scores[rows, window_items] += float(bias.detach())
-        if not bool(torch.isfinite(scores[:, 1:]).all()):  # a ranking of NaNs is no ranking (as the evaluator)
-            bad = int((~torch.isfinite(scores[:, 1:])).any(1).sum())
-            raise NonFiniteScoresError(
-                f"{self.path}: the model gives non-finite scores for {bad:,} of {scores.shape[0]:,} users or histories "
-                "(did training diverge?)"
-            )
+        check_finite(scores[:, 1:], f"{self.path}: scores of the users or histories asked about")  # as the evaluator
         scores[:, 0] = float("-inf")
         return scores
 
@@ -275,9 +270,7 @@ class Run:
         _check_unknown("item", items, index, unknown)
         keep = np.flatnonzero(index >= 0)
         vectors = F.normalize(self.model.item_vectors().float(), dim=-1).cpu()
-        if not bool(torch.isfinite(vectors[1:]).all()):
-            bad = int((~torch.isfinite(vectors[1:])).any(1).sum())
-            raise NonFiniteScoresError(f"{self.path}: {bad:,} item vectors are not finite (did training diverge?)")
+        check_finite(vectors[1:], f"{self.path}: item vectors")
         query = torch.from_numpy(index[keep] + 1)
         scores = vectors[query] @ vectors.T  # [q, V]
         scores[:, 0] = float("-inf")

@@ -71,20 +71,26 @@ def make_folder(path: str | Path) -> Path:
     return path
 
 
+def _read_text(path: Path, what: str) -> str:
+    """The file's UTF-8 text; a missing file stays a FileNotFoundError, other failures name the file."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a readable {what} (not UTF-8 text: {err.reason})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the {what} ({err.strerror})") from None
+
+
 def read_json(path: str | Path, what: str = "file", expect: type = dict) -> Any:
     """A JSON file's content, or a :class:`recsys.errors.DataError` naming the file
     and the line where it stops being JSON, or what it holds where ``expect`` (an object) was due."""
     path = Path(path)
     try:
-        content = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a readable {what} (not UTF-8 text: {err.reason})") from None
+        content = json.loads(_read_text(path, what))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}, line {err.lineno}: not a readable {what} ({err.msg})") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the {what} ({err.strerror})") from None
     if not isinstance(content, expect):
         names = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number"}
         found, wanted = names.get(type(content), type(content).__name__), names.get(expect, expect.__name__)
@@ -96,16 +102,8 @@ def read_json_lines(path: str | Path, what: str = "file") -> list[dict]:
     """The objects of a JSON-lines file (blank lines skipped), or a :class:`recsys.errors.DataError`
     naming the file and the line that is not a JSON object."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a readable {what} (not UTF-8 text: {err.reason})") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the {what} ({err.strerror})") from None
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_read_text(path, what).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -96,40 +96,30 @@ def cmd_data_info(args) -> int:
     import numpy as np
 
     from ..data.cards import load_card, load_dataset, sha256_of
+    from ..data.pipeline import TABLE_OPTIONS
     from ..data.prepare import length_percentiles, prepare_sequences, repeat_events
     from ..data.readers import READERS, read_table
 
     dataset, reader = args.dataset, args.reader
-    timestamp_format = None
-    flags = table_options(args)
-    columns, separator, header = flags.get("columns"), args.separator, not args.no_header
-    encoding, timestamp_unit = args.encoding, args.timestamp_unit
+    options = table_options(args)  # the table reader's keyword arguments (columns among them)
     if dataset.endswith(".toml"):  # a recipe: its [data] section names a card or a file of one's own
         data_cfg = load_recipe(dataset).data
         if args.data_dir:
             data_cfg.data_dir = args.data_dir
         dataset = data_cfg.path if data_cfg.dataset == "custom" else data_cfg.dataset
-        reader, columns = data_cfg.reader, data_cfg.columns
-        separator, timestamp_format = data_cfg.separator, data_cfg.timestamp_format
-        header, encoding, timestamp_unit = data_cfg.header, data_cfg.encoding, data_cfg.timestamp_unit
+        reader = data_cfg.reader
+        options = {"columns": data_cfg.columns, **{key: getattr(data_cfg, key) for key in TABLE_OPTIONS}}
         if dataset is None:
             raise ConfigError(f"{args.dataset}: data.dataset = 'custom' needs data.path")
-    elif flags:
+    elif options:
         reader = reader or "table"  # a column mapping, a separator, ... are the table reader's
     if Path(dataset).is_file():  # a file of one's own: name its reader
         if reader not in READERS:
             raise ConfigError(f"{dataset} is a file: give --reader, one of {sorted(READERS)}")
         path = Path(dataset)
         if reader == "table":
-            interactions = read_table(
-                path,
-                columns or {"user_id": "user_id", "item_id": "item_id"},
-                separator=separator,
-                timestamp_format=timestamp_format,
-                header=header,
-                encoding=encoding,
-                timestamp_unit=timestamp_unit,
-            )
+            options["columns"] = options.get("columns") or {"user_id": "user_id", "item_id": "item_id"}
+            interactions = read_table(path, **options)
         else:
             interactions = READERS[reader](path)
         title, digest, note = f"{path.name} (reader {reader})", sha256_of(path), ""

@@ -254,9 +254,14 @@ def verify_file(path: Path, variant: Variant) -> str:
     return digest
 
 
+def _data_root(data_dir: str | Path | None) -> str | Path | None:
+    """The folder of dataset folders: --data-dir, else RECSYS_DATA, else none."""
+    return data_dir or os.environ.get("RECSYS_DATA")
+
+
 def _search_dirs(card: Card, data_dir: str | Path | None) -> list[Path]:
     dirs = []
-    root = data_dir or os.environ.get("RECSYS_DATA")
+    root = _data_root(data_dir)
     if root:
         dirs.append(Path(root) / card.folder)
     dirs.append(cache_dir() / "datasets" / card.folder)
@@ -270,7 +275,7 @@ def resolve_file(card: Card, data_dir: str | Path | None = None, download: bool 
         for d in dirs:
             if (d / variant.file).exists():
                 return d / variant.file, variant
-    root = data_dir or os.environ.get("RECSYS_DATA")
+    root = _data_root(data_dir)
     # a data folder that does not exist is most likely a typo: said with whatever fails next
     where = f" (note: the data folder {root} does not exist)" if root and not Path(root).is_dir() else ""
     if download and card.download:
